@@ -1,0 +1,240 @@
+//! The only module that touches aya: checks the host, loads and attaches the kernel programs,
+//! manages the selection and connection maps, and hands raw ring-buffer records to the caller.
+//!
+//! Everything after the ring buffer (`events`, and the stages after it) is pure and runs on
+//! recorded records just as well.
+pub mod error;
+pub mod preflight;
+pub mod programs;
+pub mod resolve;
+pub mod scan;
+pub mod select;
+pub mod session;
+
+use std::{
+    os::fd::AsRawFd as _,
+    time::Duration,
+};
+
+use aya::{
+    Ebpf, EbpfLoader,
+    maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
+    programs::TracePoint,
+};
+pub use error::CaptureError;
+use log::{debug, info};
+use tracewire_common::{
+    COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD,
+    DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SELECT_ALL, SELECT_WATCHED, SockAddr, fd_key,
+    maps,
+};
+
+pub use select::Selection;
+
+/// The kernel object built by `build.rs`.
+static EBPF_OBJECT: &[u8] = aya::include_bytes_aligned!(concat!(env!("OUT_DIR"), "/tracewire"));
+
+/// Capture settings.
+#[derive(Debug, Clone)]
+pub struct CaptureOptions {
+    /// Which processes to trace.
+    pub selection: Selection,
+    /// Only connections whose server port (local for accepted, remote for connected) is listed.
+    pub ports: Vec<u16>,
+    /// Payload bytes copied per read/write.
+    pub payload_cap: u32,
+    /// Connections tracked at once.
+    pub max_conns: u32,
+    /// Ring buffer size in bytes.
+    pub ring_bytes: u32,
+    /// Wake the reader once this many bytes wait (0 = every event).
+    pub wakeup_bytes: u64,
+}
+
+impl Default for CaptureOptions {
+    fn default() -> Self {
+        CaptureOptions {
+            selection: Selection::All,
+            ports: Vec::new(),
+            payload_cap: DEFAULT_PAYLOAD,
+            max_conns: DEFAULT_MAX_CONNS,
+            ring_bytes: DEFAULT_RING_BYTES,
+            wakeup_bytes: 256 * 1024,
+        }
+    }
+}
+
+/// Loaded and attached programs. Dropping it detaches everything: links are owned by file
+/// descriptors, nothing is pinned, so an agent that exits (or crashes) leaves no programs behind.
+pub struct Capture {
+    ring: RingBuf<MapData>,
+    counters: PerCpuArray<MapData, u64>,
+    watched: Array<MapData, u8>,
+    conns: HashMap<MapData, u64, ConnState>,
+    listeners: HashMap<MapData, u64, ListenerState>,
+    options: CaptureOptions,
+    attached: usize,
+    // Keeps programs and links alive; declared last so maps are released after links.
+    _ebpf: Ebpf,
+}
+
+/// Counters summed over CPUs, indexed by [`Counter`].
+pub type KernelCounters = [u64; COUNTER_COUNT as usize];
+
+impl Capture {
+    /// Checks the host, loads and attaches every program. Errors name what is missing.
+    pub fn start(options: CaptureOptions) -> Result<Self, CaptureError> {
+        let host = preflight::check()?;
+        if options.payload_cap as usize > MAX_PAYLOAD {
+            return Err(CaptureError::Config(format!(
+                "payload cap {} exceeds the maximum of {MAX_PAYLOAD} bytes",
+                options.payload_cap
+            )));
+        }
+        if !options.ring_bytes.is_power_of_two() || options.ring_bytes < 4096 {
+            return Err(CaptureError::Config(format!(
+                "ring buffer size {} must be a power of two of at least 4096 bytes",
+                options.ring_bytes
+            )));
+        }
+        let config = Config {
+            self_tgid: std::process::id(),
+            select: if matches!(options.selection, Selection::All) { SELECT_ALL } else { SELECT_WATCHED },
+            payload_cap: options.payload_cap,
+            port_filter: u32::from(!options.ports.is_empty()),
+            fork_child_pid_offset: host.fork_child_pid_offset,
+            _pad: 0,
+            wakeup_bytes: options.wakeup_bytes,
+        };
+        let cpus = aya::util::nr_cpus()
+            .map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TRACEWIRE_CONFIG", &config, true)
+            .map_max_entries(maps::WATCHED, host.pid_max)
+            .map_max_entries(maps::CONNS, options.max_conns)
+            .map_max_entries(maps::EVENTS, options.ring_bytes)
+            .map_max_entries(maps::SCRATCH, cpus)
+            .load(EBPF_OBJECT)
+            .map_err(CaptureError::Load)?;
+
+        let mut attached = 0;
+        for p in programs::PROGRAMS {
+            let prog: &mut TracePoint = ebpf
+                .program_mut(p.program)
+                .ok_or(CaptureError::MissingProgram(p.program))?
+                .try_into()
+                .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            prog.load().map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            prog.attach(p.category, p.tracepoint)
+                .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            attached += 1;
+        }
+        debug!("attached {attached} programs");
+
+        let take = |ebpf: &mut Ebpf, name: &'static str| {
+            ebpf.take_map(name).ok_or(CaptureError::MissingMap(name))
+        };
+        let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(CaptureError::Map)?;
+        let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(CaptureError::Map)?;
+        let watched = Array::try_from(take(&mut ebpf, maps::WATCHED)?).map_err(CaptureError::Map)?;
+        let conns = HashMap::try_from(take(&mut ebpf, maps::CONNS)?).map_err(CaptureError::Map)?;
+        let listeners = HashMap::try_from(take(&mut ebpf, maps::LISTENERS)?).map_err(CaptureError::Map)?;
+        let mut ports: HashMap<MapData, u16, u8> =
+            HashMap::try_from(take(&mut ebpf, maps::PORTS)?).map_err(CaptureError::Map)?;
+        for port in &options.ports {
+            ports.insert(port, 1, 0).map_err(CaptureError::Map)?;
+        }
+        {
+            let paths = options.selection.cgroups();
+            let mut cgroups: HashMap<MapData, u64, u8> =
+                HashMap::try_from(take(&mut ebpf, maps::CGROUPS)?).map_err(CaptureError::Map)?;
+            for path in paths {
+                let id = select::cgroup_id(path)?;
+                cgroups.insert(id, 1, 0).map_err(CaptureError::Map)?;
+            }
+        }
+        info!(
+            "{attached} programs attached (kernel {}, payload cap {} B, ring {} KiB)",
+            host.kernel, options.payload_cap, options.ring_bytes / 1024
+        );
+        Ok(Capture { ring, counters, watched, conns, listeners, options, attached, _ebpf: ebpf })
+    }
+
+    /// Number of attached programs.
+    pub fn attached(&self) -> usize {
+        self.attached
+    }
+
+    /// The options this capture runs with.
+    pub fn options(&self) -> &CaptureOptions {
+        &self.options
+    }
+
+    /// Waits up to `timeout` for records, then hands every available record to `f`. Returns the
+    /// number of records read. Wakeups are batched in the kernel, so the timeout is also the
+    /// longest a record waits when traffic is light.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<usize, CaptureError> {
+        let mut n = 0;
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        if n > 0 {
+            return Ok(n);
+        }
+        let mut pfd = libc::pollfd { fd: self.ring.as_raw_fd(), events: libc::POLLIN, revents: 0 };
+        let ms = timeout.as_millis().min(i32::MAX as u128) as i32;
+        // SAFETY: one valid pollfd.
+        let rc = unsafe { libc::poll(&mut pfd, 1, ms) };
+        if rc < 0 {
+            let err = std::io::Error::last_os_error();
+            if err.kind() != std::io::ErrorKind::Interrupted {
+                return Err(CaptureError::Io("poll on ring buffer".into(), err));
+            }
+        }
+        while let Some(item) = self.ring.next() {
+            f(&item);
+            n += 1;
+        }
+        Ok(n)
+    }
+
+    /// Kernel counters summed over CPUs.
+    pub fn counters(&self) -> Result<KernelCounters, CaptureError> {
+        let mut out = [0u64; COUNTER_COUNT as usize];
+        for c in Counter::ALL {
+            let values = self.counters.get(&(c as u32), 0).map_err(CaptureError::Map)?;
+            out[c as usize] = values.iter().sum();
+        }
+        Ok(out)
+    }
+
+    /// Marks `tgid` as selected (or not).
+    pub fn set_watched(&mut self, tgid: u32, on: bool) -> Result<(), CaptureError> {
+        self.watched.set(tgid, u8::from(on), 0).map_err(CaptureError::Map)
+    }
+
+    /// Starts tracking a connection found in /proc.
+    pub fn insert_conn(&mut self, tgid: u32, fd: u32, state: ConnState) -> Result<(), CaptureError> {
+        self.conns.insert(fd_key(tgid, fd), state, 0).map_err(CaptureError::Map)
+    }
+
+    /// Stops tracking a connection (its process exited).
+    pub fn remove_conn(&mut self, tgid: u32, fd: u32) {
+        // Absent keys are fine: the kernel may have removed it on close already.
+        let _ = self.conns.remove(&fd_key(tgid, fd));
+    }
+
+    /// Records or corrects a listening socket's address.
+    pub fn insert_listener(&mut self, tgid: u32, fd: u32, local: SockAddr) -> Result<(), CaptureError> {
+        self.listeners.insert(fd_key(tgid, fd), ListenerState { local }, 0).map_err(CaptureError::Map)
+    }
+
+    /// Forgets every listener of a process that exited.
+    pub fn remove_listeners_of(&mut self, tgid: u32) {
+        let keys: Vec<u64> = self.listeners.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        for k in keys {
+            let _ = self.listeners.remove(&k);
+        }
+    }
+}

@@ -1,0 +1,74 @@
+//! The attach table: every program and the tracepoint it hooks. One place to read what tracewire
+//! attaches to.
+
+/// One tracepoint program.
+#[derive(Debug, Clone, Copy)]
+pub struct ProgramSpec {
+    /// Function name in the kernel object.
+    pub program: &'static str,
+    /// Tracepoint category.
+    pub category: &'static str,
+    /// Tracepoint name.
+    pub tracepoint: &'static str,
+}
+
+const fn sys(name: &'static str) -> ProgramSpec {
+    ProgramSpec { program: name, category: "syscalls", tracepoint: name }
+}
+
+/// Every program, in attach order. Lifecycle hooks first, so that a connection is known before
+/// data on it can arrive.
+pub const PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec { program: "sched_process_fork", category: "sched", tracepoint: "sched_process_fork" },
+    ProgramSpec { program: "sched_process_exec", category: "sched", tracepoint: "sched_process_exec" },
+    ProgramSpec { program: "sched_process_exit", category: "sched", tracepoint: "sched_process_exit" },
+    ProgramSpec { program: "inet_sock_set_state", category: "sock", tracepoint: "inet_sock_set_state" },
+    sys("sys_enter_bind"),
+    sys("sys_enter_listen"),
+    sys("sys_exit_listen"),
+    sys("sys_enter_accept"),
+    sys("sys_exit_accept"),
+    sys("sys_enter_accept4"),
+    sys("sys_exit_accept4"),
+    sys("sys_enter_connect"),
+    sys("sys_exit_connect"),
+    sys("sys_enter_close"),
+    sys("sys_enter_read"),
+    sys("sys_exit_read"),
+    sys("sys_enter_write"),
+    sys("sys_exit_write"),
+    sys("sys_enter_readv"),
+    sys("sys_exit_readv"),
+    sys("sys_enter_writev"),
+    sys("sys_exit_writev"),
+    sys("sys_enter_recvfrom"),
+    sys("sys_exit_recvfrom"),
+    sys("sys_enter_sendto"),
+    sys("sys_exit_sendto"),
+    sys("sys_enter_recvmsg"),
+    sys("sys_exit_recvmsg"),
+    sys("sys_enter_sendmsg"),
+    sys("sys_exit_sendmsg"),
+    sys("sys_enter_sendfile64"),
+    sys("sys_exit_sendfile64"),
+    sys("sys_enter_recvmmsg"),
+    sys("sys_enter_sendmmsg"),
+];
+
+/// Fields the programs read at fixed offsets: (tracepoint, field, offset, size). Checked against
+/// tracefs before loading, so a kernel whose layout differs gets a clear error instead of wrong
+/// data.
+pub const FIXED_FIELDS: &[(&str, &str, &str, usize, usize)] = &[
+    ("sock", "inet_sock_set_state", "oldstate", 16, 4),
+    ("sock", "inet_sock_set_state", "newstate", 20, 4),
+    ("sock", "inet_sock_set_state", "sport", 24, 2),
+    ("sock", "inet_sock_set_state", "family", 28, 2),
+    ("sock", "inet_sock_set_state", "protocol", 30, 2),
+    ("sock", "inet_sock_set_state", "saddr", 32, 4),
+    ("sock", "inet_sock_set_state", "saddr_v6", 40, 16),
+    ("syscalls", "sys_exit_read", "ret", 16, 8),
+    ("syscalls", "sys_enter_read", "fd", 16, 8),
+    ("syscalls", "sys_enter_read", "buf", 24, 8),
+    ("syscalls", "sys_enter_writev", "vec", 24, 8),
+    ("syscalls", "sys_enter_writev", "vlen", 32, 8),
+];

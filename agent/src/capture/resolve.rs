@@ -1,0 +1,88 @@
+//! Socket addresses the kernel programs could not see (wildcard listeners, accept() called with a
+//! NULL sockaddr, connections found in /proc): a copy of the target's fd is taken with
+//! pidfd_getfd(2) and asked with getsockname/getpeername. Needs CAP_SYS_PTRACE.
+use std::{
+    io,
+    mem::{size_of, zeroed},
+    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+};
+
+use tracewire_common::{FAMILY_V4, FAMILY_V6, SockAddr};
+
+fn check(rc: libc::c_long) -> io::Result<libc::c_long> {
+    if rc < 0 { Err(io::Error::last_os_error()) } else { Ok(rc) }
+}
+
+/// Duplicates `fd` of process `tgid` into this process.
+fn steal_fd(tgid: u32, fd: u32) -> io::Result<OwnedFd> {
+    // SAFETY: plain syscalls with integer arguments; the results are owned fds.
+    unsafe {
+        let pidfd = check(libc::syscall(libc::SYS_pidfd_open, tgid as libc::c_int, 0))?;
+        let pidfd = OwnedFd::from_raw_fd(pidfd as i32);
+        let dup = check(libc::syscall(libc::SYS_pidfd_getfd, pidfd.as_raw_fd(), fd as libc::c_int, 0))?;
+        Ok(OwnedFd::from_raw_fd(dup as i32))
+    }
+}
+
+fn to_sockaddr(ss: &libc::sockaddr_storage) -> SockAddr {
+    match ss.ss_family as i32 {
+        libc::AF_INET => {
+            // SAFETY: family says this is a sockaddr_in.
+            let sin: &libc::sockaddr_in = unsafe { &*(ss as *const _ as *const libc::sockaddr_in) };
+            let mut addr = [0u8; 16];
+            addr[..4].copy_from_slice(&sin.sin_addr.s_addr.to_ne_bytes());
+            SockAddr { family: FAMILY_V4, port: u16::from_be(sin.sin_port), addr }
+        }
+        libc::AF_INET6 => {
+            // SAFETY: family says this is a sockaddr_in6.
+            let sin6: &libc::sockaddr_in6 = unsafe { &*(ss as *const _ as *const libc::sockaddr_in6) };
+            SockAddr { family: FAMILY_V6, port: u16::from_be(sin6.sin6_port), addr: sin6.sin6_addr.s6_addr }
+        }
+        _ => SockAddr::default(),
+    }
+}
+
+type NameFn = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
+
+fn name(fd: &OwnedFd, f: NameFn) -> io::Result<SockAddr> {
+    // SAFETY: sockaddr_storage is valid zeroed; len is its size.
+    let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
+    let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+    // SAFETY: pointers to our own storage.
+    let rc = unsafe { f(fd.as_raw_fd(), &mut ss as *mut _ as *mut libc::sockaddr, &mut len) };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(to_sockaddr(&ss))
+}
+
+/// Local and remote address of `fd` in `tgid`. The remote is the default (family 0) for a
+/// listening socket.
+pub fn socket_addrs(tgid: u32, fd: u32) -> io::Result<(SockAddr, SockAddr)> {
+    let dup = steal_fd(tgid, fd)?;
+    let local = name(&dup, libc::getsockname)?;
+    let remote = name(&dup, libc::getpeername).unwrap_or_default();
+    Ok((local, remote))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::{TcpListener, TcpStream};
+
+    #[test]
+    fn resolves_own_sockets() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+        let me = std::process::id();
+        let (local, remote) = socket_addrs(me, c.as_raw_fd() as u32).unwrap();
+        assert_eq!(local.family, FAMILY_V4);
+        assert_eq!(remote.port, port);
+        assert_eq!(&remote.addr[..4], &[127, 0, 0, 1]);
+        assert_eq!(local.port, c.local_addr().unwrap().port());
+        let (llocal, lremote) = socket_addrs(me, l.as_raw_fd() as u32).unwrap();
+        assert_eq!(llocal.port, port);
+        assert_eq!(lremote.family, 0);
+    }
+}

@@ -1,0 +1,271 @@
+//! A running capture: the kernel side plus the bookkeeping only userspace can do: the initial
+//! selection and /proc scan, following `--exe` across execs, resolving addresses the kernel could
+//! not see, and forgetting the connections of processes that exit. It yields decoded events in
+//! kernel order, with synthetic `ConnOpen` events (flag PREEXISTING) for sockets found in /proc.
+use std::{collections::HashMap, time::Duration};
+
+use log::{debug, warn};
+use tracewire_common::{
+    CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_PREEXISTING, ConnEvent, ConnId, ConnState, EventHeader,
+    EventKind, ROLE_LISTENER, SockAddr,
+};
+
+use super::{Capture, CaptureError, CaptureOptions, KernelCounters, Selection, resolve, scan};
+use crate::events::{Event, clock::Clock, decode};
+
+/// Userspace-side counters of a session.
+#[derive(Debug, Default, Clone)]
+pub struct SessionStats {
+    /// Records read from the ring buffer.
+    pub records: u64,
+    /// Records that failed to decode, by reason.
+    pub decode_errors: HashMap<&'static str, u64>,
+    /// Connections found in /proc.
+    pub preexisting: u64,
+    /// Addresses resolved with pidfd_getfd.
+    pub resolved: u64,
+    /// Address resolutions that failed (socket already closed, no permission).
+    pub resolve_failed: u64,
+    /// Processes selected after start (exec matched a glob).
+    pub selected_at_exec: u64,
+    /// Open connections known to userspace.
+    pub open_conns: u64,
+    /// Connections not remembered because the userspace table was full.
+    pub conn_table_full: u64,
+}
+
+/// A capture session.
+pub struct Session {
+    capture: Capture,
+    selection: Selection,
+    /// Open connections by (tgid, fd); bounded by the kernel map's size.
+    open: HashMap<(u32, u32), ConnEvent>,
+    pending: Vec<ConnEvent>,
+    stats: SessionStats,
+}
+
+impl Session {
+    /// Loads the programs, applies the selection and scans /proc for existing sockets.
+    pub fn start(options: CaptureOptions) -> Result<Self, CaptureError> {
+        let selection = options.selection.clone();
+        let initial = selection.initial_pids()?;
+        let capture = Capture::start(options)?;
+        let mut s = Session { capture, selection, open: HashMap::new(), pending: Vec::new(), stats: SessionStats::default() };
+        match &s.selection {
+            Selection::All => {
+                let pids: Vec<u32> = procfs::process::all_processes()
+                    .map(|it| it.filter_map(Result::ok).map(|p| p.pid as u32).collect())
+                    .unwrap_or_default();
+                let me = std::process::id();
+                for pid in pids.into_iter().filter(|p| *p != me) {
+                    s.adopt(pid)?;
+                }
+            }
+            Selection::Only { .. } => {
+                for pid in initial {
+                    s.capture.set_watched(pid, true)?;
+                    s.adopt(pid)?;
+                }
+            }
+        }
+        Ok(s)
+    }
+
+    /// The underlying capture.
+    pub fn capture(&self) -> &Capture {
+        &self.capture
+    }
+
+    /// Userspace counters.
+    pub fn stats(&self) -> &SessionStats {
+        &self.stats
+    }
+
+    /// Kernel counters.
+    pub fn kernel_counters(&self) -> Result<KernelCounters, CaptureError> {
+        self.capture.counters()
+    }
+
+    /// Registers the existing TCP sockets of `pid` with the kernel maps.
+    fn adopt(&mut self, pid: u32) -> Result<(), CaptureError> {
+        for sock in scan::tcp_sockets(pid) {
+            if sock.listening {
+                self.capture.insert_listener(pid, sock.fd, sock.local)?;
+                continue;
+            }
+            if !self.port_selected(&sock) {
+                continue;
+            }
+            let generation = Clock::monotonic_now();
+            let state = ConnState {
+                generation,
+                role: sock.role,
+                local: sock.local,
+                remote: sock.remote,
+                ..ConnState::default()
+            };
+            if let Err(e) = self.capture.insert_conn(pid, sock.fd, state) {
+                warn!("pid {pid} fd {}: not tracked: {e}", sock.fd);
+                continue;
+            }
+            self.stats.preexisting += 1;
+            self.pending.push(ConnEvent {
+                header: EventHeader {
+                    kind: EventKind::ConnOpen as u32,
+                    cpu: 0,
+                    ts_ns: generation,
+                    pid_tgid: (u64::from(pid) << 32) | u64::from(pid),
+                },
+                conn: ConnId { tgid: pid, fd: sock.fd, generation },
+                role: sock.role,
+                flags: CONN_FLAG_PREEXISTING,
+                _pad: [0; 6],
+                local: sock.local,
+                remote: sock.remote,
+            });
+        }
+        Ok(())
+    }
+
+    fn port_selected(&self, sock: &scan::FoundSocket) -> bool {
+        let ports = &self.capture.options().ports;
+        ports.is_empty() || ports.contains(&sock.local.port) || ports.contains(&sock.remote.port)
+    }
+
+    fn remember(&mut self, ev: ConnEvent) {
+        let key = (ev.conn.tgid, ev.conn.fd);
+        if self.open.len() >= self.capture.options().max_conns as usize && !self.open.contains_key(&key) {
+            self.stats.conn_table_full += 1;
+            return;
+        }
+        self.open.insert(key, ev);
+        self.stats.open_conns = self.open.len() as u64;
+    }
+
+    /// Userspace work an event triggers before it is handed on. May rewrite the event (resolved
+    /// addresses).
+    fn control(&mut self, ev: &mut Event<'_>) -> Result<(), CaptureError> {
+        match ev {
+            Event::Conn(c) => match EventKind::try_from(c.header.kind) {
+                Ok(EventKind::Listen) => {
+                    if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 {
+                        self.fill(c);
+                        if c.flags & CONN_FLAG_LOCAL_PARTIAL == 0 {
+                            self.capture.insert_listener(c.conn.tgid, c.conn.fd, c.local)?;
+                        }
+                    }
+                }
+                Ok(EventKind::ConnOpen) => {
+                    if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 {
+                        self.fill(c);
+                    }
+                    self.remember(*c);
+                }
+                Ok(EventKind::ConnClose) => {
+                    if let Some(open) = self.open.remove(&(c.conn.tgid, c.conn.fd)) {
+                        // The kernel's copy of the addresses may be partial; ours is resolved.
+                        c.local = open.local;
+                        c.remote = open.remote;
+                    }
+                    self.stats.open_conns = self.open.len() as u64;
+                }
+                _ => {}
+            },
+            Event::Proc(p) => match EventKind::try_from(p.header.kind) {
+                Ok(EventKind::Exec) => {
+                    let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid));
+                    if let Ok(exe) = exe
+                        && self.selection.exe_matches(&exe)
+                    {
+                        debug!("pid {} ({}) selected at exec", p.pid, exe.display());
+                        self.stats.selected_at_exec += 1;
+                        self.capture.set_watched(p.pid, true)?;
+                        self.adopt(p.pid)?;
+                    }
+                }
+                Ok(EventKind::Exit) => {
+                    let fds: Vec<u32> =
+                        self.open.keys().filter(|(t, _)| *t == p.pid).map(|(_, fd)| *fd).collect();
+                    for fd in fds {
+                        self.open.remove(&(p.pid, fd));
+                        self.capture.remove_conn(p.pid, fd);
+                    }
+                    self.capture.remove_listeners_of(p.pid);
+                    self.stats.open_conns = self.open.len() as u64;
+                }
+                _ => {}
+            },
+            Event::Data(..) => {}
+        }
+        Ok(())
+    }
+
+    /// Fills in addresses the kernel could not see.
+    fn fill(&mut self, c: &mut ConnEvent) {
+        match resolve::socket_addrs(c.conn.tgid, c.conn.fd) {
+            Ok((local, remote)) => {
+                // A reused fd would show a different peer: keep what the kernel saw then.
+                let known_remote = c.remote.family != 0;
+                if known_remote && c.role != ROLE_LISTENER && !same_endpoint(&c.remote, &remote) {
+                    self.stats.resolve_failed += 1;
+                    return;
+                }
+                c.local = local;
+                if c.role != ROLE_LISTENER {
+                    c.remote = remote;
+                }
+                c.flags &= !CONN_FLAG_LOCAL_PARTIAL;
+                self.stats.resolved += 1;
+            }
+            Err(e) => {
+                debug!("resolving pid {} fd {}: {e}", c.conn.tgid, c.conn.fd);
+                self.stats.resolve_failed += 1;
+            }
+        }
+    }
+
+    /// Waits up to `timeout`, then hands every available event to `f`.
+    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&Event<'_>)) -> Result<usize, CaptureError> {
+        let mut n = 0;
+        for c in std::mem::take(&mut self.pending) {
+            let mut ev = Event::Conn(c);
+            self.control(&mut ev)?;
+            f(&ev);
+            n += 1;
+        }
+        // Records are collected first (the ring borrow ends), then processed with &mut self.
+        let mut raw: Vec<Vec<u8>> = Vec::new();
+        self.capture.poll(timeout, |bytes| raw.push(bytes.to_vec()))?;
+        self.stats.records += raw.len() as u64;
+        for bytes in &raw {
+            match decode(bytes) {
+                Ok(mut ev) => {
+                    self.control(&mut ev)?;
+                    f(&ev);
+                    n += 1;
+                }
+                Err(e) => *self.stats.decode_errors.entry(e.reason()).or_default() += 1,
+            }
+        }
+        for c in std::mem::take(&mut self.pending) {
+            let mut ev = Event::Conn(c);
+            self.control(&mut ev)?;
+            f(&ev);
+            n += 1;
+        }
+        Ok(n)
+    }
+}
+
+fn same_endpoint(a: &SockAddr, b: &SockAddr) -> bool {
+    fn norm(s: &SockAddr) -> (u16, [u8; 16]) {
+        // ::ffff:a.b.c.d and a.b.c.d are the same peer.
+        if s.family == tracewire_common::FAMILY_V6 && s.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+            let mut v4 = [0u8; 16];
+            v4[..4].copy_from_slice(&s.addr[12..]);
+            return (s.port, v4);
+        }
+        (s.port, s.addr)
+    }
+    norm(a) == norm(b)
+}

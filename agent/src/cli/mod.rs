@@ -1,0 +1,2 @@
+//! Subcommands of the `tracewire` binary.
+pub mod capture;

@@ -1,0 +1,7 @@
+//! tracewire: zero-instrumentation tracing of unmodified services with eBPF.
+//!
+//! Modules follow the data flow: `capture` (kernel programs, ring buffer) → `events` (decoding,
+//! clocks) → later stages. `cli` holds the subcommands.
+pub mod capture;
+pub mod cli;
+pub mod events;

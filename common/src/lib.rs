@@ -1,0 +1,537 @@
+//! The ABI shared by tracewire's kernel programs and its userspace agent.
+//!
+//! Everything here crosses the kernel/user boundary, so every type is `#[repr(C)]`, `Copy`, has a
+//! fixed size with explicit padding, and carries a compile-time layout assertion: a field change
+//! that moves the ABI fails the build on both sides. Flags are integers, never `bool`, and enums
+//! travel as raw integers that userspace converts with `TryFrom` (an unknown value is a decode
+//! error, not undefined behaviour).
+#![no_std]
+#![warn(missing_docs)]
+
+use core::mem::{offset_of, size_of};
+
+/// Map names, shared by the `#[map]` statics and userspace `take_map` calls.
+pub mod maps {
+    /// Ring buffer carrying every event to userspace.
+    pub const EVENTS: &str = "EVENTS";
+    /// `u8` array indexed by tgid: 1 when the process is selected for tracing.
+    pub const WATCHED: &str = "WATCHED";
+    /// Open TCP connections of watched processes, keyed by [`crate::fd_key`].
+    pub const CONNS: &str = "CONNS";
+    /// Listening TCP sockets of watched processes, keyed by [`crate::fd_key`].
+    pub const LISTENERS: &str = "LISTENERS";
+    /// Syscalls in flight (entered, not yet returned), keyed by pid_tgid.
+    pub const ACTIVE: &str = "ACTIVE";
+    /// Which server connection each thread is currently serving, keyed by tid.
+    pub const THREAD_CTX: &str = "THREAD_CTX";
+    /// Ports selected with `--port` (key: port in host order).
+    pub const PORTS: &str = "PORTS";
+    /// cgroup ids selected with `--cgroup`.
+    pub const CGROUPS: &str = "CGROUPS";
+    /// Per-CPU scratch buffer where data events are assembled.
+    pub const SCRATCH: &str = "SCRATCH";
+    /// Per-CPU counters, indexed by [`crate::Counter`].
+    pub const COUNTERS: &str = "COUNTERS";
+}
+
+/// Default number of connections tracked at once in the kernel.
+pub const DEFAULT_MAX_CONNS: u32 = 65_536;
+/// Default number of listening sockets tracked at once.
+pub const MAX_LISTENERS: u32 = 8_192;
+/// In-flight syscalls (one per thread at most).
+pub const MAX_ACTIVE: u32 = 16_384;
+/// Threads whose server context is remembered.
+pub const MAX_THREAD_CTX: u32 = 16_384;
+/// Port filter entries.
+pub const MAX_PORTS: u32 = 1_024;
+/// cgroup filter entries.
+pub const MAX_CGROUPS: u32 = 1_024;
+/// Default ring buffer size in bytes (a power-of-two multiple of the page size).
+pub const DEFAULT_RING_BYTES: u32 = 8 << 20;
+
+/// The largest payload prefix one event can carry. A power of two: the kernel masks offsets with
+/// `MAX_PAYLOAD - 1` so the verifier can prove every copy stays inside the scratch buffer.
+pub const MAX_PAYLOAD: usize = 16_384;
+/// Default payload capture cap.
+pub const DEFAULT_PAYLOAD: u32 = 4_096;
+/// Scratch buffer size: a data header, then room for two payload caps (the second cap only exists
+/// so that a masked offset plus a masked length is always in bounds).
+pub const SCRATCH_BYTES: usize = size_of::<DataEvent>() + 2 * MAX_PAYLOAD;
+/// iovecs gathered per readv/writev/recvmsg/sendmsg call; later ones are counted, not copied.
+pub const MAX_IOVECS: usize = 12;
+
+/// Key of per-process fd maps: tgid in the high half, fd in the low half.
+#[inline(always)]
+pub const fn fd_key(tgid: u32, fd: u32) -> u64 {
+    ((tgid as u64) << 32) | fd as u64
+}
+
+/// Static configuration, written into the programs' read-only data at load time so the verifier
+/// can fold it into constants.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Config {
+    /// The agent's own tgid: its traffic (OTLP export) is never traced.
+    pub self_tgid: u32,
+    /// One of the `SELECT_*` constants.
+    pub select: u32,
+    /// Payload bytes copied per event (≤ [`MAX_PAYLOAD`]).
+    pub payload_cap: u32,
+    /// 1 when the port filter applies.
+    pub port_filter: u32,
+    /// Offset of `child_pid` in `sched:sched_process_fork` records: it moved when the comm
+    /// fields became `__data_loc` strings, so userspace reads it from tracefs.
+    pub fork_child_pid_offset: u32,
+    /// Reserved.
+    pub _pad: u32,
+    /// Wake userspace once this many bytes are waiting in the ring buffer (0: every event).
+    pub wakeup_bytes: u64,
+}
+const _: () = assert!(size_of::<Config>() == 32);
+
+/// Trace every process (except the agent itself).
+pub const SELECT_ALL: u32 = 0;
+/// Trace processes marked in [`maps::WATCHED`] (by pid, executable or cgroup).
+pub const SELECT_WATCHED: u32 = 1;
+
+/// Event kinds (stable wire ids; holes are intentional).
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum EventKind {
+    /// A TCP connection was accepted or connected ([`ConnEvent`]).
+    ConnOpen = 1,
+    /// A tracked connection was closed ([`ConnEvent`]).
+    ConnClose = 2,
+    /// A TCP socket started listening ([`ConnEvent`], role listener).
+    Listen = 3,
+    /// Bytes moved on a tracked connection ([`DataEvent`] + payload).
+    Data = 10,
+    /// A process called exec ([`ProcEvent`]).
+    Exec = 20,
+    /// A process (thread group leader) exited ([`ProcEvent`]).
+    Exit = 21,
+    /// A watched process forked ([`ProcEvent`]).
+    Fork = 22,
+}
+
+impl TryFrom<u32> for EventKind {
+    type Error = u32;
+    fn try_from(v: u32) -> Result<Self, u32> {
+        Ok(match v {
+            1 => Self::ConnOpen,
+            2 => Self::ConnClose,
+            3 => Self::Listen,
+            10 => Self::Data,
+            20 => Self::Exec,
+            21 => Self::Exit,
+            22 => Self::Fork,
+            other => return Err(other),
+        })
+    }
+}
+
+/// Common prefix of every event. Decoders read it first, then dispatch on `kind`.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct EventHeader {
+    /// An [`EventKind`] as `u32`.
+    pub kind: u32,
+    /// CPU the event was produced on.
+    pub cpu: u32,
+    /// `bpf_ktime_get_ns()` (CLOCK_MONOTONIC) when the event happened.
+    pub ts_ns: u64,
+    /// `bpf_get_current_pid_tgid()`: tgid in the high half, thread id in the low half.
+    pub pid_tgid: u64,
+}
+const _: () = assert!(size_of::<EventHeader>() == 24);
+
+/// Identity of one connection over time: fd and pid reuse never merge two connections because
+/// `gen` (the monotonic time the agent first saw it) differs.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Default)]
+pub struct ConnId {
+    /// Process owning the socket.
+    pub tgid: u32,
+    /// File descriptor in that process.
+    pub fd: u32,
+    /// Monotonic ns at first sight; unique per (tgid, fd) over time.
+    pub generation: u64,
+}
+const _: () = assert!(size_of::<ConnId>() == 16);
+
+/// Connection role.
+pub const ROLE_SERVER: u8 = 1;
+/// Connection role.
+pub const ROLE_CLIENT: u8 = 2;
+/// A listening socket (only in [`EventKind::Listen`]).
+pub const ROLE_LISTENER: u8 = 3;
+/// Role not known (a connection found in /proc whose peer is not a local listener).
+pub const ROLE_UNKNOWN: u8 = 0;
+
+/// `AF_INET`.
+pub const FAMILY_V4: u16 = 2;
+/// `AF_INET6`.
+pub const FAMILY_V6: u16 = 10;
+
+/// One socket address. `addr` holds 4 (IPv4) or 16 (IPv6) bytes in network order.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct SockAddr {
+    /// [`FAMILY_V4`], [`FAMILY_V6`] or 0 when unknown.
+    pub family: u16,
+    /// Port in host order (0 when unknown).
+    pub port: u16,
+    /// Address bytes in network order.
+    pub addr: [u8; 16],
+}
+const _: () = assert!(size_of::<SockAddr>() == 20);
+
+/// Kernel-side state of a tracked connection, the value of [`maps::CONNS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ConnState {
+    /// See [`ConnId::generation`].
+    pub generation: u64,
+    /// `ROLE_*`.
+    pub role: u8,
+    /// Reserved.
+    pub _pad: [u8; 3],
+    /// Bytes read so far (wrapping).
+    pub bytes_in: u32,
+    /// Local address.
+    pub local: SockAddr,
+    /// Remote address.
+    pub remote: SockAddr,
+}
+const _: () = assert!(size_of::<ConnState>() == 56);
+
+/// Value of [`maps::LISTENERS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ListenerState {
+    /// Bound address (the unspecified address for wildcard binds).
+    pub local: SockAddr,
+}
+const _: () = assert!(size_of::<ListenerState>() == 20);
+
+/// Which server connection a thread is serving (value of [`maps::THREAD_CTX`]).
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ThreadCtx {
+    /// The server connection whose request this thread read last.
+    pub conn: ConnId,
+    /// When that request's first bytes were read.
+    pub since_ns: u64,
+}
+const _: () = assert!(size_of::<ThreadCtx>() == 24);
+
+/// Connection lifecycle event: [`EventKind::ConnOpen`], [`EventKind::ConnClose`],
+/// [`EventKind::Listen`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConnEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// The connection.
+    pub conn: ConnId,
+    /// `ROLE_*`.
+    pub role: u8,
+    /// `CONN_FLAG_*`.
+    pub flags: u8,
+    /// Reserved.
+    pub _pad: [u8; 6],
+    /// Local address (family 0 when the kernel could not see it).
+    pub local: SockAddr,
+    /// Remote address (family 0 when the kernel could not see it).
+    pub remote: SockAddr,
+}
+const _: () = assert!(size_of::<ConnEvent>() == 88);
+const _: () = assert!(offset_of!(ConnEvent, header) == 0);
+
+/// The connection was found in /proc when the agent started (synthesised in userspace).
+pub const CONN_FLAG_PREEXISTING: u8 = 1;
+/// The local address is a wildcard bind: the real one is resolved in userspace.
+pub const CONN_FLAG_LOCAL_PARTIAL: u8 = 2;
+
+/// Direction of a data event.
+pub const DIR_INGRESS: u8 = 1;
+/// Direction of a data event.
+pub const DIR_EGRESS: u8 = 2;
+
+/// The syscall that produced a data event.
+#[repr(u8)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Syscall {
+    /// read(2)
+    Read = 1,
+    /// write(2)
+    Write = 2,
+    /// readv(2)
+    Readv = 3,
+    /// writev(2)
+    Writev = 4,
+    /// recvfrom(2) (also recv)
+    Recvfrom = 5,
+    /// sendto(2) (also send)
+    Sendto = 6,
+    /// recvmsg(2)
+    Recvmsg = 7,
+    /// sendmsg(2)
+    Sendmsg = 8,
+    /// sendfile(2): bytes counted, payload never copied (it is file content).
+    Sendfile = 9,
+    /// accept(2)
+    Accept = 20,
+    /// accept4(2)
+    Accept4 = 21,
+    /// connect(2)
+    Connect = 22,
+    /// listen(2)
+    Listen = 23,
+}
+
+impl TryFrom<u8> for Syscall {
+    type Error = u8;
+    fn try_from(v: u8) -> Result<Self, u8> {
+        Ok(match v {
+            1 => Self::Read,
+            2 => Self::Write,
+            3 => Self::Readv,
+            4 => Self::Writev,
+            5 => Self::Recvfrom,
+            6 => Self::Sendto,
+            7 => Self::Recvmsg,
+            8 => Self::Sendmsg,
+            9 => Self::Sendfile,
+            20 => Self::Accept,
+            21 => Self::Accept4,
+            22 => Self::Connect,
+            23 => Self::Listen,
+            other => return Err(other),
+        })
+    }
+}
+
+/// The payload is a prefix: the syscall moved more bytes than were copied.
+pub const DATA_FLAG_TRUNCATED: u16 = 1;
+/// Copying from user memory failed; `captured` is 0 but `len` bytes moved.
+pub const DATA_FLAG_COPY_FAILED: u16 = 2;
+/// More iovecs than [`MAX_IOVECS`]: the tail was not copied.
+pub const DATA_FLAG_IOV_OVERFLOW: u16 = 4;
+
+/// Bytes moved on a tracked connection. `captured` payload bytes follow the struct.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct DataEvent {
+    /// Common header; `ts_ns` is when the syscall returned.
+    pub header: EventHeader,
+    /// The connection.
+    pub conn: ConnId,
+    /// When the syscall was entered (a write's first byte leaves at about this time).
+    pub enter_ns: u64,
+    /// For client connections: the server connection the thread was serving, if any
+    /// (`generation == 0` when none).
+    pub thread_ctx: ConnId,
+    /// Bytes the syscall moved (its return value).
+    pub len: u32,
+    /// Payload bytes that follow this struct (≤ the payload cap).
+    pub captured: u32,
+    /// `DIR_*`.
+    pub direction: u8,
+    /// A [`Syscall`] as `u8`.
+    pub syscall: u8,
+    /// `DATA_FLAG_*`.
+    pub flags: u16,
+    /// Connection role (`ROLE_*`), copied so decoding needs no lookup.
+    pub role: u8,
+    /// Reserved.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<DataEvent>() == 80);
+const _: () = assert!(offset_of!(DataEvent, header) == 0);
+const _: () = assert!(size_of::<DataEvent>() % 8 == 0);
+
+/// Process event: [`EventKind::Exec`], [`EventKind::Exit`], [`EventKind::Fork`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ProcEvent {
+    /// Common header.
+    pub header: EventHeader,
+    /// The process (for fork: the child).
+    pub pid: u32,
+    /// The parent (fork) or 0.
+    pub ppid: u32,
+    /// `comm` of the process.
+    pub comm: [u8; 16],
+}
+const _: () = assert!(size_of::<ProcEvent>() == 48);
+
+/// Kernel counters (index into [`maps::COUNTERS`]). Every failure the kernel side can have is
+/// counted here; userspace sums the per-CPU values and reports them.
+#[repr(u32)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Counter {
+    /// Events written to the ring buffer.
+    EventsOut = 0,
+    /// Events lost because the ring buffer was full.
+    RingFull = 1,
+    /// Connections not tracked because [`maps::CONNS`] was full.
+    ConnMapFull = 2,
+    /// In-flight syscalls not tracked because [`maps::ACTIVE`] was full.
+    ActiveMapFull = 3,
+    /// Listening sockets not tracked because [`maps::LISTENERS`] was full.
+    ListenerMapFull = 4,
+    /// Payload copies from user memory that failed.
+    CopyFailed = 5,
+    /// Data events whose payload was cut at the cap.
+    Truncated = 6,
+    /// recvmmsg/sendmmsg on a tracked connection (not captured).
+    MmsgNotCaptured = 7,
+    /// Data syscalls on tracked connections that returned an error or 0.
+    DataNoBytes = 8,
+    /// accept/connect whose socket could not be identified as TCP.
+    NotTcp = 9,
+    /// Payload bytes copied into events.
+    PayloadBytes = 10,
+    /// Connections skipped by the port filter.
+    PortFiltered = 11,
+    /// Scratch buffer lookups that failed (never expected).
+    ScratchMissing = 12,
+    /// Events written without waking userspace (batched wakeups).
+    WakeupsSkipped = 13,
+}
+
+/// Number of counters.
+pub const COUNTER_COUNT: u32 = 14;
+
+impl Counter {
+    /// All counters, in index order.
+    pub const ALL: [Counter; COUNTER_COUNT as usize] = [
+        Counter::EventsOut,
+        Counter::RingFull,
+        Counter::ConnMapFull,
+        Counter::ActiveMapFull,
+        Counter::ListenerMapFull,
+        Counter::CopyFailed,
+        Counter::Truncated,
+        Counter::MmsgNotCaptured,
+        Counter::DataNoBytes,
+        Counter::NotTcp,
+        Counter::PayloadBytes,
+        Counter::PortFiltered,
+        Counter::ScratchMissing,
+        Counter::WakeupsSkipped,
+    ];
+
+    /// Stable snake_case name used in logs and JSON.
+    pub const fn name(self) -> &'static str {
+        match self {
+            Counter::EventsOut => "events_out",
+            Counter::RingFull => "ring_full",
+            Counter::ConnMapFull => "conn_map_full",
+            Counter::ActiveMapFull => "active_map_full",
+            Counter::ListenerMapFull => "listener_map_full",
+            Counter::CopyFailed => "copy_failed",
+            Counter::Truncated => "truncated",
+            Counter::MmsgNotCaptured => "mmsg_not_captured",
+            Counter::DataNoBytes => "data_no_bytes",
+            Counter::NotTcp => "not_tcp",
+            Counter::PayloadBytes => "payload_bytes",
+            Counter::PortFiltered => "port_filtered",
+            Counter::ScratchMissing => "scratch_missing",
+            Counter::WakeupsSkipped => "wakeups_skipped",
+        }
+    }
+}
+
+/// In-flight syscall state (value of [`maps::ACTIVE`]), written at syscall entry and consumed at
+/// exit.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct ActiveCall {
+    /// Buffer, iovec array, msghdr or sockaddr pointer, depending on `syscall`.
+    pub ptr: u64,
+    /// Entry time.
+    pub enter_ns: u64,
+    /// File descriptor.
+    pub fd: u32,
+    /// iovec count (vectored calls) or sockaddr length.
+    pub count: u32,
+    /// A [`Syscall`] as `u8`.
+    pub syscall: u8,
+    /// Set by `sock:inet_sock_set_state` while connect/listen runs: the socket is TCP.
+    pub is_tcp: u8,
+    /// Reserved.
+    pub _pad: [u8; 6],
+    /// connect: the destination; listen: the bound address.
+    pub addr: SockAddr,
+    /// connect: the source address chosen by the kernel.
+    pub local: SockAddr,
+}
+const _: () = assert!(size_of::<ActiveCall>() == 72);
+
+#[cfg(feature = "user")]
+mod user {
+    use super::*;
+    // SAFETY: all of these are #[repr(C)], Copy, contain only integers and arrays of integers, and
+    // have no implicit padding (asserted by the size checks above).
+    unsafe impl aya::Pod for Config {}
+    unsafe impl aya::Pod for ConnState {}
+    unsafe impl aya::Pod for ListenerState {}
+    unsafe impl aya::Pod for ThreadCtx {}
+    unsafe impl aya::Pod for ActiveCall {}
+    unsafe impl aya::Pod for SockAddr {}
+    unsafe impl aya::Pod for ConnId {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn event_kinds_round_trip() {
+        for k in [
+            EventKind::ConnOpen,
+            EventKind::ConnClose,
+            EventKind::Listen,
+            EventKind::Data,
+            EventKind::Exec,
+            EventKind::Exit,
+            EventKind::Fork,
+        ] {
+            assert_eq!(EventKind::try_from(k as u32), Ok(k));
+        }
+        assert_eq!(EventKind::try_from(0), Err(0));
+        assert_eq!(EventKind::try_from(11), Err(11));
+    }
+
+    #[test]
+    fn syscalls_round_trip() {
+        for v in 0..=255u8 {
+            if let Ok(s) = Syscall::try_from(v) {
+                assert_eq!(s as u8, v);
+            }
+        }
+        assert!(Syscall::try_from(0).is_err());
+    }
+
+    #[test]
+    fn counters_are_dense_and_named() {
+        for (i, c) in Counter::ALL.iter().enumerate() {
+            assert_eq!(*c as usize, i);
+            assert!(!c.name().is_empty());
+        }
+    }
+
+    #[test]
+    fn fd_key_separates_tgid_and_fd() {
+        assert_eq!(fd_key(1, 2), (1 << 32) | 2);
+        assert_ne!(fd_key(1, 2), fd_key(2, 1));
+    }
+
+    #[test]
+    fn scratch_fits_header_and_payload() {
+        const { assert!(MAX_PAYLOAD.is_power_of_two()) };
+        assert!(SCRATCH_BYTES >= size_of::<DataEvent>() + MAX_PAYLOAD);
+    }
+}

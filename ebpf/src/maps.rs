@@ -1,0 +1,53 @@
+//! Every map the programs use, in one place. Sizes are defaults; userspace may resize some at
+//! load time (pid_max for WATCHED, --max-conns for CONNS, --ring-bytes for EVENTS).
+use aya_ebpf::{
+    macros::map,
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+};
+use tracewire_common::{
+    ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, ListenerState,
+    MAX_ACTIVE, MAX_CGROUPS, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX, SCRATCH_BYTES, SockAddr,
+    ThreadCtx,
+};
+
+#[map]
+pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
+
+/// Indexed by tgid; resized to pid_max by userspace. An array lookup is inlined by the verifier,
+/// which keeps the cost for unwatched processes to a few instructions.
+#[map]
+pub static WATCHED: Array<u8> = Array::with_max_entries(32_768, 0);
+
+#[map]
+pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+#[map]
+pub static LISTENERS: HashMap<u64, ListenerState> = HashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// bind() addresses of inet sockets, until listen() turns them into listeners. LRU: sockets
+/// bound but never listened on (clients that bind) age out instead of filling the map.
+#[map]
+pub static BINDS: LruHashMap<u64, SockAddr> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+#[map]
+pub static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(MAX_ACTIVE, 0);
+
+/// LRU: threads that exit without a tracepoint we see must not fill the map.
+#[map]
+pub static THREAD_CTX: LruHashMap<u32, ThreadCtx> = LruHashMap::with_max_entries(MAX_THREAD_CTX, 0);
+
+#[map]
+pub static PORTS: HashMap<u16, u8> = HashMap::with_max_entries(MAX_PORTS, 0);
+
+#[map]
+pub static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUPS, 0);
+
+/// One scratch buffer per CPU, indexed by CPU id (resized to the possible CPU count by
+/// userspace). A plain array, not a per-CPU one: per-CPU values are limited to 32 KiB and a
+/// header plus two 16 KiB payload caps is just over that. Tracing programs do not nest on a CPU
+/// (the kernel's bpf_prog_active guard), so each slot has one user at a time.
+#[map]
+pub static SCRATCH: Array<[u8; SCRATCH_BYTES]> = Array::with_max_entries(256, 0);
+
+#[map]
+pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

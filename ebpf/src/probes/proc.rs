@@ -1,0 +1,97 @@
+//! Processes: selection follows forks and execs, and exits clean up.
+//!
+//! - fork: a child of a watched process is watched (a pre-fork server's workers, a shell's
+//!   children). The tracepoint also fires for new threads; their tid entry is harmless and is
+//!   cleared when the thread exits.
+//! - exec: reported to userspace, which re-evaluates `--exe` globs; `--cgroup` is decided here.
+//! - exit: a watched group leader's exit is reported so userspace drops its connections; every
+//!   exiting thread loses its WATCHED entry (pid reuse must not inherit selection) and its
+//!   in-flight state.
+use aya_ebpf::{
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    macros::tracepoint,
+    programs::TracePointContext,
+};
+use tracewire_common::{EventKind, ProcEvent, SELECT_WATCHED};
+
+use crate::{
+    maps::{ACTIVE, CGROUPS, THREAD_CTX},
+    util::{config, emit, header, now, set_watched, watched},
+};
+
+/// `sched:sched_process_fork`: the child_pid offset comes from tracefs (see `Config`).
+#[tracepoint]
+pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.select != SELECT_WATCHED {
+        return 0;
+    }
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !watched(&cfg, tgid) {
+        return 0;
+    }
+    let off = (cfg.fork_child_pid_offset & 0xff) as usize;
+    // SAFETY: offset validated by userspace against the tracepoint format; read via helper
+    // because it is not a compile-time constant.
+    let Ok(child) = (unsafe { ctx.read_at::<u32>(off) }) else {
+        return 0;
+    };
+    set_watched(child, true);
+    0
+}
+
+/// `sched:sched_process_exec`.
+#[tracepoint]
+pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    if cfg.select != SELECT_WATCHED {
+        return 0;
+    }
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    // SAFETY: helper without arguments.
+    let cgroup = unsafe { bpf_get_current_cgroup_id() };
+    // SAFETY: presence test only.
+    if unsafe { CGROUPS.get(cgroup) }.is_some() {
+        set_watched(tgid, true);
+    }
+    let ev = ProcEvent {
+        header: header(EventKind::Exec as u32, id, now()),
+        pid: tgid,
+        ppid: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit(&cfg, &ev);
+    0
+}
+
+/// `sched:sched_process_exit`.
+#[tracepoint]
+pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
+    let cfg = config();
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    let tid = id as u32;
+    let _ = THREAD_CTX.remove(tid);
+    let _ = ACTIVE.remove(id);
+    if tid != tgid {
+        if cfg.select == SELECT_WATCHED {
+            set_watched(tid, false);
+        }
+        return 0;
+    }
+    if !watched(&cfg, tgid) {
+        return 0;
+    }
+    if cfg.select == SELECT_WATCHED {
+        set_watched(tgid, false);
+    }
+    let ev = ProcEvent {
+        header: header(EventKind::Exit as u32, id, now()),
+        pid: tgid,
+        ppid: 0,
+        comm: bpf_get_current_comm().unwrap_or([0; 16]),
+    };
+    emit(&cfg, &ev);
+    0
+}

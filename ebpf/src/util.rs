@@ -1,0 +1,167 @@
+//! Small helpers shared by the probes: configuration, the process filter, counters, event output
+//! and tracepoint argument access.
+use aya_ebpf::{
+    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
+    programs::TracePointContext,
+    EbpfContext as _,
+};
+use tracewire_common::{
+    Config, Counter, EventHeader, FAMILY_V4, FAMILY_V6, SELECT_ALL, SockAddr, DEFAULT_PAYLOAD,
+    SELECT_WATCHED,
+};
+
+use crate::maps::{COUNTERS, EVENTS, WATCHED};
+
+/// Written by userspace at load time (`EbpfLoader::set_global`); read-only for the verifier, so
+/// branches on it are folded away.
+#[unsafe(no_mangle)]
+static TRACEWIRE_CONFIG: Config = Config {
+    self_tgid: 0,
+    select: SELECT_WATCHED,
+    payload_cap: DEFAULT_PAYLOAD,
+    port_filter: 0,
+    fork_child_pid_offset: 20,
+    _pad: 0,
+    wakeup_bytes: 0,
+};
+
+#[inline(always)]
+pub fn config() -> Config {
+    // SAFETY: a plain static; volatile so the compiler does not fold the default values.
+    unsafe { core::ptr::read_volatile(&TRACEWIRE_CONFIG) }
+}
+
+/// True when `tgid` is selected for tracing. This is the whole cost an unwatched process pays on a
+/// hooked syscall: a config check and one inlined array lookup.
+#[inline(always)]
+pub fn watched(cfg: &Config, tgid: u32) -> bool {
+    if tgid == cfg.self_tgid {
+        return false;
+    }
+    if cfg.select == SELECT_ALL {
+        return true;
+    }
+    matches!(WATCHED.get(tgid), Some(v) if *v != 0)
+}
+
+#[inline(always)]
+pub fn set_watched(tgid: u32, on: bool) {
+    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+        // SAFETY: pointer into the map value, valid for the program's run.
+        unsafe { *p = on as u8 };
+    }
+}
+
+#[inline(always)]
+pub fn count(c: Counter) {
+    add(c, 1);
+}
+
+#[inline(always)]
+pub fn add(c: Counter, n: u64) {
+    if let Some(p) = COUNTERS.get_ptr_mut(c as u32) {
+        // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+        unsafe { *p += n };
+    }
+}
+
+#[inline(always)]
+pub fn now() -> u64 {
+    // SAFETY: helper without arguments.
+    unsafe { bpf_ktime_get_ns() }
+}
+
+#[inline(always)]
+pub fn header(kind: u32, pid_tgid: u64, ts_ns: u64) -> EventHeader {
+    EventHeader {
+        kind,
+        // SAFETY: helper without arguments.
+        cpu: unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() },
+        ts_ns,
+        pid_tgid,
+    }
+}
+
+/// Wakeup policy: only wake the reader once enough bytes wait (batched wakeups). A per-event
+/// wakeup costs the traced thread about a microsecond (irq_work + IPI); userspace also polls on a
+/// short timer, so nothing waits long.
+#[inline(always)]
+fn wake_flags(cfg: &Config) -> u64 {
+    if cfg.wakeup_bytes == 0 {
+        return 0;
+    }
+    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes {
+        BPF_RB_FORCE_WAKEUP as u64
+    } else {
+        count(Counter::WakeupsSkipped);
+        BPF_RB_NO_WAKEUP as u64
+    }
+}
+
+/// Writes a fixed-size event, counting success or loss.
+#[inline(always)]
+pub fn emit<T: 'static>(cfg: &Config, ev: &T) {
+    let flags = wake_flags(cfg);
+    match EVENTS.output::<T>(ev, flags) {
+        Ok(()) => count(Counter::EventsOut),
+        Err(_) => count(Counter::RingFull),
+    }
+}
+
+/// Writes the first `len` bytes of `buf` as one event.
+#[inline(always)]
+pub fn emit_bytes(cfg: &Config, buf: &[u8], len: usize) {
+    let flags = wake_flags(cfg);
+    if len > buf.len() {
+        return;
+    }
+    // SAFETY: len <= buf.len() checked above.
+    let bytes = unsafe { buf.get_unchecked(..len) };
+    match EVENTS.output::<[u8]>(bytes, flags) {
+        Ok(()) => count(Counter::EventsOut),
+        Err(_) => count(Counter::RingFull),
+    }
+}
+
+/// Argument `n` of a `syscalls:sys_enter_*` tracepoint. Their format is stable: 8 bytes of common
+/// fields, `int __syscall_nr`, 4 bytes of padding, then 8-byte arguments (checked by userspace
+/// against tracefs before loading).
+#[inline(always)]
+pub fn arg(ctx: &TracePointContext, n: usize) -> u64 {
+    // SAFETY: constant offset inside the tracepoint record; direct context access.
+    unsafe { *(ctx.as_ptr() as *const u64).add(2 + n) }
+}
+
+/// Return value of a `syscalls:sys_exit_*` tracepoint (`long ret` at offset 16).
+#[inline(always)]
+pub fn ret(ctx: &TracePointContext) -> i64 {
+    // SAFETY: as for `arg`.
+    unsafe { *(ctx.as_ptr() as *const i64).add(2) }
+}
+
+/// Reads a `struct sockaddr_in{,6}` from user memory. Anything else (AF_UNIX, AF_NETLINK...) is
+/// `None`: only inet sockets can be TCP.
+#[inline(always)]
+pub fn read_sockaddr(ptr: u64) -> Option<SockAddr> {
+    if ptr == 0 {
+        return None;
+    }
+    // Read the 16 bytes every inet sockaddr has first: the caller's buffer may be exactly a
+    // sockaddr_in at the end of a page.
+    // SAFETY: bpf_probe_read_user validates the user address.
+    let head: [u8; 16] = unsafe { bpf_probe_read_user(ptr as *const [u8; 16]) }.ok()?;
+    let family = u16::from_ne_bytes([head[0], head[1]]);
+    let port = u16::from_be_bytes([head[2], head[3]]);
+    let mut addr = [0u8; 16];
+    if family == FAMILY_V4 {
+        addr[..4].copy_from_slice(&head[4..8]);
+    } else if family == FAMILY_V6 {
+        // sin6_addr is at offset 8 of the 28-byte sockaddr_in6.
+        // SAFETY: as above.
+        addr = unsafe { bpf_probe_read_user((ptr + 8) as *const [u8; 16]) }.ok()?;
+    } else {
+        return None;
+    }
+    Some(SockAddr { family, port, addr })
+}
