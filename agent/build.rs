@@ -5,19 +5,13 @@ use anyhow::{Context as _, anyhow};
 use aya_build::{Package, Toolchain};
 
 fn main() -> anyhow::Result<()> {
-    let meta = cargo_metadata::MetadataCommand::new()
-        .no_deps()
-        .exec()
-        .context("cargo metadata")?;
+    let meta = cargo_metadata::MetadataCommand::new().no_deps().exec().context("cargo metadata")?;
     let ebpf = meta
         .packages
         .into_iter()
         .find(|p| p.name.as_str() == "tracewire-ebpf")
         .ok_or_else(|| anyhow!("tracewire-ebpf package not found"))?;
-    let root = ebpf
-        .manifest_path
-        .parent()
-        .ok_or_else(|| anyhow!("tracewire-ebpf manifest has no parent"))?;
+    let root = ebpf.manifest_path.parent().ok_or_else(|| anyhow!("tracewire-ebpf manifest has no parent"))?;
     aya_build::build_ebpf(
         [Package { name: "tracewire-ebpf", root_dir: root.as_str(), ..Default::default() }],
         Toolchain::default(),

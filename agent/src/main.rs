@@ -15,7 +15,11 @@ use tracewire::{
 use tracewire_common::{DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, MAX_PAYLOAD};
 
 #[derive(Parser)]
-#[command(name = "tracewire", version, about = "Zero-instrumentation tracing of unmodified services with eBPF")]
+#[command(
+    name = "tracewire",
+    version,
+    about = "Zero-instrumentation tracing of unmodified services with eBPF"
+)]
 struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
@@ -107,11 +111,7 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    env_logger::Builder::new()
-        .parse_filters(&cli.log)
-        .parse_env("RUST_LOG")
-        .format_target(false)
-        .init();
+    env_logger::Builder::new().parse_filters(&cli.log).parse_env("RUST_LOG").format_target(false).init();
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

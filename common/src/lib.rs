@@ -20,6 +20,8 @@ pub mod maps {
     pub const CONNS: &str = "CONNS";
     /// Listening TCP sockets of watched processes, keyed by [`crate::fd_key`].
     pub const LISTENERS: &str = "LISTENERS";
+    /// Parent tgid of processes forked while watched.
+    pub const PARENTS: &str = "PARENTS";
     /// Syscalls in flight (entered, not yet returned), keyed by pid_tgid.
     pub const ACTIVE: &str = "ACTIVE";
     /// Which server connection each thread is currently serving, keyed by tid.
@@ -209,7 +211,8 @@ const _: () = assert!(size_of::<ConnState>() == 56);
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct ListenerState {
-    /// Bound address (the unspecified address for wildcard binds).
+    /// Bound address (the unspecified address for wildcard binds). Family 0: userspace found this
+    /// listening fd is not TCP, accepts on it are ignored.
     pub local: SockAddr,
 }
 const _: () = assert!(size_of::<ListenerState>() == 20);
@@ -239,7 +242,9 @@ pub struct ConnEvent {
     /// `CONN_FLAG_*`.
     pub flags: u8,
     /// Reserved.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 2],
+    /// For accepted connections: the listening fd they came from.
+    pub listener_fd: u32,
     /// Local address (family 0 when the kernel could not see it).
     pub local: SockAddr,
     /// Remote address (family 0 when the kernel could not see it).
@@ -252,6 +257,10 @@ const _: () = assert!(offset_of!(ConnEvent, header) == 0);
 pub const CONN_FLAG_PREEXISTING: u8 = 1;
 /// The local address is a wildcard bind: the real one is resolved in userspace.
 pub const CONN_FLAG_LOCAL_PARTIAL: u8 = 2;
+/// Accepted from a listening fd the kernel programs had not seen listen (inherited across fork,
+/// passed over a unix socket, or listening before the process was selected): userspace checks it
+/// is TCP, and records the listener so the next accept is known.
+pub const CONN_FLAG_UNVERIFIED: u8 = 4;
 
 /// Direction of a data event.
 pub const DIR_INGRESS: u8 = 1;
@@ -349,7 +358,7 @@ pub struct DataEvent {
 }
 const _: () = assert!(size_of::<DataEvent>() == 80);
 const _: () = assert!(offset_of!(DataEvent, header) == 0);
-const _: () = assert!(size_of::<DataEvent>() % 8 == 0);
+const _: () = assert!(size_of::<DataEvent>().is_multiple_of(8));
 
 /// Process event: [`EventKind::Exec`], [`EventKind::Exit`], [`EventKind::Fork`].
 #[repr(C)]

@@ -5,9 +5,8 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
 };
 use tracewire_common::{
-    ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, ListenerState,
-    MAX_ACTIVE, MAX_CGROUPS, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX, SCRATCH_BYTES, SockAddr,
-    ThreadCtx,
+    ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, ListenerState, MAX_ACTIVE,
+    MAX_CGROUPS, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX, SCRATCH_BYTES, SockAddr, ThreadCtx,
 };
 
 #[map]
@@ -28,6 +27,12 @@ pub static LISTENERS: HashMap<u64, ListenerState> = HashMap::with_max_entries(MA
 /// bound but never listened on (clients that bind) age out instead of filling the map.
 #[map]
 pub static BINDS: LruHashMap<u64, SockAddr> = LruHashMap::with_max_entries(MAX_LISTENERS, 0);
+
+/// Parent tgid of processes forked while watched (key: child pid). An accept on a listening fd
+/// the child inherited finds the listener under the parent's tgid (fork keeps fd numbers). LRU:
+/// the fork hook also fires for threads, whose entries simply age out.
+#[map]
+pub static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
 
 #[map]
 pub static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(MAX_ACTIVE, 0);

@@ -1,14 +1,13 @@
 //! Small helpers shared by the probes: configuration, the process filter, counters, event output
 //! and tracepoint argument access.
 use aya_ebpf::{
+    EbpfContext as _,
     bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     programs::TracePointContext,
-    EbpfContext as _,
 };
 use tracewire_common::{
-    Config, Counter, EventHeader, FAMILY_V4, FAMILY_V6, SELECT_ALL, SockAddr, DEFAULT_PAYLOAD,
-    SELECT_WATCHED,
+    Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SELECT_ALL, SELECT_WATCHED, SockAddr,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};

@@ -11,10 +11,7 @@ pub mod scan;
 pub mod select;
 pub mod session;
 
-use std::{
-    os::fd::AsRawFd as _,
-    time::Duration,
-};
+use std::{os::fd::AsRawFd as _, time::Duration};
 
 use aya::{
     Ebpf, EbpfLoader,
@@ -24,9 +21,8 @@ use aya::{
 pub use error::CaptureError;
 use log::{debug, info};
 use tracewire_common::{
-    COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD,
-    DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SELECT_ALL, SELECT_WATCHED, SockAddr, fd_key,
-    maps,
+    COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES,
+    ListenerState, MAX_PAYLOAD, SELECT_ALL, SELECT_WATCHED, SockAddr, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -106,8 +102,8 @@ impl Capture {
             _pad: 0,
             wakeup_bytes: options.wakeup_bytes,
         };
-        let cpus = aya::util::nr_cpus()
-            .map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACEWIRE_CONFIG", &config, true)
             .map_max_entries(maps::WATCHED, host.pid_max)
@@ -131,9 +127,8 @@ impl Capture {
         }
         debug!("attached {attached} programs");
 
-        let take = |ebpf: &mut Ebpf, name: &'static str| {
-            ebpf.take_map(name).ok_or(CaptureError::MissingMap(name))
-        };
+        let take =
+            |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(CaptureError::MissingMap(name));
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(CaptureError::Map)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(CaptureError::Map)?;
         let watched = Array::try_from(take(&mut ebpf, maps::WATCHED)?).map_err(CaptureError::Map)?;
@@ -155,7 +150,9 @@ impl Capture {
         }
         info!(
             "{attached} programs attached (kernel {}, payload cap {} B, ring {} KiB)",
-            host.kernel, options.payload_cap, options.ring_bytes / 1024
+            host.kernel,
+            options.payload_cap,
+            options.ring_bytes / 1024
         );
         Ok(Capture { ring, counters, watched, conns, listeners, options, attached, _ebpf: ebpf })
     }
@@ -214,6 +211,11 @@ impl Capture {
         self.watched.set(tgid, u8::from(on), 0).map_err(CaptureError::Map)
     }
 
+    /// Whether `tgid` is selected (always true when every process is traced).
+    pub fn is_watched(&self, tgid: u32) -> bool {
+        matches!(self.options.selection, Selection::All) || self.watched.get(&tgid, 0).is_ok_and(|v| v != 0)
+    }
+
     /// Starts tracking a connection found in /proc.
     pub fn insert_conn(&mut self, tgid: u32, fd: u32, state: ConnState) -> Result<(), CaptureError> {
         self.conns.insert(fd_key(tgid, fd), state, 0).map_err(CaptureError::Map)
@@ -232,7 +234,8 @@ impl Capture {
 
     /// Forgets every listener of a process that exited.
     pub fn remove_listeners_of(&mut self, tgid: u32) {
-        let keys: Vec<u64> = self.listeners.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
+        let keys: Vec<u64> =
+            self.listeners.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
         for k in keys {
             let _ = self.listeners.remove(&k);
         }

@@ -20,12 +20,8 @@ pub struct Host {
 }
 
 /// (capability number, name) the agent needs.
-const REQUIRED_CAPS: &[(u32, &str)] = &[
-    (39, "CAP_BPF"),
-    (38, "CAP_PERFMON"),
-    (19, "CAP_SYS_PTRACE"),
-    (2, "CAP_DAC_READ_SEARCH"),
-];
+const REQUIRED_CAPS: &[(u32, &str)] =
+    &[(39, "CAP_BPF"), (38, "CAP_PERFMON"), (19, "CAP_SYS_PTRACE"), (2, "CAP_DAC_READ_SEARCH")];
 const CAP_SYS_ADMIN: u32 = 21;
 
 /// Minimum kernel: BPF ring buffer (5.8).
@@ -108,9 +104,7 @@ fn ensure_tracefs(can_mount: bool) -> Result<String, CaptureError> {
     let target = std::ffi::CString::new(TRACEFS).map_err(|e| CaptureError::Config(e.to_string()))?;
     let fstype = c"tracefs";
     // SAFETY: valid NUL-terminated strings; no data argument.
-    let rc = unsafe {
-        libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null())
-    };
+    let rc = unsafe { libc::mount(fstype.as_ptr(), target.as_ptr(), fstype.as_ptr(), 0, std::ptr::null()) };
     if rc != 0 {
         return Err(CaptureError::Tracefs { path: TRACEFS.into(), source: std::io::Error::last_os_error() });
     }
@@ -160,9 +154,16 @@ pub fn parse_format(text: &str) -> Vec<Field> {
 }
 
 /// Offset of a field whose position varies between kernels.
-fn field_offset(tracefs: &str, category: &str, name: &str, field: &str, size: usize) -> Result<u32, CaptureError> {
+fn field_offset(
+    tracefs: &str,
+    category: &str,
+    name: &str,
+    field: &str,
+    size: usize,
+) -> Result<u32, CaptureError> {
     let path = Path::new(tracefs).join("events").join(category).join(name).join("format");
-    let text = fs::read_to_string(&path).map_err(|e| CaptureError::Io(format!("reading {}", path.display()), e))?;
+    let text =
+        fs::read_to_string(&path).map_err(|e| CaptureError::Io(format!("reading {}", path.display()), e))?;
     match parse_format(&text).into_iter().find(|f| f.name == field) {
         Some(f) if f.size == size && f.offset < 256 => Ok(f.offset as u32),
         other => Err(CaptureError::TracepointFormat {

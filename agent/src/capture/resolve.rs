@@ -4,7 +4,7 @@
 use std::{
     io,
     mem::{size_of, zeroed},
-    os::fd::{FromRawFd as _, OwnedFd, AsRawFd as _},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
 };
 
 use tracewire_common::{FAMILY_V4, FAMILY_V6, SockAddr};
@@ -56,13 +56,37 @@ fn name(fd: &OwnedFd, f: NameFn) -> io::Result<SockAddr> {
     Ok(to_sockaddr(&ss))
 }
 
-/// Local and remote address of `fd` in `tgid`. The remote is the default (family 0) for a
-/// listening socket.
-pub fn socket_addrs(tgid: u32, fd: u32) -> io::Result<(SockAddr, SockAddr)> {
+fn sockopt(fd: &OwnedFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+    let mut v: libc::c_int = 0;
+    let mut len = size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: pointers to our own int.
+    let rc = unsafe {
+        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len)
+    };
+    if rc != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+/// Local and remote address of `fd` in `tgid` when it is an inet TCP socket, `None` when it is
+/// some other kind of fd. The remote is the default (family 0) for a listening socket.
+pub fn tcp_socket(tgid: u32, fd: u32) -> io::Result<Option<(SockAddr, SockAddr)>> {
     let dup = steal_fd(tgid, fd)?;
+    let domain = match sockopt(&dup, libc::SO_DOMAIN) {
+        Ok(d) => d,
+        // ENOTSOCK: a file, pipe...
+        Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => return Ok(None),
+        Err(e) => return Err(e),
+    };
+    if (domain != libc::AF_INET && domain != libc::AF_INET6)
+        || sockopt(&dup, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
+    {
+        return Ok(None);
+    }
     let local = name(&dup, libc::getsockname)?;
     let remote = name(&dup, libc::getpeername).unwrap_or_default();
-    Ok((local, remote))
+    Ok(Some((local, remote)))
 }
 
 #[cfg(test)]
@@ -76,13 +100,17 @@ mod tests {
         let port = l.local_addr().unwrap().port();
         let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
         let me = std::process::id();
-        let (local, remote) = socket_addrs(me, c.as_raw_fd() as u32).unwrap();
+        let (local, remote) = tcp_socket(me, c.as_raw_fd() as u32).unwrap().unwrap();
         assert_eq!(local.family, FAMILY_V4);
         assert_eq!(remote.port, port);
         assert_eq!(&remote.addr[..4], &[127, 0, 0, 1]);
         assert_eq!(local.port, c.local_addr().unwrap().port());
-        let (llocal, lremote) = socket_addrs(me, l.as_raw_fd() as u32).unwrap();
+        let (llocal, lremote) = tcp_socket(me, l.as_raw_fd() as u32).unwrap().unwrap();
         assert_eq!(llocal.port, port);
         assert_eq!(lremote.family, 0);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        assert_eq!(tcp_socket(me, udp.as_raw_fd() as u32).unwrap(), None);
+        let file = std::fs::File::open("/proc/self/status").unwrap();
+        assert_eq!(tcp_socket(me, file.as_raw_fd() as u32).unwrap(), None);
     }
 }

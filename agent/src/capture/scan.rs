@@ -33,7 +33,9 @@ pub fn sockaddr(a: &std::net::SocketAddr) -> SockAddr {
             addr[..4].copy_from_slice(&v4.ip().octets());
             SockAddr { family: FAMILY_V4, port: v4.port(), addr }
         }
-        std::net::SocketAddr::V6(v6) => SockAddr { family: FAMILY_V6, port: v6.port(), addr: v6.ip().octets() },
+        std::net::SocketAddr::V6(v6) => {
+            SockAddr { family: FAMILY_V6, port: v6.port(), addr: v6.ip().octets() }
+        }
     }
 }
 
@@ -57,11 +59,8 @@ pub fn tcp_sockets(pid: u32) -> Vec<FoundSocket> {
     }
     let mut table: Vec<TcpNetEntry> = proc_.tcp().unwrap_or_default();
     table.extend(proc_.tcp6().unwrap_or_default());
-    let listening_ports: HashSet<u16> = table
-        .iter()
-        .filter(|e| e.state == TcpState::Listen)
-        .map(|e| e.local_address.port())
-        .collect();
+    let listening_ports: HashSet<u16> =
+        table.iter().filter(|e| e.state == TcpState::Listen).map(|e| e.local_address.port()).collect();
     table
         .iter()
         .filter_map(|e| {

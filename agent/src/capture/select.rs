@@ -138,9 +138,7 @@ fn cgroup_dir(path: &Path) -> Result<PathBuf, CaptureError> {
 /// The cgroup id the kernel reports for tasks in `path` (the directory's inode number).
 pub fn cgroup_id(path: &Path) -> Result<u64, CaptureError> {
     let dir = cgroup_dir(path)?;
-    fs::metadata(&dir)
-        .map(|m| m.ino())
-        .map_err(|e| CaptureError::Io(format!("stat {}", dir.display()), e))
+    fs::metadata(&dir).map(|m| m.ino()).map_err(|e| CaptureError::Io(format!("stat {}", dir.display()), e))
 }
 
 fn collect_cgroup_procs(dir: &Path, out: &mut HashSet<u32>) {

@@ -6,8 +6,8 @@ use std::{collections::HashMap, time::Duration};
 
 use log::{debug, warn};
 use tracewire_common::{
-    CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_PREEXISTING, ConnEvent, ConnId, ConnState, EventHeader,
-    EventKind, ROLE_LISTENER, SockAddr,
+    CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_PREEXISTING, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState,
+    EventHeader, EventKind, ROLE_LISTENER, SockAddr,
 };
 
 use super::{Capture, CaptureError, CaptureOptions, KernelCounters, Selection, resolve, scan};
@@ -32,6 +32,12 @@ pub struct SessionStats {
     pub open_conns: u64,
     /// Connections not remembered because the userspace table was full.
     pub conn_table_full: u64,
+    /// Accepted connections that turned out not to be TCP (inherited unix listeners).
+    pub not_tcp: u64,
+    /// Accepted connections dropped by the port filter after verification.
+    pub port_filtered: u64,
+    /// Data events on connections userspace does not know (dropped ones), skipped.
+    pub data_unknown_conn: u64,
 }
 
 /// A capture session.
@@ -48,9 +54,19 @@ impl Session {
     /// Loads the programs, applies the selection and scans /proc for existing sockets.
     pub fn start(options: CaptureOptions) -> Result<Self, CaptureError> {
         let selection = options.selection.clone();
-        let initial = selection.initial_pids()?;
+        // Validate the selection before loading anything (a named error for a missing pid)...
+        selection.initial_pids()?;
         let capture = Capture::start(options)?;
-        let mut s = Session { capture, selection, open: HashMap::new(), pending: Vec::new(), stats: SessionStats::default() };
+        // ...and compute it again once the fork hook is attached: a child forked in between
+        // is either in /proc now or seen by the hook.
+        let initial = selection.initial_pids()?;
+        let mut s = Session {
+            capture,
+            selection,
+            open: HashMap::new(),
+            pending: Vec::new(),
+            stats: SessionStats::default(),
+        };
         match &s.selection {
             Selection::All => {
                 let pids: Vec<u32> = procfs::process::all_processes()
@@ -119,7 +135,8 @@ impl Session {
                 conn: ConnId { tgid: pid, fd: sock.fd, generation },
                 role: sock.role,
                 flags: CONN_FLAG_PREEXISTING,
-                _pad: [0; 6],
+                _pad: [0; 2],
+                listener_fd: 0,
                 local: sock.local,
                 remote: sock.remote,
             });
@@ -143,36 +160,41 @@ impl Session {
     }
 
     /// Userspace work an event triggers before it is handed on. May rewrite the event (resolved
-    /// addresses).
-    fn control(&mut self, ev: &mut Event<'_>) -> Result<(), CaptureError> {
+    /// addresses). Returns whether to hand the event on.
+    fn control(&mut self, ev: &mut Event<'_>) -> Result<bool, CaptureError> {
         match ev {
             Event::Conn(c) => match EventKind::try_from(c.header.kind) {
-                Ok(EventKind::Listen) => {
-                    if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 {
-                        self.fill(c);
-                        if c.flags & CONN_FLAG_LOCAL_PARTIAL == 0 {
-                            self.capture.insert_listener(c.conn.tgid, c.conn.fd, c.local)?;
-                        }
+                Ok(EventKind::Listen) if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 => {
+                    self.fill(c);
+                    if c.flags & CONN_FLAG_LOCAL_PARTIAL == 0 {
+                        self.capture.insert_listener(c.conn.tgid, c.conn.fd, c.local)?;
                     }
                 }
                 Ok(EventKind::ConnOpen) => {
+                    if c.flags & CONN_FLAG_UNVERIFIED != 0 && !self.verify(c)? {
+                        return Ok(false);
+                    }
                     if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 {
                         self.fill(c);
                     }
                     self.remember(*c);
                 }
                 Ok(EventKind::ConnClose) => {
-                    if let Some(open) = self.open.remove(&(c.conn.tgid, c.conn.fd)) {
-                        // The kernel's copy of the addresses may be partial; ours is resolved.
-                        c.local = open.local;
-                        c.remote = open.remote;
-                    }
+                    let Some(open) = self.open.remove(&(c.conn.tgid, c.conn.fd)) else {
+                        // A connection dropped at verification.
+                        return Ok(false);
+                    };
+                    // The kernel's copy of the addresses may be partial; ours is resolved.
+                    c.local = open.local;
+                    c.remote = open.remote;
                     self.stats.open_conns = self.open.len() as u64;
                 }
                 _ => {}
             },
             Event::Proc(p) => match EventKind::try_from(p.header.kind) {
                 Ok(EventKind::Exec) => {
+                    // The kernel reports every exec so that globs can be matched here; only
+                    // those of selected processes are handed on.
                     let exe = std::fs::read_link(format!("/proc/{}/exe", p.pid));
                     if let Ok(exe) = exe
                         && self.selection.exe_matches(&exe)
@@ -181,7 +203,9 @@ impl Session {
                         self.stats.selected_at_exec += 1;
                         self.capture.set_watched(p.pid, true)?;
                         self.adopt(p.pid)?;
+                        return Ok(true);
                     }
+                    return Ok(self.capture.is_watched(p.pid));
                 }
                 Ok(EventKind::Exit) => {
                     let fds: Vec<u32> =
@@ -195,15 +219,62 @@ impl Session {
                 }
                 _ => {}
             },
-            Event::Data(..) => {}
+            Event::Data(d, _) => {
+                let known = self
+                    .open
+                    .get(&(d.conn.tgid, d.conn.fd))
+                    .is_some_and(|o| o.conn.generation == d.conn.generation);
+                if !known {
+                    self.stats.data_unknown_conn += 1;
+                    return Ok(false);
+                }
+            }
         }
-        Ok(())
+        Ok(true)
+    }
+
+    /// An accept on a listener the kernel had not seen: check the socket is TCP, learn the
+    /// listener for the next accepts, apply the port filter. Returns whether to keep it.
+    fn verify(&mut self, c: &mut ConnEvent) -> Result<bool, CaptureError> {
+        let (tgid, fd, lfd) = (c.conn.tgid, c.conn.fd, c.listener_fd);
+        match resolve::tcp_socket(tgid, fd) {
+            Ok(Some((local, remote))) => {
+                c.local = local;
+                c.remote = remote;
+                c.flags &= !(CONN_FLAG_UNVERIFIED | CONN_FLAG_LOCAL_PARTIAL);
+                self.stats.resolved += 1;
+                if let Ok(Some((listen_addr, _))) = resolve::tcp_socket(tgid, lfd) {
+                    self.capture.insert_listener(tgid, lfd, listen_addr)?;
+                }
+                let ports = &self.capture.options().ports;
+                if !ports.is_empty() && !ports.contains(&local.port) {
+                    self.stats.port_filtered += 1;
+                    self.capture.remove_conn(tgid, fd);
+                    return Ok(false);
+                }
+                Ok(true)
+            }
+            Ok(None) => {
+                // Not TCP (a unix listener): forget it, and mark the listener so the kernel
+                // ignores its next accepts.
+                self.stats.not_tcp += 1;
+                self.capture.remove_conn(tgid, fd);
+                self.capture.insert_listener(tgid, lfd, SockAddr::default())?;
+                Ok(false)
+            }
+            Err(e) => {
+                // Already closed: keep what the kernel saw; its close event follows.
+                debug!("verifying pid {tgid} fd {fd}: {e}");
+                self.stats.resolve_failed += 1;
+                Ok(true)
+            }
+        }
     }
 
     /// Fills in addresses the kernel could not see.
     fn fill(&mut self, c: &mut ConnEvent) {
-        match resolve::socket_addrs(c.conn.tgid, c.conn.fd) {
-            Ok((local, remote)) => {
+        match resolve::tcp_socket(c.conn.tgid, c.conn.fd) {
+            Ok(Some((local, remote))) => {
                 // A reused fd would show a different peer: keep what the kernel saw then.
                 let known_remote = c.remote.family != 0;
                 if known_remote && c.role != ROLE_LISTENER && !same_endpoint(&c.remote, &remote) {
@@ -217,6 +288,7 @@ impl Session {
                 c.flags &= !CONN_FLAG_LOCAL_PARTIAL;
                 self.stats.resolved += 1;
             }
+            Ok(None) => self.stats.resolve_failed += 1,
             Err(e) => {
                 debug!("resolving pid {} fd {}: {e}", c.conn.tgid, c.conn.fd);
                 self.stats.resolve_failed += 1;
@@ -229,9 +301,10 @@ impl Session {
         let mut n = 0;
         for c in std::mem::take(&mut self.pending) {
             let mut ev = Event::Conn(c);
-            self.control(&mut ev)?;
-            f(&ev);
-            n += 1;
+            if self.control(&mut ev)? {
+                f(&ev);
+                n += 1;
+            }
         }
         // Records are collected first (the ring borrow ends), then processed with &mut self.
         let mut raw: Vec<Vec<u8>> = Vec::new();
@@ -240,18 +313,20 @@ impl Session {
         for bytes in &raw {
             match decode(bytes) {
                 Ok(mut ev) => {
-                    self.control(&mut ev)?;
-                    f(&ev);
-                    n += 1;
+                    if self.control(&mut ev)? {
+                        f(&ev);
+                        n += 1;
+                    }
                 }
                 Err(e) => *self.stats.decode_errors.entry(e.reason()).or_default() += 1,
             }
         }
         for c in std::mem::take(&mut self.pending) {
             let mut ev = Event::Conn(c);
-            self.control(&mut ev)?;
-            f(&ev);
-            n += 1;
+            if self.control(&mut ev)? {
+                f(&ev);
+                n += 1;
+            }
         }
         Ok(n)
     }
@@ -260,7 +335,9 @@ impl Session {
 fn same_endpoint(a: &SockAddr, b: &SockAddr) -> bool {
     fn norm(s: &SockAddr) -> (u16, [u8; 16]) {
         // ::ffff:a.b.c.d and a.b.c.d are the same peer.
-        if s.family == tracewire_common::FAMILY_V6 && s.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff] {
+        if s.family == tracewire_common::FAMILY_V6
+            && s.addr[..12] == [0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0xff, 0xff]
+        {
             let mut v4 = [0u8; 16];
             v4[..4].copy_from_slice(&s.addr[12..]);
             return (s.port, v4);

@@ -17,12 +17,15 @@ use std::{
 use serde_json::{Value, json};
 use tracewire_common::{
     CONN_FLAG_PREEXISTING, ConnEvent, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent, EventKind, FAMILY_V4, FAMILY_V6, ProcEvent,
-    ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
+    DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent, EventKind, FAMILY_V4, FAMILY_V6, ProcEvent, ROLE_CLIENT,
+    ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
 };
 
 use crate::{
-    capture::{CaptureError, CaptureOptions, KernelCounters, session::{Session, SessionStats}},
+    capture::{
+        CaptureError, CaptureOptions, KernelCounters,
+        session::{Session, SessionStats},
+    },
     events::{Event, clock::Clock},
 };
 
@@ -89,7 +92,8 @@ fn syscall_name(s: u8) -> &'static str {
 pub fn http_head(payload: &[u8]) -> Option<String> {
     let end = payload.iter().position(|&b| b == b'\r' || b == b'\n').unwrap_or(payload.len()).min(200);
     let line = std::str::from_utf8(&payload[..end]).ok()?;
-    let looks_http = line.starts_with("HTTP/") || line.split(' ').nth(2).is_some_and(|v| v.starts_with("HTTP/"));
+    let looks_http =
+        line.starts_with("HTTP/") || line.split(' ').nth(2).is_some_and(|v| v.starts_with("HTTP/"));
     if !looks_http {
         return None;
     }
@@ -197,7 +201,11 @@ pub fn event_text(ev: &Event<'_>, clock: &Clock, show_payload: bool) -> String {
             let (pid, _) = pid_tid(c.header.pid_tgid);
             let arrow = if c.role == ROLE_CLIENT { "->" } else { "<-" };
             let pre = if c.flags & CONN_FLAG_PREEXISTING != 0 { " (existing)" } else { "" };
-            let peer = if c.role == ROLE_LISTENER { String::new() } else { format!(" {arrow} {}", addr_str(&c.remote)) };
+            let peer = if c.role == ROLE_LISTENER {
+                String::new()
+            } else {
+                format!(" {arrow} {}", addr_str(&c.remote))
+            };
             format!(
                 "{} {:<10} pid={pid} fd={} {} {}{peer}{pre}",
                 clock_str(clock, c.header.ts_ns),
@@ -261,6 +269,9 @@ fn status_json(k: &KernelCounters, s: &SessionStats, rate: f64, byte_rate: f64) 
         "resolve_failed": s.resolve_failed,
         "decode_errors": s.decode_errors,
         "conn_table_full": s.conn_table_full,
+        "not_tcp": s.not_tcp,
+        "port_filtered": s.port_filtered,
+        "data_unknown_conn": s.data_unknown_conn,
         "kernel": kernel,
     })
 }
@@ -306,13 +317,10 @@ pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -
     let mut status = Status { last: Instant::now(), last_events: 0, last_bytes: 0 };
     let mut write_failed = false;
     loop {
-        if stop.load(Ordering::Relaxed) {
-            break;
-        }
-        if out.duration.is_some_and(|d| started.elapsed() >= d) {
-            break;
-        }
-        session.poll(Duration::from_millis(20), |ev| {
+        let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
+        // On the way out, one last non-blocking poll drains what the kernel already wrote.
+        let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
+        session.poll(timeout, |ev| {
             let line = if out.json {
                 event_json(ev, &clock, out.show_payload).to_string()
             } else {
@@ -324,6 +332,9 @@ pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -
         })?;
         if write_failed || w.flush().is_err() {
             // stdout closed (e.g. piped into `head`): stop quietly.
+            break;
+        }
+        if stopping {
             break;
         }
         if !out.status_every.is_zero() && status.last.elapsed() >= out.status_every {
@@ -362,7 +373,10 @@ mod tests {
 
     #[test]
     fn http_heads_drop_the_query() {
-        assert_eq!(http_head(b"GET /a?token=x HTTP/1.1\r\nHost: h\r\n").as_deref(), Some("GET /a?… HTTP/1.1"));
+        assert_eq!(
+            http_head(b"GET /a?token=x HTTP/1.1\r\nHost: h\r\n").as_deref(),
+            Some("GET /a?… HTTP/1.1")
+        );
         assert_eq!(http_head(b"HTTP/1.1 200 OK\r\n").as_deref(), Some("HTTP/1.1 200 OK"));
         assert_eq!(http_head(b"\x16\x03\x01binary"), None);
         assert_eq!(http_head(b""), None);

@@ -20,10 +20,7 @@ fn monotonic_ns() -> u64 {
 }
 
 fn realtime_ns() -> i128 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap_or(Duration::ZERO)
-        .as_nanos() as i128
+    SystemTime::now().duration_since(UNIX_EPOCH).unwrap_or(Duration::ZERO).as_nanos() as i128
 }
 
 impl Clock {

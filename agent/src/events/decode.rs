@@ -7,9 +7,7 @@
 use std::mem::size_of;
 
 use thiserror::Error;
-use tracewire_common::{
-    ConnEvent, DataEvent, EventHeader, EventKind, MAX_PAYLOAD, ProcEvent,
-};
+use tracewire_common::{ConnEvent, DataEvent, EventHeader, EventKind, MAX_PAYLOAD, ProcEvent};
 
 /// One decoded event. Data payloads borrow from the record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,9 +144,7 @@ pub mod encode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracewire_common::{
-        ConnId, DIR_INGRESS, ROLE_SERVER, SockAddr, Syscall, FAMILY_V4,
-    };
+    use tracewire_common::{ConnId, DIR_INGRESS, FAMILY_V4, ROLE_SERVER, SockAddr, Syscall};
 
     fn header(kind: EventKind) -> EventHeader {
         EventHeader { kind: kind as u32, cpu: 1, ts_ns: 42, pid_tgid: (7 << 32) | 8 }
@@ -185,12 +181,22 @@ mod tests {
             conn: ConnId { tgid: 7, fd: 3, generation: 9 },
             role: ROLE_SERVER,
             flags: 0,
-            _pad: [0; 6],
-            local: SockAddr { family: FAMILY_V4, port: 80, addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0] },
+            _pad: [0; 2],
+            listener_fd: 0,
+            local: SockAddr {
+                family: FAMILY_V4,
+                port: 80,
+                addr: [127, 0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0],
+            },
             remote: SockAddr::default(),
         };
         assert_eq!(decode(&encode::encode(&Event::Conn(c))), Ok(Event::Conn(c)));
-        let p = ProcEvent { header: header(EventKind::Exit), pid: 7, ppid: 1, comm: *b"python3\0\0\0\0\0\0\0\0\0" };
+        let p = ProcEvent {
+            header: header(EventKind::Exit),
+            pid: 7,
+            ppid: 1,
+            comm: *b"python3\0\0\0\0\0\0\0\0\0",
+        };
         assert_eq!(decode(&encode::encode(&Event::Proc(p))), Ok(Event::Proc(p)));
     }
 

@@ -14,18 +14,16 @@
 //!   generation, never the old connection.
 //! - **close()** removes the connection and tells userspace, which flushes its state.
 use aya_ebpf::{
-    helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
-    EbpfContext as _,
+    EbpfContext as _, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, ConnEvent, ConnId, ConnState, Counter, EventKind, ListenerState, SockAddr,
-    Syscall, CONN_FLAG_LOCAL_PARTIAL, FAMILY_V4, ROLE_CLIENT, ROLE_LISTENER,
-    ROLE_SERVER, fd_key,
+    ActiveCall, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter,
+    EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use crate::{
-    maps::{ACTIVE, BINDS, CONNS, LISTENERS, PORTS, THREAD_CTX},
-    util::{arg, config, count, emit, header, now, read_sockaddr, ret, watched},
+    maps::{ACTIVE, BINDS, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, THREAD_CTX},
+    util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
 
 const TCP_SYN_SENT: i32 = 2;
@@ -93,32 +91,43 @@ fn port_selected(port: u16) -> bool {
     false
 }
 
-#[inline(always)]
-fn open_conn(id: u64, fd: u32, role: u8, local: SockAddr, remote: SockAddr, flags: u8) {
+/// Records a new connection and reports it. Not inlined and building the event in the CPU's
+/// scratch slot rather than on the stack: accept's exit would otherwise exceed the 512-byte BPF
+/// stack.
+#[inline(never)]
+fn open_conn(id: u64, fd: u32, state: &mut ConnState, flags: u8, listener_fd: u32) {
     let cfg = config();
     let tgid = (id >> 32) as u32;
     let ts = now();
-    let state = ConnState {
-        generation: ts,
-        role,
-        local,
-        remote,
-        ..ConnState::default()
-    };
-    if CONNS.insert(fd_key(tgid, fd), state, 0).is_err() {
+    state.generation = ts;
+    if CONNS.insert(fd_key(tgid, fd), *state, 0).is_err() {
         count(Counter::ConnMapFull);
         return;
     }
-    let ev = ConnEvent {
-        header: header(EventKind::ConnOpen as u32, id, ts),
-        conn: ConnId { tgid, fd, generation: ts },
-        role,
-        flags,
-        _pad: [0; 6],
-        local,
-        remote,
+    // SAFETY: helper without arguments.
+    let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
+    let Some(slot) = SCRATCH.get_ptr_mut(cpu) else {
+        count(Counter::ScratchMissing);
+        return;
     };
-    emit(&cfg, &ev);
+    // SAFETY: this CPU's scratch slot (see probes::data), large enough for a ConnEvent.
+    let buf = unsafe { &mut *slot };
+    let ev = buf.as_mut_ptr() as *mut ConnEvent;
+    // SAFETY: in bounds (SCRATCH_BYTES > size_of::<ConnEvent>()); unaligned writes.
+    unsafe {
+        core::ptr::write_unaligned(
+            core::ptr::addr_of_mut!((*ev).header),
+            header(EventKind::ConnOpen as u32, id, ts),
+        );
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).conn), ConnId { tgid, fd, generation: ts });
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).role), state.role);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).flags), flags);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev)._pad), [0u8; 2]);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).listener_fd), listener_fd);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).local), state.local);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).remote), state.remote);
+    }
+    emit_bytes(&cfg, buf, core::mem::size_of::<ConnEvent>());
 }
 
 // --- bind / listen -----------------------------------------------------------------------------
@@ -171,7 +180,8 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
         conn: ConnId { tgid, fd: call.fd, generation: 0 },
         role: ROLE_LISTENER,
         flags: if local.port == 0 || is_unspecified(&local) { CONN_FLAG_LOCAL_PARTIAL } else { 0 },
-        _pad: [0; 6],
+        _pad: [0; 2],
+        listener_fd: 0,
         local,
         remote: SockAddr::default(),
     };
@@ -203,20 +213,61 @@ fn accept_exit(ctx: &TracePointContext, syscall: Syscall) {
         return;
     }
     let tgid = (id >> 32) as u32;
-    // SAFETY: copied.
-    let Some(listener) = (unsafe { LISTENERS.get(fd_key(tgid, call.fd)) }).copied() else {
-        count(Counter::NotTcp);
-        return;
-    };
-    if !port_selected(listener.local.port) {
-        return;
-    }
     let remote = read_sockaddr(call.ptr).unwrap_or_default();
-    let mut flags = 0;
-    if is_unspecified(&listener.local) || remote.family == 0 {
+    let mut found = ListenerState::default();
+    let listener = if find_listener(tgid, call.fd, &mut found) { Some(found) } else { None };
+    let (local, mut flags) = match listener {
+        Some(l) if l.local.family == 0 => {
+            count(Counter::NotTcp);
+            return;
+        }
+        Some(l) => {
+            if !port_selected(l.local.port) {
+                return;
+            }
+            (l.local, 0)
+        }
+        // A listener we never saw listen (inherited by a pre-fork worker, passed over a unix
+        // socket): track it and let userspace verify it is TCP and apply the port filter.
+        None => (SockAddr::default(), CONN_FLAG_UNVERIFIED | CONN_FLAG_LOCAL_PARTIAL),
+    };
+    if is_unspecified(&local) || remote.family == 0 {
         flags |= CONN_FLAG_LOCAL_PARTIAL;
     }
-    open_conn(id, new_fd as u32, ROLE_SERVER, listener.local, remote, flags);
+    let mut state = ConnState { role: ROLE_SERVER, local, remote, ..ConnState::default() };
+    open_conn(id, new_fd as u32, &mut state, flags, call.fd);
+}
+
+/// The listener behind `fd` in `tgid`, or in the process it was forked from (pre-fork servers:
+/// nginx, gunicorn and Apache workers accept on the socket their master listened on). A listener
+/// found through the parent is recorded for the child, so the next accept is one lookup.
+// Not inlined: accept's exit already holds a connection event on its stack, and the 512-byte BPF
+// stack does not fit this lookup's copies as well.
+#[inline(never)]
+fn find_listener(tgid: u32, fd: u32, out: &mut ListenerState) -> bool {
+    if let Some(l) = LISTENERS.get_ptr(fd_key(tgid, fd)) {
+        // SAFETY: map value pointer, copied.
+        *out = unsafe { *l };
+        return true;
+    }
+    let mut pid = tgid;
+    let mut depth = 0;
+    while depth < 3 {
+        let Some(parent) = PARENTS.get_ptr(pid) else {
+            return false;
+        };
+        // SAFETY: map value pointer, copied.
+        let parent = unsafe { *parent };
+        if let Some(l) = LISTENERS.get_ptr(fd_key(parent, fd)) {
+            // SAFETY: as above.
+            *out = unsafe { *l };
+            let _ = LISTENERS.insert(fd_key(tgid, fd), *out, 0);
+            return true;
+        }
+        pid = parent;
+        depth += 1;
+    }
+    false
 }
 
 #[tracepoint]
@@ -249,13 +300,8 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let p = ctx.as_ptr() as *const u8;
     // SAFETY: constant offsets inside the tracepoint record.
-    let (old, new, protocol) = unsafe {
-        (
-            *(p.add(16) as *const i32),
-            *(p.add(20) as *const i32),
-            *(p.add(30) as *const u16),
-        )
-    };
+    let (old, new, protocol) =
+        unsafe { (*(p.add(16) as *const i32), *(p.add(20) as *const i32), *(p.add(30) as *const u16)) };
     if old != TCP_CLOSE || new != TCP_SYN_SENT || protocol != IPPROTO_TCP {
         return 0;
     }
@@ -301,7 +347,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if !port_selected(call.addr.port) {
         return 0;
     }
-    open_conn(id, call.fd, ROLE_CLIENT, call.local, call.addr, 0);
+    let mut state =
+        ConnState { role: ROLE_CLIENT, local: call.local, remote: call.addr, ..ConnState::default() };
+    open_conn(id, call.fd, &mut state, 0, 0);
     0
 }
 
@@ -340,7 +388,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         conn: ConnId { tgid, fd, generation: state.generation },
         role: state.role,
         flags: 0,
-        _pad: [0; 6],
+        _pad: [0; 2],
+        listener_fd: 0,
         local: state.local,
         remote: state.remote,
     };

@@ -19,9 +19,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, ConnId, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD,
-    ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, ThreadCtx, fd_key,
+    ActiveCall, ConnId, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED,
+    DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER,
+    SockAddr, Syscall, ThreadCtx, fd_key,
 };
 
 use crate::{
@@ -184,9 +184,7 @@ fn copy_flat(buf: &mut [u8], src: u64, want: u64, flags: &mut u16) -> u64 {
         return 0;
     }
     // SAFETY: n <= MAX_PAYLOAD and the scratch buffer has HDR + 2 * MAX_PAYLOAD bytes.
-    let rc = unsafe {
-        bpf_probe_read_user(buf.as_mut_ptr().add(HDR).cast(), n as u32, src as *const _)
-    };
+    let rc = unsafe { bpf_probe_read_user(buf.as_mut_ptr().add(HDR).cast(), n as u32, src as *const _) };
     if rc != 0 {
         *flags |= DATA_FLAG_COPY_FAILED;
         return 0;
@@ -223,11 +221,7 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, flags: &mut u16) -
         if n > 0 {
             // SAFETY: bounds as above.
             let rc = unsafe {
-                bpf_probe_read_user(
-                    buf.as_mut_ptr().add(HDR + at).cast(),
-                    n as u32,
-                    entry[0] as *const _,
-                )
+                bpf_probe_read_user(buf.as_mut_ptr().add(HDR + at).cast(), n as u32, entry[0] as *const _)
             };
             if rc != 0 {
                 *flags |= DATA_FLAG_COPY_FAILED;

@@ -1,8 +1,9 @@
 //! Processes: selection follows forks and execs, and exits clean up.
 //!
 //! - fork: a child of a watched process is watched (a pre-fork server's workers, a shell's
-//!   children). The tracepoint also fires for new threads; their tid entry is harmless and is
-//!   cleared when the thread exits.
+//!   children), and its parent is remembered so that accepts on inherited listening sockets are
+//!   recognised. The tracepoint also fires for new threads; their tid entries are harmless and are
+//!   cleared when the thread exits (WATCHED) or age out (PARENTS).
 //! - exec: reported to userspace, which re-evaluates `--exe` globs; `--cgroup` is decided here.
 //! - exit: a watched group leader's exit is reported so userspace drops its connections; every
 //!   exiting thread loses its WATCHED entry (pid reuse must not inherit selection) and its
@@ -15,7 +16,7 @@ use aya_ebpf::{
 use tracewire_common::{EventKind, ProcEvent, SELECT_WATCHED};
 
 use crate::{
-    maps::{ACTIVE, CGROUPS, THREAD_CTX},
+    maps::{ACTIVE, CGROUPS, PARENTS, THREAD_CTX},
     util::{config, emit, header, now, set_watched, watched},
 };
 
@@ -23,9 +24,6 @@ use crate::{
 #[tracepoint]
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if cfg.select != SELECT_WATCHED {
-        return 0;
-    }
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !watched(&cfg, tgid) {
         return 0;
@@ -36,7 +34,10 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let Ok(child) = (unsafe { ctx.read_at::<u32>(off) }) else {
         return 0;
     };
-    set_watched(child, true);
+    let _ = PARENTS.insert(child, tgid, 0);
+    if cfg.select == SELECT_WATCHED {
+        set_watched(child, true);
+    }
     0
 }
 

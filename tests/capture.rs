@@ -1,0 +1,395 @@
+//! Root integration tests of the kernel capture: the real programs, real servers and clients.
+//! Each test asserts exact byte counts, roles, addresses and pids.
+mod common;
+
+use std::{fs, net::TcpListener, process::Command, time::Instant};
+
+use common::*;
+use serde_json::Value;
+
+fn same_conn(e: &Value, open: &Value) -> bool {
+    e["pid"] == open["pid"] && e["fd"] == open["fd"] && e["gen"] == open["gen"]
+}
+
+fn data_of<'a>(events: &'a [Value], open: &Value) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == "data" && same_conn(e, open)).collect()
+}
+
+/// One request through raw_client.py: (bytes sent, bytes received).
+fn request(client: &mut Peer, line: &str) -> (u64, u64) {
+    client.send(line);
+    let reply = client.expect("sent ");
+    let n: Vec<u64> = reply.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    (n[0], n[1])
+}
+
+fn payload(e: &Value) -> &str {
+    e["payload"].as_str().unwrap_or("")
+}
+
+#[test]
+fn python_server_and_curl_exact_bytes_roles_and_addresses() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let pid = server.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    let sizes = curl(&format!("http://127.0.0.1:{port}/bytes/1000"), &[]);
+    let remote = format!("127.0.0.1:{}", sizes.local_port);
+    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
+    });
+    let events = agent.stop();
+
+    let opens: Vec<&Value> =
+        of(&events, "conn_open", pid).into_iter().filter(|e| e["remote"] == remote.as_str()).collect();
+    assert_eq!(opens.len(), 1, "one accepted connection: {events:#?}");
+    let open = opens[0];
+    assert_eq!(open["role"], "server");
+    assert_eq!(open["local"], format!("127.0.0.1:{port}"));
+    assert_eq!(open["preexisting"], false);
+
+    let data = data_of(&events, open);
+    assert_eq!(bytes(&data, "server", "ingress"), sizes.request, "request bytes");
+    assert_eq!(bytes(&data, "server", "egress"), sizes.header + sizes.body, "response bytes");
+    let first_in = data.iter().find(|e| e["direction"] == "ingress").expect("ingress data");
+    assert!(payload(first_in).starts_with("GET /bytes/1000 HTTP/1.1\r\n"), "{first_in}");
+    assert_eq!(first_in["head"], "GET /bytes/1000 HTTP/1.1");
+    let first_out = data.iter().find(|e| e["direction"] == "egress").expect("egress data");
+    assert!(payload(first_out).starts_with("HTTP/1.1 200 OK\r\n"), "{first_out}");
+
+    // Timestamps are ordered: open ≤ request read < response written ≤ close.
+    let close = of(&events, "conn_close", pid).into_iter().find(|e| same_conn(e, open)).expect("close");
+    let ts = |e: &Value| e["ts"].as_u64().expect("ts");
+    assert!(ts(open) <= ts(first_in) && ts(first_in) <= first_out["enter_ts"].as_u64().unwrap());
+    assert!(data.iter().all(|e| ts(e) <= ts(close)));
+    // The request was served by a thread of the server process (ThreadingHTTPServer).
+    assert!(data.iter().all(|e| e["pid"] == pid && e["tid"].as_u64().unwrap() > 0));
+}
+
+#[test]
+fn keep_alive_requests_on_one_connection_both_sides() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let mut client = Peer::python("raw_client.py", &["127.0.0.1", &port.to_string()]);
+    let client_port: u16 = client.expect("connected ")[10..].trim().parse().unwrap();
+    let (spid, cpid) = (server.pid(), client.pid());
+    let mut agent = Agent::start(&["--pid", &spid.to_string(), "--pid", &cpid.to_string()]);
+
+    // The server thread was already blocked in recv() when the agent attached: that read's
+    // bytes are not seen (the connection is traced from its next message), so a warm-up request
+    // goes first and the assertions allow for its request being missed on the server side.
+    let (warm_sent, warm_received) = request(&mut client, "get /warmup");
+    let mut sent = 0;
+    let mut received = 0;
+    for path in ["/k1", "/bytes/3000", "/k3"] {
+        let (s, r) = request(&mut client, &format!("get {path}"));
+        sent += s;
+        received += r;
+    }
+    client.send("quit");
+    client.expect("closed");
+    agent.wait_for("server close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == spid);
+    let events = agent.stop();
+
+    // The connection existed before the agent started on both sides.
+    let sopen = of(&events, "conn_open", spid)[0];
+    assert_eq!(sopen["role"], "server");
+    assert_eq!(sopen["preexisting"], true);
+    assert_eq!(sopen["remote"], format!("127.0.0.1:{client_port}"));
+    let copen = of(&events, "conn_open", cpid)[0];
+    assert_eq!(copen["role"], "client");
+    assert_eq!(copen["preexisting"], true);
+    assert_eq!(copen["remote"], format!("127.0.0.1:{port}"));
+    assert_eq!(copen["local"], format!("127.0.0.1:{client_port}"));
+
+    let sdata = data_of(&events, sopen);
+    let mut requests: Vec<&str> =
+        sdata.iter().filter(|e| e["direction"] == "ingress").filter_map(|e| e["head"].as_str()).collect();
+    let warm_seen = requests.first() == Some(&"GET /warmup HTTP/1.1");
+    if warm_seen {
+        requests.remove(0);
+    }
+    assert_eq!(requests, ["GET /k1 HTTP/1.1", "GET /bytes/3000 HTTP/1.1", "GET /k3 HTTP/1.1"]);
+    let warm_in = if warm_seen { warm_sent } else { 0 };
+    assert_eq!(bytes(&sdata, "server", "ingress"), sent + warm_in);
+    // Responses are written after the agent attached: all of them are seen.
+    assert_eq!(bytes(&sdata, "server", "egress"), received + warm_received);
+
+    // The client was waiting on stdin, not in a socket call: everything is seen.
+    let cdata = data_of(&events, copen);
+    assert_eq!(bytes(&cdata, "client", "egress"), sent + warm_sent);
+    assert_eq!(bytes(&cdata, "client", "ingress"), received + warm_received);
+}
+
+#[test]
+fn headers_beyond_the_cap_are_truncated_and_flagged() {
+    let _g = serial();
+    require_root();
+    for (cap, pad) in [(None, 10_000u64), (Some("16384"), 10_000)] {
+        let (server, port) = python_server("127.0.0.1");
+        let mut client = Peer::python("raw_client.py", &["127.0.0.1", &port.to_string()]);
+        client.expect("connected ");
+        let (spid, cpid) = (server.pid(), client.pid());
+        let mut args = vec!["--pid".to_string(), spid.to_string(), "--pid".to_string(), cpid.to_string()];
+        if let Some(cap) = cap {
+            args.extend(["--payload-cap".to_string(), cap.to_string()]);
+        }
+        let argv: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut agent = Agent::start(&argv);
+        // See keep_alive_requests_on_one_connection_both_sides: the warm-up absorbs the read
+        // that was in flight when the agent attached.
+        let (warm, _) = request(&mut client, "get /warmup");
+        let (sent, _) = request(&mut client, &format!("get /big {pad}"));
+        client.send("quit");
+        client.expect("closed");
+        agent.wait_for("server close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == spid);
+        let events = agent.stop();
+        let cap_bytes: u64 = cap.map_or(4096, |c| c.parse().unwrap());
+
+        let copen = of(&events, "conn_open", cpid)[0];
+        let out: Vec<&Value> = data_of(&events, copen)
+            .into_iter()
+            .filter(|e| e["direction"] == "egress" && e["head"] == "GET /big HTTP/1.1")
+            .collect();
+        assert_eq!(out.len(), 1, "one sendall of {sent} bytes: {out:#?}");
+        assert_eq!(out[0]["len"], sent);
+        assert_eq!(out[0]["captured"], sent.min(cap_bytes));
+        assert_eq!(out[0]["truncated"], sent > cap_bytes);
+        assert_eq!(payload(out[0]).len() as u64, sent.min(cap_bytes));
+        assert!(payload(out[0]).starts_with("GET /big HTTP/1.1\r\n"));
+
+        let sopen = of(&events, "conn_open", spid)[0];
+        let ins: Vec<&Value> =
+            data_of(&events, sopen).into_iter().filter(|e| e["direction"] == "ingress").collect();
+        let total: u64 = ins.iter().map(|e| e["len"].as_u64().unwrap()).sum();
+        assert!(total == sent || total == sent + warm, "server read {total} of {sent} (+{warm} warm-up)");
+        assert!(ins.iter().any(|e| e["head"] == "GET /big HTTP/1.1"));
+        for e in &ins {
+            let len = e["len"].as_u64().unwrap();
+            assert_eq!(e["captured"].as_u64().unwrap(), len.min(cap_bytes), "{e}");
+            assert_eq!(e["truncated"], len > cap_bytes, "{e}");
+        }
+    }
+}
+
+#[test]
+fn ipv6_loopback() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("::1");
+    let pid = server.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    let sizes = curl(&format!("http://[::1]:{port}/"), &[]);
+    let remote = format!("[::1]:{}", sizes.local_port);
+    let open = agent
+        .wait_for("v6 open", EVENT_TIMEOUT, |e| e["type"] == "conn_open" && e["remote"] == remote.as_str());
+    agent.wait_for("v6 close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == pid);
+    let events = agent.stop();
+    assert_eq!(open["local"], format!("[::1]:{port}"));
+    assert_eq!(open["role"], "server");
+    let data = data_of(&events, &open);
+    assert_eq!(bytes(&data, "server", "ingress"), sizes.request);
+    assert_eq!(bytes(&data, "server", "egress"), sizes.header + sizes.body);
+}
+
+#[test]
+fn unselected_processes_produce_no_data_events() {
+    let _g = serial();
+    require_root();
+    let (traced, tport) = python_server("127.0.0.1");
+    let (other, oport) = python_server("127.0.0.1");
+    let mut agent = Agent::start(&["--pid", &traced.pid().to_string()]);
+    let other_sizes = curl(&format!("http://127.0.0.1:{oport}/"), &[]);
+    let traced_sizes = curl(&format!("http://127.0.0.1:{tport}/"), &[]);
+    // The traced request is seen; the other one, sent first, never is.
+    agent.wait_for("traced close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == traced.pid());
+    let events = agent.stop();
+    assert!(events.iter().all(|e| e["pid"] != other.pid()), "events from an unselected process");
+    let data = of(&events, "data", traced.pid());
+    assert_eq!(bytes(&data, "server", "ingress"), traced_sizes.request);
+    assert!(other_sizes.request > 0);
+}
+
+#[test]
+fn port_filter_in_all_process_mode() {
+    let _g = serial();
+    require_root();
+    let (a, aport) = python_server("127.0.0.1");
+    let (b, bport) = python_server("127.0.0.1");
+    let mut agent = Agent::start(&["--port", &aport.to_string()]);
+    curl(&format!("http://127.0.0.1:{bport}/"), &[]);
+    let sizes = curl(&format!("http://127.0.0.1:{aport}/"), &[]);
+    agent.wait_for("a close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == a.pid());
+    let events = agent.stop();
+    assert!(of(&events, "data", b.pid()).is_empty(), "port {bport} was not selected");
+    assert_eq!(bytes(&of(&events, "data", a.pid()), "server", "ingress"), sizes.request);
+    // curl is a client of port aport: selected by the same filter, it shows as a client.
+    let client_opens: Vec<&Value> = events
+        .iter()
+        .filter(|e| {
+            e["type"] == "conn_open" && e["role"] == "client" && e["remote"] == format!("127.0.0.1:{aport}")
+        })
+        .collect();
+    assert_eq!(client_opens.len(), 1, "curl's connection: {events:#?}");
+}
+
+fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+#[test]
+fn nginx_sendfile_response_is_counted_to_its_end() {
+    let _g = serial();
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tracewire-nginx-{}", std::process::id()));
+    let www = dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    let body = vec![b'n'; 200_000];
+    fs::write(www.join("file.bin"), &body).unwrap();
+    let port = free_port();
+    let d = dir.display();
+    fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
+             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}\n"
+        ),
+    )
+    .unwrap();
+    // A shell that waits, then becomes nginx: selecting it before nginx exists means the master
+    // is traced from exec on, and its worker is selected at fork. The worker accepts on a
+    // listening socket it inherited, which it never listened on itself: the agent must verify
+    // it and learn it.
+    let conf = dir.join("nginx.conf").display().to_string();
+    let mut nginx =
+        Peer::spawn(Command::new("sh").args(["-c", &format!("read go; exec nginx -c {conf} -p {d}")]));
+    let mut agent = Agent::start(&["--pid", &nginx.pid().to_string()]);
+    nginx.send("go");
+    // Wait until nginx answers (a condition, not a sleep).
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "nginx did not start");
+        std::thread::yield_now();
+    }
+    let sizes = curl(&format!("http://127.0.0.1:{port}/file.bin"), &[]);
+    assert_eq!(sizes.body, body.len() as u64);
+    let done = Instant::now();
+    let remote = format!("127.0.0.1:{}", sizes.local_port);
+    let open = agent.wait_for("nginx open", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_open" && e["remote"] == remote.as_str()
+    });
+    let egress_total = sizes.header + sizes.body;
+    // curl has the whole response, so nginx has closed or will close the connection.
+    agent.wait_for("nginx close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && same_conn(e, &open));
+    let events = agent.stop();
+    drop(nginx);
+    let _ = fs::remove_dir_all(&dir);
+
+    assert_eq!(open["role"], "server");
+    assert_eq!(open["local"], format!("127.0.0.1:{port}"));
+    // The master listened while traced; the connection was accepted by another process.
+    let listen = events.iter().find(|e| e["type"] == "listen").expect("nginx master's listen");
+    assert_eq!(listen["local"], format!("127.0.0.1:{port}"));
+    assert_ne!(listen["pid"], open["pid"], "accepted by the worker, not the master");
+    let data = data_of(&events, &open);
+    assert_eq!(bytes(&data, "server", "ingress"), sizes.request);
+    assert_eq!(bytes(&data, "server", "egress"), egress_total);
+    let sendfile: Vec<&&Value> = data.iter().filter(|e| e["syscall"] == "sendfile").collect();
+    assert!(!sendfile.is_empty(), "nginx sent the body with sendfile: {data:#?}");
+    assert!(sendfile.iter().all(|e| e["captured"] == 0), "file content is never copied");
+    // The last response byte left before curl finished reading it.
+    let last =
+        data.iter().filter(|e| e["direction"] == "egress").map(|e| e["ts"].as_u64().unwrap()).max().unwrap();
+    let wall_done = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos()
+        as u64
+        - done.elapsed().as_nanos() as u64;
+    assert!(last <= wall_done + 5_000_000, "last egress {last} after curl finished {wall_done}");
+}
+
+#[test]
+fn cgroup_selection_follows_exec() {
+    let _g = serial();
+    require_root();
+    let mount = tracewire::capture::select::cgroup2_mount().expect("cgroup2 mount");
+    let cg = mount.join(format!("tracewire-test-{}", std::process::id()));
+    fs::create_dir_all(&cg).expect("create cgroup");
+    let mut agent = Agent::start(&["--cgroup", &cg.display().to_string()]);
+    // The server joins the cgroup, then execs python: selected by the kernel at exec.
+    let script = format!(
+        "echo $$ > {}/cgroup.procs && exec python3 {}",
+        cg.display(),
+        repo().join("tests/peers/http_server.py").display()
+    );
+    let mut server = Peer::spawn(Command::new("sh").args(["-c", &script]));
+    let port: u16 = server.expect("port ")[5..].trim().parse().unwrap();
+    let sizes = curl(&format!("http://127.0.0.1:{port}/"), &[]);
+    let pid = server.pid();
+    agent.wait_for("close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == pid);
+    let events = agent.stop();
+    drop(server);
+    let _ = fs::remove_dir(&cg);
+    // The listener was seen being created (bind + listen after selection).
+    let listen = of(&events, "listen", pid);
+    assert_eq!(listen.len(), 1, "{events:#?}");
+    assert_eq!(listen[0]["local"], format!("127.0.0.1:{port}"));
+    assert_eq!(bytes(&of(&events, "data", pid), "server", "ingress"), sizes.request);
+}
+
+fn our_programs_loaded() -> usize {
+    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
+    let text = String::from_utf8_lossy(&out.stdout);
+    // bpftool prints full names (from BTF), not the 15-character kernel names.
+    let ours: Vec<String> =
+        ["sys_enter_recvmmsg", "sys_exit_sendfile64", "inet_sock_set_state", "sched_process_exec"]
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+    text.lines().filter(|l| ours.iter().any(|n| l.contains(&format!(" name {n} ")))).count()
+}
+
+#[test]
+fn programs_are_detached_when_the_agent_exits() {
+    let _g = serial();
+    require_root();
+    let before = our_programs_loaded();
+    let agent = Agent::start(&["--pid", &std::process::id().to_string()]);
+    assert_eq!(our_programs_loaded(), before + 4, "the agent's programs are loaded while it runs");
+    agent.stop();
+    assert_eq!(our_programs_loaded(), before, "programs left behind");
+}
+
+#[test]
+fn named_errors_without_privileges_or_btf() {
+    let _g = serial();
+    require_root();
+    let out = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups", "--inh-caps=-all", "--bounding-set=-all"])
+        .arg(env!("CARGO_BIN_EXE_tracewire"))
+        .args(["capture", "--duration", "1"])
+        .output()
+        .expect("setpriv");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("missing capabilities: CAP_BPF, CAP_PERFMON"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+        .args(["capture", "--duration", "1"])
+        .env("TRACEWIRE_BTF", "/nonexistent/vmlinux")
+        .output()
+        .expect("tracewire");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success());
+    assert!(err.contains("kernel BTF not found at /nonexistent/vmlinux"), "{err}");
+
+    let out = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+        .args(["capture", "--pid", "4000000", "--duration", "1"])
+        .output()
+        .expect("tracewire");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pid 4000000: no such process"));
+}

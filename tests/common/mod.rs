@@ -1,0 +1,237 @@
+//! Harness for the root integration tests: runs the real `tracewire capture --json` and real
+//! peers (Python servers and clients, curl, nginx), and waits on conditions, never on sleeps.
+#![allow(dead_code, reason = "each test binary uses a different part of the harness")]
+
+use std::{
+    io::{BufRead as _, BufReader, Write as _},
+    path::PathBuf,
+    process::{Child, ChildStdin, Command, Stdio},
+    sync::{
+        Mutex, MutexGuard,
+        mpsc::{self, Receiver},
+    },
+    thread,
+    time::{Duration, Instant},
+};
+
+use serde_json::Value;
+
+/// Agent start-up (load + verify + attach) in a debug build takes a second or two.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
+pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+/// Serialises the tests of one binary: each loads its own programs and the machine has 2 cores.
+pub fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+/// These tests load kernel programs: they need root (or the capabilities the agent names).
+pub fn require_root() {
+    // SAFETY: no arguments.
+    let euid = unsafe { libc::geteuid() };
+    assert_eq!(euid, 0, "the integration tests load eBPF programs and must run as root (cargo xtask test)");
+}
+
+pub fn repo() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).parent().expect("repo root").to_path_buf()
+}
+
+fn lines_of(r: impl std::io::Read + Send + 'static) -> Receiver<String> {
+    let (tx, rx) = mpsc::channel();
+    thread::spawn(move || {
+        for line in BufReader::new(r).lines().map_while(Result::ok) {
+            if tx.send(line).is_err() {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// A running `tracewire capture --json`.
+pub struct Agent {
+    child: Child,
+    events: Receiver<String>,
+    stderr: Receiver<String>,
+    /// Every event received so far.
+    pub seen: Vec<Value>,
+}
+
+impl Agent {
+    /// Starts the agent with `args` after `capture --json --show-payload` and waits until it is
+    /// ready.
+    pub fn start(args: &[&str]) -> Agent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+            .args(["capture", "--json", "--show-payload", "--status-interval", "0"])
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tracewire");
+        let events = lines_of(child.stdout.take().expect("stdout"));
+        let stderr = lines_of(child.stderr.take().expect("stderr"));
+        let mut agent = Agent { child, events, stderr, seen: Vec::new() };
+        agent.wait_for("ready", READY_TIMEOUT, |e| e["type"] == "ready");
+        agent
+    }
+
+    fn stderr_text(&self) -> String {
+        self.stderr.try_iter().collect::<Vec<_>>().join("\n")
+    }
+
+    /// Waits for an event matching `pred` (also among those already seen) and returns it.
+    pub fn wait_for(&mut self, what: &str, timeout: Duration, pred: impl Fn(&Value) -> bool) -> Value {
+        if let Some(e) = self.seen.iter().find(|e| pred(e)) {
+            return e.clone();
+        }
+        let deadline = Instant::now() + timeout;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.events.recv_timeout(left) {
+                Ok(line) => {
+                    let v: Value = serde_json::from_str(&line)
+                        .unwrap_or_else(|e| panic!("agent printed non-JSON line {line:?}: {e}"));
+                    self.seen.push(v.clone());
+                    if pred(&v) {
+                        return v;
+                    }
+                }
+                Err(_) => {
+                    let status = self.child.try_wait().ok().flatten();
+                    panic!(
+                        "timed out waiting for {what} (agent exit status: {status:?})\nstderr:\n{}\nevents:\n{}",
+                        self.stderr_text(),
+                        self.seen.iter().map(Value::to_string).collect::<Vec<_>>().join("\n")
+                    );
+                }
+            }
+        }
+    }
+
+    /// Stops the agent with SIGINT (it drains the ring buffer first) and returns every event.
+    pub fn stop(mut self) -> Vec<Value> {
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().expect("wait for tracewire");
+        for line in self.events.iter() {
+            if let Ok(v) = serde_json::from_str::<Value>(&line) {
+                self.seen.push(v);
+            }
+        }
+        assert!(status.success(), "tracewire exited with {status}\nstderr:\n{}", self.stderr_text());
+        std::mem::take(&mut self.seen)
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A peer process speaking a line protocol on stdin/stdout.
+pub struct Peer {
+    child: Child,
+    stdin: Option<ChildStdin>,
+    out: Receiver<String>,
+}
+
+impl Peer {
+    pub fn spawn(cmd: &mut Command) -> Peer {
+        let mut child = cmd
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::inherit())
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
+        let stdin = child.stdin.take();
+        let out = lines_of(child.stdout.take().expect("stdout"));
+        Peer { child, stdin, out }
+    }
+
+    /// `python3 tests/peers/<script> args...`
+    pub fn python(script: &str, args: &[&str]) -> Peer {
+        Peer::spawn(Command::new("python3").arg(repo().join("tests/peers").join(script)).args(args))
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Next stdout line, which must start with `prefix`.
+    pub fn expect(&mut self, prefix: &str) -> String {
+        let line = self
+            .out
+            .recv_timeout(EVENT_TIMEOUT)
+            .unwrap_or_else(|_| panic!("peer {} printed nothing starting with {prefix:?}", self.pid()));
+        assert!(line.starts_with(prefix), "peer said {line:?}, expected {prefix:?}");
+        line
+    }
+
+    pub fn send(&mut self, line: &str) {
+        let stdin = self.stdin.as_mut().expect("stdin");
+        writeln!(stdin, "{line}").expect("write to peer");
+        stdin.flush().expect("flush peer");
+    }
+}
+
+impl Drop for Peer {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// The test HTTP server: returns (peer, port).
+pub fn python_server(host: &str) -> (Peer, u16) {
+    let mut p = Peer::python("http_server.py", &[host]);
+    let line = p.expect("port ");
+    let port = line[5..].trim().parse().expect("port number");
+    (p, port)
+}
+
+/// Byte counts curl reports for one request.
+#[derive(Debug, Clone, Copy)]
+pub struct CurlSizes {
+    pub request: u64,
+    pub header: u64,
+    pub body: u64,
+    pub local_port: u16,
+}
+
+pub fn curl(url: &str, extra: &[&str]) -> CurlSizes {
+    let out = Command::new("curl")
+        .args([
+            "-s",
+            "-g",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{size_request} %{size_header} %{size_download} %{local_port} %{http_code}",
+        ])
+        .args(extra)
+        .arg(url)
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let n: Vec<u64> = text.split_whitespace().map(|w| w.parse().expect("curl number")).collect();
+    assert_eq!(n.get(4), Some(&200), "curl {url}: {text}");
+    CurlSizes { request: n[0], header: n[1], body: n[2], local_port: n[3] as u16 }
+}
+
+/// Events of `kind` from process `pid`.
+pub fn of<'a>(events: &'a [Value], kind: &str, pid: u32) -> Vec<&'a Value> {
+    events.iter().filter(|e| e["type"] == kind && e["pid"] == pid).collect()
+}
+
+/// Sum of `len` over data events matching the filter.
+pub fn bytes(events: &[&Value], role: &str, direction: &str) -> u64 {
+    events
+        .iter()
+        .filter(|e| e["role"] == role && e["direction"] == direction)
+        .map(|e| e["len"].as_u64().expect("len"))
+        .sum()
+}

@@ -1,0 +1,42 @@
+"""A small uninstrumented HTTP/1.1 server for tracewire's tests.
+
+Prints "port N" once listening. GET /bytes/N answers with N bytes of body; anything else with
+"ok". Keep-alive (HTTP/1.1), one thread per connection. Usage: http_server.py [HOST]
+"""
+import socket
+import sys
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def do_GET(self):
+        body = b"ok\n"
+        if self.path.startswith("/bytes/"):
+            body = b"x" * int(self.path.split("/")[2])
+        self.send_response(200)
+        self.send_header("Content-Type", "text/plain")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+
+
+def main():
+    host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    if ":" in host:
+        Server.address_family = socket.AF_INET6
+    server = Server((host, 0), Handler)
+    print(f"port {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
