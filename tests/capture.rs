@@ -393,3 +393,27 @@ fn named_errors_without_privileges_or_btf() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("--pid 4000000: no such process"));
 }
+
+#[test]
+fn exe_glob_selects_running_and_new_processes() {
+    let _g = serial();
+    require_root();
+    // A running process matched by the glob at start: python3 serving on a port.
+    let (server, port) = python_server("127.0.0.1");
+    let mut agent = Agent::start(&["--exe", "python3*"]);
+    let sizes = curl(&format!("http://127.0.0.1:{port}/"), &[]);
+    agent.wait_for("close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == server.pid());
+    // A process started afterwards is selected when it execs.
+    let (late, late_port) = python_server("127.0.0.1");
+    agent.wait_for("exec", EVENT_TIMEOUT, |e| e["type"] == "exec" && e["pid"] == late.pid());
+    let late_sizes = curl(&format!("http://127.0.0.1:{late_port}/"), &[]);
+    agent.wait_for("late close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == late.pid());
+    let events = agent.stop();
+    assert_eq!(bytes(&of(&events, "data", server.pid()), "server", "ingress"), sizes.request);
+    assert_eq!(
+        bytes(&of(&events, "data", late.pid()), "server", "egress"),
+        late_sizes.header + late_sizes.body
+    );
+    // curl does not match the glob.
+    assert!(events.iter().all(|e| e["type"] != "data" || e["pid"] == server.pid() || e["pid"] == late.pid()));
+}
