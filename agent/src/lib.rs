@@ -4,4 +4,6 @@
 //! clocks) → later stages. `cli` holds the subcommands.
 pub mod capture;
 pub mod cli;
+pub mod correlate;
 pub mod events;
+pub mod protocol;

@@ -8,7 +8,9 @@ use procfs::{
     net::{TcpNetEntry, TcpState},
     process::{FDTarget, Process},
 };
-use tracewire_common::{FAMILY_V4, FAMILY_V6, ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddr};
+use tracewire_common::{ROLE_CLIENT, ROLE_SERVER, ROLE_UNKNOWN, SockAddr};
+
+use crate::events::encode_sockaddr;
 
 /// One socket of a process.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -23,20 +25,6 @@ pub struct FoundSocket {
     pub local: SockAddr,
     /// Remote address.
     pub remote: SockAddr,
-}
-
-/// Converts a std socket address.
-pub fn sockaddr(a: &std::net::SocketAddr) -> SockAddr {
-    match a {
-        std::net::SocketAddr::V4(v4) => {
-            let mut addr = [0u8; 16];
-            addr[..4].copy_from_slice(&v4.ip().octets());
-            SockAddr { family: FAMILY_V4, port: v4.port(), addr }
-        }
-        std::net::SocketAddr::V6(v6) => {
-            SockAddr { family: FAMILY_V6, port: v6.port(), addr: v6.ip().octets() }
-        }
-    }
 }
 
 /// TCP sockets (listening or established) of `pid`.
@@ -81,8 +69,8 @@ pub fn tcp_sockets(pid: u32) -> Vec<FoundSocket> {
                 fd,
                 listening,
                 role,
-                local: sockaddr(&e.local_address),
-                remote: sockaddr(&e.remote_address),
+                local: encode_sockaddr(&e.local_address),
+                remote: encode_sockaddr(&e.remote_address),
             })
         })
         .collect()

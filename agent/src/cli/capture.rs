@@ -6,7 +6,7 @@
 //! shows only the first line of an HTTP message, with its query string removed.
 use std::{
     io::{self, Write},
-    net::{IpAddr, Ipv4Addr, Ipv6Addr, SocketAddr},
+    net::SocketAddr,
     sync::{
         Arc,
         atomic::{AtomicBool, Ordering},
@@ -17,8 +17,8 @@ use std::{
 use serde_json::{Value, json};
 use tracewire_common::{
     CONN_FLAG_PREEXISTING, ConnEvent, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent, EventKind, FAMILY_V4, FAMILY_V6, ProcEvent, ROLE_CLIENT,
-    ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
+    DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent, EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER,
+    ROLE_SERVER, SockAddr, Syscall,
 };
 
 use crate::{
@@ -44,15 +44,7 @@ pub struct CaptureOutput {
 
 /// Formats an address; `None` when unknown.
 pub fn addr(a: &SockAddr) -> Option<SocketAddr> {
-    let ip = match a.family {
-        FAMILY_V4 => IpAddr::V4(Ipv4Addr::new(a.addr[0], a.addr[1], a.addr[2], a.addr[3])),
-        FAMILY_V6 => {
-            let v6 = Ipv6Addr::from(a.addr);
-            v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(IpAddr::V6(v6))
-        }
-        _ => return None,
-    };
-    Some(SocketAddr::new(ip, a.port))
+    crate::events::socket_addr(a)
 }
 
 fn addr_str(a: &SockAddr) -> String {
@@ -384,6 +376,7 @@ mod tests {
 
     #[test]
     fn addresses_format_and_unmap() {
+        use tracewire_common::FAMILY_V6;
         let mut a = SockAddr { family: FAMILY_V6, port: 80, addr: [0; 16] };
         a.addr[10] = 0xff;
         a.addr[11] = 0xff;

@@ -1,0 +1,608 @@
+//! Events → spans. Pure code: recorded events in, span records out.
+//!
+//! Per connection, a request stream and a response stream reassemble HTTP/1 messages; requests
+//! wait in a FIFO (pipelining) for their responses; each exchange becomes one span. Server spans
+//! run from the first byte of the request read to the last byte of the response written; client
+//! spans from the first byte of the request written to the last byte of the response read.
+//!
+//! Trace context, in order of authority: a valid incoming `traceparent` (server spans); a
+//! `traceparent` the application itself wrote on an outgoing request (client spans); the server
+//! request the same thread is serving (thread context from the kernel, exact for
+//! thread-per-request servers); otherwise a new trace. Where the serving request is ambiguous the
+//! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
+pub mod span;
+pub mod stream;
+
+use std::{
+    collections::{BTreeMap, HashMap, VecDeque},
+    net::SocketAddr,
+};
+
+use span::{Kind, Link, SpanRecord, Value};
+use stream::{Meta, Side, Sink, Stream};
+use tracewire_common::{
+    ConnEvent, ConnId, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr,
+};
+
+use crate::{
+    events::{Event, clock::Clock, socket_addr},
+    protocol::{
+        http1::{self, Framing, RequestHead, ResponseHead},
+        traceparent,
+    },
+};
+
+/// Requests waiting for a response on one connection (pipelining depth).
+pub const MAX_PENDING: usize = 64;
+/// Invalid messages before a connection that never carried HTTP is ignored.
+const NON_HTTP_STRIKES: u8 = 2;
+
+/// Counters of the correlator, by reason.
+#[derive(Debug, Default, Clone)]
+pub struct CorrelateStats {
+    /// Spans produced.
+    pub spans: u64,
+    /// Invalid or unparseable bytes, by reason.
+    pub invalid: BTreeMap<&'static str, u64>,
+    /// Connections recognised as not HTTP and skipped.
+    pub non_http_conns: u64,
+    /// Responses with no request seen (tracing started mid-exchange).
+    pub unpaired_responses: u64,
+    /// Requests dropped because too many waited for responses on one connection.
+    pub pending_overflow: u64,
+    /// Connections not tracked because the table was full.
+    pub conn_table_full: u64,
+    /// Connections that became tunnels (upgrade, CONNECT).
+    pub tunnels: u64,
+    /// Incoming `traceparent` headers accepted.
+    pub traceparent_valid: u64,
+    /// Incoming `traceparent` headers rejected (ignored).
+    pub traceparent_invalid: u64,
+    /// Client spans linked to the request their thread was serving.
+    pub linked_thread: u64,
+    /// Client spans whose parent was ambiguous.
+    pub unlinked: u64,
+    /// Requests that never got a response (connection closed).
+    pub no_response: u64,
+}
+
+/// Trace context of a span being built.
+#[derive(Debug, Clone)]
+struct SpanCtx {
+    trace_id: [u8; 16],
+    span_id: [u8; 8],
+    parent_id: Option<[u8; 8]>,
+    parent_remote: bool,
+    flags: u8,
+    trace_state: Option<String>,
+    link: Link,
+}
+
+#[derive(Debug)]
+struct Pending {
+    head: RequestHead,
+    meta: Meta,
+    ctx: SpanCtx,
+}
+
+#[derive(Debug)]
+struct Info {
+    id: ConnId,
+    role: u8,
+    local: SockAddr,
+    remote: SockAddr,
+}
+
+/// Bookkeeping of one connection (separate from its streams so a stream can report into it).
+#[derive(Debug, Default)]
+struct Book {
+    pending: VecDeque<Pending>,
+    current: Option<(Pending, ResponseHead)>,
+    interim: bool,
+    tunnel: bool,
+    had_http: bool,
+    strikes: u8,
+    ignored: bool,
+}
+
+struct Conn {
+    info: Info,
+    req: Stream,
+    resp: Stream,
+    book: Book,
+}
+
+/// Server requests in flight, by server connection: what a client span made by a thread serving
+/// that connection may take as its parent.
+type Serving = HashMap<ConnId, Vec<SpanCtx>>;
+
+/// Shared state the per-connection sink needs.
+struct Global<'a> {
+    serving: &'a mut Serving,
+    stats: &'a mut CorrelateStats,
+    out: &'a mut Vec<SpanRecord>,
+    rng: &'a mut fastrand::Rng,
+}
+
+struct ConnSink<'a, 'g> {
+    info: &'a Info,
+    book: &'a mut Book,
+    g: &'a mut Global<'g>,
+}
+
+fn random_nonzero<const N: usize>(rng: &mut fastrand::Rng) -> [u8; N] {
+    loop {
+        let mut b = [0u8; N];
+        rng.fill(&mut b);
+        if b != [0; N] {
+            return b;
+        }
+    }
+}
+
+impl ConnSink<'_, '_> {
+    fn new_ctx(&mut self, head: &RequestHead, meta: &Meta) -> SpanCtx {
+        let span_id = random_nonzero::<8>(self.g.rng);
+        let values: Vec<&[u8]> = head.traceparent.iter().map(Vec::as_slice).collect();
+        let incoming = match traceparent::parse_all(&values) {
+            Ok(Some(tp)) => {
+                self.g.stats.traceparent_valid += 1;
+                Some(tp)
+            }
+            Ok(None) => None,
+            Err(_) => {
+                self.g.stats.traceparent_invalid += 1;
+                None
+            }
+        };
+        let trace_state = incoming
+            .and(head.tracestate.as_deref())
+            .and_then(traceparent::tracestate)
+            .filter(|s| !s.is_empty());
+        if self.info.role == ROLE_SERVER {
+            return match incoming {
+                Some(tp) => SpanCtx {
+                    trace_id: tp.trace_id,
+                    span_id,
+                    parent_id: Some(tp.parent_id),
+                    parent_remote: true,
+                    flags: tp.flags,
+                    trace_state,
+                    link: Link::None,
+                },
+                None => self.root(span_id, Link::None),
+            };
+        }
+        // Client: the serving request of this thread, if exactly one is in flight.
+        let parent = if meta.thread_ctx.generation != 0 && meta.thread_ctx.tgid == self.info.id.tgid {
+            match self.g.serving.get(&meta.thread_ctx).map(Vec::as_slice) {
+                Some([one]) => Some(Ok(one.clone())),
+                Some([_, _, ..]) => Some(Err(())),
+                _ => None,
+            }
+        } else {
+            None
+        };
+        match (incoming, parent) {
+            // The application propagates itself: its header wins.
+            (Some(tp), parent) => {
+                let parent_id = match parent {
+                    Some(Ok(p)) if p.trace_id == tp.trace_id => p.span_id,
+                    _ => tp.parent_id,
+                };
+                SpanCtx {
+                    trace_id: tp.trace_id,
+                    span_id,
+                    parent_id: Some(parent_id),
+                    parent_remote: false,
+                    flags: tp.flags,
+                    trace_state,
+                    link: Link::None,
+                }
+            }
+            (None, Some(Ok(p))) => {
+                self.g.stats.linked_thread += 1;
+                SpanCtx {
+                    trace_id: p.trace_id,
+                    span_id,
+                    parent_id: Some(p.span_id),
+                    parent_remote: false,
+                    flags: p.flags,
+                    trace_state: p.trace_state.clone(),
+                    link: Link::Thread,
+                }
+            }
+            (None, Some(Err(()))) => {
+                self.g.stats.unlinked += 1;
+                self.root(span_id, Link::Unlinked)
+            }
+            (None, None) => self.root(span_id, Link::None),
+        }
+    }
+
+    fn root(&mut self, span_id: [u8; 8], link: Link) -> SpanCtx {
+        SpanCtx {
+            trace_id: random_nonzero::<16>(self.g.rng),
+            span_id,
+            parent_id: None,
+            parent_remote: false,
+            flags: traceparent::FLAG_SAMPLED | traceparent::FLAG_RANDOM,
+            trace_state: None,
+            link,
+        }
+    }
+
+    fn finish_exchange(&mut self, p: Pending, resp: Option<&ResponseHead>, end_ns: u64) {
+        if self.info.role == ROLE_SERVER
+            && let Some(list) = self.g.serving.get_mut(&self.info.id)
+        {
+            list.retain(|c| c.span_id != p.ctx.span_id);
+            if list.is_empty() {
+                self.g.serving.remove(&self.info.id);
+            }
+        }
+        if resp.is_none() {
+            self.g.stats.no_response += 1;
+        }
+        self.g.out.push(build_span(self.info, p, resp, end_ns));
+        self.g.stats.spans += 1;
+    }
+}
+
+impl Sink for ConnSink<'_, '_> {
+    fn request(&mut self, head: RequestHead, meta: Meta, _truncated: bool) -> Framing {
+        self.book.had_http = true;
+        let framing = http1::request_framing(&head);
+        let ctx = self.new_ctx(&head, &meta);
+        if self.info.role == ROLE_SERVER {
+            self.g.serving.entry(self.info.id).or_default().push(ctx.clone());
+        }
+        if self.book.pending.len() >= MAX_PENDING
+            && let Some(old) = self.book.pending.pop_front()
+        {
+            self.g.stats.pending_overflow += 1;
+            if let Some(list) = self.g.serving.get_mut(&self.info.id) {
+                list.retain(|c| c.span_id != old.ctx.span_id);
+            }
+        }
+        self.book.pending.push_back(Pending { head, meta, ctx });
+        framing
+    }
+
+    fn response(&mut self, head: ResponseHead, _meta: Meta, _truncated: bool) -> Framing {
+        self.book.had_http = true;
+        if (100..200).contains(&head.status) && head.status != 101 {
+            // 100 Continue and friends: interim, the final response follows.
+            self.book.interim = true;
+            return Framing::None;
+        }
+        let Some(req) = self.book.pending.pop_front() else {
+            self.g.stats.unpaired_responses += 1;
+            return http1::response_framing(&head, None);
+        };
+        let framing = http1::response_framing(&head, Some(&req.head.method));
+        if head.status == 101 || (req.head.method == "CONNECT" && (200..300).contains(&head.status)) {
+            self.book.tunnel = true;
+        }
+        self.book.current = Some((req, head));
+        framing
+    }
+
+    fn end(&mut self, side: Side, end_ns: u64) {
+        if side == Side::Request {
+            return;
+        }
+        if self.book.interim {
+            self.book.interim = false;
+            return;
+        }
+        if let Some((req, head)) = self.book.current.take() {
+            self.finish_exchange(req, Some(&head), end_ns);
+        }
+    }
+
+    fn invalid(&mut self, _side: Side, reason: &'static str) {
+        *self.g.stats.invalid.entry(reason).or_default() += 1;
+        if !self.book.had_http {
+            self.book.strikes += 1;
+            if self.book.strikes >= NON_HTTP_STRIKES && !self.book.ignored {
+                self.book.ignored = true;
+                self.g.stats.non_http_conns += 1;
+            }
+        }
+    }
+}
+
+fn host_port(host: &str, default_port: u16) -> (String, u16) {
+    // [v6]:port, host:port, host
+    if let Some(rest) = host.strip_prefix('[')
+        && let Some((h, p)) = rest.split_once(']')
+    {
+        return (h.to_string(), p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default_port));
+    }
+    match host.rsplit_once(':') {
+        Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().unwrap_or(default_port)),
+        _ => (host.to_string(), default_port),
+    }
+}
+
+fn build_span(info: &Info, p: Pending, resp: Option<&ResponseHead>, end_ns: u64) -> SpanRecord {
+    let kind = if info.role == ROLE_SERVER { Kind::Server } else { Kind::Client };
+    let method = http1::normalize_method(&p.head.method);
+    let name = if method == "_OTHER" { "HTTP".to_string() } else { method.to_string() };
+    let (path, query) = http1::split_target(&p.head.target);
+    let local = socket_addr(&info.local);
+    let remote = socket_addr(&info.remote);
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
+    attrs.push(("http.request.method", Value::Str(method.to_string())));
+    if method == "_OTHER" {
+        attrs.push(("http.request.method_original", Value::Str(p.head.method.clone())));
+    }
+    let status = resp.map(|r| r.status);
+    if let Some(s) = status {
+        attrs.push(("http.response.status_code", Value::Int(i64::from(s))));
+    }
+    let version = if resp.map_or(p.head.minor, |r| r.minor) == 0 { "1.0" } else { "1.1" };
+    attrs.push(("network.protocol.version", Value::Str(version.into())));
+    let server_side: Option<SocketAddr> = if kind == Kind::Server { local } else { remote };
+    let (server_address, server_port) = match &p.head.host {
+        Some(h) => host_port(h, 80),
+        None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
+    };
+    if !server_address.is_empty() {
+        attrs.push(("server.address", Value::Str(server_address.clone())));
+        attrs.push(("server.port", Value::Int(i64::from(server_port))));
+    }
+    if let Some(peer) = remote {
+        attrs.push(("network.peer.address", Value::Str(peer.ip().to_string())));
+        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
+    }
+    match kind {
+        Kind::Server => {
+            attrs.push(("url.path", Value::Str(path.to_string())));
+            attrs.push(("url.scheme", Value::Str("http".into())));
+            if let Some(q) = &query {
+                attrs.push(("url.query", Value::Str(q.clone())));
+            }
+            if let Some(peer) = remote {
+                attrs.push(("client.address", Value::Str(peer.ip().to_string())));
+                attrs.push(("client.port", Value::Int(i64::from(peer.port()))));
+            }
+            if let Some(ua) = &p.head.user_agent {
+                attrs.push(("user_agent.original", Value::Str(ua.clone())));
+            }
+        }
+        Kind::Client => {
+            let authority = p.head.host.clone().unwrap_or_else(|| match remote {
+                Some(a) if a.port() == 80 => a.ip().to_string(),
+                Some(a) => a.to_string(),
+                None => String::new(),
+            });
+            let full = if p.head.target.starts_with("http://") || p.head.target.starts_with("https://") {
+                let (abs_path, _) = http1::split_target(&p.head.target);
+                abs_path.to_string()
+            } else {
+                format!("http://{authority}{path}")
+            };
+            let full = match &query {
+                Some(q) => format!("{full}?{q}"),
+                None => full,
+            };
+            attrs.push(("url.full", Value::Str(full)));
+        }
+    }
+    let error_type = match status {
+        None => Some("no_response".to_string()),
+        Some(s) if s >= 500 || (kind == Kind::Client && s >= 400) => Some(s.to_string()),
+        _ => None,
+    };
+    if let Some(e) = &error_type {
+        attrs.push(("error.type", Value::Str(e.clone())));
+    }
+    let link = p.ctx.link;
+    if link == Link::Unlinked {
+        attrs.push(("tracewire.link", Value::Str("unlinked".into())));
+    }
+    SpanRecord {
+        trace_id: p.ctx.trace_id,
+        span_id: p.ctx.span_id,
+        parent_id: p.ctx.parent_id,
+        parent_remote: p.ctx.parent_remote,
+        flags: p.ctx.flags,
+        trace_state: p.ctx.trace_state,
+        kind,
+        name,
+        start_ns: p.meta.start_ns,
+        end_ns: end_ns.max(p.meta.start_ns),
+        pid: info.id.tgid,
+        tid: p.meta.tid,
+        error: error_type.is_some(),
+        attributes: attrs,
+        link,
+    }
+}
+
+/// Turns events into spans.
+pub struct Correlator {
+    clock: Clock,
+    conns: HashMap<(u32, u32), Conn>,
+    max_conns: usize,
+    serving: Serving,
+    stats: CorrelateStats,
+    out: Vec<SpanRecord>,
+    rng: fastrand::Rng,
+}
+
+impl Correlator {
+    /// A correlator converting kernel timestamps with `clock`, tracking at most `max_conns`
+    /// connections.
+    pub fn new(clock: Clock, max_conns: usize) -> Self {
+        Correlator {
+            clock,
+            conns: HashMap::new(),
+            max_conns,
+            serving: HashMap::new(),
+            stats: CorrelateStats::default(),
+            out: Vec::new(),
+            rng: fastrand::Rng::new(),
+        }
+    }
+
+    /// A correlator with a fixed random seed (reproducible ids in tests).
+    pub fn with_seed(clock: Clock, max_conns: usize, seed: u64) -> Self {
+        let mut c = Correlator::new(clock, max_conns);
+        c.rng = fastrand::Rng::with_seed(seed);
+        c
+    }
+
+    /// Counters.
+    pub fn stats(&self) -> &CorrelateStats {
+        &self.stats
+    }
+
+    /// Updates the clock offset (NTP slews the wall clock).
+    pub fn set_clock(&mut self, clock: Clock) {
+        self.clock = clock;
+    }
+
+    /// Takes the spans finished so far.
+    pub fn take_spans(&mut self) -> Vec<SpanRecord> {
+        std::mem::take(&mut self.out)
+    }
+
+    /// Open connections.
+    pub fn open_conns(&self) -> usize {
+        self.conns.len()
+    }
+
+    /// Processes one event.
+    pub fn on_event(&mut self, ev: &Event<'_>) {
+        match ev {
+            Event::Conn(c) => match EventKind::try_from(c.header.kind) {
+                Ok(EventKind::ConnOpen) => self.open(c),
+                Ok(EventKind::ConnClose) => {
+                    let at = self.clock.wall_ns(c.header.ts_ns);
+                    self.close(c.conn.tgid, c.conn.fd, Some(c.conn.generation), at);
+                }
+                _ => {}
+            },
+            Event::Data(d, payload) => self.data(d, payload),
+            Event::Proc(p) => {
+                if EventKind::try_from(p.header.kind) == Ok(EventKind::Exit) {
+                    let fds: Vec<u32> =
+                        self.conns.keys().filter(|(t, _)| *t == p.pid).map(|(_, fd)| *fd).collect();
+                    for fd in fds {
+                        self.close(p.pid, fd, None, 0);
+                    }
+                }
+            }
+        }
+    }
+
+    /// Ends every connection (shutdown): requests without a response become error spans.
+    pub fn close_all(&mut self) {
+        let keys: Vec<(u32, u32)> = self.conns.keys().copied().collect();
+        for (t, fd) in keys {
+            self.close(t, fd, None, 0);
+        }
+    }
+
+    fn open(&mut self, c: &ConnEvent) {
+        let key = (c.conn.tgid, c.conn.fd);
+        if c.role != ROLE_SERVER && c.role != ROLE_CLIENT {
+            return;
+        }
+        if self.conns.contains_key(&key) {
+            // A close we did not see: end the old connection first.
+            self.close(c.conn.tgid, c.conn.fd, None, 0);
+        }
+        if self.conns.len() >= self.max_conns {
+            self.stats.conn_table_full += 1;
+            return;
+        }
+        self.conns.insert(
+            key,
+            Conn {
+                info: Info { id: c.conn, role: c.role, local: c.local, remote: c.remote },
+                req: Stream::new(Side::Request),
+                resp: Stream::new(Side::Response),
+                book: Book::default(),
+            },
+        );
+    }
+
+    /// Ends a connection; `at` is when it closed (0: unknown, the last byte seen is used).
+    fn close(&mut self, tgid: u32, fd: u32, generation: Option<u64>, at: u64) {
+        let key = (tgid, fd);
+        if let Some(g) = generation
+            && self.conns.get(&key).is_some_and(|c| c.info.id.generation != g)
+        {
+            return;
+        }
+        let Some(mut conn) = self.conns.remove(&key) else {
+            return;
+        };
+        let mut g = Global {
+            serving: &mut self.serving,
+            stats: &mut self.stats,
+            out: &mut self.out,
+            rng: &mut self.rng,
+        };
+        let last = conn.req.last_ns().max(conn.resp.last_ns());
+        let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut g };
+        conn.req.finish(&mut sink);
+        conn.resp.finish(&mut sink);
+        // A response cut short by the close ends at the last byte seen; requests that never got
+        // an answer end when the connection closed (they waited until then), as errors.
+        if let Some((p, head)) = sink.book.current.take() {
+            sink.finish_exchange(p, Some(&head), last);
+        }
+        let end = last.max(at);
+        while let Some(p) = sink.book.pending.pop_front() {
+            sink.finish_exchange(p, None, end);
+        }
+        self.serving.remove(&conn.info.id);
+    }
+
+    fn data(&mut self, d: &DataEvent, payload: &[u8]) {
+        let key = (d.conn.tgid, d.conn.fd);
+        let conn = match self.conns.get_mut(&key) {
+            Some(c) if c.info.id.generation == d.conn.generation => c,
+            _ => return,
+        };
+        if conn.book.ignored || conn.req.stopped() {
+            return;
+        }
+        let ingress = d.direction == DIR_INGRESS;
+        let side = match (conn.info.role, ingress) {
+            (ROLE_SERVER, true) | (ROLE_CLIENT, false) => Side::Request,
+            _ => Side::Response,
+        };
+        let end_ns = self.clock.wall_ns(d.header.ts_ns);
+        let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
+        let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx };
+        let gap = u64::from(d.len.saturating_sub(d.captured));
+        let mut g = Global {
+            serving: &mut self.serving,
+            stats: &mut self.stats,
+            out: &mut self.out,
+            rng: &mut self.rng,
+        };
+        let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut g };
+        let (this, other) = match side {
+            Side::Request => (&mut conn.req, &mut conn.resp),
+            Side::Response => (&mut conn.resp, &mut conn.req),
+        };
+        // The other direction spoke: its unframed message (if any) is over.
+        other.finish(&mut sink);
+        this.feed(payload, gap, meta, end_ns, &mut sink);
+        if sink.book.tunnel && !conn.req.stopped() {
+            conn.req.stop();
+            conn.resp.stop();
+            self.stats.tunnels += 1;
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,275 @@
+//! Golden tests: recorded event streams (`agent/testdata/http1/*.events`) → expected spans
+//! (`*.spans`). Run with `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate
+//! change, then review the diff.
+//!
+//! The event format, one per line (`#` starts a comment):
+//! - `open server|client PID FD LOCAL REMOTE`
+//! - `in|out PID FD t=NS [tid=N] [len=N] [ctx=FD] "payload with \r\n escapes"`
+//!   (`len` larger than the payload means the rest was not captured; `ctx` is the server fd the
+//!   thread was serving)
+//! - `close PID FD t=NS` and `exit PID`
+use std::{collections::HashMap, fmt::Write as _, fs, path::PathBuf};
+
+use tracewire_common::{
+    ConnEvent, ConnId, DIR_EGRESS, DIR_INGRESS, DataEvent, EventHeader, EventKind, ProcEvent, ROLE_CLIENT,
+    ROLE_SERVER, SockAddr, Syscall,
+};
+
+use super::{
+    Correlator,
+    span::{Kind, Link, SpanRecord, Value, hex},
+};
+use crate::events::{Event, clock::Clock, encode_sockaddr};
+
+fn unescape(s: &str) -> Vec<u8> {
+    let mut out = Vec::new();
+    let b = s.as_bytes();
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\' && i + 1 < b.len() {
+            match b[i + 1] {
+                b'r' => out.push(b'\r'),
+                b'n' => out.push(b'\n'),
+                b't' => out.push(b'\t'),
+                b'0' => out.push(0),
+                b'\\' => out.push(b'\\'),
+                b'"' => out.push(b'"'),
+                b'x' if i + 3 < b.len() => {
+                    out.push(u8::from_str_radix(&s[i + 2..i + 4], 16).expect("hex escape"));
+                    i += 2;
+                }
+                other => out.push(other),
+            }
+            i += 2;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    out
+}
+
+/// Replays a recording through a correlator and returns its spans and the correlator.
+pub fn replay(text: &str) -> (Vec<SpanRecord>, Correlator) {
+    let mut c = Correlator::with_seed(Clock::with_offset(0), 1024, 7);
+    let mut gens: HashMap<(u32, u32), u64> = HashMap::new();
+    let mut next_gen = 1;
+    let mut spans = Vec::new();
+    for (lineno, raw) in text.lines().enumerate() {
+        let line = raw.trim();
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (words, payload) = match line.split_once('"') {
+            Some((w, p)) => (w, Some(unescape(p.strip_suffix('"').expect("closing quote")))),
+            None => (line, None),
+        };
+        let w: Vec<&str> = words.split_whitespace().collect();
+        let kv =
+            |key: &str| w.iter().find_map(|x| x.strip_prefix(key).map(|v| v.parse::<u64>().expect("number")));
+        let pid: u32 = w.get(if w[0] == "open" { 2 } else { 1 }).and_then(|p| p.parse().ok()).unwrap_or(0);
+        let header = |kind: EventKind, ts: u64, tid: u32| EventHeader {
+            kind: kind as u32,
+            cpu: 0,
+            ts_ns: ts,
+            pid_tgid: (u64::from(pid) << 32) | u64::from(tid),
+        };
+        match w[0] {
+            "open" => {
+                let fd: u32 = w[3].parse().unwrap();
+                let role = if w[1] == "server" { ROLE_SERVER } else { ROLE_CLIENT };
+                let generation = next_gen;
+                next_gen += 1;
+                gens.insert((pid, fd), generation);
+                c.on_event(&Event::Conn(ConnEvent {
+                    header: header(EventKind::ConnOpen, 0, pid),
+                    conn: ConnId { tgid: pid, fd, generation },
+                    role,
+                    flags: 0,
+                    _pad: [0; 2],
+                    listener_fd: 0,
+                    local: encode_sockaddr(&w[4].parse().unwrap()),
+                    remote: encode_sockaddr(&w[5].parse().unwrap()),
+                }));
+            }
+            "in" | "out" => {
+                let fd: u32 = w[2].parse().unwrap();
+                let payload = payload.unwrap_or_default();
+                let ts = kv("t=").unwrap_or_else(|| panic!("line {}: t= missing", lineno + 1));
+                let tid = kv("tid=").map_or(pid, |t| t as u32);
+                let len = kv("len=").map_or(payload.len() as u32, |l| l as u32);
+                let thread_ctx = kv("ctx=").map_or(ConnId::default(), |f| ConnId {
+                    tgid: pid,
+                    fd: f as u32,
+                    generation: gens[&(pid, f as u32)],
+                });
+                let ev = DataEvent {
+                    header: header(EventKind::Data, ts, tid),
+                    conn: ConnId { tgid: pid, fd, generation: *gens.get(&(pid, fd)).unwrap_or(&0) },
+                    enter_ns: ts,
+                    thread_ctx,
+                    len,
+                    captured: payload.len() as u32,
+                    direction: if w[0] == "in" { DIR_INGRESS } else { DIR_EGRESS },
+                    syscall: Syscall::Read as u8,
+                    flags: 0,
+                    role: 0,
+                    _pad: [0; 3],
+                };
+                c.on_event(&Event::Data(ev, &payload));
+            }
+            "close" => {
+                let fd: u32 = w[2].parse().unwrap();
+                let ts = kv("t=").unwrap_or(0);
+                c.on_event(&Event::Conn(ConnEvent {
+                    header: header(EventKind::ConnClose, ts, pid),
+                    conn: ConnId { tgid: pid, fd, generation: *gens.get(&(pid, fd)).unwrap_or(&0) },
+                    role: 0,
+                    flags: 0,
+                    _pad: [0; 2],
+                    listener_fd: 0,
+                    local: SockAddr::default(),
+                    remote: SockAddr::default(),
+                }));
+            }
+            "exit" => c.on_event(&Event::Proc(ProcEvent {
+                header: header(EventKind::Exit, 0, pid),
+                pid,
+                ppid: 0,
+                comm: [0; 16],
+            })),
+            other => panic!("line {}: unknown record {other:?}", lineno + 1),
+        }
+        spans.extend(c.take_spans());
+    }
+    (spans, c)
+}
+
+/// Renders spans with stable labels instead of random ids.
+pub fn render(spans: &[SpanRecord]) -> String {
+    let mut traces: HashMap<[u8; 16], usize> = HashMap::new();
+    let mut ids: HashMap<[u8; 8], usize> = HashMap::new();
+    for s in spans {
+        let n = traces.len() + 1;
+        traces.entry(s.trace_id).or_insert(n);
+        let n = ids.len() + 1;
+        ids.entry(s.span_id).or_insert(n);
+    }
+    let mut out = String::new();
+    for s in spans {
+        let kind = match s.kind {
+            Kind::Server => "SERVER",
+            Kind::Client => "CLIENT",
+        };
+        let parent = match s.parent_id {
+            None => "-".to_string(),
+            Some(p) if s.parent_remote => format!("remote:{}", hex(&p)),
+            Some(p) => ids.get(&p).map_or_else(|| format!("ext:{}", hex(&p)), |n| format!("s{n}")),
+        };
+        let trace = if spans.iter().any(|o| o.trace_id == s.trace_id && o.parent_remote) {
+            format!("t{} ({})", traces[&s.trace_id], hex(&s.trace_id))
+        } else {
+            format!("t{}", traces[&s.trace_id])
+        };
+        let link = match s.link {
+            Link::None => "",
+            Link::Thread => " link=thread",
+            Link::Unlinked => " link=unlinked",
+        };
+        let _ = writeln!(
+            out,
+            "{kind} {:?} s{} parent={parent} trace={trace} pid={} tid={} start={} end={} error={}{link}",
+            s.name, ids[&s.span_id], s.pid, s.tid, s.start_ns, s.end_ns, s.error
+        );
+        for (k, v) in &s.attributes {
+            let v = match v {
+                Value::Str(s) => format!("{s:?}"),
+                Value::Int(i) => i.to_string(),
+            };
+            let _ = writeln!(out, "    {k}={v}");
+        }
+    }
+    out
+}
+
+#[test]
+fn golden_recordings() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/http1");
+    let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
+        .expect("testdata/http1")
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "events"))
+        .collect();
+    entries.sort();
+    assert!(entries.len() >= 10, "golden recordings missing");
+    let update = std::env::var_os("UPDATE_GOLDEN").is_some();
+    let mut failures = Vec::new();
+    for events in entries {
+        let text = fs::read_to_string(&events).unwrap();
+        let (spans, c) = replay(&text);
+        let mut actual = render(&spans);
+        let stats = c.stats();
+        let _ = writeln!(
+            actual,
+            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} unlinked={} no_response={}",
+            stats.spans,
+            stats.invalid,
+            stats.non_http_conns,
+            stats.unpaired_responses,
+            stats.tunnels,
+            stats.traceparent_valid,
+            stats.traceparent_invalid,
+            stats.linked_thread,
+            stats.unlinked,
+            stats.no_response
+        );
+        let expected_path = events.with_extension("spans");
+        if update {
+            fs::write(&expected_path, &actual).unwrap();
+            continue;
+        }
+        let expected = fs::read_to_string(&expected_path).unwrap_or_default();
+        if expected != actual {
+            fs::write(events.with_extension("actual"), &actual).unwrap();
+            failures.push(events.display().to_string());
+        }
+    }
+    assert!(failures.is_empty(), "golden mismatch (see *.actual next to): {failures:?}");
+}
+
+#[test]
+fn random_bytes_never_panic_and_make_no_spans() {
+    let mut rng = fastrand::Rng::with_seed(42);
+    let mut c = Correlator::new(Clock::with_offset(0), 16);
+    let local = encode_sockaddr(&"127.0.0.1:80".parse().unwrap());
+    c.on_event(&Event::Conn(ConnEvent {
+        header: EventHeader { kind: EventKind::ConnOpen as u32, cpu: 0, ts_ns: 0, pid_tgid: 1 << 32 },
+        conn: ConnId { tgid: 1, fd: 3, generation: 1 },
+        role: ROLE_SERVER,
+        flags: 0,
+        _pad: [0; 2],
+        listener_fd: 0,
+        local,
+        remote: local,
+    }));
+    for i in 0..5_000u64 {
+        let len = rng.usize(0..300);
+        let payload: Vec<u8> = (0..len).map(|_| rng.u8(..)).collect();
+        let ev = DataEvent {
+            header: EventHeader { kind: EventKind::Data as u32, cpu: 0, ts_ns: i, pid_tgid: 1 << 32 },
+            conn: ConnId { tgid: 1, fd: 3, generation: 1 },
+            enter_ns: i,
+            thread_ctx: ConnId::default(),
+            len: len as u32 + rng.u32(0..3) * 1000,
+            captured: len as u32,
+            direction: if rng.bool() { DIR_INGRESS } else { DIR_EGRESS },
+            syscall: 1,
+            flags: 0,
+            role: ROLE_SERVER,
+            _pad: [0; 3],
+        };
+        c.on_event(&Event::Data(ev, &payload));
+    }
+    assert!(c.take_spans().is_empty());
+    assert!(c.stats().non_http_conns <= 1);
+}

@@ -1,0 +1,412 @@
+//! HTTP/1.0 and 1.1 message heads (httparse) and body framing (RFC 9112 §6).
+//!
+//! Only what spans need is kept: method, target, version, status, the few headers that matter
+//! (Host, User-Agent, trace context, framing). Header values other than those are never copied.
+//! Nothing is allocated in proportion to a declared length: a body is skipped by counting.
+
+/// At most this many headers per message; more is an invalid message (counted by the caller).
+pub const MAX_HEADERS: usize = 100;
+
+/// How a message body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Framing {
+    /// No body.
+    None,
+    /// Exactly this many bytes.
+    Length(u64),
+    /// Chunked transfer coding.
+    Chunked,
+    /// Until the connection closes (responses only).
+    UntilClose,
+}
+
+/// A request head.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct RequestHead {
+    /// Method token as sent.
+    pub method: String,
+    /// Request target (origin-form path and query, or absolute-form).
+    pub target: String,
+    /// Minor version: 0 or 1.
+    pub minor: u8,
+    /// `Host` header.
+    pub host: Option<String>,
+    /// `User-Agent` header.
+    pub user_agent: Option<String>,
+    /// Every `traceparent` value (several = invalid, the caller decides).
+    pub traceparent: Vec<Vec<u8>>,
+    /// `tracestate` values, joined with commas.
+    pub tracestate: Option<Vec<u8>>,
+    /// Body framing.
+    pub framing: FramingSpec,
+    /// `Expect: 100-continue`.
+    pub expect_continue: bool,
+    /// `Connection: close` (or HTTP/1.0 without keep-alive).
+    pub close: bool,
+    /// Upgrade requested (`Upgrade` header) or CONNECT.
+    pub upgrade: bool,
+}
+
+/// A response head.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct ResponseHead {
+    /// Status code.
+    pub status: u16,
+    /// Minor version: 0 or 1.
+    pub minor: u8,
+    /// Body framing as declared (the caller applies HEAD/1xx/204/304 rules via [`response_framing`]).
+    pub framing: FramingSpec,
+    /// `Connection: close`.
+    pub close: bool,
+}
+
+/// Framing headers as declared.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct FramingSpec {
+    /// Content-Length, if present and valid.
+    pub content_length: Option<u64>,
+    /// Transfer-Encoding ends with chunked.
+    pub chunked: bool,
+}
+
+/// Result of parsing a head.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Parsed<T> {
+    /// A complete head of this many bytes.
+    Complete(T, usize),
+    /// More bytes needed.
+    Partial,
+    /// Not a valid HTTP/1 message head.
+    Invalid(&'static str),
+}
+
+fn header_str(v: &[u8]) -> Option<String> {
+    std::str::from_utf8(v).ok().map(|s| s.trim().chars().take(256).collect())
+}
+
+fn framing_headers(headers: &[httparse::Header<'_>]) -> Result<(FramingSpec, bool), &'static str> {
+    let mut spec = FramingSpec::default();
+    let mut te_seen = false;
+    for h in headers {
+        if h.name.eq_ignore_ascii_case("content-length") {
+            let s = std::str::from_utf8(h.value).map_err(|_| "bad_content_length")?.trim();
+            // A list of identical values is allowed (RFC 9110 §8.6); anything else is invalid.
+            let mut value: Option<u64> = None;
+            for part in s.split(',') {
+                let part = part.trim();
+                if part.is_empty() || !part.bytes().all(|b| b.is_ascii_digit()) {
+                    return Err("bad_content_length");
+                }
+                let n: u64 = part.parse().map_err(|_| "bad_content_length")?;
+                if value.is_some_and(|v| v != n) || spec.content_length.is_some_and(|v| v != n) {
+                    return Err("conflicting_content_length");
+                }
+                value = Some(n);
+            }
+            spec.content_length = value;
+        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+            te_seen = true;
+            let s = std::str::from_utf8(h.value).map_err(|_| "bad_transfer_encoding")?;
+            spec.chunked =
+                s.rsplit(',').next().is_some_and(|last| last.trim().eq_ignore_ascii_case("chunked"));
+        }
+    }
+    if te_seen && spec.content_length.is_some() {
+        // Request smuggling shape (RFC 9112 §6.3): refuse to guess.
+        return Err("content_length_and_transfer_encoding");
+    }
+    Ok((spec, te_seen))
+}
+
+fn map_err(e: httparse::Error) -> &'static str {
+    match e {
+        httparse::Error::TooManyHeaders => "too_many_headers",
+        httparse::Error::Version => "bad_version",
+        httparse::Error::Status => "bad_status",
+        httparse::Error::Token => "bad_token",
+        httparse::Error::NewLine => "bad_newline",
+        httparse::Error::HeaderName => "bad_header_name",
+        httparse::Error::HeaderValue => "bad_header_value",
+    }
+}
+
+/// True when `buf` could be the start of a request (a method token then a space). Cheap
+/// first-bytes check used to recognise non-HTTP traffic and to resynchronise.
+pub fn looks_like_request(buf: &[u8]) -> bool {
+    let n = buf.iter().take(16).position(|&b| b == b' ');
+    match n {
+        Some(n) if n > 0 => buf[..n].iter().all(|b| b.is_ascii_uppercase() || *b == b'-' || *b == b'_'),
+        None => buf.len() < 16 && !buf.is_empty() && buf.iter().all(|b| b.is_ascii_uppercase()),
+        _ => false,
+    }
+}
+
+/// True when `buf` could be the start of a response.
+pub fn looks_like_response(buf: &[u8]) -> bool {
+    let p = b"HTTP/1.";
+    let n = buf.len().min(p.len());
+    n > 0 && buf[..n] == p[..n]
+}
+
+/// Parses a request head.
+pub fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut req = httparse::Request::new(&mut headers);
+    let n = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(e) => return Parsed::Invalid(map_err(e)),
+    };
+    let (Some(method), Some(target), Some(minor)) = (req.method, req.path, req.version) else {
+        return Parsed::Invalid("incomplete_request_line");
+    };
+    let (framing, _) = match framing_headers(req.headers) {
+        Ok(f) => f,
+        Err(e) => return Parsed::Invalid(e),
+    };
+    let mut head = RequestHead {
+        method: method.to_string(),
+        target: target.chars().take(2048).collect(),
+        minor,
+        framing,
+        close: minor == 0,
+        upgrade: method == "CONNECT",
+        ..RequestHead::default()
+    };
+    for h in req.headers.iter() {
+        let name = h.name;
+        if name.eq_ignore_ascii_case("host") {
+            head.host = header_str(h.value);
+        } else if name.eq_ignore_ascii_case("user-agent") {
+            head.user_agent = header_str(h.value);
+        } else if name.eq_ignore_ascii_case("traceparent") {
+            head.traceparent.push(h.value.to_vec());
+        } else if name.eq_ignore_ascii_case("tracestate") {
+            let ts = head.tracestate.get_or_insert_with(Vec::new);
+            if !ts.is_empty() {
+                ts.push(b',');
+            }
+            ts.extend_from_slice(h.value);
+        } else if name.eq_ignore_ascii_case("expect") {
+            head.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
+        } else if name.eq_ignore_ascii_case("connection") {
+            let v = String::from_utf8_lossy(h.value).to_ascii_lowercase();
+            if v.contains("close") {
+                head.close = true;
+            } else if v.contains("keep-alive") {
+                head.close = false;
+            }
+            if v.contains("upgrade") {
+                head.upgrade = true;
+            }
+        }
+    }
+    Parsed::Complete(head, n)
+}
+
+/// Parses a response head.
+pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
+    let mut headers = [httparse::EMPTY_HEADER; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut headers);
+    let n = match resp.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => return Parsed::Partial,
+        Err(e) => return Parsed::Invalid(map_err(e)),
+    };
+    let (Some(status), Some(minor)) = (resp.code, resp.version) else {
+        return Parsed::Invalid("incomplete_status_line");
+    };
+    let (framing, _) = match framing_headers(resp.headers) {
+        Ok(f) => f,
+        Err(e) => return Parsed::Invalid(e),
+    };
+    let close = resp.headers.iter().any(|h| {
+        h.name.eq_ignore_ascii_case("connection")
+            && String::from_utf8_lossy(h.value).to_ascii_lowercase().contains("close")
+    });
+    Parsed::Complete(ResponseHead { status, minor, framing, close }, n)
+}
+
+/// Request body framing.
+pub fn request_framing(head: &RequestHead) -> Framing {
+    if head.framing.chunked {
+        Framing::Chunked
+    } else {
+        match head.framing.content_length {
+            Some(0) | None => Framing::None,
+            Some(n) => Framing::Length(n),
+        }
+    }
+}
+
+/// Response body framing (RFC 9112 §6.3): no body for HEAD, 1xx, 204 and 304.
+pub fn response_framing(head: &ResponseHead, request_method: Option<&str>) -> Framing {
+    if request_method == Some("HEAD") || head.status < 200 || head.status == 204 || head.status == 304 {
+        return Framing::None;
+    }
+    if head.framing.chunked {
+        return Framing::Chunked;
+    }
+    match head.framing.content_length {
+        Some(0) => Framing::None,
+        Some(n) => Framing::Length(n),
+        None => Framing::UntilClose,
+    }
+}
+
+/// Methods known to the semantic conventions (RFC 9110 + PATCH).
+const KNOWN_METHODS: &[&str] =
+    &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
+
+/// `http.request.method`: the method, or `_OTHER` for unknown methods.
+pub fn normalize_method(method: &str) -> &str {
+    KNOWN_METHODS.iter().find(|m| **m == method).copied().unwrap_or("_OTHER")
+}
+
+/// Query parameters whose values are always redacted (OpenTelemetry semantic conventions, plus
+/// the usual credential names).
+const SENSITIVE_PARAMS: &[&str] = &[
+    "AWSAccessKeyId",
+    "Signature",
+    "sig",
+    "X-Amz-Signature",
+    "X-Amz-Credential",
+    "X-Amz-Security-Token",
+    "X-Goog-Signature",
+    "X-Goog-Credential",
+    "access_token",
+    "api_key",
+    "apikey",
+    "api-key",
+    "auth",
+    "authorization",
+    "client_secret",
+    "code",
+    "credential",
+    "id_token",
+    "key",
+    "passwd",
+    "password",
+    "pwd",
+    "refresh_token",
+    "secret",
+    "session",
+    "sessionid",
+    "session_id",
+    "token",
+    "jwt",
+];
+
+/// Splits a target into (path, query) and redacts sensitive query values.
+pub fn split_target(target: &str) -> (&str, Option<String>) {
+    let (path, query) = match target.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (target, None),
+    };
+    let query = query.map(|q| {
+        q.split('&')
+            .map(|pair| match pair.split_once('=') {
+                Some((k, _)) if SENSITIVE_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k)) => {
+                    format!("{k}=REDACTED")
+                }
+                _ => pair.to_string(),
+            })
+            .collect::<Vec<_>>()
+            .join("&")
+    });
+    (path, query)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn request_heads() {
+        let raw = b"GET /a?x=1 HTTP/1.1\r\nHost: svc:8080\r\nUser-Agent: curl/8\r\ntraceparent: t1\r\ntracestate: a=1\r\ntracestate: b=2\r\n\r\nrest";
+        let Parsed::Complete(h, n) = parse_request(raw) else { panic!() };
+        assert_eq!(n, raw.len() - 4);
+        assert_eq!((h.method.as_str(), h.target.as_str(), h.minor), ("GET", "/a?x=1", 1));
+        assert_eq!(h.host.as_deref(), Some("svc:8080"));
+        assert_eq!(h.traceparent, vec![b"t1".to_vec()]);
+        assert_eq!(h.tracestate.as_deref(), Some(&b"a=1,b=2"[..]));
+        assert_eq!(request_framing(&h), Framing::None);
+        assert_eq!(parse_request(b"GET / HTTP/1.1\r\nHost: x\r\n"), Parsed::Partial);
+    }
+
+    #[test]
+    fn framing_rules() {
+        let Parsed::Complete(h, _) = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!(request_framing(&h), Framing::Length(5));
+        let Parsed::Complete(h, _) =
+            parse_request(b"POST / HTTP/1.1\r\nTransfer-Encoding: gzip, chunked\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(request_framing(&h), Framing::Chunked);
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nTransfer-Encoding: chunked\r\n\r\n"),
+            Parsed::Invalid("content_length_and_transfer_encoding")
+        );
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n"),
+            Parsed::Invalid("conflicting_content_length")
+        );
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Parsed::Invalid("bad_content_length")
+        );
+        // A huge declared length is only a number: nothing is allocated for it.
+        let Parsed::Complete(h, _) =
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 1000000000000000000\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(request_framing(&h), Framing::Length(1_000_000_000_000_000_000));
+        let Parsed::Complete(r, _) = parse_response(b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!(response_framing(&r, Some("HEAD")), Framing::None);
+        assert_eq!(response_framing(&r, Some("GET")), Framing::Length(10));
+        let Parsed::Complete(r, _) =
+            parse_response(b"HTTP/1.1 304 Not Modified\r\nContent-Length: 10\r\n\r\n")
+        else {
+            panic!()
+        };
+        assert_eq!(response_framing(&r, Some("GET")), Framing::None);
+        let Parsed::Complete(r, _) = parse_response(b"HTTP/1.0 200 OK\r\n\r\n") else { panic!() };
+        assert_eq!(response_framing(&r, Some("GET")), Framing::UntilClose);
+    }
+
+    #[test]
+    fn malformed_heads_are_invalid_not_panics() {
+        let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
+        assert_eq!(parse_request(raw.as_bytes()), Parsed::Invalid("too_many_headers"));
+        assert!(
+            matches!(parse_request(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"), Parsed::Invalid(_)),
+            "obs-fold"
+        );
+        assert!(matches!(parse_request(b"\x00\x01\x02 / HTTP/1.1\r\n\r\n"), Parsed::Invalid(_)));
+        assert!(matches!(parse_response(b"HTTP/1.1 2x0 OK\r\n\r\n"), Parsed::Invalid(_)));
+        assert!(!looks_like_request(b"\x16\x03\x01\x02"));
+        assert!(looks_like_request(b"GET /"));
+        assert!(looks_like_request(b"GE"));
+        assert!(looks_like_response(b"HTTP/1.1 200"));
+        assert!(looks_like_response(b"HT"));
+    }
+
+    #[test]
+    fn methods_and_query_redaction() {
+        assert_eq!(normalize_method("GET"), "GET");
+        assert_eq!(normalize_method("get"), "_OTHER");
+        assert_eq!(normalize_method("PROPFIND"), "_OTHER");
+        assert_eq!(
+            split_target("/p?a=1&token=abc&SIG=x"),
+            ("/p", Some("a=1&token=REDACTED&SIG=REDACTED".to_string()))
+        );
+        assert_eq!(split_target("/p"), ("/p", None));
+    }
+}

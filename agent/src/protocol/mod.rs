@@ -1,0 +1,3 @@
+//! Layer-7 parsing: pure functions over byte slices, no I/O, no aya.
+pub mod http1;
+pub mod traceparent;
