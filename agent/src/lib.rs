@@ -6,4 +6,6 @@ pub mod capture;
 pub mod cli;
 pub mod correlate;
 pub mod events;
+pub mod export;
+pub mod metadata;
 pub mod protocol;

@@ -33,6 +33,117 @@ enum Command {
     /// Print connection and data events as they happen (the first thing to run to see that
     /// tracewire sees a service).
     Capture(CaptureArgs),
+    /// Trace HTTP requests and export them: OTLP/gRPC, an OTLP-JSON file, or a waterfall per
+    /// trace in the terminal.
+    Run(RunArgs),
+}
+
+#[derive(Args)]
+struct RunArgs {
+    #[command(flatten)]
+    select: SelectArgs,
+    /// Print each finished trace as a waterfall (default when no other output is set).
+    #[arg(long, value_parser = ["waterfall", "none"])]
+    print: Option<String>,
+    /// Write OTLP-JSON lines (the Collector's file format) to this file.
+    #[arg(long)]
+    otlp_json: Option<PathBuf>,
+    /// OTLP endpoint (gRPC, e.g. http://localhost:4317). Defaults to
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT; unset: no OTLP export.
+    #[arg(long)]
+    otlp_endpoint: Option<String>,
+    /// OTLP protocol: grpc (http/protobuf is recognised and refused by this build).
+    #[arg(long)]
+    otlp_protocol: Option<String>,
+    /// Extra OTLP headers, k=v,k2=v2 (default: OTEL_EXPORTER_OTLP_HEADERS).
+    #[arg(long)]
+    otlp_headers: Option<String>,
+    /// OTLP request timeout in milliseconds (default: OTEL_EXPORTER_OTLP_TIMEOUT or 10000).
+    #[arg(long)]
+    otlp_timeout_ms: Option<u64>,
+    /// gzip, zstd or none (default: OTEL_EXPORTER_OTLP_COMPRESSION or none).
+    #[arg(long)]
+    otlp_compression: Option<String>,
+    /// Seconds between status lines (0: only at exit).
+    #[arg(long, default_value_t = 10)]
+    status_interval: u64,
+    /// Stop after this many seconds.
+    #[arg(long)]
+    duration: Option<u64>,
+    /// Milliseconds a trace must be idle before the waterfall prints it.
+    #[arg(long, default_value_t = 1000)]
+    trace_idle_ms: u64,
+}
+
+/// Reads the first set, non-empty variable among `names`.
+fn env_first(names: &[&str]) -> Option<String> {
+    names.iter().find_map(|n| std::env::var(n).ok().filter(|v| !v.trim().is_empty()))
+}
+
+impl RunArgs {
+    fn otlp(&self) -> anyhow::Result<Option<tracewire::export::otlp::OtlpConfig>> {
+        use tracewire::export::otlp::{OtlpConfig, parse_headers};
+        let endpoint = self
+            .otlp_endpoint
+            .clone()
+            .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]));
+        let Some(endpoint) = endpoint else {
+            return Ok(None);
+        };
+        let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
+        let protocol = self
+            .otlp_protocol
+            .clone()
+            .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]))
+            .map(|p| p.to_ascii_lowercase())
+            .unwrap_or_else(|| {
+                if endpoint.trim_end_matches('/').ends_with(":4318") {
+                    "http/protobuf".into()
+                } else {
+                    "grpc".into()
+                }
+            });
+        if protocol != "grpc" {
+            anyhow::bail!("OTLP protocol {protocol:?} is not supported by this build: use grpc (port 4317)");
+        }
+        let headers = self
+            .otlp_headers
+            .clone()
+            .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"]))
+            .map(|h| parse_headers(&h))
+            .unwrap_or_default();
+        let timeout_ms = match self.otlp_timeout_ms {
+            Some(t) => t,
+            None => match env_first(&["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
+                Some(v) => v
+                    .trim()
+                    .parse()
+                    .with_context(|| format!("OTEL_EXPORTER_OTLP_TIMEOUT={v}: not milliseconds"))?,
+                None => 10_000,
+            },
+        };
+        let compression = self
+            .otlp_compression
+            .clone()
+            .or_else(|| {
+                env_first(&["OTEL_EXPORTER_OTLP_TRACES_COMPRESSION", "OTEL_EXPORTER_OTLP_COMPRESSION"])
+            })
+            .map(|c| c.to_ascii_lowercase())
+            .filter(|c| c != "none");
+        if let Some(c) = &compression
+            && c != "gzip"
+            && c != "zstd"
+        {
+            anyhow::bail!("OTLP compression {c:?}: use gzip, zstd or none");
+        }
+        Ok(Some(OtlpConfig {
+            endpoint,
+            headers,
+            timeout: Duration::from_millis(if timeout_ms == 0 { 3_600_000 } else { timeout_ms }),
+            compression,
+            ..OtlpConfig::default()
+        }))
+    }
 }
 
 #[derive(Args)]
@@ -132,6 +243,26 @@ fn run(command: Command) -> anyhow::Result<()> {
                 duration: args.duration.map(Duration::from_secs),
             };
             capture::run(options, out, stop_flag()?)?;
+            Ok(())
+        }
+        Command::Run(args) => {
+            let options = args.select.options()?;
+            let otlp = args.otlp()?;
+            let waterfall = match args.print.as_deref() {
+                Some("waterfall") => true,
+                Some(_) => false,
+                None => otlp.is_none() && args.otlp_json.is_none(),
+            };
+            let out = tracewire::cli::run::RunOutput {
+                waterfall,
+                otlp_json: args.otlp_json.clone(),
+                otlp,
+                status_every: Duration::from_secs(args.status_interval),
+                duration: args.duration.map(Duration::from_secs),
+                shutdown_deadline: Duration::from_secs(5),
+                trace_idle: Duration::from_millis(args.trace_idle_ms),
+            };
+            tracewire::cli::run::run(options, out, stop_flag()?)?;
             Ok(())
         }
     }

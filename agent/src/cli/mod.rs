@@ -1,2 +1,3 @@
 //! Subcommands of the `tracewire` binary.
 pub mod capture;
+pub mod run;

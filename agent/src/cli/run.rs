@@ -1,0 +1,240 @@
+//! `tracewire run`: capture → spans → exporters (OTLP/gRPC, OTLP-JSON file, terminal waterfall),
+//! with a periodic status line and exact span accounting at exit.
+use std::{
+    collections::HashMap,
+    io::{IsTerminal as _, Write as _},
+    path::PathBuf,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicBool, Ordering},
+    },
+    time::{Duration, Instant},
+};
+
+use serde_json::json;
+use tracewire_common::{Counter, EventKind};
+
+use crate::{
+    capture::{CaptureOptions, session::Session},
+    correlate::{Correlator, span::SpanRecord},
+    events::{Event, clock::Clock},
+    export::{
+        Accounting,
+        json::JsonFile,
+        otlp::{OtlpConfig, OtlpExporter},
+        waterfall::{self, Waterfall},
+    },
+    metadata::Resources,
+};
+
+/// Where spans go.
+#[derive(Debug, Clone)]
+pub struct RunOutput {
+    /// Print each finished trace as a waterfall.
+    pub waterfall: bool,
+    /// Write OTLP-JSON lines here.
+    pub otlp_json: Option<PathBuf>,
+    /// Export OTLP/gRPC.
+    pub otlp: Option<OtlpConfig>,
+    /// Status line period (0: only at exit).
+    pub status_every: Duration,
+    /// Stop after this long.
+    pub duration: Option<Duration>,
+    /// How long to keep exporting after a stop signal.
+    pub shutdown_deadline: Duration,
+    /// A trace is printed once no span joined it for this long.
+    pub trace_idle: Duration,
+}
+
+/// What a run produced, printed as JSON on stderr at exit (`tracewire: summary {...}`).
+#[derive(Debug, Default, Clone)]
+pub struct Summary {
+    /// Spans built.
+    pub spans: u64,
+    /// OTLP accounting.
+    pub otlp: Option<Accounting>,
+    /// Spans written to the JSON file.
+    pub json_written: u64,
+}
+
+struct Sinks {
+    resources: Resources,
+    otlp: Option<OtlpExporter>,
+    accounting: Arc<Mutex<Accounting>>,
+    json: Option<JsonFile>,
+    waterfall: Option<Waterfall>,
+    color: bool,
+}
+
+impl Sinks {
+    fn deliver(&mut self, spans: &[SpanRecord]) {
+        if spans.is_empty() {
+            return;
+        }
+        if let Some(o) = &mut self.otlp {
+            self.accounting.lock().unwrap_or_else(|e| e.into_inner()).produced += spans.len() as u64;
+            o.submit(spans, &mut self.resources);
+        }
+        if let Some(j) = &mut self.json {
+            j.write(spans, &mut self.resources);
+        }
+        if let Some(w) = &mut self.waterfall {
+            w.add(spans);
+        }
+    }
+
+    fn print_traces(&mut self, all: bool) {
+        let Some(w) = &mut self.waterfall else {
+            return;
+        };
+        let traces = w.take_finished(all);
+        if traces.is_empty() {
+            return;
+        }
+        let resources = &mut self.resources;
+        let mut names: HashMap<u32, String> = HashMap::new();
+        for t in &traces {
+            for s in t {
+                names.entry(s.pid).or_insert_with(|| resources.get(s.pid).service_name.clone());
+            }
+        }
+        let service = |pid: u32| names.get(&pid).cloned().unwrap_or_else(|| pid.to_string());
+        let stdout = std::io::stdout();
+        let mut out = stdout.lock();
+        for t in traces {
+            let _ = writeln!(out, "{}", waterfall::render(&t, &service, self.color));
+        }
+        let _ = out.flush();
+    }
+}
+
+/// Runs until `stop` is set or the duration ends.
+pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
+    let max_conns = options.max_conns as usize;
+    let accounting = Arc::new(Mutex::new(Accounting::default()));
+    let otlp = match &out.otlp {
+        Some(cfg) => Some(OtlpExporter::start(cfg.clone(), Arc::clone(&accounting))?),
+        None => None,
+    };
+    let json = match &out.otlp_json {
+        Some(p) => {
+            Some(JsonFile::create(p).map_err(|e| anyhow::anyhow!("--otlp-json {}: {e}", p.display()))?)
+        }
+        None => None,
+    };
+    let mut sinks = Sinks {
+        resources: Resources::new(4096),
+        otlp,
+        accounting: Arc::clone(&accounting),
+        json,
+        waterfall: out.waterfall.then(|| Waterfall::new(out.trace_idle, 100_000)),
+        color: std::io::stdout().is_terminal(),
+    };
+    let mut session = Session::start(options)?;
+    let mut correlator = Correlator::new(Clock::now(), max_conns);
+    eprintln!("tracewire: tracing with {} programs attached (Ctrl-C to stop)", session.capture().attached());
+    let started = Instant::now();
+    let mut last_status = Instant::now();
+    let mut exited: Vec<u32> = Vec::new();
+    loop {
+        let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
+        let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
+        let resources = &mut sinks.resources;
+        session.poll(timeout, |ev| {
+            match ev {
+                Event::Conn(c) if EventKind::try_from(c.header.kind) == Ok(EventKind::ConnOpen) => {
+                    // Read the process while it is alive: short-lived clients are gone by the
+                    // time their spans are exported.
+                    resources.observe(c.conn.tgid);
+                }
+                Event::Proc(p) if EventKind::try_from(p.header.kind) == Ok(EventKind::Exit) => {
+                    exited.push(p.pid)
+                }
+                _ => {}
+            }
+            correlator.on_event(ev);
+        })?;
+        if stopping {
+            correlator.close_all();
+        }
+        let spans = correlator.take_spans();
+        sinks.deliver(&spans);
+        if let Some(o) = &mut sinks.otlp {
+            o.tick(&mut sinks.resources);
+        }
+        sinks.print_traces(stopping);
+        if stopping {
+            break;
+        }
+        if !out.status_every.is_zero() && last_status.elapsed() >= out.status_every {
+            eprintln!("{}", status_line(&session, &correlator, &accounting, sinks.otlp.is_some())?);
+            correlator.set_clock(Clock::now());
+            // Resources of exited processes are kept one status period, for spans still queued.
+            for pid in exited.drain(..) {
+                sinks.resources.forget(pid);
+            }
+            last_status = Instant::now();
+        }
+    }
+    if let Some(o) = sinks.otlp.take() {
+        o.shutdown(&mut sinks.resources, out.shutdown_deadline);
+    }
+    eprintln!("{}", status_line(&session, &correlator, &accounting, out.otlp.is_some())?);
+    let summary = Summary {
+        spans: correlator.stats().spans,
+        otlp: out.otlp.as_ref().map(|_| accounting.lock().unwrap_or_else(|e| e.into_inner()).clone()),
+        json_written: sinks.json.as_ref().map_or(0, |j| j.written),
+    };
+    let stats = correlator.stats();
+    let k = session.kernel_counters()?;
+    let otlp_json = summary.otlp.as_ref().map(|a| {
+        json!({
+            "produced": a.produced, "exported": a.exported, "retries": a.retries,
+            "dropped": a.dropped.iter().map(|(r, n)| (r.name(), *n)).collect::<HashMap<_, _>>(),
+            "last_error": a.last_error,
+        })
+    });
+    eprintln!(
+        "tracewire: summary {}",
+        json!({
+            "spans": summary.spans,
+            "otlp": otlp_json,
+            "json_written": summary.json_written,
+            "http": {
+                "invalid": stats.invalid, "non_http_conns": stats.non_http_conns,
+                "unpaired_responses": stats.unpaired_responses, "no_response": stats.no_response,
+                "traceparent_valid": stats.traceparent_valid, "traceparent_invalid": stats.traceparent_invalid,
+                "linked_thread": stats.linked_thread, "unlinked": stats.unlinked,
+                "pending_overflow": stats.pending_overflow, "conn_table_full": stats.conn_table_full,
+            },
+            "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
+            "decode_errors": session.stats().decode_errors,
+        })
+    );
+    Ok(summary)
+}
+
+fn status_line(
+    session: &Session,
+    correlator: &Correlator,
+    accounting: &Mutex<Accounting>,
+    otlp: bool,
+) -> anyhow::Result<String> {
+    let k = session.kernel_counters()?;
+    let stats = correlator.stats();
+    let mut line = format!(
+        "status: {} spans, {} open conns, {} events, drops: ring_full={} conn_map_full={} active_map_full={} copy_failed={}",
+        stats.spans,
+        correlator.open_conns(),
+        k[Counter::EventsOut as usize],
+        k[Counter::RingFull as usize],
+        k[Counter::ConnMapFull as usize],
+        k[Counter::ActiveMapFull as usize],
+        k[Counter::CopyFailed as usize],
+    );
+    if otlp {
+        let a = accounting.lock().unwrap_or_else(|e| e.into_inner());
+        line.push_str(&format!(", otlp: {}", a.summary()));
+    }
+    Ok(line)
+}

@@ -1,0 +1,275 @@
+//! OTLP/gRPC export: batching on the pipeline thread, sending with retries on an exporter
+//! thread, and exact accounting: every span handed to the exporter ends up counted once, as
+//! exported or as dropped for a reason.
+use std::{
+    sync::{Arc, Mutex},
+    thread::JoinHandle,
+    time::{Duration, Instant},
+};
+
+use log::warn;
+use opentelemetry_proto::tonic::collector::trace::v1::{
+    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+};
+use tonic::{
+    codec::CompressionEncoding,
+    metadata::{MetadataKey, MetadataValue},
+    transport::Endpoint,
+};
+
+use super::{Accounting, DropReason, retry};
+use crate::{correlate::span::SpanRecord, export::transform, metadata::Resources};
+
+/// Exporter settings (from flags and the standard `OTEL_EXPORTER_OTLP_*` variables).
+#[derive(Debug, Clone)]
+pub struct OtlpConfig {
+    /// `http://host:4317`.
+    pub endpoint: String,
+    /// Extra request headers (authentication).
+    pub headers: Vec<(String, String)>,
+    /// Per-attempt timeout.
+    pub timeout: Duration,
+    /// `gzip`, `zstd` or none.
+    pub compression: Option<String>,
+    /// Spans per request.
+    pub batch_size: usize,
+    /// Longest a span waits for its batch.
+    pub batch_delay: Duration,
+    /// Requests waiting to be sent; more are dropped (queue_full).
+    pub queue_requests: usize,
+    /// Give up retrying a request after this long.
+    pub max_retry_elapsed: Duration,
+    /// First backoff step.
+    pub backoff_base: Duration,
+}
+
+impl Default for OtlpConfig {
+    fn default() -> Self {
+        OtlpConfig {
+            endpoint: "http://localhost:4317".into(),
+            headers: Vec::new(),
+            timeout: Duration::from_secs(10),
+            compression: None,
+            batch_size: 512,
+            batch_delay: Duration::from_secs(1),
+            queue_requests: 64,
+            max_retry_elapsed: Duration::from_secs(30),
+            backoff_base: Duration::from_millis(100),
+        }
+    }
+}
+
+/// Parses `k1=v1,k2=v2` (OTEL_EXPORTER_OTLP_HEADERS; values may be percent-encoded).
+pub fn parse_headers(s: &str) -> Vec<(String, String)> {
+    crate::metadata::parse_resource_attributes(s).unwrap_or_default()
+}
+
+struct Batch {
+    request: ExportTraceServiceRequest,
+    spans: u64,
+}
+
+/// The gRPC exporter.
+pub struct OtlpExporter {
+    tx: Option<tokio::sync::mpsc::Sender<Batch>>,
+    thread: Option<JoinHandle<()>>,
+    accounting: Arc<Mutex<Accounting>>,
+    pending: Vec<SpanRecord>,
+    oldest: Option<Instant>,
+    config: OtlpConfig,
+}
+
+impl OtlpExporter {
+    /// Starts the exporter thread. Connecting is lazy: a collector that is down now is retried
+    /// when batches are sent.
+    pub fn start(config: OtlpConfig, accounting: Arc<Mutex<Accounting>>) -> anyhow::Result<Self> {
+        if config.endpoint.starts_with("https://") {
+            anyhow::bail!(
+                "OTLP endpoint {}: TLS is not supported by this build yet; use http://",
+                config.endpoint
+            );
+        }
+        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+            .map_err(|e| anyhow::anyhow!("OTLP endpoint {:?}: {e}", config.endpoint))?
+            .connect_timeout(config.timeout);
+        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(config.queue_requests.max(1));
+        let acct = Arc::clone(&accounting);
+        let cfg = config.clone();
+        let thread = std::thread::Builder::new().name("otlp-export".into()).spawn(move || {
+            let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => {
+                    warn!("OTLP exporter could not start its runtime: {e}");
+                    return;
+                }
+            };
+            rt.block_on(send_loop(endpoint, cfg, rx, acct));
+        })?;
+        Ok(OtlpExporter {
+            tx: Some(tx),
+            thread: Some(thread),
+            accounting,
+            pending: Vec::new(),
+            oldest: None,
+            config,
+        })
+    }
+
+    /// Queues spans; a full batch is sent at once.
+    pub fn submit(&mut self, spans: &[SpanRecord], resources: &mut Resources) {
+        if spans.is_empty() {
+            return;
+        }
+        self.oldest.get_or_insert_with(Instant::now);
+        self.pending.extend_from_slice(spans);
+        while self.pending.len() >= self.config.batch_size {
+            let rest = self.pending.split_off(self.config.batch_size);
+            let batch = std::mem::replace(&mut self.pending, rest);
+            self.send(&batch, resources);
+        }
+    }
+
+    /// Sends a partial batch that has waited long enough.
+    pub fn tick(&mut self, resources: &mut Resources) {
+        if self.oldest.is_some_and(|t| t.elapsed() >= self.config.batch_delay) {
+            self.flush(resources);
+        }
+    }
+
+    fn flush(&mut self, resources: &mut Resources) {
+        let batch = std::mem::take(&mut self.pending);
+        self.oldest = None;
+        if !batch.is_empty() {
+            self.send(&batch, resources);
+        }
+    }
+
+    fn send(&mut self, spans: &[SpanRecord], resources: &mut Resources) {
+        let n = spans.len() as u64;
+        let request = transform::request(spans, resources);
+        let Some(tx) = &self.tx else {
+            lock(&self.accounting).count_drop(DropReason::Shutdown, n);
+            return;
+        };
+        if tx.try_send(Batch { request, spans: n }).is_err() {
+            let mut a = lock(&self.accounting);
+            if a.dropped(DropReason::QueueFull) == 0 {
+                warn!("OTLP export queue full: dropping spans (counted as queue_full)");
+            }
+            a.count_drop(DropReason::QueueFull, n);
+        }
+    }
+
+    /// Sends what is pending and waits up to `deadline` for the queue to drain; whatever is
+    /// still queued then is counted as dropped (shutdown).
+    pub fn shutdown(mut self, resources: &mut Resources, deadline: Duration) {
+        self.flush(resources);
+        let tx = self.tx.take();
+        let start = Instant::now();
+        if let Some(tx) = tx {
+            // Closing the channel lets the sender finish the queue and exit.
+            while tx.capacity() < tx.max_capacity() && start.elapsed() < deadline {
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            drop(tx);
+        }
+        lock(&self.accounting).shutdown_deadline =
+            Some(Instant::now() + deadline.saturating_sub(start.elapsed()));
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn lock(a: &Mutex<Accounting>) -> std::sync::MutexGuard<'_, Accounting> {
+    a.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+async fn send_loop(
+    endpoint: Endpoint,
+    cfg: OtlpConfig,
+    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    accounting: Arc<Mutex<Accounting>>,
+) {
+    let channel = endpoint.connect_lazy();
+    let mut client = TraceServiceClient::new(channel);
+    match cfg.compression.as_deref() {
+        Some("gzip") => client = client.send_compressed(CompressionEncoding::Gzip),
+        Some("zstd") => client = client.send_compressed(CompressionEncoding::Zstd),
+        _ => {}
+    }
+    let mut rng = fastrand::Rng::new();
+    while let Some(batch) = rx.recv().await {
+        let started = Instant::now();
+        let mut attempt = 0u32;
+        loop {
+            let deadline = lock(&accounting).shutdown_deadline;
+            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+            if left == Some(Duration::ZERO) {
+                lock(&accounting).count_drop(DropReason::Shutdown, batch.spans);
+                break;
+            }
+            let mut req = tonic::Request::new(batch.request.clone());
+            req.set_timeout(left.map_or(cfg.timeout, |l| l.min(cfg.timeout)));
+            for (k, v) in &cfg.headers {
+                if let (Ok(k), Ok(v)) =
+                    (MetadataKey::from_bytes(k.as_bytes()), MetadataValue::try_from(v.as_str()))
+                {
+                    req.metadata_mut().insert(k, v);
+                }
+            }
+            match client.export(req).await {
+                Ok(resp) => {
+                    let rejected =
+                        resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
+                    let rejected = rejected.min(batch.spans);
+                    let mut a = lock(&accounting);
+                    a.exported += batch.spans - rejected;
+                    a.count_drop(DropReason::Rejected, rejected);
+                    a.requests_ok += 1;
+                    break;
+                }
+                Err(status) => {
+                    let hint = retry::retry_info(status.details());
+                    let verdict = retry::classify_grpc(status.code(), hint);
+                    let wait = match verdict {
+                        retry::Verdict::Drop => None,
+                        retry::Verdict::Retry(hint) => {
+                            let b =
+                                retry::backoff(attempt, cfg.backoff_base, Duration::from_secs(5), &mut rng);
+                            Some(hint.map_or(b, |h| h.max(b).min(Duration::from_secs(30))))
+                        }
+                    };
+                    let out_of_time = |w: Duration| {
+                        started.elapsed() + w > cfg.max_retry_elapsed
+                            || deadline.is_some_and(|d| Instant::now() + w > d)
+                    };
+                    match wait {
+                        Some(w) if !out_of_time(w) => {
+                            lock(&accounting).retries += 1;
+                            tokio::time::sleep(w).await;
+                            attempt += 1;
+                        }
+                        Some(_) => {
+                            let mut a = lock(&accounting);
+                            let reason = if deadline.is_some() {
+                                DropReason::Shutdown
+                            } else {
+                                DropReason::RetryExhausted
+                            };
+                            a.count_drop(reason, batch.spans);
+                            a.last_error = Some(format!("{}: {}", status.code(), status.message()));
+                            break;
+                        }
+                        None => {
+                            let mut a = lock(&accounting);
+                            a.count_drop(DropReason::Rejected, batch.spans);
+                            a.last_error = Some(format!("{}: {}", status.code(), status.message()));
+                            break;
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
