@@ -106,6 +106,9 @@ pub enum EventKind {
     ConnClose = 2,
     /// A TCP socket started listening ([`ConnEvent`], role listener).
     Listen = 3,
+    /// Addresses of a connection learned after it opened ([`ConnEvent`]): an accept() without
+    /// a sockaddr, or a wildcard listener, resolved on the connection's first read.
+    ConnAddr = 4,
     /// Bytes moved on a tracked connection ([`DataEvent`] + payload).
     Data = 10,
     /// A process called exec ([`ProcEvent`]).
@@ -123,6 +126,7 @@ impl TryFrom<u32> for EventKind {
             1 => Self::ConnOpen,
             2 => Self::ConnClose,
             3 => Self::Listen,
+            4 => Self::ConnAddr,
             10 => Self::Data,
             20 => Self::Exec,
             21 => Self::Exit,
@@ -503,6 +507,7 @@ mod tests {
             EventKind::ConnOpen,
             EventKind::ConnClose,
             EventKind::Listen,
+            EventKind::ConnAddr,
             EventKind::Data,
             EventKind::Exec,
             EventKind::Exit,

@@ -14,7 +14,7 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         body = b"ok\n"
         if self.path.startswith("/bytes/"):
-            body = b"x" * int(self.path.split("/")[2])
+            body = b"x" * int(self.path.split("?")[0].split("/")[2])
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

@@ -45,6 +45,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
+    ("node", "nodejs"),
 ];
 
 fn main() -> Result<()> {

@@ -179,6 +179,17 @@ impl Session {
                     }
                     self.remember(*c);
                 }
+                Ok(EventKind::ConnAddr) => {
+                    let Some(open) = self.open.get_mut(&(c.conn.tgid, c.conn.fd)) else {
+                        return Ok(false);
+                    };
+                    if open.conn.generation != c.conn.generation {
+                        return Ok(false);
+                    }
+                    open.local = c.local;
+                    open.remote = c.remote;
+                    open.flags &= !CONN_FLAG_LOCAL_PARTIAL;
+                }
                 Ok(EventKind::ConnClose) => {
                     let Some(open) = self.open.remove(&(c.conn.tgid, c.conn.fd)) else {
                         // A connection dropped at verification.

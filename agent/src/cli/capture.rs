@@ -108,6 +108,7 @@ fn conn_kind(c: &ConnEvent) -> &'static str {
         Ok(EventKind::ConnOpen) => "conn_open",
         Ok(EventKind::ConnClose) => "conn_close",
         Ok(EventKind::Listen) => "listen",
+        Ok(EventKind::ConnAddr) => "conn_addr",
         _ => "conn",
     }
 }

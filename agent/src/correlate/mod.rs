@@ -480,6 +480,14 @@ impl Correlator {
         match ev {
             Event::Conn(c) => match EventKind::try_from(c.header.kind) {
                 Ok(EventKind::ConnOpen) => self.open(c),
+                Ok(EventKind::ConnAddr) => {
+                    if let Some(conn) = self.conns.get_mut(&(c.conn.tgid, c.conn.fd))
+                        && conn.info.id.generation == c.conn.generation
+                    {
+                        conn.info.local = c.local;
+                        conn.info.remote = c.remote;
+                    }
+                }
                 Ok(EventKind::ConnClose) => {
                     let at = self.clock.wall_ns(c.header.ts_ns);
                     self.close(c.conn.tgid, c.conn.fd, Some(c.conn.generation), at);

@@ -97,7 +97,7 @@ pub fn decode(bytes: &[u8]) -> Result<Event<'_>, DecodeError> {
     let header: EventHeader = read(bytes);
     let kind = EventKind::try_from(header.kind).map_err(DecodeError::UnknownKind)?;
     match kind {
-        EventKind::ConnOpen | EventKind::ConnClose | EventKind::Listen => {
+        EventKind::ConnOpen | EventKind::ConnClose | EventKind::Listen | EventKind::ConnAddr => {
             need::<ConnEvent>(kind, bytes)?;
             Ok(Event::Conn(read(bytes)))
         }

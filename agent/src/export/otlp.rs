@@ -37,6 +37,8 @@ pub struct OtlpConfig {
     pub batch_delay: Duration,
     /// Requests waiting to be sent; more are dropped (queue_full).
     pub queue_requests: usize,
+    /// Requests in flight at once.
+    pub concurrency: usize,
     /// Give up retrying a request after this long.
     pub max_retry_elapsed: Duration,
     /// First backoff step.
@@ -52,7 +54,9 @@ impl Default for OtlpConfig {
             compression: None,
             batch_size: 512,
             batch_delay: Duration::from_secs(1),
-            queue_requests: 64,
+            // 128 × 512 spans: a few seconds of a busy node's traffic while the collector is slow.
+            queue_requests: 128,
+            concurrency: 4,
             max_retry_elapsed: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
         }
@@ -198,75 +202,92 @@ async fn send_loop(
         Some("zstd") => client = client.send_compressed(CompressionEncoding::Zstd),
         _ => {}
     }
-    let mut rng = fastrand::Rng::new();
+    let permits = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    let cfg = Arc::new(cfg);
     while let Some(batch) = rx.recv().await {
-        let started = Instant::now();
-        let mut attempt = 0u32;
-        loop {
-            let deadline = lock(&accounting).shutdown_deadline;
-            let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
-            if left == Some(Duration::ZERO) {
-                lock(&accounting).count_drop(DropReason::Shutdown, batch.spans);
+        let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
+            break;
+        };
+        let (client, cfg, accounting) = (client.clone(), Arc::clone(&cfg), Arc::clone(&accounting));
+        tasks.spawn(async move {
+            send_one(client, &cfg, batch, &accounting).await;
+            drop(permit);
+        });
+        // Reap finished sends so the set does not grow.
+        while tasks.try_join_next().is_some() {}
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Sends one batch, retrying per the OTLP rules, and accounts for every span in it.
+async fn send_one(
+    mut client: TraceServiceClient<tonic::transport::Channel>,
+    cfg: &OtlpConfig,
+    batch: Batch,
+    accounting: &Mutex<Accounting>,
+) {
+    let mut rng = fastrand::Rng::new();
+    let started = Instant::now();
+    let mut attempt = 0u32;
+    loop {
+        let deadline = lock(accounting).shutdown_deadline;
+        let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
+        if left == Some(Duration::ZERO) {
+            lock(accounting).count_drop(DropReason::Shutdown, batch.spans);
+            break;
+        }
+        let mut req = tonic::Request::new(batch.request.clone());
+        req.set_timeout(left.map_or(cfg.timeout, |l| l.min(cfg.timeout)));
+        for (k, v) in &cfg.headers {
+            if let (Ok(k), Ok(v)) =
+                (MetadataKey::from_bytes(k.as_bytes()), MetadataValue::try_from(v.as_str()))
+            {
+                req.metadata_mut().insert(k, v);
+            }
+        }
+        match client.export(req).await {
+            Ok(resp) => {
+                let rejected =
+                    resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
+                let rejected = rejected.min(batch.spans);
+                let mut a = lock(accounting);
+                a.exported += batch.spans - rejected;
+                a.count_drop(DropReason::Rejected, rejected);
+                a.requests_ok += 1;
                 break;
             }
-            let mut req = tonic::Request::new(batch.request.clone());
-            req.set_timeout(left.map_or(cfg.timeout, |l| l.min(cfg.timeout)));
-            for (k, v) in &cfg.headers {
-                if let (Ok(k), Ok(v)) =
-                    (MetadataKey::from_bytes(k.as_bytes()), MetadataValue::try_from(v.as_str()))
-                {
-                    req.metadata_mut().insert(k, v);
-                }
-            }
-            match client.export(req).await {
-                Ok(resp) => {
-                    let rejected =
-                        resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
-                    let rejected = rejected.min(batch.spans);
-                    let mut a = lock(&accounting);
-                    a.exported += batch.spans - rejected;
-                    a.count_drop(DropReason::Rejected, rejected);
-                    a.requests_ok += 1;
-                    break;
-                }
-                Err(status) => {
-                    let hint = retry::retry_info(status.details());
-                    let verdict = retry::classify_grpc(status.code(), hint);
-                    let wait = match verdict {
-                        retry::Verdict::Drop => None,
-                        retry::Verdict::Retry(hint) => {
-                            let b =
-                                retry::backoff(attempt, cfg.backoff_base, Duration::from_secs(5), &mut rng);
-                            Some(hint.map_or(b, |h| h.max(b).min(Duration::from_secs(30))))
-                        }
-                    };
-                    let out_of_time = |w: Duration| {
-                        started.elapsed() + w > cfg.max_retry_elapsed
-                            || deadline.is_some_and(|d| Instant::now() + w > d)
-                    };
-                    match wait {
-                        Some(w) if !out_of_time(w) => {
-                            lock(&accounting).retries += 1;
-                            tokio::time::sleep(w).await;
-                            attempt += 1;
-                        }
-                        Some(_) => {
-                            let mut a = lock(&accounting);
-                            let reason = if deadline.is_some() {
-                                DropReason::Shutdown
-                            } else {
-                                DropReason::RetryExhausted
-                            };
-                            a.count_drop(reason, batch.spans);
-                            a.last_error = Some(format!("{}: {}", status.code(), status.message()));
-                            break;
-                        }
-                        None => {
-                            let mut a = lock(&accounting);
-                            a.count_drop(DropReason::Rejected, batch.spans);
-                            a.last_error = Some(format!("{}: {}", status.code(), status.message()));
-                            break;
-                        }
+            Err(status) => {
+                let hint = retry::retry_info(status.details());
+                let verdict = retry::classify_grpc(status.code(), hint);
+                let wait = match verdict {
+                    retry::Verdict::Drop => None,
+                    retry::Verdict::Retry(hint) => {
+                        let b = retry::backoff(attempt, cfg.backoff_base, Duration::from_secs(5), &mut rng);
+                        Some(hint.map_or(b, |h| h.max(b).min(Duration::from_secs(30))))
+                    }
+                };
+                let budget_spent = |w: Duration| started.elapsed() + w > cfg.max_retry_elapsed;
+                let past_deadline = |w: Duration| deadline.is_some_and(|d| Instant::now() + w > d);
+                match wait {
+                    Some(w) if !budget_spent(w) && !past_deadline(w) => {
+                        lock(accounting).retries += 1;
+                        tokio::time::sleep(w).await;
+                        attempt += 1;
+                    }
+                    Some(w) => {
+                        let mut a = lock(accounting);
+                        let reason =
+                            if budget_spent(w) { DropReason::RetryExhausted } else { DropReason::Shutdown };
+                        a.count_drop(reason, batch.spans);
+                        a.last_error = Some(format!("{}: {}", status.code(), status.message()));
+                        break;
+                    }
+                    None => {
+                        let mut a = lock(accounting);
+                        a.count_drop(DropReason::Rejected, batch.spans);
+                        a.last_error = Some(format!("{}: {}", status.code(), status.message()));
+                        break;
                     }
                 }
             }

@@ -396,3 +396,60 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     emit(&cfg, &ev);
     0
 }
+
+// --- addresses learned on first read --------------------------------------------------------
+
+/// `tcp:tcp_rcv_space_adjust` runs inside tcp_recvmsg, in the reading thread, with the socket's
+/// addresses: skaddr@8 sport@16 dport@18 family@20 saddr@22 daddr@26 saddr_v6@30 daddr_v6@46
+/// (ports in host order; checked against tracefs by userspace). When this thread is inside a
+/// read on a tracked connection whose addresses are incomplete (accept() without a sockaddr, a
+/// wildcard listener), they are filled in here, once, before the data is reported.
+#[tracepoint]
+pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
+    let id = bpf_get_current_pid_tgid();
+    let Some(call) = ACTIVE.get_ptr(id) else {
+        return 0;
+    };
+    // SAFETY: map value pointer, copied.
+    let fd = unsafe { (*call).fd };
+    let tgid = (id >> 32) as u32;
+    let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd)) else {
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let state = unsafe { &mut *conn };
+    if state.remote.family != 0 && !is_unspecified(&state.local) {
+        return 0;
+    }
+    let p = ctx.as_ptr() as *const u8;
+    // SAFETY: constant offsets inside the tracepoint record.
+    let (sport, dport, family) =
+        unsafe { (*(p.add(16) as *const u16), *(p.add(18) as *const u16), *(p.add(20) as *const u16)) };
+    let mut local = SockAddr { family, port: sport, addr: [0; 16] };
+    let mut remote = SockAddr { family, port: dport, addr: [0; 16] };
+    if family == FAMILY_V4 {
+        // SAFETY: helper reads inside the record.
+        if let (Ok(s), Ok(d)) = unsafe { (ctx.read_at::<[u8; 4]>(22), ctx.read_at::<[u8; 4]>(26)) } {
+            local.addr[..4].copy_from_slice(&s);
+            remote.addr[..4].copy_from_slice(&d);
+        }
+    } else if let (Ok(s), Ok(d)) = unsafe { (ctx.read_at::<[u8; 16]>(30), ctx.read_at::<[u8; 16]>(46)) } {
+        local.addr = s;
+        remote.addr = d;
+    }
+    state.local = local;
+    state.remote = remote;
+    let cfg = config();
+    let ev = ConnEvent {
+        header: header(EventKind::ConnAddr as u32, id, now()),
+        conn: ConnId { tgid, fd, generation: state.generation },
+        role: state.role,
+        flags: 0,
+        _pad: [0; 2],
+        listener_fd: 0,
+        local,
+        remote,
+    };
+    emit(&cfg, &ev);
+    0
+}

@@ -1,0 +1,183 @@
+//! An in-process OTLP/gRPC receiver built from opentelemetry-proto's generated tonic server:
+//! it records what it receives and can be told to fail, stall or partially reject.
+#![allow(dead_code, reason = "each test binary uses a different part")]
+
+use std::{
+    collections::VecDeque,
+    net::SocketAddr,
+    sync::{Arc, Mutex},
+    time::Duration,
+};
+
+use opentelemetry_proto::tonic::{
+    collector::trace::v1::{
+        ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
+        trace_service_server::{TraceService, TraceServiceServer},
+    },
+    trace::v1::Span,
+};
+use tonic::{Code, Request, Response, Status};
+
+/// What the receiver answers to one request.
+#[derive(Debug, Clone)]
+pub enum Answer {
+    /// Accept everything.
+    Ok,
+    /// Fail with this code (and an optional RetryInfo delay).
+    Fail(Code, Option<Duration>),
+    /// Accept but reject this many spans (partial success).
+    Partial(i64),
+    /// Wait this long, then accept.
+    Stall(Duration),
+}
+
+#[derive(Default)]
+struct State {
+    script: VecDeque<Answer>,
+    received: Vec<ExportTraceServiceRequest>,
+    attempts: u64,
+    headers: Vec<(String, String)>,
+}
+
+#[derive(Clone, Default)]
+struct Svc(Arc<Mutex<State>>);
+
+#[tonic::async_trait]
+impl TraceService for Svc {
+    async fn export(
+        &self,
+        request: Request<ExportTraceServiceRequest>,
+    ) -> Result<Response<ExportTraceServiceResponse>, Status> {
+        let answer = {
+            let mut s = self.0.lock().unwrap();
+            s.attempts += 1;
+            for kv in request.metadata().iter() {
+                if let tonic::metadata::KeyAndValueRef::Ascii(k, v) = kv {
+                    s.headers.push((k.to_string(), v.to_str().unwrap_or("").to_string()));
+                }
+            }
+            s.script.pop_front().unwrap_or(Answer::Ok)
+        };
+        match answer {
+            Answer::Ok => {}
+            Answer::Stall(d) => tokio::time::sleep(d).await,
+            Answer::Fail(code, retry) => {
+                let status = match retry {
+                    Some(d) => Status::with_details(
+                        code,
+                        "scripted failure",
+                        tracewire::export::retry::encode_retry_info(d).into(),
+                    ),
+                    None => Status::new(code, "scripted failure"),
+                };
+                return Err(status);
+            }
+            Answer::Partial(n) => {
+                self.0.lock().unwrap().received.push(request.into_inner());
+                return Ok(Response::new(ExportTraceServiceResponse {
+                    partial_success: Some(ExportTracePartialSuccess {
+                        rejected_spans: n,
+                        error_message: "scripted".into(),
+                    }),
+                }));
+            }
+        }
+        self.0.lock().unwrap().received.push(request.into_inner());
+        Ok(Response::new(ExportTraceServiceResponse { partial_success: None }))
+    }
+}
+
+/// A running receiver.
+pub struct Receiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<State>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl Receiver {
+    /// Starts on 127.0.0.1 with a free port; answers follow `script`, then Ok.
+    pub fn start(script: Vec<Answer>) -> Receiver {
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let state = Arc::new(Mutex::new(State { script: script.into(), ..State::default() }));
+        let svc = Svc(Arc::clone(&state));
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        rt.spawn(async move {
+            tonic::transport::Server::builder()
+                .add_service(
+                    TraceServiceServer::new(svc)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Zstd),
+                )
+                .serve_with_incoming(tokio_stream_wrapper(listener))
+                .await
+                .unwrap();
+        });
+        Receiver { addr, state, _rt: rt }
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Every span received, with its resource's service.name.
+    pub fn spans(&self) -> Vec<(String, Span)> {
+        let s = self.state.lock().unwrap();
+        let mut out = Vec::new();
+        for req in &s.received {
+            for rs in &req.resource_spans {
+                let service = rs
+                    .resource
+                    .as_ref()
+                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                    .and_then(|a| a.value.as_ref())
+                    .and_then(|v| match &v.value {
+                        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                            Some(s.clone())
+                        }
+                        _ => None,
+                    })
+                    .unwrap_or_default();
+                for ss in &rs.scope_spans {
+                    for sp in &ss.spans {
+                        out.push((service.clone(), sp.clone()));
+                    }
+                }
+            }
+        }
+        out
+    }
+
+    pub fn attempts(&self) -> u64 {
+        self.state.lock().unwrap().attempts
+    }
+
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().headers.clone()
+    }
+}
+
+fn tokio_stream_wrapper(
+    listener: tokio::net::TcpListener,
+) -> impl futures_core::Stream<Item = Result<tokio::net::TcpStream, std::io::Error>> {
+    futures_util::stream::unfold(listener, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
+/// String attribute of a span.
+pub fn attr_str(s: &Span, key: &str) -> Option<String> {
+    s.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| match &v.value {
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(x)) => Some(x.clone()),
+        _ => None,
+    })
+}
+
+/// Integer attribute of a span.
+pub fn attr_int(s: &Span, key: &str) -> Option<i64> {
+    s.attributes.iter().find(|a| a.key == key).and_then(|a| a.value.as_ref()).and_then(|v| match &v.value {
+        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::IntValue(x)) => Some(*x),
+        _ => None,
+    })
+}
