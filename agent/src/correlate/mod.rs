@@ -64,6 +64,8 @@ pub struct CorrelateStats {
     pub unlinked: u64,
     /// Requests that never got a response (connection closed).
     pub no_response: u64,
+    /// Server spans joined to the client span at the other end of the same connection.
+    pub paired_same_node: u64,
 }
 
 /// Trace context of a span being built.
@@ -116,8 +118,57 @@ struct Conn {
 /// that connection may take as its parent.
 type Serving = HashMap<ConnId, Vec<SpanCtx>>;
 
+/// A socket address normalised for matching the two ends of one TCP connection
+/// (IPv4-mapped IPv6 and IPv4 compare equal).
+type AddrKey = ([u8; 16], u16);
+/// (client end, server end) of one TCP connection.
+type PairKey = (AddrKey, AddrKey);
+
+fn addr_key(a: &SockAddr) -> Option<AddrKey> {
+    let sa = socket_addr(a)?;
+    let ip = match sa.ip() {
+        std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
+        std::net::IpAddr::V6(v6) => v6,
+    };
+    Some((ip.octets(), sa.port()))
+}
+
+/// The key of a connection as seen from its client end.
+fn pair_key(info: &Info) -> Option<PairKey> {
+    let (local, remote) = (addr_key(&info.local)?, addr_key(&info.remote)?);
+    Some(if info.role == ROLE_SERVER { (remote, local) } else { (local, remote) })
+}
+
+/// A server request waiting for its client end: (span id, server connection key).
+type WaitingServer = ([u8; 8], (u32, u32));
+
+/// Most requests waiting for their other end on one connection.
+const MAX_PEER_WAIT: usize = 64;
+
+/// Same-node pairing: when both ends of a TCP connection belong to traced processes, the n-th
+/// request the client wrote is the n-th request the server read (one byte stream), so the
+/// server span is the client span's child, exactly. Whichever end is seen second completes the
+/// pair (events from two CPUs can arrive in either order).
+#[derive(Default)]
+struct Peers {
+    /// Client requests whose server end has not been seen yet.
+    clients: HashMap<PairKey, VecDeque<SpanCtx>>,
+    /// Server requests whose client end has not been seen yet: (span id, server connection).
+    servers: HashMap<PairKey, VecDeque<WaitingServer>>,
+    /// Server spans to re-parent once the sink is done: (server connection, span id, client).
+    fixups: Vec<((u32, u32), [u8; 8], SpanCtx)>,
+}
+
+fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
+    if q.len() >= MAX_PEER_WAIT {
+        q.pop_front();
+    }
+    q.push_back(v);
+}
+
 /// Shared state the per-connection sink needs.
 struct Global<'a> {
+    peers: &'a mut Peers,
     serving: &'a mut Serving,
     stats: &'a mut CorrelateStats,
     out: &'a mut Vec<SpanRecord>,
@@ -160,6 +211,24 @@ impl ConnSink<'_, '_> {
             .and_then(traceparent::tracestate)
             .filter(|s| !s.is_empty());
         if self.info.role == ROLE_SERVER {
+            if incoming.is_none()
+                && let Some(key) = pair_key(self.info)
+            {
+                if let Some(client) = self.g.peers.clients.get_mut(&key).and_then(VecDeque::pop_front) {
+                    self.g.stats.paired_same_node += 1;
+                    return SpanCtx {
+                        trace_id: client.trace_id,
+                        span_id,
+                        parent_id: Some(client.span_id),
+                        parent_remote: true,
+                        flags: client.flags,
+                        trace_state: client.trace_state,
+                        link: Link::None,
+                    };
+                }
+                let conn = (self.info.id.tgid, self.info.id.fd);
+                push_bounded(self.g.peers.servers.entry(key).or_default(), (span_id, conn));
+            }
             return match incoming {
                 Some(tp) => SpanCtx {
                     trace_id: tp.trace_id,
@@ -233,6 +302,16 @@ impl ConnSink<'_, '_> {
     }
 
     fn finish_exchange(&mut self, p: Pending, resp: Option<&ResponseHead>, end_ns: u64) {
+        // A request answered without its other end appearing has no traced peer: forget it.
+        if let Some(key) = pair_key(self.info) {
+            if self.info.role == ROLE_SERVER {
+                if let Some(q) = self.g.peers.servers.get_mut(&key) {
+                    q.retain(|(id, _)| *id != p.ctx.span_id);
+                }
+            } else if let Some(q) = self.g.peers.clients.get_mut(&key) {
+                q.retain(|c| c.span_id != p.ctx.span_id);
+            }
+        }
         if self.info.role == ROLE_SERVER
             && let Some(list) = self.g.serving.get_mut(&self.info.id)
         {
@@ -256,6 +335,15 @@ impl Sink for ConnSink<'_, '_> {
         let ctx = self.new_ctx(&head, &meta);
         if self.info.role == ROLE_SERVER {
             self.g.serving.entry(self.info.id).or_default().push(ctx.clone());
+        } else if let Some(key) = pair_key(self.info) {
+            match self.g.peers.servers.get_mut(&key).and_then(VecDeque::pop_front) {
+                // The server end read this request first: re-parent its span.
+                Some((span_id, conn)) => {
+                    self.g.stats.paired_same_node += 1;
+                    self.g.peers.fixups.push((conn, span_id, ctx.clone()));
+                }
+                None => push_bounded(self.g.peers.clients.entry(key).or_default(), ctx.clone()),
+            }
         }
         if self.book.pending.len() >= MAX_PENDING
             && let Some(old) = self.book.pending.pop_front()
@@ -427,6 +515,7 @@ pub struct Correlator {
     clock: Clock,
     conns: HashMap<(u32, u32), Conn>,
     max_conns: usize,
+    peers: Peers,
     serving: Serving,
     stats: CorrelateStats,
     out: Vec<SpanRecord>,
@@ -441,6 +530,7 @@ impl Correlator {
             clock,
             conns: HashMap::new(),
             max_conns,
+            peers: Peers::default(),
             serving: HashMap::new(),
             stats: CorrelateStats::default(),
             out: Vec::new(),
@@ -551,6 +641,7 @@ impl Correlator {
             return;
         };
         let mut g = Global {
+            peers: &mut self.peers,
             serving: &mut self.serving,
             stats: &mut self.stats,
             out: &mut self.out,
@@ -570,6 +661,39 @@ impl Correlator {
             sink.finish_exchange(p, None, end);
         }
         self.serving.remove(&conn.info.id);
+        if let Some(key) = pair_key(&conn.info) {
+            if conn.info.role == ROLE_SERVER {
+                self.peers.servers.remove(&key);
+            } else {
+                self.peers.clients.remove(&key);
+            }
+        }
+        self.apply_fixups();
+    }
+
+    /// Re-parents server spans whose client end was seen after them.
+    fn apply_fixups(&mut self) {
+        for (key, span_id, client) in std::mem::take(&mut self.peers.fixups) {
+            let Some(conn) = self.conns.get_mut(&key) else {
+                continue;
+            };
+            let fix = |ctx: &mut SpanCtx| {
+                if ctx.span_id == span_id && ctx.parent_id.is_none() {
+                    ctx.trace_id = client.trace_id;
+                    ctx.parent_id = Some(client.span_id);
+                    ctx.parent_remote = true;
+                    ctx.flags = client.flags;
+                    ctx.trace_state = client.trace_state.clone();
+                }
+            };
+            conn.book.pending.iter_mut().for_each(|p| fix(&mut p.ctx));
+            if let Some((p, _)) = conn.book.current.as_mut() {
+                fix(&mut p.ctx);
+            }
+            if let Some(list) = self.serving.get_mut(&conn.info.id) {
+                list.iter_mut().for_each(fix);
+            }
+        }
     }
 
     fn data(&mut self, d: &DataEvent, payload: &[u8]) {
@@ -591,6 +715,7 @@ impl Correlator {
         let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
         let mut g = Global {
+            peers: &mut self.peers,
             serving: &mut self.serving,
             stats: &mut self.stats,
             out: &mut self.out,
@@ -608,6 +733,9 @@ impl Correlator {
             conn.req.stop();
             conn.resp.stop();
             self.stats.tunnels += 1;
+        }
+        if !self.peers.fixups.is_empty() {
+            self.apply_fixups();
         }
     }
 }

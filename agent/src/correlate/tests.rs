@@ -163,8 +163,12 @@ pub fn render(spans: &[SpanRecord]) -> String {
         };
         let parent = match s.parent_id {
             None => "-".to_string(),
-            Some(p) if s.parent_remote => format!("remote:{}", hex(&p)),
-            Some(p) => ids.get(&p).map_or_else(|| format!("ext:{}", hex(&p)), |n| format!("s{n}")),
+            Some(p) => match (ids.get(&p), s.parent_remote) {
+                (Some(n), false) => format!("s{n}"),
+                (Some(n), true) => format!("s{n}(other process)"),
+                (None, true) => format!("remote:{}", hex(&p)),
+                (None, false) => format!("ext:{}", hex(&p)),
+            },
         };
         let trace = if spans.iter().any(|o| o.trace_id == s.trace_id && o.parent_remote) {
             format!("t{} ({})", traces[&s.trace_id], hex(&s.trace_id))
@@ -211,7 +215,7 @@ fn golden_recordings() {
         let stats = c.stats();
         let _ = writeln!(
             actual,
-            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} unlinked={} no_response={}",
+            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} unlinked={} no_response={} paired_same_node={}",
             stats.spans,
             stats.invalid,
             stats.non_http_conns,
@@ -221,7 +225,8 @@ fn golden_recordings() {
             stats.traceparent_invalid,
             stats.linked_thread,
             stats.unlinked,
-            stats.no_response
+            stats.no_response,
+            stats.paired_same_node
         );
         let expected_path = events.with_extension("spans");
         if update {
