@@ -34,6 +34,11 @@ pub static BINDS: LruHashMap<u64, SockAddr> = LruHashMap::with_max_entries(MAX_L
 #[map]
 pub static PARENTS: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
 
+/// Client sockets whose handshake completes after connect() returned: socket address →
+/// [fd_key, generation]. LRU: handshakes that never complete age out.
+#[map]
+pub static CONNECTING: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
 #[map]
 pub static ACTIVE: HashMap<u64, ActiveCall> = HashMap::with_max_entries(MAX_ACTIVE, 0);
 

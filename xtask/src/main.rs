@@ -23,11 +23,15 @@ struct Cli {
 enum Task {
     /// Install every prerequisite (rust-src, bpf-linker, test peers); safe to run again.
     Setup,
-    /// Build tracewire and watch it capture a local HTTP server driven by curl.
+    /// Build tracewire, start the seed's six uninstrumented services, and watch tracewire trace
+    /// page loads through them and name the slowest one.
     Demo {
-        /// Requests to send.
-        #[arg(long, default_value_t = 3)]
+        /// Page loads to send.
+        #[arg(long, default_value_t = 2)]
         requests: u32,
+        /// How long the Recommendation Service works per request, in ms.
+        #[arg(long, default_value_t = 1400)]
+        slow_ms: u64,
     },
     /// Unit tests, then the root integration tests with real servers and clients.
     Test {
@@ -52,9 +56,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Setup => setup(),
-        Task::Demo { requests } => {
+        Task::Demo { requests, slow_ms } => {
             setup()?;
-            demo(requests)
+            demo(requests, slow_ms)
         }
         Task::Test { args } => {
             setup()?;
@@ -146,40 +150,60 @@ impl Drop for Guard {
     }
 }
 
-fn demo(requests: u32) -> Result<()> {
-    let tracewire = build()?;
-    let dir = std::env::temp_dir().join("tracewire-demo");
-    std::fs::create_dir_all(&dir)?;
-    std::fs::write(dir.join("index.html"), "<h1>hello from an uninstrumented server</h1>\n")?;
-    let server = Command::new("python3")
-        .args(["-m", "http.server", "0", "--bind", "127.0.0.1"])
-        .current_dir(&dir)
+/// Starts one demo service; returns it and its port.
+fn service(name: &str, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u16)> {
+    let mut child = Command::new("python3")
+        .arg(root().join("xtask/demo/service.py"))
+        .arg(work_ms.to_string())
+        .args(downstreams)
+        // The agent reads each process's own OTEL_SERVICE_NAME: configuration, not code.
+        .env("OTEL_SERVICE_NAME", name)
         .stdout(Stdio::piped())
         .stderr(Stdio::null())
         .spawn()
-        .context("starting python3 -m http.server")?;
-    let mut server = Guard(server);
-    let pid = server.0.id();
-    // http.server prints "Serving HTTP on 127.0.0.1 port N (...)" once it listens.
-    let stdout = server.0.stdout.take().context("server stdout")?;
+        .with_context(|| format!("starting {name}"))?;
+    let stdout = child.stdout.take().context("service stdout")?;
+    let guard = Guard(child);
     let mut line = String::new();
     BufReader::new(stdout).read_line(&mut line)?;
-    let port: u16 = line
-        .split_whitespace()
-        .skip_while(|w| *w != "port")
-        .nth(1)
-        .and_then(|p| p.parse().ok())
-        .with_context(|| format!("unexpected http.server banner: {line:?}"))?;
+    let port = line.trim().strip_prefix("port ").and_then(|p| p.parse().ok());
+    let port = port.with_context(|| format!("{name} did not start: {line:?}"))?;
+    Ok((guard, port))
+}
+
+fn demo(requests: u32, slow_ms: u64) -> Result<()> {
+    let tracewire = build()?;
+    let out_dir = root().join("target/demo");
+    std::fs::create_dir_all(&out_dir)?;
+    let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
+    // The assignment's six services; Cart calls Pricing, the gateway fans out to the rest.
+    let (pricing, pricing_port) = service("pricing-service", 150, &[])?;
+    let (cart, cart_port) = service("cart-service", 60, &[url(pricing_port, "/price")])?;
+    let (recommendation, rec_port) = service("recommendation-service", slow_ms, &[])?;
+    let (product, product_port) = service("product-service", 80, &[])?;
+    let (user, user_port) = service("user-service", 50, &[])?;
+    let downstreams = [
+        url(user_port, "/user/42"),
+        url(product_port, "/products?page=1"),
+        url(rec_port, "/recommendations/42"),
+        url(cart_port, "/cart/42"),
+    ];
+    let (gateway, gateway_port) = service("api-gateway", 20, &downstreams)?;
+    let services = [&gateway, &user, &product, &recommendation, &cart, &pricing];
+    let pids: Vec<String> = services.iter().map(|g| g.0.id().to_string()).collect();
     println!(
-        "\ndemo: python3 http.server (pid {pid}) listens on 127.0.0.1:{port}; starting tracewire capture --pid {pid}\n"
+        "\ndemo: six uninstrumented services are up; the gateway is http://127.0.0.1:{gateway_port}/page\n"
     );
 
-    let mut agent = Command::new(&tracewire)
-        .args(["capture", "--pid", &pid.to_string(), "--status-interval", "0"])
-        .stdout(Stdio::inherit())
-        .stderr(Stdio::piped())
-        .spawn()
-        .context("starting tracewire")?;
+    let traces = out_dir.join("traces.jsonl");
+    let mut cmd = Command::new(&tracewire);
+    cmd.args(["run", "--print", "waterfall", "--status-interval", "0", "--trace-idle-ms", "500"]);
+    cmd.arg("--otlp-json").arg(&traces);
+    for p in &pids {
+        cmd.args(["--pid", p]);
+    }
+    let mut agent =
+        cmd.stdout(Stdio::inherit()).stderr(Stdio::piped()).spawn().context("starting tracewire")?;
     let stderr = agent.stderr.take().context("agent stderr")?;
     let mut agent = Guard(agent);
     let mut lines = BufReader::new(stderr).lines();
@@ -188,34 +212,44 @@ fn demo(requests: u32) -> Result<()> {
         let Some(Ok(l)) = lines.next() else {
             bail!("tracewire exited before it was ready");
         };
-        eprintln!("{l}");
-        if l.contains("capturing with") {
+        if l.contains("tracing with") {
+            eprintln!("{l}");
             break;
         }
+        eprintln!("{l}");
         if Instant::now() > deadline {
             bail!("tracewire was not ready within 60 s");
         }
     }
-    std::thread::spawn(move || {
+    let summary = std::thread::spawn(move || {
+        let mut summary = String::new();
         for l in lines.map_while(Result::ok) {
-            eprintln!("{l}");
+            if l.starts_with("tracewire: summary") {
+                summary = l;
+            } else {
+                eprintln!("{l}");
+            }
         }
+        summary
     });
-    for i in 0..requests {
-        run(Command::new("curl").args([
-            "-s",
-            "-o",
-            "/dev/null",
-            &format!("http://127.0.0.1:{port}/?visit={i}"),
-        ]))?;
+    for i in 1..=requests {
+        let started = Instant::now();
+        run(Command::new("curl").args(["-s", "-o", "/dev/null", &url(gateway_port, "/page")]))?;
+        println!("demo: page load {i}/{requests} took {:.2} s", started.elapsed().as_secs_f64());
     }
-    // curl has exited, so every event is in the ring buffer; the agent drains it on SIGINT.
+    // Every page load has completed; the agent drains what the kernel wrote and prints the
+    // traces on SIGINT.
     // SAFETY: plain signal to our own child.
     unsafe { libc_kill(agent.0.id() as i32, 2) };
     let _ = agent.0.wait();
+    let summary = summary.join().unwrap_or_default();
+    println!("\ndemo: the same traces, as OTLP-JSON, are in {}", traces.display());
     println!(
-        "\ndemo: each request shows as conn_open, data in (the request), data out (the response), conn_close."
+        "demo: set OTEL_EXPORTER_OTLP_ENDPOINT=http://<collector>:4317 to send them to your backend too."
     );
+    if !summary.is_empty() {
+        println!("{summary}");
+    }
     Ok(())
 }
 

@@ -131,7 +131,8 @@ fn comm(c: &[u8; 16]) -> String {
 pub fn event_json(ev: &Event<'_>, clock: &Clock, show_payload: bool) -> Value {
     match ev {
         Event::Conn(c) => {
-            let (pid, tid) = pid_tid(c.header.pid_tgid);
+            // The connection's process: a conn_addr event may be written from another context.
+            let (pid, tid) = (c.conn.tgid, pid_tid(c.header.pid_tgid).1);
             json!({
                 "type": conn_kind(c),
                 "ts": clock.wall_ns(c.header.ts_ns),
@@ -191,7 +192,7 @@ fn clock_str(clock: &Clock, ts: u64) -> String {
 pub fn event_text(ev: &Event<'_>, clock: &Clock, show_payload: bool) -> String {
     match ev {
         Event::Conn(c) => {
-            let (pid, _) = pid_tid(c.header.pid_tgid);
+            let pid = c.conn.tgid;
             let arrow = if c.role == ROLE_CLIENT { "->" } else { "<-" };
             let pre = if c.flags & CONN_FLAG_PREEXISTING != 0 { " (existing)" } else { "" };
             let peer = if c.role == ROLE_LISTENER {

@@ -205,6 +205,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
                 "unpaired_responses": stats.unpaired_responses, "no_response": stats.no_response,
                 "traceparent_valid": stats.traceparent_valid, "traceparent_invalid": stats.traceparent_invalid,
                 "linked_thread": stats.linked_thread, "unlinked": stats.unlinked,
+                "paired_same_node": stats.paired_same_node,
                 "pending_overflow": stats.pending_overflow, "conn_table_full": stats.conn_table_full,
             },
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),

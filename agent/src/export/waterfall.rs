@@ -10,6 +10,9 @@ use crate::correlate::span::{Kind, SpanRecord, Value};
 
 const BAR: usize = 40;
 
+/// Longest a trace with a missing in-process parent is held before it is printed anyway.
+pub const MAX_WAIT: Duration = Duration::from_secs(30);
+
 /// The label shown for a span: method and path (server) or method and URL (client).
 pub fn operation(s: &SpanRecord) -> String {
     let get = |k: &str| match s.attr(k) {
@@ -81,7 +84,8 @@ pub fn render(spans: &[SpanRecord], service: &dyn Fn(u32) -> String, color: bool
         "  {:<w_service$}  {:<w_op$}  {:>10}  {:>10}",
         "SERVICE", "OPERATION", "START", "DURATION"
     );
-    for (svc, op, s) in rows {
+    for (svc, op, s) in &rows {
+        let (svc, op, s) = (svc, op, *s);
         let off = s.start_ns.saturating_sub(start);
         let a = (off as u128 * BAR as u128 / total as u128) as usize;
         let b = ((off + s.duration_ns()) as u128 * BAR as u128).div_ceil(total as u128) as usize;
@@ -98,7 +102,51 @@ pub fn render(spans: &[SpanRecord], service: &dyn Fn(u32) -> String, color: bool
         }
         let _ = writeln!(out, "{line}");
     }
+    if let Some((i, self_ns)) = largest_self_time(spans, &children) {
+        let s = &spans[i];
+        let _ = writeln!(
+            out,
+            "  ⮕ slowest: {} {} spends {} of {} in itself ({:.0}% of the trace)",
+            service(s.pid),
+            operation(s),
+            ms(self_ns),
+            ms(total),
+            self_ns as f64 * 100.0 / total as f64
+        );
+    }
     out
+}
+
+/// The span with the largest self time (its duration minus the time covered by its
+/// children): where the request actually waited.
+pub fn largest_self_time(
+    spans: &[SpanRecord],
+    children: &HashMap<Option<usize>, Vec<usize>>,
+) -> Option<(usize, u64)> {
+    (0..spans.len())
+        .map(|i| {
+            let s = &spans[i];
+            let mut covered = 0u64;
+            let mut cursor = s.start_ns;
+            let mut kids: Vec<(u64, u64)> = children
+                .get(&Some(i))
+                .map(|c| {
+                    c.iter()
+                        .map(|&j| (spans[j].start_ns.max(s.start_ns), spans[j].end_ns.min(s.end_ns)))
+                        .collect()
+                })
+                .unwrap_or_default();
+            kids.sort_unstable();
+            for (a, b) in kids {
+                let a = a.max(cursor);
+                if b > a {
+                    covered += b - a;
+                    cursor = b;
+                }
+            }
+            (i, s.duration_ns().saturating_sub(covered))
+        })
+        .max_by_key(|&(_, t)| t)
 }
 
 /// Collects spans per trace and releases a trace once no span has joined it for `idle`.
@@ -132,13 +180,24 @@ impl Waterfall {
         }
     }
 
-    /// Traces that are finished (idle long enough, or all of them when `all`), oldest first.
+    /// Traces that are finished, oldest first: idle long enough with every in-process parent
+    /// present (a parent still in flight, like a gateway waiting on a slow call, holds its trace
+    /// back, up to [`MAX_WAIT`]), or all of them when `all`.
     pub fn take_finished(&mut self, all: bool) -> Vec<Vec<SpanRecord>> {
         let now = Instant::now();
+        let complete = |spans: &[SpanRecord]| {
+            spans.iter().all(|s| match s.parent_id {
+                Some(p) if !s.parent_remote => spans.iter().any(|o| o.span_id == p),
+                _ => true,
+            })
+        };
         let done: Vec<[u8; 16]> = self
             .traces
             .iter()
-            .filter(|(_, (_, t))| all || now.duration_since(*t) >= self.idle)
+            .filter(|(_, (spans, t))| {
+                let idle = now.duration_since(*t);
+                all || (idle >= self.idle && complete(spans)) || idle >= MAX_WAIT
+            })
             .map(|(k, _)| *k)
             .collect();
         let mut out: Vec<Vec<SpanRecord>> =
@@ -148,5 +207,55 @@ impl Waterfall {
         }
         out.sort_by_key(|t| t.iter().map(|s| s.start_ns).min().unwrap_or(0));
         out
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::span::Link;
+
+    fn span(id: u8, parent: Option<u8>, start: u64, end: u64, path: &str) -> SpanRecord {
+        SpanRecord {
+            trace_id: [9; 16],
+            span_id: [id; 8],
+            parent_id: parent.map(|p| [p; 8]),
+            parent_remote: false,
+            flags: 1,
+            trace_state: None,
+            kind: Kind::Server,
+            name: "GET".into(),
+            start_ns: start,
+            end_ns: end,
+            pid: u32::from(id),
+            tid: 1,
+            error: false,
+            attributes: vec![("url.path", Value::Str(path.into()))],
+            link: Link::None,
+        }
+    }
+
+    #[test]
+    fn tree_bars_and_verdict() {
+        let ms = 1_000_000;
+        let spans = vec![
+            span(1, None, 0, 2000 * ms, "/page"),
+            span(2, Some(1), 100 * ms, 300 * ms, "/user"),
+            span(3, Some(1), 300 * ms, 1900 * ms, "/recommendations"),
+            span(4, Some(3), 400 * ms, 500 * ms, "/catalog"),
+        ];
+        let names = |pid: u32| ["", "gateway", "users", "recs", "catalog"][pid as usize].to_string();
+        let text = render(&spans, &names, false);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].contains("4 spans") && lines[0].contains("2000.0 ms"), "{text}");
+        // Children are indented under their parent, in start order.
+        assert!(lines[2].starts_with("  gateway"));
+        assert!(lines[3].starts_with("    users"));
+        assert!(lines[4].starts_with("    recs"));
+        assert!(lines[5].starts_with("      catalog"));
+        // Bars are scaled to the trace: the root fills the whole width.
+        assert!(lines[2].contains(&"█".repeat(BAR)));
+        // recs: 1600 ms minus 100 ms of child time.
+        assert!(lines[6].contains("recs GET /recommendations spends 1500.0 ms"), "{text}");
     }
 }

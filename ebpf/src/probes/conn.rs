@@ -22,10 +22,11 @@ use tracewire_common::{
 };
 
 use crate::{
-    maps::{ACTIVE, BINDS, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, THREAD_CTX},
+    maps::{ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, THREAD_CTX},
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
 
+const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_CLOSE: i32 = 7;
 const IPPROTO_TCP: u16 = 6;
@@ -231,7 +232,7 @@ fn accept_exit(ctx: &TracePointContext, syscall: Syscall) {
         // socket): track it and let userspace verify it is TCP and apply the port filter.
         None => (SockAddr::default(), CONN_FLAG_UNVERIFIED | CONN_FLAG_LOCAL_PARTIAL),
     };
-    if is_unspecified(&local) || remote.family == 0 {
+    if is_unspecified(&local) || local.port == 0 || remote.family == 0 {
         flags |= CONN_FLAG_LOCAL_PARTIAL;
     }
     let mut state = ConnState { role: ROLE_SERVER, local, remote, ..ConnState::default() };
@@ -293,41 +294,108 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
+/// The source address in a `sock:inet_sock_set_state` record. Array fields go through the
+/// helper: the verifier rejects loads through a ctx pointer the compiler has offset, which is
+/// how it lowers array copies.
+#[inline(always)]
+fn state_local(ctx: &TracePointContext) -> SockAddr {
+    let p = ctx.as_ptr() as *const u8;
+    // SAFETY: constant offsets inside the tracepoint record.
+    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(24) as *const u16)) };
+    let mut local = SockAddr { family, port, addr: [0; 16] };
+    if family == FAMILY_V4 {
+        // SAFETY: helper read inside the record.
+        if let Ok(v4) = unsafe { ctx.read_at::<[u8; 4]>(32) } {
+            local.addr[..4].copy_from_slice(&v4);
+        }
+    // SAFETY: as above.
+    } else if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(40) } {
+        local.addr = v6;
+    }
+    local
+}
+
 /// `sock:inet_sock_set_state`. Format (checked against tracefs by userspace):
 /// skaddr@8 oldstate@16 newstate@20 sport@24 dport@26 family@28 protocol@30 saddr@32
 /// daddr@36 saddr_v6@40 daddr_v6@56.
+///
+/// CLOSE→SYN_SENT runs inside connect(), in the caller's thread: it marks the socket as TCP.
+/// The source port is chosen just after that transition, so it is learned at
+/// SYN_SENT→ESTABLISHED, which runs in the caller's thread on loopback but in softirq context
+/// for remote peers: the socket address (skaddr) recorded at SYN_SENT finds the connection then.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let p = ctx.as_ptr() as *const u8;
     // SAFETY: constant offsets inside the tracepoint record.
-    let (old, new, protocol) =
-        unsafe { (*(p.add(16) as *const i32), *(p.add(20) as *const i32), *(p.add(30) as *const u16)) };
-    if old != TCP_CLOSE || new != TCP_SYN_SENT || protocol != IPPROTO_TCP {
+    let (skaddr, old, new, protocol) = unsafe {
+        (
+            *(p.add(8) as *const u64),
+            *(p.add(16) as *const i32),
+            *(p.add(20) as *const i32),
+            *(p.add(30) as *const u16),
+        )
+    };
+    if protocol != IPPROTO_TCP {
         return 0;
     }
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        let id = bpf_get_current_pid_tgid();
+        let Some(call) = ACTIVE.get_ptr_mut(id) else {
+            return 0;
+        };
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            if (*call).syscall != Syscall::Connect as u8 {
+                return 0;
+            }
+            (*call).local = state_local(&ctx);
+            (*call).is_tcp = 1;
+            (*call).ptr = skaddr;
+        }
+        return 0;
+    }
+    if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
+        return 0;
+    }
+    // Still inside connect() (loopback): complete the call's source address.
     let id = bpf_get_current_pid_tgid();
-    let Some(call) = ACTIVE.get_ptr_mut(id) else {
+    if let Some(call) = ACTIVE.get_ptr_mut(id) {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            if (*call).syscall == Syscall::Connect as u8 && (*call).ptr == skaddr {
+                (*call).local = state_local(&ctx);
+                return 0;
+            }
+        }
+    }
+    // connect() already returned (non-blocking connect to a remote peer).
+    let Some(pending) = CONNECTING.get_ptr(skaddr) else {
         return 0;
     };
-    // SAFETY: map value pointer, valid for this run; constant record offsets.
-    unsafe {
-        if (*call).syscall != Syscall::Connect as u8 {
-            return 0;
-        }
-        let family = *(p.add(28) as *const u16);
-        let mut local = SockAddr { family, port: *(p.add(24) as *const u16), addr: [0; 16] };
-        // Array fields go through the helper: the verifier rejects loads through a ctx pointer
-        // the compiler has offset, which is how it lowers array copies.
-        if family == FAMILY_V4 {
-            if let Ok(v4) = ctx.read_at::<[u8; 4]>(32) {
-                local.addr[..4].copy_from_slice(&v4);
-            }
-        } else if let Ok(v6) = ctx.read_at::<[u8; 16]>(40) {
-            local.addr = v6;
-        }
-        (*call).local = local;
-        (*call).is_tcp = 1;
+    // SAFETY: map value pointer, copied.
+    let [key, generation] = unsafe { *pending };
+    let _ = CONNECTING.remove(skaddr);
+    let Some(conn) = CONNS.get_ptr_mut(key) else {
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let state = unsafe { &mut *conn };
+    if state.generation != generation {
+        return 0;
     }
+    state.local = state_local(&ctx);
+    let cfg = config();
+    let ev = ConnEvent {
+        header: header(EventKind::ConnAddr as u32, id, now()),
+        conn: ConnId { tgid: (key >> 32) as u32, fd: key as u32, generation },
+        role: state.role,
+        flags: 0,
+        _pad: [0; 2],
+        listener_fd: 0,
+        local: state.local,
+        remote: state.remote,
+    };
+    emit(&cfg, &ev);
     0
 }
 
@@ -350,6 +418,11 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     let mut state =
         ConnState { role: ROLE_CLIENT, local: call.local, remote: call.addr, ..ConnState::default() };
     open_conn(id, call.fd, &mut state, 0, 0);
+    if state.local.port == 0 && state.generation != 0 {
+        // The handshake has not completed yet: its ESTABLISHED transition fills the port in.
+        let key = fd_key((id >> 32) as u32, call.fd);
+        let _ = CONNECTING.insert(call.ptr, [key, state.generation], 0);
+    }
     0
 }
 
@@ -403,7 +476,8 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 /// addresses: skaddr@8 sport@16 dport@18 family@20 saddr@22 daddr@26 saddr_v6@30 daddr_v6@46
 /// (ports in host order; checked against tracefs by userspace). When this thread is inside a
 /// read on a tracked connection whose addresses are incomplete (accept() without a sockaddr, a
-/// wildcard listener), they are filled in here, once, before the data is reported.
+/// wildcard listener, a listener bound to port 0), they are filled in here, once, before the
+/// data is reported.
 #[tracepoint]
 pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
@@ -418,7 +492,7 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
-    if state.remote.family != 0 && !is_unspecified(&state.local) {
+    if state.remote.family != 0 && state.local.port != 0 && !is_unspecified(&state.local) {
         return 0;
     }
     let p = ctx.as_ptr() as *const u8;
