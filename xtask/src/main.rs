@@ -29,9 +29,14 @@ enum Task {
         /// Page loads to send.
         #[arg(long, default_value_t = 2)]
         requests: u32,
-        /// How long the Recommendation Service works per request, in ms.
+        /// How long a Recommendation Service request takes, in ms (its own work plus its call
+        /// to the Product Service).
         #[arg(long, default_value_t = 1400)]
         slow_ms: u64,
+        /// Check the result (one joined trace per page load, the right tree, the verdict) and
+        /// fail otherwise: the demo as an end-to-end test.
+        #[arg(long)]
+        check: bool,
     },
     /// Unit tests, then the root integration tests with real servers and clients.
     Test {
@@ -56,9 +61,9 @@ fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Setup => setup(),
-        Task::Demo { requests, slow_ms } => {
+        Task::Demo { requests, slow_ms, check } => {
             setup()?;
-            demo(requests, slow_ms)
+            demo(requests, slow_ms, check)
         }
         Task::Test { args } => {
             setup()?;
@@ -171,24 +176,28 @@ fn service(name: &str, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u
     Ok((guard, port))
 }
 
-fn demo(requests: u32, slow_ms: u64) -> Result<()> {
+fn demo(requests: u32, slow_ms: u64, check: bool) -> Result<()> {
     let tracewire = build()?;
     let out_dir = root().join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
-    // The assignment's six services; Cart calls Pricing, the gateway fans out to the rest.
-    let (pricing, pricing_port) = service("pricing-service", 150, &[])?;
-    let (cart, cart_port) = service("cart-service", 60, &[url(pricing_port, "/price")])?;
-    let (recommendation, rec_port) = service("recommendation-service", slow_ms, &[])?;
-    let (product, product_port) = service("product-service", 80, &[])?;
-    let (user, user_port) = service("user-service", 50, &[])?;
+    // The assignment's six services. The gateway fans out; Cart calls Pricing; Recommendation
+    // calls Product, then works slowly on its own.
+    const PRODUCT_MS: u64 = 120;
+    let (pricing, pricing_port) = service("pricing-service", 180, &[])?;
+    let (cart, cart_port) = service("cart-service", 100, &[url(pricing_port, "/price")])?;
+    let (product, product_port) = service("product-service", PRODUCT_MS, &[])?;
+    let rec_work = slow_ms.saturating_sub(PRODUCT_MS);
+    let (recommendation, rec_port) =
+        service("recommendation-service", rec_work, &[url(product_port, "/products?related=42")])?;
+    let (user, user_port) = service("user-service", 60, &[])?;
     let downstreams = [
         url(user_port, "/user/42"),
         url(product_port, "/products?page=1"),
         url(rec_port, "/recommendations/42"),
         url(cart_port, "/cart/42"),
     ];
-    let (gateway, gateway_port) = service("api-gateway", 20, &downstreams)?;
+    let (gateway, gateway_port) = service("api-gateway", 40, &downstreams)?;
     let services = [&gateway, &user, &product, &recommendation, &cart, &pricing];
     let pids: Vec<String> = services.iter().map(|g| g.0.id().to_string()).collect();
     println!(
@@ -203,8 +212,18 @@ fn demo(requests: u32, slow_ms: u64) -> Result<()> {
         cmd.args(["--pid", p]);
     }
     let mut agent =
-        cmd.stdout(Stdio::inherit()).stderr(Stdio::piped()).spawn().context("starting tracewire")?;
+        cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().context("starting tracewire")?;
     let stderr = agent.stderr.take().context("agent stderr")?;
+    let stdout = agent.stdout.take().context("agent stdout")?;
+    // The waterfalls: shown as they come, and kept for --check.
+    let printed = std::thread::spawn(move || {
+        let mut kept = Vec::new();
+        for l in BufReader::new(stdout).lines().map_while(Result::ok) {
+            println!("{l}");
+            kept.push(l);
+        }
+        kept
+    });
     let mut agent = Guard(agent);
     let mut lines = BufReader::new(stderr).lines();
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -243,12 +262,167 @@ fn demo(requests: u32, slow_ms: u64) -> Result<()> {
     unsafe { libc_kill(agent.0.id() as i32, 2) };
     let _ = agent.0.wait();
     let summary = summary.join().unwrap_or_default();
+    let printed = printed.join().unwrap_or_default();
     println!("\ndemo: the same traces, as OTLP-JSON, are in {}", traces.display());
     println!(
         "demo: set OTEL_EXPORTER_OTLP_ENDPOINT=http://<collector>:4317 to send them to your backend too."
     );
     if !summary.is_empty() {
         println!("{summary}");
+    }
+    if check {
+        check_demo(&traces, &printed, requests)?;
+        println!("demo check: ok");
+    }
+    Ok(())
+}
+
+/// One span of the demo's OTLP-JSON output.
+#[derive(Debug, Clone)]
+struct DemoSpan {
+    trace: String,
+    id: String,
+    parent: String,
+    service: String,
+    kind: i64,
+    start: u64,
+    end: u64,
+    path: String,
+}
+
+fn read_spans(path: &Path) -> Result<Vec<DemoSpan>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("reading {}", path.display()))?;
+    let mut out = Vec::new();
+    let str_of = |v: &serde_json::Value| v.as_str().unwrap_or_default().to_string();
+    let num =
+        |v: &serde_json::Value| v.as_str().and_then(|s| s.parse().ok()).or_else(|| v.as_u64()).unwrap_or(0);
+    for line in text.lines() {
+        let req: serde_json::Value = serde_json::from_str(line)?;
+        for rs in req["resourceSpans"].as_array().into_iter().flatten() {
+            let service = rs["resource"]["attributes"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .find(|a| a["key"] == "service.name")
+                .map(|a| str_of(&a["value"]["stringValue"]))
+                .unwrap_or_default();
+            for ss in rs["scopeSpans"].as_array().into_iter().flatten() {
+                for sp in ss["spans"].as_array().into_iter().flatten() {
+                    let attr = |k: &str| {
+                        sp["attributes"]
+                            .as_array()
+                            .into_iter()
+                            .flatten()
+                            .find(|a| a["key"] == k)
+                            .map(|a| str_of(&a["value"]["stringValue"]))
+                            .unwrap_or_default()
+                    };
+                    let path = if sp["kind"] == 2 { attr("url.path") } else { attr("url.full") };
+                    out.push(DemoSpan {
+                        trace: str_of(&sp["traceId"]),
+                        id: str_of(&sp["spanId"]),
+                        parent: str_of(&sp["parentSpanId"]),
+                        service: service.clone(),
+                        kind: sp["kind"].as_i64().unwrap_or(0),
+                        start: num(&sp["startTimeUnixNano"]),
+                        end: num(&sp["endTimeUnixNano"]),
+                        path,
+                    });
+                }
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The demo's acceptance: each page load is exactly one trace holding the server and client
+/// spans of all six services in the right tree, the Recommendation Service takes most of the
+/// page load, and the verdict names it.
+fn check_demo(traces: &Path, printed: &[String], requests: u32) -> Result<()> {
+    let spans = read_spans(traces)?;
+    let mut by_trace: std::collections::BTreeMap<String, Vec<DemoSpan>> = Default::default();
+    for s in &spans {
+        by_trace.entry(s.trace.clone()).or_default().push(s.clone());
+    }
+    if by_trace.len() != requests as usize {
+        bail!(
+            "{} traces for {requests} page loads (every span must join its page load's trace)",
+            by_trace.len()
+        );
+    }
+    // Caller of each service's server span.
+    let callers = [
+        ("user-service", "api-gateway"),
+        ("product-service", "api-gateway|recommendation-service"),
+        ("recommendation-service", "api-gateway"),
+        ("cart-service", "api-gateway"),
+        ("pricing-service", "cart-service"),
+    ];
+    for (trace, t) in &by_trace {
+        if t.len() < 12 {
+            bail!("trace {trace} has {} spans, expected at least 12", t.len());
+        }
+        let roots: Vec<&DemoSpan> = t.iter().filter(|s| s.parent.is_empty()).collect();
+        if roots.len() != 1
+            || roots[0].service != "api-gateway"
+            || roots[0].kind != 2
+            || roots[0].path != "/page"
+        {
+            bail!("trace {trace}: the root must be the gateway's GET /page, found {roots:?}");
+        }
+        let by_id: std::collections::HashMap<&str, &DemoSpan> =
+            t.iter().map(|s| (s.id.as_str(), s)).collect();
+        for s in t.iter().filter(|s| !s.parent.is_empty()) {
+            let Some(parent) = by_id.get(s.parent.as_str()) else {
+                bail!("trace {trace}: {} {} has a parent outside the trace", s.service, s.path);
+            };
+            if s.kind == 2 {
+                // A server span's parent is the client span that called it, in the caller.
+                let (_, allowed) =
+                    callers.iter().find(|(svc, _)| *svc == s.service).copied().unwrap_or(("", ""));
+                if parent.kind != 3 || !allowed.split('|').any(|a| a == parent.service) {
+                    bail!(
+                        "trace {trace}: {} {} is a child of {} {}",
+                        s.service,
+                        s.path,
+                        parent.service,
+                        parent.path
+                    );
+                }
+            } else if parent.kind != 2 || parent.service != s.service {
+                bail!(
+                    "trace {trace}: client span {} {} is not under its own service's request",
+                    s.service,
+                    s.path
+                );
+            }
+        }
+        for (svc, _) in callers.iter().chain([("api-gateway", "")].iter()) {
+            if !t.iter().any(|s| s.service == *svc && s.kind == 2) {
+                bail!("trace {trace}: no server span of {svc}");
+            }
+        }
+        let root = roots[0];
+        let rec = t
+            .iter()
+            .find(|s| s.service == "recommendation-service" && s.kind == 2)
+            .context("recommendation span")?;
+        let share = (rec.end - rec.start) as f64 / (root.end - root.start).max(1) as f64;
+        if !(0.6..=0.9).contains(&share) {
+            bail!("trace {trace}: the Recommendation Service took {:.0}% of the page load", share * 100.0);
+        }
+        println!(
+            "demo check: trace {trace}: {} spans, Recommendation Service {:.0}% of the page load",
+            t.len(),
+            share * 100.0
+        );
+    }
+    let verdicts = printed.iter().filter(|l| l.contains("slowest: recommendation-service")).count();
+    let page_traces = printed.iter().filter(|l| l.starts_with("trace ")).count();
+    if verdicts != requests as usize || page_traces != requests as usize {
+        bail!(
+            "expected {requests} waterfalls each naming recommendation-service, saw {page_traces} traces and {verdicts} such verdicts"
+        );
     }
     Ok(())
 }
@@ -260,5 +434,11 @@ unsafe extern "C" {
 
 fn test(args: &[String]) -> Result<()> {
     // Default members: the kernel crate only builds for the bpf target (through agent/build.rs).
-    run(Command::new("cargo").arg("test").args(args).current_dir(root()))
+    run(Command::new("cargo").arg("test").args(args).current_dir(root()))?;
+    if args.is_empty() {
+        // The demo, headless, as the end-to-end acceptance test.
+        demo(2, 1400, true)?;
+        println!("demo: 1 passed, 0 failed");
+    }
+    Ok(())
 }
