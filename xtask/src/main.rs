@@ -140,9 +140,16 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-fn build() -> Result<PathBuf> {
-    run(Command::new("cargo").args(["build", "--release", "--package", "tracewire"]).current_dir(root()))?;
-    Ok(root().join("target/release/tracewire"))
+/// Builds the agent: release for the demo a person runs, debug when the demo runs as a test
+/// (the test build already has it, and the demo's work is not CPU-bound).
+fn build(release: bool) -> Result<PathBuf> {
+    let mut cmd = Command::new("cargo");
+    cmd.args(["build", "--package", "tracewire"]).current_dir(root());
+    if release {
+        cmd.arg("--release");
+    }
+    run(&mut cmd)?;
+    Ok(root().join(if release { "target/release/tracewire" } else { "target/debug/tracewire" }))
 }
 
 /// Kills a child process on drop, so an error path never leaves a server behind.
@@ -177,7 +184,7 @@ fn service(name: &str, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u
 }
 
 fn demo(requests: u32, slow_ms: u64, check: bool) -> Result<()> {
-    let tracewire = build()?;
+    let tracewire = build(!check)?;
     let out_dir = root().join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");

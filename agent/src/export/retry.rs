@@ -45,38 +45,43 @@ pub fn backoff(attempt: u32, base: Duration, max: Duration, rng: &mut fastrand::
     Duration::from_nanos(nanos / 2 + rng.u64(0..=nanos / 2))
 }
 
+// google.rpc.Status, google.protobuf.Any, google.rpc.RetryInfo and google.protobuf.Duration,
+// with the field numbers of google/rpc/status.proto and error_details.proto.
+#[derive(Clone, PartialEq, prost::Message)]
+struct RpcStatus {
+    #[prost(int32, tag = "1")]
+    code: i32,
+    #[prost(string, tag = "2")]
+    message: String,
+    #[prost(message, repeated, tag = "3")]
+    details: Vec<ProtoAny>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoAny {
+    #[prost(string, tag = "1")]
+    type_url: String,
+    #[prost(bytes = "vec", tag = "2")]
+    value: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct RetryInfo {
+    #[prost(message, optional, tag = "1")]
+    retry_delay: Option<ProtoDuration>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct ProtoDuration {
+    #[prost(int64, tag = "1")]
+    seconds: i64,
+    #[prost(int32, tag = "2")]
+    nanos: i32,
+}
+
 /// `google.rpc.RetryInfo` carried in a gRPC status's details (`grpc-status-details-bin`).
 pub fn retry_info(details: &[u8]) -> Option<Duration> {
     use prost::Message as _;
-
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(string, tag = "2")]
-        message: String,
-        #[prost(message, repeated, tag = "3")]
-        details: Vec<ProtoAny>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ProtoAny {
-        #[prost(string, tag = "1")]
-        type_url: String,
-        #[prost(bytes = "vec", tag = "2")]
-        value: Vec<u8>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RetryInfo {
-        #[prost(message, optional, tag = "1")]
-        retry_delay: Option<ProtoDuration>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ProtoDuration {
-        #[prost(int64, tag = "1")]
-        seconds: i64,
-        #[prost(int32, tag = "2")]
-        nanos: i32,
-    }
 
     let status = RpcStatus::decode(details).ok()?;
     status.details.iter().find(|a| a.type_url.ends_with("google.rpc.RetryInfo")).and_then(|a| {
@@ -88,33 +93,6 @@ pub fn retry_info(details: &[u8]) -> Option<Duration> {
 /// Encodes a `google.rpc.Status` with a RetryInfo detail (for test servers).
 pub fn encode_retry_info(delay: Duration) -> Vec<u8> {
     use prost::Message as _;
-    // Field numbers as in google/rpc/status.proto and error_details.proto.
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RpcStatus {
-        #[prost(int32, tag = "1")]
-        code: i32,
-        #[prost(message, repeated, tag = "3")]
-        details: Vec<ProtoAny>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ProtoAny {
-        #[prost(string, tag = "1")]
-        type_url: String,
-        #[prost(bytes = "vec", tag = "2")]
-        value: Vec<u8>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct RetryInfo {
-        #[prost(message, optional, tag = "1")]
-        retry_delay: Option<ProtoDuration>,
-    }
-    #[derive(Clone, PartialEq, prost::Message)]
-    struct ProtoDuration {
-        #[prost(int64, tag = "1")]
-        seconds: i64,
-        #[prost(int32, tag = "2")]
-        nanos: i32,
-    }
     let info = RetryInfo {
         retry_delay: Some(ProtoDuration {
             seconds: delay.as_secs() as i64,
@@ -123,6 +101,7 @@ pub fn encode_retry_info(delay: Duration) -> Vec<u8> {
     };
     RpcStatus {
         code: Code::ResourceExhausted as i32,
+        message: String::new(),
         details: vec![ProtoAny {
             type_url: "type.googleapis.com/google.rpc.RetryInfo".into(),
             value: info.encode_to_vec(),

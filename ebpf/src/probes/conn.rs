@@ -131,6 +131,23 @@ fn open_conn(id: u64, fd: u32, state: &mut ConnState, flags: u8, listener_fd: u3
     emit_bytes(&cfg, buf, core::mem::size_of::<ConnEvent>());
 }
 
+/// Reports a tracked connection's current state as a `kind` event (close, learned addresses).
+#[inline(always)]
+fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState) {
+    let cfg = config();
+    let ev = ConnEvent {
+        header: header(kind as u32, id, now()),
+        conn: ConnId { tgid, fd, generation: state.generation },
+        role: state.role,
+        flags: 0,
+        _pad: [0; 2],
+        listener_fd: 0,
+        local: state.local,
+        remote: state.remote,
+    };
+    emit(&cfg, &ev);
+}
+
 // --- bind / listen -----------------------------------------------------------------------------
 
 #[tracepoint]
@@ -384,18 +401,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     state.local = state_local(&ctx);
-    let cfg = config();
-    let ev = ConnEvent {
-        header: header(EventKind::ConnAddr as u32, id, now()),
-        conn: ConnId { tgid: (key >> 32) as u32, fd: key as u32, generation },
-        role: state.role,
-        flags: 0,
-        _pad: [0; 2],
-        listener_fd: 0,
-        local: state.local,
-        remote: state.remote,
-    };
-    emit(&cfg, &ev);
+    emit_state(EventKind::ConnAddr, id, (key >> 32) as u32, key as u32, state);
     0
 }
 
@@ -456,17 +462,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
             let _ = THREAD_CTX.remove(tid);
         }
     }
-    let ev = ConnEvent {
-        header: header(EventKind::ConnClose as u32, id, now()),
-        conn: ConnId { tgid, fd, generation: state.generation },
-        role: state.role,
-        flags: 0,
-        _pad: [0; 2],
-        listener_fd: 0,
-        local: state.local,
-        remote: state.remote,
-    };
-    emit(&cfg, &ev);
+    emit_state(EventKind::ConnClose, id, tgid, fd, &state);
     0
 }
 
@@ -513,17 +509,6 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     }
     state.local = local;
     state.remote = remote;
-    let cfg = config();
-    let ev = ConnEvent {
-        header: header(EventKind::ConnAddr as u32, id, now()),
-        conn: ConnId { tgid, fd, generation: state.generation },
-        role: state.role,
-        flags: 0,
-        _pad: [0; 2],
-        listener_fd: 0,
-        local,
-        remote,
-    };
-    emit(&cfg, &ev);
+    emit_state(EventKind::ConnAddr, id, tgid, fd, state);
     0
 }
