@@ -51,6 +51,7 @@ const BPF_LINKER_VERSION: &str = "0.10.0";
 const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("nginx", "nginx-light"),
     ("wrk", "wrk"),
+    ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
