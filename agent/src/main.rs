@@ -36,6 +36,15 @@ enum Command {
     /// Trace HTTP requests and export them: OTLP/gRPC, an OTLP-JSON file, or a waterfall per
     /// trace in the terminal.
     Run(RunArgs),
+    /// Time the userspace pipeline over a recording made with `capture --record`.
+    #[command(hide = true)]
+    Replay {
+        /// The recording.
+        file: PathBuf,
+        /// Replay repeatedly for at least this many seconds.
+        #[arg(long, default_value_t = 3)]
+        seconds: u64,
+    },
 }
 
 #[derive(Args)]
@@ -187,6 +196,9 @@ struct CaptureArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     duration: Option<u64>,
+    /// Also write every raw ring-buffer record to this file (for `replay` and bug reports).
+    #[arg(long)]
+    record: Option<PathBuf>,
 }
 
 impl SelectArgs {
@@ -241,6 +253,7 @@ fn run(command: Command) -> anyhow::Result<()> {
                 show_payload: args.show_payload,
                 status_every: Duration::from_secs(args.status_interval),
                 duration: args.duration.map(Duration::from_secs),
+                record: args.record.clone(),
             };
             capture::run(options, out, stop_flag()?)?;
             Ok(())
@@ -263,6 +276,11 @@ fn run(command: Command) -> anyhow::Result<()> {
                 trace_idle: Duration::from_millis(args.trace_idle_ms),
             };
             tracewire::cli::run::run(options, out, stop_flag()?)?;
+            Ok(())
+        }
+        Command::Replay { file, seconds } => {
+            let report = tracewire::cli::replay::replay(&file, Duration::from_secs(seconds))?;
+            println!("{report}");
             Ok(())
         }
     }

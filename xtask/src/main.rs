@@ -10,6 +10,8 @@ use std::{
 };
 
 use anyhow::{Context as _, Result, bail};
+
+mod bench;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
@@ -37,6 +39,12 @@ enum Task {
         /// fail otherwise: the demo as an end-to-end test.
         #[arg(long)]
         check: bool,
+    },
+    /// Measure what tracewire costs, side by side with running without it.
+    Bench {
+        /// A short run (checks the suite runs and reports).
+        #[arg(long)]
+        quick: bool,
     },
     /// Unit tests, then the root integration tests with real servers and clients.
     Test {
@@ -66,6 +74,10 @@ fn main() -> Result<()> {
             setup()?;
             demo(requests, slow_ms, check)
         }
+        Task::Bench { quick } => {
+            setup()?;
+            bench::bench(quick)
+        }
         Task::Test { args } => {
             setup()?;
             test(&args)
@@ -73,7 +85,7 @@ fn main() -> Result<()> {
     }
 }
 
-fn root() -> PathBuf {
+pub(crate) fn root() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).parent().map(Path::to_path_buf).unwrap_or_default()
 }
 
@@ -143,7 +155,7 @@ fn setup() -> Result<()> {
 
 /// Builds the agent: release for the demo a person runs, debug when the demo runs as a test
 /// (the test build already has it, and the demo's work is not CPU-bound).
-fn build(release: bool) -> Result<PathBuf> {
+pub(crate) fn build(release: bool) -> Result<PathBuf> {
     let mut cmd = Command::new("cargo");
     cmd.args(["build", "--package", "tracewire"]).current_dir(root());
     if release {
@@ -154,7 +166,7 @@ fn build(release: bool) -> Result<PathBuf> {
 }
 
 /// Kills a child process on drop, so an error path never leaves a server behind.
-struct Guard(Child);
+pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
@@ -437,7 +449,7 @@ fn check_demo(traces: &Path, printed: &[String], requests: u32) -> Result<()> {
 
 unsafe extern "C" {
     #[link_name = "kill"]
-    fn libc_kill(pid: i32, sig: i32) -> i32;
+    pub(crate) fn libc_kill(pid: i32, sig: i32) -> i32;
 }
 
 fn test(args: &[String]) -> Result<()> {

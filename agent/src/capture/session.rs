@@ -48,6 +48,7 @@ pub struct Session {
     open: HashMap<(u32, u32), ConnEvent>,
     pending: Vec<ConnEvent>,
     stats: SessionStats,
+    recorder: Option<crate::events::record::Recorder>,
 }
 
 impl Session {
@@ -66,6 +67,7 @@ impl Session {
             open: HashMap::new(),
             pending: Vec::new(),
             stats: SessionStats::default(),
+            recorder: None,
         };
         match &s.selection {
             Selection::All => {
@@ -85,6 +87,11 @@ impl Session {
             }
         }
         Ok(s)
+    }
+
+    /// Records every raw ring-buffer record from now on (see `events::record`).
+    pub fn record_to(&mut self, recorder: crate::events::record::Recorder) {
+        self.recorder = Some(recorder);
     }
 
     /// The underlying capture.
@@ -312,6 +319,10 @@ impl Session {
         let mut n = 0;
         for c in std::mem::take(&mut self.pending) {
             let mut ev = Event::Conn(c);
+            if let Some(rec) = &mut self.recorder {
+                rec.write(&crate::events::decode::encode::encode(&ev))
+                    .map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
+            }
             if self.control(&mut ev)? {
                 f(&ev);
                 n += 1;
@@ -321,6 +332,12 @@ impl Session {
         let mut raw: Vec<Vec<u8>> = Vec::new();
         self.capture.poll(timeout, |bytes| raw.push(bytes.to_vec()))?;
         self.stats.records += raw.len() as u64;
+        if let Some(rec) = &mut self.recorder {
+            for bytes in &raw {
+                rec.write(bytes).map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
+            }
+            rec.flush().map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
+        }
         for bytes in &raw {
             match decode(bytes) {
                 Ok(mut ev) => {

@@ -40,6 +40,8 @@ pub struct CaptureOutput {
     pub status_every: Duration,
     /// Stop after this long.
     pub duration: Option<Duration>,
+    /// Write raw records here.
+    pub record: Option<std::path::PathBuf>,
 }
 
 /// Formats an address; `None` when unknown.
@@ -296,6 +298,11 @@ fn status_text(k: &KernelCounters, s: &SessionStats, rate: f64, byte_rate: f64) 
 /// Runs the capture until `stop` is set or the duration ends.
 pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -> Result<(), CaptureError> {
     let mut session = Session::start(options)?;
+    if let Some(path) = &out.record {
+        let rec = crate::events::record::Recorder::create(path)
+            .map_err(|e| CaptureError::Io(format!("--record {}", path.display()), e))?;
+        session.record_to(rec);
+    }
     let mut clock = Clock::now();
     let stdout = io::stdout();
     let mut w = io::BufWriter::new(stdout.lock());

@@ -1,3 +1,4 @@
 //! Subcommands of the `tracewire` binary.
 pub mod capture;
+pub mod replay;
 pub mod run;

@@ -1,6 +1,7 @@
 //! Ring-buffer records → typed events. Pure code: no aya, no I/O, testable on recorded bytes.
 pub mod clock;
 pub mod decode;
+pub mod record;
 
 pub use decode::{DecodeError, Event, decode};
 

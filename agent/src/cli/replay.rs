@@ -1,0 +1,74 @@
+//! `tracewire replay FILE`: the userspace pipeline (decode → reassemble → parse → spans → OTLP
+//! protobuf) over a recorded capture, on one thread, timed. What `cargo xtask bench` reports as
+//! the userspace throughput.
+use std::{
+    path::Path,
+    time::{Duration, Instant},
+};
+
+use prost::Message as _;
+use serde_json::{Value, json};
+
+use crate::{
+    correlate::Correlator,
+    events::{Event, clock::Clock, decode, record},
+    export::transform,
+    metadata::{ProcessInfo, Resources},
+};
+
+/// Replays `path` repeatedly for at least `min_time` and returns the measurements as JSON.
+pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
+    let records = record::read_all(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    anyhow::ensure!(!records.is_empty(), "{}: no records", path.display());
+    // Resources are fixed up front: the pipeline is timed, not /proc.
+    let mut resources = Resources::new(1 << 16);
+    for r in &records {
+        if let Ok(Event::Conn(c)) = decode(r) {
+            resources.insert(ProcessInfo {
+                service_name: format!("service-{}", c.conn.tgid),
+                attributes: vec![("host.name".into(), "replay".into())],
+                pid: c.conn.tgid,
+            });
+        }
+    }
+    let (mut events, mut spans, mut bytes, mut decode_errors, mut passes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    let start = Instant::now();
+    while passes == 0 || start.elapsed() < min_time {
+        let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
+        let mut batch = Vec::with_capacity(1024);
+        let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| {
+            if !batch.is_empty() {
+                bytes += transform::request(batch, resources).encode_to_vec().len() as u64;
+                spans += batch.len() as u64;
+                batch.clear();
+            }
+        };
+        for r in &records {
+            match decode(r) {
+                Ok(ev) => c.on_event(&ev),
+                Err(_) => decode_errors += 1,
+            }
+            events += 1;
+            batch.append(&mut c.take_spans());
+            if batch.len() >= 512 {
+                flush(&mut batch, &mut resources);
+            }
+        }
+        c.close_all();
+        batch.append(&mut c.take_spans());
+        flush(&mut batch, &mut resources);
+        passes += 1;
+    }
+    let secs = start.elapsed().as_secs_f64();
+    Ok(json!({
+        "records": records.len(),
+        "passes": passes,
+        "events": events,
+        "spans": spans,
+        "decode_errors": decode_errors,
+        "seconds": secs,
+        "events_per_sec": events as f64 / secs,
+        "ns_per_event": secs * 1e9 / events as f64,
+        "otlp_bytes_per_span": if spans > 0 { bytes as f64 / spans as f64 } else { 0.0 },
+    }))
+}

@@ -1,0 +1,369 @@
+//! `cargo xtask bench`: what tracewire costs, measured side by side in one run, as ratios.
+//!
+//! nginx (`return 200`) under wrk: without the agent, with it, without it again. The agent's own
+//! CPU comes from /proc, its kernel time from bpf_stats. The userspace pipeline is timed on a
+//! recording of the same traffic. An unwatched process's syscall cost is timed with dd. Nothing
+//! here is a test: the numbers are printed and written to target/bench/report.json.
+use std::{
+    fs,
+    io::{BufRead as _, BufReader},
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+use serde_json::{Value, json};
+
+use crate::{Guard, libc_kill, root};
+
+struct Nginx {
+    _guard: Guard,
+    pid: u32,
+    port: u16,
+    dir: PathBuf,
+}
+
+fn start_nginx() -> Result<Nginx> {
+    let dir = root().join("target/bench/nginx");
+    fs::create_dir_all(&dir)?;
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let d = dir.display();
+    fs::write(
+        dir.join("nginx.conf"),
+        format!(
+            "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 1024; }}\n\
+             http {{ access_log off; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+        ),
+    )?;
+    let child = Command::new("nginx")
+        .args(["-c", &dir.join("nginx.conf").display().to_string(), "-p", &d.to_string()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .context("starting nginx")?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("nginx did not start");
+        }
+        std::thread::yield_now();
+    }
+    Ok(Nginx { _guard: Guard(child), pid, port, dir })
+}
+
+/// wrk's totals: (requests, requests/s).
+fn wrk(port: u16, secs: u64) -> Result<(u64, f64)> {
+    let out = Command::new("wrk")
+        .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s"), &format!("http://127.0.0.1:{port}/")])
+        .output()
+        .context("running wrk")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    let requests = text
+        .lines()
+        .find(|l| l.contains("requests in"))
+        .and_then(|l| l.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected wrk output: {text}"))?;
+    let rps = text
+        .lines()
+        .find(|l| l.starts_with("Requests/sec:"))
+        .and_then(|l| l.split_whitespace().nth(1))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected wrk output: {text}"))?;
+    Ok((requests, rps))
+}
+
+/// utime + stime of a process, in seconds.
+fn cpu_seconds(pid: u32) -> f64 {
+    let stat = fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    let after = stat.rsplit_once(')').map(|(_, a)| a).unwrap_or("");
+    let f: Vec<&str> = after.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // Fields 14 and 15 of /proc/PID/stat, counted from after the command name.
+    (ticks(11) + ticks(12)) / 100.0
+}
+
+fn peak_rss_kib(pid: u32) -> u64 {
+    fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
+        .unwrap_or(0)
+}
+
+/// (run_time_ns, run_cnt) summed over tracewire's programs (bpf_stats must be on).
+fn bpf_stats() -> (u64, u64) {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output();
+    let Ok(out) = out else {
+        return (0, 0);
+    };
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let mut ns = 0;
+    let mut cnt = 0;
+    for p in progs.as_array().into_iter().flatten() {
+        let name = p["name"].as_str().unwrap_or("");
+        let ours = name.starts_with("sys_enter_")
+            || name.starts_with("sys_exit_")
+            || name.starts_with("sched_process_")
+            || name == "inet_sock_set_state"
+            || name == "tcp_rcv_space_adjust";
+        if ours {
+            ns += p["run_time_ns"].as_u64().unwrap_or(0);
+            cnt += p["run_cnt"].as_u64().unwrap_or(0);
+        }
+    }
+    (ns, cnt)
+}
+
+/// Starts the agent and waits until it has attached.
+fn start_agent(tracewire: &Path, args: &[&str]) -> Result<(Guard, std::sync::mpsc::Receiver<String>)> {
+    let mut child: Child = Command::new(tracewire)
+        .args(args)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .context("starting tracewire")?;
+    let stderr = child.stderr.take().context("stderr")?;
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(stderr).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let l =
+            rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).context("agent not ready")?;
+        if l.contains("tracing with") || l.contains("capturing with") {
+            break;
+        }
+    }
+    Ok((Guard(child), rx))
+}
+
+fn stop(agent: &mut Guard) {
+    // SAFETY: plain signal to our own child.
+    unsafe { libc_kill(agent.0.id() as i32, 2) };
+    let _ = agent.0.wait();
+}
+
+/// Seconds dd takes to move `n` single bytes (2n syscalls) from /dev/zero to /dev/null.
+fn dd_seconds(n: u64) -> Result<f64> {
+    let start = Instant::now();
+    let status = Command::new("dd")
+        .args(["if=/dev/zero", "of=/dev/null", "bs=1", &format!("count={n}")])
+        .stderr(Stdio::null())
+        .status()?;
+    if !status.success() {
+        bail!("dd failed");
+    }
+    Ok(start.elapsed().as_secs_f64())
+}
+
+pub fn bench(quick: bool) -> Result<()> {
+    let tracewire = crate::build(true)?;
+    let out_dir = root().join("target/bench");
+    fs::create_dir_all(&out_dir)?;
+    let secs = if quick { 2 } else { 10 };
+    let nginx = start_nginx()?;
+    let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+
+    println!(
+        "bench: nginx return-200 on 127.0.0.1:{}, wrk -t1 -c8 -d{secs}s, 2 cores, nothing pinned",
+        nginx.port
+    );
+    let (_, base1) = wrk(nginx.port, secs)?;
+    println!("bench: without tracewire: {base1:.0} req/s");
+
+    let pid = nginx.pid.to_string();
+    let (mut agent, lines) =
+        start_agent(&tracewire, &["run", "--pid", &pid, "--print", "none", "--status-interval", "0"])?;
+    let agent_pid = agent.0.id();
+    let cpu0 = cpu_seconds(agent_pid);
+    let (bpf_ns0, bpf_cnt0) = bpf_stats();
+    let (requests, with) = wrk(nginx.port, secs)?;
+    let cpu1 = cpu_seconds(agent_pid);
+    let (bpf_ns1, bpf_cnt1) = bpf_stats();
+    let rss = peak_rss_kib(agent_pid);
+    stop(&mut agent);
+    let summary: Value = lines
+        .try_iter()
+        .find_map(|l| l.strip_prefix("tracewire: summary ").map(str::to_string))
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null);
+    println!("bench: with tracewire:    {with:.0} req/s");
+    let (_, base2) = wrk(nginx.port, secs)?;
+    println!("bench: without tracewire: {base2:.0} req/s");
+
+    // The userspace pipeline on a recording of the same traffic.
+    let recording = out_dir.join("nginx.rec");
+    let rec = recording.display().to_string();
+    let (mut capture, _) =
+        start_agent(&tracewire, &["capture", "--pid", &pid, "--status-interval", "0", "--record", &rec])?;
+    wrk(nginx.port, 1)?;
+    stop(&mut capture);
+    let replay = Command::new(&tracewire)
+        .args(["replay", &rec, "--seconds", if quick { "1" } else { "5" }])
+        .output()?;
+    let replay: Value = serde_json::from_slice(&replay.stdout).context("replay output")?;
+
+    // An unwatched process's syscalls while the agent watches nginx.
+    let n = if quick { 300_000 } else { 2_000_000 };
+    let dd_without = dd_seconds(n)?;
+    let (mut agent, _) =
+        start_agent(&tracewire, &["run", "--pid", &pid, "--print", "none", "--status-interval", "0"])?;
+    let dd_with = dd_seconds(n)?;
+    stop(&mut agent);
+    let dd_without2 = dd_seconds(n)?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
+    let _ = fs::remove_dir_all(&nginx.dir);
+
+    let baseline = (base1 + base2) / 2.0;
+    let spans = summary["spans"].as_u64().unwrap_or(0);
+    let agent_cpu = cpu1 - cpu0;
+    let bpf_secs = (bpf_ns1 - bpf_ns0) as f64 / 1e9;
+    let per_m = |x: f64| x / requests.max(1) as f64 * 1e6;
+    let bpf_per_req = (bpf_ns1 - bpf_ns0) as f64 / requests.max(1) as f64;
+    // bpf_stats itself adds about 20 ns per program run.
+    let runs_per_req = (bpf_cnt1 - bpf_cnt0) as f64 / requests.max(1) as f64;
+    let bpf_per_req_net = (bpf_per_req - 20.0 * runs_per_req).max(0.0);
+    let drops = summary["kernel"]["ring_full"].as_u64().unwrap_or(0)
+        + summary["kernel"]["conn_map_full"].as_u64().unwrap_or(0)
+        + summary["kernel"]["active_map_full"].as_u64().unwrap_or(0)
+        + summary["decode_errors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    let dd_base = (dd_without + dd_without2) / 2.0;
+    let untraced_ns = ((dd_with - dd_base) / (2 * n) as f64 * 1e9).max(0.0);
+    let rows = vec![
+        row(
+            "R1",
+            "req/s with ÷ without (nginx, wrk, A/B/A)",
+            with / baseline,
+            ">= 0.97",
+            with / baseline >= 0.97,
+            &format!("{with:.0} vs {base1:.0}/{base2:.0} req/s"),
+        ),
+        row(
+            "R2",
+            "added latency p50/p99 at half capacity",
+            f64::NAN,
+            "<= 2 / 10 us",
+            false,
+            "not measured yet (needs a rate-limited load generator)",
+        ),
+        row(
+            "R3",
+            "agent CPU-s per million requests (user+sys+BPF)",
+            per_m(agent_cpu + bpf_secs),
+            "<= 3 s",
+            per_m(agent_cpu + bpf_secs) <= 3.0,
+            &format!("userspace {:.2} s + BPF {:.2} s per M", per_m(agent_cpu), per_m(bpf_secs)),
+        ),
+        row(
+            "R4",
+            "BPF ns per request (minus bpf_stats overhead)",
+            bpf_per_req_net,
+            "<= 400 ns",
+            bpf_per_req_net <= 400.0,
+            &format!("{bpf_per_req:.0} ns raw, {runs_per_req:.1} program runs per request"),
+        ),
+        row(
+            "R5",
+            "userspace pipeline events/s on one core (replay)",
+            replay["events_per_sec"].as_f64().unwrap_or(0.0),
+            ">= 1 M/s",
+            replay["events_per_sec"].as_f64().unwrap_or(0.0) >= 1e6,
+            &format!(
+                "{:.0} ns per event, {} records",
+                replay["ns_per_event"].as_f64().unwrap_or(0.0),
+                replay["records"]
+            ),
+        ),
+        row(
+            "R6",
+            "events dropped during the R1 run",
+            drops as f64,
+            "0",
+            drops == 0,
+            "ring buffer, maps, decoding",
+        ),
+        row(
+            "R7",
+            "OTLP bytes per span, uncompressed",
+            replay["otlp_bytes_per_span"].as_f64().unwrap_or(0.0),
+            "<= 350 B",
+            replay["otlp_bytes_per_span"].as_f64().unwrap_or(0.0) <= 350.0,
+            "batches of 512, resource per batch; compressed not measured yet",
+        ),
+        row(
+            "R8",
+            "spans ÷ requests served (R1 run)",
+            spans as f64 / requests.max(1) as f64,
+            "1.000",
+            spans == requests,
+            &format!(
+                "{spans} spans, {requests} requests completed by wrk (requests in flight when wrk stops are answered but not counted by wrk)"
+            ),
+        ),
+        row(
+            "R9",
+            "extra ns per syscall of an unwatched process",
+            untraced_ns,
+            "<= 10 ns",
+            untraced_ns <= 10.0,
+            &format!("dd bs=1 count={n}: {dd_without:.2}/{dd_without2:.2} s without, {dd_with:.2} s with"),
+        ),
+        row(
+            "R10",
+            "agent peak RSS (R1 run)",
+            rss as f64 / 1024.0,
+            "<= 64 MiB",
+            rss <= 64 * 1024,
+            "at wrk's 8 connections, not yet at 10,000 connections / 5,000 req/s",
+        ),
+    ];
+    println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");
+    for r in &rows {
+        let v = r["measured"].as_f64().map_or("—".to_string(), |v| {
+            if v.abs() >= 100.0 { format!("{v:.0}") } else { format!("{v:.3}") }
+        });
+        println!(
+            "{:<4} {:<52} {:>14} {:>12}  {:<5} {}",
+            r["id"].as_str().unwrap_or(""),
+            r["measure"].as_str().unwrap_or(""),
+            v,
+            r["target"].as_str().unwrap_or(""),
+            if r["pass"] == true { "yes" } else { "no" },
+            r["conditions"].as_str().unwrap_or("")
+        );
+    }
+    let report = json!({
+        "quick": quick,
+        "kernel": fs::read_to_string("/proc/sys/kernel/osrelease").unwrap_or_default().trim(),
+        "cpus": std::thread::available_parallelism().map(|n| n.get()).unwrap_or(0),
+        "rows": rows,
+        "agent_summary": summary,
+        "replay": replay,
+    });
+    let path = out_dir.join("report.json");
+    fs::write(&path, serde_json::to_string_pretty(&report)?)?;
+    println!("\nbench: report written to {}", path.display());
+    Ok(())
+}
+
+fn row(id: &str, measure: &str, measured: f64, target: &str, pass: bool, conditions: &str) -> Value {
+    json!({
+        "id": id,
+        "measure": measure,
+        "measured": if measured.is_finite() { json!(measured) } else { Value::Null },
+        "target": target,
+        "pass": pass,
+        "conditions": conditions,
+    })
+}
