@@ -477,6 +477,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
+    if !watched(&config(), (id >> 32) as u32) {
+        return 0;
+    }
     let Some(call) = ACTIVE.get_ptr(id) else {
         return 0;
     };

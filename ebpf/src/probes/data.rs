@@ -11,7 +11,7 @@
 //! connection are counted as not captured (TCP applications practically never use them).
 //!
 //! Thread context: a read on a server connection marks the thread as serving that connection; a
-//! write on it clears the mark. Data on client connections carries the mark, which is how
+//! write on it clears the mark (generation 0). Data on client connections carries the mark, which is how
 //! userspace links outgoing calls to the request that caused them.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
@@ -74,6 +74,10 @@ enum Layout {
 #[inline(always)]
 fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
     let id = bpf_get_current_pid_tgid();
+    // The cheap array check first: unwatched processes never reach the hash lookup.
+    if !watched(&config(), (id >> 32) as u32) {
+        return;
+    }
     let Some(call_ptr) = ACTIVE.get_ptr(id) else {
         return;
     };
@@ -107,18 +111,28 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
     let tid = id as u32;
     let mut thread_ctx = ConnId::default();
     if conn.role == ROLE_SERVER {
-        if direction == DIR_INGRESS {
-            let t = ThreadCtx { conn: conn_id, since_ns: call.enter_ns };
-            let _ = THREAD_CTX.insert(tid, t, 0);
-        } else {
-            let _ = THREAD_CTX.remove(tid);
+        // Updated in place: a thread serving one request after another keeps its entry, and
+        // an insert/delete pair per request would cost far more than a store.
+        match THREAD_CTX.get_ptr_mut(tid) {
+            // SAFETY: map value pointer, valid for this run.
+            Some(t) if direction == DIR_INGRESS => unsafe {
+                (*t).conn = conn_id;
+                (*t).since_ns = call.enter_ns;
+            },
+            // SAFETY: as above. Generation 0 means "serving nothing".
+            Some(t) => unsafe { (*t).conn.generation = 0 },
+            None if direction == DIR_INGRESS => {
+                let _ = THREAD_CTX.insert(tid, ThreadCtx { conn: conn_id, since_ns: call.enter_ns }, 0);
+            }
+            None => {}
         }
     } else if conn.role == ROLE_CLIENT {
         // SAFETY: copied.
-        if let Some(t) = unsafe { THREAD_CTX.get(tid) } {
-            if t.conn.tgid == tgid {
-                thread_ctx = t.conn;
-            }
+        if let Some(t) = unsafe { THREAD_CTX.get(tid) }
+            && t.conn.tgid == tgid
+            && t.conn.generation != 0
+        {
+            thread_ctx = t.conn;
         }
     }
 
