@@ -39,6 +39,10 @@ enum Task {
         /// fail otherwise: the demo as an end-to-end test.
         #[arg(long)]
         check: bool,
+        /// Leave the services up and tracewire printing, to curl the gateway yourself (Ctrl-C
+        /// stops everything).
+        #[arg(long)]
+        keep_running: bool,
     },
     /// Measure what tracewire costs, side by side with running without it.
     Bench {
@@ -64,15 +68,16 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("ip", "iproute2"),
     ("setpriv", "util-linux"),
     ("node", "nodejs"),
+    ("java", "openjdk-17-jdk-headless"),
 ];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
         Task::Setup => setup(),
-        Task::Demo { requests, slow_ms, check } => {
+        Task::Demo { requests, slow_ms, check, keep_running } => {
             setup()?;
-            demo(requests, slow_ms, check)
+            demo(requests, slow_ms, check, keep_running)
         }
         Task::Bench { quick } => {
             setup()?;
@@ -175,10 +180,36 @@ impl Drop for Guard {
     }
 }
 
+/// The language a demo service is written in.
+#[derive(Clone, Copy)]
+enum Lang {
+    Python,
+    Node,
+    Java,
+}
+
 /// Starts one demo service; returns it and its port.
-fn service(name: &str, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u16)> {
-    let mut child = Command::new("python3")
-        .arg(root().join("xtask/demo/service.py"))
+fn service(name: &str, lang: Lang, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u16)> {
+    let demo = root().join("xtask/demo");
+    let mut cmd = match lang {
+        Lang::Python => {
+            let mut c = Command::new("python3");
+            c.arg(demo.join("service.py"));
+            c
+        }
+        Lang::Node => {
+            let mut c = Command::new("node");
+            c.arg(demo.join("service.js"));
+            c
+        }
+        Lang::Java => {
+            // Single-file source launch: no build step, still an ordinary JVM process.
+            let mut c = Command::new("java");
+            c.arg(demo.join("Service.java"));
+            c
+        }
+    };
+    let mut child = cmd
         .arg(work_ms.to_string())
         .args(downstreams)
         // The agent reads each process's own OTEL_SERVICE_NAME: configuration, not code.
@@ -196,7 +227,7 @@ fn service(name: &str, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u
     Ok((guard, port))
 }
 
-fn demo(requests: u32, slow_ms: u64, check: bool) -> Result<()> {
+fn demo(requests: u32, slow_ms: u64, check: bool, keep_running: bool) -> Result<()> {
     let tracewire = build(!check)?;
     let out_dir = root().join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
@@ -204,20 +235,25 @@ fn demo(requests: u32, slow_ms: u64, check: bool) -> Result<()> {
     // The assignment's six services. The gateway fans out; Cart calls Pricing; Recommendation
     // calls Product, then works slowly on its own.
     const PRODUCT_MS: u64 = 120;
-    let (pricing, pricing_port) = service("pricing-service", 180, &[])?;
-    let (cart, cart_port) = service("cart-service", 100, &[url(pricing_port, "/price")])?;
-    let (product, product_port) = service("product-service", PRODUCT_MS, &[])?;
+    // Leaves in Node.js and Java, the services that call others in Python (thread per request).
+    let (pricing, pricing_port) = service("pricing-service", Lang::Node, 180, &[])?;
+    let (cart, cart_port) = service("cart-service", Lang::Python, 100, &[url(pricing_port, "/price")])?;
+    let (product, product_port) = service("product-service", Lang::Java, PRODUCT_MS, &[])?;
     let rec_work = slow_ms.saturating_sub(PRODUCT_MS);
-    let (recommendation, rec_port) =
-        service("recommendation-service", rec_work, &[url(product_port, "/products?related=42")])?;
-    let (user, user_port) = service("user-service", 60, &[])?;
+    let (recommendation, rec_port) = service(
+        "recommendation-service",
+        Lang::Python,
+        rec_work,
+        &[url(product_port, "/products?related=42")],
+    )?;
+    let (user, user_port) = service("user-service", Lang::Node, 60, &[])?;
     let downstreams = [
         url(user_port, "/user/42"),
         url(product_port, "/products?page=1"),
         url(rec_port, "/recommendations/42"),
         url(cart_port, "/cart/42"),
     ];
-    let (gateway, gateway_port) = service("api-gateway", 40, &downstreams)?;
+    let (gateway, gateway_port) = service("api-gateway", Lang::Python, 40, &downstreams)?;
     let services = [&gateway, &user, &product, &recommendation, &cart, &pricing];
     let pids: Vec<String> = services.iter().map(|g| g.0.id().to_string()).collect();
     println!(
@@ -275,6 +311,15 @@ fn demo(requests: u32, slow_ms: u64, check: bool) -> Result<()> {
         let started = Instant::now();
         run(Command::new("curl").args(["-s", "-o", "/dev/null", &url(gateway_port, "/page")]))?;
         println!("demo: page load {i}/{requests} took {:.2} s", started.elapsed().as_secs_f64());
+    }
+    if keep_running {
+        println!(
+            "\ndemo: still running. Try: curl http://127.0.0.1:{gateway_port}/page   (Ctrl-C stops the services \
+             and tracewire)"
+        );
+        // Ctrl-C reaches the whole foreground process group: the agent prints what it has and
+        // exits, the services exit, and so does this wait.
+        let _ = agent.0.wait();
     }
     // Every page load has completed; the agent drains what the kernel wrote and prints the
     // traces on SIGINT.
@@ -457,7 +502,7 @@ fn test(args: &[String]) -> Result<()> {
     run(Command::new("cargo").arg("test").args(args).current_dir(root()))?;
     if args.is_empty() {
         // The demo, headless, as the end-to-end acceptance test.
-        demo(2, 1400, true)?;
+        demo(2, 1400, true, false)?;
         println!("demo: 1 passed, 0 failed");
     }
     Ok(())
