@@ -210,3 +210,80 @@ fn a_full_queue_drops_and_counts() {
     assert_eq!(a.produced, a.exported + a.dropped_total(), "{a:?}");
     assert_eq!(rx.spans().len() as u64, a.exported);
 }
+
+// --- OTLP/HTTP (protobuf) ---------------------------------------------------------------------
+
+use receiver::{HttpAnswer, HttpReceiver};
+use tracewire::export::otlp::Protocol;
+
+fn export_http(rx: &HttpReceiver, n: usize, tweak: impl FnOnce(&mut OtlpConfig)) -> Accounting {
+    let acct = Arc::new(Mutex::new(Accounting::default()));
+    let mut cfg = OtlpConfig {
+        endpoint: rx.url(),
+        protocol: Protocol::HttpProtobuf,
+        batch_size: n,
+        backoff_base: Duration::from_millis(10),
+        timeout: Duration::from_secs(2),
+        max_retry_elapsed: Duration::from_secs(5),
+        ..OtlpConfig::default()
+    };
+    tweak(&mut cfg);
+    let mut exp = OtlpExporter::start(cfg, Arc::clone(&acct)).unwrap();
+    let mut res = resources();
+    acct.lock().unwrap().produced += n as u64;
+    exp.submit(&spans(n), &mut res);
+    exp.shutdown(&mut res, Duration::from_secs(10));
+    let a = acct.lock().unwrap().clone();
+    assert_eq!(a.produced, a.exported + a.dropped_total(), "accounting does not reconcile: {a:?}");
+    a
+}
+
+#[test]
+fn http_protobuf_posts_to_v1_traces_with_gzip_and_headers() {
+    let rx = HttpReceiver::start(vec![]);
+    let a = export_http(&rx, 40, |c| {
+        c.compression = Some("gzip".into());
+        c.headers = vec![("authorization".into(), "Bearer t".into())];
+    });
+    assert_eq!(a.exported, 40);
+    assert_eq!(rx.span_count(), 40);
+    assert_eq!(rx.paths(), vec!["/v1/traces".to_string()]);
+    let h = rx.headers();
+    assert!(h.contains(&("content-type".into(), "application/x-protobuf".into())));
+    assert!(h.contains(&("content-encoding".into(), "gzip".into())));
+    assert!(h.contains(&("authorization".into(), "Bearer t".into())));
+}
+
+#[test]
+fn http_retryable_statuses_are_retried_and_retry_after_is_honoured() {
+    for status in [429u16, 502, 503, 504] {
+        let rx = HttpReceiver::start(vec![HttpAnswer::Status(status, None)]);
+        let a = export_http(&rx, 5, |_| {});
+        assert_eq!(a.exported, 5, "{status}");
+        assert_eq!(a.retries, 1, "{status}");
+    }
+    let rx = HttpReceiver::start(vec![HttpAnswer::Status(429, Some(1))]);
+    let start = Instant::now();
+    let a = export_http(&rx, 5, |_| {});
+    assert_eq!(a.exported, 5);
+    assert!(start.elapsed() >= Duration::from_secs(1), "retried before Retry-After");
+}
+
+#[test]
+fn http_other_statuses_drop_at_once() {
+    for status in [400u16, 401, 403, 404, 413, 500] {
+        let rx = HttpReceiver::start(vec![HttpAnswer::Status(status, None)]);
+        let a = export_http(&rx, 6, |_| {});
+        assert_eq!(a.exported, 0, "{status}");
+        assert_eq!(a.dropped(DropReason::Rejected), 6, "{status}");
+        assert_eq!(rx.attempts(), 1, "{status}");
+    }
+}
+
+#[test]
+fn http_partial_success_is_counted() {
+    let rx = HttpReceiver::start(vec![HttpAnswer::Partial(2)]);
+    let a = export_http(&rx, 9, |_| {});
+    assert_eq!(a.exported, 7);
+    assert_eq!(a.dropped(DropReason::Rejected), 2);
+}

@@ -12,7 +12,7 @@ use std::{
 };
 
 use common::*;
-use receiver::{Receiver, attr_int, attr_str};
+use receiver::{HttpReceiver, Receiver, attr_int, attr_str};
 use serde_json::Value;
 
 /// A running `tracewire run` exporting to `endpoint`.
@@ -25,6 +25,7 @@ impl RunAgent {
     fn start(endpoint: &str, args: &[&str]) -> RunAgent {
         let mut child = Command::new(env!("CARGO_BIN_EXE_tracewire"))
             .args(["run", "--print", "none", "--status-interval", "0", "--otlp-endpoint", endpoint])
+            .args(if args.contains(&"--otlp-protocol") { &[][..] } else { &["--otlp-protocol", "grpc"][..] })
             .args(args)
             .stdout(Stdio::null())
             .stderr(Stdio::piped())
@@ -206,4 +207,32 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
     assert_eq!(summary["kernel"]["ring_full"], 0, "{summary}");
     assert_eq!(summary["decode_errors"], serde_json::json!({}), "{summary}");
     assert_eq!(summary["otlp"]["produced"], summary["otlp"]["exported"], "{summary}");
+}
+
+#[test]
+fn spans_over_otlp_http_protobuf() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let rx = HttpReceiver::start(vec![]);
+    let base = format!("http://{}", rx.addr);
+    let agent = RunAgent::start(
+        &base,
+        &[
+            "--pid",
+            &server.pid().to_string(),
+            "--otlp-protocol",
+            "http/protobuf",
+            "--otlp-compression",
+            "gzip",
+        ],
+    );
+    for i in 0..10 {
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
+    }
+    let summary = agent.stop();
+    assert_eq!(rx.span_count(), 10, "{summary}");
+    assert_eq!(summary["otlp"]["exported"], 10);
+    // The base endpoint was completed with /v1/traces, as the specification says.
+    assert!(rx.paths().iter().all(|p| p == "/v1/traces"), "{:?}", rx.paths());
 }

@@ -57,11 +57,13 @@ struct RunArgs {
     /// Write OTLP-JSON lines (the Collector's file format) to this file.
     #[arg(long)]
     otlp_json: Option<PathBuf>,
-    /// OTLP endpoint (gRPC, e.g. http://localhost:4317). Defaults to
-    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT, then OTEL_EXPORTER_OTLP_ENDPOINT; unset: no OTLP export.
+    /// OTLP endpoint base (http://collector:4318, or :4317 for gRPC). Defaults to
+    /// OTEL_EXPORTER_OTLP_TRACES_ENDPOINT (a full URL), then OTEL_EXPORTER_OTLP_ENDPOINT; unset: no
+    /// OTLP export.
     #[arg(long)]
     otlp_endpoint: Option<String>,
-    /// OTLP protocol: grpc (http/protobuf is recognised and refused by this build).
+    /// OTLP protocol: grpc or http/protobuf (default: OTEL_EXPORTER_OTLP_PROTOCOL, else gRPC for an
+    /// endpoint on port 4317 and http/protobuf otherwise).
     #[arg(long)]
     otlp_protocol: Option<String>,
     /// Extra OTLP headers, k=v,k2=v2 (default: OTEL_EXPORTER_OTLP_HEADERS).
@@ -91,30 +93,39 @@ fn env_first(names: &[&str]) -> Option<String> {
 
 impl RunArgs {
     fn otlp(&self) -> anyhow::Result<Option<tracewire::export::otlp::OtlpConfig>> {
-        use tracewire::export::otlp::{OtlpConfig, parse_headers};
-        let endpoint = self
-            .otlp_endpoint
-            .clone()
-            .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "OTEL_EXPORTER_OTLP_ENDPOINT"]));
-        let Some(endpoint) = endpoint else {
-            return Ok(None);
+        use tracewire::export::otlp::{OtlpConfig, Protocol, parse_headers};
+        // The per-signal variable is a full URL; the generic one and the flag are a base that
+        // OTLP/HTTP completes with /v1/traces.
+        let traces_env = env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]);
+        let (endpoint, is_base) = match (&self.otlp_endpoint, traces_env) {
+            (Some(e), _) => (e.clone(), true),
+            (None, Some(e)) => (e, false),
+            (None, None) => match env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]) {
+                Some(e) => (e, true),
+                None => return Ok(None),
+            },
         };
         let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
         let protocol = self
             .otlp_protocol
             .clone()
             .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]))
-            .map(|p| p.to_ascii_lowercase())
-            .unwrap_or_else(|| {
-                if endpoint.trim_end_matches('/').ends_with(":4318") {
-                    "http/protobuf".into()
-                } else {
-                    "grpc".into()
-                }
-            });
-        if protocol != "grpc" {
-            anyhow::bail!("OTLP protocol {protocol:?} is not supported by this build: use grpc (port 4317)");
-        }
+            .map(|p| p.to_ascii_lowercase());
+        let protocol = match protocol.as_deref() {
+            Some("grpc") => Protocol::Grpc,
+            Some("http/protobuf") => Protocol::HttpProtobuf,
+            Some(other) => {
+                anyhow::bail!("OTLP protocol {other:?} is not supported: use grpc or http/protobuf")
+            }
+            // The specification's default is http/protobuf; an endpoint on the gRPC port means gRPC.
+            None if endpoint.trim_end_matches('/').ends_with(":4317") => Protocol::Grpc,
+            None => Protocol::HttpProtobuf,
+        };
+        let endpoint = match protocol {
+            Protocol::HttpProtobuf if is_base => format!("{}/v1/traces", endpoint.trim_end_matches('/')),
+            Protocol::HttpProtobuf if endpoint.splitn(4, '/').nth(3).is_none() => format!("{endpoint}/"),
+            _ => endpoint,
+        };
         let headers = self
             .otlp_headers
             .clone()
@@ -147,6 +158,7 @@ impl RunArgs {
         }
         Ok(Some(OtlpConfig {
             endpoint,
+            protocol,
             headers,
             timeout: Duration::from_millis(if timeout_ms == 0 { 3_600_000 } else { timeout_ms }),
             compression,

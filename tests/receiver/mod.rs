@@ -181,3 +181,148 @@ pub fn attr_int(s: &Span, key: &str) -> Option<i64> {
         _ => None,
     })
 }
+
+/// What the HTTP receiver answers to one request.
+#[derive(Debug, Clone)]
+pub enum HttpAnswer {
+    /// 200 with an empty response.
+    Ok,
+    /// This status, with an optional Retry-After in seconds.
+    Status(u16, Option<u64>),
+    /// 200 with a partial success rejecting this many spans.
+    Partial(i64),
+}
+
+#[derive(Default)]
+struct HttpState {
+    script: VecDeque<HttpAnswer>,
+    received: Vec<ExportTraceServiceRequest>,
+    attempts: u64,
+    paths: Vec<String>,
+    headers: Vec<(String, String)>,
+}
+
+/// An in-process OTLP/HTTP receiver (protobuf bodies, gzip accepted).
+pub struct HttpReceiver {
+    pub addr: SocketAddr,
+    state: Arc<Mutex<HttpState>>,
+    _rt: tokio::runtime::Runtime,
+}
+
+impl HttpReceiver {
+    pub fn start(script: Vec<HttpAnswer>) -> HttpReceiver {
+        use http_body_util::{BodyExt as _, Full};
+        use hyper::body::Bytes;
+        use prost::Message as _;
+
+        let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+        let state = Arc::new(Mutex::new(HttpState { script: script.into(), ..HttpState::default() }));
+        let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
+        let addr = listener.local_addr().unwrap();
+        let st = Arc::clone(&state);
+        rt.spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else { break };
+                let st = Arc::clone(&st);
+                tokio::spawn(async move {
+                    let svc =
+                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let st = Arc::clone(&st);
+                            async move {
+                                let path = req.uri().path().to_string();
+                                let gz = req.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+                                let hdrs: Vec<(String, String)> = req
+                                    .headers()
+                                    .iter()
+                                    .map(|(k, v)| (k.to_string(), v.to_str().unwrap_or("").to_string()))
+                                    .collect();
+                                let body =
+                                    req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
+                                let body = if gz {
+                                    let mut out = Vec::new();
+                                    std::io::Read::read_to_end(
+                                        &mut flate2::read::GzDecoder::new(&body[..]),
+                                        &mut out,
+                                    )
+                                    .unwrap();
+                                    out
+                                } else {
+                                    body.to_vec()
+                                };
+                                let answer = {
+                                    let mut s = st.lock().unwrap();
+                                    s.attempts += 1;
+                                    s.paths.push(path);
+                                    s.headers.extend(hdrs);
+                                    s.script.pop_front().unwrap_or(HttpAnswer::Ok)
+                                };
+                                let (status, retry, resp) = match answer {
+                                    HttpAnswer::Ok => {
+                                        (200, None, ExportTraceServiceResponse { partial_success: None })
+                                    }
+                                    HttpAnswer::Partial(n) => (
+                                        200,
+                                        None,
+                                        ExportTraceServiceResponse {
+                                            partial_success: Some(ExportTracePartialSuccess {
+                                                rejected_spans: n,
+                                                error_message: "scripted".into(),
+                                            }),
+                                        },
+                                    ),
+                                    HttpAnswer::Status(s, r) => {
+                                        (s, r, ExportTraceServiceResponse { partial_success: None })
+                                    }
+                                };
+                                if status == 200 {
+                                    st.lock()
+                                        .unwrap()
+                                        .received
+                                        .push(ExportTraceServiceRequest::decode(body.as_slice()).unwrap());
+                                }
+                                let mut b = hyper::Response::builder()
+                                    .status(status)
+                                    .header("content-type", "application/x-protobuf");
+                                if let Some(r) = retry {
+                                    b = b.header("retry-after", r.to_string());
+                                }
+                                Ok::<_, std::convert::Infallible>(
+                                    b.body(Full::new(Bytes::from(resp.encode_to_vec()))).unwrap(),
+                                )
+                            }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                        .await;
+                });
+            }
+        });
+        HttpReceiver { addr, state, _rt: rt }
+    }
+
+    pub fn url(&self) -> String {
+        format!("http://{}/v1/traces", self.addr)
+    }
+
+    pub fn span_count(&self) -> usize {
+        let s = self.state.lock().unwrap();
+        s.received
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .map(|ss| ss.spans.len())
+            .sum()
+    }
+
+    pub fn attempts(&self) -> u64 {
+        self.state.lock().unwrap().attempts
+    }
+
+    pub fn paths(&self) -> Vec<String> {
+        self.state.lock().unwrap().paths.clone()
+    }
+
+    pub fn headers(&self) -> Vec<(String, String)> {
+        self.state.lock().unwrap().headers.clone()
+    }
+}

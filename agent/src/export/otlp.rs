@@ -1,5 +1,5 @@
-//! OTLP/gRPC export: batching on the pipeline thread, sending with retries on an exporter
-//! thread, and exact accounting: every span handed to the exporter ends up counted once, as
+//! OTLP export (gRPC, or HTTP with a protobuf body): batching on the pipeline thread, sending
+//! with retries on an exporter thread, and exact accounting: every span handed to the exporter ends up counted once, as
 //! exported or as dropped for a reason.
 use std::{
     sync::{Arc, Mutex},
@@ -7,10 +7,17 @@ use std::{
     time::{Duration, Instant},
 };
 
+use http_body_util::{BodyExt as _, Full, Limited};
+use hyper::body::Bytes;
+use hyper_util::{
+    client::legacy::{Client as HttpClient, connect::HttpConnector},
+    rt::TokioExecutor,
+};
 use log::warn;
 use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, trace_service_client::TraceServiceClient,
+    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
 };
+use prost::Message as _;
 use tonic::{
     codec::CompressionEncoding,
     metadata::{MetadataKey, MetadataValue},
@@ -20,11 +27,22 @@ use tonic::{
 use super::{Accounting, DropReason, retry};
 use crate::{correlate::span::SpanRecord, export::transform, metadata::Resources};
 
+/// OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Protocol {
+    /// OTLP/gRPC (port 4317).
+    Grpc,
+    /// OTLP/HTTP with a protobuf body, POST to `/v1/traces` (port 4318).
+    HttpProtobuf,
+}
+
 /// Exporter settings (from flags and the standard `OTEL_EXPORTER_OTLP_*` variables).
 #[derive(Debug, Clone)]
 pub struct OtlpConfig {
-    /// `http://host:4317`.
+    /// gRPC: `http://host:4317`; HTTP: the full URL, `http://host:4318/v1/traces`.
     pub endpoint: String,
+    /// Transport.
+    pub protocol: Protocol,
     /// Extra request headers (authentication).
     pub headers: Vec<(String, String)>,
     /// Per-attempt timeout.
@@ -49,6 +67,7 @@ impl Default for OtlpConfig {
     fn default() -> Self {
         OtlpConfig {
             endpoint: "http://localhost:4317".into(),
+            protocol: Protocol::Grpc,
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             compression: None,
@@ -189,19 +208,154 @@ fn lock(a: &Mutex<Accounting>) -> std::sync::MutexGuard<'_, Accounting> {
     a.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Where batches go: OTLP/gRPC or OTLP/HTTP (protobuf body).
+#[derive(Clone)]
+enum Transport {
+    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    // Boxed: the HTTP client is much larger than the gRPC one, and transports are cloned per send.
+    Http(Box<(HttpClient<HttpConnector, Full<Bytes>>, hyper::Uri)>),
+}
+
+/// The result of one attempt.
+enum Outcome {
+    /// Accepted; this many spans were rejected (partial success).
+    Accepted(u64),
+    /// Failed: retry or drop, and why.
+    Failed(retry::Verdict, String),
+}
+
+impl Transport {
+    async fn attempt(
+        &mut self,
+        cfg: &OtlpConfig,
+        request: &ExportTraceServiceRequest,
+        timeout: Duration,
+    ) -> Outcome {
+        match self {
+            Transport::Grpc(client) => {
+                let mut req = tonic::Request::new(request.clone());
+                req.set_timeout(timeout);
+                for (k, v) in &cfg.headers {
+                    if let (Ok(k), Ok(v)) =
+                        (MetadataKey::from_bytes(k.as_bytes()), MetadataValue::try_from(v.as_str()))
+                    {
+                        req.metadata_mut().insert(k, v);
+                    }
+                }
+                match client.export(req).await {
+                    Ok(resp) => Outcome::Accepted(
+                        resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64),
+                    ),
+                    Err(status) => {
+                        let hint = retry::retry_info(status.details());
+                        Outcome::Failed(
+                            retry::classify_grpc(status.code(), hint),
+                            format!("{}: {}", status.code(), status.message()),
+                        )
+                    }
+                }
+            }
+            Transport::Http(h) => http_attempt(&h.0, &h.1, cfg, request, timeout).await,
+        }
+    }
+}
+
+fn gzip(body: &[u8]) -> std::io::Result<Vec<u8>> {
+    use std::io::Write as _;
+    let mut enc = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    enc.write_all(body)?;
+    enc.finish()
+}
+
+/// `Retry-After`: delay-seconds (HTTP-dates are treated as "no hint").
+fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
+    headers
+        .get(hyper::header::RETRY_AFTER)?
+        .to_str()
+        .ok()?
+        .trim()
+        .parse::<u64>()
+        .ok()
+        .map(Duration::from_secs)
+}
+
+async fn http_attempt(
+    client: &HttpClient<HttpConnector, Full<Bytes>>,
+    uri: &hyper::Uri,
+    cfg: &OtlpConfig,
+    request: &ExportTraceServiceRequest,
+    timeout: Duration,
+) -> Outcome {
+    let mut body = request.encode_to_vec();
+    let mut builder = hyper::Request::post(uri.clone()).header("content-type", "application/x-protobuf");
+    if cfg.compression.as_deref() == Some("gzip") {
+        match gzip(&body) {
+            Ok(z) => {
+                body = z;
+                builder = builder.header("content-encoding", "gzip");
+            }
+            Err(e) => return Outcome::Failed(retry::Verdict::Drop, format!("gzip: {e}")),
+        }
+    }
+    for (k, v) in &cfg.headers {
+        builder = builder.header(k.as_str(), v.as_str());
+    }
+    let req = match builder.body(Full::new(Bytes::from(body))) {
+        Ok(r) => r,
+        Err(e) => return Outcome::Failed(retry::Verdict::Drop, format!("building the request: {e}")),
+    };
+    let resp = match tokio::time::timeout(timeout, client.request(req)).await {
+        Err(_) => return Outcome::Failed(retry::Verdict::Retry(None), "timed out".into()),
+        // Connection refused, reset...: transient by nature.
+        Ok(Err(e)) => {
+            return Outcome::Failed(retry::Verdict::Retry(None), format!("HTTP request failed: {e}"));
+        }
+        Ok(Ok(r)) => r,
+    };
+    let status = resp.status().as_u16();
+    let hint = retry_after(resp.headers());
+    // The response body is bounded (4 MiB, as the specification recommends).
+    let bytes = match tokio::time::timeout(timeout, Limited::new(resp.into_body(), 4 << 20).collect()).await {
+        Ok(Ok(b)) => b.to_bytes(),
+        _ => Bytes::new(),
+    };
+    if (200..300).contains(&status) {
+        let rejected = ExportTraceServiceResponse::decode(bytes.as_ref())
+            .ok()
+            .and_then(|r| r.partial_success)
+            .map_or(0, |p| p.rejected_spans.max(0) as u64);
+        return Outcome::Accepted(rejected);
+    }
+    Outcome::Failed(retry::classify_http(status, hint), format!("HTTP {status}"))
+}
+
 async fn send_loop(
     endpoint: Endpoint,
     cfg: OtlpConfig,
     mut rx: tokio::sync::mpsc::Receiver<Batch>,
     accounting: Arc<Mutex<Accounting>>,
 ) {
-    let channel = endpoint.connect_lazy();
-    let mut client = TraceServiceClient::new(channel);
-    match cfg.compression.as_deref() {
-        Some("gzip") => client = client.send_compressed(CompressionEncoding::Gzip),
-        Some("zstd") => client = client.send_compressed(CompressionEncoding::Zstd),
-        _ => {}
-    }
+    let transport = match cfg.protocol {
+        Protocol::Grpc => {
+            let mut client = TraceServiceClient::new(endpoint.connect_lazy());
+            match cfg.compression.as_deref() {
+                Some("gzip") => client = client.send_compressed(CompressionEncoding::Gzip),
+                Some("zstd") => client = client.send_compressed(CompressionEncoding::Zstd),
+                _ => {}
+            }
+            Transport::Grpc(client)
+        }
+        Protocol::HttpProtobuf => {
+            let uri = match cfg.endpoint.parse::<hyper::Uri>() {
+                Ok(u) => u,
+                Err(e) => {
+                    warn!("OTLP endpoint {:?}: {e}", cfg.endpoint);
+                    return;
+                }
+            };
+            Transport::Http(Box::new((HttpClient::builder(TokioExecutor::new()).build_http(), uri)))
+        }
+    };
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let cfg = Arc::new(cfg);
@@ -209,9 +363,9 @@ async fn send_loop(
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
-        let (client, cfg, accounting) = (client.clone(), Arc::clone(&cfg), Arc::clone(&accounting));
+        let (transport, cfg, accounting) = (transport.clone(), Arc::clone(&cfg), Arc::clone(&accounting));
         tasks.spawn(async move {
-            send_one(client, &cfg, batch, &accounting).await;
+            send_one(transport, &cfg, batch, &accounting).await;
             drop(permit);
         });
         // Reap finished sends so the set does not grow.
@@ -221,12 +375,7 @@ async fn send_loop(
 }
 
 /// Sends one batch, retrying per the OTLP rules, and accounts for every span in it.
-async fn send_one(
-    mut client: TraceServiceClient<tonic::transport::Channel>,
-    cfg: &OtlpConfig,
-    batch: Batch,
-    accounting: &Mutex<Accounting>,
-) {
+async fn send_one(mut transport: Transport, cfg: &OtlpConfig, batch: Batch, accounting: &Mutex<Accounting>) {
     let mut rng = fastrand::Rng::new();
     let started = Instant::now();
     let mut attempt = 0u32;
@@ -237,19 +386,9 @@ async fn send_one(
             lock(accounting).count_drop(DropReason::Shutdown, batch.spans);
             break;
         }
-        let mut req = tonic::Request::new(batch.request.clone());
-        req.set_timeout(left.map_or(cfg.timeout, |l| l.min(cfg.timeout)));
-        for (k, v) in &cfg.headers {
-            if let (Ok(k), Ok(v)) =
-                (MetadataKey::from_bytes(k.as_bytes()), MetadataValue::try_from(v.as_str()))
-            {
-                req.metadata_mut().insert(k, v);
-            }
-        }
-        match client.export(req).await {
-            Ok(resp) => {
-                let rejected =
-                    resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64);
+        let timeout = left.map_or(cfg.timeout, |l| l.min(cfg.timeout));
+        let (verdict, error) = match transport.attempt(cfg, &batch.request, timeout).await {
+            Outcome::Accepted(rejected) => {
                 let rejected = rejected.min(batch.spans);
                 let mut a = lock(accounting);
                 a.exported += batch.spans - rejected;
@@ -257,39 +396,35 @@ async fn send_one(
                 a.requests_ok += 1;
                 break;
             }
-            Err(status) => {
-                let hint = retry::retry_info(status.details());
-                let verdict = retry::classify_grpc(status.code(), hint);
-                let wait = match verdict {
-                    retry::Verdict::Drop => None,
-                    retry::Verdict::Retry(hint) => {
-                        let b = retry::backoff(attempt, cfg.backoff_base, Duration::from_secs(5), &mut rng);
-                        Some(hint.map_or(b, |h| h.max(b).min(Duration::from_secs(30))))
-                    }
-                };
-                let budget_spent = |w: Duration| started.elapsed() + w > cfg.max_retry_elapsed;
-                let past_deadline = |w: Duration| deadline.is_some_and(|d| Instant::now() + w > d);
-                match wait {
-                    Some(w) if !budget_spent(w) && !past_deadline(w) => {
-                        lock(accounting).retries += 1;
-                        tokio::time::sleep(w).await;
-                        attempt += 1;
-                    }
-                    Some(w) => {
-                        let mut a = lock(accounting);
-                        let reason =
-                            if budget_spent(w) { DropReason::RetryExhausted } else { DropReason::Shutdown };
-                        a.count_drop(reason, batch.spans);
-                        a.last_error = Some(format!("{}: {}", status.code(), status.message()));
-                        break;
-                    }
-                    None => {
-                        let mut a = lock(accounting);
-                        a.count_drop(DropReason::Rejected, batch.spans);
-                        a.last_error = Some(format!("{}: {}", status.code(), status.message()));
-                        break;
-                    }
-                }
+            Outcome::Failed(verdict, error) => (verdict, error),
+        };
+        let wait = match verdict {
+            retry::Verdict::Drop => None,
+            retry::Verdict::Retry(hint) => {
+                let b = retry::backoff(attempt, cfg.backoff_base, Duration::from_secs(5), &mut rng);
+                Some(hint.map_or(b, |h| h.max(b).min(Duration::from_secs(30))))
+            }
+        };
+        let budget_spent = |w: Duration| started.elapsed() + w > cfg.max_retry_elapsed;
+        let past_deadline = |w: Duration| deadline.is_some_and(|d| Instant::now() + w > d);
+        match wait {
+            Some(w) if !budget_spent(w) && !past_deadline(w) => {
+                lock(accounting).retries += 1;
+                tokio::time::sleep(w).await;
+                attempt += 1;
+            }
+            Some(w) => {
+                let mut a = lock(accounting);
+                let reason = if budget_spent(w) { DropReason::RetryExhausted } else { DropReason::Shutdown };
+                a.count_drop(reason, batch.spans);
+                a.last_error = Some(error);
+                break;
+            }
+            None => {
+                let mut a = lock(accounting);
+                a.count_drop(DropReason::Rejected, batch.spans);
+                a.last_error = Some(error);
+                break;
             }
         }
     }
