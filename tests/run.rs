@@ -236,3 +236,73 @@ fn spans_over_otlp_http_protobuf() {
     // The base endpoint was completed with /v1/traces, as the specification says.
     assert!(rx.paths().iter().all(|p| p == "/v1/traces"), "{:?}", rx.paths());
 }
+
+#[test]
+fn config_file_selects_names_routes_and_writes_otlp_json() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let dir = std::env::temp_dir().join(format!("tracewire-config-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("spans.jsonl");
+    let cfg = dir.join("tracewire.yaml");
+    fs::write(
+        &cfg,
+        format!(
+            "select:\n  pids: [{}]\nroutes:\n  patterns: ['/bytes/{{size}}']\noutput:\n  print: none\n  otlp_json: {}\n",
+            server.pid(),
+            out.display()
+        ),
+    )
+    .unwrap();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+        .args(["--config", &cfg.display().to_string(), "run", "--status-interval", "0"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    loop {
+        let l = rx.recv_timeout(READY_TIMEOUT).expect("agent ready");
+        if l.contains("tracing with") {
+            break;
+        }
+    }
+    for i in 0..3 {
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
+    }
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    let text = fs::read_to_string(&out).unwrap();
+    let names: Vec<String> = text
+        .lines()
+        .flat_map(|l| {
+            let v: Value = serde_json::from_str(l).unwrap();
+            v["resourceSpans"][0]["scopeSpans"][0]["spans"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|s| s["name"].as_str().unwrap().to_string())
+                .collect::<Vec<_>>()
+        })
+        .collect();
+    assert_eq!(names, vec!["GET /bytes/{size}"; 3]);
+    assert!(text.contains("\"http.route\""));
+
+    // A typo in the file is a named error, not a silently ignored setting.
+    fs::write(&cfg, "otlp:\n  endpont: http://x:4318\n").unwrap();
+    let bad = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+        .args(["--config", &cfg.display().to_string(), "run"])
+        .output()
+        .unwrap();
+    assert!(!bad.status.success());
+    assert!(String::from_utf8_lossy(&bad.stderr).contains("endpont"));
+    let _ = fs::remove_dir_all(&dir);
+}

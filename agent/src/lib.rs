@@ -4,6 +4,7 @@
 //! clocks) → later stages. `cli` holds the subcommands.
 pub mod capture;
 pub mod cli;
+pub mod config;
 pub mod correlate;
 pub mod events;
 pub mod export;

@@ -11,6 +11,7 @@ use clap::{Args, Parser, Subcommand};
 use tracewire::{
     capture::{CaptureOptions, Selection},
     cli::capture::{self, CaptureOutput},
+    config::FileConfig,
 };
 use tracewire_common::{DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, MAX_PAYLOAD};
 
@@ -24,6 +25,9 @@ struct Cli {
     /// Log level (error, warn, info, debug, trace); RUST_LOG overrides.
     #[arg(long, global = true, default_value = "info")]
     log: String,
+    /// YAML configuration file. Flags override the environment, which overrides the file.
+    #[arg(long, global = true)]
+    config: Option<PathBuf>,
     #[command(subcommand)]
     command: Command,
 }
@@ -81,6 +85,12 @@ struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     duration: Option<u64>,
+    /// Route pattern naming spans, e.g. /users/{id} (repeatable; also sets http.route).
+    #[arg(long = "route")]
+    routes: Vec<String>,
+    /// Name spans that match no route with ids, UUIDs and hex tokens in their path replaced by *.
+    #[arg(long)]
+    route_heuristic: bool,
     /// Milliseconds a trace must be idle before the waterfall prints it.
     #[arg(long, default_value_t = 1000)]
     trace_idle_ms: u64,
@@ -92,7 +102,7 @@ fn env_first(names: &[&str]) -> Option<String> {
 }
 
 impl RunArgs {
-    fn otlp(&self) -> anyhow::Result<Option<tracewire::export::otlp::OtlpConfig>> {
+    fn otlp(&self, file: &FileConfig) -> anyhow::Result<Option<tracewire::export::otlp::OtlpConfig>> {
         use tracewire::export::otlp::{OtlpConfig, Protocol, parse_headers};
         // The per-signal variable is a full URL; the generic one and the flag are a base that
         // OTLP/HTTP completes with /v1/traces.
@@ -100,16 +110,19 @@ impl RunArgs {
         let (endpoint, is_base) = match (&self.otlp_endpoint, traces_env) {
             (Some(e), _) => (e.clone(), true),
             (None, Some(e)) => (e, false),
-            (None, None) => match env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]) {
-                Some(e) => (e, true),
-                None => return Ok(None),
-            },
+            (None, None) => {
+                match env_first(&["OTEL_EXPORTER_OTLP_ENDPOINT"]).or_else(|| file.otlp.endpoint.clone()) {
+                    Some(e) => (e, true),
+                    None => return Ok(None),
+                }
+            }
         };
         let endpoint = if endpoint.contains("://") { endpoint } else { format!("http://{endpoint}") };
         let protocol = self
             .otlp_protocol
             .clone()
             .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_PROTOCOL", "OTEL_EXPORTER_OTLP_PROTOCOL"]))
+            .or_else(|| file.otlp.protocol.clone())
             .map(|p| p.to_ascii_lowercase());
         let protocol = match protocol.as_deref() {
             Some("grpc") => Protocol::Grpc,
@@ -131,7 +144,7 @@ impl RunArgs {
             .clone()
             .or_else(|| env_first(&["OTEL_EXPORTER_OTLP_TRACES_HEADERS", "OTEL_EXPORTER_OTLP_HEADERS"]))
             .map(|h| parse_headers(&h))
-            .unwrap_or_default();
+            .unwrap_or_else(|| file.otlp.headers.iter().map(|(k, v)| (k.clone(), v.clone())).collect());
         let timeout_ms = match self.otlp_timeout_ms {
             Some(t) => t,
             None => match env_first(&["OTEL_EXPORTER_OTLP_TRACES_TIMEOUT", "OTEL_EXPORTER_OTLP_TIMEOUT"]) {
@@ -181,15 +194,15 @@ struct SelectArgs {
     /// Only connections to or from these server ports (repeatable).
     #[arg(long = "port")]
     ports: Vec<u16>,
-    /// Payload bytes captured per read or write.
-    #[arg(long, default_value_t = DEFAULT_PAYLOAD, value_parser = clap::value_parser!(u32).range(0..=MAX_PAYLOAD as i64))]
-    payload_cap: u32,
-    /// Connections tracked at once.
-    #[arg(long, default_value_t = DEFAULT_MAX_CONNS)]
-    max_conns: u32,
-    /// Ring buffer size in bytes (power of two).
-    #[arg(long, default_value_t = DEFAULT_RING_BYTES)]
-    ring_bytes: u32,
+    /// Payload bytes captured per read or write [default: 4096, at most 16384].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(0..=MAX_PAYLOAD as i64))]
+    payload_cap: Option<u32>,
+    /// Connections tracked at once [default: 65536].
+    #[arg(long)]
+    max_conns: Option<u32>,
+    /// Ring buffer size in bytes, a power of two [default: 8 MiB].
+    #[arg(long)]
+    ring_bytes: Option<u32>,
 }
 
 #[derive(Args)]
@@ -214,23 +227,30 @@ struct CaptureArgs {
 }
 
 impl SelectArgs {
-    fn options(&self) -> anyhow::Result<CaptureOptions> {
-        let selection = if self.pids.is_empty() && self.exes.is_empty() && self.cgroups.is_empty() {
+    fn options(&self, file: &FileConfig) -> anyhow::Result<CaptureOptions> {
+        // Selection from the flags when any is given, else from the file.
+        let flags_select = !(self.pids.is_empty() && self.exes.is_empty() && self.cgroups.is_empty());
+        let (pids, exes, cgroups) = if flags_select {
+            (self.pids.clone(), self.exes.clone(), self.cgroups.clone())
+        } else {
+            (file.select.pids.clone(), file.select.exe.clone(), file.select.cgroups.clone())
+        };
+        let selection = if pids.is_empty() && exes.is_empty() && cgroups.is_empty() {
             Selection::All
         } else {
-            let exes = self
-                .exes
+            let exes = exes
                 .iter()
                 .map(|g| glob::Pattern::new(g).with_context(|| format!("--exe {g}: invalid glob")))
                 .collect::<anyhow::Result<_>>()?;
-            Selection::Only { pids: self.pids.clone(), exes, cgroups: self.cgroups.clone() }
+            Selection::Only { pids, exes, cgroups }
         };
+        let ports = if self.ports.is_empty() { file.select.ports.clone() } else { self.ports.clone() };
         Ok(CaptureOptions {
             selection,
-            ports: self.ports.clone(),
-            payload_cap: self.payload_cap,
-            max_conns: self.max_conns,
-            ring_bytes: self.ring_bytes,
+            ports,
+            payload_cap: self.payload_cap.or(file.capture.payload_cap).unwrap_or(DEFAULT_PAYLOAD),
+            max_conns: self.max_conns.or(file.capture.max_conns).unwrap_or(DEFAULT_MAX_CONNS),
+            ring_bytes: self.ring_bytes.or(file.capture.ring_bytes).unwrap_or(DEFAULT_RING_BYTES),
             ..CaptureOptions::default()
         })
     }
@@ -247,7 +267,17 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_env("RUST_LOG").format_target(false).init();
-    match run(cli.command) {
+    let file = match &cli.config {
+        Some(path) => match tracewire::config::load(path) {
+            Ok(f) => f,
+            Err(e) => {
+                eprintln!("tracewire: error: {e}");
+                return ExitCode::FAILURE;
+            }
+        },
+        None => FileConfig::default(),
+    };
+    match run(cli.command, &file) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("tracewire: error: {e:#}");
@@ -256,10 +286,10 @@ fn main() -> ExitCode {
     }
 }
 
-fn run(command: Command) -> anyhow::Result<()> {
+fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
     match command {
         Command::Capture(args) => {
-            let options = args.select.options()?;
+            let options = args.select.options(file)?;
             let out = CaptureOutput {
                 json: args.json,
                 show_payload: args.show_payload,
@@ -271,16 +301,25 @@ fn run(command: Command) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let options = args.select.options()?;
-            let otlp = args.otlp()?;
-            let waterfall = match args.print.as_deref() {
+            let options = args.select.options(file)?;
+            let otlp = args.otlp(file)?;
+            let otlp_json = args.otlp_json.clone().or_else(|| file.output.otlp_json.clone());
+            let waterfall = match args.print.as_deref().or(file.output.print.as_deref()) {
                 Some("waterfall") => true,
-                Some(_) => false,
-                None => otlp.is_none() && args.otlp_json.is_none(),
+                Some("none") => false,
+                Some(other) => anyhow::bail!("print {other:?}: use waterfall or none"),
+                None => otlp.is_none() && otlp_json.is_none(),
             };
+            let patterns =
+                if args.routes.is_empty() { file.routes.patterns.clone() } else { args.routes.clone() };
+            let routes = tracewire::correlate::route::Routes::new(
+                &patterns,
+                args.route_heuristic || file.routes.heuristic,
+            );
             let out = tracewire::cli::run::RunOutput {
                 waterfall,
-                otlp_json: args.otlp_json.clone(),
+                routes,
+                otlp_json,
                 otlp,
                 status_every: Duration::from_secs(args.status_interval),
                 duration: args.duration.map(Duration::from_secs),

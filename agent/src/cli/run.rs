@@ -32,6 +32,8 @@ use crate::{
 pub struct RunOutput {
     /// Print each finished trace as a waterfall.
     pub waterfall: bool,
+    /// Span naming.
+    pub routes: crate::correlate::route::Routes,
     /// Write OTLP-JSON lines here.
     pub otlp_json: Option<PathBuf>,
     /// Export OTLP/gRPC.
@@ -131,7 +133,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         color: std::io::stdout().is_terminal(),
     };
     let mut session = Session::start(options)?;
-    let mut correlator = Correlator::new(Clock::now(), max_conns);
+    let mut correlator = Correlator::new(Clock::now(), max_conns).with_routes(out.routes.clone());
     eprintln!("tracewire: tracing with {} programs attached (Ctrl-C to stop)", session.capture().attached());
     let started = Instant::now();
     let mut last_status = Instant::now();

@@ -10,6 +10,7 @@
 //! request the same thread is serving (thread context from the kernel, exact for
 //! thread-per-request servers); otherwise a new trace. Where the serving request is ambiguous the
 //! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
+pub mod route;
 pub mod span;
 pub mod stream;
 
@@ -18,6 +19,7 @@ use std::{
     net::SocketAddr,
 };
 
+use route::Routes;
 use span::{Kind, Link, SpanRecord, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
@@ -168,6 +170,7 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
 
 /// Shared state the per-connection sink needs.
 struct Global<'a> {
+    routes: &'a Routes,
     peers: &'a mut Peers,
     serving: &'a mut Serving,
     stats: &'a mut CorrelateStats,
@@ -323,7 +326,7 @@ impl ConnSink<'_, '_> {
         if resp.is_none() {
             self.g.stats.no_response += 1;
         }
-        self.g.out.push(build_span(self.info, p, resp, end_ns));
+        self.g.out.push(build_span(self.info, p, resp, end_ns, self.g.routes));
         self.g.stats.spans += 1;
     }
 }
@@ -414,11 +417,22 @@ fn host_port(host: &str, default_port: u16) -> (String, u16) {
     }
 }
 
-fn build_span(info: &Info, p: Pending, resp: Option<&ResponseHead>, end_ns: u64) -> SpanRecord {
+fn build_span(
+    info: &Info,
+    p: Pending,
+    resp: Option<&ResponseHead>,
+    end_ns: u64,
+    routes: &Routes,
+) -> SpanRecord {
     let kind = if info.role == ROLE_SERVER { Kind::Server } else { Kind::Client };
     let method = http1::normalize_method(&p.head.method);
-    let name = if method == "_OTHER" { "HTTP".to_string() } else { method.to_string() };
     let (path, query) = http1::split_target(&p.head.target);
+    let base = if method == "_OTHER" { "HTTP" } else { method };
+    let named = routes.name(path);
+    let name = match &named {
+        route::Named::Route(r) | route::Named::Heuristic(r) => format!("{base} {r}"),
+        route::Named::None => base.to_string(),
+    };
     let local = socket_addr(&info.local);
     let remote = socket_addr(&info.remote);
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
@@ -447,6 +461,9 @@ fn build_span(info: &Info, p: Pending, resp: Option<&ResponseHead>, end_ns: u64)
     }
     match kind {
         Kind::Server => {
+            if let route::Named::Route(r) = &named {
+                attrs.push(("http.route", Value::Str(r.clone())));
+            }
             attrs.push(("url.path", Value::Str(path.to_string())));
             attrs.push(("url.scheme", Value::Str("http".into())));
             if let Some(q) = &query {
@@ -515,6 +532,7 @@ pub struct Correlator {
     clock: Clock,
     conns: HashMap<(u32, u32), Conn>,
     max_conns: usize,
+    routes: Routes,
     peers: Peers,
     serving: Serving,
     stats: CorrelateStats,
@@ -530,6 +548,7 @@ impl Correlator {
             clock,
             conns: HashMap::new(),
             max_conns,
+            routes: Routes::default(),
             peers: Peers::default(),
             serving: HashMap::new(),
             stats: CorrelateStats::default(),
@@ -543,6 +562,12 @@ impl Correlator {
         let mut c = Correlator::new(clock, max_conns);
         c.rng = fastrand::Rng::with_seed(seed);
         c
+    }
+
+    /// Span naming from route patterns (and the optional heuristic).
+    pub fn with_routes(mut self, routes: Routes) -> Self {
+        self.routes = routes;
+        self
     }
 
     /// Counters.
@@ -641,6 +666,7 @@ impl Correlator {
             return;
         };
         let mut g = Global {
+            routes: &self.routes,
             peers: &mut self.peers,
             serving: &mut self.serving,
             stats: &mut self.stats,
@@ -715,6 +741,7 @@ impl Correlator {
         let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
         let mut g = Global {
+            routes: &self.routes,
             peers: &mut self.peers,
             serving: &mut self.serving,
             stats: &mut self.stats,

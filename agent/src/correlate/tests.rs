@@ -51,7 +51,12 @@ fn unescape(s: &str) -> Vec<u8> {
 
 /// Replays a recording through a correlator and returns its spans and the correlator.
 pub fn replay(text: &str) -> (Vec<SpanRecord>, Correlator) {
-    let mut c = Correlator::with_seed(Clock::with_offset(0), 1024, 7);
+    replay_with(text, super::route::Routes::default())
+}
+
+/// [`replay`] with route patterns.
+pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>, Correlator) {
+    let mut c = Correlator::with_seed(Clock::with_offset(0), 1024, 7).with_routes(routes);
     let mut gens: HashMap<(u32, u32), u64> = HashMap::new();
     let mut next_gen = 1;
     let mut spans = Vec::new();
@@ -277,4 +282,18 @@ fn random_bytes_never_panic_and_make_no_spans() {
     }
     assert!(c.take_spans().is_empty());
     assert!(c.stats().non_http_conns <= 1);
+}
+
+#[test]
+fn routes_name_spans_and_set_http_route_only_when_configured() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/http1");
+    let text = fs::read_to_string(dir.join("01_basic_get.events")).unwrap();
+    let (spans, _) = replay_with(&text, super::route::Routes::new(&["/users/{id}".into()], false));
+    assert_eq!(spans[0].name, "GET /users/{id}");
+    assert_eq!(spans[0].attr("http.route"), Some(&Value::Str("/users/{id}".into())));
+    let (spans, _) = replay_with(&text, super::route::Routes::new(&[], true));
+    assert_eq!(spans[0].name, "GET /users/*");
+    assert_eq!(spans[0].attr("http.route"), None, "a guessed route is never http.route");
+    let (spans, _) = replay(&text);
+    assert_eq!(spans[0].name, "GET");
 }

@@ -1,0 +1,161 @@
+//! The YAML configuration file (`--config`). Every setting also exists as a flag, and the
+//! standard `OTEL_*` variables apply: flags override the environment, which overrides the file.
+//! Unknown keys are an error, so a typo never silently does nothing.
+use std::{
+    collections::BTreeMap,
+    path::{Path, PathBuf},
+};
+
+use serde::Deserialize;
+use thiserror::Error;
+
+/// The whole file; every section is optional.
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct FileConfig {
+    /// Which processes to trace.
+    pub select: Select,
+    /// Kernel capture sizes.
+    pub capture: Capture,
+    /// Span naming.
+    pub routes: Routes,
+    /// OTLP export.
+    pub otlp: Otlp,
+    /// Local outputs.
+    pub output: Output,
+}
+
+/// `select:`
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Select {
+    /// Process ids (and their descendants).
+    pub pids: Vec<u32>,
+    /// Executable globs.
+    pub exe: Vec<String>,
+    /// cgroup v2 directories.
+    pub cgroups: Vec<PathBuf>,
+    /// Server ports.
+    pub ports: Vec<u16>,
+}
+
+/// `capture:`
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Capture {
+    /// Payload bytes copied per read or write.
+    pub payload_cap: Option<u32>,
+    /// Connections tracked at once.
+    pub max_conns: Option<u32>,
+    /// Ring buffer bytes.
+    pub ring_bytes: Option<u32>,
+}
+
+/// `routes:`
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Routes {
+    /// Route patterns (`/users/{id}`).
+    pub patterns: Vec<String>,
+    /// Name unmatched spans with ids replaced by `*`.
+    pub heuristic: bool,
+}
+
+/// `otlp:`
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Otlp {
+    /// Endpoint base URL.
+    pub endpoint: Option<String>,
+    /// `grpc` or `http/protobuf`.
+    pub protocol: Option<String>,
+    /// Extra headers.
+    pub headers: BTreeMap<String, String>,
+    /// Timeout in milliseconds.
+    pub timeout_ms: Option<u64>,
+    /// `gzip`, `zstd` or `none`.
+    pub compression: Option<String>,
+}
+
+/// `output:`
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Output {
+    /// `waterfall` or `none`.
+    pub print: Option<String>,
+    /// OTLP-JSON lines file.
+    pub otlp_json: Option<PathBuf>,
+}
+
+/// A configuration file that could not be used.
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    /// Not readable.
+    #[error("reading {path}: {source}")]
+    Read {
+        /// The file.
+        path: String,
+        /// Why.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Not valid YAML for this schema.
+    #[error("{path}: {message}")]
+    Parse {
+        /// The file.
+        path: String,
+        /// The parser's explanation (line, column, expected keys).
+        message: String,
+    },
+}
+
+/// Parses configuration text.
+pub fn parse(text: &str, path: &str) -> Result<FileConfig, ConfigError> {
+    if text.trim().is_empty() {
+        return Ok(FileConfig::default());
+    }
+    serde_saphyr::from_str(text)
+        .map_err(|e| ConfigError::Parse { path: path.to_string(), message: e.to_string() })
+}
+
+/// Reads and parses a configuration file.
+pub fn load(path: &Path) -> Result<FileConfig, ConfigError> {
+    let p = path.display().to_string();
+    let text =
+        std::fs::read_to_string(path).map_err(|source| ConfigError::Read { path: p.clone(), source })?;
+    parse(&text, &p)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn full_file() {
+        let c = parse(
+            "select:\n  exe: [nginx, 'python3*']\n  ports: [8080]\ncapture:\n  payload_cap: 8192\n\
+             routes:\n  patterns: ['/users/{id}']\n  heuristic: true\n\
+             otlp:\n  endpoint: http://collector:4318\n  headers: {authorization: Bearer x}\n  compression: gzip\n\
+             output:\n  print: none\n",
+            "t.yaml",
+        )
+        .unwrap();
+        assert_eq!(c.select.exe, vec!["nginx", "python3*"]);
+        assert_eq!(c.select.ports, vec![8080]);
+        assert_eq!(c.capture.payload_cap, Some(8192));
+        assert_eq!(c.routes.patterns, vec!["/users/{id}"]);
+        assert!(c.routes.heuristic);
+        assert_eq!(c.otlp.endpoint.as_deref(), Some("http://collector:4318"));
+        assert_eq!(c.otlp.headers.get("authorization").map(String::as_str), Some("Bearer x"));
+        assert_eq!(c.output.print.as_deref(), Some("none"));
+        assert_eq!(parse("", "e.yaml").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn typos_and_bad_types_are_errors() {
+        let e = parse("otlp:\n  endpont: x\n", "t.yaml").unwrap_err().to_string();
+        assert!(e.contains("t.yaml") && e.contains("endpont"), "{e}");
+        assert!(parse("capture:\n  payload_cap: lots\n", "t.yaml").is_err());
+        assert!(load(Path::new("/nonexistent/tracewire.yaml")).is_err());
+    }
+}
