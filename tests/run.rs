@@ -306,3 +306,65 @@ fn config_file_selects_names_routes_and_writes_otlp_json() {
     assert!(String::from_utf8_lossy(&bad.stderr).contains("endpont"));
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_traced_collector_on_the_same_node_does_not_trace_the_exports() {
+    let _g = serial();
+    require_root();
+    let (_server, port) = python_server("127.0.0.1");
+    let rx = HttpReceiver::start(vec![]);
+    // Every process is traced on both ports: the receiver (this test process) is a traced
+    // HTTP/1 server, and the agent's exports are requests to it.
+    let rport = rx.addr.port().to_string();
+    let mut child = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+        .args([
+            "run",
+            "--print",
+            "none",
+            "--status-interval",
+            "0",
+            "--port",
+            &port.to_string(),
+            "--port",
+            &rport,
+        ])
+        .args(["--otlp-endpoint", &format!("http://{}", rx.addr), "--otlp-protocol", "http/protobuf"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let err = child.stderr.take().unwrap();
+    let (tx, lines) = mpsc::channel();
+    std::thread::spawn(move || {
+        for l in BufReader::new(err).lines().map_while(Result::ok) {
+            let _ = tx.send(l);
+        }
+    });
+    loop {
+        if lines.recv_timeout(READY_TIMEOUT).expect("agent ready").contains("tracing with") {
+            break;
+        }
+    }
+    // Requests a few batch periods apart, so several exports happen while tracing.
+    for i in 0..3 {
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while rx.span_count() < i + 1 {
+            assert!(Instant::now() < deadline, "span {i} not exported");
+            std::thread::yield_now();
+        }
+    }
+    // SAFETY: signal to our own child.
+    unsafe { libc::kill(child.id() as i32, libc::SIGINT) };
+    assert!(child.wait().unwrap().success());
+    let summary: Value = lines
+        .try_iter()
+        .find_map(|l| l.strip_prefix("tracewire: summary ").map(str::to_string))
+        .map(|s| serde_json::from_str(&s).unwrap())
+        .unwrap();
+    // Only the three curl requests, seen from both ends (curl is traced too in this mode): no
+    // span for any export request.
+    assert_eq!(summary["spans"], 6, "{summary}");
+    assert_eq!(summary["http"]["paired_same_node"], 3, "{summary}");
+    assert!(summary["own_connections_skipped"].as_u64().unwrap() >= 1, "{summary}");
+}

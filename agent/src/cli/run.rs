@@ -110,6 +110,40 @@ impl Sinks {
     }
 }
 
+/// The agent's own TCP sockets (its exports). The kernel never traces the agent, but a traced
+/// collector on the same node would see the other end of these connections.
+#[derive(Default)]
+struct OwnSockets {
+    local: std::collections::HashSet<std::net::SocketAddr>,
+    refreshed: Option<Instant>,
+    skipped: u64,
+}
+
+impl OwnSockets {
+    fn is_own_peer(&mut self, peer: &tracewire_common::SockAddr) -> bool {
+        let Some(peer) = crate::events::socket_addr(peer) else {
+            return false;
+        };
+        // Only a peer on this machine can be the agent.
+        if !peer.ip().is_loopback() && !self.local.iter().any(|a| a.ip() == peer.ip()) {
+            return false;
+        }
+        if self.local.contains(&peer) {
+            return true;
+        }
+        // Unknown local peer: look again, at most every 200 ms (new export connections).
+        if self.refreshed.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
+            self.refreshed = Some(Instant::now());
+            self.local = crate::capture::scan::tcp_sockets(std::process::id())
+                .iter()
+                .filter_map(|s| crate::events::socket_addr(&s.local))
+                .collect();
+            return self.local.contains(&peer);
+        }
+        false
+    }
+}
+
 /// Runs until `stop` is set or the duration ends.
 pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> anyhow::Result<Summary> {
     let max_conns = options.max_conns as usize;
@@ -138,6 +172,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     let started = Instant::now();
     let mut last_status = Instant::now();
     let mut exited: Vec<u32> = Vec::new();
+    let mut own = OwnSockets::default();
     loop {
         let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
         let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
@@ -145,6 +180,12 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         session.poll(timeout, |ev| {
             match ev {
                 Event::Conn(c) if EventKind::try_from(c.header.kind) == Ok(EventKind::ConnOpen) => {
+                    if own.is_own_peer(&c.remote) {
+                        // A traced collector's side of the agent's own export connection: its
+                        // spans would be exported, and each export would make another span.
+                        own.skipped += 1;
+                        return;
+                    }
                     // Read the process while it is alive: short-lived clients are gone by the
                     // time their spans are exported.
                     resources.observe(c.conn.tgid);
@@ -212,6 +253,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             },
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
+            "own_connections_skipped": own.skipped,
         })
     );
     Ok(summary)
