@@ -287,3 +287,68 @@ fn http_partial_success_is_counted() {
     assert_eq!(a.exported, 7);
     assert_eq!(a.dropped(DropReason::Rejected), 2);
 }
+
+// --- TLS ------------------------------------------------------------------------------------------
+
+#[test]
+fn grpc_over_tls_trusts_the_configured_ca_and_refuses_others() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let dir = std::env::temp_dir().join(format!("tracewire-tls-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let rx = Receiver::start_tls(vec![], &cert_pem, &key_pem);
+    let endpoint = format!("https://localhost:{}", rx.addr.port());
+
+    let a = export(&rx, 20, 20, |c| {
+        c.endpoint = endpoint.clone();
+        c.tls.ca = Some(ca.clone());
+    });
+    assert_eq!(a.exported, 20, "{a:?}");
+    assert_eq!(rx.spans().len(), 20);
+
+    // Without the CA the server's certificate is not trusted: nothing is sent, all counted.
+    let a = export(&rx, 5, 5, |c| {
+        c.endpoint = endpoint.clone();
+        c.max_retry_elapsed = Duration::from_millis(300);
+    });
+    assert_eq!(a.exported, 0);
+    assert_eq!(a.dropped_total(), 5);
+    assert_eq!(rx.spans().len(), 20);
+
+    // A missing certificate file is an error at start.
+    let acct = Arc::new(Mutex::new(Accounting::default()));
+    let cfg = OtlpConfig {
+        endpoint,
+        tls: tracewire::export::otlp::TlsFiles { ca: Some(dir.join("missing.pem")), ..Default::default() },
+        ..OtlpConfig::default()
+    };
+    assert!(OtlpExporter::start(cfg, acct).is_err());
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[test]
+fn http_over_tls_trusts_the_configured_ca() {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (cert_pem, key_pem) = (cert.cert.pem(), cert.signing_key.serialize_pem());
+    let dir = std::env::temp_dir().join(format!("tracewire-https-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let ca = dir.join("ca.pem");
+    std::fs::write(&ca, &cert_pem).unwrap();
+    let rx = HttpReceiver::start_tls(vec![], &cert_pem, &key_pem);
+    let url = format!("https://localhost:{}/v1/traces", rx.addr.port());
+    let a = export_http(&rx, 12, |c| {
+        c.endpoint = url.clone();
+        c.tls.ca = Some(ca.clone());
+    });
+    assert_eq!(a.exported, 12, "{a:?}");
+    assert_eq!(rx.span_count(), 12);
+    let a = export_http(&rx, 3, |c| {
+        c.endpoint = url.clone();
+        c.max_retry_elapsed = Duration::from_millis(300);
+    });
+    assert_eq!(a.exported, 0, "an untrusted certificate must not be accepted");
+    assert_eq!(rx.span_count(), 12);
+    let _ = std::fs::remove_dir_all(&dir);
+}

@@ -75,6 +75,12 @@ pub struct Otlp {
     pub timeout_ms: Option<u64>,
     /// `gzip`, `zstd` or `none`.
     pub compression: Option<String>,
+    /// CA certificate (PEM) trusted for `https://` endpoints, besides the system's.
+    pub certificate: Option<PathBuf>,
+    /// Client certificate (PEM) for mTLS.
+    pub client_certificate: Option<PathBuf>,
+    /// Client key (PEM) for mTLS.
+    pub client_key: Option<PathBuf>,
 }
 
 /// `output:`

@@ -103,7 +103,7 @@ fn env_first(names: &[&str]) -> Option<String> {
 
 impl RunArgs {
     fn otlp(&self, file: &FileConfig) -> anyhow::Result<Option<tracewire::export::otlp::OtlpConfig>> {
-        use tracewire::export::otlp::{OtlpConfig, Protocol, parse_headers};
+        use tracewire::export::otlp::{OtlpConfig, Protocol, TlsFiles, parse_headers};
         // The per-signal variable is a full URL; the generic one and the flag are a base that
         // OTLP/HTTP completes with /v1/traces.
         let traces_env = env_first(&["OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"]);
@@ -169,9 +169,27 @@ impl RunArgs {
         {
             anyhow::bail!("OTLP compression {c:?}: use gzip, zstd or none");
         }
+        let path_of = |names: &[&str], file_value: &Option<PathBuf>| {
+            env_first(names).map(PathBuf::from).or_else(|| file_value.clone())
+        };
+        let tls = TlsFiles {
+            ca: path_of(
+                &["OTEL_EXPORTER_OTLP_TRACES_CERTIFICATE", "OTEL_EXPORTER_OTLP_CERTIFICATE"],
+                &file.otlp.certificate,
+            ),
+            client_cert: path_of(
+                &["OTEL_EXPORTER_OTLP_TRACES_CLIENT_CERTIFICATE", "OTEL_EXPORTER_OTLP_CLIENT_CERTIFICATE"],
+                &file.otlp.client_certificate,
+            ),
+            client_key: path_of(
+                &["OTEL_EXPORTER_OTLP_TRACES_CLIENT_KEY", "OTEL_EXPORTER_OTLP_CLIENT_KEY"],
+                &file.otlp.client_key,
+            ),
+        };
         Ok(Some(OtlpConfig {
             endpoint,
             protocol,
+            tls,
             headers,
             timeout: Duration::from_millis(if timeout_ms == 0 { 3_600_000 } else { timeout_ms }),
             compression,

@@ -97,13 +97,27 @@ pub struct Receiver {
 impl Receiver {
     /// Starts on 127.0.0.1 with a free port; answers follow `script`, then Ok.
     pub fn start(script: Vec<Answer>) -> Receiver {
+        Receiver::start_with(script, None)
+    }
+
+    /// Like [`Receiver::start`], serving TLS with this certificate and key (PEM).
+    pub fn start_tls(script: Vec<Answer>, cert_pem: &str, key_pem: &str) -> Receiver {
+        Receiver::start_with(script, Some(tonic::transport::Identity::from_pem(cert_pem, key_pem)))
+    }
+
+    fn start_with(script: Vec<Answer>, tls: Option<tonic::transport::Identity>) -> Receiver {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let state = Arc::new(Mutex::new(State { script: script.into(), ..State::default() }));
         let svc = Svc(Arc::clone(&state));
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move {
-            tonic::transport::Server::builder()
+            let mut builder = tonic::transport::Server::builder();
+            if let Some(identity) = tls {
+                builder =
+                    builder.tls_config(tonic::transport::ServerTlsConfig::new().identity(identity)).unwrap();
+            }
+            builder
                 .add_service(
                     TraceServiceServer::new(svc)
                         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
@@ -211,6 +225,25 @@ pub struct HttpReceiver {
 
 impl HttpReceiver {
     pub fn start(script: Vec<HttpAnswer>) -> HttpReceiver {
+        HttpReceiver::start_with(script, None)
+    }
+
+    /// Like [`HttpReceiver::start`], serving HTTPS with this certificate and key (PEM).
+    pub fn start_tls(script: Vec<HttpAnswer>, cert_pem: &str, key_pem: &str) -> HttpReceiver {
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+        let certs = vec![CertificateDer::from_pem_slice(cert_pem.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(key_pem.as_bytes()).unwrap();
+        let config =
+            rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .unwrap()
+                .with_no_client_auth()
+                .with_single_cert(certs, key)
+                .unwrap();
+        HttpReceiver::start_with(script, Some(tokio_rustls::TlsAcceptor::from(Arc::new(config))))
+    }
+
+    fn start_with(script: Vec<HttpAnswer>, tls: Option<tokio_rustls::TlsAcceptor>) -> HttpReceiver {
         use http_body_util::{BodyExt as _, Full};
         use hyper::body::Bytes;
         use prost::Message as _;
@@ -224,6 +257,7 @@ impl HttpReceiver {
             loop {
                 let Ok((stream, _)) = listener.accept().await else { break };
                 let st = Arc::clone(&st);
+                let tls = tls.clone();
                 tokio::spawn(async move {
                     let svc =
                         hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
@@ -291,9 +325,19 @@ impl HttpReceiver {
                                 )
                             }
                         });
-                    let _ = hyper::server::conn::http1::Builder::new()
-                        .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
-                        .await;
+                    match tls {
+                        Some(acceptor) => {
+                            let Ok(stream) = acceptor.accept(stream).await else { return };
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                        None => {
+                            let _ = hyper::server::conn::http1::Builder::new()
+                                .serve_connection(hyper_util::rt::TokioIo::new(stream), svc)
+                                .await;
+                        }
+                    }
                 });
             }
         });

@@ -9,6 +9,7 @@ use std::{
 
 use http_body_util::{BodyExt as _, Full, Limited};
 use hyper::body::Bytes;
+use hyper_rustls::HttpsConnector;
 use hyper_util::{
     client::legacy::{Client as HttpClient, connect::HttpConnector},
     rt::TokioExecutor,
@@ -21,11 +22,56 @@ use prost::Message as _;
 use tonic::{
     codec::CompressionEncoding,
     metadata::{MetadataKey, MetadataValue},
-    transport::Endpoint,
+    transport::{Certificate, ClientTlsConfig, Endpoint, Identity},
 };
 
 use super::{Accounting, DropReason, retry};
 use crate::{correlate::span::SpanRecord, export::transform, metadata::Resources};
+
+/// TLS material for the collector connection: PEM files (OTEL_EXPORTER_OTLP_CERTIFICATE,
+/// _CLIENT_CERTIFICATE, _CLIENT_KEY). The system's roots are always trusted as well.
+#[derive(Debug, Clone, Default)]
+pub struct TlsFiles {
+    /// Extra CA certificates.
+    pub ca: Option<std::path::PathBuf>,
+    /// Client certificate (mTLS).
+    pub client_cert: Option<std::path::PathBuf>,
+    /// Client key (mTLS).
+    pub client_key: Option<std::path::PathBuf>,
+}
+
+/// A rustls client configuration from the system roots and `tls`.
+fn rustls_config(tls: &TlsFiles) -> anyhow::Result<rustls::ClientConfig> {
+    use anyhow::Context as _;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls_native_certs::load_native_certs().certs {
+        let _ = roots.add(cert);
+    }
+    if let Some(ca) = &tls.ca {
+        let certs = CertificateDer::pem_file_iter(ca)
+            .with_context(|| format!("OTLP certificate {}", ca.display()))?;
+        for cert in certs {
+            roots.add(cert.with_context(|| format!("OTLP certificate {}", ca.display()))?)?;
+        }
+    }
+    let builder =
+        rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()?
+            .with_root_certificates(roots);
+    Ok(match (&tls.client_cert, &tls.client_key) {
+        (Some(c), Some(k)) => {
+            let chain = CertificateDer::pem_file_iter(c)
+                .and_then(|it| it.collect::<Result<Vec<_>, _>>())
+                .with_context(|| format!("OTLP client certificate {}", c.display()))?;
+            let key = PrivateKeyDer::from_pem_file(k)
+                .with_context(|| format!("OTLP client key {}", k.display()))?;
+            builder.with_client_auth_cert(chain, key)?
+        }
+        (None, None) => builder.with_no_client_auth(),
+        _ => anyhow::bail!("OTLP mTLS needs both a client certificate and a client key"),
+    })
+}
 
 /// OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -43,6 +89,8 @@ pub struct OtlpConfig {
     pub endpoint: String,
     /// Transport.
     pub protocol: Protocol,
+    /// TLS files (used for `https://` endpoints).
+    pub tls: TlsFiles,
     /// Extra request headers (authentication).
     pub headers: Vec<(String, String)>,
     /// Per-attempt timeout.
@@ -68,6 +116,7 @@ impl Default for OtlpConfig {
         OtlpConfig {
             endpoint: "http://localhost:4317".into(),
             protocol: Protocol::Grpc,
+            tls: TlsFiles::default(),
             headers: Vec::new(),
             timeout: Duration::from_secs(10),
             compression: None,
@@ -106,15 +155,30 @@ impl OtlpExporter {
     /// Starts the exporter thread. Connecting is lazy: a collector that is down now is retried
     /// when batches are sent.
     pub fn start(config: OtlpConfig, accounting: Arc<Mutex<Accounting>>) -> anyhow::Result<Self> {
-        if config.endpoint.starts_with("https://") {
-            anyhow::bail!(
-                "OTLP endpoint {}: TLS is not supported by this build yet; use http://",
-                config.endpoint
-            );
-        }
-        let endpoint = Endpoint::from_shared(config.endpoint.clone())
+        let https = config.endpoint.starts_with("https://");
+        let mut endpoint = Endpoint::from_shared(config.endpoint.clone())
             .map_err(|e| anyhow::anyhow!("OTLP endpoint {:?}: {e}", config.endpoint))?
             .connect_timeout(config.timeout);
+        if https && config.protocol == Protocol::Grpc {
+            let read = |p: &std::path::Path| {
+                std::fs::read(p).map_err(|e| anyhow::anyhow!("OTLP TLS file {}: {e}", p.display()))
+            };
+            let mut tls = ClientTlsConfig::new().with_native_roots();
+            if let Some(ca) = &config.tls.ca {
+                tls = tls.ca_certificate(Certificate::from_pem(read(ca)?));
+            }
+            match (&config.tls.client_cert, &config.tls.client_key) {
+                (Some(c), Some(k)) => tls = tls.identity(Identity::from_pem(read(c)?, read(k)?)),
+                (None, None) => {}
+                _ => anyhow::bail!("OTLP mTLS needs both a client certificate and a client key"),
+            }
+            endpoint = endpoint.tls_config(tls).map_err(|e| anyhow::anyhow!("OTLP TLS: {e}"))?;
+        }
+        // Built here so that a bad certificate is an error at start, not a silent export failure.
+        let http_tls = match config.protocol {
+            Protocol::HttpProtobuf => Some(rustls_config(&config.tls)?),
+            Protocol::Grpc => None,
+        };
         let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(config.queue_requests.max(1));
         let acct = Arc::clone(&accounting);
         let cfg = config.clone();
@@ -126,7 +190,7 @@ impl OtlpExporter {
                     return;
                 }
             };
-            rt.block_on(send_loop(endpoint, cfg, rx, acct));
+            rt.block_on(send_loop(endpoint, http_tls, cfg, rx, acct));
         })?;
         Ok(OtlpExporter {
             tx: Some(tx),
@@ -213,7 +277,7 @@ fn lock(a: &Mutex<Accounting>) -> std::sync::MutexGuard<'_, Accounting> {
 enum Transport {
     Grpc(TraceServiceClient<tonic::transport::Channel>),
     // Boxed: the HTTP client is much larger than the gRPC one, and transports are cloned per send.
-    Http(Box<(HttpClient<HttpConnector, Full<Bytes>>, hyper::Uri)>),
+    Http(Box<(HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>, hyper::Uri)>),
 }
 
 /// The result of one attempt.
@@ -280,7 +344,7 @@ fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
 }
 
 async fn http_attempt(
-    client: &HttpClient<HttpConnector, Full<Bytes>>,
+    client: &HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
     uri: &hyper::Uri,
     cfg: &OtlpConfig,
     request: &ExportTraceServiceRequest,
@@ -331,6 +395,7 @@ async fn http_attempt(
 
 async fn send_loop(
     endpoint: Endpoint,
+    http_tls: Option<rustls::ClientConfig>,
     cfg: OtlpConfig,
     mut rx: tokio::sync::mpsc::Receiver<Batch>,
     accounting: Arc<Mutex<Accounting>>,
@@ -353,7 +418,16 @@ async fn send_loop(
                     return;
                 }
             };
-            Transport::Http(Box::new((HttpClient::builder(TokioExecutor::new()).build_http(), uri)))
+            let Some(tls) = http_tls else {
+                warn!("OTLP/HTTP exporter started without a TLS configuration");
+                return;
+            };
+            let connector = hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(tls)
+                .https_or_http()
+                .enable_http1()
+                .build();
+            Transport::Http(Box::new((HttpClient::builder(TokioExecutor::new()).build(connector), uri)))
         }
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
