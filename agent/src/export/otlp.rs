@@ -272,12 +272,15 @@ fn lock(a: &Mutex<Accounting>) -> std::sync::MutexGuard<'_, Accounting> {
     a.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// The OTLP/HTTP client (plain http:// or TLS).
+type HttpsClient = HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
+
 /// Where batches go: OTLP/gRPC or OTLP/HTTP (protobuf body).
 #[derive(Clone)]
 enum Transport {
     Grpc(TraceServiceClient<tonic::transport::Channel>),
     // Boxed: the HTTP client is much larger than the gRPC one, and transports are cloned per send.
-    Http(Box<(HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>, hyper::Uri)>),
+    Http(Box<(HttpsClient, hyper::Uri)>),
 }
 
 /// The result of one attempt.
@@ -344,7 +347,7 @@ fn retry_after(headers: &hyper::HeaderMap) -> Option<Duration> {
 }
 
 async fn http_attempt(
-    client: &HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>,
+    client: &HttpsClient,
     uri: &hyper::Uri,
     cfg: &OtlpConfig,
     request: &ExportTraceServiceRequest,
