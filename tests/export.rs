@@ -352,3 +352,12 @@ fn http_over_tls_trusts_the_configured_ca() {
     assert_eq!(rx.span_count(), 12);
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn http_zstd_bodies_arrive() {
+    let rx = HttpReceiver::start(vec![]);
+    let a = export_http(&rx, 30, |c| c.compression = Some("zstd".into()));
+    assert_eq!(a.exported, 30);
+    assert_eq!(rx.span_count(), 30);
+    assert!(rx.headers().contains(&("content-encoding".into(), "zstd".into())));
+}

@@ -264,7 +264,12 @@ impl HttpReceiver {
                             let st = Arc::clone(&st);
                             async move {
                                 let path = req.uri().path().to_string();
-                                let gz = req.headers().get("content-encoding").is_some_and(|v| v == "gzip");
+                                let encoding = req
+                                    .headers()
+                                    .get("content-encoding")
+                                    .and_then(|v| v.to_str().ok())
+                                    .unwrap_or("")
+                                    .to_string();
                                 let hdrs: Vec<(String, String)> = req
                                     .headers()
                                     .iter()
@@ -272,16 +277,18 @@ impl HttpReceiver {
                                     .collect();
                                 let body =
                                     req.into_body().collect().await.map(|b| b.to_bytes()).unwrap_or_default();
-                                let body = if gz {
-                                    let mut out = Vec::new();
-                                    std::io::Read::read_to_end(
-                                        &mut flate2::read::GzDecoder::new(&body[..]),
-                                        &mut out,
-                                    )
-                                    .unwrap();
-                                    out
-                                } else {
-                                    body.to_vec()
+                                let body = match encoding.as_str() {
+                                    "gzip" => {
+                                        let mut out = Vec::new();
+                                        std::io::Read::read_to_end(
+                                            &mut flate2::read::GzDecoder::new(&body[..]),
+                                            &mut out,
+                                        )
+                                        .unwrap();
+                                        out
+                                    }
+                                    "zstd" => zstd::decode_all(&body[..]).unwrap(),
+                                    _ => body.to_vec(),
                                 };
                                 let answer = {
                                     let mut s = st.lock().unwrap();

@@ -355,13 +355,18 @@ async fn http_attempt(
 ) -> Outcome {
     let mut body = request.encode_to_vec();
     let mut builder = hyper::Request::post(uri.clone()).header("content-type", "application/x-protobuf");
-    if cfg.compression.as_deref() == Some("gzip") {
-        match gzip(&body) {
+    let compressed = match cfg.compression.as_deref() {
+        Some("gzip") => Some(("gzip", gzip(&body))),
+        Some("zstd") => Some(("zstd", zstd::encode_all(body.as_slice(), 3))),
+        _ => None,
+    };
+    if let Some((encoding, result)) = compressed {
+        match result {
             Ok(z) => {
                 body = z;
-                builder = builder.header("content-encoding", "gzip");
+                builder = builder.header("content-encoding", encoding);
             }
-            Err(e) => return Outcome::Failed(retry::Verdict::Drop, format!("gzip: {e}")),
+            Err(e) => return Outcome::Failed(retry::Verdict::Drop, format!("{encoding}: {e}")),
         }
     }
     for (k, v) in &cfg.headers {
