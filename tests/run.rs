@@ -368,3 +368,31 @@ fn a_traced_collector_on_the_same_node_does_not_trace_the_exports() {
     assert_eq!(summary["http"]["paired_same_node"], 3, "{summary}");
     assert!(summary["own_connections_skipped"].as_u64().unwrap() >= 1, "{summary}");
 }
+
+#[test]
+fn head_sampling_is_decided_at_the_root_and_follows_the_parent() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &server.pid().to_string(), "--sampler", "parentbased_traceidratio", "--sampler-arg", "0"],
+    );
+    // New traces: ratio 0, none kept.
+    for i in 0..4 {
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
+    }
+    // A sampled parent is followed; an unsampled one too.
+    for (i, flags) in [(10, "01"), (11, "01"), (12, "00")] {
+        let tp = format!("traceparent: 00-{:032x}-{:016x}-{flags}", 0xfeed00 + i, 0xbeef00 + i);
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &["-H", &tp]);
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let paths: Vec<String> = spans.iter().filter_map(|(_, s)| attr_str(s, "url.path")).collect();
+    assert_eq!(spans.len(), 2, "{paths:?} {summary}");
+    assert!(paths.contains(&"/bytes/10".to_string()) && paths.contains(&"/bytes/11".to_string()));
+    assert_eq!(summary["sampled_out"], 5, "{summary}");
+    assert_eq!(summary["spans"], 7, "{summary}");
+}

@@ -23,6 +23,18 @@ pub struct FileConfig {
     pub otlp: Otlp,
     /// Local outputs.
     pub output: Output,
+    /// Head sampling.
+    pub sampling: Sampling,
+}
+
+/// `sampling:`
+#[derive(Debug, Default, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Sampling {
+    /// An `OTEL_TRACES_SAMPLER` name.
+    pub sampler: Option<String>,
+    /// Its argument (the ratio).
+    pub arg: Option<String>,
 }
 
 /// `select:`

@@ -10,3 +10,4 @@ pub mod events;
 pub mod export;
 pub mod metadata;
 pub mod protocol;
+pub mod sampling;

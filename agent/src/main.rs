@@ -85,6 +85,13 @@ struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     duration: Option<u64>,
+    /// Head sampler: always_on, always_off, traceidratio, parentbased_* (default:
+    /// OTEL_TRACES_SAMPLER, else parentbased_always_on).
+    #[arg(long)]
+    sampler: Option<String>,
+    /// The sampler's ratio (default: OTEL_TRACES_SAMPLER_ARG, else 1.0).
+    #[arg(long)]
+    sampler_arg: Option<String>,
     /// Route pattern naming spans, e.g. /users/{id} (repeatable; also sets http.route).
     #[arg(long = "route")]
     routes: Vec<String>,
@@ -328,6 +335,22 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
                 Some(other) => anyhow::bail!("print {other:?}: use waterfall or none"),
                 None => otlp.is_none() && otlp_json.is_none(),
             };
+            let sampler = match args
+                .sampler
+                .clone()
+                .or_else(|| env_first(&["OTEL_TRACES_SAMPLER"]))
+                .or_else(|| file.sampling.sampler.clone())
+            {
+                Some(name) => {
+                    let arg = args
+                        .sampler_arg
+                        .clone()
+                        .or_else(|| env_first(&["OTEL_TRACES_SAMPLER_ARG"]))
+                        .or_else(|| file.sampling.arg.clone());
+                    tracewire::sampling::Sampler::parse(&name, arg.as_deref())?
+                }
+                None => tracewire::sampling::Sampler::default(),
+            };
             let patterns =
                 if args.routes.is_empty() { file.routes.patterns.clone() } else { args.routes.clone() };
             let routes = tracewire::correlate::route::Routes::new(
@@ -337,6 +360,7 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
             let out = tracewire::cli::run::RunOutput {
                 waterfall,
                 routes,
+                sampler,
                 otlp_json,
                 otlp,
                 status_every: Duration::from_secs(args.status_interval),

@@ -34,6 +34,8 @@ pub struct RunOutput {
     pub waterfall: bool,
     /// Span naming.
     pub routes: crate::correlate::route::Routes,
+    /// Head sampling.
+    pub sampler: crate::sampling::Sampler,
     /// Write OTLP-JSON lines here.
     pub otlp_json: Option<PathBuf>,
     /// Export OTLP/gRPC.
@@ -167,12 +169,15 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         color: std::io::stdout().is_terminal(),
     };
     let mut session = Session::start(options)?;
-    let mut correlator = Correlator::new(Clock::now(), max_conns).with_routes(out.routes.clone());
+    let mut correlator = Correlator::new(Clock::now(), max_conns)
+        .with_routes(out.routes.clone())
+        .with_sampler(out.sampler.clone());
     eprintln!("tracewire: tracing with {} programs attached (Ctrl-C to stop)", session.capture().attached());
     let started = Instant::now();
     let mut last_status = Instant::now();
     let mut exited: Vec<u32> = Vec::new();
     let mut own = OwnSockets::default();
+    let mut sampled_out = 0u64;
     loop {
         let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
         let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
@@ -200,7 +205,11 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         if stopping {
             correlator.close_all();
         }
-        let spans = correlator.take_spans();
+        let mut spans = correlator.take_spans();
+        // Head sampling: a trace not sampled where it started is not exported anywhere.
+        let before = spans.len();
+        spans.retain(|s| s.flags & crate::protocol::traceparent::FLAG_SAMPLED != 0);
+        sampled_out += (before - spans.len()) as u64;
         sinks.deliver(&spans);
         if let Some(o) = &mut sinks.otlp {
             o.tick(&mut sinks.resources);
@@ -241,6 +250,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         "tracewire: summary {}",
         json!({
             "spans": summary.spans,
+            "sampled_out": sampled_out,
             "otlp": otlp_json,
             "json_written": summary.json_written,
             "http": {

@@ -20,6 +20,8 @@ use std::{
 };
 
 use route::Routes;
+
+use crate::sampling::Sampler;
 use span::{Kind, Link, SpanRecord, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
@@ -171,6 +173,7 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
 /// Shared state the per-connection sink needs.
 struct Global<'a> {
     routes: &'a Routes,
+    sampler: &'a Sampler,
     peers: &'a mut Peers,
     serving: &'a mut Serving,
     stats: &'a mut CorrelateStats,
@@ -238,7 +241,7 @@ impl ConnSink<'_, '_> {
                     span_id,
                     parent_id: Some(tp.parent_id),
                     parent_remote: true,
-                    flags: tp.flags,
+                    flags: self.decide(&tp.trace_id, tp.flags),
                     trace_state,
                     link: Link::None,
                 },
@@ -267,7 +270,7 @@ impl ConnSink<'_, '_> {
                     span_id,
                     parent_id: Some(parent_id),
                     parent_remote: false,
-                    flags: tp.flags,
+                    flags: self.decide(&tp.trace_id, tp.flags),
                     trace_state,
                     link: Link::None,
                 }
@@ -292,13 +295,22 @@ impl ConnSink<'_, '_> {
         }
     }
 
+    /// The sampled flag for a trace continued from `flags` (a remote parent's).
+    fn decide(&self, trace_id: &[u8; 16], flags: u8) -> u8 {
+        let sampled = self.g.sampler.sample(trace_id, Some(flags & traceparent::FLAG_SAMPLED != 0));
+        (flags & !traceparent::FLAG_SAMPLED) | u8::from(sampled)
+    }
+
     fn root(&mut self, span_id: [u8; 8], link: Link) -> SpanCtx {
+        let trace_id = random_nonzero::<16>(self.g.rng);
+        // The trace starts here: the head-sampling decision is made once, now.
+        let sampled = self.g.sampler.sample(&trace_id, None);
         SpanCtx {
-            trace_id: random_nonzero::<16>(self.g.rng),
+            trace_id,
             span_id,
             parent_id: None,
             parent_remote: false,
-            flags: traceparent::FLAG_SAMPLED | traceparent::FLAG_RANDOM,
+            flags: traceparent::FLAG_RANDOM | u8::from(sampled),
             trace_state: None,
             link,
         }
@@ -533,6 +545,7 @@ pub struct Correlator {
     conns: HashMap<(u32, u32), Conn>,
     max_conns: usize,
     routes: Routes,
+    sampler: Sampler,
     peers: Peers,
     serving: Serving,
     stats: CorrelateStats,
@@ -549,6 +562,7 @@ impl Correlator {
             conns: HashMap::new(),
             max_conns,
             routes: Routes::default(),
+            sampler: Sampler::default(),
             peers: Peers::default(),
             serving: HashMap::new(),
             stats: CorrelateStats::default(),
@@ -567,6 +581,12 @@ impl Correlator {
     /// Span naming from route patterns (and the optional heuristic).
     pub fn with_routes(mut self, routes: Routes) -> Self {
         self.routes = routes;
+        self
+    }
+
+    /// Head sampling for traces that start here.
+    pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.sampler = sampler;
         self
     }
 
@@ -667,6 +687,7 @@ impl Correlator {
         };
         let mut g = Global {
             routes: &self.routes,
+            sampler: &self.sampler,
             peers: &mut self.peers,
             serving: &mut self.serving,
             stats: &mut self.stats,
@@ -742,6 +763,7 @@ impl Correlator {
         let gap = u64::from(d.len.saturating_sub(d.captured));
         let mut g = Global {
             routes: &self.routes,
+            sampler: &self.sampler,
             peers: &mut self.peers,
             serving: &mut self.serving,
             stats: &mut self.stats,

@@ -1,0 +1,121 @@
+//! Head sampling, decided once where a trace starts and carried in the W3C sampled flag, which
+//! every later span of the trace (in this process, in others on this node, and downstream
+//! through `traceparent`) inherits. `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG` semantics.
+//!
+//! The ratio decision is deterministic on the trace id (the rightmost 7 bytes, as the
+//! OpenTelemetry probability sampler does), so agents on different nodes agree without talking.
+use thiserror::Error;
+
+/// A head sampler.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Sampler {
+    /// Keep every trace.
+    AlwaysOn,
+    /// Keep none.
+    AlwaysOff,
+    /// Keep this fraction of traces, decided on the trace id.
+    Ratio(f64),
+    /// Follow a remote parent's sampled flag; use the inner sampler for new traces.
+    ParentBased(Box<Sampler>),
+}
+
+/// An unusable sampler setting.
+#[derive(Debug, Error, PartialEq)]
+pub enum SamplerError {
+    /// Unknown name.
+    #[error("unknown sampler {0:?}: use always_on, always_off, traceidratio or parentbased_<one of those>")]
+    Unknown(String),
+    /// Bad ratio.
+    #[error("sampler argument {0:?}: a ratio between 0 and 1")]
+    BadArg(String),
+}
+
+impl Sampler {
+    /// Parses `OTEL_TRACES_SAMPLER` and `OTEL_TRACES_SAMPLER_ARG` (names are case-insensitive;
+    /// the ratio defaults to 1.0).
+    pub fn parse(name: &str, arg: Option<&str>) -> Result<Sampler, SamplerError> {
+        let ratio = || match arg {
+            None => Ok(1.0),
+            Some(a) => match a.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => Err(SamplerError::BadArg(a.to_string())),
+            },
+        };
+        Ok(match name.trim().to_ascii_lowercase().as_str() {
+            "always_on" => Sampler::AlwaysOn,
+            "always_off" => Sampler::AlwaysOff,
+            "traceidratio" => Sampler::Ratio(ratio()?),
+            "parentbased_always_on" => Sampler::ParentBased(Box::new(Sampler::AlwaysOn)),
+            "parentbased_always_off" => Sampler::ParentBased(Box::new(Sampler::AlwaysOff)),
+            "parentbased_traceidratio" => Sampler::ParentBased(Box::new(Sampler::Ratio(ratio()?))),
+            other => return Err(SamplerError::Unknown(other.to_string())),
+        })
+    }
+
+    /// Whether a trace is kept. `parent` is a remote parent's sampled flag, if there is one.
+    pub fn sample(&self, trace_id: &[u8; 16], parent: Option<bool>) -> bool {
+        match self {
+            Sampler::AlwaysOn => true,
+            Sampler::AlwaysOff => false,
+            Sampler::Ratio(r) => {
+                // Rightmost 7 bytes of the trace id: the randomness W3C Level 2 guarantees.
+                let mut b = [0u8; 8];
+                b[1..].copy_from_slice(&trace_id[9..]);
+                let x = u64::from_be_bytes(b);
+                // Threshold in integers: with r = 1.0 it is 2^56, above every 56-bit value.
+                x < (r * (1u64 << 56) as f64) as u64
+            }
+            Sampler::ParentBased(root) => parent.unwrap_or_else(|| root.sample(trace_id, None)),
+        }
+    }
+}
+
+impl Default for Sampler {
+    /// The specification's default: `parentbased_always_on`.
+    fn default() -> Self {
+        Sampler::ParentBased(Box::new(Sampler::AlwaysOn))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_standard_names() {
+        assert_eq!(Sampler::parse("always_on", None), Ok(Sampler::AlwaysOn));
+        assert_eq!(Sampler::parse("TraceIdRatio", Some("0.25")), Ok(Sampler::Ratio(0.25)));
+        assert_eq!(
+            Sampler::parse("parentbased_traceidratio", Some("0.1")),
+            Ok(Sampler::ParentBased(Box::new(Sampler::Ratio(0.1))))
+        );
+        assert!(Sampler::parse("traceidratio", Some("1.5")).is_err());
+        assert!(Sampler::parse("jaeger_remote", None).is_err());
+    }
+
+    #[test]
+    fn ratio_is_deterministic_and_close_to_the_fraction() {
+        let s = Sampler::Ratio(0.1);
+        let mut rng = fastrand::Rng::with_seed(3);
+        let mut kept = 0;
+        for _ in 0..20_000 {
+            let mut id = [0u8; 16];
+            rng.fill(&mut id);
+            let a = s.sample(&id, None);
+            assert_eq!(a, s.sample(&id, None));
+            kept += usize::from(a);
+        }
+        assert!((1_700..2_300).contains(&kept), "{kept} of 20000 kept at 10%");
+        assert!(!Sampler::Ratio(0.0).sample(&[0xff; 16], None));
+        assert!(Sampler::Ratio(1.0).sample(&[0xff; 16], None));
+    }
+
+    #[test]
+    fn parent_based_follows_a_remote_parent() {
+        let s = Sampler::ParentBased(Box::new(Sampler::AlwaysOff));
+        assert!(s.sample(&[1; 16], Some(true)));
+        assert!(!s.sample(&[1; 16], None));
+        assert!(!Sampler::default().sample(&[1; 16], Some(false)));
+        assert!(Sampler::default().sample(&[1; 16], None));
+    }
+}
