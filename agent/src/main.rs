@@ -39,7 +39,7 @@ enum Command {
     Capture(CaptureArgs),
     /// Trace HTTP requests and export them: OTLP/gRPC, an OTLP-JSON file, or a waterfall per
     /// trace in the terminal.
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Time the userspace pipeline over a recording made with `capture --record`.
     #[command(hide = true)]
     Replay {
