@@ -2,7 +2,7 @@
 //! Each test asserts exact byte counts, roles, addresses and pids.
 mod common;
 
-use std::{fs, net::TcpListener, process::Command, time::Instant};
+use std::{fs, process::Command, time::Instant};
 
 use common::*;
 use serde_json::Value;
@@ -235,10 +235,6 @@ fn port_filter_in_all_process_mode() {
     assert_eq!(client_opens.len(), 1, "curl's connection: {events:#?}");
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 #[test]
 fn nginx_sendfile_response_is_counted_to_its_end() {
     let _g = serial();
@@ -250,17 +246,7 @@ fn nginx_sendfile_response_is_counted_to_its_end() {
     fs::write(www.join("file.bin"), &body).unwrap();
     let port = free_port();
     let d = dir.display();
-    fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 64; }}\n\
-             http {{ access_log off; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; root {d}/www; }} }}\n"
-        ),
-    )
-    .unwrap();
+    nginx_conf(&dir, port, false, &format!("root {d}/www;"));
     // A shell that waits, then becomes nginx: selecting it before nginx exists means the master
     // is traced from exec on, and its worker is selected at fork. The worker accepts on a
     // listening socket it inherited, which it never listened on itself: the agent must verify
@@ -270,12 +256,7 @@ fn nginx_sendfile_response_is_counted_to_its_end() {
         Peer::spawn(Command::new("sh").args(["-c", &format!("read go; exec nginx -c {conf} -p {d}")]));
     let mut agent = Agent::start(&["--pid", &nginx.pid().to_string()]);
     nginx.send("go");
-    // Wait until nginx answers (a condition, not a sleep).
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::yield_now();
-    }
+    wait_listening(port, "nginx");
     let sizes = curl(&format!("http://127.0.0.1:{port}/file.bin"), &[]);
     assert_eq!(sizes.body, body.len() as u64);
     let done = Instant::now();

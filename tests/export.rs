@@ -47,11 +47,25 @@ fn resources() -> Resources {
     r
 }
 
-/// Exports `n` spans in batches of `batch` and shuts down; returns the accounting.
+/// Exports `n` spans in batches of `batch` to the gRPC receiver and shuts down; returns the
+/// accounting.
 fn export(rx: &Receiver, n: usize, batch: usize, tweak: impl FnOnce(&mut OtlpConfig)) -> Accounting {
+    export_to(rx.endpoint(), tracewire::export::otlp::Protocol::Grpc, n, batch, tweak)
+}
+
+/// Exports `n` spans in batches of `batch` and shuts down, checking that the accounting
+/// reconciles; returns it.
+fn export_to(
+    endpoint: String,
+    protocol: tracewire::export::otlp::Protocol,
+    n: usize,
+    batch: usize,
+    tweak: impl FnOnce(&mut OtlpConfig),
+) -> Accounting {
     let acct = Arc::new(Mutex::new(Accounting::default()));
     let mut cfg = OtlpConfig {
-        endpoint: rx.endpoint(),
+        endpoint,
+        protocol,
         batch_size: batch,
         backoff_base: Duration::from_millis(10),
         timeout: Duration::from_secs(2),
@@ -217,25 +231,7 @@ use receiver::{HttpAnswer, HttpReceiver};
 use tracewire::export::otlp::Protocol;
 
 fn export_http(rx: &HttpReceiver, n: usize, tweak: impl FnOnce(&mut OtlpConfig)) -> Accounting {
-    let acct = Arc::new(Mutex::new(Accounting::default()));
-    let mut cfg = OtlpConfig {
-        endpoint: rx.url(),
-        protocol: Protocol::HttpProtobuf,
-        batch_size: n,
-        backoff_base: Duration::from_millis(10),
-        timeout: Duration::from_secs(2),
-        max_retry_elapsed: Duration::from_secs(5),
-        ..OtlpConfig::default()
-    };
-    tweak(&mut cfg);
-    let mut exp = OtlpExporter::start(cfg, Arc::clone(&acct)).unwrap();
-    let mut res = resources();
-    acct.lock().unwrap().produced += n as u64;
-    exp.submit(&spans(n), &mut res);
-    exp.shutdown(&mut res, Duration::from_secs(10));
-    let a = acct.lock().unwrap().clone();
-    assert_eq!(a.produced, a.exported + a.dropped_total(), "accounting does not reconcile: {a:?}");
-    a
+    export_to(rx.url(), Protocol::HttpProtobuf, n, n, tweak)
 }
 
 #[test]

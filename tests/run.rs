@@ -162,30 +162,16 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
     require_root();
     let dir = std::env::temp_dir().join(format!("tracewire-wrk-{}", std::process::id()));
     fs::create_dir_all(&dir).unwrap();
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = free_port();
     let d = dir.display();
-    fs::write(
-        dir.join("nginx.conf"),
-        format!(
-            "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid;\n\
-             error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
-             http {{ access_log {d}/access.log; client_body_temp_path {d}; proxy_temp_path {d};\n\
-             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
-        ),
-    )
-    .unwrap();
+    nginx_conf(&dir, port, true, "location / { return 200 \"ok\\n\"; }");
     let nginx = Peer::spawn(Command::new("nginx").args([
         "-c",
         &dir.join("nginx.conf").display().to_string(),
         "-p",
         &d.to_string(),
     ]));
-    let deadline = Instant::now() + EVENT_TIMEOUT;
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "nginx did not start");
-        std::thread::yield_now();
-    }
+    wait_listening(port, "nginx");
     let rx = Receiver::start(vec![]);
     let agent = RunAgent::start(&rx.endpoint(), &["--pid", &nginx.pid().to_string()]);
     let out = Command::new("wrk")

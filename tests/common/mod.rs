@@ -235,3 +235,37 @@ pub fn bytes(events: &[&Value], role: &str, direction: &str) -> u64 {
         .map(|e| e["len"].as_u64().expect("len"))
         .sum()
 }
+
+/// A free loopback port (bound, then released).
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
+}
+
+/// Writes `dir/nginx.conf` for a single-worker nginx on 127.0.0.1:`port` whose server block
+/// holds `server_body`; with `access_log`, requests are logged to `dir/access.log`.
+pub fn nginx_conf(dir: &std::path::Path, port: u16, access_log: bool, server_body: &str) -> PathBuf {
+    let d = dir.display();
+    let log = if access_log { format!("{d}/access.log") } else { "off".to_string() };
+    let conf = dir.join("nginx.conf");
+    std::fs::write(
+        &conf,
+        format!(
+            "daemon off; master_process on; worker_processes 1; user root; pid {d}/nginx.pid;\n\
+             error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
+             http {{ access_log {log}; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
+             fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             server {{ listen 127.0.0.1:{port}; {server_body} }} }}\n"
+        ),
+    )
+    .expect("write nginx.conf");
+    conf
+}
+
+/// Waits until something accepts connections on 127.0.0.1:`port` (a condition, not a sleep).
+pub fn wait_listening(port: u16, what: &str) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(Instant::now() < deadline, "{what} did not start");
+        std::thread::yield_now();
+    }
+}

@@ -49,6 +49,34 @@ pub struct Session {
     pending: Vec<ConnEvent>,
     stats: SessionStats,
     recorder: Option<crate::events::record::Recorder>,
+    batch: RecordBatch,
+}
+
+/// Ring records of one poll, back to back in one buffer that keeps its capacity.
+#[derive(Default)]
+struct RecordBatch {
+    bytes: Vec<u8>,
+    spans: Vec<(usize, usize)>,
+}
+
+impl RecordBatch {
+    fn clear(&mut self) {
+        self.bytes.clear();
+        self.spans.clear();
+    }
+
+    fn push(&mut self, record: &[u8]) {
+        self.spans.push((self.bytes.len(), record.len()));
+        self.bytes.extend_from_slice(record);
+    }
+
+    fn len(&self) -> usize {
+        self.spans.len()
+    }
+
+    fn iter(&self) -> impl Iterator<Item = &[u8]> {
+        self.spans.iter().map(|&(at, len)| &self.bytes[at..at + len])
+    }
 }
 
 impl Session {
@@ -68,6 +96,7 @@ impl Session {
             pending: Vec::new(),
             stats: SessionStats::default(),
             recorder: None,
+            batch: RecordBatch::default(),
         };
         match &s.selection {
             Selection::All => {
@@ -314,6 +343,32 @@ impl Session {
         }
     }
 
+    fn process(
+        &mut self,
+        batch: &RecordBatch,
+        f: &mut impl FnMut(&Event<'_>),
+        n: &mut usize,
+    ) -> Result<(), CaptureError> {
+        if let Some(rec) = &mut self.recorder {
+            for bytes in batch.iter() {
+                rec.write(bytes).map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
+            }
+            rec.flush().map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
+        }
+        for bytes in batch.iter() {
+            match decode(bytes) {
+                Ok(mut ev) => {
+                    if self.control(&mut ev)? {
+                        f(&ev);
+                        *n += 1;
+                    }
+                }
+                Err(e) => *self.stats.decode_errors.entry(e.reason()).or_default() += 1,
+            }
+        }
+        Ok(())
+    }
+
     /// Waits up to `timeout`, then hands every available event to `f`.
     pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&Event<'_>)) -> Result<usize, CaptureError> {
         let mut n = 0;
@@ -329,26 +384,15 @@ impl Session {
             }
         }
         // Records are collected first (the ring borrow ends), then processed with &mut self.
-        let mut raw: Vec<Vec<u8>> = Vec::new();
-        self.capture.poll(timeout, |bytes| raw.push(bytes.to_vec()))?;
-        self.stats.records += raw.len() as u64;
-        if let Some(rec) = &mut self.recorder {
-            for bytes in &raw {
-                rec.write(bytes).map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
-            }
-            rec.flush().map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
-        }
-        for bytes in &raw {
-            match decode(bytes) {
-                Ok(mut ev) => {
-                    if self.control(&mut ev)? {
-                        f(&ev);
-                        n += 1;
-                    }
-                }
-                Err(e) => *self.stats.decode_errors.entry(e.reason()).or_default() += 1,
-            }
-        }
+        // Records are copied out of the ring into one reused buffer (the ring borrow must end
+        // before `control` needs `&mut self`); nothing is allocated per record.
+        let mut batch = std::mem::take(&mut self.batch);
+        batch.clear();
+        self.capture.poll(timeout, |bytes| batch.push(bytes))?;
+        self.stats.records += batch.len() as u64;
+        let result = self.process(&batch, &mut f, &mut n);
+        self.batch = batch;
+        result?;
         for c in std::mem::take(&mut self.pending) {
             let mut ev = Event::Conn(c);
             if self.control(&mut ev)? {

@@ -170,21 +170,23 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
     q.push_back(v);
 }
 
-/// Shared state the per-connection sink needs.
-struct Global<'a> {
-    routes: &'a Routes,
-    sampler: &'a Sampler,
-    peers: &'a mut Peers,
-    serving: &'a mut Serving,
-    stats: &'a mut CorrelateStats,
-    out: &'a mut Vec<SpanRecord>,
-    rng: &'a mut fastrand::Rng,
+/// State shared by all connections: a field of its own so that a connection (borrowed from the
+/// table) and this can be borrowed at the same time.
+#[derive(Default)]
+struct Shared {
+    routes: Routes,
+    sampler: Sampler,
+    peers: Peers,
+    serving: Serving,
+    stats: CorrelateStats,
+    out: Vec<SpanRecord>,
+    rng: fastrand::Rng,
 }
 
-struct ConnSink<'a, 'g> {
+struct ConnSink<'a> {
     info: &'a Info,
     book: &'a mut Book,
-    g: &'a mut Global<'g>,
+    g: &'a mut Shared,
 }
 
 fn random_nonzero<const N: usize>(rng: &mut fastrand::Rng) -> [u8; N] {
@@ -197,9 +199,9 @@ fn random_nonzero<const N: usize>(rng: &mut fastrand::Rng) -> [u8; N] {
     }
 }
 
-impl ConnSink<'_, '_> {
+impl ConnSink<'_> {
     fn new_ctx(&mut self, head: &RequestHead, meta: &Meta) -> SpanCtx {
-        let span_id = random_nonzero::<8>(self.g.rng);
+        let span_id = random_nonzero::<8>(&mut self.g.rng);
         let values: Vec<&[u8]> = head.traceparent.iter().map(Vec::as_slice).collect();
         let incoming = match traceparent::parse_all(&values) {
             Ok(Some(tp)) => {
@@ -302,7 +304,7 @@ impl ConnSink<'_, '_> {
     }
 
     fn root(&mut self, span_id: [u8; 8], link: Link) -> SpanCtx {
-        let trace_id = random_nonzero::<16>(self.g.rng);
+        let trace_id = random_nonzero::<16>(&mut self.g.rng);
         // The trace starts here: the head-sampling decision is made once, now.
         let sampled = self.g.sampler.sample(&trace_id, None);
         SpanCtx {
@@ -338,12 +340,12 @@ impl ConnSink<'_, '_> {
         if resp.is_none() {
             self.g.stats.no_response += 1;
         }
-        self.g.out.push(build_span(self.info, p, resp, end_ns, self.g.routes));
+        self.g.out.push(build_span(self.info, p, resp, end_ns, &self.g.routes));
         self.g.stats.spans += 1;
     }
 }
 
-impl Sink for ConnSink<'_, '_> {
+impl Sink for ConnSink<'_> {
     fn request(&mut self, head: RequestHead, meta: Meta, _truncated: bool) -> Framing {
         self.book.had_http = true;
         let framing = http1::request_framing(&head);
@@ -544,55 +546,38 @@ pub struct Correlator {
     clock: Clock,
     conns: HashMap<(u32, u32), Conn>,
     max_conns: usize,
-    routes: Routes,
-    sampler: Sampler,
-    peers: Peers,
-    serving: Serving,
-    stats: CorrelateStats,
-    out: Vec<SpanRecord>,
-    rng: fastrand::Rng,
+    shared: Shared,
 }
 
 impl Correlator {
     /// A correlator converting kernel timestamps with `clock`, tracking at most `max_conns`
     /// connections.
     pub fn new(clock: Clock, max_conns: usize) -> Self {
-        Correlator {
-            clock,
-            conns: HashMap::new(),
-            max_conns,
-            routes: Routes::default(),
-            sampler: Sampler::default(),
-            peers: Peers::default(),
-            serving: HashMap::new(),
-            stats: CorrelateStats::default(),
-            out: Vec::new(),
-            rng: fastrand::Rng::new(),
-        }
+        Correlator { clock, conns: HashMap::new(), max_conns, shared: Shared::default() }
     }
 
     /// A correlator with a fixed random seed (reproducible ids in tests).
     pub fn with_seed(clock: Clock, max_conns: usize, seed: u64) -> Self {
         let mut c = Correlator::new(clock, max_conns);
-        c.rng = fastrand::Rng::with_seed(seed);
+        c.shared.rng = fastrand::Rng::with_seed(seed);
         c
     }
 
     /// Span naming from route patterns (and the optional heuristic).
     pub fn with_routes(mut self, routes: Routes) -> Self {
-        self.routes = routes;
+        self.shared.routes = routes;
         self
     }
 
     /// Head sampling for traces that start here.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
-        self.sampler = sampler;
+        self.shared.sampler = sampler;
         self
     }
 
     /// Counters.
     pub fn stats(&self) -> &CorrelateStats {
-        &self.stats
+        &self.shared.stats
     }
 
     /// Updates the clock offset (NTP slews the wall clock).
@@ -602,7 +587,7 @@ impl Correlator {
 
     /// Takes the spans finished so far.
     pub fn take_spans(&mut self) -> Vec<SpanRecord> {
-        std::mem::take(&mut self.out)
+        std::mem::take(&mut self.shared.out)
     }
 
     /// Open connections.
@@ -660,7 +645,7 @@ impl Correlator {
             self.close(c.conn.tgid, c.conn.fd, None, 0);
         }
         if self.conns.len() >= self.max_conns {
-            self.stats.conn_table_full += 1;
+            self.shared.stats.conn_table_full += 1;
             return;
         }
         self.conns.insert(
@@ -685,17 +670,8 @@ impl Correlator {
         let Some(mut conn) = self.conns.remove(&key) else {
             return;
         };
-        let mut g = Global {
-            routes: &self.routes,
-            sampler: &self.sampler,
-            peers: &mut self.peers,
-            serving: &mut self.serving,
-            stats: &mut self.stats,
-            out: &mut self.out,
-            rng: &mut self.rng,
-        };
         let last = conn.req.last_ns().max(conn.resp.last_ns());
-        let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut g };
+        let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
         conn.req.finish(&mut sink);
         conn.resp.finish(&mut sink);
         // A response cut short by the close ends at the last byte seen; requests that never got
@@ -707,12 +683,12 @@ impl Correlator {
         while let Some(p) = sink.book.pending.pop_front() {
             sink.finish_exchange(p, None, end);
         }
-        self.serving.remove(&conn.info.id);
+        self.shared.serving.remove(&conn.info.id);
         if let Some(key) = pair_key(&conn.info) {
             if conn.info.role == ROLE_SERVER {
-                self.peers.servers.remove(&key);
+                self.shared.peers.servers.remove(&key);
             } else {
-                self.peers.clients.remove(&key);
+                self.shared.peers.clients.remove(&key);
             }
         }
         self.apply_fixups();
@@ -720,7 +696,7 @@ impl Correlator {
 
     /// Re-parents server spans whose client end was seen after them.
     fn apply_fixups(&mut self) {
-        for (key, span_id, client) in std::mem::take(&mut self.peers.fixups) {
+        for (key, span_id, client) in std::mem::take(&mut self.shared.peers.fixups) {
             let Some(conn) = self.conns.get_mut(&key) else {
                 continue;
             };
@@ -737,7 +713,7 @@ impl Correlator {
             if let Some((p, _)) = conn.book.current.as_mut() {
                 fix(&mut p.ctx);
             }
-            if let Some(list) = self.serving.get_mut(&conn.info.id) {
+            if let Some(list) = self.shared.serving.get_mut(&conn.info.id) {
                 list.iter_mut().for_each(fix);
             }
         }
@@ -761,16 +737,7 @@ impl Correlator {
         let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
         let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
-        let mut g = Global {
-            routes: &self.routes,
-            sampler: &self.sampler,
-            peers: &mut self.peers,
-            serving: &mut self.serving,
-            stats: &mut self.stats,
-            out: &mut self.out,
-            rng: &mut self.rng,
-        };
-        let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut g };
+        let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
         let (this, other) = match side {
             Side::Request => (&mut conn.req, &mut conn.resp),
             Side::Response => (&mut conn.resp, &mut conn.req),
@@ -781,9 +748,9 @@ impl Correlator {
         if sink.book.tunnel && !conn.req.stopped() {
             conn.req.stop();
             conn.resp.stop();
-            self.stats.tunnels += 1;
+            self.shared.stats.tunnels += 1;
         }
-        if !self.peers.fixups.is_empty() {
+        if !self.shared.peers.fixups.is_empty() {
             self.apply_fixups();
         }
     }

@@ -189,33 +189,26 @@ impl Stream {
                     }
                     self.buf.extend_from_slice(data);
                     data = &[];
-                    let consumed = match self.side {
-                        Side::Request => match http1::parse_request(&self.buf) {
-                            Parsed::Complete(head, n) => {
-                                let framing = sink.request(head, self.meta, false);
-                                self.enter(framing);
-                                Some(n)
-                            }
-                            Parsed::Partial => None,
-                            Parsed::Invalid(reason) => {
-                                sink.invalid(self.side, reason);
-                                self.resync();
-                                continue;
-                            }
-                        },
-                        Side::Response => match http1::parse_response(&self.buf) {
-                            Parsed::Complete(head, n) => {
-                                let framing = sink.response(head, self.meta, false);
-                                self.enter(framing);
-                                Some(n)
-                            }
-                            Parsed::Partial => None,
-                            Parsed::Invalid(reason) => {
-                                sink.invalid(self.side, reason);
-                                self.resync();
-                                continue;
-                            }
-                        },
+                    let meta = self.meta;
+                    let parsed = match self.side {
+                        Side::Request => {
+                            http1::parse_request(&self.buf).map(|h| sink.request(h, meta, false))
+                        }
+                        Side::Response => {
+                            http1::parse_response(&self.buf).map(|h| sink.response(h, meta, false))
+                        }
+                    };
+                    let consumed = match parsed {
+                        Parsed::Complete(framing, n) => {
+                            self.enter(framing);
+                            Some(n)
+                        }
+                        Parsed::Partial => None,
+                        Parsed::Invalid(reason) => {
+                            sink.invalid(self.side, reason);
+                            self.resync();
+                            continue;
+                        }
                     };
                     match consumed {
                         Some(n) => {

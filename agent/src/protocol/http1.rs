@@ -60,6 +60,17 @@ pub struct ResponseHead {
     pub close: bool,
 }
 
+impl<T> Parsed<T> {
+    /// Maps a complete head, keeping its length.
+    pub fn map<U>(self, f: impl FnOnce(T) -> U) -> Parsed<U> {
+        match self {
+            Parsed::Complete(head, n) => Parsed::Complete(f(head), n),
+            Parsed::Partial => Parsed::Partial,
+            Parsed::Invalid(reason) => Parsed::Invalid(reason),
+        }
+    }
+}
+
 /// Framing headers as declared.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct FramingSpec {
