@@ -37,6 +37,7 @@ fn spans(n: usize) -> Vec<SpanRecord> {
             error: false,
             attributes: vec![("http.request.method", Value::Str("GET".into()))],
             link: Link::None,
+            links: Vec::new(),
         })
         .collect()
 }

@@ -61,6 +61,8 @@ pub struct Capture {
     pub max_conns: Option<u32>,
     /// Ring buffer bytes.
     pub ring_bytes: Option<u32>,
+    /// Trace context in TCP options between agents (default on).
+    pub tcp_option: Option<bool>,
 }
 
 /// `routes:`

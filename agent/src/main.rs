@@ -228,6 +228,9 @@ struct SelectArgs {
     /// Ring buffer size in bytes, a power of two [default: 8 MiB].
     #[arg(long)]
     ring_bytes: Option<u32>,
+    /// Do not send or read trace context in TCP options (agent-to-agent propagation).
+    #[arg(long)]
+    no_tcp_option: bool,
 }
 
 #[derive(Args)]
@@ -276,6 +279,7 @@ impl SelectArgs {
             payload_cap: self.payload_cap.or(file.capture.payload_cap).unwrap_or(DEFAULT_PAYLOAD),
             max_conns: self.max_conns.or(file.capture.max_conns).unwrap_or(DEFAULT_MAX_CONNS),
             ring_bytes: self.ring_bytes.or(file.capture.ring_bytes).unwrap_or(DEFAULT_RING_BYTES),
+            tcp_option: !self.no_tcp_option && file.capture.tcp_option.unwrap_or(true),
             ..CaptureOptions::default()
         })
     }
@@ -326,7 +330,7 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => {
-            let options = args.select.options(file)?;
+            let mut options = args.select.options(file)?;
             let otlp = args.otlp(file)?;
             let otlp_json = args.otlp_json.clone().or_else(|| file.output.otlp_json.clone());
             let waterfall = match args.print.as_deref().or(file.output.print.as_deref()) {
@@ -351,6 +355,8 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
                 }
                 None => tracewire::sampling::Sampler::default(),
             };
+            // Traces that start in the kernel get the same decision.
+            options.sample_threshold = sampler.root_threshold();
             let patterns =
                 if args.routes.is_empty() { file.routes.patterns.clone() } else { args.routes.clone() };
             let routes = tracewire::correlate::route::Routes::new(

@@ -34,6 +34,10 @@ pub mod maps {
     pub const SCRATCH: &str = "SCRATCH";
     /// Per-CPU counters, indexed by [`crate::Counter`].
     pub const COUNTERS: &str = "COUNTERS";
+    /// Trace context to send in TCP options, by socket.
+    pub const TCP_TX: &str = "TCP_TX";
+    /// Trace context received in TCP options, by socket.
+    pub const TCP_RX: &str = "TCP_RX";
 }
 
 /// Default number of connections tracked at once in the kernel.
@@ -84,12 +88,32 @@ pub struct Config {
     /// Offset of `child_pid` in `sched:sched_process_fork` records: it moved when the comm
     /// fields became `__data_loc` strings, so userspace reads it from tracefs.
     pub fork_child_pid_offset: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// `CFG_*` switches.
+    pub flags: u32,
     /// Wake userspace once this many bytes are waiting in the ring buffer (0: every event).
     pub wakeup_bytes: u64,
+    /// Head sampling of traces that start here: a new trace is sampled when the integer formed
+    /// by the rightmost 7 bytes of its id is below this (2^56 keeps all, 0 none). The same rule
+    /// as userspace's ratio sampler, so both (and every other node) agree.
+    pub sample_threshold: u64,
 }
-const _: () = assert!(size_of::<Config>() == 32);
+const _: () = assert!(size_of::<Config>() == 40);
+
+/// [`Config::flags`]: write and read the trace-context TCP option (the sock_ops program is
+/// attached).
+pub const CFG_TCP_OPTION: u32 = 1;
+/// [`Config::sample_threshold`] that keeps every trace.
+pub const SAMPLE_ALL: u64 = 1 << 56;
+
+/// TCP option carrying trace context between agents: experimental kind (RFC 6994) with a
+/// 16-bit ExID, then trace id (16 bytes) and span id (8 bytes). 28 bytes: what is left of the
+/// 40-byte option space next to TCP timestamps. The sampled flag is the span id's lowest bit
+/// (span ids are minted where the option is written, so both ends see the same id).
+pub const TCPOPT_KIND: u8 = 253;
+/// ExID of the tracewire option ("tw").
+pub const TCPOPT_EXID: u16 = 0x7477;
+/// Length of the tracewire option.
+pub const TCPOPT_LEN: u8 = 28;
 
 /// Trace every process (except the agent itself).
 pub const SELECT_ALL: u32 = 0;
@@ -200,16 +224,89 @@ pub struct ConnState {
     pub generation: u64,
     /// `ROLE_*`.
     pub role: u8,
+    /// Direction of the last data (`DIR_*`, 0 before any): a change starts a new turn, which
+    /// is where trace context is minted (a request read by a server, written by a client).
+    pub turn: u8,
+    /// 1 when `rx` holds a context received in a TCP option and not used yet.
+    pub rx_valid: u8,
     /// Reserved.
-    pub _pad: [u8; 3],
+    pub _pad: u8,
     /// Bytes read so far (wrapping).
     pub bytes_in: u32,
     /// Local address.
     pub local: SockAddr,
     /// Remote address.
     pub remote: SockAddr,
+    /// Kernel address of the socket (0 until learned): the key of the TCP-option maps.
+    pub skaddr: u64,
+    /// Server connections: the thread that read the request of the open turn.
+    pub turn_tid: u32,
+    /// Reserved.
+    pub _pad2: u32,
+    /// Trace context of the current turn.
+    pub ctx: TraceCtx,
+    /// Context received in the TCP option, waiting for the request it came with.
+    pub rx: TcpCtx,
 }
-const _: () = assert!(size_of::<ConnState>() == 56);
+const _: () = assert!(size_of::<ConnState>() == 136);
+
+/// Where a turn's trace context came from ([`TraceCtx::origin`]).
+pub const CTX_NONE: u8 = 0;
+/// A new trace started here.
+pub const CTX_ROOT: u8 = 1;
+/// The request's `traceparent` header (server turns).
+pub const CTX_HEADER: u8 = 2;
+/// The tracewire TCP option of the peer's agent (server turns).
+pub const CTX_TCP: u8 = 3;
+/// The request the thread was serving (client turns).
+pub const CTX_THREAD: u8 = 4;
+/// The thread was serving several requests: a new trace, the parent is not guessed.
+pub const CTX_AMBIGUOUS: u8 = 5;
+
+/// Trace context minted in the kernel at the start of a turn, so that the span id written in
+/// the TCP option is the one userspace exports.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TraceCtx {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// This turn's span id.
+    pub span_id: [u8; 8],
+    /// Parent span id (zero when none).
+    pub parent_id: [u8; 8],
+    /// `CTX_*`.
+    pub origin: u8,
+    /// W3C trace flags (bit 0: sampled).
+    pub trace_flags: u8,
+    /// Reserved.
+    pub _pad: [u8; 6],
+}
+const _: () = assert!(size_of::<TraceCtx>() == 40);
+
+/// The payload of the tracewire TCP option, and the value of [`maps::TCP_TX`] /
+/// [`maps::TCP_RX`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcpCtx {
+    /// Trace id.
+    pub trace_id: [u8; 16],
+    /// Client span id; its lowest bit is the sampled flag.
+    pub span_id: [u8; 8],
+}
+const _: () = assert!(size_of::<TcpCtx>() == 24);
+
+/// A [`TcpCtx`] keyed by socket, with the socket's local port to detect a reused address.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TcpCtxEntry {
+    /// The context.
+    pub ctx: TcpCtx,
+    /// Local port of the socket it belongs to (host order).
+    pub local_port: u32,
+    /// Reserved.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TcpCtxEntry>() == 32);
 
 /// Value of [`maps::LISTENERS`].
 #[repr(C)]
@@ -229,8 +326,19 @@ pub struct ThreadCtx {
     pub conn: ConnId,
     /// When that request's first bytes were read.
     pub since_ns: u64,
+    /// Trace id of that request.
+    pub trace_id: [u8; 16],
+    /// Its server span id.
+    pub span_id: [u8; 8],
+    /// Its W3C trace flags.
+    pub trace_flags: u8,
+    /// Server requests this thread has read and not answered yet: more than one means the
+    /// thread interleaves requests (an event loop), and a call it makes has no certain parent.
+    pub open: u8,
+    /// Reserved.
+    pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<ThreadCtx>() == 24);
+const _: () = assert!(size_of::<ThreadCtx>() == 56);
 
 /// Connection lifecycle event: [`EventKind::ConnOpen`], [`EventKind::ConnClose`],
 /// [`EventKind::Listen`].
@@ -359,8 +467,11 @@ pub struct DataEvent {
     pub role: u8,
     /// Reserved.
     pub _pad: [u8; 3],
+    /// Trace context of the turn these bytes belong to (origin `CTX_NONE` when the kernel
+    /// minted none).
+    pub ctx: TraceCtx,
 }
-const _: () = assert!(size_of::<DataEvent>() == 80);
+const _: () = assert!(size_of::<DataEvent>() == 120);
 const _: () = assert!(offset_of!(DataEvent, header) == 0);
 const _: () = assert!(size_of::<DataEvent>().is_multiple_of(8));
 
@@ -412,10 +523,20 @@ pub enum Counter {
     ScratchMissing = 12,
     /// Events written without waking userspace (batched wakeups).
     WakeupsSkipped = 13,
+    /// TCP options written with a request's trace context.
+    TcpOptWritten = 14,
+    /// Segments of a traced request with no room left for the option.
+    TcpOptNoRoom = 15,
+    /// TCP options received.
+    TcpOptReceived = 16,
+    /// Received options that became a request's parent.
+    TcpOptUsed = 17,
+    /// `traceparent` headers found by the kernel at the start of a request.
+    CtxHeader = 18,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 14;
+pub const COUNTER_COUNT: u32 = 19;
 
 impl Counter {
     /// All counters, in index order.
@@ -434,6 +555,11 @@ impl Counter {
         Counter::PortFiltered,
         Counter::ScratchMissing,
         Counter::WakeupsSkipped,
+        Counter::TcpOptWritten,
+        Counter::TcpOptNoRoom,
+        Counter::TcpOptReceived,
+        Counter::TcpOptUsed,
+        Counter::CtxHeader,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -453,6 +579,11 @@ impl Counter {
             Counter::PortFiltered => "port_filtered",
             Counter::ScratchMissing => "scratch_missing",
             Counter::WakeupsSkipped => "wakeups_skipped",
+            Counter::TcpOptWritten => "tcp_opt_written",
+            Counter::TcpOptNoRoom => "tcp_opt_no_room",
+            Counter::TcpOptReceived => "tcp_opt_received",
+            Counter::TcpOptUsed => "tcp_opt_used",
+            Counter::CtxHeader => "ctx_header",
         }
     }
 }
@@ -495,6 +626,7 @@ mod user {
     unsafe impl aya::Pod for ActiveCall {}
     unsafe impl aya::Pod for SockAddr {}
     unsafe impl aya::Pod for ConnId {}
+    unsafe impl aya::Pod for TcpCtxEntry {}
 }
 
 #[cfg(test)]

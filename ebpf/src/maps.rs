@@ -6,7 +6,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, ListenerState, MAX_ACTIVE,
-    MAX_CGROUPS, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX, SCRATCH_BYTES, SockAddr, ThreadCtx,
+    MAX_CGROUPS, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX, SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx,
 };
 
 #[map]
@@ -61,3 +61,14 @@ pub static SCRATCH: Array<[u8; SCRATCH_BYTES]> = Array::with_max_entries(256, 0)
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);
+
+/// Trace context to write in the TCP option of a traced client socket's data segments, by
+/// socket address. Set when a request starts; LRU because a process that dies without close()
+/// leaves its entries behind (the local port in the value keeps a reused address from matching).
+#[map]
+pub static TCP_TX: LruHashMap<u64, TcpCtxEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Trace context received in a TCP option, by socket address, until the reading thread picks it
+/// up. LRU: options arrive for every socket on the node, traced or not.
+#[map]
+pub static TCP_RX: LruHashMap<u64, TcpCtxEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);

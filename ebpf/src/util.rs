@@ -7,7 +7,8 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracewire_common::{
-    Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SELECT_ALL, SELECT_WATCHED, SockAddr,
+    Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SAMPLE_ALL, SELECT_ALL,
+    SELECT_WATCHED, SockAddr,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -21,8 +22,9 @@ static TRACEWIRE_CONFIG: Config = Config {
     payload_cap: DEFAULT_PAYLOAD,
     port_filter: 0,
     fork_child_pid_offset: 20,
-    _pad: 0,
+    flags: 0,
     wakeup_bytes: 0,
+    sample_threshold: SAMPLE_ALL,
 };
 
 #[inline(always)]

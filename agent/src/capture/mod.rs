@@ -11,18 +11,23 @@ pub mod scan;
 pub mod select;
 pub mod session;
 
-use std::{os::fd::AsRawFd as _, time::Duration};
+use std::{
+    os::fd::AsRawFd as _,
+    path::{Path, PathBuf},
+    time::Duration,
+};
 
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::TracePoint,
+    programs::{CgroupAttachMode, SockOps, TracePoint},
 };
 pub use error::CaptureError;
-use log::{debug, info};
+use log::{debug, info, warn};
 use tracewire_common::{
-    COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES,
-    ListenerState, MAX_PAYLOAD, SELECT_ALL, SELECT_WATCHED, SockAddr, fd_key, maps,
+    CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD,
+    DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, fd_key,
+    maps,
 };
 
 pub use select::Selection;
@@ -45,6 +50,10 @@ pub struct CaptureOptions {
     pub ring_bytes: u32,
     /// Wake the reader once this many bytes wait (0 = every event).
     pub wakeup_bytes: u64,
+    /// Send and receive trace context in a TCP option (agent to agent, across nodes).
+    pub tcp_option: bool,
+    /// Head sampling of traces started in the kernel (see [`Config::sample_threshold`]).
+    pub sample_threshold: u64,
 }
 
 impl Default for CaptureOptions {
@@ -56,6 +65,8 @@ impl Default for CaptureOptions {
             max_conns: DEFAULT_MAX_CONNS,
             ring_bytes: DEFAULT_RING_BYTES,
             wakeup_bytes: 256 * 1024,
+            tcp_option: true,
+            sample_threshold: SAMPLE_ALL,
         }
     }
 }
@@ -70,8 +81,27 @@ pub struct Capture {
     listeners: HashMap<MapData, u64, ListenerState>,
     options: CaptureOptions,
     attached: usize,
+    tcp_option: Option<PathBuf>,
     // Keeps programs and links alive; declared last so maps are released after links.
     _ebpf: Ebpf,
+}
+
+/// Attaches the TCP-option program to the cgroup2 root with a BPF link. Links to a cgroup always
+/// coexist with other programs there (another agent, a CNI), and the link's own flags must be
+/// empty, which is what the `Single` mode sends.
+fn attach_sock_ops(ebpf: &mut Ebpf, root: &Path) -> Result<(), CaptureError> {
+    const NAME: &str = "tcp_option";
+    let prog: &mut SockOps = ebpf
+        .program_mut(NAME)
+        .ok_or(CaptureError::MissingProgram(NAME))?
+        .try_into()
+        .map_err(|e| CaptureError::Program { program: NAME, source: e })?;
+    prog.load().map_err(|e| CaptureError::Program { program: NAME, source: e })?;
+    let dir =
+        std::fs::File::open(root).map_err(|e| CaptureError::Io(format!("opening {}", root.display()), e))?;
+    prog.attach(dir, CgroupAttachMode::Single)
+        .map_err(|e| CaptureError::Program { program: NAME, source: e })?;
+    Ok(())
 }
 
 /// Counters summed over CPUs, indexed by [`Counter`].
@@ -93,14 +123,28 @@ impl Capture {
                 options.ring_bytes
             )));
         }
+        // The TCP option needs the sock_ops program on the cgroup2 root (every socket of the
+        // node). Without a cgroup2 mount tracing still works; only the option is off.
+        let cgroup_root = if options.tcp_option {
+            match select::cgroup2_mount() {
+                Ok(root) => Some(root),
+                Err(e) => {
+                    warn!("trace context in TCP options is off: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
         let config = Config {
             self_tgid: std::process::id(),
             select: if matches!(options.selection, Selection::All) { SELECT_ALL } else { SELECT_WATCHED },
             payload_cap: options.payload_cap,
             port_filter: u32::from(!options.ports.is_empty()),
             fork_child_pid_offset: host.fork_child_pid_offset,
-            _pad: 0,
+            flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 },
             wakeup_bytes: options.wakeup_bytes,
+            sample_threshold: options.sample_threshold,
         };
         let cpus =
             aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
@@ -125,6 +169,21 @@ impl Capture {
                 .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
             attached += 1;
         }
+        let tcp_option = match cgroup_root {
+            Some(root) => match attach_sock_ops(&mut ebpf, &root) {
+                Ok(()) => {
+                    attached += 1;
+                    Some(root)
+                }
+                // The kernel may lack sock_ops header options (before 5.10) or refuse the
+                // attach: tracing goes on, context only travels in headers.
+                Err(e) => {
+                    warn!("trace context in TCP options is off: {e}");
+                    None
+                }
+            },
+            None => None,
+        };
         debug!("attached {attached} programs");
 
         let take =
@@ -154,7 +213,15 @@ impl Capture {
             options.payload_cap,
             options.ring_bytes / 1024
         );
-        Ok(Capture { ring, counters, watched, conns, listeners, options, attached, _ebpf: ebpf })
+        if let Some(root) = &tcp_option {
+            info!("trace context travels in TCP options (sock_ops on {})", root.display());
+        }
+        Ok(Capture { ring, counters, watched, conns, listeners, options, attached, tcp_option, _ebpf: ebpf })
+    }
+
+    /// The cgroup2 root the TCP-option program is attached to, when it is.
+    pub fn tcp_option(&self) -> Option<&Path> {
+        self.tcp_option.as_deref()
     }
 
     /// Number of attached programs.

@@ -16,9 +16,9 @@ use std::{
 
 use serde_json::{Value, json};
 use tracewire_common::{
-    CONN_FLAG_PREEXISTING, ConnEvent, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent, EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER,
-    ROLE_SERVER, SockAddr, Syscall,
+    CONN_FLAG_PREEXISTING, CTX_AMBIGUOUS, CTX_HEADER, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent,
+    Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent,
+    EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
 };
 
 use crate::{
@@ -54,7 +54,22 @@ fn addr_str(a: &SockAddr) -> String {
 }
 
 /// `ROLE_*` as text.
-pub fn role_name(role: u8) -> &'static str {
+pub fn ctx_origin_name(origin: u8) -> &'static str {
+    match origin {
+        CTX_ROOT => "root",
+        CTX_HEADER => "header",
+        CTX_TCP => "tcp",
+        CTX_THREAD => "thread",
+        CTX_AMBIGUOUS => "ambiguous",
+        _ => "none",
+    }
+}
+
+fn hex(b: &[u8]) -> String {
+    crate::correlate::span::hex(b)
+}
+
+fn role_name(role: u8) -> &'static str {
     match role {
         ROLE_SERVER => "server",
         ROLE_CLIENT => "client",
@@ -176,6 +191,15 @@ fn data_json(d: &DataEvent, payload: &[u8], clock: &Clock, show_payload: bool) -
     });
     if d.thread_ctx.generation != 0 {
         v["serving"] = json!({"fd": d.thread_ctx.fd, "gen": d.thread_ctx.generation});
+    }
+    if d.ctx.origin != CTX_NONE {
+        v["ctx"] = json!({
+            "origin": ctx_origin_name(d.ctx.origin),
+            "trace_id": hex(&d.ctx.trace_id),
+            "span_id": hex(&d.ctx.span_id),
+            "parent_id": hex(&d.ctx.parent_id),
+            "flags": d.ctx.trace_flags,
+        });
     }
     if show_payload {
         v["payload"] = Value::String(String::from_utf8_lossy(payload).into_owned());

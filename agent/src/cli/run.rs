@@ -259,6 +259,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
                 "traceparent_valid": stats.traceparent_valid, "traceparent_invalid": stats.traceparent_invalid,
                 "linked_thread": stats.linked_thread, "unlinked": stats.unlinked,
                 "paired_same_node": stats.paired_same_node,
+                "linked_tcp": stats.linked_tcp,
+                "kernel_ctx_differs": stats.kernel_ctx_differs,
                 "pending_overflow": stats.pending_overflow, "conn_table_full": stats.conn_table_full,
             },
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),

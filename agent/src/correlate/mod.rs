@@ -25,7 +25,8 @@ use crate::sampling::Sampler;
 use span::{Kind, Link, SpanRecord, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
-    ConnEvent, ConnId, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr,
+    CTX_AMBIGUOUS, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId, DIR_INGRESS, DataEvent,
+    EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
 };
 
 use crate::{
@@ -70,6 +71,12 @@ pub struct CorrelateStats {
     pub no_response: u64,
     /// Server spans joined to the client span at the other end of the same connection.
     pub paired_same_node: u64,
+    /// Server spans whose parent came in the TCP option of the peer's agent.
+    pub linked_tcp: u64,
+    /// Requests where the kernel's context and the parsed request disagreed (a header beyond
+    /// the kernel's scan window, a parent userspace could not confirm): never a guessed parent,
+    /// the span keeps the trace id its calls carried.
+    pub kernel_ctx_differs: u64,
 }
 
 /// Trace context of a span being built.
@@ -82,7 +89,11 @@ struct SpanCtx {
     flags: u8,
     trace_state: Option<String>,
     link: Link,
+    links: Vec<([u8; 16], [u8; 8])>,
 }
+
+/// Span links kept for an unlinked client span.
+const MAX_LINKS: usize = 4;
 
 #[derive(Debug)]
 struct Pending {
@@ -109,6 +120,8 @@ struct Book {
     had_http: bool,
     strikes: u8,
     ignored: bool,
+    /// The kernel span id the last request took (each turn's context serves one request).
+    kernel_span: Option<[u8; 8]>,
 }
 
 struct Conn {
@@ -200,8 +213,23 @@ fn random_nonzero<const N: usize>(rng: &mut fastrand::Rng) -> [u8; N] {
 }
 
 impl ConnSink<'_> {
+    /// The kernel's context for this message's turn, unless another request of the same turn
+    /// already took it (pipelining: one turn, several requests).
+    fn kernel_ctx(&mut self, meta: &Meta) -> Option<TraceCtx> {
+        let k = meta.kctx;
+        if k.origin == CTX_NONE || self.book.kernel_span == Some(k.span_id) {
+            return None;
+        }
+        self.book.kernel_span = Some(k.span_id);
+        Some(k)
+    }
+
     fn new_ctx(&mut self, head: &RequestHead, meta: &Meta) -> SpanCtx {
-        let span_id = random_nonzero::<8>(&mut self.g.rng);
+        let kernel = self.kernel_ctx(meta);
+        let span_id = match &kernel {
+            Some(k) => k.span_id,
+            None => random_nonzero::<8>(&mut self.g.rng),
+        };
         let values: Vec<&[u8]> = head.traceparent.iter().map(Vec::as_slice).collect();
         let incoming = match traceparent::parse_all(&values) {
             Ok(Some(tp)) => {
@@ -219,26 +247,26 @@ impl ConnSink<'_> {
             .and_then(traceparent::tracestate)
             .filter(|s| !s.is_empty());
         if self.info.role == ROLE_SERVER {
+            // Same-node pairing keeps its n-th-request order whatever decides the parent.
+            let mut paired = None;
             if incoming.is_none()
                 && let Some(key) = pair_key(self.info)
             {
-                if let Some(client) = self.g.peers.clients.get_mut(&key).and_then(VecDeque::pop_front) {
-                    self.g.stats.paired_same_node += 1;
-                    return SpanCtx {
-                        trace_id: client.trace_id,
-                        span_id,
-                        parent_id: Some(client.span_id),
-                        parent_remote: true,
-                        flags: client.flags,
-                        trace_state: client.trace_state,
-                        link: Link::None,
-                    };
+                match self.g.peers.clients.get_mut(&key).and_then(VecDeque::pop_front) {
+                    Some(client) => paired = Some(client),
+                    None => {
+                        let conn = (self.info.id.tgid, self.info.id.fd);
+                        push_bounded(self.g.peers.servers.entry(key).or_default(), (span_id, conn));
+                    }
                 }
-                let conn = (self.info.id.tgid, self.info.id.fd);
-                push_bounded(self.g.peers.servers.entry(key).or_default(), (span_id, conn));
             }
-            return match incoming {
-                Some(tp) => SpanCtx {
+            if let Some(tp) = incoming {
+                if kernel.is_some_and(|k| k.trace_id != tp.trace_id) {
+                    // The kernel missed the header (beyond its scan window): calls this request
+                    // makes went out with another trace id.
+                    self.g.stats.kernel_ctx_differs += 1;
+                }
+                return SpanCtx {
                     trace_id: tp.trace_id,
                     span_id,
                     parent_id: Some(tp.parent_id),
@@ -246,38 +274,101 @@ impl ConnSink<'_> {
                     flags: self.decide(&tp.trace_id, tp.flags),
                     trace_state,
                     link: Link::None,
-                },
-                None => self.root(span_id, Link::None),
-            };
+                    links: Vec::new(),
+                };
+            }
+            if let Some(k) = kernel.filter(|k| k.origin == CTX_TCP) {
+                self.g.stats.linked_tcp += 1;
+                if paired.as_ref().is_some_and(|c| c.span_id != k.parent_id) {
+                    self.g.stats.kernel_ctx_differs += 1;
+                }
+                return SpanCtx {
+                    trace_id: k.trace_id,
+                    span_id,
+                    parent_id: Some(k.parent_id),
+                    parent_remote: true,
+                    flags: self.decide(&k.trace_id, k.trace_flags | traceparent::FLAG_RANDOM),
+                    trace_state: None,
+                    link: Link::None,
+                    links: Vec::new(),
+                };
+            }
+            if let Some(client) = paired {
+                self.g.stats.paired_same_node += 1;
+                if kernel.is_some() {
+                    self.g.stats.kernel_ctx_differs += 1;
+                }
+                return SpanCtx {
+                    trace_id: client.trace_id,
+                    span_id,
+                    parent_id: Some(client.span_id),
+                    parent_remote: true,
+                    flags: client.flags,
+                    trace_state: client.trace_state,
+                    link: Link::None,
+                    links: Vec::new(),
+                };
+            }
+            return self.root(span_id, kernel.as_ref(), Link::None);
         }
         // Client: the serving request of this thread, if exactly one is in flight.
-        let parent = if meta.thread_ctx.generation != 0 && meta.thread_ctx.tgid == self.info.id.tgid {
-            match self.g.serving.get(&meta.thread_ctx).map(Vec::as_slice) {
-                Some([one]) => Some(Ok(one.clone())),
-                Some([_, _, ..]) => Some(Err(())),
-                _ => None,
-            }
-        } else {
-            None
-        };
-        match (incoming, parent) {
+        let candidates: Vec<&SpanCtx> =
+            if meta.thread_ctx.generation != 0 && meta.thread_ctx.tgid == self.info.id.tgid {
+                self.g.serving.get(&meta.thread_ctx).map(|v| v.iter().collect()).unwrap_or_default()
+            } else {
+                Vec::new()
+            };
+        let links = |c: &[&SpanCtx]| c.iter().take(MAX_LINKS).map(|p| (p.trace_id, p.span_id)).collect();
+        if let Some(tp) = incoming {
             // The application propagates itself: its header wins.
-            (Some(tp), parent) => {
-                let parent_id = match parent {
-                    Some(Ok(p)) if p.trace_id == tp.trace_id => p.span_id,
-                    _ => tp.parent_id,
-                };
+            let parent_id = match candidates.as_slice() {
+                [p] if p.trace_id == tp.trace_id => p.span_id,
+                _ => tp.parent_id,
+            };
+            return SpanCtx {
+                trace_id: tp.trace_id,
+                span_id,
+                parent_id: Some(parent_id),
+                parent_remote: false,
+                flags: self.decide(&tp.trace_id, tp.flags),
+                trace_state,
+                link: Link::None,
+                links: Vec::new(),
+            };
+        }
+        match (kernel, candidates.as_slice()) {
+            // The kernel linked it when the call left (and told the peer's agent so); userspace
+            // confirms from what it parsed.
+            (Some(k), [p])
+                if k.origin == CTX_THREAD && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
+            {
+                self.g.stats.linked_thread += 1;
                 SpanCtx {
-                    trace_id: tp.trace_id,
+                    trace_id: k.trace_id,
                     span_id,
-                    parent_id: Some(parent_id),
+                    parent_id: Some(p.span_id),
                     parent_remote: false,
-                    flags: self.decide(&tp.trace_id, tp.flags),
-                    trace_state,
-                    link: Link::None,
+                    flags: p.flags,
+                    trace_state: p.trace_state.clone(),
+                    link: Link::Thread,
+                    links: Vec::new(),
                 }
             }
-            (None, Some(Ok(p))) => {
+            // A new trace in the kernel, nothing served in userspace either.
+            (Some(k), []) if k.origin == CTX_ROOT => self.root(span_id, Some(&k), Link::None),
+            // Ambiguous, or the two views differ: the span keeps the trace id the call carried
+            // (its downstream is there) and no parent; the candidates become span links.
+            (Some(k), c) => {
+                if k.origin != CTX_AMBIGUOUS {
+                    self.g.stats.kernel_ctx_differs += 1;
+                }
+                let links = links(c);
+                self.g.stats.unlinked += 1;
+                let mut ctx = self.root(span_id, Some(&k), Link::Unlinked);
+                ctx.links = links;
+                ctx
+            }
+            (None, [p]) => {
                 self.g.stats.linked_thread += 1;
                 SpanCtx {
                     trace_id: p.trace_id,
@@ -287,13 +378,17 @@ impl ConnSink<'_> {
                     flags: p.flags,
                     trace_state: p.trace_state.clone(),
                     link: Link::Thread,
+                    links: Vec::new(),
                 }
             }
-            (None, Some(Err(()))) => {
+            (None, []) => self.root(span_id, None, Link::None),
+            (None, c) => {
+                let links = links(c);
                 self.g.stats.unlinked += 1;
-                self.root(span_id, Link::Unlinked)
+                let mut ctx = self.root(span_id, None, Link::Unlinked);
+                ctx.links = links;
+                ctx
             }
-            (None, None) => self.root(span_id, Link::None),
         }
     }
 
@@ -303,8 +398,12 @@ impl ConnSink<'_> {
         (flags & !traceparent::FLAG_SAMPLED) | u8::from(sampled)
     }
 
-    fn root(&mut self, span_id: [u8; 8], link: Link) -> SpanCtx {
-        let trace_id = random_nonzero::<16>(&mut self.g.rng);
+    /// A new trace: the kernel's when it minted one (calls already carried it), else a random id.
+    fn root(&mut self, span_id: [u8; 8], kernel: Option<&TraceCtx>, link: Link) -> SpanCtx {
+        let trace_id = match kernel {
+            Some(k) => k.trace_id,
+            None => random_nonzero::<16>(&mut self.g.rng),
+        };
         // The trace starts here: the head-sampling decision is made once, now.
         let sampled = self.g.sampler.sample(&trace_id, None);
         SpanCtx {
@@ -315,6 +414,7 @@ impl ConnSink<'_> {
             flags: traceparent::FLAG_RANDOM | u8::from(sampled),
             trace_state: None,
             link,
+            links: Vec::new(),
         }
     }
 
@@ -523,6 +623,7 @@ fn build_span(
         attrs.push(("tracewire.link", Value::Str("unlinked".into())));
     }
     SpanRecord {
+        links: p.ctx.links.clone(),
         trace_id: p.ctx.trace_id,
         span_id: p.ctx.span_id,
         parent_id: p.ctx.parent_id,
@@ -735,7 +836,7 @@ impl Correlator {
         };
         let end_ns = self.clock.wall_ns(d.header.ts_ns);
         let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
-        let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx };
+        let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx, kctx: d.ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
         let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
         let (this, other) = match side {

@@ -62,6 +62,9 @@ pub struct SpanRecord {
     pub attributes: Vec<(&'static str, Value)>,
     /// How a client span was linked.
     pub link: Link,
+    /// Span links: the requests an unlinked client span may have been made for (trace id,
+    /// span id), so a person can still navigate from it.
+    pub links: Vec<([u8; 16], [u8; 8])>,
 }
 
 impl SpanRecord {

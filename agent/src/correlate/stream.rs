@@ -31,6 +31,8 @@ pub struct Meta {
     pub tid: u32,
     /// For client requests: the server connection the thread was serving (see `DataEvent`).
     pub thread_ctx: tracewire_common::ConnId,
+    /// Trace context the kernel minted for the turn the message started in.
+    pub kctx: tracewire_common::TraceCtx,
 }
 
 /// What the stream reports to its connection.

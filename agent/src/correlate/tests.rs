@@ -11,8 +11,8 @@
 use std::{collections::HashMap, fmt::Write as _, fs, path::PathBuf};
 
 use tracewire_common::{
-    ConnEvent, ConnId, DIR_EGRESS, DIR_INGRESS, DataEvent, EventHeader, EventKind, ProcEvent, ROLE_CLIENT,
-    ROLE_SERVER, SockAddr, Syscall,
+    CTX_AMBIGUOUS, CTX_HEADER, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId, DIR_EGRESS, DIR_INGRESS,
+    DataEvent, EventHeader, EventKind, ProcEvent, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, TraceCtx,
 };
 
 use super::{
@@ -108,6 +108,8 @@ pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>
                     fd: f as u32,
                     generation: gens[&(pid, f as u32)],
                 });
+                let kctx =
+                    w.iter().find_map(|x| x.strip_prefix("k=")).map_or(TraceCtx::default(), kernel_ctx);
                 let ev = DataEvent {
                     header: header(EventKind::Data, ts, tid),
                     conn: ConnId { tgid: pid, fd, generation: *gens.get(&(pid, fd)).unwrap_or(&0) },
@@ -120,6 +122,7 @@ pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>
                     flags: 0,
                     role: 0,
                     _pad: [0; 3],
+                    ctx: kctx,
                 };
                 c.on_event(&Event::Data(ev, &payload));
             }
@@ -148,6 +151,33 @@ pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>
         spans.extend(c.take_spans());
     }
     (spans, c)
+}
+
+/// A kernel trace context written `origin:trace:span[:parent[:flags]]` (ids in hex; origin one of
+/// root, header, tcp, thread, ambiguous).
+fn kernel_ctx(spec: &str) -> TraceCtx {
+    let f: Vec<&str> = spec.split(':').collect();
+    let bytes = |s: &str| -> Vec<u8> {
+        (0..s.len()).step_by(2).map(|i| u8::from_str_radix(&s[i..i + 2], 16).expect("hex")).collect()
+    };
+    let mut k = TraceCtx {
+        origin: match f[0] {
+            "root" => CTX_ROOT,
+            "header" => CTX_HEADER,
+            "tcp" => CTX_TCP,
+            "thread" => CTX_THREAD,
+            "ambiguous" => CTX_AMBIGUOUS,
+            other => panic!("kernel context origin {other:?}"),
+        },
+        ..TraceCtx::default()
+    };
+    k.trace_id.copy_from_slice(&bytes(f[1]));
+    k.span_id.copy_from_slice(&bytes(f[2]));
+    if let Some(p) = f.get(3) {
+        k.parent_id.copy_from_slice(&bytes(p));
+    }
+    k.trace_flags = f.get(4).map_or(1, |x| u8::from_str_radix(x, 16).expect("hex flags"));
+    k
 }
 
 /// Renders spans with stable labels instead of random ids.
@@ -185,9 +215,19 @@ pub fn render(spans: &[SpanRecord]) -> String {
             Link::Thread => " link=thread",
             Link::Unlinked => " link=unlinked",
         };
+        let links = if s.links.is_empty() {
+            String::new()
+        } else {
+            let l: Vec<String> = s
+                .links
+                .iter()
+                .map(|(_, id)| ids.get(id).map_or_else(|| format!("ext:{}", hex(id)), |n| format!("s{n}")))
+                .collect();
+            format!(" links=[{}]", l.join(","))
+        };
         let _ = writeln!(
             out,
-            "{kind} {:?} s{} parent={parent} trace={trace} pid={} tid={} start={} end={} error={}{link}",
+            "{kind} {:?} s{} parent={parent} trace={trace} pid={} tid={} start={} end={} error={}{link}{links}",
             s.name, ids[&s.span_id], s.pid, s.tid, s.start_ns, s.end_ns, s.error
         );
         for (k, v) in &s.attributes {
@@ -220,7 +260,7 @@ fn golden_recordings() {
         let stats = c.stats();
         let _ = writeln!(
             actual,
-            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} unlinked={} no_response={} paired_same_node={}",
+            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} unlinked={} no_response={} paired_same_node={} linked_tcp={} kernel_ctx_differs={}",
             stats.spans,
             stats.invalid,
             stats.non_http_conns,
@@ -231,7 +271,9 @@ fn golden_recordings() {
             stats.linked_thread,
             stats.unlinked,
             stats.no_response,
-            stats.paired_same_node
+            stats.paired_same_node,
+            stats.linked_tcp,
+            stats.kernel_ctx_differs
         );
         let expected_path = events.with_extension("spans");
         if update {
@@ -277,6 +319,7 @@ fn random_bytes_never_panic_and_make_no_spans() {
             flags: 0,
             role: ROLE_SERVER,
             _pad: [0; 3],
+            ctx: TraceCtx::default(),
         };
         c.on_event(&Event::Data(ev, &payload));
     }
@@ -296,4 +339,21 @@ fn routes_name_spans_and_set_http_route_only_when_configured() {
     assert_eq!(spans[0].attr("http.route"), None, "a guessed route is never http.route");
     let (spans, _) = replay(&text);
     assert_eq!(spans[0].name, "GET");
+}
+
+#[test]
+fn kernel_minted_span_ids_are_the_exported_ones() {
+    let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/http1");
+    let (spans, _) = replay(&fs::read_to_string(dir.join("21_kernel_context.events")).unwrap());
+    let by_path = |pid: u32, kind: Kind| {
+        spans.iter().filter(move |s| s.pid == pid && s.kind == kind).map(|s| s.span_id).collect::<Vec<_>>()
+    };
+    // The peer's agent holds these ids: the server span's parent came from it, and the client
+    // span id went out in the option.
+    assert_eq!(by_path(100, Kind::Server), vec![[0x11; 8]]);
+    assert_eq!(by_path(100, Kind::Client), vec![[0x22; 8]]);
+    // Pipelining: the turn's id goes to the first request only.
+    let pipelined = by_path(400, Kind::Server);
+    assert_eq!(pipelined.len(), 2);
+    assert_eq!(pipelined.iter().filter(|id| **id == [0x88; 8]).count(), 1);
 }

@@ -144,7 +144,7 @@ pub mod encode {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tracewire_common::{ConnId, DIR_INGRESS, FAMILY_V4, ROLE_SERVER, SockAddr, Syscall};
+    use tracewire_common::{ConnId, DIR_INGRESS, FAMILY_V4, ROLE_SERVER, SockAddr, Syscall, TraceCtx};
 
     fn header(kind: EventKind) -> EventHeader {
         EventHeader { kind: kind as u32, cpu: 1, ts_ns: 42, pid_tgid: (7 << 32) | 8 }
@@ -163,6 +163,7 @@ mod tests {
             flags: 0,
             role: ROLE_SERVER,
             _pad: [0; 3],
+            ctx: TraceCtx::default(),
         }
     }
 

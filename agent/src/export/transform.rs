@@ -6,7 +6,7 @@ use opentelemetry_proto::tonic::{
     collector::trace::v1::ExportTraceServiceRequest,
     common::v1::{AnyValue, InstrumentationScope, KeyValue, any_value},
     resource::v1::Resource,
-    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span::SpanKind, status::StatusCode},
+    trace::v1::{ResourceSpans, ScopeSpans, Span, Status, span, span::SpanKind, status::StatusCode},
 };
 
 use crate::{
@@ -55,6 +55,17 @@ pub fn span(s: &SpanRecord) -> Span {
         start_time_unix_nano: s.start_ns,
         end_time_unix_nano: s.end_ns,
         attributes,
+        links: s
+            .links
+            .iter()
+            .map(|(trace_id, span_id)| span::Link {
+                trace_id: trace_id.to_vec(),
+                span_id: span_id.to_vec(),
+                attributes: vec![kv_str("tracewire.link", "candidate_parent")],
+                flags: FLAG_HAS_IS_REMOTE,
+                ..Default::default()
+            })
+            .collect(),
         // Never `Ok`: instrumentation leaves success Unset (the specification says so).
         status: Some(Status {
             code: if s.error { StatusCode::Error as i32 } else { StatusCode::Unset as i32 },
@@ -132,6 +143,7 @@ mod tests {
                 ("network.protocol.version", Value::Str("1.1".into())),
             ],
             link: Link::None,
+            links: Vec::new(),
         }
     }
 

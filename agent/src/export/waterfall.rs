@@ -232,6 +232,7 @@ mod tests {
             error: false,
             attributes: vec![("url.path", Value::Str(path.into()))],
             link: Link::None,
+            links: Vec::new(),
         }
     }
 

@@ -70,6 +70,19 @@ impl Sampler {
     }
 }
 
+impl Sampler {
+    /// The same decision for traces that start in the kernel: a trace is sampled when the integer
+    /// of its rightmost 7 bytes is below this.
+    pub fn root_threshold(&self) -> u64 {
+        match self {
+            Sampler::AlwaysOn => tracewire_common::SAMPLE_ALL,
+            Sampler::AlwaysOff => 0,
+            Sampler::Ratio(r) => (r * (1u64 << 56) as f64) as u64,
+            Sampler::ParentBased(root) => root.root_threshold(),
+        }
+    }
+}
+
 impl Default for Sampler {
     /// The specification's default: `parentbased_always_on`.
     fn default() -> Self {

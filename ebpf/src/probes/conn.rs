@@ -17,12 +17,14 @@ use aya_ebpf::{
     EbpfContext as _, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter,
-    EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState,
+    Counter, EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
+    fd_key,
 };
 
+use super::context::server_turn_end;
 use crate::{
-    maps::{ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, THREAD_CTX},
+    maps::{ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, TCP_RX, TCP_TX},
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
 
@@ -92,43 +94,74 @@ fn port_selected(port: u16) -> bool {
     false
 }
 
-/// Records a new connection and reports it. Not inlined and building the event in the CPU's
-/// scratch slot rather than on the stack: accept's exit would otherwise exceed the 512-byte BPF
-/// stack.
+/// What a new connection starts with.
+struct Opening {
+    local: SockAddr,
+    remote: SockAddr,
+    skaddr: u64,
+    listener_fd: u32,
+    role: u8,
+    flags: u8,
+}
+
+/// Offset in the scratch slot where the new connection's state is assembled (after the event).
+const STATE_AT: usize = 256;
+
+/// Records a new connection and reports it; returns its generation (0: not tracked). Not
+/// inlined, and the state and event are assembled in the CPU's scratch slot rather than on the
+/// stack: accept's exit would otherwise exceed the 512-byte BPF stack.
 #[inline(never)]
-fn open_conn(id: u64, fd: u32, state: &mut ConnState, flags: u8, listener_fd: u32) {
+fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     let cfg = config();
     let tgid = (id >> 32) as u32;
     let ts = now();
-    state.generation = ts;
-    if CONNS.insert(fd_key(tgid, fd), *state, 0).is_err() {
-        count(Counter::ConnMapFull);
-        return;
-    }
     // SAFETY: helper without arguments.
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
     let Some(slot) = SCRATCH.get_ptr_mut(cpu) else {
         count(Counter::ScratchMissing);
-        return;
+        return 0;
     };
-    // SAFETY: this CPU's scratch slot (see probes::data), large enough for a ConnEvent.
+    // SAFETY: this CPU's scratch slot (see probes::data), large enough for a ConnEvent followed
+    // by a ConnState at STATE_AT.
     let buf = unsafe { &mut *slot };
+    let st = unsafe { buf.as_mut_ptr().add(STATE_AT) } as *mut u64;
+    let mut i = 0;
+    while i < core::mem::size_of::<ConnState>() / 8 {
+        // SAFETY: in bounds as above.
+        unsafe { *st.add(i) = 0 };
+        i += 1;
+    }
+    let state = st as *mut ConnState;
+    // SAFETY: in bounds and 8-aligned (map values are); zeroed above, so every field is valid.
+    let state = unsafe {
+        (*state).generation = ts;
+        (*state).role = o.role;
+        (*state).local = o.local;
+        (*state).remote = o.remote;
+        (*state).skaddr = o.skaddr;
+        &*state
+    };
+    if CONNS.insert(fd_key(tgid, fd), state, 0).is_err() {
+        count(Counter::ConnMapFull);
+        return 0;
+    }
     let ev = buf.as_mut_ptr() as *mut ConnEvent;
-    // SAFETY: in bounds (SCRATCH_BYTES > size_of::<ConnEvent>()); unaligned writes.
+    // SAFETY: in bounds (STATE_AT > size_of::<ConnEvent>()); unaligned writes.
     unsafe {
         core::ptr::write_unaligned(
             core::ptr::addr_of_mut!((*ev).header),
             header(EventKind::ConnOpen as u32, id, ts),
         );
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).conn), ConnId { tgid, fd, generation: ts });
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).role), state.role);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).flags), flags);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).role), o.role);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).flags), o.flags);
         core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev)._pad), [0u8; 2]);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).listener_fd), listener_fd);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).local), state.local);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).remote), state.remote);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).listener_fd), o.listener_fd);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).local), o.local);
+        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).remote), o.remote);
     }
     emit_bytes(&cfg, buf, core::mem::size_of::<ConnEvent>());
+    ts
 }
 
 /// Reports a tracked connection's current state as a `kind` event (close, learned addresses).
@@ -252,8 +285,8 @@ fn accept_exit(ctx: &TracePointContext, syscall: Syscall) {
     if is_unspecified(&local) || local.port == 0 || remote.family == 0 {
         flags |= CONN_FLAG_LOCAL_PARTIAL;
     }
-    let mut state = ConnState { role: ROLE_SERVER, local, remote, ..ConnState::default() };
-    open_conn(id, new_fd as u32, &mut state, flags, call.fd);
+    let o = Opening { local, remote, skaddr: 0, listener_fd: call.fd, role: ROLE_SERVER, flags };
+    open_conn(id, new_fd as u32, &o);
 }
 
 /// The listener behind `fd` in `tgid`, or in the process it was forked from (pre-fork servers:
@@ -421,13 +454,19 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
     if !port_selected(call.addr.port) {
         return 0;
     }
-    let mut state =
-        ConnState { role: ROLE_CLIENT, local: call.local, remote: call.addr, ..ConnState::default() };
-    open_conn(id, call.fd, &mut state, 0, 0);
-    if state.local.port == 0 && state.generation != 0 {
+    let o = Opening {
+        local: call.local,
+        remote: call.addr,
+        skaddr: call.ptr,
+        listener_fd: 0,
+        role: ROLE_CLIENT,
+        flags: 0,
+    };
+    let generation = open_conn(id, call.fd, &o);
+    if o.local.port == 0 && generation != 0 {
         // The handshake has not completed yet: its ESTABLISHED transition fills the port in.
         let key = fd_key((id >> 32) as u32, call.fd);
-        let _ = CONNECTING.insert(call.ptr, [key, state.generation], 0);
+        let _ = CONNECTING.insert(call.ptr, [key, generation], 0);
     }
     0
 }
@@ -447,23 +486,38 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let _ = LISTENERS.remove(key);
     let _ = BINDS.remove(key);
     // SAFETY: copied before removal.
-    let Some(state) = (unsafe { CONNS.get(key) }).copied() else {
+    let Some(mut state) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;
     };
     let _ = CONNS.remove(key);
     if state.role == ROLE_SERVER {
-        // The thread no longer serves this connection.
-        let tid = id as u32;
-        // SAFETY: copied.
-        if let Some(t) = unsafe { THREAD_CTX.get(tid) }
-            && t.conn.fd == fd
-            && t.conn.generation == state.generation
-        {
-            let _ = THREAD_CTX.remove(tid);
-        }
+        // A request read and never answered is over: its thread serves it no more.
+        let id = ConnId { tgid, fd, generation: state.generation };
+        server_turn_end(&mut state, &id);
+    }
+    if state.skaddr != 0 {
+        let _ = TCP_TX.remove(state.skaddr);
+        let _ = TCP_RX.remove(state.skaddr);
     }
     emit_state(EventKind::ConnClose, id, tgid, fd, &state);
     0
+}
+
+/// A context the peer's agent sent in the TCP option of this request's segments (parsed by
+/// `tcpopt` in softirq context, keyed by socket) moves to the connection, for the read that
+/// starts the request.
+#[inline(always)]
+fn take_tcp_ctx(state: &mut ConnState, skaddr: u64) {
+    // SAFETY: copied out of the map.
+    let Some(entry) = (unsafe { TCP_RX.get(skaddr) }).copied() else {
+        return;
+    };
+    let _ = TCP_RX.remove(skaddr);
+    // A socket address reused by a new connection must not inherit an old option.
+    if entry.local_port == state.local.port as u32 {
+        state.rx = entry.ctx;
+        state.rx_valid = 1;
+    }
 }
 
 // --- addresses learned on first read --------------------------------------------------------
@@ -491,9 +545,22 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
-    if state.remote.family != 0 && state.local.port != 0 && !is_unspecified(&state.local) {
-        return 0;
+    let p = ctx.as_ptr() as *const u8;
+    // SAFETY: constant offset inside the tracepoint record.
+    let skaddr = unsafe { *(p.add(8) as *const u64) };
+    state.skaddr = skaddr;
+    if state.remote.family == 0 || state.local.port == 0 || is_unspecified(&state.local) {
+        fill_addrs(&ctx, id, tgid, fd, state);
     }
+    if config().flags & CFG_TCP_OPTION != 0 && state.role == ROLE_SERVER {
+        take_tcp_ctx(state, skaddr);
+    }
+    0
+}
+
+/// Completes a connection's addresses from a `tcp:tcp_rcv_space_adjust` record, once.
+#[inline(always)]
+fn fill_addrs(ctx: &TracePointContext, id: u64, tgid: u32, fd: u32, state: &mut ConnState) {
     let p = ctx.as_ptr() as *const u8;
     // SAFETY: constant offsets inside the tracepoint record.
     let (sport, dport, family) =
@@ -513,5 +580,4 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     state.local = local;
     state.remote = remote;
     emit_state(EventKind::ConnAddr, id, tgid, fd, state);
-    0
 }

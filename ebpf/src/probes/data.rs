@@ -10,8 +10,9 @@
 //! content, and the response still ends at the right time. recvmmsg/sendmmsg on a tracked
 //! connection are counted as not captured (TCP applications practically never use them).
 //!
-//! Thread context: a read on a server connection marks the thread as serving that connection; a
-//! write on it clears the mark (generation 0). Data on client connections carries the mark, which is how
+//! Thread context: the first read of a request on a server connection marks the thread as serving
+//! that request; the response clears the mark (generation 0). Data on client connections carries
+//! the mark, and every event carries its turn's trace context (see `context`), which is how
 //! userspace links outgoing calls to the request that caused them.
 use aya_ebpf::{
     helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
@@ -21,9 +22,10 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, ConnId, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED,
     DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER,
-    SockAddr, Syscall, ThreadCtx, fd_key,
+    SockAddr, Syscall, fd_key,
 };
 
+use super::context::{client_turn, server_turn, server_turn_end};
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
     util::{add, arg, config, count, emit_bytes, header, now, ret, watched},
@@ -32,15 +34,22 @@ use crate::{
 const HDR: usize = core::mem::size_of::<DataEvent>();
 
 #[inline(always)]
-fn enter(fd: u64, syscall: Syscall, ptr: u64, count_arg: u32) {
+fn enter(fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8) {
     let cfg = config();
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if !watched(&cfg, tgid) {
         return;
     }
-    if !CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some() {
+    let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd as u32)) else {
         return;
+    };
+    if direction == DIR_EGRESS {
+        // SAFETY: map value pointer, valid for this run.
+        let state = unsafe { &mut *conn };
+        if state.role == ROLE_CLIENT && state.turn != DIR_EGRESS {
+            client_turn(id, state);
+        }
     }
     let call = ActiveCall {
         ptr,
@@ -91,11 +100,11 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
     }
     let moved = r as u64;
     let tgid = (id >> 32) as u32;
-    let Some(conn) = CONNS.get_ptr(fd_key(tgid, call.fd)) else {
+    let Some(conn_ptr) = CONNS.get_ptr_mut(fd_key(tgid, call.fd)) else {
         return; // closed by another thread meanwhile
     };
-    // SAFETY: map value pointer, copied.
-    let conn = unsafe { *conn };
+    // SAFETY: map value pointer, valid for this run.
+    let conn = unsafe { &mut *conn_ptr };
     let cfg = config();
     // SAFETY: helper without arguments.
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
@@ -110,23 +119,10 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
 
     let tid = id as u32;
     let mut thread_ctx = ConnId::default();
-    if conn.role == ROLE_SERVER {
-        // Updated in place: a thread serving one request after another keeps its entry, and
-        // an insert/delete pair per request would cost far more than a store.
-        match THREAD_CTX.get_ptr_mut(tid) {
-            // SAFETY: map value pointer, valid for this run.
-            Some(t) if direction == DIR_INGRESS => unsafe {
-                (*t).conn = conn_id;
-                (*t).since_ns = call.enter_ns;
-            },
-            // SAFETY: as above. Generation 0 means "serving nothing".
-            Some(t) => unsafe { (*t).conn.generation = 0 },
-            None if direction == DIR_INGRESS => {
-                let _ = THREAD_CTX.insert(tid, ThreadCtx { conn: conn_id, since_ns: call.enter_ns }, 0);
-            }
-            None => {}
+    if conn.role == ROLE_CLIENT {
+        if direction == DIR_INGRESS {
+            conn.turn = DIR_INGRESS;
         }
-    } else if conn.role == ROLE_CLIENT {
         // SAFETY: copied.
         if let Some(t) = unsafe { THREAD_CTX.get(tid) }
             && t.conn.tgid == tgid
@@ -134,6 +130,8 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
         {
             thread_ctx = t.conn;
         }
+    } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {
+        server_turn_end(conn, &conn_id);
     }
 
     let mut cap = cfg.payload_cap as u64;
@@ -167,7 +165,6 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
         count(Counter::CopyFailed);
     }
     add(Counter::PayloadBytes, captured);
-
     let ev = DataEvent {
         header: header(EventKind::Data as u32, id, now()),
         conn: conn_id,
@@ -180,10 +177,24 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
         flags,
         role: conn.role,
         _pad: [0; 3],
+        ctx: conn.ctx,
     };
+    let at = buf.as_mut_ptr() as *mut DataEvent;
     // SAFETY: the scratch buffer starts with room for a DataEvent (SCRATCH_BYTES >= HDR).
-    unsafe { core::ptr::write_unaligned(buf.as_mut_ptr() as *mut DataEvent, ev) };
-    let total = HDR + (captured as usize & (MAX_PAYLOAD * 2 - 1));
+    unsafe { core::ptr::write_unaligned(at, ev) };
+    if conn.role == ROLE_SERVER && direction == DIR_INGRESS && conn.turn != DIR_INGRESS {
+        // Everything that differs between the ways through the copy above is now in map memory,
+        // which the verifier does not track: it verifies the turn once, not once per way.
+        // SAFETY: in bounds as above; the payload starts right after the header.
+        unsafe {
+            let n = core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) as u64;
+            server_turn(id, conn, call.fd, buf.as_mut_ptr().add(HDR), n);
+            core::ptr::write_unaligned(core::ptr::addr_of_mut!((*at).ctx), conn.ctx);
+        }
+    }
+    // SAFETY: in bounds as above.
+    let captured = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) } as usize;
+    let total = HDR + (captured & (MAX_PAYLOAD * 2 - 1));
     emit_bytes(&cfg, buf, total);
 }
 
@@ -256,7 +267,7 @@ macro_rules! data_hooks {
         #[tracepoint]
         pub fn $enter(ctx: TracePointContext) -> u32 {
             let cnt = if $cnt_arg > 0 { arg(&ctx, $cnt_arg) as u32 } else { 0 };
-            enter(arg(&ctx, 0), $sys, arg(&ctx, $ptr_arg), cnt);
+            enter(arg(&ctx, 0), $sys, arg(&ctx, $ptr_arg), cnt, $dir);
             0
         }
 
@@ -284,7 +295,7 @@ data_hooks!(sys_enter_sendmsg, sys_exit_sendmsg, Syscall::Sendmsg, DIR_EGRESS, L
 // sendfile64(out_fd, in_fd, offset, count): bytes only.
 #[tracepoint]
 pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter(arg(&ctx, 0), Syscall::Sendfile, 0, 0);
+    enter(arg(&ctx, 0), Syscall::Sendfile, 0, 0, DIR_EGRESS);
     0
 }
 

@@ -1,5 +1,8 @@
-//! Hook families: connection lifecycle (`conn`), bytes on connections (`data`), processes
+//! Hook families: connection lifecycle (`conn`), bytes on connections (`data`), the trace
+//! context of each request (`context`), its propagation in TCP options (`tcpopt`), processes
 //! (`proc`).
 mod conn;
+mod context;
 mod data;
 mod proc;
+mod tcpopt;

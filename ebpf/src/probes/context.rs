@@ -1,0 +1,303 @@
+//! Trace context, minted where a request starts.
+//!
+//! A connection alternates turns: a server reads a request then writes its response; a client
+//! writes a request then reads its response. The first bytes of a turn start a request, and that
+//! is where its context is decided, in the kernel, so that the span id a client writes into the
+//! TCP option (see `tcpopt`) is the one userspace later exports, and the node at the other end
+//! makes its server span that span's child.
+//!
+//! - **Server turn** (first read after a write): the request's own `traceparent` header wins
+//!   (found by a bounded scan of the first bytes read); else the context the peer's agent sent in
+//!   the TCP option; else a new trace, sampled by the configured ratio. The reading thread now
+//!   serves this request.
+//! - **Client turn** (first write after a read): a child of the request the thread serves when it
+//!   serves exactly one; a new trace flagged ambiguous when it has several open (an event loop
+//!   interleaving requests: the parent is never guessed); else a new trace.
+use aya_ebpf::helpers::bpf_get_prandom_u32;
+use tracewire_common::{
+    CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_HEADER, CTX_ROOT, CTX_TCP, CTX_THREAD, Config, ConnId, ConnState,
+    Counter, DIR_EGRESS, DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx,
+};
+
+use crate::{
+    maps::{TCP_TX, THREAD_CTX},
+    util::{config, count},
+};
+
+#[inline(always)]
+fn rand64() -> u64 {
+    // SAFETY: helpers without arguments.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    ((a as u64) << 32) | b as u64
+}
+
+/// A new trace id; the sampled flag follows from it (the rightmost 7 bytes, as userspace's ratio
+/// sampler and OpenTelemetry's do).
+#[inline(always)]
+fn new_trace(cfg: &Config, ctx: &mut TraceCtx) {
+    // The top bit keeps the id non-zero without touching the 56 random bits sampling reads.
+    let hi = rand64() | (1 << 63);
+    let lo = rand64();
+    ctx.trace_id[..8].copy_from_slice(&hi.to_be_bytes());
+    ctx.trace_id[8..].copy_from_slice(&lo.to_be_bytes());
+    let sampled = (lo & ((1 << 56) - 1)) < cfg.sample_threshold;
+    ctx.trace_flags = sampled as u8;
+}
+
+/// A new span id, never zero.
+#[inline(always)]
+fn new_span() -> [u8; 8] {
+    (rand64() | 0x100).to_be_bytes()
+}
+
+/// The first write of a request on a client connection (called at syscall entry: the segments
+/// leave during the call, and they must carry the option).
+#[inline(never)]
+pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
+    let cfg = &config();
+    let tgid = (pid_tgid >> 32) as u32;
+    let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
+    // SAFETY: copied out of the map.
+    match unsafe { THREAD_CTX.get(pid_tgid as u32) }.copied() {
+        Some(t) if t.conn.tgid == tgid && t.conn.generation != 0 && t.open == 1 => {
+            ctx.trace_id = t.trace_id;
+            ctx.parent_id = t.span_id;
+            ctx.trace_flags = t.trace_flags;
+            ctx.origin = CTX_THREAD;
+        }
+        Some(t) if t.conn.tgid == tgid && t.open > 0 => {
+            new_trace(cfg, &mut ctx);
+            ctx.origin = CTX_AMBIGUOUS;
+        }
+        _ => {
+            new_trace(cfg, &mut ctx);
+            ctx.origin = CTX_ROOT;
+        }
+    }
+    // The option has one flag bit to spare: the span id's lowest.
+    ctx.span_id[7] = (ctx.span_id[7] & !1) | (ctx.trace_flags & 1);
+    state.ctx = ctx;
+    state.turn = DIR_EGRESS;
+    if cfg.flags & CFG_TCP_OPTION != 0 && state.skaddr != 0 {
+        let entry = TcpCtxEntry {
+            ctx: TcpCtx { trace_id: ctx.trace_id, span_id: ctx.span_id },
+            local_port: state.local.port as u32,
+            _pad: 0,
+        };
+        let _ = TCP_TX.insert(state.skaddr, entry, 0);
+    }
+}
+
+/// The first read of a request on a server connection `fd`. `head` points at the bytes read
+/// (`n` of them were copied).
+#[inline(never)]
+pub fn server_turn(pid_tgid: u64, state: &mut ConnState, fd: u32, head: *mut u8, n: u64) {
+    let cfg = &config();
+    let conn = &ConnId { tgid: (pid_tgid >> 32) as u32, fd, generation: state.generation };
+    let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
+    if find_traceparent(head, n, &mut ctx) {
+        ctx.origin = CTX_HEADER;
+        count(Counter::CtxHeader);
+    } else if state.rx_valid != 0 {
+        ctx.trace_id = state.rx.trace_id;
+        ctx.parent_id = state.rx.span_id;
+        ctx.trace_flags = state.rx.span_id[7] & 1;
+        ctx.origin = CTX_TCP;
+        count(Counter::TcpOptUsed);
+    } else {
+        new_trace(cfg, &mut ctx);
+        ctx.origin = CTX_ROOT;
+    }
+    state.rx_valid = 0;
+    state.ctx = ctx;
+    state.turn = DIR_INGRESS;
+    let tid = pid_tgid as u32;
+    state.turn_tid = tid;
+    match THREAD_CTX.get_ptr_mut(tid) {
+        // SAFETY: map value pointer, valid for this run. Updated in place: a thread serving one
+        // request after another keeps its entry.
+        Some(t) => unsafe {
+            (*t).conn = *conn;
+            (*t).trace_id = ctx.trace_id;
+            (*t).span_id = ctx.span_id;
+            (*t).trace_flags = ctx.trace_flags;
+            if (*t).open < u8::MAX {
+                (*t).open += 1;
+            }
+        },
+        None => {
+            let t = ThreadCtx {
+                conn: *conn,
+                trace_id: ctx.trace_id,
+                span_id: ctx.span_id,
+                trace_flags: ctx.trace_flags,
+                open: 1,
+                ..ThreadCtx::default()
+            };
+            let _ = THREAD_CTX.insert(tid, t, 0);
+        }
+    }
+}
+
+/// The request of a server turn is over (its response is being written, or the connection
+/// closed): the thread that read it serves it no more.
+#[inline(always)]
+pub fn server_turn_end(state: &mut ConnState, conn: &ConnId) {
+    if state.turn == DIR_INGRESS
+        && let Some(t) = THREAD_CTX.get_ptr_mut(state.turn_tid)
+    {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            if (*t).open > 0 {
+                (*t).open -= 1;
+            }
+            if (*t).conn == *conn {
+                (*t).conn.generation = 0;
+            }
+        }
+    }
+    state.turn = DIR_EGRESS;
+    state.rx_valid = 0;
+}
+
+/// Bytes of a request head searched for `traceparent`.
+const SCAN_BYTES: u64 = 1024;
+/// Offsets into the scratch buffer are masked with this (it has room for mask + 64 more bytes).
+const MASK: u64 = 2047;
+const ONES: u64 = 0x0101_0101_0101_0101;
+const HIGHS: u64 = 0x8080_8080_8080_8080;
+const LOWER: u64 = 0x2020_2020_2020_2020;
+
+#[inline(always)]
+fn load64(base: *mut u8, off: u64) -> u64 {
+    // SAFETY: the offset is masked into the scratch buffer (see MASK).
+    unsafe { core::ptr::read_unaligned(base.add((off & MASK) as usize) as *const u64) }
+}
+
+#[inline(always)]
+fn byte(base: *mut u8, off: u64) -> u8 {
+    // SAFETY: as for load64.
+    unsafe { *base.add((off & MASK) as usize) }
+}
+
+/// `v`, as a value the verifier knows nothing about. The verifier walks every path with the
+/// values it can track and gives up at a million instructions; where many paths differ only in
+/// such a value, a round trip through map memory (which it does not track) merges them. The 8
+/// bytes before the payload are the event header's last field, written after this.
+#[inline(always)]
+fn opaque(head: *mut u8, v: u64) -> u64 {
+    // SAFETY: `head` is HDR bytes into the scratch slot, so head - 8 is inside it.
+    unsafe {
+        let slot = head.sub(8) as *mut u64;
+        core::ptr::write_volatile(slot, v);
+        core::ptr::read_volatile(slot)
+    }
+}
+
+/// Bytes of `x` equal to zero, as their high bits (exact for the lowest one).
+#[inline(always)]
+fn zero_bytes(x: u64) -> u64 {
+    x.wrapping_sub(ONES) & !x & HIGHS
+}
+
+/// Lowercase hex digit value, or 16 when not one (W3C: lowercase only).
+#[inline(always)]
+fn hex(c: u8) -> u8 {
+    match c {
+        b'0'..=b'9' => c - b'0',
+        b'a'..=b'f' => c - b'a' + 10,
+        _ => 16,
+    }
+}
+
+/// Decodes `N` bytes of lowercase hex at `off`.
+#[inline(always)]
+fn hex_bytes<const N: usize>(base: *mut u8, off: u64, out: &mut [u8; N]) -> bool {
+    let mut any = 0u8;
+    let mut i = 0;
+    while i < N {
+        let hi = hex(byte(base, off + 2 * i as u64));
+        let lo = hex(byte(base, off + 2 * i as u64 + 1));
+        if hi > 15 || lo > 15 {
+            return false;
+        }
+        out[i] = (hi << 4) | lo;
+        any |= out[i];
+        i += 1;
+    }
+    any != 0
+}
+
+/// Looks for `traceparent: 00-<trace id>-<parent id>-<flags>` in the first bytes of a request
+/// head, eight bytes per step: a line start followed by `t`/`T` is found with word-wide
+/// arithmetic, then the name and value are checked. One header per request is the common case;
+/// userspace parses the whole head and counts any disagreement.
+#[inline(always)]
+fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> bool {
+    // Callers reach here with many different known lengths (one per way through the iovec
+    // copy); opaque, the scan is verified once.
+    let n = opaque(head, n);
+    let limit = if n < SCAN_BYTES { n } else { SCAN_BYTES };
+    let name = u64::from_le_bytes(*b"tracepar");
+    let name_end = u32::from_le_bytes(*b"ent:") as u64;
+    let mut at: u64 = 0;
+    let mut off: u64 = 0;
+    while off < SCAN_BYTES {
+        if off + 9 > limit {
+            break;
+        }
+        // Positions holding '\n' whose next byte is 't' or 'T'.
+        let nl = zero_bytes(load64(head, off) ^ (ONES * b'\n' as u64));
+        let t = zero_bytes((load64(head, off + 1) | LOWER) ^ (ONES * b't' as u64));
+        let m = nl & t;
+        if m != 0 {
+            // Index of the lowest marked byte: its bit is 8k+7; a multiply collects k.
+            let k = ((m & m.wrapping_neg()) >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56;
+            let p = off + k + 1;
+            let rest = load64(head, p + 8) & 0xffff_ffff;
+            if (load64(head, p) | LOWER) == name && (rest | 0x2020_2020) == name_end {
+                at = p + 12;
+                break;
+            }
+        }
+        off += 8;
+    }
+    if at == 0 {
+        return false;
+    }
+    // Each way out of the loop leaves a different known value here: made opaque, the rest is
+    // verified once.
+    let at = opaque(head, at) & MASK;
+    // Optional whitespace, then version "00" (or a later one: its first 55 bytes read the same).
+    let mut v = at;
+    if byte(head, v) == b' ' || byte(head, v) == b'\t' {
+        v += 1;
+    }
+    if byte(head, v) == b' ' || byte(head, v) == b'\t' {
+        v += 1;
+    }
+    if v + 55 > limit {
+        return false;
+    }
+    let version = (hex(byte(head, v)), hex(byte(head, v + 1)));
+    if version.0 > 15 || version.1 > 15 || version == (15, 15) {
+        return false;
+    }
+    if byte(head, v + 2) != b'-' || byte(head, v + 35) != b'-' || byte(head, v + 52) != b'-' {
+        return false;
+    }
+    let mut trace = [0u8; 16];
+    let mut parent = [0u8; 8];
+    let mut flags = [0u8; 1];
+    if !hex_bytes(head, v + 3, &mut trace) || !hex_bytes(head, v + 36, &mut parent) {
+        return false;
+    }
+    let _ = hex_bytes(head, v + 53, &mut flags);
+    if hex(byte(head, v + 53)) > 15 || hex(byte(head, v + 54)) > 15 {
+        return false;
+    }
+    ctx.trace_id = trace;
+    ctx.parent_id = parent;
+    ctx.trace_flags = flags[0];
+    true
+}

@@ -1,0 +1,49 @@
+"""One hop of a service chain for tracewire's tests (uninstrumented, thread per connection).
+
+GET /hop/<id> calls GET <next>/hop/<id> when a next hop is given, then answers "ok <id>". The id
+travels in the path, so a test can check every span's parent against it. Prints "port N" once
+listening. Usage: hop.py HOST PORT [NEXT_URL]
+"""
+import sys
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    next_url = None
+
+    def do_GET(self):
+        rid = self.path.rsplit("/", 1)[-1]
+        status = 200
+        if self.next_url:
+            try:
+                with urllib.request.urlopen(f"{self.next_url}/hop/{rid}", timeout=10) as r:
+                    r.read()
+            except Exception:
+                status = 502
+        body = f"ok {rid}\n".encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def log_message(self, *args):
+        pass
+
+
+class Server(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 256
+
+
+def main():
+    host, port = sys.argv[1], int(sys.argv[2])
+    Handler.next_url = sys.argv[3] if len(sys.argv) > 3 else None
+    server = Server((host, port), Handler)
+    print(f"port {server.server_address[1]}", flush=True)
+    server.serve_forever()
+
+
+if __name__ == "__main__":
+    main()
