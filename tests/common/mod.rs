@@ -132,6 +132,62 @@ impl Drop for Agent {
     }
 }
 
+/// A running `tracewire run` exporting to `endpoint`.
+pub struct RunAgent {
+    child: Child,
+    stderr: mpsc::Receiver<String>,
+}
+
+impl RunAgent {
+    pub fn start(endpoint: &str, args: &[&str]) -> RunAgent {
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+            .args(["run", "--print", "none", "--status-interval", "0", "--otlp-endpoint", endpoint])
+            .args(if args.contains(&"--otlp-protocol") { &[][..] } else { &["--otlp-protocol", "grpc"][..] })
+            .args(args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn tracewire run");
+        let (tx, rx) = mpsc::channel();
+        let err = child.stderr.take().unwrap();
+        std::thread::spawn(move || {
+            for l in BufReader::new(err).lines().map_while(Result::ok) {
+                let _ = tx.send(l);
+            }
+        });
+        let deadline = Instant::now() + READY_TIMEOUT;
+        loop {
+            let line =
+                rx.recv_timeout(deadline.saturating_duration_since(Instant::now())).expect("agent ready");
+            if line.contains("tracing with") {
+                break;
+            }
+        }
+        RunAgent { child, stderr: rx }
+    }
+
+    /// SIGINT, wait, and return the summary it printed.
+    pub fn stop(mut self) -> Value {
+        // SAFETY: signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let status = self.child.wait().unwrap();
+        let lines: Vec<String> = self.stderr.try_iter().collect();
+        assert!(status.success(), "tracewire run failed: {}", lines.join("\n"));
+        let summary = lines
+            .iter()
+            .find_map(|l| l.strip_prefix("tracewire: summary "))
+            .unwrap_or_else(|| panic!("no summary in {lines:?}"));
+        serde_json::from_str(summary).unwrap()
+    }
+}
+
+impl Drop for RunAgent {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A peer process speaking a line protocol on stdin/stdout.
 pub struct Peer {
     child: Child,
@@ -244,6 +300,11 @@ pub fn free_port() -> u16 {
 /// Writes `dir/nginx.conf` for a single-worker nginx on 127.0.0.1:`port` whose server block
 /// holds `server_body`; with `access_log`, requests are logged to `dir/access.log`.
 pub fn nginx_conf(dir: &std::path::Path, port: u16, access_log: bool, server_body: &str) -> PathBuf {
+    nginx_conf_on(dir, &format!("127.0.0.1:{port}"), access_log, server_body)
+}
+
+/// As [`nginx_conf`], listening on `listen` (address:port).
+pub fn nginx_conf_on(dir: &std::path::Path, listen: &str, access_log: bool, server_body: &str) -> PathBuf {
     let d = dir.display();
     let log = if access_log { format!("{d}/access.log") } else { "off".to_string() };
     let conf = dir.join("nginx.conf");
@@ -254,7 +315,7 @@ pub fn nginx_conf(dir: &std::path::Path, port: u16, access_log: bool, server_bod
              error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
              http {{ access_log {log}; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; {server_body} }} }}\n"
+             server {{ listen {listen}; {server_body} }} }}\n"
         ),
     )
     .expect("write nginx.conf");

@@ -66,6 +66,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("bpftool", "bpftool"),
     ("curl", "curl"),
     ("ip", "iproute2"),
+    ("iptables", "iptables"),
     ("setpriv", "util-linux"),
     ("node", "nodejs"),
     ("java", "openjdk-17-jdk-headless"),

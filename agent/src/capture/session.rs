@@ -284,6 +284,22 @@ impl Session {
     /// listener for the next accepts, apply the port filter. Returns whether to keep it.
     fn verify(&mut self, c: &mut ConnEvent) -> Result<bool, CaptureError> {
         let (tgid, fd, lfd) = (c.conn.tgid, c.conn.fd, c.listener_fd);
+        if c.remote.family != 0 {
+            // accept() returned an inet peer address: a stream socket from an inet listener,
+            // so TCP. Trust the kernel's view rather than the fd, which the process may have
+            // closed and reused by the time this event is read. The listener is learned once.
+            c.flags &= !CONN_FLAG_UNVERIFIED;
+            if let Ok(Some((listen_addr, _))) = resolve::tcp_socket(tgid, lfd) {
+                self.capture.insert_listener(tgid, lfd, listen_addr)?;
+                let ports = &self.capture.options().ports;
+                if !ports.is_empty() && !ports.contains(&listen_addr.port) {
+                    self.stats.port_filtered += 1;
+                    self.capture.remove_conn(tgid, fd);
+                    return Ok(false);
+                }
+            }
+            return Ok(true);
+        }
         match resolve::tcp_socket(tgid, fd) {
             Ok(Some((local, remote))) => {
                 c.local = local;

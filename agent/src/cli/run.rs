@@ -265,6 +265,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             },
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
+            "data_unknown_conn": session.stats().data_unknown_conn,
             "own_connections_skipped": own.skipped,
         })
     );
