@@ -328,3 +328,76 @@ fn head_sampling_is_decided_at_the_root_and_follows_the_parent() {
     assert_eq!(summary["sampled_out"], 5, "{summary}");
     assert_eq!(summary["spans"], 7, "{summary}");
 }
+
+/// A hop of tests/peers/hop.py on 127.0.0.1: (peer, port).
+fn python_hop(name: &str, next: Option<&str>) -> (Peer, u16) {
+    let port = free_port();
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("tests/peers/hop.py")).args(["127.0.0.1", &port.to_string()]);
+    cmd.args(next).env("OTEL_SERVICE_NAME", name);
+    let mut p = Peer::spawn(&mut cmd);
+    p.expect("port ");
+    (p, port)
+}
+
+#[test]
+fn an_sdk_instrumented_service_and_the_agent_make_one_trace() {
+    let _g = serial();
+    require_root();
+    let rx = HttpReceiver::start(vec![]);
+    let (leaf, leaf_port) = python_hop("leaf", None);
+    let (mid, mid_port) = python_hop("middle", Some(&format!("http://127.0.0.1:{leaf_port}")));
+    // The gateway runs the official OpenTelemetry SDK and propagates traceparent itself; the
+    // agent traces the two uninstrumented services behind it.
+    let mut gw = Peer::python("sdk_gateway.py", &[&rx.url(), &format!("http://127.0.0.1:{mid_port}")]);
+    let gw_port: u16 = gw.expect("port ")[5..].trim().parse().unwrap();
+    let agent = RunAgent::start(
+        &rx.url(),
+        &[
+            "--otlp-protocol",
+            "http/protobuf",
+            "--pid",
+            &mid.pid().to_string(),
+            "--pid",
+            &leaf.pid().to_string(),
+        ],
+    );
+    let ids = ["sdk1", "sdk2", "sdk3"];
+    for id in ids {
+        curl(&format!("http://127.0.0.1:{gw_port}/hop/{id}"), &[]);
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    for id in ids {
+        let mine: Vec<&(String, opentelemetry_proto::tonic::trace::v1::Span)> = spans
+            .iter()
+            .filter(|(_, s)| {
+                s.name.ends_with(&format!("/hop/{id}"))
+                    || attr_str(s, "url.path").is_some_and(|p| p.ends_with(&format!("/hop/{id}")))
+                    || attr_str(s, "url.full").is_some_and(|p| p.ends_with(&format!("/hop/{id}")))
+            })
+            .collect();
+        let desc: Vec<String> =
+            mine.iter().map(|(svc, s)| format!("{svc} {} kind={}", s.name, s.kind)).collect();
+        assert_eq!(mine.len(), 5, "{id}: 2 SDK spans, 3 agent spans: {desc:#?}\n{summary}");
+        let trace = &mine[0].1.trace_id;
+        assert!(mine.iter().all(|(_, s)| &s.trace_id == trace), "{id}: one trace: {desc:#?}");
+        let find = |svc: &str, kind: i32| {
+            mine.iter()
+                .find(|(s, sp)| s == svc && sp.kind == kind)
+                .map(|(_, sp)| sp)
+                .unwrap_or_else(|| panic!("{id}: no {svc} span of kind {kind}: {desc:#?}"))
+        };
+        let (sdk_server, sdk_client) = (find("sdk-gateway", 2), find("sdk-gateway", 3));
+        let (mid_server, mid_client, leaf_server) = (find("middle", 2), find("middle", 3), find("leaf", 2));
+        assert!(sdk_server.parent_span_id.is_empty(), "{id}: the SDK starts the trace");
+        assert_eq!(sdk_client.parent_span_id, sdk_server.span_id);
+        // The SDK's header: the agent's server span is the SDK client span's child...
+        assert_eq!(mid_server.parent_span_id, sdk_client.span_id, "{id}: {desc:#?}");
+        assert_eq!(mid_client.parent_span_id, mid_server.span_id);
+        // ...and the call it makes carries that trace on (TCP option, no header).
+        assert_eq!(leaf_server.parent_span_id, mid_client.span_id);
+    }
+    assert_eq!(summary["kernel"]["ctx_header"], 3, "the kernel read the SDK's header: {summary}");
+    assert_eq!(summary["http"]["kernel_ctx_differs"], 0, "{summary}");
+}

@@ -136,30 +136,7 @@ impl Receiver {
 
     /// Every span received, with its resource's service.name.
     pub fn spans(&self) -> Vec<(String, Span)> {
-        let s = self.state.lock().unwrap();
-        let mut out = Vec::new();
-        for req in &s.received {
-            for rs in &req.resource_spans {
-                let service = rs
-                    .resource
-                    .as_ref()
-                    .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
-                    .and_then(|a| a.value.as_ref())
-                    .and_then(|v| match &v.value {
-                        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
-                            Some(s.clone())
-                        }
-                        _ => None,
-                    })
-                    .unwrap_or_default();
-                for ss in &rs.scope_spans {
-                    for sp in &ss.spans {
-                        out.push((service.clone(), sp.clone()));
-                    }
-                }
-            }
-        }
-        out
+        spans_of(&self.state.lock().unwrap().received)
     }
 
     pub fn attempts(&self) -> u64 {
@@ -355,6 +332,11 @@ impl HttpReceiver {
         format!("http://{}/v1/traces", self.addr)
     }
 
+    /// Every span received, with its resource's service.name.
+    pub fn spans(&self) -> Vec<(String, Span)> {
+        spans_of(&self.state.lock().unwrap().received)
+    }
+
     pub fn span_count(&self) -> usize {
         let s = self.state.lock().unwrap();
         s.received
@@ -376,4 +358,31 @@ impl HttpReceiver {
     pub fn headers(&self) -> Vec<(String, String)> {
         self.state.lock().unwrap().headers.clone()
     }
+}
+
+/// The spans of export requests, each with its resource's service.name.
+fn spans_of(received: &[ExportTraceServiceRequest]) -> Vec<(String, Span)> {
+    let mut out = Vec::new();
+    for req in received {
+        for rs in &req.resource_spans {
+            let service = rs
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .and_then(|a| a.value.as_ref())
+                .and_then(|v| match &v.value {
+                    Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                        Some(s.clone())
+                    }
+                    _ => None,
+                })
+                .unwrap_or_default();
+            for ss in &rs.scope_spans {
+                for sp in &ss.spans {
+                    out.push((service.clone(), sp.clone()));
+                }
+            }
+        }
+    }
+    out
 }

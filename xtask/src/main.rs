@@ -72,6 +72,10 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("java", "openjdk-17-jdk-headless"),
 ];
 
+/// PyPI packages the tests drive (pinned: the test checks the SDK's own spans).
+const PYPI_PACKAGES: &[&str] =
+    &["opentelemetry-sdk==1.45.2", "opentelemetry-exporter-otlp-proto-http==1.45.2"];
+
 fn main() -> Result<()> {
     let cli = Cli::parse();
     match cli.task {
@@ -151,6 +155,19 @@ fn setup() -> Result<()> {
             .args(["install", "-y", "-qq", "--no-install-recommends"])
             .args(&missing)
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
+    }
+    // The official OpenTelemetry Python SDK, for the test where an instrumented service and the
+    // agent share one trace.
+    let sdk = Command::new("python3")
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http"])
+        .stderr(Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success());
+    if sdk {
+        println!("setup: OpenTelemetry Python SDK present");
+    } else {
+        println!("setup: installing the OpenTelemetry Python SDK");
+        run(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(PYPI_PACKAGES))?;
     }
     // nginx starts itself on install on Debian; the tests run their own instances.
     if Path::new("/run/nginx.pid").exists() {
