@@ -1,9 +1,9 @@
 //! Root tests across simulated nodes: two network namespaces joined by a veth pair, one
 //! `tracewire run` per node selecting only that node's processes, and a chain of uninstrumented
-//! services in four runtimes crossing between the nodes, once through a DNAT rule:
+//! services in five runtimes crossing between the nodes, once through a DNAT rule:
 //!
 //! ```text
-//! client ─▶ A: gateway (Python) ─▶ B: nginx proxy ─▶ B: Node ─▶ (DNAT) A: Java ─▶ B: leaf (Python)
+//! client ─▶ A: gateway (Python) ─▶ B: nginx proxy ─▶ B: Node ─▶ (DNAT) A: Java ─▶ B: Go [─▶ B: leaf (Python)]
 //! ```
 //!
 //! The request id travels in every URL path: it is the ground truth each span's parent is
@@ -32,7 +32,8 @@ const GATEWAY: u16 = 8001;
 const NGINX: u16 = 8002;
 const NODE: u16 = 8003;
 const JAVA: u16 = 8004;
-const LEAF: u16 = 8005;
+const GO: u16 = 8005;
+const LEAF: u16 = 8006;
 
 fn sh(args: &[&str]) {
     let out = Command::new(args[0]).args(&args[1..]).output().unwrap_or_else(|e| panic!("{args:?}: {e}"));
@@ -117,29 +118,55 @@ impl Drop for Nodes {
     }
 }
 
-/// The five services, started in their namespaces.
+/// The services, started in their namespaces.
 struct Chain {
     gateway: Peer,
     nginx: Peer,
     node: Peer,
     java: Peer,
-    leaf: Peer,
+    go: Peer,
+    leaf: Option<Peer>,
     _dir: tempfile::TempDir,
+}
+
+/// Builds tests/peers/hop.go (standard library only) into `dir`.
+fn build_go_hop(dir: &std::path::Path) -> std::path::PathBuf {
+    let go = ["/usr/lib/go-1.19/bin/go", "go"]
+        .into_iter()
+        .find(|g| Command::new(g).arg("version").output().is_ok_and(|o| o.status.success()))
+        .expect("Go 1.19 (cargo xtask setup installs it)");
+    let out = dir.join("hop-go");
+    let status = Command::new(go)
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(repo().join("tests/peers/hop.go"))
+        .env("GOCACHE", repo().join("target/go-cache"))
+        .env("GOPATH", repo().join("target/go-path"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go build hop.go");
+    out
 }
 
 fn hop(ns: &str, name: &str, script: &str, addr: (&str, u16), next: Option<String>) -> Peer {
     let (ip, port) = addr;
-    let program = match script {
-        "hop.py" => "python3",
-        "hop.js" => "node",
-        _ => "java",
+    let mut cmd = match script {
+        "hop.py" => Nodes::exec(ns, "python3"),
+        "hop.js" => Nodes::exec(ns, "node"),
+        "Hop.java" => {
+            let mut c = Nodes::exec(ns, "java");
+            c.arg("-XX:TieredStopAtLevel=1");
+            c
+        }
+        // A binary built from hop.go.
+        binary => Nodes::exec(ns, binary),
     };
-    let mut cmd = Nodes::exec(ns, program);
     cmd.env("OTEL_SERVICE_NAME", name);
-    if program == "java" {
-        cmd.arg("-XX:TieredStopAtLevel=1");
+    if script.ends_with(".py") || script.ends_with(".js") || script.ends_with(".java") {
+        cmd.arg(repo().join("tests/peers").join(script));
     }
-    cmd.arg(repo().join("tests/peers").join(script)).args([ip, &port.to_string()]);
+    cmd.args([ip, &port.to_string()]);
     if let Some(n) = next {
         cmd.arg(n);
     }
@@ -149,10 +176,14 @@ fn hop(ns: &str, name: &str, script: &str, addr: (&str, u16), next: Option<Strin
 }
 
 impl Chain {
-    fn start(nodes: &Nodes) -> Chain {
+    /// The chain; with `leaf`, the Go service calls a Python leaf (it is the last hop otherwise).
+    fn start(nodes: &Nodes, leaf: bool) -> Chain {
         let dir = tempfile::tempdir().expect("tempdir");
-        let leaf = hop(&nodes.b, "leaf", "hop.py", (B_IP, LEAF), None);
-        let java = hop(&nodes.a, "java-hop", "Hop.java", (A_IP, JAVA), Some(format!("http://{B_IP}:{LEAF}")));
+        let go_bin = build_go_hop(dir.path());
+        let leaf = leaf.then(|| hop(&nodes.b, "leaf", "hop.py", (B_IP, LEAF), None));
+        let go_next = leaf.as_ref().map(|_| format!("http://{B_IP}:{LEAF}"));
+        let go = hop(&nodes.b, "go-hop", &go_bin.display().to_string(), (B_IP, GO), go_next);
+        let java = hop(&nodes.a, "java-hop", "Hop.java", (A_IP, JAVA), Some(format!("http://{B_IP}:{GO}")));
         let node =
             hop(&nodes.b, "node-hop", "hop.js", (B_IP, NODE), Some(format!("http://{NAT_IP}:{NAT_PORT}")));
         let conf = nginx_conf_on(
@@ -165,12 +196,16 @@ impl Chain {
         Nodes::wait_listening(&nodes.b, B_IP, NGINX, "nginx");
         let gateway =
             hop(&nodes.a, "gateway", "hop.py", (A_IP, GATEWAY), Some(format!("http://{B_IP}:{NGINX}")));
-        Chain { gateway, nginx, node, java, leaf, _dir: dir }
+        Chain { gateway, nginx, node, java, go, leaf, _dir: dir }
     }
 
     /// Process ids per node: (node A, node B).
     fn pids(&self) -> (Vec<u32>, Vec<u32>) {
-        (vec![self.gateway.pid(), self.java.pid()], vec![self.nginx.pid(), self.node.pid(), self.leaf.pid()])
+        let b = [self.nginx.pid(), self.node.pid(), self.go.pid()];
+        (
+            vec![self.gateway.pid(), self.java.pid()],
+            b.into_iter().chain(self.leaf.as_ref().map(Peer::pid)).collect(),
+        )
     }
 }
 
@@ -221,6 +256,7 @@ fn runtime(service: &str) -> &'static str {
         "nginx" => "nginx",
         "node-hop" => "node",
         "java-hop" => "java",
+        "go-hop" => "go",
         _ => "python",
     }
 }
@@ -238,7 +274,7 @@ fn a_request_through_two_nodes_and_a_nat_is_one_trace() {
     let _g = serial();
     require_root();
     let nodes = Nodes::create();
-    let chain = Chain::start(&nodes);
+    let chain = Chain::start(&nodes, false);
     let rx = Receiver::start(vec![]);
     let (agent_a, agent_b) = agents(&rx, &chain);
     let ids = drive(&nodes, "seq", 1, 5);
@@ -257,7 +293,7 @@ fn a_request_through_two_nodes_and_a_nat_is_one_trace() {
         // Walk from the leaf server span to the root: the chain in order, every hop present.
         let mut cur = *mine
             .iter()
-            .find(|(svc, s)| s.kind == SERVER && svc == "leaf")
+            .find(|(svc, s)| s.kind == SERVER && svc == "go-hop")
             .unwrap_or_else(|| panic!("{id}: no leaf server span"));
         let mut path = vec![(cur.1.kind, cur.0.as_str())];
         while !cur.1.parent_span_id.is_empty() {
@@ -267,7 +303,7 @@ fn a_request_through_two_nodes_and_a_nat_is_one_trace() {
             path.push((cur.1.kind, cur.0.as_str()));
         }
         let expected = [
-            (SERVER, "leaf"),
+            (SERVER, "go-hop"),
             (CLIENT, "java-hop"),
             (SERVER, "java-hop"),
             (CLIENT, "node-hop"),
@@ -293,7 +329,7 @@ fn sixty_four_concurrent_clients_never_get_a_wrong_parent() {
     let _g = serial();
     require_root();
     let nodes = Nodes::create();
-    let chain = Chain::start(&nodes);
+    let chain = Chain::start(&nodes, true);
     let rx = Receiver::start(vec![]);
     let (agent_a, agent_b) = agents(&rx, &chain);
     let ids = drive(&nodes, "c", 64, 4);
@@ -342,14 +378,18 @@ fn sixty_four_concurrent_clients_never_get_a_wrong_parent() {
     assert_eq!(missing, 0, "parents not exported");
     // Every request made every span (nothing lost under load).
     let per_request = spans.iter().filter(|(_, s)| rid(s).is_some()).count();
-    assert_eq!(per_request, ids.len() * 9, "{tally:#?}");
+    assert_eq!(per_request, ids.len() * 11, "{tally:#?}");
     // Thread-per-request runtimes link exactly, whatever the concurrency.
     for rt in ["python", "java"] {
         let t = &tally[&(rt, "client")];
         assert_eq!(t.linked, t.total, "{rt}: {t:?}");
     }
+    // Go's goroutines move between threads: its calls are never linked by thread (and never
+    // wrong); what they call still joins them.
+    let go = &tally[&("go", "client")];
+    assert_eq!(go.unlinked, go.total, "go: {go:?}");
     // Server spans reached across the nodes take their parent from the TCP option.
-    for rt in ["nginx", "java"] {
+    for rt in ["nginx", "java", "go"] {
         let t = &tally[&(rt, "server")];
         assert_eq!(t.linked, t.total, "{rt} server spans: {t:?}");
     }

@@ -120,6 +120,15 @@ pub const SELECT_ALL: u32 = 0;
 /// Trace processes marked in [`maps::WATCHED`] (by pid, executable or cgroup).
 pub const SELECT_WATCHED: u32 = 1;
 
+/// [`maps::WATCHED`] value bit: the process is selected.
+pub const WATCH_SELECTED: u8 = 1;
+/// [`maps::WATCHED`] value bit: the process's threads do not own the requests they touch
+/// (goroutines, work-stealing runtimes, a reactor thread handing requests to workers), so a
+/// thread's current request is no evidence of a call's parent. Set by userspace for Go
+/// binaries and by the kernel when a response is written by another thread than the one that
+/// read its request.
+pub const WATCH_HANDOFF: u8 = 2;
+
 /// Event kinds (stable wire ids; holes are intentional).
 #[repr(u32)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SAMPLE_ALL, SELECT_ALL,
-    SELECT_WATCHED, SockAddr,
+    SELECT_WATCHED, SockAddr, WATCH_HANDOFF, WATCH_SELECTED,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -43,14 +43,40 @@ pub fn watched(cfg: &Config, tgid: u32) -> bool {
     if cfg.select == SELECT_ALL {
         return true;
     }
-    matches!(WATCHED.get(tgid), Some(v) if *v != 0)
+    matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_SELECTED != 0)
 }
 
+/// Selects or deselects `tgid`, keeping its other bits.
 #[inline(always)]
 pub fn set_watched(tgid: u32, on: bool) {
     if let Some(p) = WATCHED.get_ptr_mut(tgid) {
         // SAFETY: pointer into the map value, valid for the program's run.
-        unsafe { *p = on as u8 };
+        unsafe { *p = (*p & !WATCH_SELECTED) | on as u8 };
+    }
+}
+
+/// Forgets everything about `tgid` (it exited; the pid will be reused).
+#[inline(always)]
+pub fn clear_process(tgid: u32) {
+    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+        // SAFETY: as above.
+        unsafe { *p = 0 };
+    }
+}
+
+/// Whether `tgid`'s threads hand requests to each other (see [`WATCH_HANDOFF`]).
+#[inline(always)]
+pub fn hands_off(tgid: u32) -> bool {
+    matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_HANDOFF != 0)
+}
+
+/// Records that `tgid`'s threads hand requests to each other, or (`on` false) that a new
+/// program runs in it.
+#[inline(always)]
+pub fn set_handoff(tgid: u32, on: bool) {
+    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+        // SAFETY: as above.
+        unsafe { *p = (*p & !WATCH_HANDOFF) | if on { WATCH_HANDOFF } else { 0 } };
     }
 }
 

@@ -67,6 +67,7 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("curl", "curl"),
     ("ip", "iproute2"),
     ("iptables", "iptables"),
+    ("/usr/lib/go-1.19/bin/go", "golang-1.19-go"),
     ("setpriv", "util-linux"),
     ("node", "nodejs"),
     ("java", "openjdk-17-jdk-headless"),
@@ -143,7 +144,9 @@ fn setup() -> Result<()> {
 
     let missing: Vec<&str> = DEBIAN_PACKAGES
         .iter()
-        .filter(|(program, _)| !have(program) && !Path::new("/usr/sbin").join(program).exists())
+        .filter(|(program, _)| {
+            !have(program) && !Path::new("/usr/sbin").join(program).exists() && !Path::new(program).exists()
+        })
         .map(|(_, package)| *package)
         .collect();
     if missing.is_empty() {

@@ -7,6 +7,7 @@ pub mod error;
 pub mod preflight;
 pub mod programs;
 pub mod resolve;
+pub mod runtime;
 pub mod scan;
 pub mod select;
 pub mod session;
@@ -26,8 +27,8 @@ pub use error::CaptureError;
 use log::{debug, info, warn};
 use tracewire_common::{
     CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD,
-    DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, fd_key,
-    maps,
+    DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr,
+    WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -275,12 +276,22 @@ impl Capture {
 
     /// Marks `tgid` as selected (or not).
     pub fn set_watched(&mut self, tgid: u32, on: bool) -> Result<(), CaptureError> {
-        self.watched.set(tgid, u8::from(on), 0).map_err(CaptureError::Map)
+        let v = self.watched.get(&tgid, 0).unwrap_or(0);
+        let v = if on { v | WATCH_SELECTED } else { v & !WATCH_SELECTED };
+        self.watched.set(tgid, v, 0).map_err(CaptureError::Map)
+    }
+
+    /// Marks `tgid` as a process whose threads hand requests to each other (see
+    /// [`tracewire_common::WATCH_HANDOFF`]), keeping its selection.
+    pub fn set_handoff(&mut self, tgid: u32) -> Result<(), CaptureError> {
+        let v = self.watched.get(&tgid, 0).unwrap_or(0);
+        self.watched.set(tgid, v | WATCH_HANDOFF, 0).map_err(CaptureError::Map)
     }
 
     /// Whether `tgid` is selected (always true when every process is traced).
     pub fn is_watched(&self, tgid: u32) -> bool {
-        matches!(self.options.selection, Selection::All) || self.watched.get(&tgid, 0).is_ok_and(|v| v != 0)
+        matches!(self.options.selection, Selection::All)
+            || self.watched.get(&tgid, 0).is_ok_and(|v| v & WATCH_SELECTED != 0)
     }
 
     /// Starts tracking a connection found in /proc.

@@ -2,7 +2,7 @@
 //! selection and /proc scan, following `--exe` across execs, resolving addresses the kernel could
 //! not see, and forgetting the connections of processes that exit. It yields decoded events in
 //! kernel order, with synthetic `ConnOpen` events (flag PREEXISTING) for sockets found in /proc.
-use std::{collections::HashMap, time::Duration};
+use std::{collections::HashMap, path::Path, time::Duration};
 
 use log::{debug, warn};
 use tracewire_common::{
@@ -10,7 +10,7 @@ use tracewire_common::{
     EventHeader, EventKind, ROLE_LISTENER, SockAddr,
 };
 
-use super::{Capture, CaptureError, CaptureOptions, KernelCounters, Selection, resolve, scan};
+use super::{Capture, CaptureError, CaptureOptions, KernelCounters, Selection, resolve, runtime, scan};
 use crate::events::{Event, clock::Clock, decode};
 
 /// Userspace-side counters of a session.
@@ -38,6 +38,8 @@ pub struct SessionStats {
     pub port_filtered: u64,
     /// Data events on connections userspace does not know (dropped ones), skipped.
     pub data_unknown_conn: u64,
+    /// Processes recognised as Go programs (threads hand requests to each other).
+    pub handoff_runtimes: u64,
 }
 
 /// A capture session.
@@ -140,6 +142,7 @@ impl Session {
 
     /// Registers the existing TCP sockets of `pid` with the kernel maps.
     fn adopt(&mut self, pid: u32) -> Result<(), CaptureError> {
+        self.check_runtime(pid)?;
         for sock in scan::tcp_sockets(pid) {
             if sock.listening {
                 self.capture.insert_listener(pid, sock.fd, sock.local)?;
@@ -252,7 +255,11 @@ impl Session {
                         self.adopt(p.pid)?;
                         return Ok(true);
                     }
-                    return Ok(self.capture.is_watched(p.pid));
+                    let watched = self.capture.is_watched(p.pid);
+                    if watched {
+                        self.check_runtime(p.pid)?;
+                    }
+                    return Ok(watched);
                 }
                 Ok(EventKind::Exit) => {
                     let fds: Vec<u32> =
@@ -278,6 +285,16 @@ impl Session {
             }
         }
         Ok(true)
+    }
+
+    /// Tells the kernel when a traced program's threads do not own their requests (Go).
+    fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
+        if runtime::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
+            debug!("pid {pid} is a Go program: calls are not linked by thread");
+            self.stats.handoff_runtimes += 1;
+            self.capture.set_handoff(pid)?;
+        }
+        Ok(())
     }
 
     /// An accept on a listener the kernel had not seen: check the socket is TCP, learn the

@@ -266,6 +266,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
             "data_unknown_conn": session.stats().data_unknown_conn,
+            "handoff_runtimes": session.stats().handoff_runtimes,
             "own_connections_skipped": own.skipped,
         })
     );

@@ -493,7 +493,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if state.role == ROLE_SERVER {
         // A request read and never answered is over: its thread serves it no more.
         let id = ConnId { tgid, fd, generation: state.generation };
-        server_turn_end(&mut state, &id);
+        server_turn_end(&mut state, &id, None);
     }
     if state.skaddr != 0 {
         let _ = TCP_TX.remove(state.skaddr);

@@ -21,7 +21,7 @@ use tracewire_common::{
 
 use crate::{
     maps::{TCP_TX, THREAD_CTX},
-    util::{config, count},
+    util::{config, count, hands_off, set_handoff},
 };
 
 #[inline(always)]
@@ -59,6 +59,11 @@ pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
     let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
     // SAFETY: copied out of the map.
     match unsafe { THREAD_CTX.get(pid_tgid as u32) }.copied() {
+        // Threads that hand requests to each other prove nothing about a call's parent.
+        _ if hands_off(tgid) => {
+            new_trace(cfg, &mut ctx);
+            ctx.origin = CTX_AMBIGUOUS;
+        }
         Some(t) if t.conn.tgid == tgid && t.conn.generation != 0 && t.open == 1 => {
             ctx.trace_id = t.trace_id;
             ctx.parent_id = t.span_id;
@@ -139,10 +144,18 @@ pub fn server_turn(pid_tgid: u64, state: &mut ConnState, fd: u32, head: *mut u8,
     }
 }
 
-/// The request of a server turn is over (its response is being written, or the connection
-/// closed): the thread that read it serves it no more.
+/// The request of a server turn is over: its response is being written by thread `tid`, or
+/// (`tid` None) the connection closed. The thread that read it serves it no more. A response
+/// written by another thread than the one that read the request shows this process hands
+/// requests between threads.
 #[inline(always)]
-pub fn server_turn_end(state: &mut ConnState, conn: &ConnId) {
+pub fn server_turn_end(state: &mut ConnState, conn: &ConnId, tid: Option<u32>) {
+    if state.turn == DIR_INGRESS
+        && let Some(tid) = tid
+        && tid != state.turn_tid
+    {
+        set_handoff(conn.tgid, true);
+    }
     if state.turn == DIR_INGRESS
         && let Some(t) = THREAD_CTX.get_ptr_mut(state.turn_tid)
     {

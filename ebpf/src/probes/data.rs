@@ -131,7 +131,7 @@ fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
             thread_ctx = t.conn;
         }
     } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {
-        server_turn_end(conn, &conn_id);
+        server_turn_end(conn, &conn_id, Some(tid));
     }
 
     let mut cap = cfg.payload_cap as u64;

@@ -4,7 +4,8 @@
 //!   children), and its parent is remembered so that accepts on inherited listening sockets are
 //!   recognised. The tracepoint also fires for new threads; their tid entries are harmless and are
 //!   cleared when the thread exits (WATCHED) or age out (PARENTS).
-//! - exec: reported to userspace, which re-evaluates `--exe` globs; `--cgroup` is decided here.
+//! - exec: reported to userspace, which re-evaluates `--exe` globs and recognises Go programs;
+//!   `--cgroup` is decided here. What was learned about the old program's threads is forgotten.
 //! - exit: a watched group leader's exit is reported so userspace drops its connections; every
 //!   exiting thread loses its WATCHED entry (pid reuse must not inherit selection) and its
 //!   in-flight state.
@@ -17,7 +18,7 @@ use tracewire_common::{EventKind, ProcEvent, SELECT_WATCHED};
 
 use crate::{
     maps::{ACTIVE, CGROUPS, PARENTS, THREAD_CTX},
-    util::{config, emit, header, now, set_watched, watched},
+    util::{clear_process, config, emit, header, now, set_handoff, set_watched, watched},
 };
 
 /// `sched:sched_process_fork`: the child_pid offset comes from tracefs (see `Config`).
@@ -45,16 +46,19 @@ pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
 #[tracepoint]
 pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let cfg = config();
-    if cfg.select != SELECT_WATCHED {
-        return 0;
-    }
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    // SAFETY: helper without arguments.
-    let cgroup = unsafe { bpf_get_current_cgroup_id() };
-    // SAFETY: presence test only.
-    if unsafe { CGROUPS.get(cgroup) }.is_some() {
-        set_watched(tgid, true);
+    // A new program: what was learned about the old one's threads no longer holds.
+    set_handoff(tgid, false);
+    if cfg.select == SELECT_WATCHED {
+        // SAFETY: helper without arguments.
+        let cgroup = unsafe { bpf_get_current_cgroup_id() };
+        // SAFETY: presence test only.
+        if unsafe { CGROUPS.get(cgroup) }.is_some() {
+            set_watched(tgid, true);
+        }
+    } else if tgid == cfg.self_tgid {
+        return 0;
     }
     let ev = ProcEvent {
         header: header(EventKind::Exec as u32, id, now()),
@@ -77,15 +81,15 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     let _ = ACTIVE.remove(id);
     if tid != tgid {
         if cfg.select == SELECT_WATCHED {
-            set_watched(tid, false);
+            clear_process(tid);
         }
         return 0;
     }
-    if !watched(&cfg, tgid) {
+    let was = watched(&cfg, tgid);
+    // The pid will be reused: nothing about this process may stick to it.
+    clear_process(tgid);
+    if !was {
         return 0;
-    }
-    if cfg.select == SELECT_WATCHED {
-        set_watched(tgid, false);
     }
     let ev = ProcEvent {
         header: header(EventKind::Exit as u32, id, now()),
