@@ -325,11 +325,10 @@ fn our_programs_loaded() -> usize {
     let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
     let text = String::from_utf8_lossy(&out.stdout);
     // bpftool prints full names (from BTF), not the 15-character kernel names.
-    let ours: Vec<String> =
-        ["sys_enter_recvmmsg", "sys_exit_sendfile64", "inet_sock_set_state", "sched_process_exec"]
-            .iter()
-            .map(|n| n.to_string())
-            .collect();
+    let ours: Vec<String> = ["sys_enter", "tcp_option", "inet_sock_set_state", "sched_process_exec"]
+        .iter()
+        .map(|n| n.to_string())
+        .collect();
     text.lines().filter(|l| ours.iter().any(|n| l.contains(&format!(" name {n} ")))).count()
 }
 

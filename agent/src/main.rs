@@ -293,6 +293,12 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
     Ok(stop)
 }
 
+/// A span allocates a few dozen small strings and vectors on its way to OTLP bytes; mimalloc
+/// makes those allocations several times cheaper than glibc's malloc (the userspace pipeline
+/// spent over a quarter of its time in malloc/free).
+#[global_allocator]
+static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_env("RUST_LOG").format_target(false).init();

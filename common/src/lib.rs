@@ -610,7 +610,8 @@ pub struct ActiveCall {
     pub fd: u32,
     /// iovec count (vectored calls) or sockaddr length.
     pub count: u32,
-    /// A [`Syscall`] as `u8`.
+    /// A [`Syscall`] as `u8`; 0 when the thread has no call in flight (entries stay in the map
+    /// between a thread's calls).
     pub syscall: u8,
     /// Set by `sock:inet_sock_set_state` while connect/listen runs: the socket is TCP.
     pub is_tcp: u8,

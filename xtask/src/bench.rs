@@ -108,8 +108,9 @@ fn bpf_stats() -> (u64, u64) {
     let mut cnt = 0;
     for p in progs.as_array().into_iter().flatten() {
         let name = p["name"].as_str().unwrap_or("");
-        let ours = name.starts_with("sys_enter_")
-            || name.starts_with("sys_exit_")
+        let ours = name.starts_with("sys_enter")
+            || name.starts_with("sys_exit")
+            || name == "tcp_option"
             || name.starts_with("sched_process_")
             || name == "inet_sock_set_state"
             || name == "tcp_rcv_space_adjust";

@@ -21,7 +21,7 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, SockOps, TracePoint},
+    programs::{CgroupAttachMode, RawTracePoint, SockOps, TracePoint},
 };
 pub use error::CaptureError;
 use log::{debug, info, warn};
@@ -168,6 +168,16 @@ impl Capture {
             prog.load().map_err(|e| CaptureError::Program { program: p.program, source: e })?;
             prog.attach(p.category, p.tracepoint)
                 .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            attached += 1;
+        }
+        for (name, tracepoint) in programs::RAW_PROGRAMS {
+            let prog: &mut RawTracePoint = ebpf
+                .program_mut(name)
+                .ok_or(CaptureError::MissingProgram(name))?
+                .try_into()
+                .map_err(|e| CaptureError::Program { program: name, source: e })?;
+            prog.load().map_err(|e| CaptureError::Program { program: name, source: e })?;
+            prog.attach(tracepoint).map_err(|e| CaptureError::Program { program: name, source: e })?;
             attached += 1;
         }
         let tcp_option = match cgroup_root {

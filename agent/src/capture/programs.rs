@@ -16,8 +16,14 @@ const fn sys(name: &'static str) -> ProgramSpec {
     ProgramSpec { program: name, category: "syscalls", tracepoint: name }
 }
 
-/// Every program, in attach order. Lifecycle hooks first, so that a connection is known before
-/// data on it can arrive.
+/// Raw tracepoints: (program, tracepoint). The data syscalls go through `raw_syscalls`
+/// sys_enter/sys_exit, which call the program directly with the registers; a per-syscall
+/// tracepoint builds a trace record first, which costs every process (traced or not) several
+/// hundred nanoseconds per hooked syscall.
+pub const RAW_PROGRAMS: &[(&str, &str)] = &[("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+
+/// Every tracepoint program, in attach order. Lifecycle hooks first, so that a connection is
+/// known before data on it can arrive (the raw data hooks are attached after these).
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "sched_process_fork", category: "sched", tracepoint: "sched_process_fork" },
     ProgramSpec { program: "sched_process_exec", category: "sched", tracepoint: "sched_process_exec" },
@@ -34,26 +40,6 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     sys("sys_enter_connect"),
     sys("sys_exit_connect"),
     sys("sys_enter_close"),
-    sys("sys_enter_read"),
-    sys("sys_exit_read"),
-    sys("sys_enter_write"),
-    sys("sys_exit_write"),
-    sys("sys_enter_readv"),
-    sys("sys_exit_readv"),
-    sys("sys_enter_writev"),
-    sys("sys_exit_writev"),
-    sys("sys_enter_recvfrom"),
-    sys("sys_exit_recvfrom"),
-    sys("sys_enter_sendto"),
-    sys("sys_exit_sendto"),
-    sys("sys_enter_recvmsg"),
-    sys("sys_exit_recvmsg"),
-    sys("sys_enter_sendmsg"),
-    sys("sys_exit_sendmsg"),
-    sys("sys_enter_sendfile64"),
-    sys("sys_exit_sendfile64"),
-    sys("sys_enter_recvmmsg"),
-    sys("sys_enter_sendmmsg"),
 ];
 
 /// Fields the programs read at fixed offsets: (tracepoint, field, offset, size). Checked against
@@ -74,9 +60,9 @@ pub const FIXED_FIELDS: &[(&str, &str, &str, usize, usize)] = &[
     ("tcp", "tcp_rcv_space_adjust", "daddr", 26, 4),
     ("tcp", "tcp_rcv_space_adjust", "saddr_v6", 30, 16),
     ("tcp", "tcp_rcv_space_adjust", "daddr_v6", 46, 16),
-    ("syscalls", "sys_exit_read", "ret", 16, 8),
-    ("syscalls", "sys_enter_read", "fd", 16, 8),
-    ("syscalls", "sys_enter_read", "buf", 24, 8),
-    ("syscalls", "sys_enter_writev", "vec", 24, 8),
-    ("syscalls", "sys_enter_writev", "vlen", 32, 8),
+    ("syscalls", "sys_exit_accept4", "ret", 16, 8),
+    ("syscalls", "sys_enter_accept4", "fd", 16, 8),
+    ("syscalls", "sys_enter_accept4", "upeer_sockaddr", 24, 8),
+    ("syscalls", "sys_enter_connect", "uservaddr", 24, 8),
+    ("syscalls", "sys_enter_close", "fd", 16, 8),
 ];

@@ -15,7 +15,7 @@ pub mod span;
 pub mod stream;
 
 use std::{
-    collections::{BTreeMap, HashMap, VecDeque},
+    collections::{BTreeMap, VecDeque},
     net::SocketAddr,
 };
 
@@ -36,6 +36,10 @@ use crate::{
         traceparent,
     },
 };
+
+/// Hash maps keyed by connection and address: foldhash (seeded per process) instead of SipHash,
+/// which took several percent of the pipeline.
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Requests waiting for a response on one connection (pipelining depth).
 pub const MAX_PENDING: usize = 64;
@@ -106,8 +110,33 @@ struct Pending {
 struct Info {
     id: ConnId,
     role: u8,
-    local: SockAddr,
-    remote: SockAddr,
+    /// Derived from the kernel's addresses once per change, not once per span: parsing and
+    /// formatting them was a visible share of the pipeline.
+    local: Option<SocketAddr>,
+    remote: Option<SocketAddr>,
+    /// The peer's IP as text (`network.peer.address`, `client.address`).
+    peer_ip: Option<String>,
+    /// Same-node pairing key.
+    pair: Option<PairKey>,
+}
+
+impl Info {
+    fn new(id: ConnId, role: u8, local: &SockAddr, remote: &SockAddr) -> Info {
+        let mut info = Info { id, role, local: None, remote: None, peer_ip: None, pair: None };
+        info.set_addrs(local, remote);
+        info
+    }
+
+    fn set_addrs(&mut self, local: &SockAddr, remote: &SockAddr) {
+        self.local = socket_addr(local);
+        self.remote = socket_addr(remote);
+        self.peer_ip = self.remote.map(|r| r.ip().to_string());
+        self.pair = match (addr_key(self.local), addr_key(self.remote)) {
+            (Some(l), Some(r)) if self.role == ROLE_SERVER => Some((r, l)),
+            (Some(l), Some(r)) => Some((l, r)),
+            _ => None,
+        };
+    }
 }
 
 /// Bookkeeping of one connection (separate from its streams so a stream can report into it).
@@ -141,8 +170,8 @@ type AddrKey = ([u8; 16], u16);
 /// (client end, server end) of one TCP connection.
 type PairKey = (AddrKey, AddrKey);
 
-fn addr_key(a: &SockAddr) -> Option<AddrKey> {
-    let sa = socket_addr(a)?;
+fn addr_key(sa: Option<SocketAddr>) -> Option<AddrKey> {
+    let sa = sa?;
     let ip = match sa.ip() {
         std::net::IpAddr::V4(v4) => v4.to_ipv6_mapped(),
         std::net::IpAddr::V6(v6) => v6,
@@ -152,8 +181,7 @@ fn addr_key(a: &SockAddr) -> Option<AddrKey> {
 
 /// The key of a connection as seen from its client end.
 fn pair_key(info: &Info) -> Option<PairKey> {
-    let (local, remote) = (addr_key(&info.local)?, addr_key(&info.remote)?);
-    Some(if info.role == ROLE_SERVER { (remote, local) } else { (local, remote) })
+    info.pair
 }
 
 /// A server request waiting for its client end: (span id, server connection key).
@@ -547,8 +575,7 @@ fn build_span(
         route::Named::Route(r) | route::Named::Heuristic(r) => format!("{base} {r}"),
         route::Named::None => base.to_string(),
     };
-    let local = socket_addr(&info.local);
-    let remote = socket_addr(&info.remote);
+    let (local, remote) = (info.local, info.remote);
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
     attrs.push(("http.request.method", Value::Str(method.to_string())));
     if method == "_OTHER" {
@@ -570,7 +597,7 @@ fn build_span(
         attrs.push(("server.port", Value::Int(i64::from(server_port))));
     }
     if let Some(peer) = remote {
-        attrs.push(("network.peer.address", Value::Str(peer.ip().to_string())));
+        attrs.push(("network.peer.address", Value::Str(info.peer_ip.clone().unwrap_or_default())));
         attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
     }
     match kind {
@@ -583,9 +610,9 @@ fn build_span(
             if let Some(q) = &query {
                 attrs.push(("url.query", Value::Str(q.clone())));
             }
-            if let Some(peer) = remote {
-                attrs.push(("client.address", Value::Str(peer.ip().to_string())));
-                attrs.push(("client.port", Value::Int(i64::from(peer.port()))));
+            // client.port is Opt-In in the HTTP semantic conventions; network.peer.port has it.
+            if remote.is_some() {
+                attrs.push(("client.address", Value::Str(info.peer_ip.clone().unwrap_or_default())));
             }
             if let Some(ua) = &p.head.user_agent {
                 attrs.push(("user_agent.original", Value::Str(ua.clone())));
@@ -654,7 +681,7 @@ impl Correlator {
     /// A correlator converting kernel timestamps with `clock`, tracking at most `max_conns`
     /// connections.
     pub fn new(clock: Clock, max_conns: usize) -> Self {
-        Correlator { clock, conns: HashMap::new(), max_conns, shared: Shared::default() }
+        Correlator { clock, conns: HashMap::default(), max_conns, shared: Shared::default() }
     }
 
     /// A correlator with a fixed random seed (reproducible ids in tests).
@@ -705,8 +732,7 @@ impl Correlator {
                     if let Some(conn) = self.conns.get_mut(&(c.conn.tgid, c.conn.fd))
                         && conn.info.id.generation == c.conn.generation
                     {
-                        conn.info.local = c.local;
-                        conn.info.remote = c.remote;
+                        conn.info.set_addrs(&c.local, &c.remote);
                     }
                 }
                 Ok(EventKind::ConnClose) => {
@@ -752,7 +778,7 @@ impl Correlator {
         self.conns.insert(
             key,
             Conn {
-                info: Info { id: c.conn, role: c.role, local: c.local, remote: c.remote },
+                info: Info::new(c.conn, c.role, &c.local, &c.remote),
                 req: Stream::new(Side::Request),
                 resp: Stream::new(Side::Response),
                 book: Book::default(),

@@ -538,7 +538,10 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
         return 0;
     };
     // SAFETY: map value pointer, copied.
-    let fd = unsafe { (*call).fd };
+    let (fd, syscall) = unsafe { ((*call).fd, (*call).syscall) };
+    if syscall == 0 {
+        return 0; // not inside a call we track (an idle entry)
+    }
     let tgid = (id >> 32) as u32;
     let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd)) else {
         return 0;

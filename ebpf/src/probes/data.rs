@@ -15,9 +15,9 @@
 //! the mark, and every event carries its turn's trace context (see `context`), which is how
 //! userspace links outgoing calls to the request that caused them.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, generated::bpf_probe_read_user},
-    macros::tracepoint,
-    programs::TracePointContext,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_probe_read_user},
+    macros::raw_tracepoint,
+    programs::RawTracePointContext,
 };
 use tracewire_common::{
     ActiveCall, ConnId, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED,
@@ -28,19 +28,14 @@ use tracewire_common::{
 use super::context::{client_turn, server_turn, server_turn_end};
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
-    util::{add, arg, config, count, emit_bytes, header, now, ret, watched},
+    util::{add, config, count, emit_bytes, header, now, watched},
 };
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
 
 #[inline(always)]
-fn enter(fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8) {
-    let cfg = config();
-    let id = bpf_get_current_pid_tgid();
+fn enter(id: u64, fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8) {
     let tgid = (id >> 32) as u32;
-    if !watched(&cfg, tgid) {
-        return;
-    }
     let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd as u32)) else {
         return;
     };
@@ -51,9 +46,23 @@ fn enter(fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8) {
             client_turn(id, state);
         }
     }
+    let enter_ns = now();
+    // A thread's entry stays in the map between calls and is rewritten in place: an insert
+    // and a delete per syscall would cost several times the lookup.
+    if let Some(p) = ACTIVE.get_ptr_mut(id) {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            (*p).ptr = ptr;
+            (*p).enter_ns = enter_ns;
+            (*p).fd = fd as u32;
+            (*p).count = count_arg;
+            (*p).syscall = syscall as u8;
+        }
+        return;
+    }
     let call = ActiveCall {
         ptr,
-        enter_ns: now(),
+        enter_ns,
         fd: fd as u32,
         count: count_arg,
         syscall: syscall as u8,
@@ -81,19 +90,7 @@ enum Layout {
 }
 
 #[inline(always)]
-fn exit(ctx: &TracePointContext, direction: u8, layout: Layout) {
-    let id = bpf_get_current_pid_tgid();
-    // The cheap array check first: unwatched processes never reach the hash lookup.
-    if !watched(&config(), (id >> 32) as u32) {
-        return;
-    }
-    let Some(call_ptr) = ACTIVE.get_ptr(id) else {
-        return;
-    };
-    // SAFETY: map value pointer; copied before removal.
-    let call = unsafe { *call_ptr };
-    let _ = ACTIVE.remove(id);
-    let r = ret(ctx);
+fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
     if r <= 0 {
         count(Counter::DataNoBytes);
         return;
@@ -262,66 +259,138 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, flags: &mut u16) -
     off
 }
 
-macro_rules! data_hooks {
-    ($enter:ident, $exit:ident, $sys:expr, $dir:expr, $layout:expr, $ptr_arg:expr, $cnt_arg:expr) => {
-        #[tracepoint]
-        pub fn $enter(ctx: TracePointContext) -> u32 {
-            let cnt = if $cnt_arg > 0 { arg(&ctx, $cnt_arg) as u32 } else { 0 };
-            enter(arg(&ctx, 0), $sys, arg(&ctx, $ptr_arg), cnt, $dir);
-            0
-        }
+#[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
+compile_error!("tracewire's syscall hooks know the x86_64 and aarch64 syscall tables");
 
-        #[tracepoint]
-        pub fn $exit(ctx: TracePointContext) -> u32 {
-            exit(&ctx, $dir, $layout);
-            0
-        }
-    };
-}
-
-// read(fd, buf, count) / write(fd, buf, count)
-data_hooks!(sys_enter_read, sys_exit_read, Syscall::Read, DIR_INGRESS, Layout::Flat, 1, 0);
-data_hooks!(sys_enter_write, sys_exit_write, Syscall::Write, DIR_EGRESS, Layout::Flat, 1, 0);
-// readv(fd, iov, iovcnt) / writev(fd, iov, iovcnt)
-data_hooks!(sys_enter_readv, sys_exit_readv, Syscall::Readv, DIR_INGRESS, Layout::Iovec, 1, 2);
-data_hooks!(sys_enter_writev, sys_exit_writev, Syscall::Writev, DIR_EGRESS, Layout::Iovec, 1, 2);
-// recvfrom(fd, buf, len, flags, addr, addrlen) / sendto(fd, buf, len, flags, addr, addrlen)
-data_hooks!(sys_enter_recvfrom, sys_exit_recvfrom, Syscall::Recvfrom, DIR_INGRESS, Layout::Flat, 1, 0);
-data_hooks!(sys_enter_sendto, sys_exit_sendto, Syscall::Sendto, DIR_EGRESS, Layout::Flat, 1, 0);
-// recvmsg(fd, msg, flags) / sendmsg(fd, msg, flags)
-data_hooks!(sys_enter_recvmsg, sys_exit_recvmsg, Syscall::Recvmsg, DIR_INGRESS, Layout::Msghdr, 1, 0);
-data_hooks!(sys_enter_sendmsg, sys_exit_sendmsg, Syscall::Sendmsg, DIR_EGRESS, Layout::Msghdr, 1, 0);
-
-// sendfile64(out_fd, in_fd, offset, count): bytes only.
-#[tracepoint]
-pub fn sys_enter_sendfile64(ctx: TracePointContext) -> u32 {
-    enter(arg(&ctx, 0), Syscall::Sendfile, 0, 0, DIR_EGRESS);
-    0
-}
-
-#[tracepoint]
-pub fn sys_exit_sendfile64(ctx: TracePointContext) -> u32 {
-    exit(&ctx, DIR_EGRESS, Layout::None);
-    0
-}
-
-#[inline(always)]
-fn mmsg(ctx: &TracePointContext) {
-    let cfg = config();
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if watched(&cfg, tgid) && CONNS.get_ptr(fd_key(tgid, arg(ctx, 0) as u32)).is_some() {
-        count(Counter::MmsgNotCaptured);
+/// Syscall numbers of the data syscalls (`id` of `raw_syscalls:sys_enter`).
+#[cfg(bpf_target_arch = "x86_64")]
+mod nr {
+    pub const READ: i64 = 0;
+    pub const WRITE: i64 = 1;
+    pub const READV: i64 = 19;
+    pub const WRITEV: i64 = 20;
+    pub const SENDFILE: i64 = 40;
+    pub const SENDTO: i64 = 44;
+    pub const RECVFROM: i64 = 45;
+    pub const SENDMSG: i64 = 46;
+    pub const RECVMSG: i64 = 47;
+    pub const RECVMMSG: i64 = 299;
+    pub const SENDMMSG: i64 = 307;
+    /// `struct pt_regs`: the first three syscall arguments are di, si, dx, stored as
+    /// dx@96 si@104 di@112, so one read covers them (in reverse order).
+    pub const ARGS_AT: u64 = 96;
+    #[inline(always)]
+    pub fn args(r: [u64; 3]) -> [u64; 3] {
+        [r[2], r[1], r[0]]
     }
 }
 
-#[tracepoint]
-pub fn sys_enter_recvmmsg(ctx: TracePointContext) -> u32 {
-    mmsg(&ctx);
+/// Syscall numbers of the data syscalls (the generic table).
+#[cfg(bpf_target_arch = "aarch64")]
+mod nr {
+    pub const READ: i64 = 63;
+    pub const WRITE: i64 = 64;
+    pub const READV: i64 = 65;
+    pub const WRITEV: i64 = 66;
+    pub const SENDFILE: i64 = 71;
+    pub const SENDTO: i64 = 206;
+    pub const RECVFROM: i64 = 207;
+    pub const SENDMSG: i64 = 211;
+    pub const RECVMSG: i64 = 212;
+    pub const RECVMMSG: i64 = 243;
+    pub const SENDMMSG: i64 = 269;
+    /// `struct user_pt_regs`: x0, x1, x2 at the start.
+    pub const ARGS_AT: u64 = 0;
+    #[inline(always)]
+    pub fn args(r: [u64; 3]) -> [u64; 3] {
+        r
+    }
+}
+
+/// Every syscall entry of every process, through the raw tracepoint: the kernel calls the
+/// program directly with the registers, without building a per-syscall trace record. That is
+/// what makes the hooks nearly free for everything tracewire does not watch: a compare on the
+/// syscall number, then one inlined array lookup.
+#[raw_tracepoint(tracepoint = "sys_enter")]
+pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
+    let nr: i64 = ctx.arg(1);
+    let (syscall, direction, wants_count) = match nr {
+        nr::READ => (Syscall::Read, DIR_INGRESS, false),
+        nr::WRITE => (Syscall::Write, DIR_EGRESS, false),
+        nr::READV => (Syscall::Readv, DIR_INGRESS, true),
+        nr::WRITEV => (Syscall::Writev, DIR_EGRESS, true),
+        nr::RECVFROM => (Syscall::Recvfrom, DIR_INGRESS, false),
+        nr::SENDTO => (Syscall::Sendto, DIR_EGRESS, false),
+        nr::RECVMSG => (Syscall::Recvmsg, DIR_INGRESS, false),
+        nr::SENDMSG => (Syscall::Sendmsg, DIR_EGRESS, false),
+        nr::SENDFILE => (Syscall::Sendfile, DIR_EGRESS, false),
+        nr::RECVMMSG | nr::SENDMMSG => {
+            mmsg(ctx.arg(0));
+            return 0;
+        }
+        _ => return 0,
+    };
+    let cfg = config();
+    let id = bpf_get_current_pid_tgid();
+    if !watched(&cfg, (id >> 32) as u32) {
+        return 0;
+    }
+    let regs: u64 = ctx.arg(0);
+    // SAFETY: the helper validates the kernel address.
+    let Ok(raw) = (unsafe { bpf_probe_read_kernel((regs + nr::ARGS_AT) as *const [u64; 3]) }) else {
+        return 0;
+    };
+    let [fd, ptr, cnt] = nr::args(raw);
+    // sendfile(out_fd, in_fd, offset, count): bytes only, no buffer.
+    let ptr = if syscall == Syscall::Sendfile { 0 } else { ptr };
+    enter(id, fd, syscall, ptr, if wants_count { cnt as u32 } else { 0 }, direction);
     0
 }
 
-#[tracepoint]
-pub fn sys_enter_sendmmsg(ctx: TracePointContext) -> u32 {
-    mmsg(&ctx);
+/// Every syscall exit. Only a thread with a data call in flight (recorded at entry) goes past
+/// the array lookup and one hash lookup.
+#[raw_tracepoint(tracepoint = "sys_exit")]
+pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
+    let id = bpf_get_current_pid_tgid();
+    if !watched(&config(), (id >> 32) as u32) {
+        return 0;
+    }
+    let Some(call_ptr) = ACTIVE.get_ptr_mut(id) else {
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run; copied before it is marked idle.
+    let call = unsafe { *call_ptr };
+    let (direction, layout) = match call.syscall {
+        s if s == Syscall::Read as u8 || s == Syscall::Recvfrom as u8 => (DIR_INGRESS, Layout::Flat),
+        s if s == Syscall::Write as u8 || s == Syscall::Sendto as u8 => (DIR_EGRESS, Layout::Flat),
+        s if s == Syscall::Readv as u8 => (DIR_INGRESS, Layout::Iovec),
+        s if s == Syscall::Writev as u8 => (DIR_EGRESS, Layout::Iovec),
+        s if s == Syscall::Recvmsg as u8 => (DIR_INGRESS, Layout::Msghdr),
+        s if s == Syscall::Sendmsg as u8 => (DIR_EGRESS, Layout::Msghdr),
+        s if s == Syscall::Sendfile as u8 => (DIR_EGRESS, Layout::None),
+        // accept, connect, listen: their own exit hooks take the call.
+        _ => return 0,
+    };
+    // Idle (no call in flight), kept for the thread's next call.
+    // SAFETY: as above.
+    unsafe { (*call_ptr).syscall = 0 };
+    exit(id, call, ctx.arg(1), direction, layout);
     0
+}
+
+/// recvmmsg/sendmmsg on a tracked connection: counted, not captured.
+#[inline(always)]
+fn mmsg(regs: u64) {
+    let cfg = config();
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !watched(&cfg, tgid) {
+        return;
+    }
+    // SAFETY: the helper validates the kernel address.
+    let Ok(raw) = (unsafe { bpf_probe_read_kernel((regs + nr::ARGS_AT) as *const [u64; 3]) }) else {
+        return;
+    };
+    if CONNS.get_ptr(fd_key(tgid, nr::args(raw)[0] as u32)).is_some() {
+        count(Counter::MmsgNotCaptured);
+    }
 }
