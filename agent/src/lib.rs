@@ -2,6 +2,7 @@
 //!
 //! Modules follow the data flow: `capture` (kernel programs, ring buffer) → `events` (decoding,
 //! clocks) → later stages. `cli` holds the subcommands.
+pub mod alloc;
 pub mod capture;
 pub mod cli;
 pub mod config;

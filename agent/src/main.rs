@@ -300,6 +300,7 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 fn main() -> ExitCode {
+    tracewire::alloc::starting();
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_env("RUST_LOG").format_target(false).init();
     let file = match &cli.config {

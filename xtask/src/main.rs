@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod load;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]

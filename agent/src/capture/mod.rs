@@ -227,6 +227,7 @@ impl Capture {
         if let Some(root) = &tcp_option {
             info!("trace context travels in TCP options (sock_ops on {})", root.display());
         }
+        crate::alloc::running();
         Ok(Capture { ring, counters, watched, conns, listeners, options, attached, tcp_option, _ebpf: ebpf })
     }
 

@@ -2,6 +2,7 @@
 //! protobuf) over a recorded capture, on one thread, timed. What `cargo xtask bench` reports as
 //! the userspace throughput.
 use std::{
+    io::Write as _,
     path::Path,
     time::{Duration, Instant},
 };
@@ -18,6 +19,7 @@ use crate::{
 
 /// Replays `path` repeatedly for at least `min_time` and returns the measurements as JSON.
 pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
+    crate::alloc::running();
     let records = record::read_all(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     anyhow::ensure!(!records.is_empty(), "{}: no records", path.display());
     // Resources are fixed up front: the pipeline is timed, not /proc.
@@ -32,6 +34,35 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         }
     }
     let (mut events, mut spans, mut bytes, mut decode_errors, mut passes) = (0u64, 0u64, 0u64, 0u64, 0u64);
+    // Compressed size, measured once outside the timed passes.
+    let (mut gz_bytes, mut gz_spans) = (0u64, 0u64);
+    {
+        let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
+        let mut batch = Vec::with_capacity(1024);
+        let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| -> anyhow::Result<()> {
+            if !batch.is_empty() {
+                let raw = transform::request(batch, resources).encode_to_vec();
+                let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
+                gz.write_all(&raw)?;
+                gz_bytes += gz.finish()?.len() as u64;
+                gz_spans += batch.len() as u64;
+                batch.clear();
+            }
+            Ok(())
+        };
+        for r in &records {
+            if let Ok(ev) = decode(r) {
+                c.on_event(&ev);
+            }
+            batch.append(&mut c.take_spans());
+            if batch.len() >= 512 {
+                flush(&mut batch, &mut resources)?;
+            }
+        }
+        c.close_all();
+        batch.append(&mut c.take_spans());
+        flush(&mut batch, &mut resources)?;
+    }
     let start = Instant::now();
     while passes == 0 || start.elapsed() < min_time {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
@@ -70,5 +101,6 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         "events_per_sec": events as f64 / secs,
         "ns_per_event": secs * 1e9 / events as f64,
         "otlp_bytes_per_span": if spans > 0 { bytes as f64 / spans as f64 } else { 0.0 },
+        "otlp_gzip_bytes_per_span": if gz_spans > 0 { gz_bytes as f64 / gz_spans as f64 } else { 0.0 },
     }))
 }
