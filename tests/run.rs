@@ -325,8 +325,12 @@ fn head_sampling_is_decided_at_the_root_and_follows_the_parent() {
     let paths: Vec<String> = spans.iter().filter_map(|(_, s)| attr_str(s, "url.path")).collect();
     assert_eq!(spans.len(), 2, "{paths:?} {summary}");
     assert!(paths.contains(&"/bytes/10".to_string()) && paths.contains(&"/bytes/11".to_string()));
-    assert_eq!(summary["sampled_out"], 5, "{summary}");
-    assert_eq!(summary["spans"], 7, "{summary}");
+    // Decided where each request starts, in the kernel: the five unsampled requests were never
+    // reported, so they cost no copy, no event and no parsing.
+    assert_eq!(summary["kernel"]["sampled_out"], 5, "{summary}");
+    assert_eq!(summary["sampled_out"], 0, "{summary}");
+    assert_eq!(summary["spans"], 2, "{summary}");
+    assert_eq!(summary["http"]["unsampled_gap"], 0, "{summary}");
 }
 
 /// A hop of tests/peers/hop.py on 127.0.0.1: (peer, port).
@@ -400,4 +404,63 @@ fn an_sdk_instrumented_service_and_the_agent_make_one_trace() {
     }
     assert_eq!(summary["kernel"]["ctx_header"], 3, "the kernel read the SDK's header: {summary}");
     assert_eq!(summary["http"]["kernel_ctx_differs"], 0, "{summary}");
+}
+
+#[test]
+fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
+    let _g = serial();
+    require_root();
+    let rx = Receiver::start(vec![]);
+    let (leaf, leaf_port) = python_hop("leaf", None);
+    let (mid, mid_port) = python_hop("middle", Some(&format!("http://127.0.0.1:{leaf_port}")));
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &[
+            "--pid",
+            &mid.pid().to_string(),
+            "--pid",
+            &leaf.pid().to_string(),
+            "--sampler",
+            "parentbased_traceidratio",
+            "--sampler-arg",
+            "0.5",
+        ],
+    );
+    // One keep-alive connection carries sampled and unsampled requests in turn.
+    let n = 40;
+    let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{mid_port}/hop/k{i}")).collect();
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null"]).args(&urls).output().expect("curl");
+    assert!(out.status.success());
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let rid = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+        attr_str(s, "url.path")
+            .or_else(|| attr_str(s, "url.full"))
+            .and_then(|p| p.split("/hop/").nth(1).map(str::to_string))
+    };
+    let sampled: std::collections::BTreeSet<String> = spans.iter().filter_map(|(_, s)| rid(s)).collect();
+    // Each sampled request is whole: the middle's server and client span and the leaf's server
+    // span, in one trace, parent to child.
+    for id in &sampled {
+        let mine: Vec<&opentelemetry_proto::tonic::trace::v1::Span> =
+            spans.iter().filter(|(_, s)| rid(s).as_deref() == Some(id)).map(|(_, s)| s).collect();
+        assert_eq!(mine.len(), 3, "{id}: {summary}");
+        assert!(mine.iter().all(|s| s.trace_id == mine[0].trace_id), "{id}: one trace");
+        let find = |kind: i32, port: u16| {
+            mine.iter()
+                .find(|s| s.kind == kind && receiver::attr_int(s, "server.port") == Some(i64::from(port)))
+                .unwrap_or_else(|| panic!("{id}: no span of kind {kind} for port {port}"))
+        };
+        let (server, client, leaf_server) = (find(2, mid_port), find(3, leaf_port), find(2, leaf_port));
+        assert!(server.parent_span_id.is_empty());
+        assert_eq!(client.parent_span_id, server.span_id);
+        assert_eq!(leaf_server.parent_span_id, client.span_id);
+    }
+    let kept = sampled.len() as u64;
+    assert!((1..n).contains(&kept), "ratio 0.5 of {n} requests kept {kept}");
+    // The others were never reported: three requests each (the middle's, its call, the leaf's).
+    assert_eq!(summary["kernel"]["sampled_out"], 3 * (n - kept), "{summary}");
+    assert_eq!(summary["spans"], 3 * kept, "{summary}");
+    assert_eq!(summary["http"]["unsampled_gap"], 0, "{summary}");
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
 }

@@ -364,6 +364,7 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
             };
             // Traces that start in the kernel get the same decision.
             options.sample_threshold = sampler.root_threshold();
+            options.parent_based = matches!(sampler, tracewire::sampling::Sampler::ParentBased(_));
             let patterns =
                 if args.routes.is_empty() { file.routes.patterns.clone() } else { args.routes.clone() };
             let routes = tracewire::correlate::route::Routes::new(

@@ -102,6 +102,12 @@ const _: () = assert!(size_of::<Config>() == 40);
 /// [`Config::flags`]: write and read the trace-context TCP option (the sock_ops program is
 /// attached).
 pub const CFG_TCP_OPTION: u32 = 1;
+/// [`Config::flags`]: a remote parent's sampled flag decides (parent-based samplers); without it
+/// every trace is decided by the ratio on its trace id.
+pub const CFG_PARENT_BASED: u32 = 2;
+/// [`Config::flags`]: requests that are not sampled are not reported at all (decided where the
+/// request starts; the context still travels on, with its sampled flag clear).
+pub const CFG_SKIP_UNSAMPLED: u32 = 4;
 /// [`Config::sample_threshold`] that keeps every trace.
 pub const SAMPLE_ALL: u64 = 1 << 56;
 
@@ -250,8 +256,13 @@ pub struct ConnState {
     pub skaddr: u64,
     /// Server connections: the thread that read the request of the open turn.
     pub turn_tid: u32,
+    /// 1 while the current turn's request is not sampled: its bytes are not reported.
+    pub skip: u8,
+    /// 1 when bytes were left unreported since the last event: the next event says so
+    /// ([`DATA_FLAG_AFTER_SKIP`]).
+    pub gap: u8,
     /// Reserved.
-    pub _pad2: u32,
+    pub _pad2: [u8; 2],
     /// Trace context of the current turn.
     pub ctx: TraceCtx,
     /// Context received in the TCP option, waiting for the request it came with.
@@ -448,6 +459,9 @@ pub const DATA_FLAG_TRUNCATED: u16 = 1;
 pub const DATA_FLAG_COPY_FAILED: u16 = 2;
 /// More iovecs than [`MAX_IOVECS`]: the tail was not copied.
 pub const DATA_FLAG_IOV_OVERFLOW: u16 = 4;
+/// Requests on this connection were left unreported (not sampled) since its previous event:
+/// whatever message was in progress is over.
+pub const DATA_FLAG_AFTER_SKIP: u16 = 8;
 
 /// Bytes moved on a tracked connection. `captured` payload bytes follow the struct.
 #[repr(C)]
@@ -542,10 +556,12 @@ pub enum Counter {
     TcpOptUsed = 17,
     /// `traceparent` headers found by the kernel at the start of a request.
     CtxHeader = 18,
+    /// Requests not reported because they are not sampled.
+    SampledOut = 19,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 19;
+pub const COUNTER_COUNT: u32 = 20;
 
 impl Counter {
     /// All counters, in index order.
@@ -569,6 +585,7 @@ impl Counter {
         Counter::TcpOptReceived,
         Counter::TcpOptUsed,
         Counter::CtxHeader,
+        Counter::SampledOut,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -593,6 +610,7 @@ impl Counter {
             Counter::TcpOptReceived => "tcp_opt_received",
             Counter::TcpOptUsed => "tcp_opt_used",
             Counter::CtxHeader => "ctx_header",
+            Counter::SampledOut => "sampled_out",
         }
     }
 }

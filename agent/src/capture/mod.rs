@@ -26,9 +26,9 @@ use aya::{
 pub use error::CaptureError;
 use log::{debug, info, warn};
 use tracewire_common::{
-    CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD,
-    DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr,
-    WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
+    CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState, Counter,
+    DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL,
+    SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -55,6 +55,11 @@ pub struct CaptureOptions {
     pub tcp_option: bool,
     /// Head sampling of traces started in the kernel (see [`Config::sample_threshold`]).
     pub sample_threshold: u64,
+    /// The sampler follows a remote parent's sampled flag.
+    pub parent_based: bool,
+    /// Leave requests that are not sampled unreported, in the kernel (needs the TCP option, so
+    /// that both ends of a connection decide alike).
+    pub skip_unsampled: bool,
 }
 
 impl Default for CaptureOptions {
@@ -68,6 +73,8 @@ impl Default for CaptureOptions {
             wakeup_bytes: 256 * 1024,
             tcp_option: true,
             sample_threshold: SAMPLE_ALL,
+            parent_based: true,
+            skip_unsampled: true,
         }
     }
 }
@@ -83,6 +90,7 @@ pub struct Capture {
     options: CaptureOptions,
     attached: usize,
     tcp_option: Option<PathBuf>,
+    skip_unsampled: bool,
     // Keeps programs and links alive; declared last so maps are released after links.
     _ebpf: Ebpf,
 }
@@ -143,7 +151,9 @@ impl Capture {
             payload_cap: options.payload_cap,
             port_filter: u32::from(!options.ports.is_empty()),
             fork_child_pid_offset: host.fork_child_pid_offset,
-            flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 },
+            flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 }
+                | if options.parent_based { CFG_PARENT_BASED } else { 0 }
+                | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 },
             wakeup_bytes: options.wakeup_bytes,
             sample_threshold: options.sample_threshold,
         };
@@ -228,7 +238,24 @@ impl Capture {
             info!("trace context travels in TCP options (sock_ops on {})", root.display());
         }
         crate::alloc::running();
-        Ok(Capture { ring, counters, watched, conns, listeners, options, attached, tcp_option, _ebpf: ebpf })
+        let skip_unsampled = config.flags & CFG_SKIP_UNSAMPLED != 0;
+        Ok(Capture {
+            ring,
+            counters,
+            watched,
+            conns,
+            listeners,
+            options,
+            attached,
+            tcp_option,
+            skip_unsampled,
+            _ebpf: ebpf,
+        })
+    }
+
+    /// Whether the kernel leaves unsampled requests unreported.
+    pub fn skips_unsampled(&self) -> bool {
+        self.skip_unsampled
     }
 
     /// The cgroup2 root the TCP-option program is attached to, when it is.

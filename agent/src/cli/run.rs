@@ -172,6 +172,9 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     let mut correlator = Correlator::new(Clock::now(), max_conns)
         .with_routes(out.routes.clone())
         .with_sampler(out.sampler.clone());
+    if session.capture().skips_unsampled() {
+        correlator = correlator.without_pairing();
+    }
     eprintln!("tracewire: tracing with {} programs attached (Ctrl-C to stop)", session.capture().attached());
     let started = Instant::now();
     let mut last_status = Instant::now();
@@ -261,6 +264,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
                 "paired_same_node": stats.paired_same_node,
                 "linked_tcp": stats.linked_tcp,
                 "kernel_ctx_differs": stats.kernel_ctx_differs,
+                "unsampled_gap": stats.unsampled_gap,
                 "pending_overflow": stats.pending_overflow, "conn_table_full": stats.conn_table_full,
             },
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),

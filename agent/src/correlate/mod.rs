@@ -25,8 +25,8 @@ use crate::sampling::Sampler;
 use span::{Kind, Link, SpanRecord, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
-    CTX_AMBIGUOUS, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId, DIR_INGRESS, DataEvent,
-    EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
+    CTX_AMBIGUOUS, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId, DATA_FLAG_AFTER_SKIP,
+    DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
 };
 
 use crate::{
@@ -77,6 +77,9 @@ pub struct CorrelateStats {
     pub paired_same_node: u64,
     /// Server spans whose parent came in the TCP option of the peer's agent.
     pub linked_tcp: u64,
+    /// Requests abandoned because the kernel left part of their exchange unreported (a request
+    /// whose sampling differed from its continuation's, e.g. around 100-continue).
+    pub unsampled_gap: u64,
     /// Requests where the kernel's context and the parsed request disagreed (a header beyond
     /// the kernel's scan window, a parent userspace could not confirm): never a guessed parent,
     /// the span keeps the trace id its calls carried.
@@ -184,6 +187,13 @@ fn pair_key(info: &Info) -> Option<PairKey> {
     info.pair
 }
 
+impl ConnSink<'_> {
+    /// The pairing key, when same-node pairing is on.
+    fn pair(&self) -> Option<PairKey> {
+        if self.g.no_pairing { None } else { self.info.pair }
+    }
+}
+
 /// A server request waiting for its client end: (span id, server connection key).
 type WaitingServer = ([u8; 8], (u32, u32));
 
@@ -215,6 +225,9 @@ fn push_bounded<T>(q: &mut VecDeque<T>, v: T) {
 /// table) and this can be borrowed at the same time.
 #[derive(Default)]
 struct Shared {
+    /// Same-node pairing by request order; off when the kernel skips unsampled requests (the
+    /// two ends may then skip different ones, and the order no longer matches).
+    no_pairing: bool,
     routes: Routes,
     sampler: Sampler,
     peers: Peers,
@@ -278,7 +291,7 @@ impl ConnSink<'_> {
             // Same-node pairing keeps its n-th-request order whatever decides the parent.
             let mut paired = None;
             if incoming.is_none()
-                && let Some(key) = pair_key(self.info)
+                && let Some(key) = self.pair()
             {
                 match self.g.peers.clients.get_mut(&key).and_then(VecDeque::pop_front) {
                     Some(client) => paired = Some(client),
@@ -448,7 +461,7 @@ impl ConnSink<'_> {
 
     fn finish_exchange(&mut self, p: Pending, resp: Option<&ResponseHead>, end_ns: u64) {
         // A request answered without its other end appearing has no traced peer: forget it.
-        if let Some(key) = pair_key(self.info) {
+        if let Some(key) = self.pair() {
             if self.info.role == ROLE_SERVER {
                 if let Some(q) = self.g.peers.servers.get_mut(&key) {
                     q.retain(|(id, _)| *id != p.ctx.span_id);
@@ -480,7 +493,7 @@ impl Sink for ConnSink<'_> {
         let ctx = self.new_ctx(&head, &meta);
         if self.info.role == ROLE_SERVER {
             self.g.serving.entry(self.info.id).or_default().push(ctx.clone());
-        } else if let Some(key) = pair_key(self.info) {
+        } else if let Some(key) = self.pair() {
             match self.g.peers.servers.get_mut(&key).and_then(VecDeque::pop_front) {
                 // The server end read this request first: re-parent its span.
                 Some((span_id, conn)) => {
@@ -697,6 +710,12 @@ impl Correlator {
         self
     }
 
+    /// Same-node pairing by request order off (see [`Shared::no_pairing`]).
+    pub fn without_pairing(mut self) -> Self {
+        self.shared.no_pairing = true;
+        self
+    }
+
     /// Head sampling for traces that start here.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
         self.shared.sampler = sampler;
@@ -864,6 +883,19 @@ impl Correlator {
         let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
         let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx, kctx: d.ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
+        if d.flags & DATA_FLAG_AFTER_SKIP != 0 {
+            // Unsampled requests were left out: what was in progress cannot complete.
+            conn.req.reset();
+            conn.resp.reset();
+            let dropped = conn.book.pending.len() + usize::from(conn.book.current.is_some());
+            self.shared.stats.unsampled_gap += dropped as u64;
+            for p in conn.book.pending.drain(..).chain(conn.book.current.take().map(|(p, _)| p)) {
+                if let Some(list) = self.shared.serving.get_mut(&conn.info.id) {
+                    list.retain(|c| c.span_id != p.ctx.span_id);
+                }
+            }
+            conn.book.interim = false;
+        }
         let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
         let (this, other) = match side {
             Side::Request => (&mut conn.req, &mut conn.resp),

@@ -106,6 +106,15 @@ impl Stream {
         self.buf = Vec::new();
     }
 
+    /// Bytes were left out (requests that were not sampled): whatever was in progress is
+    /// abandoned and the next bytes start a message.
+    pub fn reset(&mut self) {
+        if self.state != State::Stopped {
+            self.state = State::Head;
+            self.buf.clear();
+        }
+    }
+
     /// Whether the stream stopped parsing.
     pub fn stopped(&self) -> bool {
         self.state == State::Stopped

@@ -15,8 +15,9 @@
 //!   interleaving requests: the parent is never guessed); else a new trace.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use tracewire_common::{
-    CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_HEADER, CTX_ROOT, CTX_TCP, CTX_THREAD, Config, ConnId, ConnState,
-    Counter, DIR_EGRESS, DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx,
+    CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_HEADER, CTX_ROOT, CTX_TCP,
+    CTX_THREAD, Config, ConnId, ConnState, Counter, DIR_EGRESS, DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx,
+    TraceCtx,
 };
 
 use crate::{
@@ -40,8 +41,45 @@ fn new_trace(cfg: &Config, ctx: &mut TraceCtx) {
     let lo = rand64();
     ctx.trace_id[..8].copy_from_slice(&hi.to_be_bytes());
     ctx.trace_id[8..].copy_from_slice(&lo.to_be_bytes());
-    let sampled = (lo & ((1 << 56) - 1)) < cfg.sample_threshold;
-    ctx.trace_flags = sampled as u8;
+    ctx.trace_flags = by_ratio(cfg, &ctx.trace_id) as u8;
+}
+
+/// The ratio decision on a trace id: its rightmost 7 bytes below the threshold.
+#[inline(always)]
+fn by_ratio(cfg: &Config, trace_id: &[u8; 16]) -> bool {
+    let lo = u64::from_be_bytes([
+        0,
+        trace_id[9],
+        trace_id[10],
+        trace_id[11],
+        trace_id[12],
+        trace_id[13],
+        trace_id[14],
+        trace_id[15],
+    ]);
+    lo < cfg.sample_threshold
+}
+
+/// A trace continued from a remote parent: the parent's flag decides for parent-based
+/// samplers, the ratio otherwise (as userspace decides).
+#[inline(always)]
+fn continued(cfg: &Config, ctx: &mut TraceCtx) {
+    if cfg.flags & CFG_PARENT_BASED == 0 {
+        ctx.trace_flags = (ctx.trace_flags & !1) | by_ratio(cfg, &ctx.trace_id) as u8;
+    }
+}
+
+/// Applies the sampling decision of the turn that starts: an unsampled request is not reported
+/// (when configured so), and the next reported event says bytes were left out.
+#[inline(always)]
+fn decide_reporting(cfg: &Config, state: &mut ConnState) {
+    if cfg.flags & CFG_SKIP_UNSAMPLED != 0 && state.ctx.trace_flags & 1 == 0 {
+        state.skip = 1;
+        state.gap = 1;
+        count(Counter::SampledOut);
+    } else {
+        state.skip = 0;
+    }
 }
 
 /// A new span id, never zero.
@@ -83,6 +121,7 @@ pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
     ctx.span_id[7] = (ctx.span_id[7] & !1) | (ctx.trace_flags & 1);
     state.ctx = ctx;
     state.turn = DIR_EGRESS;
+    decide_reporting(cfg, state);
     if cfg.flags & CFG_TCP_OPTION != 0 && state.skaddr != 0 {
         let entry = TcpCtxEntry {
             ctx: TcpCtx { trace_id: ctx.trace_id, span_id: ctx.span_id },
@@ -103,12 +142,14 @@ pub fn server_turn(pid_tgid: u64, state: &mut ConnState, fd: u32, head: *mut u8,
     if find_traceparent(head, n, &mut ctx) {
         ctx.origin = CTX_HEADER;
         count(Counter::CtxHeader);
+        continued(cfg, &mut ctx);
     } else if state.rx_valid != 0 {
         ctx.trace_id = state.rx.trace_id;
         ctx.parent_id = state.rx.span_id;
         ctx.trace_flags = state.rx.span_id[7] & 1;
         ctx.origin = CTX_TCP;
         count(Counter::TcpOptUsed);
+        continued(cfg, &mut ctx);
     } else {
         new_trace(cfg, &mut ctx);
         ctx.origin = CTX_ROOT;
@@ -116,6 +157,7 @@ pub fn server_turn(pid_tgid: u64, state: &mut ConnState, fd: u32, head: *mut u8,
     state.rx_valid = 0;
     state.ctx = ctx;
     state.turn = DIR_INGRESS;
+    decide_reporting(cfg, state);
     let tid = pid_tgid as u32;
     state.turn_tid = tid;
     match THREAD_CTX.get_ptr_mut(tid) {

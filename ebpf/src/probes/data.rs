@@ -20,9 +20,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, ConnId, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED,
-    DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER,
-    SockAddr, Syscall, fd_key,
+    ActiveCall, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
+    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT,
+    ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::context::{client_turn, server_turn, server_turn_end};
@@ -130,6 +130,11 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
     } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {
         server_turn_end(conn, &conn_id, Some(tid));
     }
+    let starts_request = conn.role == ROLE_SERVER && direction == DIR_INGRESS && conn.turn != DIR_INGRESS;
+    if conn.skip != 0 && !starts_request {
+        // A request that is not sampled: its bytes cost nothing more.
+        return;
+    }
 
     let mut cap = cfg.payload_cap as u64;
     if cap > MAX_PAYLOAD as u64 {
@@ -179,7 +184,7 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
     let at = buf.as_mut_ptr() as *mut DataEvent;
     // SAFETY: the scratch buffer starts with room for a DataEvent (SCRATCH_BYTES >= HDR).
     unsafe { core::ptr::write_unaligned(at, ev) };
-    if conn.role == ROLE_SERVER && direction == DIR_INGRESS && conn.turn != DIR_INGRESS {
+    if starts_request {
         // Everything that differs between the ways through the copy above is now in map memory,
         // which the verifier does not track: it verifies the turn once, not once per way.
         // SAFETY: in bounds as above; the payload starts right after the header.
@@ -187,6 +192,17 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
             let n = core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) as u64;
             server_turn(id, conn, call.fd, buf.as_mut_ptr().add(HDR), n);
             core::ptr::write_unaligned(core::ptr::addr_of_mut!((*at).ctx), conn.ctx);
+        }
+        if conn.skip != 0 {
+            return;
+        }
+    }
+    if conn.gap != 0 {
+        conn.gap = 0;
+        // SAFETY: in bounds as above.
+        unsafe {
+            let f = core::ptr::addr_of_mut!((*at).flags);
+            core::ptr::write_unaligned(f, core::ptr::read_unaligned(f) | DATA_FLAG_AFTER_SKIP);
         }
     }
     // SAFETY: in bounds as above.
