@@ -148,6 +148,15 @@ fn start_agent(tracewire: &Path, args: &[&str]) -> Result<(Guard, std::sync::mps
     Ok((Guard(child), rx))
 }
 
+/// The JSON summary a stopped agent printed on stderr (Null if none).
+fn summary_of(lines: &std::sync::mpsc::Receiver<String>) -> Value {
+    lines
+        .try_iter()
+        .find_map(|l| l.strip_prefix("tracewire: summary ").map(str::to_string))
+        .and_then(|s| serde_json::from_str(&s).ok())
+        .unwrap_or(Value::Null)
+}
+
 fn stop(agent: &mut Guard) {
     // SAFETY: plain signal to our own child.
     unsafe { libc_kill(agent.0.id() as i32, 2) };
@@ -210,11 +219,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let (bpf_ns1, bpf_cnt1) = bpf_stats();
     let rss = peak_rss_kib(agent_pid);
     stop(&mut agent);
-    let summary: Value = lines
-        .try_iter()
-        .find_map(|l| l.strip_prefix("tracewire: summary ").map(str::to_string))
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
+    let summary = summary_of(&lines);
     println!("bench: with tracewire:    {with:.0} req/s");
     let (_, base2) = wrk(nginx.port, secs)?;
     println!("bench: without tracewire: {base2:.0} req/s");
@@ -250,11 +255,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let r10_rss = peak_rss_kib(r10_agent);
     drop(idle);
     stop(&mut agent);
-    let r10_summary: Value = r10_lines
-        .try_iter()
-        .find_map(|l| l.strip_prefix("tracewire: summary ").map(str::to_string))
-        .and_then(|s| serde_json::from_str(&s).ok())
-        .unwrap_or(Value::Null);
+    let r10_summary = summary_of(&r10_lines);
     println!(
         "bench: {idle_n} idle connections + {} paced requests: agent peak RSS {:.1} MiB, {} spans",
         r10_load.requests,

@@ -99,6 +99,22 @@ struct SpanCtx {
     links: Vec<([u8; 16], [u8; 8])>,
 }
 
+impl SpanCtx {
+    /// A child of `parent` in its trace (same flags and tracestate).
+    fn child_of(parent: &SpanCtx, span_id: [u8; 8], parent_remote: bool, link: Link) -> SpanCtx {
+        SpanCtx {
+            trace_id: parent.trace_id,
+            span_id,
+            parent_id: Some(parent.span_id),
+            parent_remote,
+            flags: parent.flags,
+            trace_state: parent.trace_state.clone(),
+            link,
+            links: Vec::new(),
+        }
+    }
+}
+
 /// Span links kept for an unlinked client span.
 const MAX_LINKS: usize = 4;
 
@@ -339,16 +355,7 @@ impl ConnSink<'_> {
                 if kernel.is_some() {
                     self.g.stats.kernel_ctx_differs += 1;
                 }
-                return SpanCtx {
-                    trace_id: client.trace_id,
-                    span_id,
-                    parent_id: Some(client.span_id),
-                    parent_remote: true,
-                    flags: client.flags,
-                    trace_state: client.trace_state,
-                    link: Link::None,
-                    links: Vec::new(),
-                };
+                return SpanCtx::child_of(&client, span_id, true, Link::None);
             }
             return self.root(span_id, kernel.as_ref(), Link::None);
         }
@@ -384,16 +391,7 @@ impl ConnSink<'_> {
                 if k.origin == CTX_THREAD && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
             {
                 self.g.stats.linked_thread += 1;
-                SpanCtx {
-                    trace_id: k.trace_id,
-                    span_id,
-                    parent_id: Some(p.span_id),
-                    parent_remote: false,
-                    flags: p.flags,
-                    trace_state: p.trace_state.clone(),
-                    link: Link::Thread,
-                    links: Vec::new(),
-                }
+                SpanCtx::child_of(p, span_id, false, Link::Thread)
             }
             // A new trace in the kernel, nothing served in userspace either.
             (Some(k), []) if k.origin == CTX_ROOT => self.root(span_id, Some(&k), Link::None),
@@ -411,16 +409,7 @@ impl ConnSink<'_> {
             }
             (None, [p]) => {
                 self.g.stats.linked_thread += 1;
-                SpanCtx {
-                    trace_id: p.trace_id,
-                    span_id,
-                    parent_id: Some(p.span_id),
-                    parent_remote: false,
-                    flags: p.flags,
-                    trace_state: p.trace_state.clone(),
-                    link: Link::Thread,
-                    links: Vec::new(),
-                }
+                SpanCtx::child_of(p, span_id, false, Link::Thread)
             }
             (None, []) => self.root(span_id, None, Link::None),
             (None, c) => {
