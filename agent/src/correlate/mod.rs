@@ -10,6 +10,7 @@
 //! request the same thread is serving (thread context from the kernel, exact for
 //! thread-per-request servers); otherwise a new trace. Where the serving request is ambiguous the
 //! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
+pub mod fifo;
 pub mod route;
 pub mod span;
 pub mod stream;
@@ -161,7 +162,7 @@ impl Info {
 /// Bookkeeping of one connection (separate from its streams so a stream can report into it).
 #[derive(Debug, Default)]
 struct Book {
-    pending: VecDeque<Pending>,
+    pending: fifo::Fifo<Pending>,
     current: Option<(Pending, ResponseHead)>,
     interim: bool,
     tunnel: bool,
@@ -674,7 +675,8 @@ fn build_span(
 /// Turns events into spans.
 pub struct Correlator {
     clock: Clock,
-    conns: HashMap<(u32, u32), Conn>,
+    /// Boxed: a table sized for many connections holds pointers, not 800-byte slots.
+    conns: HashMap<(u32, u32), Box<Conn>>,
     max_conns: usize,
     shared: Shared,
 }
@@ -785,12 +787,12 @@ impl Correlator {
         }
         self.conns.insert(
             key,
-            Conn {
+            Box::new(Conn {
                 info: Info::new(c.conn, c.role, &c.local, &c.remote),
                 req: Stream::new(Side::Request),
                 resp: Stream::new(Side::Response),
                 book: Book::default(),
-            },
+            }),
         );
     }
 
@@ -878,7 +880,8 @@ impl Correlator {
             conn.resp.reset();
             let dropped = conn.book.pending.len() + usize::from(conn.book.current.is_some());
             self.shared.stats.unsampled_gap += dropped as u64;
-            for p in conn.book.pending.drain(..).chain(conn.book.current.take().map(|(p, _)| p)) {
+            let current = conn.book.current.take().map(|(p, _)| p);
+            for p in std::iter::from_fn(|| conn.book.pending.pop_front()).chain(current) {
                 if let Some(list) = self.shared.serving.get_mut(&conn.info.id) {
                     list.retain(|c| c.span_id != p.ctx.span_id);
                 }

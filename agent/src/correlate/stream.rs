@@ -192,6 +192,23 @@ impl Stream {
                             }
                         }
                         self.meta = meta;
+                        // The usual case, a whole head in one read: parsed where it lies. Only a
+                        // head split across reads (or invalid bytes) is copied into `buf`.
+                        let parsed = match self.side {
+                            Side::Request => http1::parse_request(data).map(|h| sink.request(h, meta, false)),
+                            Side::Response => {
+                                http1::parse_response(data).map(|h| sink.response(h, meta, false))
+                            }
+                        };
+                        if let Parsed::Complete(framing, n) = parsed {
+                            self.enter(framing);
+                            data = &data[n..];
+                            if self.state == State::Head {
+                                // No body: the message ended with its head.
+                                sink.end(self.side, end_ns);
+                            }
+                            continue;
+                        }
                     }
                     if self.buf.len() + data.len() > MAX_HEAD {
                         sink.invalid(self.side, "head_too_large");
