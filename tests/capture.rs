@@ -321,26 +321,40 @@ fn cgroup_selection_follows_exec() {
     assert_eq!(bytes(&of(&events, "data", pid), "server", "ingress"), sizes.request);
 }
 
-fn our_programs_loaded() -> usize {
-    let out = Command::new("bpftool").args(["prog", "show"]).output().expect("bpftool");
-    let text = String::from_utf8_lossy(&out.stdout);
-    // bpftool prints full names (from BTF), not the 15-character kernel names.
-    let ours: Vec<String> = ["sys_enter", "tcp_option", "inet_sock_set_state", "sched_process_exec"]
+/// Loaded programs with one of the agent's names: (id, name). Ids only grow, so the programs of
+/// an agent started after a snapshot are those with a larger id than any in it.
+fn our_programs_loaded() -> Vec<(u64, String)> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    let ours = ["sys_enter", "tcp_option", "inet_sock_set_state", "sched_process_exec"];
+    progs
         .iter()
-        .map(|n| n.to_string())
-        .collect();
-    text.lines().filter(|l| ours.iter().any(|n| l.contains(&format!(" name {n} ")))).count()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_string())))
+        .filter(|(_, name)| ours.contains(&name.as_str()))
+        .collect()
 }
 
 #[test]
 fn programs_are_detached_when_the_agent_exits() {
     let _g = serial();
     require_root();
-    let before = our_programs_loaded();
+    // A previous agent's programs may still be on their way out (freed after an RCU grace
+    // period): the new agent's are told apart by id.
+    let before = our_programs_loaded().iter().map(|(id, _)| *id).max().unwrap_or(0);
     let agent = Agent::start(&["--pid", &std::process::id().to_string()]);
-    assert_eq!(our_programs_loaded(), before + 4, "the agent's programs are loaded while it runs");
+    let mine: Vec<(u64, String)> = our_programs_loaded().into_iter().filter(|(id, _)| *id > before).collect();
+    assert_eq!(mine.len(), 4, "the agent's programs are loaded while it runs: {mine:?}");
     agent.stop();
-    assert_eq!(our_programs_loaded(), before, "programs left behind");
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    loop {
+        let left: Vec<(u64, String)> =
+            our_programs_loaded().into_iter().filter(|p| mine.contains(p)).collect();
+        if left.is_empty() {
+            break;
+        }
+        assert!(Instant::now() < deadline, "programs left behind: {left:?}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
 }
 
 #[test]

@@ -16,7 +16,7 @@ use std::{
 
 use serde_json::Value;
 
-/// Agent start-up (load + verify + attach) in a debug build takes a second or two.
+/// Agent start-up (load + verify + attach) takes a second or two; generous for a loaded machine.
 pub const READY_TIMEOUT: Duration = Duration::from_secs(90);
 pub const EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 

@@ -191,7 +191,7 @@ fn us(ns: u64) -> f64 {
 }
 
 pub fn bench(quick: bool) -> Result<()> {
-    let tracewire = crate::build(true)?;
+    let tracewire = crate::build("release")?;
     // R10 holds 10,000 connections open from this process.
     load::raise_nofile(12_000)?;
     let out_dir = root().join("target/bench");

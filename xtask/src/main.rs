@@ -180,17 +180,18 @@ fn setup() -> Result<()> {
     Ok(())
 }
 
-/// Builds the agent: release for the demo a person runs, debug when the demo runs as a test
-/// (the test build already has it, and the demo's work is not CPU-bound).
-pub(crate) fn build(release: bool) -> Result<PathBuf> {
-    let mut cmd = Command::new("cargo");
-    cmd.args(["build", "--package", "tracewire"]).current_dir(root());
-    if release {
-        cmd.arg("--release");
-    }
-    run(&mut cmd)?;
-    Ok(root().join(if release { "target/release/tracewire" } else { "target/debug/tracewire" }))
+/// Builds the agent with a cargo profile: `release` for the demo a person runs and the bench,
+/// [`TEST_PROFILE`] when the demo runs as a test (the test build already has it).
+pub(crate) fn build(profile: &str) -> Result<PathBuf> {
+    run(Command::new("cargo")
+        .args(["build", "--package", "tracewire", "--profile", profile])
+        .current_dir(root()))?;
+    Ok(root().join("target").join(profile).join("tracewire"))
 }
+
+/// The tests run an optimised agent with debug assertions and overflow checks (see Cargo.toml):
+/// a debug build cannot keep up with nginx under wrk, and the tests assert that nothing drops.
+pub(crate) const TEST_PROFILE: &str = "ci";
 
 /// Kills a child process on drop, so an error path never leaves a server behind.
 pub(crate) struct Guard(pub(crate) Child);
@@ -250,7 +251,7 @@ fn service(name: &str, lang: Lang, work_ms: u64, downstreams: &[String]) -> Resu
 }
 
 fn demo(requests: u32, slow_ms: u64, check: bool, keep_running: bool) -> Result<()> {
-    let tracewire = build(!check)?;
+    let tracewire = build(if check { TEST_PROFILE } else { "release" })?;
     let out_dir = root().join("target/demo");
     std::fs::create_dir_all(&out_dir)?;
     let url = |port: u16, path: &str| format!("http://127.0.0.1:{port}{path}");
@@ -521,7 +522,7 @@ unsafe extern "C" {
 
 fn test(args: &[String]) -> Result<()> {
     // Default members: the kernel crate only builds for the bpf target (through agent/build.rs).
-    run(Command::new("cargo").arg("test").args(args).current_dir(root()))?;
+    run(Command::new("cargo").args(["test", "--profile", TEST_PROFILE]).args(args).current_dir(root()))?;
     if args.is_empty() {
         // The demo, headless, as the end-to-end acceptance test.
         demo(2, 1400, true, false)?;
