@@ -27,13 +27,34 @@ fn payload(e: &Value) -> &str {
     e["payload"].as_str().unwrap_or("")
 }
 
+/// The socket tracepoints of the default data path exist (Linux 6.16+).
+fn kernel_has_socket_hooks() -> bool {
+    ["tcp/tcp_sendmsg_locked", "sock/sock_send_length", "sock/sock_recv_length"]
+        .iter()
+        .all(|t| std::path::Path::new("/sys/kernel/tracing/events").join(t).is_dir())
+}
+
 #[test]
 fn python_server_and_curl_exact_bytes_roles_and_addresses() {
+    let expected = if kernel_has_socket_hooks() { "sockets" } else { "syscalls" };
+    python_server_and_curl(&[], expected);
+}
+
+/// The data path of older kernels, on this one: every syscall hooked instead of the socket layer.
+#[test]
+fn python_server_and_curl_through_the_syscall_hooks() {
+    python_server_and_curl(&["--data-hooks", "syscalls"], "syscalls");
+}
+
+fn python_server_and_curl(args: &[&str], hooks: &str) {
     let _g = serial();
     require_root();
     let (server, port) = python_server("127.0.0.1");
     let pid = server.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    let pid_arg = pid.to_string();
+    let mut agent = Agent::start(&[&["--pid", pid_arg.as_str()][..], args].concat());
+    let ready = agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    assert_eq!(ready["data_hooks"], hooks);
     let sizes = curl(&format!("http://127.0.0.1:{port}/bytes/1000"), &[]);
     let remote = format!("127.0.0.1:{}", sizes.local_port);
     agent.wait_for("server close", EVENT_TIMEOUT, |e| {
@@ -326,7 +347,8 @@ fn cgroup_selection_follows_exec() {
 fn our_programs_loaded() -> Vec<(u64, String)> {
     let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
     let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool json");
-    let ours = ["sys_enter", "tcp_option", "inet_sock_set_state", "sched_process_exec"];
+    // One data program of either hook set, the sock_ops program and two lifecycle programs.
+    let ours = ["sock_recv_length", "sys_enter", "tcp_option", "inet_sock_set_state", "sched_process_exec"];
     progs
         .iter()
         .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_string())))

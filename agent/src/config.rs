@@ -63,6 +63,8 @@ pub struct Capture {
     pub ring_bytes: Option<u32>,
     /// Trace context in TCP options between agents (default on).
     pub tcp_option: Option<bool>,
+    /// Hooks that see the bytes: auto, sockets or syscalls.
+    pub data_hooks: Option<crate::capture::DataHooks>,
 }
 
 /// `routes:`

@@ -9,7 +9,7 @@ use std::{
 use anyhow::Context as _;
 use clap::{Args, Parser, Subcommand};
 use tracewire::{
-    capture::{CaptureOptions, Selection},
+    capture::{CaptureOptions, DataHooks, Selection},
     cli::capture::{self, CaptureOutput},
     config::FileConfig,
 };
@@ -231,6 +231,9 @@ struct SelectArgs {
     /// Do not send or read trace context in TCP options (agent-to-agent propagation).
     #[arg(long)]
     no_tcp_option: bool,
+    /// Hooks that see the bytes: socket tracepoints (Linux 6.16+), or every syscall [default: auto].
+    #[arg(long, value_enum)]
+    data_hooks: Option<DataHooks>,
 }
 
 #[derive(Args)]
@@ -280,6 +283,7 @@ impl SelectArgs {
             max_conns: self.max_conns.or(file.capture.max_conns).unwrap_or(DEFAULT_MAX_CONNS),
             ring_bytes: self.ring_bytes.or(file.capture.ring_bytes).unwrap_or(DEFAULT_RING_BYTES),
             tcp_option: !self.no_tcp_option && file.capture.tcp_option.unwrap_or(true),
+            data_hooks: self.data_hooks.or(file.capture.data_hooks).unwrap_or_default(),
             ..CaptureOptions::default()
         })
     }

@@ -110,6 +110,9 @@ fn bpf_stats() -> (u64, u64) {
         let name = p["name"].as_str().unwrap_or("");
         let ours = name.starts_with("sys_enter")
             || name.starts_with("sys_exit")
+            || name.starts_with("sock_send_length")
+            || name.starts_with("sock_recv_length")
+            || name.starts_with("tcp_sendmsg_lock")
             || name == "tcp_option"
             || name.starts_with("sched_process_")
             || name == "inet_sock_set_state"

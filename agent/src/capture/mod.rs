@@ -60,6 +60,31 @@ pub struct CaptureOptions {
     /// Leave requests that are not sampled unreported, in the kernel (needs the TCP option, so
     /// that both ends of a connection decide alike).
     pub skip_unsampled: bool,
+    /// Which hooks carry the bytes.
+    pub data_hooks: DataHooks,
+}
+
+/// The hooks that see the bytes of reads and writes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, serde::Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum DataHooks {
+    /// The socket hooks where the kernel has them, else the syscall hooks.
+    #[default]
+    Auto,
+    /// Socket-layer tracepoints (Linux 6.16+): only socket I/O runs programs.
+    Sockets,
+    /// raw_syscalls sys_enter/sys_exit: every syscall of every process runs a program.
+    Syscalls,
+}
+
+impl DataHooks {
+    pub fn name(self) -> &'static str {
+        match self {
+            DataHooks::Auto => "auto",
+            DataHooks::Sockets => "sockets",
+            DataHooks::Syscalls => "syscalls",
+        }
+    }
 }
 
 impl Default for CaptureOptions {
@@ -75,6 +100,7 @@ impl Default for CaptureOptions {
             sample_threshold: SAMPLE_ALL,
             parent_based: true,
             skip_unsampled: true,
+            data_hooks: DataHooks::Auto,
         }
     }
 }
@@ -91,6 +117,7 @@ pub struct Capture {
     attached: usize,
     tcp_option: Option<PathBuf>,
     skip_unsampled: bool,
+    data_hooks: DataHooks,
     // Keeps programs and links alive; declared last so maps are released after links.
     _ebpf: Ebpf,
 }
@@ -180,7 +207,32 @@ impl Capture {
                 .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
             attached += 1;
         }
-        for (name, tracepoint) in programs::RAW_PROGRAMS {
+        let data_hooks = match options.data_hooks {
+            DataHooks::Auto if preflight::has_tracepoints(&host.tracefs, programs::SOCKET_DATA_PROGRAMS) => {
+                DataHooks::Sockets
+            }
+            DataHooks::Auto => {
+                info!(
+                    "this kernel lacks the socket tracepoints (Linux 6.16+): data through the syscall hooks"
+                );
+                DataHooks::Syscalls
+            }
+            DataHooks::Sockets
+                if !preflight::has_tracepoints(&host.tracefs, programs::SOCKET_DATA_PROGRAMS) =>
+            {
+                return Err(CaptureError::TracepointFormat {
+                    tracepoint: "tcp/tcp_sendmsg_locked, sock/sock_send_length, sock/sock_recv_length".into(),
+                    problem: "not all exist on this kernel (Linux 6.16+); use --data-hooks syscalls".into(),
+                });
+            }
+            other => other,
+        };
+        let data_programs = if data_hooks == DataHooks::Sockets {
+            programs::SOCKET_DATA_PROGRAMS
+        } else {
+            programs::SYSCALL_DATA_PROGRAMS
+        };
+        for (name, _, tracepoint) in data_programs {
             let prog: &mut RawTracePoint = ebpf
                 .program_mut(name)
                 .ok_or(CaptureError::MissingProgram(name))?
@@ -229,8 +281,9 @@ impl Capture {
             }
         }
         info!(
-            "{attached} programs attached (kernel {}, payload cap {} B, ring {} KiB)",
+            "{attached} programs attached (kernel {}, data through the {} hooks, payload cap {} B, ring {} KiB)",
             host.kernel,
+            data_hooks.name(),
             options.payload_cap,
             options.ring_bytes / 1024
         );
@@ -248,6 +301,7 @@ impl Capture {
             options,
             attached,
             tcp_option,
+            data_hooks,
             skip_unsampled,
             _ebpf: ebpf,
         })
@@ -259,6 +313,11 @@ impl Capture {
     }
 
     /// The cgroup2 root the TCP-option program is attached to, when it is.
+    /// The hooks that carry the bytes (never `Auto` once started).
+    pub fn data_hooks(&self) -> DataHooks {
+        self.data_hooks
+    }
+
     pub fn tcp_option(&self) -> Option<&Path> {
         self.tcp_option.as_deref()
     }

@@ -173,6 +173,13 @@ fn field_offset(
     }
 }
 
+/// Whether every tracepoint of a program table exists.
+pub fn has_tracepoints(tracefs: &str, table: &[(&str, &str, &str)]) -> bool {
+    table
+        .iter()
+        .all(|(_, category, name)| Path::new(tracefs).join("events").join(category).join(name).is_dir())
+}
+
 fn check_formats(tracefs: &str) -> Result<(), CaptureError> {
     for p in programs::PROGRAMS {
         let dir = Path::new(tracefs).join("events").join(p.category).join(p.tracepoint);

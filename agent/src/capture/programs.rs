@@ -16,11 +16,21 @@ const fn sys(name: &'static str) -> ProgramSpec {
     ProgramSpec { program: name, category: "syscalls", tracepoint: name }
 }
 
-/// Raw tracepoints: (program, tracepoint). The data syscalls go through `raw_syscalls`
-/// sys_enter/sys_exit, which call the program directly with the registers; a per-syscall
-/// tracepoint builds a trace record first, which costs every process (traced or not) several
-/// hundred nanoseconds per hooked syscall.
-pub const RAW_PROGRAMS: &[(&str, &str)] = &[("sys_enter", "sys_enter"), ("sys_exit", "sys_exit")];
+/// The data path through the socket layer (raw tracepoints: program, category, tracepoint):
+/// programs run only on socket sends and receives, a few per request, and never for a process
+/// that does no socket I/O. The tracepoints exist since Linux 6.16 (`tcp_sendmsg_locked`).
+pub const SOCKET_DATA_PROGRAMS: &[(&str, &str, &str)] = &[
+    ("tcp_sendmsg_locked", "tcp", "tcp_sendmsg_locked"),
+    ("sock_send_length", "sock", "sock_send_length"),
+    ("sock_recv_length", "sock", "sock_recv_length"),
+];
+
+/// The data path through every syscall, for older kernels: `raw_syscalls` sys_enter/sys_exit call
+/// the program directly with the registers (a per-syscall tracepoint would build a trace record
+/// first, several hundred nanoseconds per hooked syscall of every process). Every syscall of every
+/// process then runs two programs.
+pub const SYSCALL_DATA_PROGRAMS: &[(&str, &str, &str)] =
+    &[("sys_enter", "raw_syscalls", "sys_enter"), ("sys_exit", "raw_syscalls", "sys_exit")];
 
 /// Every tracepoint program, in attach order. Lifecycle hooks first, so that a connection is
 /// known before data on it can arrive (the raw data hooks are attached after these).

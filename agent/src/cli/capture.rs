@@ -336,7 +336,11 @@ pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -
         session.capture().attached()
     );
     if out.json {
-        let _ = writeln!(w, "{}", json!({"type": "ready", "programs": session.capture().attached()}));
+        let _ = writeln!(
+            w,
+            "{}",
+            json!({"type": "ready", "programs": session.capture().attached(), "data_hooks": session.capture().data_hooks().name()})
+        );
         let _ = w.flush();
     }
     let mut status = Status { last: Instant::now(), last_events: 0, last_bytes: 0 };

@@ -18,11 +18,14 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     ActiveCall, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState,
-    Counter, EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
-    fd_key,
+    Counter, DIR_INGRESS, EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER,
+    SockAddr, Syscall, fd_key,
 };
 
-use super::context::server_turn_end;
+use super::{
+    context::server_turn_end,
+    data::{current_syscall, data_call},
+};
 use crate::{
     maps::{ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, TCP_RX, TCP_TX},
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
@@ -534,14 +537,15 @@ pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     if !watched(&config(), (id >> 32) as u32) {
         return 0;
     }
-    let Some(call) = ACTIVE.get_ptr(id) else {
+    // The read this runs in, from the thread's syscall registers (the socket hooks record no
+    // entry for reads).
+    let Some((nr, [fd, _, _])) = current_syscall() else {
         return 0;
     };
-    // SAFETY: map value pointer, copied.
-    let (fd, syscall) = unsafe { ((*call).fd, (*call).syscall) };
-    if syscall == 0 {
-        return 0; // not inside a call we track (an idle entry)
+    if !data_call(nr).is_some_and(|c| c.direction == DIR_INGRESS) {
+        return 0;
     }
+    let fd = fd as u32;
     let tgid = (id >> 32) as u32;
     let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd)) else {
         return 0;

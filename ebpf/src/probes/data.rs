@@ -15,7 +15,10 @@
 //! the mark, and every event carries its turn's trace context (see `context`), which is how
 //! userspace links outgoing calls to the request that caused them.
 use aya_ebpf::{
-    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel, generated::bpf_probe_read_user},
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel,
+        generated::{bpf_get_current_task_btf, bpf_probe_read_user, bpf_task_pt_regs},
+    },
     macros::raw_tracepoint,
     programs::RawTracePointContext,
 };
@@ -167,10 +170,12 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
         count(Counter::CopyFailed);
     }
     add(Counter::PayloadBytes, captured);
+    let t = now();
     let ev = DataEvent {
-        header: header(EventKind::Data as u32, id, now()),
+        header: header(EventKind::Data as u32, id, t),
         conn: conn_id,
-        enter_ns: call.enter_ns,
+        // Reads from the socket hooks have no entry time: they are stamped when the bytes arrive.
+        enter_ns: if call.enter_ns == 0 { t } else { call.enter_ns },
         thread_ctx,
         len: moved as u32,
         captured: captured as u32,
@@ -299,6 +304,12 @@ mod nr {
     pub fn args(r: [u64; 3]) -> [u64; 3] {
         [r[2], r[1], r[0]]
     }
+    /// The syscall number: `orig_ax`, at 120.
+    #[inline(always)]
+    pub fn syscall_nr(regs: u64) -> Option<i64> {
+        // SAFETY: the helper validates the kernel address.
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((regs + 120) as *const i64) }.ok()
+    }
 }
 
 /// Syscall numbers of the data syscalls (the generic table).
@@ -321,7 +332,202 @@ mod nr {
     pub fn args(r: [u64; 3]) -> [u64; 3] {
         r
     }
+    /// The syscall number: `syscallno` (s32), after regs[31], sp, pc, pstate and orig_x0.
+    #[inline(always)]
+    pub fn syscall_nr(regs: u64) -> Option<i64> {
+        // SAFETY: the helper validates the kernel address.
+        unsafe { aya_ebpf::helpers::bpf_probe_read_kernel((regs + 280) as *const i32) }.ok().map(i64::from)
+    }
 }
+
+/// A data syscall: what it is, which way the bytes go, how they lie in memory, and whether its
+/// third argument is an iovec count.
+#[derive(Clone, Copy)]
+pub(crate) struct DataCall {
+    syscall: Syscall,
+    pub(crate) direction: u8,
+    layout: Layout,
+    wants_count: bool,
+}
+
+/// The data syscalls by number; recvmmsg/sendmmsg are told apart by [`is_mmsg`].
+#[inline(always)]
+pub(crate) fn data_call(nr: i64) -> Option<DataCall> {
+    let (syscall, direction, layout, wants_count) = match nr {
+        nr::READ => (Syscall::Read, DIR_INGRESS, Layout::Flat, false),
+        nr::WRITE => (Syscall::Write, DIR_EGRESS, Layout::Flat, false),
+        nr::READV => (Syscall::Readv, DIR_INGRESS, Layout::Iovec, true),
+        nr::WRITEV => (Syscall::Writev, DIR_EGRESS, Layout::Iovec, true),
+        nr::RECVFROM => (Syscall::Recvfrom, DIR_INGRESS, Layout::Flat, false),
+        nr::SENDTO => (Syscall::Sendto, DIR_EGRESS, Layout::Flat, false),
+        nr::RECVMSG => (Syscall::Recvmsg, DIR_INGRESS, Layout::Msghdr, false),
+        nr::SENDMSG => (Syscall::Sendmsg, DIR_EGRESS, Layout::Msghdr, false),
+        nr::SENDFILE => (Syscall::Sendfile, DIR_EGRESS, Layout::None, false),
+        _ => return None,
+    };
+    Some(DataCall { syscall, direction, layout, wants_count })
+}
+
+#[inline(always)]
+fn is_mmsg(nr: i64) -> bool {
+    nr == nr::RECVMMSG || nr == nr::SENDMMSG
+}
+
+// --- socket hooks ------------------------------------------------------------------------------
+//
+// Where the kernel has them (6.16+), the data path hooks the socket layer instead of every
+// syscall: `tcp:tcp_sendmsg_locked` (inside a TCP send, before any byte is queued: the request's
+// context is minted there, in time for the TCP option of its first segment) and
+// `sock:sock_send_length` / `sock:sock_recv_length` (after a socket send or receive, with the
+// byte count). The syscall's own arguments (fd, buffer) come from the registers the thread
+// entered the kernel with. A process that does no socket I/O runs none of these programs, and a
+// request costs a handful of program runs instead of two per syscall.
+
+/// The current thread's syscall number and first three arguments, from the registers it entered
+/// the kernel with.
+#[inline(always)]
+pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
+    // SAFETY: helpers on the current task; the register block is read through the checked helper.
+    unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        if regs == 0 {
+            return None;
+        }
+        let nr = nr::syscall_nr(regs)?;
+        let raw = bpf_probe_read_kernel((regs + nr::ARGS_AT) as *const [u64; 3]).ok()?;
+        Some((nr, nr::args(raw)))
+    }
+}
+
+/// A TCP send is about to queue bytes: the start of a write (once per call; a large send passes
+/// here once per segment-sized chunk).
+#[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
+pub fn tcp_sendmsg_locked(_ctx: RawTracePointContext) -> i32 {
+    let id = bpf_get_current_pid_tgid();
+    if !watched(&config(), (id >> 32) as u32) {
+        return 0;
+    }
+    if let Some(p) = ACTIVE.get_ptr(id) {
+        // SAFETY: map value pointer, read once.
+        if unsafe { (*p).syscall } != 0 {
+            return 0; // this call's start is already recorded
+        }
+    }
+    let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
+        return 0;
+    };
+    let Some(c) = data_call(nr) else {
+        return 0;
+    };
+    if c.direction != DIR_EGRESS {
+        return 0;
+    }
+    let ptr = if c.layout == Layout::None { 0 } else { ptr };
+    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, DIR_EGRESS);
+    0
+}
+
+/// A socket send returned (args: sk, bytes or -errno, flags).
+#[raw_tracepoint(tracepoint = "sock_send_length")]
+pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !watched(&config(), tgid) {
+        return 0;
+    }
+    let Some(call_ptr) = ACTIVE.get_ptr_mut(id) else {
+        return mmsg_on_socket(tgid);
+    };
+    // SAFETY: map value pointer, valid for this run; copied before it is marked idle.
+    let call = unsafe { *call_ptr };
+    let Some(c) = data_call_of(call.syscall) else {
+        return mmsg_on_socket(tgid);
+    };
+    if c.direction != DIR_EGRESS {
+        return 0;
+    }
+    // SAFETY: as above.
+    unsafe { (*call_ptr).syscall = 0 };
+    let r: i32 = ctx.arg(1);
+    exit(id, call, r as i64, DIR_EGRESS, c.layout);
+    0
+}
+
+const MSG_PEEK: i32 = 2;
+
+/// A socket receive returned (args: sk, bytes or -errno, flags): the bytes are in the caller's
+/// buffer now.
+#[raw_tracepoint(tracepoint = "sock_recv_length")]
+pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
+    let id = bpf_get_current_pid_tgid();
+    let tgid = (id >> 32) as u32;
+    if !watched(&config(), tgid) {
+        return 0;
+    }
+    let r: i32 = ctx.arg(1);
+    let flags: i32 = ctx.arg(2);
+    // A peek leaves the bytes for the read that follows, which reports them.
+    if r <= 0 || flags & MSG_PEEK != 0 {
+        return 0;
+    }
+    let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
+        return 0;
+    };
+    let Some(c) = data_call(nr) else {
+        if is_mmsg(nr) && CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some() {
+            count(Counter::MmsgNotCaptured);
+        }
+        return 0;
+    };
+    if c.direction != DIR_INGRESS {
+        return 0;
+    }
+    let call = ActiveCall {
+        ptr,
+        enter_ns: 0,
+        fd: fd as u32,
+        count: if c.wants_count { cnt as u32 } else { 0 },
+        syscall: c.syscall as u8,
+        is_tcp: 1,
+        _pad: [0; 6],
+        addr: SockAddr::default(),
+        local: SockAddr::default(),
+    };
+    exit(id, call, r as i64, DIR_INGRESS, c.layout);
+    0
+}
+
+/// A send outside a recorded call: sendmmsg on a tracked connection is counted, not captured.
+#[inline(always)]
+fn mmsg_on_socket(tgid: u32) -> i32 {
+    if let Some((nr, [fd, _, _])) = current_syscall()
+        && is_mmsg(nr)
+        && CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some()
+    {
+        count(Counter::MmsgNotCaptured);
+    }
+    0
+}
+
+/// The table entry of a recorded call.
+#[inline(always)]
+fn data_call_of(syscall: u8) -> Option<DataCall> {
+    let nr = match syscall {
+        s if s == Syscall::Read as u8 => nr::READ,
+        s if s == Syscall::Write as u8 => nr::WRITE,
+        s if s == Syscall::Readv as u8 => nr::READV,
+        s if s == Syscall::Writev as u8 => nr::WRITEV,
+        s if s == Syscall::Recvfrom as u8 => nr::RECVFROM,
+        s if s == Syscall::Sendto as u8 => nr::SENDTO,
+        s if s == Syscall::Recvmsg as u8 => nr::RECVMSG,
+        s if s == Syscall::Sendmsg as u8 => nr::SENDMSG,
+        s if s == Syscall::Sendfile as u8 => nr::SENDFILE,
+        _ => return None,
+    };
+    data_call(nr)
+}
+
+// --- syscall hooks (kernels without the socket tracepoints) -----------------------------------
 
 /// Every syscall entry of every process, through the raw tracepoint: the kernel calls the
 /// program directly with the registers, without building a per-syscall trace record. That is
@@ -330,21 +536,11 @@ mod nr {
 #[raw_tracepoint(tracepoint = "sys_enter")]
 pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let nr: i64 = ctx.arg(1);
-    let (syscall, direction, wants_count) = match nr {
-        nr::READ => (Syscall::Read, DIR_INGRESS, false),
-        nr::WRITE => (Syscall::Write, DIR_EGRESS, false),
-        nr::READV => (Syscall::Readv, DIR_INGRESS, true),
-        nr::WRITEV => (Syscall::Writev, DIR_EGRESS, true),
-        nr::RECVFROM => (Syscall::Recvfrom, DIR_INGRESS, false),
-        nr::SENDTO => (Syscall::Sendto, DIR_EGRESS, false),
-        nr::RECVMSG => (Syscall::Recvmsg, DIR_INGRESS, false),
-        nr::SENDMSG => (Syscall::Sendmsg, DIR_EGRESS, false),
-        nr::SENDFILE => (Syscall::Sendfile, DIR_EGRESS, false),
-        nr::RECVMMSG | nr::SENDMMSG => {
+    let Some(c) = data_call(nr) else {
+        if is_mmsg(nr) {
             mmsg(ctx.arg(0));
-            return 0;
         }
-        _ => return 0,
+        return 0;
     };
     let cfg = config();
     let id = bpf_get_current_pid_tgid();
@@ -358,8 +554,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     };
     let [fd, ptr, cnt] = nr::args(raw);
     // sendfile(out_fd, in_fd, offset, count): bytes only, no buffer.
-    let ptr = if syscall == Syscall::Sendfile { 0 } else { ptr };
-    enter(id, fd, syscall, ptr, if wants_count { cnt as u32 } else { 0 }, direction);
+    let ptr = if c.layout == Layout::None { 0 } else { ptr };
+    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, c.direction);
     0
 }
 
@@ -376,21 +572,14 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: map value pointer, valid for this run; copied before it is marked idle.
     let call = unsafe { *call_ptr };
-    let (direction, layout) = match call.syscall {
-        s if s == Syscall::Read as u8 || s == Syscall::Recvfrom as u8 => (DIR_INGRESS, Layout::Flat),
-        s if s == Syscall::Write as u8 || s == Syscall::Sendto as u8 => (DIR_EGRESS, Layout::Flat),
-        s if s == Syscall::Readv as u8 => (DIR_INGRESS, Layout::Iovec),
-        s if s == Syscall::Writev as u8 => (DIR_EGRESS, Layout::Iovec),
-        s if s == Syscall::Recvmsg as u8 => (DIR_INGRESS, Layout::Msghdr),
-        s if s == Syscall::Sendmsg as u8 => (DIR_EGRESS, Layout::Msghdr),
-        s if s == Syscall::Sendfile as u8 => (DIR_EGRESS, Layout::None),
-        // accept, connect, listen: their own exit hooks take the call.
-        _ => return 0,
+    // accept, connect, listen: their own exit hooks take the call.
+    let Some(c) = data_call_of(call.syscall) else {
+        return 0;
     };
     // Idle (no call in flight), kept for the thread's next call.
     // SAFETY: as above.
     unsafe { (*call_ptr).syscall = 0 };
-    exit(id, call, ctx.arg(1), direction, layout);
+    exit(id, call, ctx.arg(1), c.direction, c.layout);
     0
 }
 
