@@ -1,5 +1,9 @@
 //! Bytes on tracked connections.
 //!
+//! Two hook sets feed the same entry and exit logic: the socket layer (`tcp_sendmsg_locked`,
+//! `sock_send_length`, `sock_recv_length`; Linux 6.16+, the default) or, on older kernels, every
+//! syscall (`raw_syscalls` sys_enter/sys_exit). Userspace attaches one set.
+//!
 //! Entry hooks check the process filter and the connection map, and remember the buffer (or iovec
 //! array) for this thread. Exit hooks know how many bytes moved, copy a prefix of them (up to the
 //! configured cap, across iovecs) into a per-CPU scratch buffer behind a [`DataEvent`] header, and
