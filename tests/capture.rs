@@ -215,6 +215,50 @@ fn ipv6_loopback() {
     assert_eq!(bytes(&data, "server", "egress"), sizes.header + sizes.body);
 }
 
+/// A server on the wildcard address: accept() says nothing about which local address a client
+/// reached, so the connection learns it from the socket on its first read, before the request is
+/// reported; the TCP option's context is taken from the same socket.
+#[test]
+fn wildcard_listener_learns_the_local_address_before_the_request() {
+    wildcard_listener("0.0.0.0", "127.0.0.1", &[]);
+}
+
+#[test]
+fn ipv6_wildcard_listener_learns_the_local_address_before_the_request() {
+    wildcard_listener("::", "[::1]", &[]);
+}
+
+/// Through the syscall hooks, the addresses come from `tcp:tcp_rcv_space_adjust` records.
+#[test]
+fn wildcard_listener_through_the_syscall_hooks() {
+    wildcard_listener("0.0.0.0", "127.0.0.1", &["--data-hooks", "syscalls"]);
+}
+
+fn wildcard_listener(listen: &str, connect: &str, args: &[&str]) {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server(listen);
+    let pid = server.pid();
+    let pid_arg = pid.to_string();
+    let mut agent = Agent::start(&[&["--pid", pid_arg.as_str()][..], args].concat());
+    let sizes = curl(&format!("http://{connect}:{port}/bytes/10"), &[]);
+    let remote = format!("{connect}:{}", sizes.local_port);
+    let addr = agent.wait_for("addresses", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_addr" && e["pid"] == pid && e["remote"] == remote.as_str()
+    });
+    assert_eq!(addr["local"], format!("{connect}:{port}"));
+    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
+    });
+    let events = agent.stop();
+    let pos = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).expect("event");
+    let addr_at = pos(&|e| e["type"] == "conn_addr" && e["remote"] == remote.as_str());
+    let data_at = pos(&|e| e["type"] == "data" && e["pid"] == pid && e["direction"] == "ingress");
+    assert!(addr_at < data_at, "addresses before the request: {events:#?}");
+    let open = events.iter().find(|e| e["type"] == "conn_open" && e["pid"] == pid).expect("open");
+    assert_eq!(bytes(&data_of(&events, open), "server", "ingress"), sizes.request);
+}
+
 #[test]
 fn unselected_processes_produce_no_data_events() {
     let _g = serial();

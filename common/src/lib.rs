@@ -96,8 +96,34 @@ pub struct Config {
     /// by the rightmost 7 bytes of its id is below this (2^56 keeps all, 0 none). The same rule
     /// as userspace's ratio sampler, so both (and every other node) agree.
     pub sample_threshold: u64,
+    /// Where `struct sock_common` keeps a socket's addresses on this kernel (from its BTF), for
+    /// the socket hooks, which receive the socket itself.
+    pub sk: SockOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 40);
+const _: () = assert!(size_of::<Config>() == 56);
+
+/// Byte offsets in `struct sock_common`. `valid` is 0 when they could not be resolved: the
+/// addresses are then learned from `tcp:tcp_rcv_space_adjust` records instead.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SockOffsets {
+    /// 1 when the offsets below were resolved.
+    pub valid: u16,
+    /// `skc_daddr` (be32).
+    pub daddr: u16,
+    /// `skc_rcv_saddr` (be32).
+    pub rcv_saddr: u16,
+    /// `skc_dport` (be16).
+    pub dport: u16,
+    /// `skc_num` (local port, host order).
+    pub num: u16,
+    /// `skc_family`.
+    pub family: u16,
+    /// `skc_v6_daddr` (16 bytes).
+    pub v6_daddr: u16,
+    /// `skc_v6_rcv_saddr` (16 bytes).
+    pub v6_rcv_saddr: u16,
+}
 
 /// [`Config::flags`]: write and read the trace-context TCP option (the sock_ops program is
 /// attached).

@@ -72,3 +72,9 @@ pub static TCP_TX: LruHashMap<u64, TcpCtxEntry> = LruHashMap::with_max_entries(D
 /// up. LRU: options arrive for every socket on the node, traced or not.
 #[map]
 pub static TCP_RX: LruHashMap<u64, TcpCtxEntry> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Client sockets of watched processes, by socket address, from connect() until the handshake
+/// completes: only these get the TCP-option write callback, so the segments of every other
+/// process on the node cost the kernel nothing extra. LRU: connects that never complete age out.
+#[map]
+pub static TCP_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);

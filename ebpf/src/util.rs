@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SAMPLE_ALL, SELECT_ALL,
-    SELECT_WATCHED, SockAddr, WATCH_HANDOFF, WATCH_SELECTED,
+    SELECT_WATCHED, SockAddr, SockOffsets, WATCH_HANDOFF, WATCH_SELECTED,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -25,6 +25,16 @@ static TRACEWIRE_CONFIG: Config = Config {
     flags: 0,
     wakeup_bytes: 0,
     sample_threshold: SAMPLE_ALL,
+    sk: SockOffsets {
+        valid: 0,
+        daddr: 0,
+        rcv_saddr: 0,
+        dport: 0,
+        num: 0,
+        family: 0,
+        v6_daddr: 0,
+        v6_rcv_saddr: 0,
+    },
 };
 
 #[inline(always)]

@@ -235,7 +235,18 @@ impl Peer {
 }
 
 impl Drop for Peer {
+    /// SIGTERM first, so that a server with workers (nginx's master) takes them down with it;
+    /// SIGKILL if it has not exited within two seconds.
     fn drop(&mut self) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let deadline = Instant::now() + Duration::from_secs(2);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            thread::sleep(Duration::from_millis(10));
+        }
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

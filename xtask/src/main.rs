@@ -193,11 +193,21 @@ pub(crate) fn build(profile: &str) -> Result<PathBuf> {
 /// a debug build cannot keep up with nginx under wrk, and the tests assert that nothing drops.
 pub(crate) const TEST_PROFILE: &str = "ci";
 
-/// Kills a child process on drop, so an error path never leaves a server behind.
+/// Stops a child process on drop, so an error path never leaves a server behind: SIGTERM first
+/// (nginx's master then stops its workers too), SIGKILL after two seconds.
 pub(crate) struct Guard(pub(crate) Child);
 
 impl Drop for Guard {
     fn drop(&mut self) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc_kill(self.0.id() as i32, 15) };
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(2);
+        while std::time::Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }

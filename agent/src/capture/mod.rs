@@ -3,6 +3,7 @@
 //!
 //! Everything after the ring buffer (`events`, and the stages after it) is pure and runs on
 //! recorded records just as well.
+pub mod btf;
 pub mod error;
 pub mod preflight;
 pub mod programs;
@@ -28,7 +29,7 @@ use log::{debug, info, warn};
 use tracewire_common::{
     CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState, Counter,
     DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL,
-    SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
+    SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -172,41 +173,6 @@ impl Capture {
         } else {
             None
         };
-        let config = Config {
-            self_tgid: std::process::id(),
-            select: if matches!(options.selection, Selection::All) { SELECT_ALL } else { SELECT_WATCHED },
-            payload_cap: options.payload_cap,
-            port_filter: u32::from(!options.ports.is_empty()),
-            fork_child_pid_offset: host.fork_child_pid_offset,
-            flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 }
-                | if options.parent_based { CFG_PARENT_BASED } else { 0 }
-                | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 },
-            wakeup_bytes: options.wakeup_bytes,
-            sample_threshold: options.sample_threshold,
-        };
-        let cpus =
-            aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
-        let mut ebpf = EbpfLoader::new()
-            .override_global("TRACEWIRE_CONFIG", &config, true)
-            .map_max_entries(maps::WATCHED, host.pid_max)
-            .map_max_entries(maps::CONNS, options.max_conns)
-            .map_max_entries(maps::EVENTS, options.ring_bytes)
-            .map_max_entries(maps::SCRATCH, cpus)
-            .load(EBPF_OBJECT)
-            .map_err(CaptureError::Load)?;
-
-        let mut attached = 0;
-        for p in programs::PROGRAMS {
-            let prog: &mut TracePoint = ebpf
-                .program_mut(p.program)
-                .ok_or(CaptureError::MissingProgram(p.program))?
-                .try_into()
-                .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
-            prog.load().map_err(|e| CaptureError::Program { program: p.program, source: e })?;
-            prog.attach(p.category, p.tracepoint)
-                .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
-            attached += 1;
-        }
         let data_hooks = match options.data_hooks {
             DataHooks::Auto if preflight::has_tracepoints(&host.tracefs, programs::SOCKET_DATA_PROGRAMS) => {
                 DataHooks::Sockets
@@ -227,6 +193,55 @@ impl Capture {
             }
             other => other,
         };
+        // The socket hooks read a socket's addresses from the socket itself; without the layout
+        // (no IPv6 in the kernel's BTF, say) tcp_rcv_space_adjust records supply them.
+        let sk = if data_hooks == DataHooks::Sockets {
+            btf::sock_offsets(Path::new(&host.btf)).unwrap_or_else(|| {
+                info!("struct sock_common not found in {}: addresses from tcp_rcv_space_adjust", host.btf);
+                SockOffsets::default()
+            })
+        } else {
+            SockOffsets::default()
+        };
+        let config = Config {
+            self_tgid: std::process::id(),
+            select: if matches!(options.selection, Selection::All) { SELECT_ALL } else { SELECT_WATCHED },
+            payload_cap: options.payload_cap,
+            port_filter: u32::from(!options.ports.is_empty()),
+            fork_child_pid_offset: host.fork_child_pid_offset,
+            flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 }
+                | if options.parent_based { CFG_PARENT_BASED } else { 0 }
+                | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 },
+            wakeup_bytes: options.wakeup_bytes,
+            sample_threshold: options.sample_threshold,
+            sk,
+        };
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
+        let mut ebpf = EbpfLoader::new()
+            .override_global("TRACEWIRE_CONFIG", &config, true)
+            .map_max_entries(maps::WATCHED, host.pid_max)
+            .map_max_entries(maps::CONNS, options.max_conns)
+            .map_max_entries(maps::EVENTS, options.ring_bytes)
+            .map_max_entries(maps::SCRATCH, cpus)
+            .load(EBPF_OBJECT)
+            .map_err(CaptureError::Load)?;
+
+        let mut attached = 0;
+        for p in programs::PROGRAMS {
+            if p.program == "tcp_rcv_space_adjust" && sk.valid != 0 {
+                continue;
+            }
+            let prog: &mut TracePoint = ebpf
+                .program_mut(p.program)
+                .ok_or(CaptureError::MissingProgram(p.program))?
+                .try_into()
+                .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            prog.load().map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            prog.attach(p.category, p.tracepoint)
+                .map_err(|e| CaptureError::Program { program: p.program, source: e })?;
+            attached += 1;
+        }
         let data_programs = if data_hooks == DataHooks::Sockets {
             programs::SOCKET_DATA_PROGRAMS
         } else {

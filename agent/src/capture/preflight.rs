@@ -17,6 +17,8 @@ pub struct Host {
     pub tracefs: String,
     /// Offset of `child_pid` in `sched:sched_process_fork`.
     pub fork_child_pid_offset: u32,
+    /// The kernel's BTF.
+    pub btf: String,
 }
 
 /// (capability number, name) the agent needs.
@@ -55,7 +57,7 @@ pub fn check() -> Result<Host, CaptureError> {
     let tracefs = ensure_tracefs(caps & (1u64 << CAP_SYS_ADMIN) != 0)?;
     check_formats(&tracefs)?;
     let fork_child_pid_offset = field_offset(&tracefs, "sched", "sched_process_fork", "child_pid", 4)?;
-    Ok(Host { kernel, pid_max, tracefs, fork_child_pid_offset })
+    Ok(Host { kernel, pid_max, tracefs, fork_child_pid_offset, btf })
 }
 
 fn effective_caps() -> Result<u64, CaptureError> {

@@ -14,7 +14,10 @@
 //!   generation, never the old connection.
 //! - **close()** removes the connection and tells userspace, which flushes its state.
 use aya_ebpf::{
-    EbpfContext as _, helpers::bpf_get_current_pid_tgid, macros::tracepoint, programs::TracePointContext,
+    EbpfContext as _,
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
+    macros::tracepoint,
+    programs::TracePointContext,
 };
 use tracewire_common::{
     ActiveCall, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState,
@@ -27,7 +30,9 @@ use super::{
     data::{current_syscall, data_call},
 };
 use crate::{
-    maps::{ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, TCP_RX, TCP_TX},
+    maps::{
+        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, TCP_RX, TCP_TRACED, TCP_TX,
+    },
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
 
@@ -405,6 +410,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             (*call).is_tcp = 1;
             (*call).ptr = skaddr;
         }
+        if config().flags & CFG_TCP_OPTION != 0 {
+            let _ = TCP_TRACED.insert(skaddr, 1, 0);
+        }
         return 0;
     }
     if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
@@ -524,6 +532,68 @@ fn take_tcp_ctx(state: &mut ConnState, skaddr: u64) {
 }
 
 // --- addresses learned on first read --------------------------------------------------------
+
+/// The socket hooks' counterpart of `tcp_rcv_space_adjust` below, run by `sock_recv_length`
+/// before a read is reported: the socket is at hand, so the connection learns its address and,
+/// when incomplete, its addresses from `struct sock_common` (offsets from the kernel's BTF), and a
+/// server connection takes the context a TCP option brought.
+#[inline(always)]
+pub fn socket_read_prelude(id: u64, fd: u32, sk: u64) {
+    let cfg = config();
+    if cfg.sk.valid == 0 || sk == 0 {
+        return;
+    }
+    let tgid = (id >> 32) as u32;
+    let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd)) else {
+        return;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let state = unsafe { &mut *conn };
+    state.skaddr = sk;
+    if state.remote.family == 0 || state.local.port == 0 || is_unspecified(&state.local) {
+        fill_addrs_from_sock(id, tgid, fd, state, sk);
+    }
+    if cfg.flags & CFG_TCP_OPTION != 0 && state.role == ROLE_SERVER {
+        take_tcp_ctx(state, sk);
+    }
+}
+
+#[inline(never)]
+fn fill_addrs_from_sock(id: u64, tgid: u32, fd: u32, state: &mut ConnState, sk: u64) {
+    let o = config().sk;
+    // SAFETY: kernel reads through the checked helper.
+    let read16 = |off: u16| unsafe { bpf_probe_read_kernel((sk + off as u64) as *const u16) }.ok();
+    let (Some(family), Some(num), Some(dport)) = (read16(o.family), read16(o.num), read16(o.dport)) else {
+        return;
+    };
+    let mut local = SockAddr { family, port: num, addr: [0; 16] };
+    let mut remote = SockAddr { family, port: u16::from_be(dport), addr: [0; 16] };
+    // SAFETY: as above.
+    unsafe {
+        if family == FAMILY_V4 {
+            let (Ok(s), Ok(d)) = (
+                bpf_probe_read_kernel((sk + o.rcv_saddr as u64) as *const [u8; 4]),
+                bpf_probe_read_kernel((sk + o.daddr as u64) as *const [u8; 4]),
+            ) else {
+                return;
+            };
+            local.addr[..4].copy_from_slice(&s);
+            remote.addr[..4].copy_from_slice(&d);
+        } else {
+            let (Ok(s), Ok(d)) = (
+                bpf_probe_read_kernel((sk + o.v6_rcv_saddr as u64) as *const [u8; 16]),
+                bpf_probe_read_kernel((sk + o.v6_daddr as u64) as *const [u8; 16]),
+            ) else {
+                return;
+            };
+            local.addr = s;
+            remote.addr = d;
+        }
+    }
+    state.local = local;
+    state.remote = remote;
+    emit_state(EventKind::ConnAddr, id, tgid, fd, state);
+}
 
 /// `tcp:tcp_rcv_space_adjust` runs inside tcp_recvmsg, in the reading thread, with the socket's
 /// addresses: skaddr@8 sport@16 dport@18 family@20 saddr@22 daddr@26 saddr_v6@30 daddr_v6@46

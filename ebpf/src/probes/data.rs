@@ -32,7 +32,10 @@ use tracewire_common::{
     ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
-use super::context::{client_turn, server_turn, server_turn_end};
+use super::{
+    conn::socket_read_prelude,
+    context::{client_turn, server_turn, server_turn_end},
+};
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
     util::{add, config, count, emit_bytes, header, now, watched},
@@ -486,6 +489,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if c.direction != DIR_INGRESS {
         return 0;
     }
+    socket_read_prelude(id, fd as u32, ctx.arg(0));
     let call = ActiveCall {
         ptr,
         enter_ns: 0,

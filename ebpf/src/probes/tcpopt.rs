@@ -1,8 +1,8 @@
 //! Trace context between agents, in the TCP header: no payload is touched.
 //!
 //! A sock_ops program on the cgroup2 root sees every TCP socket of the node. Client sockets get
-//! the write-option callback when they connect, server sockets the parse callback when they
-//! accept. When a traced client starts a request, `context` stores the request's trace id and
+//! the write-option callback when a watched process connects them, server sockets the parse
+//! callback when they accept. When a traced client starts a request, `context` stores the request's trace id and
 //! client span id under the socket's address (`TCP_TX`); every data segment of that socket then
 //! carries them in an experimental TCP option (kind 253, ExID "tw"). On the receiving node the
 //! option is parsed into `TCP_RX` under the server socket's address, and the read that starts
@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tracewire_common::{Counter, TCPOPT_EXID, TCPOPT_KIND, TCPOPT_LEN, TcpCtx, TcpCtxEntry};
 
 use crate::{
-    maps::{TCP_RX, TCP_TX},
+    maps::{TCP_RX, TCP_TRACED, TCP_TX},
     util::count,
 };
 
@@ -33,8 +33,15 @@ const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
 #[sock_ops]
 pub fn tcp_option(ctx: SockOpsContext) -> u32 {
     match ctx.op() {
+        // Only the client sockets of watched processes (marked at connect): a flag on every
+        // client socket of the node would cost a callback per segment of untraced processes.
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+            let sk = sk(&ctx);
+            // SAFETY: read-only map probe.
+            if sk != 0 && unsafe { TCP_TRACED.get(sk) }.is_some() {
+                let _ = TCP_TRACED.remove(sk);
+                let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+            }
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG) as i32);
