@@ -229,8 +229,29 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
+/// Another tracewire (or a leftover test agent) would be measured too, in every "without" run.
+fn refuse_if_an_agent_is_loaded() -> Result<()> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output()?;
+    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let ids: Vec<u64> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| matches!(p["name"].as_str(), Some("tcp_option" | "sock_recv_length" | "sys_enter")))
+        .filter_map(|p| p["id"].as_u64())
+        .collect();
+    if !ids.is_empty() {
+        bail!(
+            "tracewire programs are already loaded (program ids {ids:?}): another agent is running, \
+             and the runs without tracewire would not be; stop it first"
+        );
+    }
+    Ok(())
+}
+
 pub fn bench(quick: bool) -> Result<()> {
     let tracewire = crate::build("release")?;
+    refuse_if_an_agent_is_loaded()?;
     // R10 holds 10,000 connections open from this process.
     load::raise_nofile(12_000)?;
     let out_dir = root().join("target/bench");
