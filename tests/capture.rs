@@ -477,3 +477,117 @@ fn exe_glob_selects_running_and_new_processes() {
     // curl does not match the glob.
     assert!(events.iter().all(|e| e["type"] != "data" || e["pid"] == server.pid() || e["pid"] == late.pid()));
 }
+
+/// The W3C form of the context a data event carries.
+fn traceparent_of(e: &Value) -> String {
+    let c = &e["ctx"];
+    format!(
+        "00-{}-{}-{:02x}",
+        c["trace_id"].as_str().unwrap(),
+        c["span_id"].as_str().unwrap(),
+        c["flags"].as_u64().unwrap()
+    )
+}
+
+/// The client span's context for the request whose head starts with `head`.
+fn sent_context(events: &[Value], pid: u32, head: &str) -> String {
+    let e = events
+        .iter()
+        .find(|e| {
+            e["type"] == "data"
+                && e["pid"] == pid
+                && e["direction"] == "egress"
+                && e["head"].as_str().is_some_and(|h| h.starts_with(head))
+        })
+        .unwrap_or_else(|| panic!("no request {head:?}: {events:#?}"));
+    traceparent_of(e)
+}
+
+/// A selected client (curl) sends three requests on one keep-alive connection to a server that
+/// runs no agent: one without a header, one with its own, one with a 100 kB body. The server
+/// receives exactly one traceparent with each: the agent's client span for the first and third,
+/// the client's own for the second.
+#[test]
+fn traceparent_is_injected_once_into_requests_for_a_peer_without_an_agent() {
+    inject_three_requests(&[]);
+}
+
+/// With the syscall hooks the context is minted at the write's entry, before the sk_msg
+/// program runs; the same header arrives.
+#[test]
+fn traceparent_is_injected_through_the_syscall_hooks_too() {
+    inject_three_requests(&["--data-hooks", "syscalls"]);
+}
+
+fn inject_three_requests(args: &[&str]) {
+    let _g = serial();
+    require_root();
+    let (_server, port) = python_server("127.0.0.1");
+    let body = std::env::temp_dir().join(format!("tracewire-body-{}", std::process::id()));
+    fs::write(&body, vec![b'b'; 100_000]).unwrap();
+    let own = "00-0af7651916cd43dd8448eb211c80319c-b7ad6b7169203331-01";
+    let url = format!("http://127.0.0.1:{port}");
+    let script = format!(
+        "read go; exec curl -s -w '\\n' {url}/traceparent \\
+         --next -s -w '\\n' -H 'traceparent: {own}' {url}/traceparent \\
+         --next -s -w '\\n' --data-binary @{} {url}/upload",
+        body.display()
+    );
+    let mut client = Peer::spawn(Command::new("sh").args(["-c", &script]));
+    let cpid = client.pid();
+    let cpid_arg = cpid.to_string();
+    let mut agent = Agent::start(
+        &[&["--pid", cpid_arg.as_str(), "--inject-traceparent", "--inject-despite-fionread"][..], args]
+            .concat(),
+    );
+    let ready = agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    assert_eq!(ready["inject"], "on");
+    client.send("go");
+    let first = client.expect("");
+    let second = client.expect("");
+    let third = client.expect("");
+    agent.wait_for("curl exit", EVENT_TIMEOUT, |e| e["type"] == "exit" && e["pid"] == cpid);
+    let events = agent.stop();
+    let _ = fs::remove_file(&body);
+
+    let status = events.iter().rev().find(|e| e["type"] == "status").expect("final status");
+    assert_eq!(first, sent_context(&events, cpid, "GET /traceparent"), "the agent's client span");
+    assert_eq!(second, own, "the client's own header, alone");
+    assert_eq!(third, format!("100000 {}", sent_context(&events, cpid, "POST /upload")), "{status}");
+    assert_eq!(status["kernel"]["inject_written"], 2, "{status}");
+    assert_eq!(status["kernel"]["inject_had_header"], 1, "{status}");
+    assert_eq!(status["kernel"]["inject_skipped"], 0, "{status}");
+}
+
+/// Injection is checked before it is switched on: where a socket in a sockhash misreports
+/// FIONREAD the agent says so and sends nothing; elsewhere the header arrives.
+#[test]
+fn traceparent_injection_is_refused_where_fionread_is_broken() {
+    let _g = serial();
+    require_root();
+    let (_server, port) = python_server("127.0.0.1");
+    let script = format!("read go; exec curl -s -w '\\n' http://127.0.0.1:{port}/traceparent");
+    let mut client = Peer::spawn(Command::new("sh").args(["-c", &script]));
+    let cpid = client.pid();
+    let mut agent = Agent::start(&["--pid", &cpid.to_string(), "--inject-traceparent"]);
+    let ready = agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    let state = ready["inject"].as_str().unwrap().to_string();
+    client.send("go");
+    let received = client.expect("");
+    agent.wait_for("curl exit", EVENT_TIMEOUT, |e| e["type"] == "exit" && e["pid"] == cpid);
+    let events = agent.stop();
+    if state == "on" {
+        assert_eq!(received, sent_context(&events, cpid, "GET /traceparent"));
+    } else {
+        assert!(state.starts_with("refused: ") && state.contains("FIONREAD"), "{state}");
+        assert_eq!(received, "", "nothing is injected once refused");
+    }
+
+    // Injection changes what services send: it needs a workload selection.
+    let out = Command::new(env!("CARGO_BIN_EXE_tracewire"))
+        .args(["capture", "--json", "--inject-traceparent"])
+        .output()
+        .expect("run tracewire");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("select the workloads"), "{out:?}");
+}

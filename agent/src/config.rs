@@ -65,6 +65,10 @@ pub struct Capture {
     pub tcp_option: Option<bool>,
     /// Hooks that see the bytes: auto, sockets or syscalls.
     pub data_hooks: Option<crate::capture::DataHooks>,
+    /// Insert `traceparent` into the selected processes' outgoing requests (default off).
+    pub inject_traceparent: Option<bool>,
+    /// Inject even where FIONREAD is broken for sockets in a sockhash.
+    pub inject_despite_fionread: Option<bool>,
 }
 
 /// `routes:`

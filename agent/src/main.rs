@@ -234,6 +234,14 @@ struct SelectArgs {
     /// Hooks that see the bytes: socket tracepoints (Linux 6.16+), or every syscall [default: auto].
     #[arg(long, value_enum)]
     data_hooks: Option<DataHooks>,
+    /// Insert a `traceparent` header into the selected processes' outgoing HTTP/1 requests that
+    /// carry none, for peers that run no agent (needs a selection; checked for FIONREAD safety).
+    #[arg(long)]
+    inject_traceparent: bool,
+    /// Inject even on kernels where sockets in a sockhash misreport ioctl(FIONREAD): only for
+    /// workloads that never call it.
+    #[arg(long, requires = "inject_traceparent")]
+    inject_despite_fionread: bool,
 }
 
 #[derive(Args)]
@@ -284,6 +292,9 @@ impl SelectArgs {
             ring_bytes: self.ring_bytes.or(file.capture.ring_bytes).unwrap_or(DEFAULT_RING_BYTES),
             tcp_option: !self.no_tcp_option && file.capture.tcp_option.unwrap_or(true),
             data_hooks: self.data_hooks.or(file.capture.data_hooks).unwrap_or_default(),
+            inject: self.inject_traceparent || file.capture.inject_traceparent.unwrap_or(false),
+            inject_despite_fionread: self.inject_despite_fionread
+                || file.capture.inject_despite_fionread.unwrap_or(false),
             ..CaptureOptions::default()
         })
     }

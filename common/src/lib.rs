@@ -18,6 +18,10 @@ pub mod maps {
     pub const WATCHED: &str = "WATCHED";
     /// Open TCP connections of watched processes, keyed by [`crate::fd_key`].
     pub const CONNS: &str = "CONNS";
+    /// Client sockets whose requests get a `traceparent` inserted (sockhash).
+    pub const INJECT_SOCKS: &str = "INJECT_SOCKS";
+    /// The switch that lets sockets join [`INJECT_SOCKS`] (index 0).
+    pub const INJECT_ON: &str = "INJECT_ON";
     /// Listening TCP sockets of watched processes, keyed by [`crate::fd_key`].
     pub const LISTENERS: &str = "LISTENERS";
     /// Parent tgid of processes forked while watched.
@@ -134,6 +138,9 @@ pub const CFG_PARENT_BASED: u32 = 2;
 /// [`Config::flags`]: requests that are not sampled are not reported at all (decided where the
 /// request starts; the context still travels on, with its sampled flag clear).
 pub const CFG_SKIP_UNSAMPLED: u32 = 4;
+/// [`Config::flags`]: selected processes' outgoing HTTP/1 requests that carry no `traceparent`
+/// get one inserted (the sk_msg program is attached).
+pub const CFG_INJECT: u32 = 8;
 /// [`Config::sample_threshold`] that keeps every trace.
 pub const SAMPLE_ALL: u64 = 1 << 56;
 
@@ -270,8 +277,8 @@ pub struct ConnState {
     pub turn: u8,
     /// 1 when `rx` holds a context received in a TCP option and not used yet.
     pub rx_valid: u8,
-    /// Reserved.
-    pub _pad: u8,
+    /// 1 once this turn's `traceparent` injection was decided (done or not): one per request.
+    pub injected: u8,
     /// Bytes read so far (wrapping).
     pub bytes_in: u32,
     /// Local address.
@@ -584,10 +591,17 @@ pub enum Counter {
     CtxHeader = 18,
     /// Requests not reported because they are not sampled.
     SampledOut = 19,
+    /// `traceparent` headers inserted into outgoing requests.
+    InjectWritten = 20,
+    /// Outgoing requests that already carried a `traceparent` (left as they are).
+    InjectHadHeader = 21,
+    /// Outgoing requests left without a header: their head is not within the first bytes the
+    /// kernel scans, or the message could not be extended.
+    InjectSkipped = 22,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 20;
+pub const COUNTER_COUNT: u32 = 23;
 
 impl Counter {
     /// All counters, in index order.
@@ -612,6 +626,9 @@ impl Counter {
         Counter::TcpOptUsed,
         Counter::CtxHeader,
         Counter::SampledOut,
+        Counter::InjectWritten,
+        Counter::InjectHadHeader,
+        Counter::InjectSkipped,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -637,6 +654,9 @@ impl Counter {
             Counter::TcpOptUsed => "tcp_opt_used",
             Counter::CtxHeader => "ctx_header",
             Counter::SampledOut => "sampled_out",
+            Counter::InjectWritten => "inject_written",
+            Counter::InjectHadHeader => "inject_had_header",
+            Counter::InjectSkipped => "inject_skipped",
         }
     }
 }

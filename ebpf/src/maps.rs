@@ -2,7 +2,7 @@
 //! load time (pid_max for WATCHED, --max-conns for CONNS, --ring-bytes for EVENTS).
 use aya_ebpf::{
     macros::map,
-    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf},
+    maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use tracewire_common::{
     ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, ListenerState, MAX_ACTIVE,
@@ -78,3 +78,20 @@ pub static TCP_RX: LruHashMap<u64, TcpCtxEntry> = LruHashMap::with_max_entries(D
 /// process on the node cost the kernel nothing extra. LRU: connects that never complete age out.
 #[map]
 pub static TCP_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
+/// Client connections by socket address (value: their `fd_key`), for the sk_msg program, which
+/// is handed the socket and must find the connection's state. Filled only while injection is
+/// on. LRU: a process that dies without close() leaves entries behind.
+#[map]
+pub static SK_CONN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Client sockets of selected processes whose outgoing requests get a `traceparent` (the sk_msg
+/// program runs on their sends), by socket address. Only while injection is on.
+#[map]
+pub static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Index 0 is 1 once userspace has checked that injection is safe on this kernel and attached
+/// the sk_msg program: until then (and for good where it is refused) no socket joins
+/// `INJECT_SOCKS`, since membership alone changes how the kernel treats a socket.
+#[map]
+pub static INJECT_ON: Array<u32> = Array::with_max_entries(1, 0);

@@ -1,7 +1,8 @@
 """A small uninstrumented HTTP/1.1 server for tracewire's tests.
 
-Prints "port N" once listening. GET /bytes/N answers with N bytes of body; anything else with
-"ok". Keep-alive (HTTP/1.1), one thread per connection. Usage: http_server.py [HOST]
+Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET /traceparent
+with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
+the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection. Usage: http_server.py [HOST]
 """
 import socket
 import sys
@@ -11,10 +12,22 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 class Handler(BaseHTTPRequestHandler):
     protocol_version = "HTTP/1.1"
 
+    def traceparents(self):
+        return "|".join(self.headers.get_all("traceparent") or []).encode()
+
+    def do_POST(self):
+        n = len(self.rfile.read(int(self.headers.get("Content-Length", "0"))))
+        self.reply(f"{n} ".encode() + self.traceparents())
+
     def do_GET(self):
         body = b"ok\n"
         if self.path.startswith("/bytes/"):
             body = b"x" * int(self.path.split("?")[0].split("/")[2])
+        elif self.path == "/traceparent":
+            body = self.traceparents()
+        self.reply(body)
+
+    def reply(self, body):
         self.send_response(200)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))

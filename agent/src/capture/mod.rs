@@ -5,6 +5,7 @@
 //! recorded records just as well.
 pub mod btf;
 pub mod error;
+pub mod inject;
 pub mod preflight;
 pub mod programs;
 pub mod resolve;
@@ -27,8 +28,8 @@ use aya::{
 pub use error::CaptureError;
 use log::{debug, info, warn};
 use tracewire_common::{
-    CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState, Counter,
-    DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL,
+    CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState,
+    Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL,
     SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
 };
 
@@ -63,6 +64,10 @@ pub struct CaptureOptions {
     pub skip_unsampled: bool,
     /// Which hooks carry the bytes.
     pub data_hooks: DataHooks,
+    /// Insert `traceparent` into the selected processes' outgoing HTTP/1 requests that have none.
+    pub inject: bool,
+    /// Inject even where sockets in a sockhash misreport FIONREAD.
+    pub inject_despite_fionread: bool,
 }
 
 /// The hooks that see the bytes of reads and writes.
@@ -102,6 +107,8 @@ impl Default for CaptureOptions {
             parent_based: true,
             skip_unsampled: true,
             data_hooks: DataHooks::Auto,
+            inject: false,
+            inject_despite_fionread: false,
         }
     }
 }
@@ -119,6 +126,7 @@ pub struct Capture {
     tcp_option: Option<PathBuf>,
     skip_unsampled: bool,
     data_hooks: DataHooks,
+    inject: inject::InjectState,
     // Keeps programs and links alive; declared last so maps are released after links.
     _ebpf: Ebpf,
 }
@@ -159,6 +167,18 @@ impl Capture {
                 "ring buffer size {} must be a power of two of at least 4096 bytes",
                 options.ring_bytes
             )));
+        }
+        if options.inject && matches!(options.selection, Selection::All) {
+            return Err(CaptureError::Config(
+                "traceparent injection changes what services send: select the workloads it applies to \
+                 (--pid, --exe or --cgroup)"
+                    .into(),
+            ));
+        }
+        if options.inject && !options.tcp_option {
+            return Err(CaptureError::Config(
+                "traceparent injection needs the sock_ops program that the TCP option uses: drop --no-tcp-option".into(),
+            ));
         }
         // The TCP option needs the sock_ops program on the cgroup2 root (every socket of the
         // node). Without a cgroup2 mount tracing still works; only the option is off.
@@ -211,7 +231,8 @@ impl Capture {
             fork_child_pid_offset: host.fork_child_pid_offset,
             flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 }
                 | if options.parent_based { CFG_PARENT_BASED } else { 0 }
-                | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 },
+                | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 }
+                | if options.inject && cgroup_root.is_some() { CFG_INJECT } else { 0 },
             wakeup_bytes: options.wakeup_bytes,
             sample_threshold: options.sample_threshold,
             sk,
@@ -272,6 +293,17 @@ impl Capture {
             },
             None => None,
         };
+        let inject = if config.flags & CFG_INJECT != 0 && tcp_option.is_some() {
+            let state = inject::start(&mut ebpf, options.inject_despite_fionread)?;
+            if state == inject::InjectState::On {
+                attached += 1;
+            }
+            state
+        } else if options.inject {
+            inject::InjectState::Refused("no cgroup2 mount for the sock_ops program".into())
+        } else {
+            inject::InjectState::Off
+        };
         debug!("attached {attached} programs");
 
         let take =
@@ -317,6 +349,7 @@ impl Capture {
             attached,
             tcp_option,
             data_hooks,
+            inject,
             skip_unsampled,
             _ebpf: ebpf,
         })
@@ -328,6 +361,11 @@ impl Capture {
     }
 
     /// The cgroup2 root the TCP-option program is attached to, when it is.
+    /// Whether `traceparent` injection runs.
+    pub fn inject(&self) -> &inject::InjectState {
+        &self.inject
+    }
+
     /// The hooks that carry the bytes (never `Auto` once started).
     pub fn data_hooks(&self) -> DataHooks {
         self.data_hooks

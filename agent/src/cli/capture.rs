@@ -339,7 +339,7 @@ pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -
         let _ = writeln!(
             w,
             "{}",
-            json!({"type": "ready", "programs": session.capture().attached(), "data_hooks": session.capture().data_hooks().name()})
+            json!({"type": "ready", "programs": session.capture().attached(), "data_hooks": session.capture().data_hooks().name(), "inject": session.capture().inject().describe()})
         );
         let _ = w.flush();
     }

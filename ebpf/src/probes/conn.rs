@@ -20,9 +20,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState,
-    Counter, DIR_INGRESS, EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER,
-    SockAddr, Syscall, fd_key,
+    ActiveCall, CFG_INJECT, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId,
+    ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER,
+    ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
@@ -31,7 +31,8 @@ use super::{
 };
 use crate::{
     maps::{
-        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, TCP_RX, TCP_TRACED, TCP_TX,
+        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, SK_CONN, TCP_RX, TCP_TRACED,
+        TCP_TX,
     },
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
@@ -152,6 +153,9 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     if CONNS.insert(fd_key(tgid, fd), state, 0).is_err() {
         count(Counter::ConnMapFull);
         return 0;
+    }
+    if cfg.flags & CFG_INJECT != 0 && o.role == ROLE_CLIENT && o.skaddr != 0 {
+        let _ = SK_CONN.insert(o.skaddr, fd_key(tgid, fd), 0);
     }
     let ev = buf.as_mut_ptr() as *mut ConnEvent;
     // SAFETY: in bounds (STATE_AT > size_of::<ConnEvent>()); unaligned writes.
@@ -410,8 +414,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             (*call).is_tcp = 1;
             (*call).ptr = skaddr;
         }
-        if config().flags & CFG_TCP_OPTION != 0 {
-            let _ = TCP_TRACED.insert(skaddr, 1, 0);
+        // Which sock_ops treatment the socket gets once established: 1 the TCP option, 2
+        // traceparent injection.
+        let flags = config().flags;
+        let mark = u8::from(flags & CFG_TCP_OPTION != 0) | (u8::from(flags & CFG_INJECT != 0) << 1);
+        if mark != 0 {
+            let _ = TCP_TRACED.insert(skaddr, mark, 0);
         }
         return 0;
     }

@@ -121,6 +121,7 @@ pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
     ctx.span_id[7] = (ctx.span_id[7] & !1) | (ctx.trace_flags & 1);
     state.ctx = ctx;
     state.turn = DIR_EGRESS;
+    state.injected = 0;
     decide_reporting(cfg, state);
     if cfg.flags & CFG_TCP_OPTION != 0 && state.skaddr != 0 {
         let entry = TcpCtxEntry {
@@ -216,15 +217,15 @@ pub fn server_turn_end(state: &mut ConnState, conn: &ConnId, tid: Option<u32>) {
 }
 
 /// Bytes of a request head searched for `traceparent`.
-const SCAN_BYTES: u64 = 1024;
+pub(crate) const SCAN_BYTES: u64 = 1024;
 /// Offsets into the scratch buffer are masked with this (it has room for mask + 64 more bytes).
 const MASK: u64 = 2047;
-const ONES: u64 = 0x0101_0101_0101_0101;
+pub(crate) const ONES: u64 = 0x0101_0101_0101_0101;
 const HIGHS: u64 = 0x8080_8080_8080_8080;
 const LOWER: u64 = 0x2020_2020_2020_2020;
 
 #[inline(always)]
-fn load64(base: *mut u8, off: u64) -> u64 {
+pub(crate) fn load64(base: *mut u8, off: u64) -> u64 {
     // SAFETY: the offset is masked into the scratch buffer (see MASK).
     unsafe { core::ptr::read_unaligned(base.add((off & MASK) as usize) as *const u64) }
 }
@@ -251,7 +252,7 @@ fn opaque(head: *mut u8, v: u64) -> u64 {
 
 /// Bytes of `x` equal to zero, as their high bits (exact for the lowest one).
 #[inline(always)]
-fn zero_bytes(x: u64) -> u64 {
+pub(crate) fn zero_bytes(x: u64) -> u64 {
     x.wrapping_sub(ONES) & !x & HIGHS
 }
 
@@ -288,7 +289,7 @@ fn hex_bytes<const N: usize>(base: *mut u8, off: u64, out: &mut [u8; N]) -> bool
 /// arithmetic, then the name and value are checked. One header per request is the common case;
 /// userspace parses the whole head and counts any disagreement.
 #[inline(always)]
-fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> bool {
+pub(crate) fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> bool {
     // Callers reach here with many different known lengths (one per way through the iovec
     // copy); opaque, the scan is verified once.
     let n = opaque(head, n);

@@ -21,7 +21,7 @@ use aya_ebpf::{
 use tracewire_common::{Counter, TCPOPT_EXID, TCPOPT_KIND, TCPOPT_LEN, TcpCtx, TcpCtxEntry};
 
 use crate::{
-    maps::{TCP_RX, TCP_TRACED, TCP_TX},
+    maps::{INJECT_ON, INJECT_SOCKS, TCP_RX, TCP_TRACED, TCP_TX},
     util::count,
 };
 
@@ -36,11 +36,21 @@ pub fn tcp_option(ctx: SockOpsContext) -> u32 {
         // Only the client sockets of watched processes (marked at connect): a flag on every
         // client socket of the node would cost a callback per segment of untraced processes.
         BPF_SOCK_OPS_ACTIVE_ESTABLISHED_CB => {
-            let sk = sk(&ctx);
-            // SAFETY: read-only map probe.
-            if sk != 0 && unsafe { TCP_TRACED.get(sk) }.is_some() {
+            let mut sk = sk(&ctx);
+            // SAFETY: copied out of the map.
+            let mark = if sk != 0 { unsafe { TCP_TRACED.get(sk) }.copied().unwrap_or(0) } else { 0 };
+            if mark != 0 {
                 let _ = TCP_TRACED.remove(sk);
+            }
+            if mark & 1 != 0 {
                 let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_WRITE_HDR_OPT_CB_FLAG) as i32);
+            }
+            if mark & 2 != 0 && INJECT_ON.get(0).copied().unwrap_or(0) != 0 {
+                // SAFETY: this program's context is the established socket's.
+                let ops = unsafe { &mut *ctx.ops };
+                if INJECT_SOCKS.update(&mut sk, ops, 0).is_err() {
+                    count(Counter::InjectSkipped);
+                }
             }
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
