@@ -241,13 +241,19 @@ fn byte(base: *mut u8, off: u64) -> u8 {
 /// such a value, a round trip through map memory (which it does not track) merges them. The 8
 /// bytes before the payload are the event header's last field, written after this.
 #[inline(always)]
-fn opaque(head: *mut u8, v: u64) -> u64 {
+pub(crate) fn opaque(head: *mut u8, v: u64) -> u64 {
     // SAFETY: `head` is HDR bytes into the scratch slot, so head - 8 is inside it.
     unsafe {
         let slot = head.sub(8) as *mut u64;
         core::ptr::write_volatile(slot, v);
         core::ptr::read_volatile(slot)
     }
+}
+
+/// Index of the lowest byte of `m` whose high bit is set: its bit is 8k+7; a multiply collects k.
+#[inline(always)]
+pub(crate) fn lowest(m: u64) -> u64 {
+    ((m & m.wrapping_neg()) >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56
 }
 
 /// Bytes of `x` equal to zero, as their high bits (exact for the lowest one).
@@ -307,8 +313,7 @@ pub(crate) fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> boo
         let t = zero_bytes((load64(head, off + 1) | LOWER) ^ (ONES * b't' as u64));
         let m = nl & t;
         if m != 0 {
-            // Index of the lowest marked byte: its bit is 8k+7; a multiply collects k.
-            let k = ((m & m.wrapping_neg()) >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56;
+            let k = lowest(m);
             let p = off + k + 1;
             let rest = load64(head, p + 8) & 0xffff_ffff;
             if (load64(head, p) | LOWER) == name && (rest | 0x2020_2020) == name_end {

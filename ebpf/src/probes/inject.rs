@@ -17,7 +17,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{Counter, DIR_EGRESS, DataEvent, ROLE_CLIENT, TraceCtx};
 
-use super::context::{ONES, SCAN_BYTES, client_turn, find_traceparent, load64, zero_bytes};
+use super::context::{ONES, SCAN_BYTES, client_turn, find_traceparent, load64, lowest, opaque, zero_bytes};
 use crate::{
     maps::{CONNS, SCRATCH, SK_CONN},
     util::count,
@@ -216,24 +216,6 @@ fn line_and_head_end(head: *mut u8, n: u64) -> (u64, u64) {
         off += 8;
     }
     (line_end, opaque(head, head_end))
-}
-
-/// `v`, as a value the verifier does not track (see `context::opaque`): the 8 bytes before the
-/// head are scratch.
-#[inline(always)]
-fn opaque(head: *mut u8, v: u64) -> u64 {
-    // SAFETY: `head` is HDR bytes into the scratch slot, so head - 8 is inside it.
-    unsafe {
-        let slot = head.sub(8) as *mut u64;
-        core::ptr::write_volatile(slot, v);
-        core::ptr::read_volatile(slot)
-    }
-}
-
-/// Index of the lowest byte whose high bit is set.
-#[inline(always)]
-fn lowest(m: u64) -> u64 {
-    ((m & m.wrapping_neg()) >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56
 }
 
 #[inline(always)]
