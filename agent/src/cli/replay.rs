@@ -7,13 +7,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use prost::Message as _;
 use serde_json::{Value, json};
 
 use crate::{
     correlate::Correlator,
     events::{Event, clock::Clock, decode, record},
-    export::transform,
+    export::encode::Encoder,
     metadata::{ProcessInfo, Resources},
 };
 
@@ -41,7 +40,8 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         let mut batch = Vec::with_capacity(1024);
         let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| -> anyhow::Result<()> {
             if !batch.is_empty() {
-                let raw = transform::request(batch, resources).encode_to_vec();
+                let mut raw = Vec::new();
+                Encoder::default().request(batch, resources, &mut raw);
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 gz.write_all(&raw)?;
                 gz_bytes += gz.finish()?.len() as u64;
@@ -67,9 +67,13 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
     while passes == 0 || start.elapsed() < min_time {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
         let mut batch = Vec::with_capacity(1024);
+        let mut encoder = Encoder::default();
+        let mut out = Vec::new();
         let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| {
             if !batch.is_empty() {
-                bytes += transform::request(batch, resources).encode_to_vec().len() as u64;
+                out.clear();
+                encoder.request(batch, resources, &mut out);
+                bytes += out.len() as u64;
                 spans += batch.len() as u64;
                 batch.clear();
             }

@@ -2,6 +2,7 @@
 //!
 //! Accounting: every span the pipeline produces is counted once, as exported or dropped for a
 //! reason, so `produced = exported + Σ dropped` holds at any quiescent moment and at exit.
+pub mod encode;
 pub mod json;
 pub mod otlp;
 pub mod retry;

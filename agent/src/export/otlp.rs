@@ -15,10 +15,8 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use log::warn;
-use opentelemetry_proto::tonic::collector::trace::v1::{
-    ExportTraceServiceRequest, ExportTraceServiceResponse, trace_service_client::TraceServiceClient,
-};
-use prost::Message as _;
+use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use prost::{Message as _, bytes::BufMut as _};
 use tonic::{
     codec::CompressionEncoding,
     metadata::{MetadataKey, MetadataValue},
@@ -26,7 +24,7 @@ use tonic::{
 };
 
 use super::{Accounting, DropReason, retry};
-use crate::{correlate::span::SpanRecord, export::transform, metadata::Resources};
+use crate::{correlate::span::SpanRecord, export::encode::Encoder, metadata::Resources};
 
 /// TLS material for the collector connection: PEM files (OTEL_EXPORTER_OTLP_CERTIFICATE,
 /// _CLIENT_CERTIFICATE, _CLIENT_KEY). The system's roots are always trusted as well.
@@ -137,7 +135,8 @@ pub fn parse_headers(s: &str) -> Vec<(String, String)> {
 }
 
 struct Batch {
-    request: ExportTraceServiceRequest,
+    /// The encoded `ExportTraceServiceRequest`: encoded once, sent as is by every attempt.
+    request: Bytes,
     spans: u64,
 }
 
@@ -149,6 +148,7 @@ pub struct OtlpExporter {
     pending: Vec<SpanRecord>,
     oldest: Option<Instant>,
     config: OtlpConfig,
+    encoder: Encoder,
 }
 
 impl OtlpExporter {
@@ -199,6 +199,7 @@ impl OtlpExporter {
             pending: Vec::new(),
             oldest: None,
             config,
+            encoder: Encoder::default(),
         })
     }
 
@@ -233,7 +234,9 @@ impl OtlpExporter {
 
     fn send(&mut self, spans: &[SpanRecord], resources: &mut Resources) {
         let n = spans.len() as u64;
-        let request = transform::request(spans, resources);
+        let mut body = Vec::new();
+        self.encoder.request(spans, resources, &mut body);
+        let request = Bytes::from(body);
         let Some(tx) = &self.tx else {
             lock(&self.accounting).count_drop(DropReason::Shutdown, n);
             return;
@@ -278,7 +281,7 @@ type HttpsClient = HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 /// Where batches go: OTLP/gRPC or OTLP/HTTP (protobuf body).
 #[derive(Clone)]
 enum Transport {
-    Grpc(TraceServiceClient<tonic::transport::Channel>),
+    Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     // Boxed: the HTTP client is much larger than the gRPC one, and transports are cloned per send.
     Http(Box<(HttpsClient, hyper::Uri)>),
 }
@@ -292,12 +295,7 @@ enum Outcome {
 }
 
 impl Transport {
-    async fn attempt(
-        &mut self,
-        cfg: &OtlpConfig,
-        request: &ExportTraceServiceRequest,
-        timeout: Duration,
-    ) -> Outcome {
+    async fn attempt(&mut self, cfg: &OtlpConfig, request: &Bytes, timeout: Duration) -> Outcome {
         match self {
             Transport::Grpc(client) => {
                 let mut req = tonic::Request::new(request.clone());
@@ -309,7 +307,17 @@ impl Transport {
                         req.metadata_mut().insert(k, v);
                     }
                 }
-                match client.export(req).await {
+                let sent = async {
+                    client.ready().await.map_err(|e| tonic::Status::unavailable(e.to_string()))?;
+                    client
+                        .unary(
+                            req,
+                            tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                            Encoded,
+                        )
+                        .await
+                };
+                match sent.await {
                     Ok(resp) => Outcome::Accepted(
                         resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64),
                     ),
@@ -324,6 +332,52 @@ impl Transport {
             }
             Transport::Http(h) => http_attempt(&h.0, &h.1, cfg, request, timeout).await,
         }
+    }
+}
+
+/// The OTLP trace export method.
+const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+
+/// A gRPC codec that sends an already encoded request and decodes the response with prost.
+#[derive(Clone, Copy, Default)]
+struct Encoded;
+
+impl tonic::codec::Codec for Encoded {
+    type Encode = Bytes;
+    type Decode = ExportTraceServiceResponse;
+    type Encoder = Encoded;
+    type Decoder = Encoded;
+
+    fn encoder(&mut self) -> Encoded {
+        Encoded
+    }
+
+    fn decoder(&mut self) -> Encoded {
+        Encoded
+    }
+}
+
+impl tonic::codec::Encoder for Encoded {
+    type Item = Bytes;
+    type Error = tonic::Status;
+
+    fn encode(&mut self, item: Bytes, dst: &mut tonic::codec::EncodeBuf<'_>) -> Result<(), tonic::Status> {
+        dst.put(item);
+        Ok(())
+    }
+}
+
+impl tonic::codec::Decoder for Encoded {
+    type Item = ExportTraceServiceResponse;
+    type Error = tonic::Status;
+
+    fn decode(
+        &mut self,
+        src: &mut tonic::codec::DecodeBuf<'_>,
+    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
+        ExportTraceServiceResponse::decode(src)
+            .map(Some)
+            .map_err(|e| tonic::Status::internal(format!("decoding the export response: {e}")))
     }
 }
 
@@ -350,10 +404,10 @@ async fn http_attempt(
     client: &HttpsClient,
     uri: &hyper::Uri,
     cfg: &OtlpConfig,
-    request: &ExportTraceServiceRequest,
+    request: &Bytes,
     timeout: Duration,
 ) -> Outcome {
-    let mut body = request.encode_to_vec();
+    let mut body = request.to_vec();
     let mut builder = hyper::Request::post(uri.clone()).header("content-type", "application/x-protobuf");
     let compressed = match cfg.compression.as_deref() {
         Some("gzip") => Some(("gzip", gzip(&body))),
@@ -410,7 +464,7 @@ async fn send_loop(
 ) {
     let transport = match cfg.protocol {
         Protocol::Grpc => {
-            let mut client = TraceServiceClient::new(endpoint.connect_lazy());
+            let mut client = tonic::client::Grpc::new(endpoint.connect_lazy());
             match cfg.compression.as_deref() {
                 Some("gzip") => client = client.send_compressed(CompressionEncoding::Gzip),
                 Some("zstd") => client = client.send_compressed(CompressionEncoding::Zstd),

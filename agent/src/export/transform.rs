@@ -111,7 +111,7 @@ pub fn request(spans: &[SpanRecord], resources: &mut Resources) -> ExportTraceSe
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use prost::Message as _;
 
     use super::*;

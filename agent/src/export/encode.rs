@@ -1,0 +1,255 @@
+//! Span records → OTLP protobuf bytes, directly.
+//!
+//! The same bytes as building the `opentelemetry-proto` messages ([`super::transform`]) and
+//! encoding them with prost, without the intermediate messages: no per-attribute key and value
+//! strings, no id vectors, and every length computed once (prost computes a nested message's
+//! length again at each level it is nested in). The unit test holds the two byte for byte.
+use std::collections::BTreeMap;
+
+use crate::{
+    correlate::span::{Kind, SpanRecord, Value},
+    metadata::{ProcessInfo, Resources},
+};
+
+const VARINT: u32 = 0;
+const FIXED64: u32 = 1;
+const LEN: u32 = 2;
+const FIXED32: u32 = 5;
+
+/// OTLP span flags: the W3C flags in the low byte, then "has is_remote" (0x100) and "parent is
+/// remote" (0x200).
+const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+const FLAG_IS_REMOTE: u32 = 0x200;
+const SPAN_KIND_SERVER: u64 = 2;
+const SPAN_KIND_CLIENT: u64 = 3;
+const STATUS_ERROR: u64 = 2;
+const SCHEMA_URL: &str = "https://opentelemetry.io/schemas/1.44.0";
+
+fn varint(buf: &mut Vec<u8>, mut v: u64) {
+    while v >= 0x80 {
+        buf.push((v as u8) | 0x80);
+        v >>= 7;
+    }
+    buf.push(v as u8);
+}
+
+fn key(buf: &mut Vec<u8>, field: u32, wire: u32) {
+    varint(buf, u64::from(field << 3 | wire));
+}
+
+/// A length-delimited field (string, bytes or an already encoded message).
+fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    key(buf, field, LEN);
+    varint(buf, b.len() as u64);
+    buf.extend_from_slice(b);
+}
+
+/// A proto3 string or bytes field: left out when empty.
+fn opt_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
+    if !b.is_empty() {
+        bytes(buf, field, b);
+    }
+}
+
+/// A message field whose content is written by `f` (into `scratch`, then framed into `buf`).
+fn message(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
+    scratch.clear();
+    f(scratch);
+    bytes(buf, field, scratch);
+}
+
+/// `KeyValue { key, value: AnyValue { string_value | int_value } }`.
+fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: AttrValue<'_>) {
+    // Small enough to size by hand: key, then the AnyValue.
+    let inner = match v {
+        AttrValue::Str(s) => 1 + len_varint(s.len() as u64) + s.len(),
+        // A oneof member is written even when it holds its default.
+        AttrValue::Int(i) => 1 + len_varint(i as u64),
+    };
+    let kv_len = if k.is_empty() { 0 } else { 1 + len_varint(k.len() as u64) + k.len() }
+        + 1
+        + len_varint(inner as u64)
+        + inner;
+    key(buf, field, LEN);
+    varint(buf, kv_len as u64);
+    opt_bytes(buf, 1, k.as_bytes());
+    key(buf, 2, LEN);
+    varint(buf, inner as u64);
+    match v {
+        AttrValue::Str(s) => bytes(buf, 1, s.as_bytes()),
+        AttrValue::Int(i) => {
+            key(buf, 3, VARINT);
+            varint(buf, i as u64);
+        }
+    }
+}
+
+#[derive(Clone, Copy)]
+enum AttrValue<'a> {
+    Str(&'a str),
+    Int(i64),
+}
+
+fn len_varint(v: u64) -> usize {
+    // 1 byte per 7 bits, at least one.
+    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+}
+
+/// One `Span` message's content.
+fn span(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, s: &SpanRecord) {
+    bytes(buf, 1, &s.trace_id);
+    bytes(buf, 2, &s.span_id);
+    opt_bytes(buf, 3, s.trace_state.as_deref().unwrap_or("").as_bytes());
+    if let Some(p) = &s.parent_id {
+        bytes(buf, 4, p);
+    }
+    opt_bytes(buf, 5, s.name.as_bytes());
+    key(buf, 6, VARINT);
+    varint(buf, if s.kind == Kind::Server { SPAN_KIND_SERVER } else { SPAN_KIND_CLIENT });
+    for (field, t) in [(7, s.start_ns), (8, s.end_ns)] {
+        if t != 0 {
+            key(buf, field, FIXED64);
+            buf.extend_from_slice(&t.to_le_bytes());
+        }
+    }
+    for (k, v) in &s.attributes {
+        let v = match v {
+            Value::Str(x) => AttrValue::Str(x),
+            Value::Int(i) => AttrValue::Int(*i),
+        };
+        attribute(buf, 9, k, v);
+    }
+    for (trace_id, span_id) in &s.links {
+        message(buf, scratch, 13, |l| {
+            bytes(l, 1, trace_id);
+            bytes(l, 2, span_id);
+            attribute(l, 4, "tracewire.link", AttrValue::Str("candidate_parent"));
+            key(l, 6, FIXED32);
+            l.extend_from_slice(&FLAG_HAS_IS_REMOTE.to_le_bytes());
+        });
+    }
+    // Never `Ok`: instrumentation leaves success Unset (the specification says so).
+    key(buf, 15, LEN);
+    if s.error {
+        varint(buf, 2);
+        key(buf, 3, VARINT);
+        varint(buf, STATUS_ERROR);
+    } else {
+        varint(buf, 0);
+    }
+    // Fields in tag order, as prost writes them: flags (16) last.
+    let mut flags = u32::from(s.flags) | FLAG_HAS_IS_REMOTE;
+    if s.parent_remote {
+        flags |= FLAG_IS_REMOTE;
+    }
+    key(buf, 16, FIXED32);
+    buf.extend_from_slice(&flags.to_le_bytes());
+}
+
+fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
+    attribute(buf, 1, "service.name", AttrValue::Str(&p.service_name));
+    attribute(buf, 1, "process.pid", AttrValue::Int(i64::from(p.pid)));
+    for (k, v) in &p.attributes {
+        attribute(buf, 1, k, AttrValue::Str(v));
+    }
+}
+
+/// Reusable buffers: an exporter encodes batch after batch without allocating.
+#[derive(Default)]
+pub struct Encoder {
+    spans: Vec<u8>,
+    one: Vec<u8>,
+    scratch: Vec<u8>,
+    group: Vec<u8>,
+}
+
+impl Encoder {
+    /// The `ExportTraceServiceRequest` for `spans`, grouped by process (one `ResourceSpans`
+    /// each, in pid order), appended to `out`.
+    pub fn request(&mut self, spans: &[SpanRecord], resources: &mut Resources, out: &mut Vec<u8>) {
+        let mut by_pid: BTreeMap<u32, Vec<&SpanRecord>> = BTreeMap::new();
+        for s in spans {
+            by_pid.entry(s.pid).or_default().push(s);
+        }
+        for (pid, group) in by_pid {
+            // ScopeSpans: scope, spans, schema_url.
+            self.spans.clear();
+            message(&mut self.spans, &mut self.scratch, 1, |scope| {
+                bytes(scope, 1, b"tracewire");
+                bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
+            });
+            for s in group {
+                self.one.clear();
+                span(&mut self.one, &mut self.scratch, s);
+                bytes(&mut self.spans, 2, &self.one);
+            }
+            bytes(&mut self.spans, 3, SCHEMA_URL.as_bytes());
+            // ResourceSpans: resource, scope_spans.
+            self.group.clear();
+            message(&mut self.group, &mut self.scratch, 1, |r| resource(r, &resources.get(pid)));
+            bytes(&mut self.group, 2, &self.spans);
+            bytes(out, 1, &self.group);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use prost::Message as _;
+
+    use super::*;
+    use crate::{correlate::span::Link, export::transform};
+
+    fn records() -> Vec<SpanRecord> {
+        let mut a = transform::tests::sample(7);
+        let mut b = transform::tests::sample(8);
+        b.kind = Kind::Client;
+        b.parent_id = None;
+        b.parent_remote = false;
+        b.trace_state = None;
+        b.error = true;
+        b.link = Link::Unlinked;
+        b.links = vec![([9; 16], [8; 8]), ([7; 16], [6; 8])];
+        b.attributes.push(("tracewire.link", Value::Str("unlinked".into())));
+        b.attributes.push(("zero", Value::Int(0)));
+        b.attributes.push(("negative", Value::Int(-5)));
+        b.attributes.push(("big", Value::Int(i64::MAX)));
+        b.attributes.push(("empty", Value::Str(String::new())));
+        a.name = "x".repeat(300);
+        a.attributes.push(("url.full", Value::Str("y".repeat(200))));
+        let mut c = transform::tests::sample(7);
+        c.start_ns = 0;
+        c.name = String::new();
+        vec![a, b, c]
+    }
+
+    #[test]
+    fn the_same_bytes_as_the_prost_messages() {
+        let mut res = Resources::new(8);
+        res.insert(ProcessInfo {
+            service_name: "users".into(),
+            attributes: vec![("host.name".into(), "n1".into()), ("k8s.pod.name".into(), String::new())],
+            pid: 7,
+        });
+        res.insert(ProcessInfo { service_name: "cart".into(), attributes: vec![], pid: 8 });
+        let spans = records();
+        let expected = transform::request(&spans, &mut res).encode_to_vec();
+        let mut enc = Encoder::default();
+        let mut got = Vec::new();
+        enc.request(&spans, &mut res, &mut got);
+        assert_eq!(got, expected);
+        // Reused buffers leave nothing behind.
+        let mut again = Vec::new();
+        enc.request(&spans[..1], &mut res, &mut again);
+        assert_eq!(again, transform::request(&spans[..1], &mut res).encode_to_vec());
+    }
+
+    #[test]
+    fn varint_lengths() {
+        for v in [0u64, 1, 127, 128, 16_383, 16_384, u64::from(u32::MAX), u64::MAX] {
+            let mut b = Vec::new();
+            varint(&mut b, v);
+            assert_eq!(b.len(), len_varint(v), "{v}");
+        }
+    }
+}
