@@ -77,7 +77,7 @@ fn export_to(
     let mut exp = OtlpExporter::start(cfg, Arc::clone(&acct)).unwrap();
     let mut res = resources();
     acct.lock().unwrap().produced += n as u64;
-    exp.submit(&spans(n), &mut res);
+    exp.submit(spans(n), &mut res);
     exp.shutdown(&mut res, Duration::from_secs(10));
     let a = acct.lock().unwrap().clone();
     assert_eq!(a.produced, a.exported + a.dropped_total(), "accounting does not reconcile: {a:?}");
@@ -185,7 +185,7 @@ fn a_receiver_that_is_down_loses_spans_counted_not_silently() {
     let mut exp = OtlpExporter::start(cfg, Arc::clone(&acct)).unwrap();
     let mut res = resources();
     acct.lock().unwrap().produced += 5;
-    exp.submit(&spans(5), &mut res);
+    exp.submit(spans(5), &mut res);
     exp.shutdown(&mut res, Duration::from_secs(5));
     let a = acct.lock().unwrap().clone();
     assert_eq!(a.exported, 0);
@@ -218,7 +218,7 @@ fn a_full_queue_drops_and_counts() {
     let mut exp = OtlpExporter::start(cfg, Arc::clone(&acct)).unwrap();
     let mut res = resources();
     acct.lock().unwrap().produced += 100;
-    exp.submit(&spans(100), &mut res);
+    exp.submit(spans(100), &mut res);
     exp.shutdown(&mut res, Duration::from_secs(10));
     let a = acct.lock().unwrap().clone();
     assert!(a.dropped(DropReason::QueueFull) >= 70, "{a:?}");

@@ -231,6 +231,54 @@ fn bpf_stats_cost(n: u64) -> Result<(Option<f64>, f64)> {
     Ok((estimate, fastest_off))
 }
 
+/// A stand-in collector on loopback: takes OTLP/HTTP posts and answers 200 with an empty
+/// body, so the agent's figures include encoding and sending its spans, as in production.
+/// Returns its port and the request bodies' total bytes.
+fn start_sink() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
+    use std::{
+        io::{BufRead as _, BufReader, Read as _, Write as _},
+        sync::{Arc, atomic::AtomicU64, atomic::Ordering},
+    };
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let port = listener.local_addr()?.port();
+    let received = Arc::new(AtomicU64::new(0));
+    let total = Arc::clone(&received);
+    std::thread::spawn(move || {
+        for conn in listener.incoming().map_while(Result::ok) {
+            let total = Arc::clone(&total);
+            std::thread::spawn(move || -> std::io::Result<()> {
+                let mut writer = conn.try_clone()?;
+                let mut reader = BufReader::new(conn);
+                loop {
+                    let mut length = 0usize;
+                    let mut line = String::new();
+                    loop {
+                        line.clear();
+                        if reader.read_line(&mut line)? == 0 {
+                            return Ok(());
+                        }
+                        if line == "\r\n" {
+                            break;
+                        }
+                        if let Some((k, v)) = line.split_once(':')
+                            && k.eq_ignore_ascii_case("content-length")
+                        {
+                            length = v.trim().parse().unwrap_or(0);
+                        }
+                    }
+                    let mut body = vec![0; length];
+                    reader.read_exact(&mut body)?;
+                    total.fetch_add(length as u64, Ordering::Relaxed);
+                    writer.write_all(
+                        b"HTTP/1.1 200 OK\r\ncontent-type: application/x-protobuf\r\ncontent-length: 0\r\n\r\n",
+                    )?;
+                }
+            });
+        }
+    });
+    Ok((port, received))
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -268,15 +316,29 @@ pub fn bench(quick: bool) -> Result<()> {
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
 
     println!(
-        "bench: nginx return-200 on 127.0.0.1:{}, wrk -t1 -c8 -d{secs}s, 2 cores, nothing pinned",
+        "bench: nginx return-200 on 127.0.0.1:{}, wrk -t1 -c8 -d{secs}s, 2 cores, nothing pinned; the agent exports OTLP/HTTP to a loopback sink",
         nginx.port
     );
     let (_, base1) = wrk(nginx.port, secs)?;
     println!("bench: without tracewire: {base1:.0} req/s");
 
     let pid = nginx.pid.to_string();
-    let (mut agent, lines) =
-        start_agent(&tracewire, &["run", "--pid", &pid, "--print", "none", "--status-interval", "0"])?;
+    let (sink_port, sink_bytes) = start_sink()?;
+    let sink = format!("http://127.0.0.1:{sink_port}");
+    let exporting = [
+        "run",
+        "--pid",
+        &pid,
+        "--print",
+        "none",
+        "--status-interval",
+        "0",
+        "--otlp-endpoint",
+        &sink,
+        "--otlp-protocol",
+        "http/protobuf",
+    ];
+    let (mut agent, lines) = start_agent(&tracewire, &exporting)?;
     let agent_pid = agent.0.id();
     let cpu0 = cpu_seconds(agent_pid);
     let (bpf_ns0, bpf_cnt0) = bpf_stats();
@@ -286,6 +348,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let rss = peak_rss_kib(agent_pid);
     stop(&mut agent);
     let summary = summary_of(&lines);
+    let r1_sink_bytes = sink_bytes.load(std::sync::atomic::Ordering::Relaxed);
     println!("bench: with tracewire:    {with:.0} req/s");
     let (_, base2) = wrk(nginx.port, secs)?;
     println!("bench: without tracewire: {base2:.0} req/s");
@@ -294,8 +357,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let rate = ((base1 / 2.0) as u64).max(1000);
     let lat_secs = if quick { 2 } else { 8 };
     let lat0 = load::paced(nginx.port, rate, 4, 2, lat_secs)?;
-    let (mut agent, _) =
-        start_agent(&tracewire, &["run", "--pid", &pid, "--print", "none", "--status-interval", "0"])?;
+    let (mut agent, _) = start_agent(&tracewire, &exporting)?;
     let lat1 = load::paced(nginx.port, rate, 4, 2, lat_secs)?;
     stop(&mut agent);
     let lat2 = load::paced(nginx.port, rate, 4, 2, lat_secs)?;
@@ -313,8 +375,7 @@ pub fn bench(quick: bool) -> Result<()> {
 
     // R10: memory with 10,000 open connections and 5,000 req/s.
     let idle_n = if quick { 2_000 } else { 10_000 };
-    let (mut agent, r10_lines) =
-        start_agent(&tracewire, &["run", "--pid", &pid, "--print", "none", "--status-interval", "0"])?;
+    let (mut agent, r10_lines) = start_agent(&tracewire, &exporting)?;
     let r10_agent = agent.0.id();
     let idle = load::idle_connections(nginx.port, idle_n)?;
     let r10_load = load::paced(nginx.port, 5_000, 4, 25, lat_secs)?;
@@ -375,7 +436,9 @@ pub fn bench(quick: bool) -> Result<()> {
     let drops = summary["kernel"]["ring_full"].as_u64().unwrap_or(0)
         + summary["kernel"]["conn_map_full"].as_u64().unwrap_or(0)
         + summary["kernel"]["active_map_full"].as_u64().unwrap_or(0)
-        + summary["decode_errors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+        + summary["decode_errors"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum())
+        + summary["otlp"]["dropped"].as_object().map_or(0, |m| m.values().filter_map(Value::as_u64).sum());
+    let exported = summary["otlp"]["exported"].as_u64().unwrap_or(0);
     // The fastest runs on each side: noise only adds time.
     let dd_base = dd_without.min(dd_without2);
     let untraced_ns = ((dd_with - dd_base) / (2 * n) as f64 * 1e9).max(0.0);
@@ -440,7 +503,7 @@ pub fn bench(quick: bool) -> Result<()> {
             drops as f64,
             "0",
             drops == 0,
-            "ring buffer, maps, decoding",
+            "ring buffer, maps, decoding, OTLP export",
         ),
         row(
             "R7",
@@ -456,14 +519,17 @@ pub fn bench(quick: bool) -> Result<()> {
         ),
         row(
             "R8",
-            "spans ÷ requests served (R1 run)",
-            spans as f64 / requests.max(1) as f64,
+            "spans exported ÷ requests served (R1 run)",
+            exported as f64 / requests.max(1) as f64,
             "1.000",
             // wrk stops with up to one request in flight per connection: answered, so traced, but
             // not counted by wrk.
-            spans >= requests && spans <= requests + 8,
+            exported == spans && spans >= requests && spans <= requests + 8,
             &format!(
-                "{spans} spans, {requests} requests completed by wrk (requests in flight when wrk stops are answered but not counted by wrk)"
+                "{exported} of {spans} spans exported over OTLP/HTTP ({:.0} B per span, {} retries) to a loopback sink, {requests} \
+                 requests completed by wrk (requests in flight when wrk stops are answered but not counted by wrk)",
+                r1_sink_bytes as f64 / exported.max(1) as f64,
+                summary["otlp"]["retries"]
             ),
         ),
         row(

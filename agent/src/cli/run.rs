@@ -71,19 +71,20 @@ struct Sinks {
 }
 
 impl Sinks {
-    fn deliver(&mut self, spans: &[SpanRecord]) {
+    /// Hands spans to every sink; the OTLP exporter, last, takes them without a copy.
+    fn deliver(&mut self, spans: Vec<SpanRecord>) {
         if spans.is_empty() {
             return;
+        }
+        if let Some(j) = &mut self.json {
+            j.write(&spans, &mut self.resources);
+        }
+        if let Some(w) = &mut self.waterfall {
+            w.add(&spans);
         }
         if let Some(o) = &mut self.otlp {
             self.accounting.lock().unwrap_or_else(|e| e.into_inner()).produced += spans.len() as u64;
             o.submit(spans, &mut self.resources);
-        }
-        if let Some(j) = &mut self.json {
-            j.write(spans, &mut self.resources);
-        }
-        if let Some(w) = &mut self.waterfall {
-            w.add(spans);
         }
     }
 
@@ -213,7 +214,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         let before = spans.len();
         spans.retain(|s| s.flags & crate::protocol::traceparent::FLAG_SAMPLED != 0);
         sampled_out += (before - spans.len()) as u64;
-        sinks.deliver(&spans);
+        sinks.deliver(spans);
         if let Some(o) = &mut sinks.otlp {
             o.tick(&mut sinks.resources);
         }

@@ -203,13 +203,13 @@ impl OtlpExporter {
         })
     }
 
-    /// Queues spans; a full batch is sent at once.
-    pub fn submit(&mut self, spans: &[SpanRecord], resources: &mut Resources) {
+    /// Queues spans (taken, not copied); a full batch is sent at once.
+    pub fn submit(&mut self, mut spans: Vec<SpanRecord>, resources: &mut Resources) {
         if spans.is_empty() {
             return;
         }
         self.oldest.get_or_insert_with(Instant::now);
-        self.pending.extend_from_slice(spans);
+        self.pending.append(&mut spans);
         while self.pending.len() >= self.config.batch_size {
             let rest = self.pending.split_off(self.config.batch_size);
             let batch = std::mem::replace(&mut self.pending, rest);
