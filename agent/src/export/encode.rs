@@ -184,11 +184,15 @@ impl Encoder {
                 bytes(&mut self.spans, 2, &self.one);
             }
             bytes(&mut self.spans, 3, SCHEMA_URL.as_bytes());
-            // ResourceSpans: resource, scope_spans.
+            // ResourceSpans: resource, scope_spans; framed straight into `out` (its length is
+            // known from the two parts, so the batch is not copied once more).
             self.group.clear();
-            message(&mut self.group, &mut self.scratch, 1, |r| resource(r, &resources.get(pid)));
-            bytes(&mut self.group, 2, &self.spans);
+            resource(&mut self.group, &resources.get(pid));
+            let framed = |n: usize| 1 + len_varint(n as u64) + n;
+            key(out, 1, LEN);
+            varint(out, (framed(self.group.len()) + framed(self.spans.len())) as u64);
             bytes(out, 1, &self.group);
+            bytes(out, 2, &self.spans);
         }
     }
 }
