@@ -2,7 +2,7 @@
 //! (the socket hooks receive `struct sock *`) and read a few fields of it.
 use std::path::Path;
 
-use btf_rs::{Btf, Type};
+use btf_rs::{Backend, Btf, Type};
 use tracewire_common::SockOffsets;
 
 /// Byte offset of `field` in the struct or union `ty`, looking through anonymous members.
@@ -42,7 +42,10 @@ fn resolve(btf: &Btf, mut ty: Type) -> Option<Type> {
 /// Where `struct sock_common` keeps a socket's family, ports and addresses on this kernel, or
 /// `None` when the BTF lacks any of them (a kernel without IPv6, an unreadable file).
 pub fn sock_offsets(vmlinux: &Path) -> Option<SockOffsets> {
-    let btf = Btf::from_file(vmlinux).ok()?;
+    // Mapped, not parsed whole: parsing every type of vmlinux costs the agent ~18 MiB at start.
+    let btf = Btf::from_file_with_backend(vmlinux, Backend::Mmap)
+        .or_else(|_| Btf::from_file(vmlinux))
+        .ok()?;
     let sock_common =
         btf.resolve_types_by_name("sock_common").ok()?.into_iter().find(|t| matches!(t, Type::Struct(_)))?;
     let at = |field: &str| member_offset(&btf, &sock_common, field).and_then(|o| u16::try_from(o).ok());
