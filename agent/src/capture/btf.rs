@@ -43,9 +43,8 @@ fn resolve(btf: &Btf, mut ty: Type) -> Option<Type> {
 /// `None` when the BTF lacks any of them (a kernel without IPv6, an unreadable file).
 pub fn sock_offsets(vmlinux: &Path) -> Option<SockOffsets> {
     // Mapped, not parsed whole: parsing every type of vmlinux costs the agent ~18 MiB at start.
-    let btf = Btf::from_file_with_backend(vmlinux, Backend::Mmap)
-        .or_else(|_| Btf::from_file(vmlinux))
-        .ok()?;
+    let btf =
+        Btf::from_file_with_backend(vmlinux, Backend::Mmap).or_else(|_| Btf::from_file(vmlinux)).ok()?;
     let sock_common =
         btf.resolve_types_by_name("sock_common").ok()?.into_iter().find(|t| matches!(t, Type::Struct(_)))?;
     let at = |field: &str| member_offset(&btf, &sock_common, field).and_then(|o| u16::try_from(o).ok());

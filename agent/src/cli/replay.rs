@@ -41,7 +41,7 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| -> anyhow::Result<()> {
             if !batch.is_empty() {
                 let mut raw = Vec::new();
-                Encoder::default().request(batch, resources, &mut raw);
+                Encoder::default().request(batch, &mut |pid| resources.get(pid), &mut raw);
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 gz.write_all(&raw)?;
                 gz_bytes += gz.finish()?.len() as u64;
@@ -72,7 +72,7 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| {
             if !batch.is_empty() {
                 out.clear();
-                encoder.request(batch, resources, &mut out);
+                encoder.request(batch, &mut |pid| resources.get(pid), &mut out);
                 bytes += out.len() as u64;
                 spans += batch.len() as u64;
                 batch.clear();

@@ -4,11 +4,11 @@
 //! encoding them with prost, without the intermediate messages: no per-attribute key and value
 //! strings, no id vectors, and every length computed once (prost computes a nested message's
 //! length again at each level it is nested in). The unit test holds the two byte for byte.
-use std::collections::BTreeMap;
+use std::{collections::BTreeMap, sync::Arc};
 
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
-    metadata::{ProcessInfo, Resources},
+    metadata::ProcessInfo,
 };
 
 const VARINT: u32 = 0;
@@ -166,7 +166,12 @@ pub struct Encoder {
 impl Encoder {
     /// The `ExportTraceServiceRequest` for `spans`, grouped by process (one `ResourceSpans`
     /// each, in pid order), appended to `out`.
-    pub fn request(&mut self, spans: &[SpanRecord], resources: &mut Resources, out: &mut Vec<u8>) {
+    pub fn request(
+        &mut self,
+        spans: &[SpanRecord],
+        resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>,
+        out: &mut Vec<u8>,
+    ) {
         let mut by_pid: BTreeMap<u32, Vec<&SpanRecord>> = BTreeMap::new();
         for s in spans {
             by_pid.entry(s.pid).or_default().push(s);
@@ -187,7 +192,7 @@ impl Encoder {
             // ResourceSpans: resource, scope_spans; framed straight into `out` (its length is
             // known from the two parts, so the batch is not copied once more).
             self.group.clear();
-            resource(&mut self.group, &resources.get(pid));
+            resource(&mut self.group, &resource_of(pid));
             let framed = |n: usize| 1 + len_varint(n as u64) + n;
             key(out, 1, LEN);
             varint(out, (framed(self.group.len()) + framed(self.spans.len())) as u64);
@@ -202,7 +207,7 @@ mod tests {
     use prost::Message as _;
 
     use super::*;
-    use crate::{correlate::span::Link, export::transform};
+    use crate::{correlate::span::Link, export::transform, metadata::Resources};
 
     fn records() -> Vec<SpanRecord> {
         let mut a = transform::tests::sample(7);
@@ -240,11 +245,11 @@ mod tests {
         let expected = transform::request(&spans, &mut res).encode_to_vec();
         let mut enc = Encoder::default();
         let mut got = Vec::new();
-        enc.request(&spans, &mut res, &mut got);
+        enc.request(&spans, &mut |pid| res.get(pid), &mut got);
         assert_eq!(got, expected);
         // Reused buffers leave nothing behind.
         let mut again = Vec::new();
-        enc.request(&spans[..1], &mut res, &mut again);
+        enc.request(&spans[..1], &mut |pid| res.get(pid), &mut again);
         assert_eq!(again, transform::request(&spans[..1], &mut res).encode_to_vec());
     }
 

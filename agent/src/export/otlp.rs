@@ -24,7 +24,11 @@ use tonic::{
 };
 
 use super::{Accounting, DropReason, retry};
-use crate::{correlate::span::SpanRecord, export::encode::Encoder, metadata::Resources};
+use crate::{
+    correlate::span::SpanRecord,
+    export::encode::Encoder,
+    metadata::{ProcessInfo, Resources},
+};
 
 /// TLS material for the collector connection: PEM files (OTEL_EXPORTER_OTLP_CERTIFICATE,
 /// _CLIENT_CERTIFICATE, _CLIENT_KEY). The system's roots are always trusted as well.
@@ -140,15 +144,22 @@ struct Batch {
     spans: u64,
 }
 
+/// Spans on their way to the exporter thread, which encodes them: the pipeline thread only
+/// moves them, and the batch's buffers are allocated and freed by one thread.
+struct Queued {
+    spans: Vec<SpanRecord>,
+    /// The resource of every process in the batch.
+    resources: Vec<(u32, Arc<ProcessInfo>)>,
+}
+
 /// The gRPC exporter.
 pub struct OtlpExporter {
-    tx: Option<tokio::sync::mpsc::Sender<Batch>>,
+    tx: Option<tokio::sync::mpsc::Sender<Queued>>,
     thread: Option<JoinHandle<()>>,
     accounting: Arc<Mutex<Accounting>>,
     pending: Vec<SpanRecord>,
     oldest: Option<Instant>,
     config: OtlpConfig,
-    encoder: Encoder,
 }
 
 impl OtlpExporter {
@@ -179,7 +190,7 @@ impl OtlpExporter {
             Protocol::HttpProtobuf => Some(rustls_config(&config.tls)?),
             Protocol::Grpc => None,
         };
-        let (tx, rx) = tokio::sync::mpsc::channel::<Batch>(config.queue_requests.max(1));
+        let (tx, rx) = tokio::sync::mpsc::channel::<Queued>(config.queue_requests.max(1));
         let acct = Arc::clone(&accounting);
         let cfg = config.clone();
         let thread = std::thread::Builder::new().name("otlp-export".into()).spawn(move || {
@@ -199,7 +210,6 @@ impl OtlpExporter {
             pending: Vec::new(),
             oldest: None,
             config,
-            encoder: Encoder::default(),
         })
     }
 
@@ -213,7 +223,7 @@ impl OtlpExporter {
         while self.pending.len() >= self.config.batch_size {
             let rest = self.pending.split_off(self.config.batch_size);
             let batch = std::mem::replace(&mut self.pending, rest);
-            self.send(&batch, resources);
+            self.send(batch, resources);
         }
     }
 
@@ -228,21 +238,21 @@ impl OtlpExporter {
         let batch = std::mem::take(&mut self.pending);
         self.oldest = None;
         if !batch.is_empty() {
-            self.send(&batch, resources);
+            self.send(batch, resources);
         }
     }
 
-    fn send(&mut self, spans: &[SpanRecord], resources: &mut Resources) {
+    fn send(&mut self, spans: Vec<SpanRecord>, resources: &mut Resources) {
         let n = spans.len() as u64;
-        // About 350 bytes a span: one allocation for the batch.
-        let mut body = Vec::with_capacity(spans.len() * 400 + 1024);
-        self.encoder.request(spans, resources, &mut body);
-        let request = Bytes::from(body);
+        let mut pids: Vec<u32> = spans.iter().map(|s| s.pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        let resources = pids.into_iter().map(|pid| (pid, resources.get(pid))).collect();
         let Some(tx) = &self.tx else {
             lock(&self.accounting).count_drop(DropReason::Shutdown, n);
             return;
         };
-        if tx.try_send(Batch { request, spans: n }).is_err() {
+        if tx.try_send(Queued { spans, resources }).is_err() {
             let mut a = lock(&self.accounting);
             if a.dropped(DropReason::QueueFull) == 0 {
                 warn!("OTLP export queue full: dropping spans (counted as queue_full)");
@@ -460,7 +470,7 @@ async fn send_loop(
     endpoint: Endpoint,
     http_tls: Option<rustls::ClientConfig>,
     cfg: OtlpConfig,
-    mut rx: tokio::sync::mpsc::Receiver<Batch>,
+    mut rx: tokio::sync::mpsc::Receiver<Queued>,
     accounting: Arc<Mutex<Accounting>>,
 ) {
     let transport = match cfg.protocol {
@@ -496,7 +506,18 @@ async fn send_loop(
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
     let mut tasks = tokio::task::JoinSet::new();
     let cfg = Arc::new(cfg);
-    while let Some(batch) = rx.recv().await {
+    let mut encoder = Encoder::default();
+    while let Some(queued) = rx.recv().await {
+        // About 350 bytes a span: one allocation for the batch.
+        let mut body = Vec::with_capacity(queued.spans.len() * 400 + 1024);
+        let mut lookup = |pid: u32| {
+            queued.resources.iter().find(|(p, _)| *p == pid).map(|(_, r)| Arc::clone(r)).unwrap_or_else(
+                || Arc::new(ProcessInfo { service_name: format!("pid-{pid}"), attributes: Vec::new(), pid }),
+            )
+        };
+        encoder.request(&queued.spans, &mut lookup, &mut body);
+        let batch = Batch { request: Bytes::from(body), spans: queued.spans.len() as u64 };
+        drop(queued);
         let Ok(permit) = Arc::clone(&permits).acquire_owned().await else {
             break;
         };
