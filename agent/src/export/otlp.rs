@@ -103,7 +103,8 @@ pub struct OtlpConfig {
     pub batch_size: usize,
     /// Longest a span waits for its batch.
     pub batch_delay: Duration,
-    /// Requests waiting to be sent; more are dropped (queue_full).
+    /// Requests waiting to be sent; more are dropped (queue_full). Each holds a batch of span
+    /// records (~350 KiB at 512 spans), so this bounds the memory a collector outage can take.
     pub queue_requests: usize,
     /// Requests in flight at once.
     pub concurrency: usize,
@@ -125,7 +126,7 @@ impl Default for OtlpConfig {
             batch_size: 512,
             batch_delay: Duration::from_secs(1),
             // 128 × 512 spans: a few seconds of a busy node's traffic while the collector is slow.
-            queue_requests: 128,
+            queue_requests: 32,
             concurrency: 4,
             max_retry_elapsed: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
