@@ -42,13 +42,17 @@ pub struct TlsFiles {
     pub client_key: Option<std::path::PathBuf>,
 }
 
-/// A rustls client configuration from the system roots and `tls`.
-fn rustls_config(tls: &TlsFiles) -> anyhow::Result<rustls::ClientConfig> {
+/// A rustls client configuration from the system roots and `tls`. `system_roots` false (a
+/// plain http:// endpoint) skips parsing the system's CA bundle, a few MiB the connection would
+/// never use.
+fn rustls_config(tls: &TlsFiles, system_roots: bool) -> anyhow::Result<rustls::ClientConfig> {
     use anyhow::Context as _;
     use rustls::pki_types::{CertificateDer, PrivateKeyDer, pem::PemObject as _};
     let mut roots = rustls::RootCertStore::empty();
-    for cert in rustls_native_certs::load_native_certs().certs {
-        let _ = roots.add(cert);
+    if system_roots {
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
     }
     if let Some(ca) = &tls.ca {
         let certs = CertificateDer::pem_file_iter(ca)
@@ -188,7 +192,7 @@ impl OtlpExporter {
         }
         // Built here so that a bad certificate is an error at start, not a silent export failure.
         let http_tls = match config.protocol {
-            Protocol::HttpProtobuf => Some(rustls_config(&config.tls)?),
+            Protocol::HttpProtobuf => Some(rustls_config(&config.tls, https)?),
             Protocol::Grpc => None,
         };
         let (tx, rx) = tokio::sync::mpsc::channel::<Queued>(config.queue_requests.max(1));
