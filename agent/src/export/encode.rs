@@ -6,6 +6,7 @@
 //! length again at each level it is nested in). The unit test holds the two byte for byte.
 use std::{collections::BTreeMap, sync::Arc};
 
+use super::transform::{FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE};
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
     metadata::ProcessInfo,
@@ -16,10 +17,6 @@ const FIXED64: u32 = 1;
 const LEN: u32 = 2;
 const FIXED32: u32 = 5;
 
-/// OTLP span flags: the W3C flags in the low byte, then "has is_remote" (0x100) and "parent is
-/// remote" (0x200).
-const FLAG_HAS_IS_REMOTE: u32 = 0x100;
-const FLAG_IS_REMOTE: u32 = 0x200;
 const SPAN_KIND_SERVER: u64 = 2;
 const SPAN_KIND_CLIENT: u64 = 3;
 const STATUS_ERROR: u64 = 2;

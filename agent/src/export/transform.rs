@@ -16,8 +16,8 @@ use crate::{
 
 /// OTLP span flags: the W3C flags in the low byte, then "has is_remote" (0x100) and "parent is
 /// remote" (0x200).
-const FLAG_HAS_IS_REMOTE: u32 = 0x100;
-const FLAG_IS_REMOTE: u32 = 0x200;
+pub(crate) const FLAG_HAS_IS_REMOTE: u32 = 0x100;
+pub(crate) const FLAG_IS_REMOTE: u32 = 0x200;
 
 fn kv(key: &str, value: any_value::Value) -> KeyValue {
     KeyValue { key: key.to_string(), value: Some(AnyValue { value: Some(value) }), ..Default::default() }
