@@ -360,7 +360,6 @@ impl Capture {
         self.skip_unsampled
     }
 
-    /// The cgroup2 root the TCP-option program is attached to, when it is.
     /// Whether `traceparent` injection runs.
     pub fn inject(&self) -> &inject::InjectState {
         &self.inject
@@ -371,6 +370,7 @@ impl Capture {
         self.data_hooks
     }
 
+    /// The cgroup2 root the TCP-option program is attached to, when it is.
     pub fn tcp_option(&self) -> Option<&Path> {
         self.tcp_option.as_deref()
     }

@@ -175,17 +175,18 @@ fn field_offset(
     }
 }
 
+fn tracepoint_exists(tracefs: &str, category: &str, name: &str) -> bool {
+    Path::new(tracefs).join("events").join(category).join(name).is_dir()
+}
+
 /// Whether every tracepoint of a program table exists.
 pub fn has_tracepoints(tracefs: &str, table: &[(&str, &str, &str)]) -> bool {
-    table
-        .iter()
-        .all(|(_, category, name)| Path::new(tracefs).join("events").join(category).join(name).is_dir())
+    table.iter().all(|(_, category, name)| tracepoint_exists(tracefs, category, name))
 }
 
 fn check_formats(tracefs: &str) -> Result<(), CaptureError> {
     for p in programs::PROGRAMS {
-        let dir = Path::new(tracefs).join("events").join(p.category).join(p.tracepoint);
-        if !dir.is_dir() {
+        if !tracepoint_exists(tracefs, p.category, p.tracepoint) {
             return Err(CaptureError::TracepointFormat {
                 tracepoint: format!("{}/{}", p.category, p.tracepoint),
                 problem: "does not exist on this kernel".into(),

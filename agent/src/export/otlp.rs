@@ -129,7 +129,8 @@ impl Default for OtlpConfig {
             compression: None,
             batch_size: 512,
             batch_delay: Duration::from_secs(1),
-            // 128 × 512 spans: a few seconds of a busy node's traffic while the collector is slow.
+            // 32 × 512 spans: a fraction of a second of a busy node's traffic while the collector
+            // is slow, for ~11 MiB at most.
             queue_requests: 32,
             concurrency: 4,
             max_retry_elapsed: Duration::from_secs(30),
@@ -423,17 +424,18 @@ async fn http_attempt(
     request: &Bytes,
     timeout: Duration,
 ) -> Outcome {
-    let mut body = request.to_vec();
+    // Uncompressed, the encoded batch is sent as it is (shared, not copied).
+    let mut body = request.clone();
     let mut builder = hyper::Request::post(uri.clone()).header("content-type", "application/x-protobuf");
     let compressed = match cfg.compression.as_deref() {
-        Some("gzip") => Some(("gzip", gzip(&body))),
-        Some("zstd") => Some(("zstd", zstd::encode_all(body.as_slice(), 3))),
+        Some("gzip") => Some(("gzip", gzip(request))),
+        Some("zstd") => Some(("zstd", zstd::encode_all(request.as_ref(), 3))),
         _ => None,
     };
     if let Some((encoding, result)) = compressed {
         match result {
             Ok(z) => {
-                body = z;
+                body = Bytes::from(z);
                 builder = builder.header("content-encoding", encoding);
             }
             Err(e) => return Outcome::Failed(retry::Verdict::Drop, format!("{encoding}: {e}")),
@@ -442,7 +444,7 @@ async fn http_attempt(
     for (k, v) in &cfg.headers {
         builder = builder.header(k.as_str(), v.as_str());
     }
-    let req = match builder.body(Full::new(Bytes::from(body))) {
+    let req = match builder.body(Full::new(body)) {
         Ok(r) => r,
         Err(e) => return Outcome::Failed(retry::Verdict::Drop, format!("building the request: {e}")),
     };

@@ -541,22 +541,17 @@ fn take_tcp_ctx(state: &mut ConnState, skaddr: u64) {
 
 // --- addresses learned on first read --------------------------------------------------------
 
-/// The socket hooks' counterpart of `tcp_rcv_space_adjust` below, run by `sock_recv_length`
-/// before a read is reported: the socket is at hand, so the connection learns its address and,
-/// when incomplete, its addresses from `struct sock_common` (offsets from the kernel's BTF), and a
-/// server connection takes the context a TCP option brought.
+/// The socket hooks' counterpart of `tcp_rcv_space_adjust` below, run on connection `fd`'s
+/// state before a read from socket `sk` is reported: the connection learns its socket address
+/// and, when incomplete, its addresses from `struct sock_common` (offsets from the kernel's BTF),
+/// and a server connection takes the context a TCP option brought.
 #[inline(always)]
-pub fn socket_read_prelude(id: u64, fd: u32, sk: u64) {
+pub fn socket_read_prelude(id: u64, fd: u32, sk: u64, state: &mut ConnState) {
     let cfg = config();
-    if cfg.sk.valid == 0 || sk == 0 {
+    if cfg.sk.valid == 0 {
         return;
     }
     let tgid = (id >> 32) as u32;
-    let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd)) else {
-        return;
-    };
-    // SAFETY: map value pointer, valid for this run.
-    let state = unsafe { &mut *conn };
     state.skaddr = sk;
     if state.remote.family == 0 || state.local.port == 0 || is_unspecified(&state.local) {
         fill_addrs_from_sock(id, tgid, fd, state, sk);

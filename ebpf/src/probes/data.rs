@@ -100,7 +100,8 @@ enum Layout {
 }
 
 #[inline(always)]
-fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
+/// `sk`: the socket, when the hook was handed it (socket-hook reads); 0 otherwise.
+fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u64) {
     if r <= 0 {
         count(Counter::DataNoBytes);
         return;
@@ -112,6 +113,10 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout) {
     };
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
+    if sk != 0 {
+        // Before the scratch buffer is used: this may report the connection's addresses.
+        socket_read_prelude(id, call.fd, sk, conn);
+    }
     let cfg = config();
     // SAFETY: helper without arguments.
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
@@ -456,7 +461,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     // SAFETY: as above.
     unsafe { (*call_ptr).syscall = 0 };
     let r: i32 = ctx.arg(1);
-    exit(id, call, r as i64, DIR_EGRESS, c.layout);
+    exit(id, call, r as i64, DIR_EGRESS, c.layout, 0);
     0
 }
 
@@ -489,7 +494,6 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if c.direction != DIR_INGRESS {
         return 0;
     }
-    socket_read_prelude(id, fd as u32, ctx.arg(0));
     let call = ActiveCall {
         ptr,
         enter_ns: 0,
@@ -501,7 +505,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
         addr: SockAddr::default(),
         local: SockAddr::default(),
     };
-    exit(id, call, r as i64, DIR_INGRESS, c.layout);
+    exit(id, call, r as i64, DIR_INGRESS, c.layout, ctx.arg(0));
     0
 }
 
@@ -587,7 +591,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     // Idle (no call in flight), kept for the thread's next call.
     // SAFETY: as above.
     unsafe { (*call_ptr).syscall = 0 };
-    exit(id, call, ctx.arg(1), c.direction, c.layout);
+    exit(id, call, ctx.arg(1), c.direction, c.layout, 0);
     0
 }
 

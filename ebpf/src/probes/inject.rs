@@ -75,10 +75,7 @@ fn inject(ctx: &SkMsgContext) {
         return;
     };
     // Sampled or not, the header travels: a peer must not sample what this side did not.
-    // SAFETY: this CPU's scratch slot; the line is assembled after the scanned head.
-    let line = unsafe { (*slot).as_mut_ptr().add(HDR + LINE_AT) };
-    compose(line, &state.ctx);
-    match write_header(ctx, slot.cast()) {
+    match write_header(ctx, slot.cast(), &state.ctx) {
         Ok(true) => count(Counter::InjectWritten),
         Ok(false) => {}
         Err(counter) => count(counter),
@@ -108,10 +105,11 @@ fn compose(line: *mut u8, c: &TraceCtx) {
     }
 }
 
-/// Scans the message head and inserts the composed line after the request line. Ok(false): not
-/// an HTTP/1 request (nothing counted); Err: the counter that says why nothing was inserted.
+/// Scans the message head and inserts the header line for `c` after the request line.
+/// Ok(false): not an HTTP/1 request (nothing counted); Err: the counter that says why nothing
+/// was inserted.
 #[inline(never)]
-fn write_header(ctx: &SkMsgContext, slot: *mut u8) -> Result<bool, Counter> {
+fn write_header(ctx: &SkMsgContext, slot: *mut u8, c: &TraceCtx) -> Result<bool, Counter> {
     let size = ctx.size() as u64;
     let want = if size < SCAN_BYTES { size } else { SCAN_BYTES };
     // SAFETY: helper on this program's context: makes the first `want` bytes one run.
@@ -157,8 +155,9 @@ fn write_header(ctx: &SkMsgContext, slot: *mut u8) -> Result<bool, Counter> {
         return Err(Counter::InjectSkipped);
     }
     let out = data as *mut u8;
-    // SAFETY: the composed line, in scratch after the head.
+    // SAFETY: scratch after the head and its padding.
     let line = unsafe { slot.add(HDR + LINE_AT) };
+    compose(line, c);
     let mut i = 0;
     while i < HEADER_LEN as usize {
         // SAFETY: data + HEADER_LEN <= data_end, checked above; the line is in scratch.
