@@ -113,37 +113,59 @@ impl Sinks {
     }
 }
 
-/// The agent's own TCP sockets (its exports). The kernel never traces the agent, but a traced
-/// collector on the same node would see the other end of these connections.
+/// The agent's own TCP connections (its exports), as (local, remote). The kernel never traces
+/// the agent, but a traced collector on the same node would see the other end of these
+/// connections.
 #[derive(Default)]
 struct OwnSockets {
-    local: std::collections::HashSet<std::net::SocketAddr>,
+    conns: std::collections::HashSet<(std::net::SocketAddr, std::net::SocketAddr)>,
     refreshed: Option<Instant>,
     skipped: u64,
 }
 
 impl OwnSockets {
-    fn is_own_peer(&mut self, peer: &tracewire_common::SockAddr) -> bool {
-        let Some(peer) = crate::events::socket_addr(peer) else {
+    /// Whether a connection seen with these (local, remote) addresses is the far end of one of
+    /// the agent's. Both ends must match: one local port serves connections to different
+    /// destinations at once, so the agent's port alone also names other processes' connections.
+    fn is_own_peer(
+        &mut self,
+        local: &tracewire_common::SockAddr,
+        remote: &tracewire_common::SockAddr,
+    ) -> bool {
+        let (Some(local), Some(peer)) =
+            (crate::events::socket_addr(local), crate::events::socket_addr(remote))
+        else {
             return false;
         };
         // Only a peer on this machine can be the agent.
-        if !peer.ip().is_loopback() && !self.local.iter().any(|a| a.ip() == peer.ip()) {
+        if !peer.ip().is_loopback() && !self.conns.iter().any(|(a, _)| a.ip() == peer.ip()) {
             return false;
         }
-        if self.local.contains(&peer) {
+        if self.matches(peer, local) {
             return true;
         }
         // Unknown local peer: look again, at most every 200 ms (new export connections).
         if self.refreshed.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
             self.refreshed = Some(Instant::now());
-            self.local = crate::capture::scan::tcp_sockets(std::process::id())
+            self.conns = crate::capture::scan::tcp_sockets(std::process::id())
                 .iter()
-                .filter_map(|s| crate::events::socket_addr(&s.local))
+                .filter_map(|s| {
+                    Some((crate::events::socket_addr(&s.local)?, crate::events::socket_addr(&s.remote)?))
+                })
                 .collect();
-            return self.local.contains(&peer);
+            return self.matches(peer, local);
         }
         false
+    }
+
+    /// `local` may still be the listener's wildcard address (learned on the first read): then
+    /// its port must match.
+    fn matches(&self, peer: std::net::SocketAddr, local: std::net::SocketAddr) -> bool {
+        if local.ip().is_unspecified() {
+            self.conns.iter().any(|(l, r)| *l == peer && r.port() == local.port())
+        } else {
+            self.conns.contains(&(peer, local))
+        }
     }
 }
 
@@ -189,7 +211,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         session.poll(timeout, |ev| {
             match ev {
                 Event::Conn(c) if EventKind::try_from(c.header.kind) == Ok(EventKind::ConnOpen) => {
-                    if own.is_own_peer(&c.remote) {
+                    if own.is_own_peer(&c.local, &c.remote) {
                         // A traced collector's side of the agent's own export connection: its
                         // spans would be exported, and each export would make another span.
                         own.skipped += 1;
