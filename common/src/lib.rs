@@ -42,6 +42,8 @@ pub mod maps {
     pub const TCP_TX: &str = "TCP_TX";
     /// Trace context received in TCP options, by socket.
     pub const TCP_RX: &str = "TCP_RX";
+    /// Go programs whose net/http calls are linked through goroutines, keyed by tgid.
+    pub const GO_PROCS: &str = "GO_PROCS";
 }
 
 /// Default number of connections tracked at once in the kernel.
@@ -167,6 +169,54 @@ pub const WATCH_SELECTED: u8 = 1;
 /// binaries and by the kernel when a response is written by another thread than the one that
 /// read its request.
 pub const WATCH_HANDOFF: u8 = 2;
+/// [`maps::WATCHED`] value bit: a Go program whose goroutines the uprobes follow (its entry in
+/// [`maps::GO_PROCS`] says where the runtime keeps a goroutine's id).
+pub const WATCH_GO: u8 = 4;
+
+/// Goroutines remembered at once, per map (the goroutine serving a request, the request an
+/// outgoing call belongs to, the goroutine writing it).
+pub const MAX_GOROUTINES: u32 = 16_384;
+
+/// What the kernel needs to know about a Go program's runtime, the value of [`maps::GO_PROCS`].
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GoProc {
+    /// Offset of `goid` in `runtime.g`: a goroutine's id is never reused, its `g` is.
+    pub goid_offset: u32,
+    /// Reserved.
+    pub _pad: u32,
+}
+
+/// A goroutine (or a request object) of one process: the key of the goroutine maps.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GoKey {
+    /// Process.
+    pub tgid: u32,
+    /// Reserved.
+    pub _pad: u32,
+    /// Address of the goroutine's `runtime.g` (or of the `*http.Request`).
+    pub addr: u64,
+}
+
+/// The request a goroutine serves, or the one an outgoing call belongs to.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct GoParent {
+    /// The goroutine the entry is about: an entry found under a recycled `g` is stale.
+    pub goid: u64,
+    /// The server connection whose request it is.
+    pub conn: ConnId,
+    /// That request's trace id.
+    pub trace_id: [u8; 16],
+    /// Its server span id.
+    pub span_id: [u8; 8],
+    /// Its W3C trace flags.
+    pub trace_flags: u8,
+    /// Reserved.
+    pub _pad: [u8; 7],
+}
+const _: () = assert!(size_of::<GoParent>() == 56);
 
 /// Event kinds (stable wire ids; holes are intentional).
 #[repr(u32)]
@@ -300,8 +350,11 @@ pub struct ConnState {
     pub ctx: TraceCtx,
     /// Context received in the TCP option, waiting for the request it came with.
     pub rx: TcpCtx,
+    /// Client connections: the server request the current turn's call was made for, when the
+    /// kernel learned it from a goroutine ([`CTX_GOROUTINE`]).
+    pub parent: ConnId,
 }
-const _: () = assert!(size_of::<ConnState>() == 136);
+const _: () = assert!(size_of::<ConnState>() == 152);
 
 /// Where a turn's trace context came from ([`TraceCtx::origin`]).
 pub const CTX_NONE: u8 = 0;
@@ -315,6 +368,8 @@ pub const CTX_TCP: u8 = 3;
 pub const CTX_THREAD: u8 = 4;
 /// The thread was serving several requests: a new trace, the parent is not guessed.
 pub const CTX_AMBIGUOUS: u8 = 5;
+/// The request the calling goroutine serves, followed through Go's net/http (client turns).
+pub const CTX_GOROUTINE: u8 = 6;
 
 /// Trace context minted in the kernel at the start of a turn, so that the span id written in
 /// the TCP option is the one userspace exports.
@@ -598,10 +653,15 @@ pub enum Counter {
     /// Outgoing requests left without a header: their head is not within the first bytes the
     /// kernel scans, or the message could not be extended.
     InjectSkipped = 22,
+    /// Outgoing Go net/http calls linked to the request their goroutine serves.
+    GoLinked = 23,
+    /// Outgoing Go net/http calls made by a goroutine that serves no request the kernel knows
+    /// (one the handler started, or a background task): left unlinked.
+    GoNoParent = 24,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 23;
+pub const COUNTER_COUNT: u32 = 25;
 
 impl Counter {
     /// All counters, in index order.
@@ -629,6 +689,8 @@ impl Counter {
         Counter::InjectWritten,
         Counter::InjectHadHeader,
         Counter::InjectSkipped,
+        Counter::GoLinked,
+        Counter::GoNoParent,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -657,6 +719,8 @@ impl Counter {
             Counter::InjectWritten => "inject_written",
             Counter::InjectHadHeader => "inject_had_header",
             Counter::InjectSkipped => "inject_skipped",
+            Counter::GoLinked => "go_linked",
+            Counter::GoNoParent => "go_no_parent",
         }
     }
 }
@@ -701,6 +765,7 @@ mod user {
     unsafe impl aya::Pod for SockAddr {}
     unsafe impl aya::Pod for ConnId {}
     unsafe impl aya::Pod for TcpCtxEntry {}
+    unsafe impl aya::Pod for GoProc {}
 }
 
 #[cfg(test)]

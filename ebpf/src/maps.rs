@@ -5,8 +5,9 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use tracewire_common::{
-    ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, ListenerState, MAX_ACTIVE,
-    MAX_CGROUPS, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX, SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx,
+    ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, GoKey, GoParent, GoProc,
+    ListenerState, MAX_ACTIVE, MAX_CGROUPS, MAX_GOROUTINES, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX,
+    SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx,
 };
 
 #[map]
@@ -95,3 +96,22 @@ pub static INJECT_SOCKS: SockHash<u64> = SockHash::with_max_entries(DEFAULT_MAX_
 /// `INJECT_SOCKS`, since membership alone changes how the kernel treats a socket.
 #[map]
 pub static INJECT_ON: Array<u32> = Array::with_max_entries(1, 0);
+
+/// Go programs whose goroutines the uprobes follow, by tgid (see `golang`).
+#[map]
+pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
+
+/// The request each goroutine serves: set when it reads from a server connection. LRU, and
+/// checked on use (goroutine id, the connection still in that request): goroutines end without
+/// a hook seeing it.
+#[map]
+pub static GO_SERVING: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+
+/// The served request an outgoing `*http.Request` belongs to, from the call until the transport
+/// writes it. LRU: a call that fails before it is written leaves its entry.
+#[map]
+pub static GO_REQS: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+
+/// The served request of the call a transport goroutine is writing, until its first bytes leave.
+#[map]
+pub static GO_WRITERS: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);

@@ -23,14 +23,18 @@ use std::{
 use aya::{
     Ebpf, EbpfLoader,
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
-    programs::{CgroupAttachMode, RawTracePoint, SockOps, TracePoint},
+    programs::{
+        CgroupAttachMode, RawTracePoint, SockOps, TracePoint, UProbe,
+        uprobe::{UProbeAttachLocation, UProbeScope},
+    },
 };
 pub use error::CaptureError;
 use log::{debug, info, warn};
 use tracewire_common::{
     CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState,
-    Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, ListenerState, MAX_PAYLOAD, SAMPLE_ALL,
-    SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
+    Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc, ListenerState, MAX_PAYLOAD,
+    SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED,
+    fd_key, maps,
 };
 
 pub use select::Selection;
@@ -68,6 +72,8 @@ pub struct CaptureOptions {
     pub inject: bool,
     /// Inject even where sockets in a sockhash misreport FIONREAD.
     pub inject_despite_fionread: bool,
+    /// Follow Go programs' net/http calls through their goroutines (uprobes).
+    pub go_uprobes: bool,
 }
 
 /// The hooks that see the bytes of reads and writes.
@@ -109,6 +115,7 @@ impl Default for CaptureOptions {
             data_hooks: DataHooks::Auto,
             inject: false,
             inject_despite_fionread: false,
+            go_uprobes: true,
         }
     }
 }
@@ -127,8 +134,43 @@ pub struct Capture {
     skip_unsampled: bool,
     data_hooks: DataHooks,
     inject: inject::InjectState,
+    /// Go binaries whose net/http functions carry the uprobes.
+    go: GoFollow,
     // Keeps programs and links alive; declared last so maps are released after links.
-    _ebpf: Ebpf,
+    ebpf: Ebpf,
+}
+
+/// Go binaries followed so far (at most [`MAX_GO_BINARIES`]), by (device, inode): the uprobes
+/// sit on the file, once for every process that runs it.
+#[derive(Default)]
+struct GoFollow {
+    /// False when the uprobe programs are off (configuration) or did not load.
+    on: bool,
+    /// Per binary: what it is, or why its calls are not followed.
+    binaries: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
+}
+
+/// Distinct Go binaries whose net/http functions get uprobes; beyond it, calls stay unlinked.
+pub const MAX_GO_BINARIES: usize = 64;
+
+/// The two uprobe programs, by function name (see the kernel's `golang` probes).
+const GO_PROGRAMS: [&str; 2] = ["go_round_trip", "go_request_write"];
+
+/// Loads the Go uprobe programs (they are attached per binary, see [`Capture::follow_go`]).
+/// A kernel that refuses them leaves Go calls unlinked, and says so.
+fn load_go_programs(ebpf: &mut Ebpf) -> bool {
+    for name in GO_PROGRAMS {
+        let loaded = match ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
+            Some(Ok(p)) => p.load().map_err(|e| e.to_string()),
+            Some(Err(e)) => Err(e.to_string()),
+            None => Err("missing from the object".into()),
+        };
+        if let Err(e) = loaded {
+            warn!("Go calls are not followed through goroutines: uprobe program {name}: {e}");
+            return false;
+        }
+    }
+    true
 }
 
 /// Attaches the TCP-option program to the cgroup2 root with a BPF link. Links to a cgroup always
@@ -304,6 +346,7 @@ impl Capture {
         } else {
             inject::InjectState::Off
         };
+        let go = GoFollow { on: options.go_uprobes && load_go_programs(&mut ebpf), ..GoFollow::default() };
         debug!("attached {attached} programs");
 
         let take =
@@ -351,7 +394,8 @@ impl Capture {
             data_hooks,
             inject,
             skip_unsampled,
-            _ebpf: ebpf,
+            go,
+            ebpf,
         })
     }
 
@@ -436,6 +480,68 @@ impl Capture {
     pub fn set_handoff(&mut self, tgid: u32) -> Result<(), CaptureError> {
         let v = self.watched.get(&tgid, 0).unwrap_or(0);
         self.watched.set(tgid, v | WATCH_HANDOFF, 0).map_err(CaptureError::Map)
+    }
+
+    /// Follows the net/http calls of Go program `tgid` through its goroutines: uprobes on its
+    /// binary (once per binary), and the kernel told where its runtime keeps goroutine ids.
+    /// Returns the Go version when followed, or why not.
+    pub fn follow_go(&mut self, tgid: u32) -> Result<String, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !self.go.on {
+            return Err("uprobes off".into());
+        }
+        let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+        let meta = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+        let key = (meta.dev(), meta.ino());
+        if !self.go.binaries.contains_key(&key) {
+            if self.go.binaries.len() >= MAX_GO_BINARIES {
+                return Err(format!("already following {MAX_GO_BINARIES} Go binaries"));
+            }
+            let found = runtime::inspect_go(&exe).and_then(|bin| {
+                self.attach_go(&exe, &bin)?;
+                Ok(bin)
+            });
+            self.go.binaries.insert(key, found);
+        }
+        let bin = match self.go.binaries.get(&key) {
+            Some(Ok(bin)) => bin.clone(),
+            Some(Err(why)) => return Err(why.clone()),
+            None => return Err("not inspected".into()),
+        };
+        let mut procs: HashMap<&mut MapData, u32, GoProc> = self
+            .ebpf
+            .map_mut(maps::GO_PROCS)
+            .ok_or("no GO_PROCS map")
+            .and_then(|m| HashMap::try_from(m).map_err(|_| "GO_PROCS: wrong map type"))?;
+        procs.insert(tgid, GoProc { goid_offset: bin.goid_offset, _pad: 0 }, 0).map_err(|e| e.to_string())?;
+        let v = self.watched.get(&tgid, 0).unwrap_or(0);
+        self.watched.set(tgid, v | WATCH_GO, 0).map_err(|e| e.to_string())?;
+        Ok(bin.version)
+    }
+
+    /// Puts the uprobes on a Go binary's net/http functions.
+    fn attach_go(&mut self, exe: &Path, bin: &runtime::GoBinary) -> Result<(), String> {
+        for (name, offset) in [(GO_PROGRAMS[0], bin.round_trip), (GO_PROGRAMS[1], bin.request_write)] {
+            let prog: &mut UProbe = self
+                .ebpf
+                .program_mut(name)
+                .ok_or("uprobe program missing")?
+                .try_into()
+                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+            prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, UProbeScope::AllProcesses)
+                .map_err(|e| format!("uprobe on {name}: {e}"))?;
+            self.attached += 1;
+        }
+        Ok(())
+    }
+
+    /// Forgets a Go program that exited.
+    pub fn forget_go(&mut self, tgid: u32) {
+        if let Some(m) = self.ebpf.map_mut(maps::GO_PROCS)
+            && let Ok(mut procs) = HashMap::<&mut MapData, u32, GoProc>::try_from(m)
+        {
+            let _ = procs.remove(&tgid);
+        }
     }
 
     /// Whether `tgid` is selected (always true when every process is traced).

@@ -6,9 +6,15 @@
 //! (present in every Go binary since 1.13, stripped or not). Other runtimes that hand requests
 //! between threads are caught in the kernel, when a response is written by another thread than
 //! the one that read its request.
-use std::{fs::File, path::Path};
+//!
+//! Instead, the kernel follows a Go program's net/http calls from the goroutine that serves a
+//! request to the one that writes the call (uprobes, see the kernel's `golang` probes). For
+//! that it needs, per binary: the register ABI (Go 1.18+, whose build info says its version),
+//! the file offsets of two net/http functions (from the symbol table), and where `runtime.g`
+//! keeps the goroutine id (from the DWARF the Go linker writes by default).
+use std::{borrow::Cow, fs::File, io::Read as _, path::Path};
 
-use object::{Object as _, ReadCache};
+use object::{CompressionFormat, Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, ReadRef};
 
 /// Whether the executable at `path` is a Go program. Unreadable or non-ELF files are not.
 pub fn is_go(path: &Path) -> bool {
@@ -23,6 +29,181 @@ pub fn is_go(path: &Path) -> bool {
     }
 }
 
+/// The net/http function whose entry ties an outgoing request to the calling goroutine:
+/// `(*persistConn).roundTrip(pc, req *transportRequest)`.
+pub const GO_ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
+/// The function the transport's writer goroutine writes a request with: `(*Request).write`.
+pub const GO_REQUEST_WRITE: &str = "net/http.(*Request).write";
+
+/// What the kernel needs to follow one Go binary's net/http calls.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoBinary {
+    /// Go version the binary was built with (`go1.19.8`).
+    pub version: String,
+    /// Offset of `goid` in `runtime.g`.
+    pub goid_offset: u32,
+    /// File offset of [`GO_ROUND_TRIP`].
+    pub round_trip: u64,
+    /// File offset of [`GO_REQUEST_WRITE`].
+    pub request_write: u64,
+}
+
+/// Inspects a Go executable: `Ok` when its calls can be followed, `Err` saying why not.
+pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
+    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|e| format!("not an ELF file: {e}"))?;
+    let host = if cfg!(target_arch = "x86_64") {
+        object::Architecture::X86_64
+    } else if cfg!(target_arch = "aarch64") {
+        object::Architecture::Aarch64
+    } else {
+        return Err("goroutines are followed on x86_64 and arm64 only".into());
+    };
+    if obj.architecture() != host {
+        return Err(format!("built for {:?}", obj.architecture()));
+    }
+    let info = obj.section_by_name(".go.buildinfo").ok_or("not a Go program")?;
+    let version = build_version(info.data().map_err(|e| e.to_string())?)
+        .ok_or("built before Go 1.18 (register ABI and build info format unknown)")?;
+    let (mut round_trip, mut request_write) = (None, None);
+    for sym in obj.symbols() {
+        let slot = match sym.name() {
+            Ok(GO_ROUND_TRIP) => &mut round_trip,
+            Ok(GO_REQUEST_WRITE) => &mut request_write,
+            _ => continue,
+        };
+        let section = sym.section_index().and_then(|i| obj.section_by_index(i).ok());
+        if let Some(sec) = section
+            && let Some((file_off, _)) = sec.file_range()
+            && sym.address() >= sec.address()
+        {
+            *slot = Some(sym.address() - sec.address() + file_off);
+        }
+    }
+    if obj.symbols().next().is_none() {
+        return Err("stripped (no symbol table)".into());
+    }
+    let (Some(round_trip), Some(request_write)) = (round_trip, request_write) else {
+        return Err("no net/http client in the binary".into());
+    };
+    let goid_offset = match goid_from_dwarf(&obj) {
+        Some(off) => off,
+        None => {
+            known_goid_offset(&version).ok_or("no DWARF, and no known runtime.g layout for this version")?
+        }
+    };
+    Ok(GoBinary { version, goid_offset, round_trip, request_write })
+}
+
+/// The Go version in a `.go.buildinfo` section of the Go 1.18+ format (flag bit 2: strings
+/// inline, each a uvarint length and its bytes, after a 32-byte header).
+fn build_version(data: &[u8]) -> Option<String> {
+    const MAGIC: &[u8] = b"\xff Go buildinf:";
+    if !data.starts_with(MAGIC) || data.len() < 32 || data[15] & 2 == 0 {
+        return None;
+    }
+    let rest = &data[32..];
+    let (mut len, mut shift, mut at) = (0usize, 0u32, 0usize);
+    loop {
+        let b = *rest.get(at)?;
+        len |= usize::from(b & 0x7f).checked_shl(shift)?;
+        at += 1;
+        if b & 0x80 == 0 {
+            break;
+        }
+        shift += 7;
+    }
+    let v = std::str::from_utf8(rest.get(at..at.checked_add(len)?)?).ok()?;
+    v.starts_with("go").then(|| v.to_string())
+}
+
+/// Offsets of `runtime.g.goid` for binaries without DWARF, by the versions known to share it.
+fn known_goid_offset(version: &str) -> Option<u32> {
+    let minor: u32 = version.strip_prefix("go1.")?.split(['.', '-', ' ']).next()?.parse().ok()?;
+    (18..=22).contains(&minor).then_some(152)
+}
+
+/// A DWARF section's bytes, decompressed when the linker compressed it (Go does by default).
+fn dwarf_section<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> Option<Cow<'d, [u8]>> {
+    let Some(sec) = obj.section_by_name(name) else {
+        return Some(Cow::Borrowed(&[]));
+    };
+    let c = sec.compressed_data().ok()?;
+    let size = usize::try_from(c.uncompressed_size).ok()?;
+    // A corrupt header must not make the agent allocate gigabytes.
+    if size > 256 << 20 {
+        return None;
+    }
+    match c.format {
+        CompressionFormat::None => Some(Cow::Borrowed(c.data)),
+        CompressionFormat::Zlib => {
+            let mut out = Vec::with_capacity(size);
+            flate2::read::ZlibDecoder::new(c.data).take(size as u64).read_to_end(&mut out).ok()?;
+            Some(Cow::Owned(out))
+        }
+        CompressionFormat::Zstandard => {
+            let mut out = Vec::with_capacity(size);
+            zstd::stream::read::Decoder::new(c.data).ok()?.take(size as u64).read_to_end(&mut out).ok()?;
+            Some(Cow::Owned(out))
+        }
+        _ => None,
+    }
+}
+
+/// `DW_AT_data_member_location` of `goid` in the `runtime.g` structure.
+fn goid_from_dwarf<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<u32> {
+    use gimli::{EndianSlice, LittleEndian};
+    let info = dwarf_section(obj, ".debug_info")?;
+    let abbrev = dwarf_section(obj, ".debug_abbrev")?;
+    let strs = dwarf_section(obj, ".debug_str")?;
+    if info.is_empty() {
+        return None;
+    }
+    let info = gimli::DebugInfo::new(&info, LittleEndian);
+    let abbrev = gimli::DebugAbbrev::new(&abbrev, LittleEndian);
+    let strs = gimli::DebugStr::new(&strs, LittleEndian);
+    let name_of = |e: &gimli::DebuggingInformationEntry<EndianSlice<'_, LittleEndian>>| -> Option<Vec<u8>> {
+        match e.attr_value(gimli::DW_AT_name).ok()?? {
+            gimli::AttributeValue::String(s) => Some(s.slice().to_vec()),
+            gimli::AttributeValue::DebugStrRef(o) => Some(strs.get_str(o).ok()?.slice().to_vec()),
+            _ => None,
+        }
+    };
+    let mut units = info.units();
+    while let Ok(Some(header)) = units.next() {
+        let Ok(abbrevs) = header.abbreviations(&abbrev) else { continue };
+        let mut tree = match header.entries_tree(&abbrevs, None) {
+            Ok(t) => t,
+            Err(_) => continue,
+        };
+        let Ok(root) = tree.root() else { continue };
+        let mut children = root.children();
+        while let Ok(Some(node)) = children.next() {
+            let e = node.entry();
+            if e.tag() != gimli::DW_TAG_structure_type || name_of(e).as_deref() != Some(b"runtime.g") {
+                continue;
+            }
+            let mut members = node.children();
+            while let Ok(Some(m)) = members.next() {
+                let e = m.entry();
+                if e.tag() == gimli::DW_TAG_member && name_of(e).as_deref() == Some(b"goid") {
+                    return match e.attr_value(gimli::DW_AT_data_member_location).ok()?? {
+                        gimli::AttributeValue::Udata(v) => u32::try_from(v).ok(),
+                        gimli::AttributeValue::Data1(v) => Some(v.into()),
+                        gimli::AttributeValue::Data2(v) => Some(v.into()),
+                        gimli::AttributeValue::Data4(v) => Some(v),
+                        gimli::AttributeValue::Sdata(v) => u32::try_from(v).ok(),
+                        _ => None,
+                    };
+                }
+            }
+            return None;
+        }
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -33,5 +214,22 @@ mod tests {
         assert!(!is_go(&me));
         assert!(!is_go(Path::new("/nonexistent")));
         assert!(!is_go(Path::new("/proc/self/status")));
+        assert!(inspect_go(&me).is_err());
+    }
+
+    #[test]
+    fn reads_the_go_version_from_build_info() {
+        let mut data = b"\xff Go buildinf:\x08\x02".to_vec();
+        data.resize(32, 0);
+        data.push(8);
+        data.extend_from_slice(b"go1.19.8");
+        data.extend_from_slice(b"\x10ignored");
+        assert_eq!(build_version(&data).as_deref(), Some("go1.19.8"));
+        // The pointer-based format of Go 1.13 to 1.17.
+        data[15] = 0;
+        assert_eq!(build_version(&data), None);
+        assert_eq!(build_version(b"\xff Go buildinf:"), None);
+        assert_eq!(known_goid_offset("go1.19.8"), Some(152));
+        assert_eq!(known_goid_offset("go1.30"), None);
     }
 }

@@ -40,6 +40,10 @@ pub struct SessionStats {
     pub data_unknown_conn: u64,
     /// Processes recognised as Go programs (threads hand requests to each other).
     pub handoff_runtimes: u64,
+    /// Go programs whose net/http calls the kernel follows through goroutines.
+    pub go_followed: u64,
+    /// Go programs whose calls are not followed (old Go, stripped, no net/http client...).
+    pub go_not_followed: u64,
 }
 
 /// A capture session.
@@ -269,6 +273,7 @@ impl Session {
                         self.capture.remove_conn(p.pid, fd);
                     }
                     self.capture.remove_listeners_of(p.pid);
+                    self.capture.forget_go(p.pid);
                     self.stats.open_conns = self.open.len() as u64;
                 }
                 _ => {}
@@ -290,9 +295,20 @@ impl Session {
     /// Tells the kernel when a traced program's threads do not own their requests (Go).
     fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
         if runtime::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
-            debug!("pid {pid} is a Go program: calls are not linked by thread");
             self.stats.handoff_runtimes += 1;
             self.capture.set_handoff(pid)?;
+            match self.capture.follow_go(pid) {
+                Ok(version) => {
+                    debug!(
+                        "pid {pid} is a Go program ({version}): net/http calls followed through goroutines"
+                    );
+                    self.stats.go_followed += 1;
+                }
+                Err(why) => {
+                    debug!("pid {pid} is a Go program whose calls stay unlinked: {why}");
+                    self.stats.go_not_followed += 1;
+                }
+            }
         }
         Ok(())
     }

@@ -26,8 +26,8 @@ use crate::sampling::Sampler;
 use span::{Kind, Link, SpanRecord, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
-    CTX_AMBIGUOUS, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId, DATA_FLAG_AFTER_SKIP,
-    DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
+    CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId,
+    DATA_FLAG_AFTER_SKIP, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
 };
 
 use crate::{
@@ -70,6 +70,8 @@ pub struct CorrelateStats {
     pub traceparent_invalid: u64,
     /// Client spans linked to the request their thread was serving.
     pub linked_thread: u64,
+    /// Client spans linked to the request their goroutine was serving (Go).
+    pub linked_goroutine: u64,
     /// Client spans whose parent was ambiguous.
     pub unlinked: u64,
     /// Requests that never got a response (connection closed).
@@ -393,6 +395,13 @@ impl ConnSink<'_> {
             {
                 self.g.stats.linked_thread += 1;
                 SpanCtx::child_of(p, span_id, false, Link::Thread)
+            }
+            // A Go call the kernel followed from the goroutine serving `p`.
+            (Some(k), [p])
+                if k.origin == CTX_GOROUTINE && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
+            {
+                self.g.stats.linked_goroutine += 1;
+                SpanCtx::child_of(p, span_id, false, Link::Goroutine)
             }
             // A new trace in the kernel, nothing served in userspace either.
             (Some(k), []) if k.origin == CTX_ROOT => self.root(span_id, Some(&k), Link::None),

@@ -25,6 +25,8 @@ pub enum Link {
     None,
     /// Child of the server span the same thread was serving.
     Thread,
+    /// Child of the server span the calling goroutine was serving (Go, followed by uprobes).
+    Goroutine,
     /// The parent could not be decided; the span is a root of its own trace.
     Unlinked,
 }

@@ -213,6 +213,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
         let link = match s.link {
             Link::None => "",
             Link::Thread => " link=thread",
+            Link::Goroutine => " link=goroutine",
             Link::Unlinked => " link=unlinked",
         };
         let links = if s.links.is_empty() {

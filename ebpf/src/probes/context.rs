@@ -10,15 +10,19 @@
 //!   (found by a bounded scan of the first bytes read); else the context the peer's agent sent in
 //!   the TCP option; else a new trace, sampled by the configured ratio. The reading thread now
 //!   serves this request.
-//! - **Client turn** (first write after a read): a child of the request the thread serves when it
-//!   serves exactly one; a new trace flagged ambiguous when it has several open (an event loop
-//!   interleaving requests: the parent is never guessed); else a new trace.
+//! - **Client turn** (first write after a read): in a Go program, a child of the request the
+//!   calling goroutine serves when the uprobes followed the call (see `golang`); else a child of
+//!   the request the thread serves when it serves exactly one; a new trace flagged ambiguous when
+//!   it has several open (an event loop interleaving requests: the parent is never guessed); else
+//!   a new trace.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use tracewire_common::{
-    CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_HEADER, CTX_ROOT, CTX_TCP,
-    CTX_THREAD, Config, ConnId, ConnState, Counter, DIR_EGRESS, DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx,
-    TraceCtx,
+    CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT,
+    CTX_TCP, CTX_THREAD, Config, ConnId, ConnState, Counter, DIR_EGRESS, DIR_INGRESS, GoParent, TcpCtx,
+    TcpCtxEntry, ThreadCtx, TraceCtx,
 };
+
+use super::golang::call_parent;
 
 use crate::{
     maps::{TCP_TX, THREAD_CTX},
@@ -95,8 +99,19 @@ pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
     let cfg = &config();
     let tgid = (pid_tgid >> 32) as u32;
     let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
+    let mut go = GoParent::default();
+    state.parent = ConnId::default();
     // SAFETY: copied out of the map.
     match unsafe { THREAD_CTX.get(pid_tgid as u32) }.copied() {
+        // A Go call whose request the uprobes followed from the serving goroutine.
+        _ if call_parent(tgid, &mut go) => {
+            ctx.trace_id = go.trace_id;
+            ctx.parent_id = go.span_id;
+            ctx.trace_flags = go.trace_flags;
+            ctx.origin = CTX_GOROUTINE;
+            state.parent = go.conn;
+            count(Counter::GoLinked);
+        }
         // Threads that hand requests to each other prove nothing about a call's parent.
         _ if hands_off(tgid) => {
             new_trace(cfg, &mut ctx);

@@ -27,14 +27,15 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT,
-    ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, CTX_GOROUTINE, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
+    DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS,
+    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
     conn::socket_read_prelude,
     context::{client_turn, server_turn, server_turn_end},
+    golang::serving,
 };
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
@@ -142,10 +143,18 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         {
             thread_ctx = t.conn;
         }
+        // A Go call: the request its goroutine serves, whatever the thread did before.
+        if conn.ctx.origin == CTX_GOROUTINE {
+            thread_ctx = conn.parent;
+        }
     } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {
         server_turn_end(conn, &conn_id, Some(tid));
     }
     let starts_request = conn.role == ROLE_SERVER && direction == DIR_INGRESS && conn.turn != DIR_INGRESS;
+    if conn.role == ROLE_SERVER && direction == DIR_INGRESS && !starts_request {
+        // More of the request: the goroutine reading it serves it (Go programs only).
+        serving(tgid, &conn_id, &conn.ctx);
+    }
     if conn.skip != 0 && !starts_request {
         // A request that is not sampled: its bytes cost nothing more.
         return;
@@ -210,6 +219,7 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
             server_turn(id, conn, call.fd, buf.as_mut_ptr().add(HDR), n);
             core::ptr::write_unaligned(core::ptr::addr_of_mut!((*at).ctx), conn.ctx);
         }
+        serving(tgid, &conn_id, &conn.ctx);
         if conn.skip != 0 {
             return;
         }

@@ -1,0 +1,217 @@
+//! Go: the request an outgoing net/http call is made for.
+//!
+//! Goroutines move between OS threads, so "a call belongs to the request its thread serves"
+//! proves nothing in a Go program. The goroutine is what serves a request, and what it is can be
+//! read wherever the program is stopped: the Go ABI keeps the current `g` in a register (r14 on
+//! x86_64, x28 on arm64), and `g.goid` is a goroutine's id, never reused (the `g` struct is).
+//!
+//! 1. A goroutine that reads from a server connection serves that connection's current request
+//!    (net/http's `conn.serve` reads each request and runs its handler on the same goroutine):
+//!    recorded at every such read ([`serving`]).
+//! 2. `net/http.(*persistConn).roundTrip` runs on the goroutine making the call, with the
+//!    request being sent: if that goroutine serves a request still open, the request object is
+//!    tied to it ([`go_round_trip`]).
+//! 3. `net/http.(*Request).write` runs on the transport's writer goroutine with that same object:
+//!    that goroutine's next request on a client connection is this call ([`go_request_write`]).
+//! 4. The client turn that starts on the writer goroutine takes it as its parent ([`call_parent`]).
+//!
+//! Every entry carries the goroutine id and is checked against the server connection's current
+//! turn, so neither a recycled `g` nor a request already answered becomes a parent. A call made
+//! from a goroutine the handler started has no entry: it stays unlinked, never guessed.
+use aya_ebpf::{
+    helpers::{
+        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
+    },
+    macros::uprobe,
+    programs::ProbeContext,
+};
+use tracewire_common::{ConnId, Counter, DIR_INGRESS, GoKey, GoParent, GoProc, TraceCtx, WATCH_GO, fd_key};
+
+use crate::{
+    maps::{CONNS, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
+    util::{config, count, watched},
+};
+
+/// Where the Go ABI keeps things in the saved user registers (`struct pt_regs`).
+#[cfg(bpf_target_arch = "x86_64")]
+mod abi {
+    /// r14: the current goroutine's `g`.
+    pub const G: usize = 8;
+    /// rax, rbx: the first two integer arguments.
+    pub const ARG0: usize = 80;
+    pub const ARG1: usize = 40;
+}
+
+#[cfg(bpf_target_arch = "aarch64")]
+mod abi {
+    /// x28: the current goroutine's `g`.
+    pub const G: usize = 28 * 8;
+    /// x0, x1: the first two integer arguments.
+    pub const ARG0: usize = 0;
+    pub const ARG1: usize = 8;
+}
+
+/// The process's Go runtime facts, when the uprobes follow it.
+#[inline(always)]
+fn go_proc(tgid: u32) -> Option<GoProc> {
+    if !matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_GO != 0) {
+        return None;
+    }
+    // SAFETY: copied out of the map.
+    unsafe { GO_PROCS.get(&tgid) }.copied()
+}
+
+/// A goroutine's id, from its `g`.
+#[inline(always)]
+fn goid(proc: &GoProc, g: u64) -> Option<u64> {
+    if g == 0 {
+        return None;
+    }
+    // SAFETY: user memory, read through the checked helper.
+    unsafe { bpf_probe_read_user((g + proc.goid_offset as u64) as *const u64) }.ok()
+}
+
+/// The goroutine running on this thread right now (`g` and its id), from the registers the
+/// thread entered the kernel with.
+#[inline(always)]
+fn current_goroutine(proc: &GoProc) -> Option<(u64, u64)> {
+    // SAFETY: helpers on the current task; the register block is read through the checked helper.
+    let g = unsafe {
+        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
+        if regs == 0 {
+            return None;
+        }
+        bpf_probe_read_kernel((regs + abi::G as u64) as *const u64).ok()?
+    };
+    Some((g, goid(proc, g)?))
+}
+
+/// A register saved at the uprobe.
+#[inline(always)]
+fn reg(ctx: &ProbeContext, at: usize) -> u64 {
+    // SAFETY: `at` is a constant offset inside the context's `pt_regs`.
+    unsafe { core::ptr::read_unaligned((ctx.regs as *const u8).add(at) as *const u64) }
+}
+
+/// Whether the request `p` names is still the one its connection is in.
+#[inline(always)]
+fn still_open(p: &GoParent) -> bool {
+    // SAFETY: copied out of the map.
+    match unsafe { CONNS.get(&fd_key(p.conn.tgid, p.conn.fd)) } {
+        Some(s) => {
+            s.generation == p.conn.generation
+                && s.turn == DIR_INGRESS
+                && u64::from_ne_bytes(s.ctx.span_id) == u64::from_ne_bytes(p.span_id)
+        }
+        None => false,
+    }
+}
+
+/// A goroutine of `tgid` read from server connection `conn`, whose current request has context
+/// `ctx`: it serves that request.
+#[inline(never)]
+pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
+    let Some(proc) = go_proc(tgid) else {
+        return;
+    };
+    let Some((g, goid)) = current_goroutine(&proc) else {
+        return;
+    };
+    let v = GoParent {
+        goid,
+        conn: *conn,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        trace_flags: ctx.trace_flags,
+        _pad: [0; 7],
+    };
+    let _ = GO_SERVING.insert(&GoKey { tgid, _pad: 0, addr: g }, &v, 0);
+}
+
+/// The request the client turn starting on this thread's goroutine is a call for, if the
+/// uprobes tied one to it. Consumes the tie.
+#[inline(never)]
+pub fn call_parent(tgid: u32, out: &mut GoParent) -> bool {
+    let Some(proc) = go_proc(tgid) else {
+        return false;
+    };
+    let Some((g, goid)) = current_goroutine(&proc) else {
+        return false;
+    };
+    let key = GoKey { tgid, _pad: 0, addr: g };
+    // SAFETY: copied out of the map.
+    let Some(p) = (unsafe { GO_WRITERS.get(&key) }).copied() else {
+        return false;
+    };
+    let _ = GO_WRITERS.remove(&key);
+    if p.goid != goid || !still_open(&p) {
+        return false;
+    }
+    *out = p;
+    true
+}
+
+/// `net/http.(*persistConn).roundTrip(pc, req *transportRequest)`, on the calling goroutine.
+#[uprobe]
+pub fn go_round_trip(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !watched(&config(), tgid) {
+        return 0;
+    }
+    let Some(proc) = go_proc(tgid) else {
+        return 0;
+    };
+    let g = reg(&ctx, abi::G);
+    // transportRequest embeds the *Request first: the object the writer goroutine writes.
+    // SAFETY: user memory, read through the checked helper.
+    let Ok(req) = (unsafe { bpf_probe_read_user(reg(&ctx, abi::ARG1) as *const u64) }) else {
+        return 0;
+    };
+    let Some(goid) = goid(&proc, g) else {
+        return 0;
+    };
+    let req_key = GoKey { tgid, _pad: 0, addr: req };
+    // SAFETY: copied out of the map.
+    match unsafe { GO_SERVING.get(&GoKey { tgid, _pad: 0, addr: g }) }.copied() {
+        Some(p) if p.goid == goid && still_open(&p) => {
+            let _ = GO_REQS.insert(&req_key, &p, 0);
+        }
+        _ => {
+            // A stale tie for a reused address must not outlive this call.
+            let _ = GO_REQS.remove(&req_key);
+            count(Counter::GoNoParent);
+        }
+    }
+    0
+}
+
+/// `net/http.(*Request).write(r, ...)`, on the transport's writer goroutine.
+#[uprobe]
+pub fn go_request_write(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !watched(&config(), tgid) {
+        return 0;
+    }
+    let Some(proc) = go_proc(tgid) else {
+        return 0;
+    };
+    let g = reg(&ctx, abi::G);
+    let Some(goid) = goid(&proc, g) else {
+        return 0;
+    };
+    let req_key = GoKey { tgid, _pad: 0, addr: reg(&ctx, abi::ARG0) };
+    let writer = GoKey { tgid, _pad: 0, addr: g };
+    // SAFETY: copied out of the map.
+    match unsafe { GO_REQS.get(&req_key) }.copied() {
+        Some(mut p) => {
+            p.goid = goid;
+            let _ = GO_WRITERS.insert(&writer, &p, 0);
+            let _ = GO_REQS.remove(&req_key);
+        }
+        None => {
+            let _ = GO_WRITERS.remove(&writer);
+        }
+    }
+    0
+}
