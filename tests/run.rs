@@ -464,3 +464,77 @@ fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
     assert_eq!(summary["http"]["unsampled_gap"], 0, "{summary}");
     assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
 }
+
+/// A Go service (net/http, goroutines on any thread) whose handler calls a leaf once itself and
+/// twice from goroutines it starts, over pooled keep-alive connections, under 16 concurrent
+/// clients: every call is the child of the request that made it, and none is left unlinked.
+#[test]
+fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    // What the kernel is told about this binary: the runtime.g layout from its DWARF (Go 1.19:
+    // goid at 152, m at 48, sched at 56; m.curg at 192) and the probed functions.
+    let bin = tracewire::capture::runtime::inspect_go(&go_bin).expect("a followable Go binary");
+    assert_eq!((bin.version.get(..6), bin.goid_offset), (Some("go1.19"), 152), "{bin:?}");
+    let ancestry = bin.ancestry.expect("goroutine creation probed");
+    assert_eq!((ancestry.g_m, ancestry.g_sched, ancestry.m_curg), (48, 56, 192), "{bin:?}");
+    let rx = Receiver::start(vec![]);
+    let (leaf, leaf_port) = python_hop("leaf", None);
+    let go_port = free_port();
+    let mut cmd = Command::new(&go_bin);
+    cmd.args(["127.0.0.1", &go_port.to_string(), &format!("http://127.0.0.1:{leaf_port}")])
+        .env("OTEL_SERVICE_NAME", "go-fanout")
+        .env("HOP_FANOUT", "2")
+        .env("HOP_KEEPALIVE", "1");
+    let mut go = Peer::spawn(&mut cmd);
+    go.expect("port ");
+    let agent =
+        RunAgent::start(&rx.endpoint(), &["--pid", &go.pid().to_string(), "--pid", &leaf.pid().to_string()]);
+    let out = Command::new("python3")
+        .arg(repo().join("tests/peers/load.py"))
+        .args([&format!("http://127.0.0.1:{go_port}/hop/"), "g", "16", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 16 * 8);
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let rid = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+        let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;
+        p.split("/hop/").nth(1).map(str::to_string)
+    };
+    let servers: std::collections::HashMap<String, &opentelemetry_proto::tonic::trace::v1::Span> = spans
+        .iter()
+        .filter(|(svc, s)| svc == "go-fanout" && s.kind == 2)
+        .filter_map(|(_, s)| Some((rid(s)?, s)))
+        .collect();
+    assert_eq!(servers.len(), ids.len(), "one server span per request: {summary}");
+    let (mut linked, mut wrong, mut unlinked) = (0, 0, Vec::new());
+    for (_, s) in spans.iter().filter(|(svc, s)| svc == "go-fanout" && s.kind == 3) {
+        let r = rid(s).expect("the call's id");
+        let parent = servers[&r];
+        if s.parent_span_id.is_empty() {
+            unlinked.push(r);
+        } else if s.parent_span_id == parent.span_id && s.trace_id == parent.trace_id {
+            linked += 1;
+        } else {
+            wrong += 1;
+        }
+    }
+    assert_eq!(wrong, 0, "calls under another request: {summary}");
+    assert!(unlinked.is_empty(), "unlinked calls {unlinked:?}: {summary}");
+    assert_eq!(linked, 3 * ids.len(), "{summary}");
+    // The leaf's spans join the same traces (TCP option from the Go client spans).
+    let leaf_spans = spans.iter().filter(|(svc, s)| svc == "leaf" && s.kind == 2);
+    assert_eq!(leaf_spans.clone().count(), 3 * ids.len(), "{summary}");
+    for (_, s) in leaf_spans {
+        assert_eq!(Some(&s.trace_id), servers.get(&rid(s).unwrap()).map(|p| &p.trace_id), "{summary}");
+    }
+    assert_eq!(summary["go_followed"], 1, "{summary}");
+    assert_eq!(summary["kernel"]["go_linked"], 3 * ids.len() as u64, "{summary}");
+    assert_eq!(summary["kernel"]["go_no_parent"], 0, "{summary}");
+    assert_eq!(summary["http"]["linked_goroutine"], 3 * ids.len() as u64, "{summary}");
+}

@@ -183,8 +183,13 @@ pub const MAX_GOROUTINES: u32 = 16_384;
 pub struct GoProc {
     /// Offset of `goid` in `runtime.g`: a goroutine's id is never reused, its `g` is.
     pub goid_offset: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// Offset of `m` (the OS thread running it) in `runtime.g`; 0 when unknown, and then
+    /// goroutines do not inherit the request of the goroutine that started them.
+    pub g_m: u32,
+    /// Offset of `curg` (the user goroutine it runs) in `runtime.m`.
+    pub m_curg: u32,
+    /// Offset of `sched` (the saved registers) in `runtime.g`.
+    pub g_sched: u32,
 }
 
 /// A goroutine (or a request object) of one process: the key of the goroutine maps.

@@ -107,6 +107,12 @@ pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
 #[map]
 pub static GO_SERVING: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
+/// The request a goroutine inherited from the goroutine that started it (transitively), set when
+/// it is created: every creation rewrites its `g`'s entry, so an entry is never a previous
+/// goroutine's.
+#[map]
+pub static GO_ANCESTRY: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+
 /// The served request an outgoing `*http.Request` belongs to, from the call until the transport
 /// writes it. LRU: a call that fails before it is written leaves its entry.
 #[map]

@@ -341,3 +341,23 @@ pub fn wait_listening(port: u16, what: &str) {
         std::thread::yield_now();
     }
 }
+
+/// Builds tests/peers/hop.go (standard library only) into `dir`.
+pub fn build_go_hop(dir: &std::path::Path) -> PathBuf {
+    let go = ["/usr/lib/go-1.19/bin/go", "go"]
+        .into_iter()
+        .find(|g| Command::new(g).arg("version").output().is_ok_and(|o| o.status.success()))
+        .expect("Go 1.19 (cargo xtask setup installs it)");
+    let out = dir.join("hop-go");
+    let status = Command::new(go)
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(repo().join("tests/peers/hop.go"))
+        .env("GOCACHE", repo().join("target/go-cache"))
+        .env("GOPATH", repo().join("target/go-path"))
+        .env("GO111MODULE", "off")
+        .status()
+        .expect("run go build");
+    assert!(status.success(), "go build hop.go");
+    out
+}

@@ -1,6 +1,10 @@
 // One hop of a service chain for tracewire's tests in Go (net/http, uninstrumented; goroutines
 // move between OS threads). GET /hop/<id> calls GET <next>/hop/<id> when a next hop is given,
 // then answers "ok <id>". Prints "port N" once listening. Usage: hop HOST PORT [NEXT_URL]
+//
+// HOP_FANOUT=n: the handler also makes n more calls, each from a goroutine it starts (fan-out),
+// waiting for all. HOP_KEEPALIVE=1: calls reuse pooled connections (a fresh one each otherwise,
+// like the other hops).
 package main
 
 import (
@@ -9,7 +13,9 @@ import (
 	"net"
 	"net/http"
 	"os"
+	"strconv"
 	"strings"
+	"sync"
 )
 
 func main() {
@@ -17,21 +23,38 @@ func main() {
 	if len(os.Args) > 3 {
 		next = os.Args[3]
 	}
-	// A fresh connection per call, like the other hops.
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: true}}
+	fanout, _ := strconv.Atoi(os.Getenv("HOP_FANOUT"))
+	keepAlive := os.Getenv("HOP_KEEPALIVE") == "1"
+	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 128}}
+	call := func(rid string) bool {
+		resp, err := client.Get(next + "/hop/" + rid)
+		if err != nil {
+			return false
+		}
+		io.Copy(io.Discard, resp.Body)
+		resp.Body.Close()
+		return resp.StatusCode == http.StatusOK
+	}
 	http.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		rid := r.URL.Path[strings.LastIndex(r.URL.Path, "/")+1:]
 		status := http.StatusOK
 		if next != "" {
-			resp, err := client.Get(next + "/hop/" + rid)
-			if err != nil {
+			ok := call(rid)
+			results := make([]bool, fanout)
+			var wg sync.WaitGroup
+			for i := 0; i < fanout; i++ {
+				wg.Add(1)
+				go func(i int) {
+					defer wg.Done()
+					results[i] = call(rid)
+				}(i)
+			}
+			wg.Wait()
+			for _, r := range results {
+				ok = ok && r
+			}
+			if !ok {
 				status = http.StatusBadGateway
-			} else {
-				io.Copy(io.Discard, resp.Body)
-				resp.Body.Close()
-				if resp.StatusCode != http.StatusOK {
-					status = http.StatusBadGateway
-				}
 			}
 		}
 		w.WriteHeader(status)

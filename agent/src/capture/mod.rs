@@ -153,8 +153,8 @@ struct GoFollow {
 /// Distinct Go binaries whose net/http functions get uprobes; beyond it, calls stay unlinked.
 pub const MAX_GO_BINARIES: usize = 64;
 
-/// The two uprobe programs, by function name (see the kernel's `golang` probes).
-const GO_PROGRAMS: [&str; 2] = ["go_round_trip", "go_request_write"];
+/// The uprobe programs, by function name (see the kernel's `golang` probes).
+const GO_PROGRAMS: [&str; 3] = ["go_round_trip", "go_request_write", "go_new_goroutine"];
 
 /// Loads the Go uprobe programs (they are attached per binary, see [`Capture::follow_go`]).
 /// A kernel that refuses them leaves Go calls unlinked, and says so.
@@ -497,8 +497,8 @@ impl Capture {
             if self.go.binaries.len() >= MAX_GO_BINARIES {
                 return Err(format!("already following {MAX_GO_BINARIES} Go binaries"));
             }
-            let found = runtime::inspect_go(&exe).and_then(|bin| {
-                self.attach_go(&exe, &bin)?;
+            let found = runtime::inspect_go(&exe).and_then(|mut bin| {
+                self.attach_go(&exe, &mut bin)?;
                 Ok(bin)
             });
             self.go.binaries.insert(key, found);
@@ -513,25 +513,39 @@ impl Capture {
             .map_mut(maps::GO_PROCS)
             .ok_or("no GO_PROCS map")
             .and_then(|m| HashMap::try_from(m).map_err(|_| "GO_PROCS: wrong map type"))?;
-        procs.insert(tgid, GoProc { goid_offset: bin.goid_offset, _pad: 0 }, 0).map_err(|e| e.to_string())?;
+        let (g_m, m_curg, g_sched) = bin.ancestry.map_or((0, 0, 0), |a| (a.g_m, a.m_curg, a.g_sched));
+        let proc = GoProc { goid_offset: bin.goid_offset, g_m, m_curg, g_sched };
+        procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
         let v = self.watched.get(&tgid, 0).unwrap_or(0);
         self.watched.set(tgid, v | WATCH_GO, 0).map_err(|e| e.to_string())?;
         Ok(bin.version)
     }
 
     /// Puts the uprobes on a Go binary's net/http functions.
-    fn attach_go(&mut self, exe: &Path, bin: &runtime::GoBinary) -> Result<(), String> {
-        for (name, offset) in [(GO_PROGRAMS[0], bin.round_trip), (GO_PROGRAMS[1], bin.request_write)] {
-            let prog: &mut UProbe = self
-                .ebpf
-                .program_mut(name)
-                .ok_or("uprobe program missing")?
-                .try_into()
-                .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-            prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, UProbeScope::AllProcesses)
-                .map_err(|e| format!("uprobe on {name}: {e}"))?;
-            self.attached += 1;
+    /// Without the goroutine-creation probe, calls from goroutines a handler starts stay
+    /// unlinked (`bin.ancestry` is cleared).
+    fn attach_go(&mut self, exe: &Path, bin: &mut runtime::GoBinary) -> Result<(), String> {
+        self.attach_uprobe(GO_PROGRAMS[0], exe, bin.round_trip)?;
+        self.attach_uprobe(GO_PROGRAMS[1], exe, bin.request_write)?;
+        if let Some(a) = bin.ancestry
+            && let Err(e) = self.attach_uprobe(GO_PROGRAMS[2], exe, a.new_goroutine)
+        {
+            warn!("{}: goroutines do not inherit their creator's request: {e}", exe.display());
+            bin.ancestry = None;
         }
+        Ok(())
+    }
+
+    fn attach_uprobe(&mut self, name: &'static str, exe: &Path, offset: u64) -> Result<(), String> {
+        let prog: &mut UProbe = self
+            .ebpf
+            .program_mut(name)
+            .ok_or("uprobe program missing")?
+            .try_into()
+            .map_err(|e: aya::programs::ProgramError| e.to_string())?;
+        prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, UProbeScope::AllProcesses)
+            .map_err(|e| format!("uprobe {name}: {e}"))?;
+        self.attached += 1;
         Ok(())
     }
 

@@ -34,6 +34,9 @@ pub fn is_go(path: &Path) -> bool {
 pub const GO_ROUND_TRIP: &str = "net/http.(*persistConn).roundTrip";
 /// The function the transport's writer goroutine writes a request with: `(*Request).write`.
 pub const GO_REQUEST_WRITE: &str = "net/http.(*Request).write";
+/// The function `newproc1` sets up a new goroutine's registers with (see the kernel's
+/// `go_new_goroutine`).
+pub const GO_NEW_GOROUTINE: &str = "runtime.gostartcallfn";
 
 /// What the kernel needs to follow one Go binary's net/http calls.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -46,6 +49,22 @@ pub struct GoBinary {
     pub round_trip: u64,
     /// File offset of [`GO_REQUEST_WRITE`].
     pub request_write: u64,
+    /// What goroutines inheriting their creator's request needs, when the binary has it (its
+    /// DWARF and [`GO_NEW_GOROUTINE`]).
+    pub ancestry: Option<GoAncestry>,
+}
+
+/// Where a new goroutine's creator is found (see the kernel's `go_new_goroutine`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoAncestry {
+    /// File offset of [`GO_NEW_GOROUTINE`].
+    pub new_goroutine: u64,
+    /// Offset of `m` in `runtime.g`.
+    pub g_m: u32,
+    /// Offset of `curg` in `runtime.m`.
+    pub m_curg: u32,
+    /// Offset of `sched` in `runtime.g`.
+    pub g_sched: u32,
 }
 
 /// Inspects a Go executable: `Ok` when its calls can be followed, `Err` saying why not.
@@ -66,11 +85,12 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let info = obj.section_by_name(".go.buildinfo").ok_or("not a Go program")?;
     let version = build_version(info.data().map_err(|e| e.to_string())?)
         .ok_or("built before Go 1.18 (register ABI and build info format unknown)")?;
-    let (mut round_trip, mut request_write) = (None, None);
+    let (mut round_trip, mut request_write, mut new_goroutine) = (None, None, None);
     for sym in obj.symbols() {
         let slot = match sym.name() {
             Ok(GO_ROUND_TRIP) => &mut round_trip,
             Ok(GO_REQUEST_WRITE) => &mut request_write,
+            Ok(GO_NEW_GOROUTINE) => &mut new_goroutine,
             _ => continue,
         };
         let section = sym.section_index().and_then(|i| obj.section_by_index(i).ok());
@@ -87,13 +107,21 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let (Some(round_trip), Some(request_write)) = (round_trip, request_write) else {
         return Err("no net/http client in the binary".into());
     };
-    let goid_offset = match goid_from_dwarf(&obj) {
+    let wanted = [("runtime.g", "goid"), ("runtime.g", "m"), ("runtime.g", "sched"), ("runtime.m", "curg")];
+    let found = dwarf_members(&obj, &wanted);
+    let goid_offset = match found[0] {
         Some(off) => off,
         None => {
             known_goid_offset(&version).ok_or("no DWARF, and no known runtime.g layout for this version")?
         }
     };
-    Ok(GoBinary { version, goid_offset, round_trip, request_write })
+    let ancestry = match (new_goroutine, found[1], found[2], found[3]) {
+        (Some(new_goroutine), Some(g_m), Some(g_sched), Some(m_curg)) if g_m != 0 => {
+            Some(GoAncestry { new_goroutine, g_m, m_curg, g_sched })
+        }
+        _ => None,
+    };
+    Ok(GoBinary { version, goid_offset, round_trip, request_write, ancestry })
 }
 
 /// The Go version in a `.go.buildinfo` section of the Go 1.18+ format (flag bit 2: strings
@@ -151,15 +179,22 @@ fn dwarf_section<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>, name: &str) -> O
     }
 }
 
-/// `DW_AT_data_member_location` of `goid` in the `runtime.g` structure.
-fn goid_from_dwarf<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<u32> {
+/// `DW_AT_data_member_location` of each (structure, member) wanted, from the DWARF.
+fn dwarf_members<'d, R: ReadRef<'d>, const N: usize>(
+    obj: &object::File<'d, R>,
+    wanted: &[(&str, &str); N],
+) -> [Option<u32>; N] {
+    let mut out = [None; N];
+    let Some((info, abbrev, strs)) = ["info", "abbrev", "str"]
+        .map(|s| dwarf_section(obj, &format!(".debug_{s}")))
+        .into_iter()
+        .collect::<Option<Vec<_>>>()
+        .and_then(|v| <[Cow<'d, [u8]>; 3]>::try_from(v).ok())
+        .map(|[a, b, c]| (a, b, c))
+    else {
+        return out;
+    };
     use gimli::{EndianSlice, LittleEndian};
-    let info = dwarf_section(obj, ".debug_info")?;
-    let abbrev = dwarf_section(obj, ".debug_abbrev")?;
-    let strs = dwarf_section(obj, ".debug_str")?;
-    if info.is_empty() {
-        return None;
-    }
     let info = gimli::DebugInfo::new(&info, LittleEndian);
     let abbrev = gimli::DebugAbbrev::new(&abbrev, LittleEndian);
     let strs = gimli::DebugStr::new(&strs, LittleEndian);
@@ -170,38 +205,53 @@ fn goid_from_dwarf<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>) -> Option<u32>
             _ => None,
         }
     };
+    let location = |e: &gimli::DebuggingInformationEntry<EndianSlice<'_, LittleEndian>>| -> Option<u32> {
+        match e.attr_value(gimli::DW_AT_data_member_location).ok()?? {
+            gimli::AttributeValue::Udata(v) => u32::try_from(v).ok(),
+            gimli::AttributeValue::Data1(v) => Some(v.into()),
+            gimli::AttributeValue::Data2(v) => Some(v.into()),
+            gimli::AttributeValue::Data4(v) => Some(v),
+            gimli::AttributeValue::Sdata(v) => u32::try_from(v).ok(),
+            _ => None,
+        }
+    };
+    let mut structs_left: Vec<&str> = wanted.iter().map(|w| w.0).collect();
+    structs_left.dedup();
     let mut units = info.units();
     while let Ok(Some(header)) = units.next() {
         let Ok(abbrevs) = header.abbreviations(&abbrev) else { continue };
-        let mut tree = match header.entries_tree(&abbrevs, None) {
-            Ok(t) => t,
-            Err(_) => continue,
-        };
+        let Ok(mut tree) = header.entries_tree(&abbrevs, None) else { continue };
         let Ok(root) = tree.root() else { continue };
         let mut children = root.children();
         while let Ok(Some(node)) = children.next() {
             let e = node.entry();
-            if e.tag() != gimli::DW_TAG_structure_type || name_of(e).as_deref() != Some(b"runtime.g") {
+            if e.tag() != gimli::DW_TAG_structure_type {
                 continue;
             }
+            let Some(name) = name_of(e) else { continue };
+            let Some(at) = structs_left.iter().position(|s| s.as_bytes() == name.as_slice()) else {
+                continue;
+            };
+            let strukt = structs_left.remove(at);
             let mut members = node.children();
             while let Ok(Some(m)) = members.next() {
                 let e = m.entry();
-                if e.tag() == gimli::DW_TAG_member && name_of(e).as_deref() == Some(b"goid") {
-                    return match e.attr_value(gimli::DW_AT_data_member_location).ok()?? {
-                        gimli::AttributeValue::Udata(v) => u32::try_from(v).ok(),
-                        gimli::AttributeValue::Data1(v) => Some(v.into()),
-                        gimli::AttributeValue::Data2(v) => Some(v.into()),
-                        gimli::AttributeValue::Data4(v) => Some(v),
-                        gimli::AttributeValue::Sdata(v) => u32::try_from(v).ok(),
-                        _ => None,
-                    };
+                if e.tag() != gimli::DW_TAG_member {
+                    continue;
+                }
+                let Some(member) = name_of(e) else { continue };
+                for (i, (s, f)) in wanted.iter().enumerate() {
+                    if *s == strukt && f.as_bytes() == member.as_slice() {
+                        out[i] = location(e);
+                    }
                 }
             }
-            return None;
+            if structs_left.is_empty() {
+                return out;
+            }
         }
     }
-    None
+    out
 }
 
 #[cfg(test)]

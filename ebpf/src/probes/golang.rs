@@ -15,9 +15,14 @@
 //!    that goroutine's next request on a client connection is this call ([`go_request_write`]).
 //! 4. The client turn that starts on the writer goroutine takes it as its parent ([`call_parent`]).
 //!
+//! A goroutine the handler starts (fan-out, errgroup) inherits its creator's request when it is
+//! created (`runtime.gostartcallfn`, called once by `newproc1` with the new goroutine's saved
+//! registers, on the system stack of the thread whose `m.curg` is the creator:
+//! [`go_new_goroutine`]); a call it makes while that request is open is the request's child.
+//!
 //! Every entry carries the goroutine id and is checked against the server connection's current
 //! turn, so neither a recycled `g` nor a request already answered becomes a parent. A call made
-//! from a goroutine the handler started has no entry: it stays unlinked, never guessed.
+//! from a goroutine that serves no request and was started by none stays unlinked.
 use aya_ebpf::{
     helpers::{
         bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
@@ -29,7 +34,7 @@ use aya_ebpf::{
 use tracewire_common::{ConnId, Counter, DIR_INGRESS, GoKey, GoParent, GoProc, TraceCtx, WATCH_GO, fd_key};
 
 use crate::{
-    maps::{CONNS, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
+    maps::{CONNS, GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
     util::{config, count, watched},
 };
 
@@ -152,6 +157,67 @@ pub fn call_parent(tgid: u32, out: &mut GoParent) -> bool {
     true
 }
 
+/// The open request goroutine `g` (id `goid`) works for: the one it serves, else the one it
+/// inherited from the goroutine that started it.
+#[inline(never)]
+fn request_of(tgid: u32, g: u64, goid: u64, out: &mut GoParent) -> bool {
+    let key = GoKey { tgid, _pad: 0, addr: g };
+    // SAFETY: copied out of the map.
+    if let Some(p) = unsafe { GO_SERVING.get(&key) }.copied()
+        && p.goid == goid
+        && still_open(&p)
+    {
+        *out = p;
+        return true;
+    }
+    // SAFETY: as above.
+    if let Some(p) = unsafe { GO_ANCESTRY.get(&key) }.copied()
+        && still_open(&p)
+    {
+        *out = p;
+        return true;
+    }
+    false
+}
+
+/// `runtime.gostartcallfn(gobuf *gobuf, fv *funcval)`: a goroutine is being created, `gobuf` is
+/// its `sched`. Runs on the system stack, so the creator is the thread's `m.curg`.
+#[uprobe]
+pub fn go_new_goroutine(ctx: ProbeContext) -> u32 {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !watched(&config(), tgid) {
+        return 0;
+    }
+    let Some(proc) = go_proc(tgid) else {
+        return 0;
+    };
+    if proc.g_m == 0 {
+        return 0;
+    }
+    let child = GoKey { tgid, _pad: 0, addr: reg(&ctx, abi::ARG0).wrapping_sub(proc.g_sched as u64) };
+    let g0 = reg(&ctx, abi::G);
+    // SAFETY: user memory, read through the checked helper.
+    let creator = unsafe {
+        bpf_probe_read_user((g0 + proc.g_m as u64) as *const u64)
+            .and_then(|m| bpf_probe_read_user((m + proc.m_curg as u64) as *const u64))
+    };
+    let mut p = GoParent::default();
+    let inherits = match creator {
+        Ok(creator) => match goid(&proc, creator) {
+            Some(creator_id) => request_of(tgid, creator, creator_id, &mut p),
+            None => false,
+        },
+        Err(_) => false,
+    };
+    if inherits {
+        let _ = GO_ANCESTRY.insert(&child, &p, 0);
+    } else {
+        // The `g` may have served an earlier goroutine: its entry goes with it.
+        let _ = GO_ANCESTRY.remove(&child);
+    }
+    0
+}
+
 /// `net/http.(*persistConn).roundTrip(pc, req *transportRequest)`, on the calling goroutine.
 #[uprobe]
 pub fn go_round_trip(ctx: ProbeContext) -> u32 {
@@ -172,16 +238,13 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let req_key = GoKey { tgid, _pad: 0, addr: req };
-    // SAFETY: copied out of the map.
-    match unsafe { GO_SERVING.get(&GoKey { tgid, _pad: 0, addr: g }) }.copied() {
-        Some(p) if p.goid == goid && still_open(&p) => {
-            let _ = GO_REQS.insert(&req_key, &p, 0);
-        }
-        _ => {
-            // A stale tie for a reused address must not outlive this call.
-            let _ = GO_REQS.remove(&req_key);
-            count(Counter::GoNoParent);
-        }
+    let mut p = GoParent::default();
+    if request_of(tgid, g, goid, &mut p) {
+        let _ = GO_REQS.insert(&req_key, &p, 0);
+    } else {
+        // A stale tie for a reused address must not outlive this call.
+        let _ = GO_REQS.remove(&req_key);
+        count(Counter::GoNoParent);
     }
     0
 }
