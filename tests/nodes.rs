@@ -369,6 +369,11 @@ fn sixty_four_concurrent_clients_never_get_a_wrong_parent() {
     let go = &tally[&("go", "client")];
     assert_eq!(go.linked, go.total, "go: {go:?}");
     assert!(sb["kernel"]["go_linked"].as_u64() >= Some(go.total), "{sb}");
+    // nginx serves every request from one thread: its upstream requests are linked through the
+    // request nginx opened each upstream connection for (uprobes), exactly.
+    let nginx = &tally[&("nginx", "client")];
+    assert_eq!(nginx.linked, nginx.total, "nginx: {nginx:?}");
+    assert_eq!(sb["kernel"]["upstream_linked"].as_u64(), Some(nginx.total), "{sb}");
     // Server spans reached across the nodes take their parent from the TCP option.
     for rt in ["nginx", "java", "go"] {
         let t = &tally[&(rt, "server")];

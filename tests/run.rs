@@ -538,3 +538,71 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     assert_eq!(summary["kernel"]["go_no_parent"], 0, "{summary}");
     assert_eq!(summary["http"]["linked_goroutine"], 3 * ids.len() as u64, "{summary}");
 }
+
+/// nginx proxying over a keep-alive upstream pool to a Go service, under 16 concurrent clients:
+/// one worker thread has many requests open at once, yet every upstream request is the child of
+/// the client request nginx made it for, on new and on reused upstream connections alike.
+#[test]
+fn nginx_upstream_requests_are_children_of_their_client_request() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    let rx = Receiver::start(vec![]);
+    let leaf_port = free_port();
+    let mut cmd = Command::new(&go_bin);
+    cmd.args(["127.0.0.1", &leaf_port.to_string()]).env("OTEL_SERVICE_NAME", "go-leaf");
+    let mut leaf = Peer::spawn(&mut cmd);
+    leaf.expect("port ");
+    let port = free_port();
+    let conf = nginx_conf_with(
+        dir.path(),
+        &format!("upstream leaf {{ server 127.0.0.1:{leaf_port}; keepalive 8; }}"),
+        &format!("127.0.0.1:{port}"),
+        false,
+        "location / { proxy_pass http://leaf; proxy_http_version 1.1; proxy_set_header Connection \"\"; }",
+    );
+    let nginx = Peer::spawn(Command::new("nginx").arg("-c").arg(&conf).arg("-e").arg("stderr"));
+    wait_listening(port, "nginx");
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &nginx.pid().to_string(), "--pid", &leaf.pid().to_string()],
+    );
+    let out = Command::new("python3")
+        .arg(repo().join("tests/peers/load.py"))
+        .args([&format!("http://127.0.0.1:{port}/hop/"), "n", "16", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), 16 * 8);
+    let summary = agent.stop();
+    let spans = rx.spans();
+    type Span = opentelemetry_proto::tonic::trace::v1::Span;
+    let rid = |s: &Span| {
+        let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;
+        p.split("/hop/").nth(1).map(str::to_string)
+    };
+    let of = |svc: &str, kind: i32| -> std::collections::HashMap<String, &Span> {
+        spans
+            .iter()
+            .filter(|(v, s)| v == svc && s.kind == kind)
+            .filter_map(|(_, s)| Some((rid(s)?, s)))
+            .collect()
+    };
+    let (servers, clients, leaves) = (of("nginx", 2), of("nginx", 3), of("go-leaf", 2));
+    assert_eq!((servers.len(), clients.len(), leaves.len()), (ids.len(), ids.len(), ids.len()), "{summary}");
+    for id in &ids {
+        let (server, client, leaf) = (servers[id], clients[id], leaves[id]);
+        assert_eq!(client.parent_span_id, server.span_id, "{id}: the upstream request's parent: {summary}");
+        assert_eq!(client.trace_id, server.trace_id, "{id}");
+        assert_eq!(leaf.parent_span_id, client.span_id, "{id}: the leaf joins through the TCP option");
+    }
+    // The pool was used: fewer upstream connections than requests.
+    let upstream_ports: std::collections::HashSet<Option<i64>> =
+        leaves.values().map(|s| attr_int(s, "network.peer.port")).collect();
+    assert!(upstream_ports.len() < ids.len() / 2, "{} upstream connections", upstream_ports.len());
+    assert_eq!(summary["nginx_followed"], 2, "master and worker: {summary}");
+    assert_eq!(summary["kernel"]["upstream_linked"], ids.len() as u64, "{summary}");
+    assert_eq!(summary["http"]["linked_upstream"], ids.len() as u64, "{summary}");
+}

@@ -69,8 +69,8 @@ pub struct Capture {
     pub inject_traceparent: Option<bool>,
     /// Inject even where FIONREAD is broken for sockets in a sockhash.
     pub inject_despite_fionread: Option<bool>,
-    /// Follow Go programs' net/http calls through goroutines with uprobes (default on).
-    pub go_uprobes: Option<bool>,
+    /// Follow calls through Go's goroutines and nginx's upstreams with uprobes (default on).
+    pub uprobes: Option<bool>,
 }
 
 /// `routes:`

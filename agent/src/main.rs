@@ -242,10 +242,10 @@ struct SelectArgs {
     /// workloads that never call it.
     #[arg(long, requires = "inject_traceparent")]
     inject_despite_fionread: bool,
-    /// Do not follow Go programs' net/http calls through their goroutines (uprobes); their
-    /// outgoing calls then stay unlinked.
+    /// Do not follow outgoing calls through Go's goroutines and nginx's upstreams (uprobes);
+    /// those calls then stay unlinked.
     #[arg(long)]
-    no_go_uprobes: bool,
+    no_uprobes: bool,
 }
 
 #[derive(Args)]
@@ -299,7 +299,7 @@ impl SelectArgs {
             inject: self.inject_traceparent || file.capture.inject_traceparent.unwrap_or(false),
             inject_despite_fionread: self.inject_despite_fionread
                 || file.capture.inject_despite_fionread.unwrap_or(false),
-            go_uprobes: !self.no_go_uprobes && file.capture.go_uprobes.unwrap_or(true),
+            uprobes: !self.no_uprobes && file.capture.uprobes.unwrap_or(true),
             ..CaptureOptions::default()
         })
     }

@@ -204,11 +204,12 @@ pub struct GoKey {
     pub addr: u64,
 }
 
-/// The request a goroutine serves, or the one an outgoing call belongs to.
+/// The server request an outgoing call is made for (as the kernel followed it through a
+/// runtime: a goroutine, an nginx upstream), or the one a goroutine serves.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
-pub struct GoParent {
-    /// The goroutine the entry is about: an entry found under a recycled `g` is stale.
+pub struct CallParent {
+    /// Go: the goroutine the entry is about (an entry found under a recycled `g` is stale).
     pub goid: u64,
     /// The server connection whose request it is.
     pub conn: ConnId,
@@ -221,7 +222,7 @@ pub struct GoParent {
     /// Reserved.
     pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<GoParent>() == 56);
+const _: () = assert!(size_of::<CallParent>() == 56);
 
 /// Event kinds (stable wire ids; holes are intentional).
 #[repr(u32)]
@@ -356,7 +357,7 @@ pub struct ConnState {
     /// Context received in the TCP option, waiting for the request it came with.
     pub rx: TcpCtx,
     /// Client connections: the server request the current turn's call was made for, when the
-    /// kernel learned it from a goroutine ([`CTX_GOROUTINE`]).
+    /// kernel followed it through the runtime ([`CTX_GOROUTINE`], [`CTX_UPSTREAM`]).
     pub parent: ConnId,
 }
 const _: () = assert!(size_of::<ConnState>() == 152);
@@ -375,6 +376,9 @@ pub const CTX_THREAD: u8 = 4;
 pub const CTX_AMBIGUOUS: u8 = 5;
 /// The request the calling goroutine serves, followed through Go's net/http (client turns).
 pub const CTX_GOROUTINE: u8 = 6;
+/// The request nginx opened (or took from its keep-alive pool) this upstream connection for,
+/// followed by uprobes (client turns).
+pub const CTX_UPSTREAM: u8 = 7;
 
 /// Trace context minted in the kernel at the start of a turn, so that the span id written in
 /// the TCP option is the one userspace exports.
@@ -663,10 +667,12 @@ pub enum Counter {
     /// Outgoing Go net/http calls made by a goroutine that serves no request the kernel knows
     /// (one the handler started, or a background task): left unlinked.
     GoNoParent = 24,
+    /// nginx upstream requests linked to the client request nginx made them for.
+    UpstreamLinked = 25,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 25;
+pub const COUNTER_COUNT: u32 = 26;
 
 impl Counter {
     /// All counters, in index order.
@@ -696,6 +702,7 @@ impl Counter {
         Counter::InjectSkipped,
         Counter::GoLinked,
         Counter::GoNoParent,
+        Counter::UpstreamLinked,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -726,6 +733,7 @@ impl Counter {
             Counter::InjectSkipped => "inject_skipped",
             Counter::GoLinked => "go_linked",
             Counter::GoNoParent => "go_no_parent",
+            Counter::UpstreamLinked => "upstream_linked",
         }
     }
 }

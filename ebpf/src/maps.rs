@@ -5,7 +5,7 @@ use aya_ebpf::{
     maps::{Array, HashMap, LruHashMap, PerCpuArray, RingBuf, SockHash},
 };
 use tracewire_common::{
-    ActiveCall, COUNTER_COUNT, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, GoKey, GoParent, GoProc,
+    ActiveCall, COUNTER_COUNT, CallParent, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, GoKey, GoProc,
     ListenerState, MAX_ACTIVE, MAX_CGROUPS, MAX_GOROUTINES, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX,
     SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx,
 };
@@ -105,19 +105,35 @@ pub static GO_PROCS: HashMap<u32, GoProc> = HashMap::with_max_entries(4096, 0);
 /// checked on use (goroutine id, the connection still in that request): goroutines end without
 /// a hook seeing it.
 #[map]
-pub static GO_SERVING: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+pub static GO_SERVING: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
 /// The request a goroutine inherited from the goroutine that started it (transitively), set when
 /// it is created: every creation rewrites its `g`'s entry, so an entry is never a previous
 /// goroutine's.
 #[map]
-pub static GO_ANCESTRY: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+pub static GO_ANCESTRY: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
 /// The served request an outgoing `*http.Request` belongs to, from the call until the transport
 /// writes it. LRU: a call that fails before it is written leaves its entry.
 #[map]
-pub static GO_REQS: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+pub static GO_REQS: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
 /// The served request of the call a transport goroutine is writing, until its first bytes leave.
 #[map]
-pub static GO_WRITERS: LruHashMap<GoKey, GoParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+pub static GO_WRITERS: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
+
+/// nginx: the client connection (fd) whose request the worker thread is starting an upstream
+/// for, while `ngx_http_upstream_init` runs (see `nginx`).
+#[map]
+pub static NGX_REQ: LruHashMap<u32, u32> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
+/// nginx: the `ngx_peer_connection_t` being connected by each thread, from the entry of
+/// `ngx_event_connect_peer` to its return.
+#[map]
+pub static NGX_PEER: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
+/// nginx: the request an upstream connection (by `fd_key`) was connected or taken from the
+/// keep-alive pool for, until its request starts. Every `ngx_event_connect_peer` rewrites its
+/// connection's entry.
+#[map]
+pub static NGX_TIES: LruHashMap<u64, CallParent> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);

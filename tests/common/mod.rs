@@ -316,6 +316,17 @@ pub fn nginx_conf(dir: &std::path::Path, port: u16, access_log: bool, server_bod
 
 /// As [`nginx_conf`], listening on `listen` (address:port).
 pub fn nginx_conf_on(dir: &std::path::Path, listen: &str, access_log: bool, server_body: &str) -> PathBuf {
+    nginx_conf_with(dir, "", listen, access_log, server_body)
+}
+
+/// As [`nginx_conf_on`], with `http_extra` in the `http` block (an `upstream`, say).
+pub fn nginx_conf_with(
+    dir: &std::path::Path,
+    http_extra: &str,
+    listen: &str,
+    access_log: bool,
+    server_body: &str,
+) -> PathBuf {
     let d = dir.display();
     let log = if access_log { format!("{d}/access.log") } else { "off".to_string() };
     let conf = dir.join("nginx.conf");
@@ -326,6 +337,7 @@ pub fn nginx_conf_on(dir: &std::path::Path, listen: &str, access_log: bool, serv
              error_log {d}/error.log;\nevents {{ worker_connections 256; }}\n\
              http {{ access_log {log}; sendfile on; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
+             {http_extra}\n\
              server {{ listen {listen}; {server_body} }} }}\n"
         ),
     )

@@ -72,8 +72,9 @@ pub struct CaptureOptions {
     pub inject: bool,
     /// Inject even where sockets in a sockhash misreport FIONREAD.
     pub inject_despite_fionread: bool,
-    /// Follow Go programs' net/http calls through their goroutines (uprobes).
-    pub go_uprobes: bool,
+    /// Follow outgoing calls through the runtimes whose threads serve many requests at once:
+    /// Go's goroutines and nginx's upstreams (uprobes).
+    pub uprobes: bool,
 }
 
 /// The hooks that see the bytes of reads and writes.
@@ -115,7 +116,7 @@ impl Default for CaptureOptions {
             data_hooks: DataHooks::Auto,
             inject: false,
             inject_despite_fionread: false,
-            go_uprobes: true,
+            uprobes: true,
         }
     }
 }
@@ -134,39 +135,46 @@ pub struct Capture {
     skip_unsampled: bool,
     data_hooks: DataHooks,
     inject: inject::InjectState,
-    /// Go binaries whose net/http functions carry the uprobes.
-    go: GoFollow,
+    /// Binaries whose runtime functions carry uprobes (Go, nginx).
+    followed: Followed,
     // Keeps programs and links alive; declared last so maps are released after links.
     ebpf: Ebpf,
 }
 
-/// Go binaries followed so far (at most [`MAX_GO_BINARIES`]), by (device, inode): the uprobes
-/// sit on the file, once for every process that runs it.
+/// Binaries followed so far (at most [`MAX_FOLLOWED_BINARIES`]), by (device, inode): the
+/// uprobes sit on the file, once for every process that runs it.
 #[derive(Default)]
-struct GoFollow {
-    /// False when the uprobe programs are off (configuration) or did not load.
+struct Followed {
+    /// False when uprobes are off (configuration) or their programs did not load.
     on: bool,
-    /// Per binary: what it is, or why its calls are not followed.
-    binaries: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
+    /// Go binaries: what each is, or why its calls are not followed.
+    go: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
+    /// nginx binaries: followed, or why not.
+    nginx: std::collections::HashMap<(u64, u64), Result<(), String>>,
 }
 
-/// Distinct Go binaries whose net/http functions get uprobes; beyond it, calls stay unlinked.
-pub const MAX_GO_BINARIES: usize = 64;
+/// Distinct binaries whose functions get uprobes; beyond it, their calls stay unlinked.
+pub const MAX_FOLLOWED_BINARIES: usize = 64;
 
-/// The uprobe programs, by function name (see the kernel's `golang` probes).
+/// The nginx uprobe programs (see the kernel's `nginx` probes): entry and return of
+/// `ngx_http_upstream_init`, then of `ngx_event_connect_peer`.
+const NGINX_PROGRAMS: [&str; 4] =
+    ["ngx_upstream_init", "ngx_upstream_init_ret", "ngx_connect_peer", "ngx_connect_peer_ret"];
+
 const GO_PROGRAMS: [&str; 3] = ["go_round_trip", "go_request_write", "go_new_goroutine"];
 
-/// Loads the Go uprobe programs (they are attached per binary, see [`Capture::follow_go`]).
-/// A kernel that refuses them leaves Go calls unlinked, and says so.
-fn load_go_programs(ebpf: &mut Ebpf) -> bool {
-    for name in GO_PROGRAMS {
+/// Loads the uprobe programs (they are attached per binary, see [`Capture::follow_go`] and
+/// [`Capture::follow_nginx`]). A kernel that refuses them leaves those calls unlinked, and says
+/// so.
+fn load_uprobe_programs(ebpf: &mut Ebpf) -> bool {
+    for name in GO_PROGRAMS.into_iter().chain(NGINX_PROGRAMS) {
         let loaded = match ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
             Some(Ok(p)) => p.load().map_err(|e| e.to_string()),
             Some(Err(e)) => Err(e.to_string()),
             None => Err("missing from the object".into()),
         };
         if let Err(e) = loaded {
-            warn!("Go calls are not followed through goroutines: uprobe program {name}: {e}");
+            warn!("calls are not followed through Go or nginx: uprobe program {name}: {e}");
             return false;
         }
     }
@@ -346,7 +354,8 @@ impl Capture {
         } else {
             inject::InjectState::Off
         };
-        let go = GoFollow { on: options.go_uprobes && load_go_programs(&mut ebpf), ..GoFollow::default() };
+        let followed =
+            Followed { on: options.uprobes && load_uprobe_programs(&mut ebpf), ..Followed::default() };
         debug!("attached {attached} programs");
 
         let take =
@@ -394,7 +403,7 @@ impl Capture {
             data_hooks,
             inject,
             skip_unsampled,
-            go,
+            followed,
             ebpf,
         })
     }
@@ -486,24 +495,15 @@ impl Capture {
     /// binary (once per binary), and the kernel told where its runtime keeps goroutine ids.
     /// Returns the Go version when followed, or why not.
     pub fn follow_go(&mut self, tgid: u32) -> Result<String, String> {
-        use std::os::unix::fs::MetadataExt as _;
-        if !self.go.on {
-            return Err("uprobes off".into());
-        }
-        let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
-        let meta = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
-        let key = (meta.dev(), meta.ino());
-        if !self.go.binaries.contains_key(&key) {
-            if self.go.binaries.len() >= MAX_GO_BINARIES {
-                return Err(format!("already following {MAX_GO_BINARIES} Go binaries"));
-            }
+        let (exe, key) = self.followable(tgid)?;
+        if !self.followed.go.contains_key(&key) {
             let found = runtime::inspect_go(&exe).and_then(|mut bin| {
                 self.attach_go(&exe, &mut bin)?;
                 Ok(bin)
             });
-            self.go.binaries.insert(key, found);
+            self.followed.go.insert(key, found);
         }
-        let bin = match self.go.binaries.get(&key) {
+        let bin = match self.followed.go.get(&key) {
             Some(Ok(bin)) => bin.clone(),
             Some(Err(why)) => return Err(why.clone()),
             None => return Err("not inspected".into()),
@@ -519,6 +519,43 @@ impl Capture {
         let v = self.watched.get(&tgid, 0).unwrap_or(0);
         self.watched.set(tgid, v | WATCH_GO, 0).map_err(|e| e.to_string())?;
         Ok(bin.version)
+    }
+
+    /// Follows nginx program `tgid`'s upstream requests to the client requests they are made
+    /// for: uprobes on its binary, once per binary.
+    pub fn follow_nginx(&mut self, tgid: u32) -> Result<(), String> {
+        let (exe, key) = self.followable(tgid)?;
+        if !self.followed.nginx.contains_key(&key) {
+            let found = runtime::inspect_nginx(&exe).and_then(|bin| {
+                for (name, offset) in NGINX_PROGRAMS.into_iter().zip([
+                    bin.upstream_init,
+                    bin.upstream_init,
+                    bin.connect_peer,
+                    bin.connect_peer,
+                ]) {
+                    self.attach_uprobe(name, &exe, offset)?;
+                }
+                Ok(())
+            });
+            self.followed.nginx.insert(key, found);
+        }
+        self.followed.nginx.get(&key).cloned().unwrap_or_else(|| Err("not inspected".into()))
+    }
+
+    /// `tgid`'s executable and its (device, inode), if uprobes may follow one more binary.
+    fn followable(&self, tgid: u32) -> Result<(PathBuf, (u64, u64)), String> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !self.followed.on {
+            return Err("uprobes off".into());
+        }
+        let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+        let meta = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
+        let key = (meta.dev(), meta.ino());
+        let known = self.followed.go.contains_key(&key) || self.followed.nginx.contains_key(&key);
+        if !known && self.followed.go.len() + self.followed.nginx.len() >= MAX_FOLLOWED_BINARIES {
+            return Err(format!("already following {MAX_FOLLOWED_BINARIES} binaries"));
+        }
+        Ok((exe, key))
     }
 
     /// Puts the uprobes on a Go binary's net/http functions.

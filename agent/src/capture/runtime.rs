@@ -67,6 +67,59 @@ pub struct GoAncestry {
     pub g_sched: u32,
 }
 
+/// The nginx functions the kernel follows an upstream request with (see the kernel's `nginx`
+/// probes); nginx exports its symbols for dynamic modules.
+pub const NGX_UPSTREAM_INIT: &str = "ngx_http_upstream_init";
+pub const NGX_CONNECT_PEER: &str = "ngx_event_connect_peer";
+
+/// File offsets of the nginx functions.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NginxBinary {
+    /// [`NGX_UPSTREAM_INIT`].
+    pub upstream_init: u64,
+    /// [`NGX_CONNECT_PEER`].
+    pub connect_peer: u64,
+}
+
+/// Whether an executable is worth inspecting as nginx (or OpenResty, which is nginx).
+pub fn looks_like_nginx(exe: &Path) -> bool {
+    exe.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("nginx") || n.starts_with("openresty"))
+}
+
+/// Inspects an nginx executable: the file offsets of its upstream functions, or why not.
+pub fn inspect_nginx(path: &Path) -> Result<NginxBinary, String> {
+    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|e| format!("not an ELF file: {e}"))?;
+    let (mut upstream_init, mut connect_peer) = (None, None);
+    for sym in obj.dynamic_symbols().chain(obj.symbols()) {
+        let slot = match sym.name() {
+            Ok(NGX_UPSTREAM_INIT) => &mut upstream_init,
+            Ok(NGX_CONNECT_PEER) => &mut connect_peer,
+            _ => continue,
+        };
+        if slot.is_none() {
+            *slot = file_offset(&obj, &sym);
+        }
+    }
+    match (upstream_init, connect_peer) {
+        (Some(upstream_init), Some(connect_peer)) => Ok(NginxBinary { upstream_init, connect_peer }),
+        _ => Err(format!("{NGX_UPSTREAM_INIT} or {NGX_CONNECT_PEER} not among its symbols")),
+    }
+}
+
+/// Where a function symbol's code is in the file (uprobes are placed by file offset).
+fn file_offset<'d, R: ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    sym: &object::Symbol<'d, '_, R>,
+) -> Option<u64> {
+    let sec = obj.section_by_index(sym.section_index()?).ok()?;
+    let (file_off, _) = sec.file_range()?;
+    Some(sym.address().checked_sub(sec.address())? + file_off)
+}
+
 /// Inspects a Go executable: `Ok` when its calls can be followed, `Err` saying why not.
 pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let file = File::open(path).map_err(|e| format!("open: {e}"))?;
@@ -93,13 +146,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
             Ok(GO_NEW_GOROUTINE) => &mut new_goroutine,
             _ => continue,
         };
-        let section = sym.section_index().and_then(|i| obj.section_by_index(i).ok());
-        if let Some(sec) = section
-            && let Some((file_off, _)) = sec.file_range()
-            && sym.address() >= sec.address()
-        {
-            *slot = Some(sym.address() - sec.address() + file_off);
-        }
+        *slot = file_offset(&obj, &sym);
     }
     if obj.symbols().next().is_none() {
         return Err("stripped (no symbol table)".into());

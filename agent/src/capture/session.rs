@@ -44,6 +44,10 @@ pub struct SessionStats {
     pub go_followed: u64,
     /// Go programs whose calls are not followed (old Go, stripped, no net/http client...).
     pub go_not_followed: u64,
+    /// nginx processes whose upstream requests the kernel follows.
+    pub nginx_followed: u64,
+    /// nginx processes whose upstream requests are not followed (symbols not found...).
+    pub nginx_not_followed: u64,
 }
 
 /// A capture session.
@@ -292,8 +296,23 @@ impl Session {
         Ok(true)
     }
 
-    /// Tells the kernel when a traced program's threads do not own their requests (Go).
+    /// Tells the kernel when a traced program's threads do not own their requests (Go), and
+    /// follows the runtimes it can (Go's goroutines, nginx's upstreams).
     fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
+        let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+        if runtime::looks_like_nginx(&exe) {
+            match self.capture.follow_nginx(pid) {
+                Ok(()) => {
+                    debug!("pid {pid} is nginx: upstream requests followed to their client requests");
+                    self.stats.nginx_followed += 1;
+                }
+                Err(why) => {
+                    debug!("pid {pid} is nginx whose upstream requests stay unlinked: {why}");
+                    self.stats.nginx_not_followed += 1;
+                }
+            }
+            return Ok(());
+        }
         if runtime::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
             self.stats.handoff_runtimes += 1;
             self.capture.set_handoff(pid)?;

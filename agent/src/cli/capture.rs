@@ -17,8 +17,8 @@ use std::{
 use serde_json::{Value, json};
 use tracewire_common::{
     CONN_FLAG_PREEXISTING, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD,
-    ConnEvent, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_INGRESS,
-    DataEvent, EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
+    CTX_UPSTREAM, ConnEvent, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED,
+    DIR_INGRESS, DataEvent, EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
 };
 
 use crate::{
@@ -61,6 +61,7 @@ pub fn ctx_origin_name(origin: u8) -> &'static str {
         CTX_TCP => "tcp",
         CTX_THREAD => "thread",
         CTX_GOROUTINE => "goroutine",
+        CTX_UPSTREAM => "upstream",
         CTX_AMBIGUOUS => "ambiguous",
         _ => "none",
     }

@@ -283,7 +283,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
                 "invalid": stats.invalid, "non_http_conns": stats.non_http_conns,
                 "unpaired_responses": stats.unpaired_responses, "no_response": stats.no_response,
                 "traceparent_valid": stats.traceparent_valid, "traceparent_invalid": stats.traceparent_invalid,
-                "linked_thread": stats.linked_thread, "linked_goroutine": stats.linked_goroutine, "unlinked": stats.unlinked,
+                "linked_thread": stats.linked_thread, "linked_goroutine": stats.linked_goroutine, "linked_upstream": stats.linked_upstream, "unlinked": stats.unlinked,
                 "paired_same_node": stats.paired_same_node,
                 "linked_tcp": stats.linked_tcp,
                 "kernel_ctx_differs": stats.kernel_ctx_differs,
@@ -296,6 +296,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "handoff_runtimes": session.stats().handoff_runtimes,
             "go_followed": session.stats().go_followed,
             "go_not_followed": session.stats().go_not_followed,
+            "nginx_followed": session.stats().nginx_followed,
+            "nginx_not_followed": session.stats().nginx_not_followed,
             "own_connections_skipped": own.skipped,
         })
     );

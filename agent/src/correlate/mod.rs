@@ -26,7 +26,7 @@ use crate::sampling::Sampler;
 use span::{Kind, Link, SpanRecord, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
-    CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId,
+    CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, CTX_UPSTREAM, ConnEvent, ConnId,
     DATA_FLAG_AFTER_SKIP, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
 };
 
@@ -72,6 +72,8 @@ pub struct CorrelateStats {
     pub linked_thread: u64,
     /// Client spans linked to the request their goroutine was serving (Go).
     pub linked_goroutine: u64,
+    /// Client spans linked to the request nginx made the upstream request for.
+    pub linked_upstream: u64,
     /// Client spans whose parent was ambiguous.
     pub unlinked: u64,
     /// Requests that never got a response (connection closed).
@@ -402,6 +404,13 @@ impl ConnSink<'_> {
             {
                 self.g.stats.linked_goroutine += 1;
                 SpanCtx::child_of(p, span_id, false, Link::Goroutine)
+            }
+            // An nginx upstream request the kernel followed from the client request `p`.
+            (Some(k), [p])
+                if k.origin == CTX_UPSTREAM && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
+            {
+                self.g.stats.linked_upstream += 1;
+                SpanCtx::child_of(p, span_id, false, Link::Upstream)
             }
             // A new trace in the kernel, nothing served in userspace either.
             (Some(k), []) if k.origin == CTX_ROOT => self.root(span_id, Some(&k), Link::None),

@@ -27,6 +27,8 @@ pub enum Link {
     Thread,
     /// Child of the server span the calling goroutine was serving (Go, followed by uprobes).
     Goroutine,
+    /// Child of the client request nginx opened the upstream connection for (uprobes).
+    Upstream,
     /// The parent could not be decided; the span is a root of its own trace.
     Unlinked,
 }

@@ -11,9 +11,9 @@
 use std::{collections::HashMap, fmt::Write as _, fs, path::PathBuf};
 
 use tracewire_common::{
-    CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT, CTX_TCP, CTX_THREAD, ConnEvent, ConnId, DIR_EGRESS,
-    DIR_INGRESS, DataEvent, EventHeader, EventKind, ProcEvent, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall,
-    TraceCtx,
+    CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT, CTX_TCP, CTX_THREAD, CTX_UPSTREAM, ConnEvent, ConnId,
+    DIR_EGRESS, DIR_INGRESS, DataEvent, EventHeader, EventKind, ProcEvent, ROLE_CLIENT, ROLE_SERVER,
+    SockAddr, Syscall, TraceCtx,
 };
 
 use super::{
@@ -155,7 +155,7 @@ pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>
 }
 
 /// A kernel trace context written `origin:trace:span[:parent[:flags]]` (ids in hex; origin one of
-/// root, header, tcp, thread, ambiguous, goroutine).
+/// root, header, tcp, thread, ambiguous, goroutine, upstream).
 fn kernel_ctx(spec: &str) -> TraceCtx {
     let f: Vec<&str> = spec.split(':').collect();
     let bytes = |s: &str| -> Vec<u8> {
@@ -169,6 +169,7 @@ fn kernel_ctx(spec: &str) -> TraceCtx {
             "thread" => CTX_THREAD,
             "ambiguous" => CTX_AMBIGUOUS,
             "goroutine" => CTX_GOROUTINE,
+            "upstream" => CTX_UPSTREAM,
             other => panic!("kernel context origin {other:?}"),
         },
         ..TraceCtx::default()
@@ -216,6 +217,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
             Link::None => "",
             Link::Thread => " link=thread",
             Link::Goroutine => " link=goroutine",
+            Link::Upstream => " link=upstream",
             Link::Unlinked => " link=unlinked",
         };
         let links = if s.links.is_empty() {
@@ -263,7 +265,7 @@ fn golden_recordings() {
         let stats = c.stats();
         let _ = writeln!(
             actual,
-            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} linked_goroutine={} unlinked={} no_response={} paired_same_node={} linked_tcp={} kernel_ctx_differs={}",
+            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} linked_goroutine={} linked_upstream={} unlinked={} no_response={} paired_same_node={} linked_tcp={} kernel_ctx_differs={}",
             stats.spans,
             stats.invalid,
             stats.non_http_conns,
@@ -273,6 +275,7 @@ fn golden_recordings() {
             stats.traceparent_invalid,
             stats.linked_thread,
             stats.linked_goroutine,
+            stats.linked_upstream,
             stats.unlinked,
             stats.no_response,
             stats.paired_same_node,

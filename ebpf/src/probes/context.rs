@@ -11,18 +11,19 @@
 //!   the TCP option; else a new trace, sampled by the configured ratio. The reading thread now
 //!   serves this request.
 //! - **Client turn** (first write after a read): in a Go program, a child of the request the
-//!   calling goroutine serves when the uprobes followed the call (see `golang`); else a child of
+//!   calling goroutine serves when the uprobes followed the call (see `golang`); in nginx, of
+//!   the request the upstream connection was opened for (see `nginx`); else a child of
 //!   the request the thread serves when it serves exactly one; a new trace flagged ambiguous when
 //!   it has several open (an event loop interleaving requests: the parent is never guessed); else
 //!   a new trace.
 use aya_ebpf::helpers::bpf_get_prandom_u32;
 use tracewire_common::{
     CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT,
-    CTX_TCP, CTX_THREAD, Config, ConnId, ConnState, Counter, DIR_EGRESS, DIR_INGRESS, GoParent, TcpCtx,
-    TcpCtxEntry, ThreadCtx, TraceCtx,
+    CTX_TCP, CTX_THREAD, CTX_UPSTREAM, CallParent, Config, ConnId, ConnState, Counter, DIR_EGRESS,
+    DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx,
 };
 
-use super::golang::call_parent;
+use super::{golang::call_parent, nginx::upstream_parent};
 
 use crate::{
     maps::{TCP_TX, THREAD_CTX},
@@ -95,11 +96,11 @@ fn new_span() -> [u8; 8] {
 /// The first write of a request on a client connection (called at syscall entry: the segments
 /// leave during the call, and they must carry the option).
 #[inline(never)]
-pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
+pub fn client_turn(pid_tgid: u64, fd: u32, state: &mut ConnState) {
     let cfg = &config();
     let tgid = (pid_tgid >> 32) as u32;
     let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
-    let mut go = GoParent::default();
+    let mut go = CallParent::default();
     state.parent = ConnId::default();
     // SAFETY: copied out of the map.
     match unsafe { THREAD_CTX.get(pid_tgid as u32) }.copied() {
@@ -111,6 +112,15 @@ pub fn client_turn(pid_tgid: u64, state: &mut ConnState) {
             ctx.origin = CTX_GOROUTINE;
             state.parent = go.conn;
             count(Counter::GoLinked);
+        }
+        // An nginx upstream request on the connection nginx opened for its client request.
+        _ if upstream_parent(tgid, fd, &mut go) => {
+            ctx.trace_id = go.trace_id;
+            ctx.parent_id = go.span_id;
+            ctx.trace_flags = go.trace_flags;
+            ctx.origin = CTX_UPSTREAM;
+            state.parent = go.conn;
+            count(Counter::UpstreamLinked);
         }
         // Threads that hand requests to each other prove nothing about a call's parent.
         _ if hands_off(tgid) => {

@@ -27,7 +27,7 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CTX_GOROUTINE, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
+    ActiveCall, CTX_GOROUTINE, CTX_UPSTREAM, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
     DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS,
     MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
@@ -54,7 +54,7 @@ fn enter(id: u64, fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction
         // SAFETY: map value pointer, valid for this run.
         let state = unsafe { &mut *conn };
         if state.role == ROLE_CLIENT && state.turn != DIR_EGRESS {
-            client_turn(id, state);
+            client_turn(id, fd as u32, state);
         }
     }
     let enter_ns = now();
@@ -143,8 +143,9 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         {
             thread_ctx = t.conn;
         }
-        // A Go call: the request its goroutine serves, whatever the thread did before.
-        if conn.ctx.origin == CTX_GOROUTINE {
+        // A call the kernel followed through the runtime: the request it names, whatever the
+        // thread did before.
+        if conn.ctx.origin == CTX_GOROUTINE || conn.ctx.origin == CTX_UPSTREAM {
             thread_ctx = conn.parent;
         }
     } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {

@@ -31,7 +31,7 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use tracewire_common::{ConnId, Counter, DIR_INGRESS, GoKey, GoParent, GoProc, TraceCtx, WATCH_GO, fd_key};
+use tracewire_common::{CallParent, ConnId, Counter, DIR_INGRESS, GoKey, GoProc, TraceCtx, WATCH_GO, fd_key};
 
 use crate::{
     maps::{CONNS, GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
@@ -101,7 +101,7 @@ fn reg(ctx: &ProbeContext, at: usize) -> u64 {
 
 /// Whether the request `p` names is still the one its connection is in.
 #[inline(always)]
-fn still_open(p: &GoParent) -> bool {
+fn still_open(p: &CallParent) -> bool {
     // SAFETY: copied out of the map.
     match unsafe { CONNS.get(&fd_key(p.conn.tgid, p.conn.fd)) } {
         Some(s) => {
@@ -123,7 +123,7 @@ pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
     let Some((g, goid)) = current_goroutine(&proc) else {
         return;
     };
-    let v = GoParent {
+    let v = CallParent {
         goid,
         conn: *conn,
         trace_id: ctx.trace_id,
@@ -137,7 +137,7 @@ pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
 /// The request the client turn starting on this thread's goroutine is a call for, if the
 /// uprobes tied one to it. Consumes the tie.
 #[inline(never)]
-pub fn call_parent(tgid: u32, out: &mut GoParent) -> bool {
+pub fn call_parent(tgid: u32, out: &mut CallParent) -> bool {
     let Some(proc) = go_proc(tgid) else {
         return false;
     };
@@ -160,7 +160,7 @@ pub fn call_parent(tgid: u32, out: &mut GoParent) -> bool {
 /// The open request goroutine `g` (id `goid`) works for: the one it serves, else the one it
 /// inherited from the goroutine that started it.
 #[inline(never)]
-fn request_of(tgid: u32, g: u64, goid: u64, out: &mut GoParent) -> bool {
+fn request_of(tgid: u32, g: u64, goid: u64, out: &mut CallParent) -> bool {
     let key = GoKey { tgid, _pad: 0, addr: g };
     // SAFETY: copied out of the map.
     if let Some(p) = unsafe { GO_SERVING.get(&key) }.copied()
@@ -201,7 +201,7 @@ pub fn go_new_goroutine(ctx: ProbeContext) -> u32 {
         bpf_probe_read_user((g0 + proc.g_m as u64) as *const u64)
             .and_then(|m| bpf_probe_read_user((m + proc.m_curg as u64) as *const u64))
     };
-    let mut p = GoParent::default();
+    let mut p = CallParent::default();
     let inherits = match creator {
         Ok(creator) => match goid(&proc, creator) {
             Some(creator_id) => request_of(tgid, creator, creator_id, &mut p),
@@ -238,7 +238,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         return 0;
     };
     let req_key = GoKey { tgid, _pad: 0, addr: req };
-    let mut p = GoParent::default();
+    let mut p = CallParent::default();
     if request_of(tgid, g, goid, &mut p) {
         let _ = GO_REQS.insert(&req_key, &p, 0);
     } else {

@@ -63,7 +63,7 @@ fn inject(ctx: &SkMsgContext) {
     }
     if state.turn != DIR_EGRESS {
         // The first send of a request: its context is minted here, before the bytes leave.
-        client_turn(id, state);
+        client_turn(id, key as u32, state);
     }
     if state.injected != 0 {
         return; // decided on this request's first send

@@ -1,10 +1,12 @@
 //! Hook families: connection lifecycle (`conn`), bytes on connections (`data`), the trace
 //! context of each request (`context`), its propagation in TCP options (`tcpopt`), processes
-//! (`proc`), opt-in `traceparent` injection (`inject`), and Go's goroutines (`golang`).
+//! (`proc`), opt-in `traceparent` injection (`inject`), and the runtimes whose threads serve
+//! many requests: Go's goroutines (`golang`) and nginx's upstreams (`nginx`).
 mod conn;
 mod context;
 mod data;
 mod golang;
 mod inject;
+mod nginx;
 mod proc;
 mod tcpopt;
