@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SAMPLE_ALL, SELECT_ALL,
-    SELECT_WATCHED, SockAddr, SockOffsets, WATCH_HANDOFF, WATCH_SELECTED,
+    SELECT_WATCHED, SockAddr, SockOffsets, WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -80,13 +80,22 @@ pub fn hands_off(tgid: u32) -> bool {
     matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_HANDOFF != 0)
 }
 
-/// Records that `tgid`'s threads hand requests to each other, or (`on` false) that a new
-/// program runs in it.
+/// Records that `tgid`'s threads hand requests to each other.
 #[inline(always)]
-pub fn set_handoff(tgid: u32, on: bool) {
+pub fn set_handoff(tgid: u32) {
     if let Some(p) = WATCHED.get_ptr_mut(tgid) {
         // SAFETY: as above.
-        unsafe { *p = (*p & !WATCH_HANDOFF) | if on { WATCH_HANDOFF } else { 0 } };
+        unsafe { *p |= WATCH_HANDOFF };
+    }
+}
+
+/// A new program runs in `tgid`: what was learned about the old one's runtime (its threads
+/// hand requests around, it is Go) no longer holds. Only the selection stays.
+#[inline(always)]
+pub fn new_program(tgid: u32) {
+    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+        // SAFETY: as above.
+        unsafe { *p &= !(WATCH_HANDOFF | WATCH_GO) };
     }
 }
 

@@ -2,8 +2,10 @@
 //!
 //! nginx (`return 200`) under wrk: without the agent, with it, without it again. The agent's own
 //! CPU comes from /proc, its kernel time from bpf_stats. The userspace pipeline is timed on a
-//! recording of the same traffic. An unwatched process's syscall cost is timed with dd. Nothing
-//! here is a test: the numbers are printed and written to target/bench/report.json.
+//! recording of the same traffic. An unwatched process's syscall cost is timed with dd and a
+//! socket loop. A small Go net/http server gets the same A/B/A, and a Go service calling a Go
+//! leaf is traced with the goroutine uprobes and without, to show what following them costs.
+//! Nothing here is a test: the numbers are printed and written to target/bench/report.json.
 use std::{
     fs,
     io::{BufRead as _, BufReader},
@@ -54,6 +56,52 @@ fn start_nginx() -> Result<Nginx> {
         std::thread::yield_now();
     }
     Ok(Nginx { _guard: Guard(child), pid, port, dir })
+}
+
+/// A Go net/http service (tests/peers/hop.go): answers `ok`, or first calls `next` over pooled
+/// keep-alive connections.
+struct GoHop {
+    _guard: Guard,
+    pid: u32,
+    port: u16,
+}
+
+/// Builds tests/peers/hop.go with the Go toolchain `cargo xtask setup` installs.
+fn build_go_hop() -> Result<PathBuf> {
+    let out = root().join("target/bench/hop-go");
+    let status = Command::new("/usr/lib/go-1.19/bin/go")
+        .args(["build", "-o"])
+        .arg(&out)
+        .arg(root().join("tests/peers/hop.go"))
+        .env("GOCACHE", root().join("target/go-cache"))
+        .env("GOPATH", root().join("target/go-path"))
+        .env("GO111MODULE", "off")
+        .status()
+        .context("running go build (cargo xtask setup installs Go 1.19)")?;
+    if !status.success() {
+        bail!("go build tests/peers/hop.go failed");
+    }
+    Ok(out)
+}
+
+fn start_go_hop(bin: &Path, next: Option<u16>) -> Result<GoHop> {
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let mut cmd = Command::new(bin);
+    cmd.args(["127.0.0.1", &port.to_string()]).env("HOP_KEEPALIVE", "1");
+    if let Some(next) = next {
+        cmd.arg(format!("http://127.0.0.1:{next}"));
+    }
+    let child = cmd.stdout(Stdio::null()).stderr(Stdio::null()).spawn().context("starting the Go service")?;
+    let pid = child.id();
+    let guard = Guard(child);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        if Instant::now() > deadline {
+            bail!("the Go service did not start");
+        }
+        std::thread::yield_now();
+    }
+    Ok(GoHop { _guard: guard, pid, port })
 }
 
 /// wrk's totals: (requests, requests/s).
@@ -418,6 +466,54 @@ pub fn bench(quick: bool) -> Result<()> {
     stop(&mut agent);
     let dd_without2 = fastest(3, || dd_seconds(n))?;
     let sock_without2 = fastest(3, || socket_loop_seconds(sn))?;
+
+    // R1 for a small Go net/http server, A/B/A, the agent exporting.
+    let go_bin = build_go_hop()?;
+    let leaf = start_go_hop(&go_bin, None)?;
+    let leaf_pid = leaf.pid.to_string();
+    let go_args = |pids: &[&str], uprobes: bool| -> Vec<String> {
+        let mut a: Vec<String> = exporting.iter().map(|s| s.to_string()).collect();
+        a.retain(|x| x != "--pid" && x != &pid);
+        for p in pids {
+            a.extend(["--pid".to_string(), p.to_string()]);
+        }
+        if !uprobes {
+            a.push("--no-uprobes".into());
+        }
+        a
+    };
+    let (_, go0) = wrk(leaf.port, secs)?;
+    let args = go_args(&[&leaf_pid], true);
+    let (mut agent, go_lines) =
+        start_agent(&tracewire, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+    let (go_requests, go1) = wrk(leaf.port, secs)?;
+    stop(&mut agent);
+    let go_summary = summary_of(&go_lines);
+    let (_, go2) = wrk(leaf.port, secs)?;
+    println!("bench: Go net/http: {go0:.0} / {go1:.0} / {go2:.0} req/s (without/with/without)");
+
+    // What following goroutines costs: a Go service calling a Go leaf once per request, traced
+    // with the uprobes and without (then its calls are unlinked), alternating.
+    let front = start_go_hop(&go_bin, Some(leaf.port))?;
+    let front_pid = front.pid.to_string();
+    let chain = |uprobes: bool| -> Result<(f64, Value, u64)> {
+        let args = go_args(&[&front_pid, &leaf_pid], uprobes);
+        let (mut agent, lines) =
+            start_agent(&tracewire, &args.iter().map(String::as_str).collect::<Vec<_>>())?;
+        let (n, rps) = wrk(front.port, secs)?;
+        stop(&mut agent);
+        Ok((rps, summary_of(&lines), n))
+    };
+    let (off0, _, _) = chain(false)?;
+    let (on, on_summary, on_requests) = chain(true)?;
+    let (off1, _, _) = chain(false)?;
+    println!(
+        "bench: Go service calling a Go leaf: {off0:.0} / {on:.0} / {off1:.0} req/s (uprobes off/on/off)"
+    );
+    let go_linked = on_summary["kernel"]["go_linked"].as_u64().unwrap_or(0);
+    drop(front);
+    drop(leaf);
+
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", stats_before.trim());
     let _ = fs::remove_dir_all(&nginx.dir);
 
@@ -452,6 +548,17 @@ pub fn bench(quick: bool) -> Result<()> {
             ">= 0.97",
             with / baseline >= 0.97,
             &format!("{with:.0} vs {base1:.0}/{base2:.0} req/s"),
+        ),
+        row(
+            "R1",
+            "req/s with ÷ without (Go net/http, wrk, A/B/A)",
+            go1 / ((go0 + go2) / 2.0),
+            ">= 0.97",
+            go1 / ((go0 + go2) / 2.0) >= 0.97,
+            &format!(
+                "{go1:.0} vs {go0:.0}/{go2:.0} req/s, {} spans for {go_requests} requests",
+                go_summary["spans"]
+            ),
         ),
         row(
             "R2",
@@ -553,6 +660,17 @@ pub fn bench(quick: bool) -> Result<()> {
             &format!(
                 "{idle_n} open connections + 5000 req/s paced for {lat_secs} s; {:.1} MiB in the R1 run",
                 rss as f64 / 1024.0
+            ),
+        ),
+        row(
+            "R11",
+            "req/s, Go calls followed by uprobes ÷ not (traced both)",
+            on / ((off0 + off1) / 2.0),
+            "report",
+            true,
+            &format!(
+                "{on:.0} vs {off0:.0}/{off1:.0} req/s; a Go service making one keep-alive call per request to a Go \
+                 leaf; {go_linked} of {on_requests} calls linked through goroutines"
             ),
         ),
     ];

@@ -25,7 +25,7 @@ use aya::{
     maps::{Array, HashMap, MapData, PerCpuArray, RingBuf},
     programs::{
         CgroupAttachMode, RawTracePoint, SockOps, TracePoint, UProbe,
-        uprobe::{UProbeAttachLocation, UProbeScope},
+        uprobe::{UProbeAttachLocation, UProbeLinkId, UProbeScope},
     },
 };
 pub use error::CaptureError;
@@ -149,12 +149,16 @@ struct Followed {
     on: bool,
     /// Go binaries: what each is, or why its calls are not followed.
     go: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
+    /// The probes of each followed Go process.
+    go_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
     /// nginx binaries: followed, or why not.
     nginx: std::collections::HashMap<(u64, u64), Result<(), String>>,
 }
 
 /// Distinct binaries whose functions get uprobes; beyond it, their calls stay unlinked.
 pub const MAX_FOLLOWED_BINARIES: usize = 64;
+/// Go processes followed at once (the size of the kernel's `GO_PROCS`).
+pub const MAX_GO_PROCESSES: usize = 4096;
 
 /// The nginx uprobe programs (see the kernel's `nginx` probes): entry and return of
 /// `ngx_http_upstream_init`, then of `ngx_event_connect_peer`.
@@ -494,20 +498,22 @@ impl Capture {
     /// Follows the net/http calls of Go program `tgid` through its goroutines: uprobes on its
     /// binary (once per binary), and the kernel told where its runtime keeps goroutine ids.
     /// Returns the Go version when followed, or why not.
+    ///
+    /// The probes are scoped to the process: another process running the same binary that is
+    /// not selected never stops on them.
     pub fn follow_go(&mut self, tgid: u32) -> Result<String, String> {
+        // After an exec the pid runs another program: its earlier probes go.
+        self.forget_go(tgid);
         let (exe, key) = self.followable(tgid)?;
-        if !self.followed.go.contains_key(&key) {
-            let found = runtime::inspect_go(&exe).and_then(|mut bin| {
-                self.attach_go(&exe, &mut bin)?;
-                Ok(bin)
-            });
-            self.followed.go.insert(key, found);
-        }
-        let bin = match self.followed.go.get(&key) {
-            Some(Ok(bin)) => bin.clone(),
-            Some(Err(why)) => return Err(why.clone()),
-            None => return Err("not inspected".into()),
+        let mut bin = match self.followed.go.entry(key).or_insert_with(|| runtime::inspect_go(&exe)) {
+            Ok(bin) => bin.clone(),
+            Err(why) => return Err(why.clone()),
         };
+        if self.followed.go_links.len() >= MAX_GO_PROCESSES {
+            return Err(format!("already following {MAX_GO_PROCESSES} Go processes"));
+        }
+        let links = self.attach_go(tgid, &exe, &mut bin)?;
+        self.followed.go_links.insert(tgid, links);
         let mut procs: HashMap<&mut MapData, u32, GoProc> = self
             .ebpf
             .map_mut(maps::GO_PROCS)
@@ -522,7 +528,9 @@ impl Capture {
     }
 
     /// Follows nginx program `tgid`'s upstream requests to the client requests they are made
-    /// for: uprobes on its binary, once per binary.
+    /// for: uprobes on its binary, once per binary and for every process running it, since
+    /// nginx forks its workers (and respawns them) without an exec. A process that runs the
+    /// same file and is not selected stops on them only to return at once.
     pub fn follow_nginx(&mut self, tgid: u32) -> Result<(), String> {
         let (exe, key) = self.followable(tgid)?;
         if !self.followed.nginx.contains_key(&key) {
@@ -533,7 +541,7 @@ impl Capture {
                     bin.connect_peer,
                     bin.connect_peer,
                 ]) {
-                    self.attach_uprobe(name, &exe, offset)?;
+                    self.attach_uprobe(name, &exe, offset, UProbeScope::AllProcesses)?;
                 }
                 Ok(())
             });
@@ -558,36 +566,73 @@ impl Capture {
         Ok((exe, key))
     }
 
-    /// Puts the uprobes on a Go binary's net/http functions.
-    /// Without the goroutine-creation probe, calls from goroutines a handler starts stay
-    /// unlinked (`bin.ancestry` is cleared).
-    fn attach_go(&mut self, exe: &Path, bin: &mut runtime::GoBinary) -> Result<(), String> {
-        self.attach_uprobe(GO_PROGRAMS[0], exe, bin.round_trip)?;
-        self.attach_uprobe(GO_PROGRAMS[1], exe, bin.request_write)?;
-        if let Some(a) = bin.ancestry
-            && let Err(e) = self.attach_uprobe(GO_PROGRAMS[2], exe, a.new_goroutine)
-        {
-            warn!("{}: goroutines do not inherit their creator's request: {e}", exe.display());
-            bin.ancestry = None;
+    /// Puts the uprobes on a Go process's net/http functions. Without the goroutine-creation
+    /// probe, calls from goroutines a handler starts stay unlinked (`bin.ancestry` is cleared).
+    fn attach_go(
+        &mut self,
+        tgid: u32,
+        exe: &Path,
+        bin: &mut runtime::GoBinary,
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
+        let mut links = Vec::new();
+        for (name, offset) in [(GO_PROGRAMS[0], bin.round_trip), (GO_PROGRAMS[1], bin.request_write)] {
+            match self.attach_uprobe(name, exe, offset, scope) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.detach_uprobes(links);
+                    return Err(e);
+                }
+            }
         }
-        Ok(())
+        if let Some(a) = bin.ancestry {
+            match self.attach_uprobe(GO_PROGRAMS[2], exe, a.new_goroutine, scope) {
+                Ok(link) => links.push((GO_PROGRAMS[2], link)),
+                Err(e) => {
+                    warn!("pid {tgid}: goroutines do not inherit their creator's request: {e}");
+                    bin.ancestry = None;
+                }
+            }
+        }
+        Ok(links)
     }
 
-    fn attach_uprobe(&mut self, name: &'static str, exe: &Path, offset: u64) -> Result<(), String> {
+    fn attach_uprobe(
+        &mut self,
+        name: &'static str,
+        exe: &Path,
+        offset: u64,
+        scope: UProbeScope,
+    ) -> Result<UProbeLinkId, String> {
         let prog: &mut UProbe = self
             .ebpf
             .program_mut(name)
             .ok_or("uprobe program missing")?
             .try_into()
             .map_err(|e: aya::programs::ProgramError| e.to_string())?;
-        prog.attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, UProbeScope::AllProcesses)
+        let link = prog
+            .attach(UProbeAttachLocation::AbsoluteOffset(offset), exe, scope)
             .map_err(|e| format!("uprobe {name}: {e}"))?;
         self.attached += 1;
-        Ok(())
+        Ok(link)
     }
 
-    /// Forgets a Go program that exited.
+    fn detach_uprobes(&mut self, links: Vec<(&'static str, UProbeLinkId)>) {
+        for (name, link) in links {
+            if let Some(p) = self.ebpf.program_mut(name)
+                && let Ok(p) = <&mut UProbe>::try_from(p)
+                && p.detach(link).is_ok()
+            {
+                self.attached -= 1;
+            }
+        }
+    }
+
+    /// Forgets a Go program that exited (or exec'd another program): its probes and its entry.
     pub fn forget_go(&mut self, tgid: u32) {
+        if let Some(links) = self.followed.go_links.remove(&tgid) {
+            self.detach_uprobes(links);
+        }
         if let Some(m) = self.ebpf.map_mut(maps::GO_PROCS)
             && let Ok(mut procs) = HashMap::<&mut MapData, u32, GoProc>::try_from(m)
         {

@@ -299,6 +299,8 @@ impl Session {
     /// Tells the kernel when a traced program's threads do not own their requests (Go), and
     /// follows the runtimes it can (Go's goroutines, nginx's upstreams).
     fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
+        // An exec replaced whatever ran before (the kernel cleared its runtime bits).
+        self.capture.forget_go(pid);
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if runtime::looks_like_nginx(&exe) {
             match self.capture.follow_nginx(pid) {

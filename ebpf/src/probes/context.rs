@@ -222,7 +222,7 @@ pub fn server_turn_end(state: &mut ConnState, conn: &ConnId, tid: Option<u32>) {
         && let Some(tid) = tid
         && tid != state.turn_tid
     {
-        set_handoff(conn.tgid, true);
+        set_handoff(conn.tgid);
     }
     if state.turn == DIR_INGRESS
         && let Some(t) = THREAD_CTX.get_ptr_mut(state.turn_tid)

@@ -18,7 +18,7 @@ use tracewire_common::{EventKind, ProcEvent, SELECT_WATCHED};
 
 use crate::{
     maps::{ACTIVE, CGROUPS, PARENTS, THREAD_CTX},
-    util::{clear_process, config, emit, header, now, set_handoff, set_watched, watched},
+    util::{clear_process, config, emit, header, new_program, now, set_watched, watched},
 };
 
 /// `sched:sched_process_fork`: the child_pid offset comes from tracefs (see `Config`).
@@ -48,8 +48,8 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     let cfg = config();
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    // A new program: what was learned about the old one's threads no longer holds.
-    set_handoff(tgid, false);
+    // A new program: what was learned about the old one's runtime no longer holds.
+    new_program(tgid);
     if cfg.select == SELECT_WATCHED {
         // SAFETY: helper without arguments.
         let cgroup = unsafe { bpf_get_current_cgroup_id() };
