@@ -480,6 +480,12 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     assert_eq!((bin.version.get(..6), bin.goid_offset), (Some("go1.19"), 152), "{bin:?}");
     let ancestry = bin.ancestry.expect("goroutine creation probed");
     assert_eq!((ancestry.g_m, ancestry.g_sched, ancestry.m_curg), (48, 56, 192), "{bin:?}");
+    // Each probe sits on the stack check's branch, which the kernel emulates (jbe rel8/rel32).
+    let code = std::fs::read(&go_bin).unwrap();
+    for off in [bin.round_trip, bin.request_write, ancestry.new_goroutine] {
+        let op = &code[off as usize..off as usize + 2];
+        assert!(op[0] == 0x76 || op == [0x0f, 0x86], "{off:#x}: {op:02x?}");
+    }
     let rx = Receiver::start(vec![]);
     let (leaf, leaf_port) = python_hop("leaf", None);
     let go_port = free_port();
@@ -490,8 +496,12 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
         .env("HOP_KEEPALIVE", "1");
     let mut go = Peer::spawn(&mut cmd);
     go.expect("port ");
-    let agent =
+    let mut agent =
         RunAgent::start(&rx.endpoint(), &["--pid", &go.pid().to_string(), "--pid", &leaf.pid().to_string()]);
+    // Goroutine creation is followed from the first net/http call on: a first request makes it
+    // (its fan-out calls may stay unlinked, and are left out below).
+    curl(&format!("http://127.0.0.1:{go_port}/hop/warmup"), &[]);
+    agent.wait_line(&format!("pid {} made its first net/http call", go.pid()));
     let out = Command::new("python3")
         .arg(repo().join("tests/peers/load.py"))
         .args([&format!("http://127.0.0.1:{go_port}/hop/"), "g", "16", "8"])
@@ -506,14 +516,15 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
         let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;
         p.split("/hop/").nth(1).map(str::to_string)
     };
+    let measured = |s: &opentelemetry_proto::tonic::trace::v1::Span| rid(s).is_some_and(|r| r != "warmup");
     let servers: std::collections::HashMap<String, &opentelemetry_proto::tonic::trace::v1::Span> = spans
         .iter()
-        .filter(|(svc, s)| svc == "go-fanout" && s.kind == 2)
+        .filter(|(svc, s)| svc == "go-fanout" && s.kind == 2 && measured(s))
         .filter_map(|(_, s)| Some((rid(s)?, s)))
         .collect();
     assert_eq!(servers.len(), ids.len(), "one server span per request: {summary}");
     let (mut linked, mut wrong, mut unlinked) = (0, 0, Vec::new());
-    for (_, s) in spans.iter().filter(|(svc, s)| svc == "go-fanout" && s.kind == 3) {
+    for (_, s) in spans.iter().filter(|(svc, s)| svc == "go-fanout" && s.kind == 3 && measured(s)) {
         let r = rid(s).expect("the call's id");
         let parent = servers[&r];
         if s.parent_span_id.is_empty() {
@@ -528,15 +539,17 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     assert!(unlinked.is_empty(), "unlinked calls {unlinked:?}: {summary}");
     assert_eq!(linked, 3 * ids.len(), "{summary}");
     // The leaf's spans join the same traces (TCP option from the Go client spans).
-    let leaf_spans = spans.iter().filter(|(svc, s)| svc == "leaf" && s.kind == 2);
+    let leaf_spans = spans.iter().filter(|(svc, s)| svc == "leaf" && s.kind == 2 && measured(s));
     assert_eq!(leaf_spans.clone().count(), 3 * ids.len(), "{summary}");
     for (_, s) in leaf_spans {
         assert_eq!(Some(&s.trace_id), servers.get(&rid(s).unwrap()).map(|p| &p.trace_id), "{summary}");
     }
     assert_eq!(summary["go_followed"], 1, "{summary}");
-    assert_eq!(summary["kernel"]["go_linked"], 3 * ids.len() as u64, "{summary}");
-    assert_eq!(summary["kernel"]["go_no_parent"], 0, "{summary}");
-    assert_eq!(summary["http"]["linked_goroutine"], 3 * ids.len() as u64, "{summary}");
+    // The warm-up request's direct call is linked too; its fan-out calls may not be.
+    let go_linked = summary["kernel"]["go_linked"].as_u64().unwrap_or(0);
+    assert!((3 * ids.len() as u64 + 1..=3 * ids.len() as u64 + 3).contains(&go_linked), "{summary}");
+    assert!(summary["kernel"]["go_no_parent"].as_u64() <= Some(2), "{summary}");
+    assert_eq!(summary["http"]["linked_goroutine"].as_u64(), Some(go_linked), "{summary}");
 }
 
 /// nginx proxying over a keep-alive upstream pool to a Go service, under 16 concurrent clients:

@@ -190,6 +190,9 @@ pub struct GoProc {
     pub m_curg: u32,
     /// Offset of `sched` (the saved registers) in `runtime.g`.
     pub g_sched: u32,
+    /// Set by the kernel at the program's first net/http call: userspace then starts following
+    /// goroutine creation (which costs a probe hit per goroutine), not before.
+    pub calls: u32,
 }
 
 /// A goroutine (or a request object) of one process: the key of the goroutine maps.

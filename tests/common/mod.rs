@@ -166,6 +166,20 @@ impl RunAgent {
         RunAgent { child, stderr: rx }
     }
 
+    /// Waits for a log line containing `needle` (the agent reached a state) and returns it.
+    pub fn wait_line(&mut self, needle: &str) -> String {
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        loop {
+            let line = self
+                .stderr
+                .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+                .unwrap_or_else(|_| panic!("the agent never logged {needle:?}"));
+            if line.contains(needle) {
+                return line;
+            }
+        }
+    }
+
     /// SIGINT, wait, and return the summary it printed.
     pub fn stop(mut self) -> Value {
         // SAFETY: signal to our own child.

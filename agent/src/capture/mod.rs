@@ -151,6 +151,9 @@ struct Followed {
     go: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
     /// The probes of each followed Go process.
     go_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    /// Followed Go processes whose goroutine creation is to be followed from their first
+    /// net/http call on.
+    go_pending: std::collections::HashMap<u32, runtime::GoAncestry>,
     /// nginx binaries: followed, or why not.
     nginx: std::collections::HashMap<(u64, u64), Result<(), String>>,
 }
@@ -512,15 +515,19 @@ impl Capture {
         if self.followed.go_links.len() >= MAX_GO_PROCESSES {
             return Err(format!("already following {MAX_GO_PROCESSES} Go processes"));
         }
-        let links = self.attach_go(tgid, &exe, &mut bin)?;
+        let links = self.attach_go(tgid, &exe, &bin)?;
         self.followed.go_links.insert(tgid, links);
+        // Goroutine creation is followed from the first net/http call on (see `calls`).
+        if let Some(a) = bin.ancestry.take() {
+            self.followed.go_pending.insert(tgid, a);
+        }
         let mut procs: HashMap<&mut MapData, u32, GoProc> = self
             .ebpf
             .map_mut(maps::GO_PROCS)
             .ok_or("no GO_PROCS map")
             .and_then(|m| HashMap::try_from(m).map_err(|_| "GO_PROCS: wrong map type"))?;
-        let (g_m, m_curg, g_sched) = bin.ancestry.map_or((0, 0, 0), |a| (a.g_m, a.m_curg, a.g_sched));
-        let proc = GoProc { goid_offset: bin.goid_offset, g_m, m_curg, g_sched };
+        // Ancestry offsets stay 0 (off) until goroutine creation is followed.
+        let proc = GoProc { goid_offset: bin.goid_offset, g_m: 0, m_curg: 0, g_sched: 0, calls: 0 };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
         let v = self.watched.get(&tgid, 0).unwrap_or(0);
         self.watched.set(tgid, v | WATCH_GO, 0).map_err(|e| e.to_string())?;
@@ -566,13 +573,12 @@ impl Capture {
         Ok((exe, key))
     }
 
-    /// Puts the uprobes on a Go process's net/http functions. Without the goroutine-creation
-    /// probe, calls from goroutines a handler starts stay unlinked (`bin.ancestry` is cleared).
+    /// Puts the uprobes on a Go process's net/http functions.
     fn attach_go(
         &mut self,
         tgid: u32,
         exe: &Path,
-        bin: &mut runtime::GoBinary,
+        bin: &runtime::GoBinary,
     ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
         let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
         let mut links = Vec::new();
@@ -585,16 +591,46 @@ impl Capture {
                 }
             }
         }
-        if let Some(a) = bin.ancestry {
-            match self.attach_uprobe(GO_PROGRAMS[2], exe, a.new_goroutine, scope) {
-                Ok(link) => links.push((GO_PROGRAMS[2], link)),
-                Err(e) => {
-                    warn!("pid {tgid}: goroutines do not inherit their creator's request: {e}");
-                    bin.ancestry = None;
+        Ok(links)
+    }
+
+    /// Starts following goroutine creation in the Go processes that made their first net/http
+    /// call since the last check. Cheap when none is waiting.
+    pub fn follow_goroutine_creation(&mut self) {
+        if self.followed.go_pending.is_empty() {
+            return;
+        }
+        let waiting: Vec<(u32, runtime::GoAncestry)> =
+            self.followed.go_pending.iter().map(|(pid, a)| (*pid, *a)).collect();
+        for (tgid, a) in waiting {
+            let Some(m) = self.ebpf.map(maps::GO_PROCS) else { return };
+            let Ok(procs) = HashMap::<&MapData, u32, GoProc>::try_from(m) else { return };
+            let Ok(mut proc) = procs.get(&tgid, 0) else {
+                self.followed.go_pending.remove(&tgid);
+                continue;
+            };
+            if proc.calls == 0 {
+                continue;
+            }
+            self.followed.go_pending.remove(&tgid);
+            let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
+            let Some(scope) = std::num::NonZeroU32::new(tgid).map(UProbeScope::OneProcess) else { continue };
+            match self.attach_uprobe(GO_PROGRAMS[2], &exe, a.new_goroutine, scope) {
+                Ok(link) => {
+                    if let Some(links) = self.followed.go_links.get_mut(&tgid) {
+                        links.push((GO_PROGRAMS[2], link));
+                    }
+                    (proc.g_m, proc.m_curg, proc.g_sched) = (a.g_m, a.m_curg, a.g_sched);
+                    if let Some(m) = self.ebpf.map_mut(maps::GO_PROCS)
+                        && let Ok(mut procs) = HashMap::<&mut MapData, u32, GoProc>::try_from(m)
+                    {
+                        let _ = procs.insert(tgid, proc, 0);
+                    }
+                    info!("pid {tgid} made its first net/http call: goroutine creation followed from now on");
                 }
+                Err(e) => warn!("pid {tgid}: goroutines do not inherit their creator's request: {e}"),
             }
         }
-        Ok(links)
     }
 
     fn attach_uprobe(
@@ -630,6 +666,7 @@ impl Capture {
 
     /// Forgets a Go program that exited (or exec'd another program): its probes and its entry.
     pub fn forget_go(&mut self, tgid: u32) {
+        self.followed.go_pending.remove(&tgid);
         if let Some(links) = self.followed.go_links.remove(&tgid) {
             self.detach_uprobes(links);
         }

@@ -120,6 +120,38 @@ fn file_offset<'d, R: ReadRef<'d>>(
     Some(sym.address().checked_sub(sec.address())? + file_off)
 }
 
+/// Where to put a uprobe in a Go function so that the kernel emulates the probed instruction
+/// instead of single-stepping it (a second trap, which costs as much as the first): the
+/// conditional branch of the stack check every Go function starts with (`[lea r12, [rsp-n]]`,
+/// `cmp rsp|r12, [r14+16]`, `jbe morestack`). Only the flags and r12 change before it, so the
+/// arguments and `g` the probes read are the same there. 0 (the entry) when the prologue is not
+/// recognised or not on x86_64.
+fn stack_check_branch<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>, sym: &object::Symbol<'d, '_, R>) -> u64 {
+    if obj.architecture() != object::Architecture::X86_64 {
+        return 0;
+    }
+    let Some(code) = sym
+        .section_index()
+        .and_then(|i| obj.section_by_index(i).ok())
+        .and_then(|sec| sec.data_range(sym.address(), 16).ok().flatten())
+    else {
+        return 0;
+    };
+    // lea r12, [rsp + disp32] (8 bytes) or [rsp + disp8] (5 bytes), then cmp r12, [r14+16].
+    let after_lea = match code {
+        [0x4c, 0x8d, 0xa4, 0x24, _, _, _, _, 0x4d, 0x3b, 0x66, 0x10, ..] => 12,
+        [0x4c, 0x8d, 0x64, 0x24, _, 0x4d, 0x3b, 0x66, 0x10, ..] => 9,
+        // cmp rsp, [r14+16]
+        [0x49, 0x3b, 0x66, 0x10, ..] => 4,
+        _ => return 0,
+    };
+    match code.get(after_lea..after_lea + 2) {
+        // jbe rel8, jbe rel32
+        Some([0x76, _]) | Some([0x0f, 0x86]) => after_lea as u64,
+        _ => 0,
+    }
+}
+
 /// Inspects a Go executable: `Ok` when its calls can be followed, `Err` saying why not.
 pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let file = File::open(path).map_err(|e| format!("open: {e}"))?;
@@ -146,7 +178,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
             Ok(GO_NEW_GOROUTINE) => &mut new_goroutine,
             _ => continue,
         };
-        *slot = file_offset(&obj, &sym);
+        *slot = file_offset(&obj, &sym).map(|off| off + stack_check_branch(&obj, &sym));
     }
     if obj.symbols().next().is_none() {
         return Err("stripped (no symbol table)".into());

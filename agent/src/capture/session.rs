@@ -60,7 +60,13 @@ pub struct Session {
     stats: SessionStats,
     recorder: Option<crate::events::record::Recorder>,
     batch: RecordBatch,
+    /// When Go processes were last checked for a first net/http call.
+    go_checked: std::time::Instant,
 }
+
+/// How often Go processes are checked for their first net/http call (from which on their
+/// goroutine creation is followed).
+const GO_CHECK_EVERY: Duration = Duration::from_millis(100);
 
 /// Ring records of one poll, back to back in one buffer that keeps its capacity.
 #[derive(Default)]
@@ -107,6 +113,7 @@ impl Session {
             stats: SessionStats::default(),
             recorder: None,
             batch: RecordBatch::default(),
+            go_checked: std::time::Instant::now(),
         };
         match &s.selection {
             Selection::All => {
@@ -442,6 +449,10 @@ impl Session {
     /// Waits up to `timeout`, then hands every available event to `f`.
     pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&Event<'_>)) -> Result<usize, CaptureError> {
         let mut n = 0;
+        if self.go_checked.elapsed() >= GO_CHECK_EVERY {
+            self.go_checked = std::time::Instant::now();
+            self.capture.follow_goroutine_creation();
+        }
         for c in std::mem::take(&mut self.pending) {
             let mut ev = Event::Conn(c);
             if let Some(rec) = &mut self.recorder {

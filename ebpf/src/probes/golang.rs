@@ -16,7 +16,8 @@
 //! 4. The client turn that starts on the writer goroutine takes it as its parent ([`call_parent`]).
 //!
 //! A goroutine the handler starts (fan-out, errgroup) inherits its creator's request when it is
-//! created (`runtime.gostartcallfn`, called once by `newproc1` with the new goroutine's saved
+//! created (followed from the program's first net/http call on: every goroutine creation then
+//! stops on a probe) (`runtime.gostartcallfn`, called once by `newproc1` with the new goroutine's saved
 //! registers, on the system stack of the thread whose `m.curg` is the creator:
 //! [`go_new_goroutine`]); a call it makes while that request is open is the request's child.
 //!
@@ -131,7 +132,16 @@ pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
         trace_flags: ctx.trace_flags,
         _pad: [0; 7],
     };
-    let _ = GO_SERVING.insert(&GoKey { tgid, _pad: 0, addr: g }, &v, 0);
+    let key = GoKey { tgid, _pad: 0, addr: g };
+    // A goroutine reads request after request: its entry is rewritten in place (an LRU insert
+    // allocates a new element every time).
+    match GO_SERVING.get_ptr_mut(&key) {
+        // SAFETY: map value pointer, valid for this run.
+        Some(p) => unsafe { *p = v },
+        None => {
+            let _ = GO_SERVING.insert(&key, &v, 0);
+        }
+    }
 }
 
 /// The request the client turn starting on this thread's goroutine is a call for, if the
@@ -228,6 +238,12 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let Some(proc) = go_proc(tgid) else {
         return 0;
     };
+    if proc.calls == 0
+        && let Some(p) = GO_PROCS.get_ptr_mut(&tgid)
+    {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe { (*p).calls = 1 };
+    }
     let g = reg(&ctx, abi::G);
     // transportRequest embeds the *Request first: the object the writer goroutine writes.
     // SAFETY: user memory, read through the checked helper.
