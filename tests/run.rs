@@ -433,11 +433,6 @@ fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
     assert!(out.status.success());
     let summary = agent.stop();
     let spans = rx.spans();
-    let rid = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
-        attr_str(s, "url.path")
-            .or_else(|| attr_str(s, "url.full"))
-            .and_then(|p| p.split("/hop/").nth(1).map(str::to_string))
-    };
     let sampled: std::collections::BTreeSet<String> = spans.iter().filter_map(|(_, s)| rid(s)).collect();
     // Each sampled request is whole: the middle's server and client span and the leaf's server
     // span, in one trace, parent to child.
@@ -463,6 +458,12 @@ fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
     assert_eq!(summary["spans"], 3 * kept, "{summary}");
     assert_eq!(summary["http"]["unsampled_gap"], 0, "{summary}");
     assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+}
+
+/// The request id in a hop's path (`/hop/<id>`), from a server or client span.
+fn rid(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<String> {
+    let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;
+    p.split("/hop/").nth(1).map(str::to_string)
 }
 
 /// A Go service (net/http, goroutines on any thread) whose handler calls a leaf once itself and
@@ -502,20 +503,9 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     // (its fan-out calls may stay unlinked, and are left out below).
     curl(&format!("http://127.0.0.1:{go_port}/hop/warmup"), &[]);
     agent.wait_line(&format!("pid {} made its first net/http call", go.pid()));
-    let out = Command::new("python3")
-        .arg(repo().join("tests/peers/load.py"))
-        .args([&format!("http://127.0.0.1:{go_port}/hop/"), "g", "16", "8"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
-    assert_eq!(ids.len(), 16 * 8);
+    let ids = drive_load(&format!("http://127.0.0.1:{go_port}/hop/"), "g", 16, 8);
     let summary = agent.stop();
     let spans = rx.spans();
-    let rid = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
-        let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;
-        p.split("/hop/").nth(1).map(str::to_string)
-    };
     let measured = |s: &opentelemetry_proto::tonic::trace::v1::Span| rid(s).is_some_and(|r| r != "warmup");
     let servers: std::collections::HashMap<String, &opentelemetry_proto::tonic::trace::v1::Span> = spans
         .iter()
@@ -581,21 +571,10 @@ fn nginx_upstream_requests_are_children_of_their_client_request() {
         &rx.endpoint(),
         &["--pid", &nginx.pid().to_string(), "--pid", &leaf.pid().to_string()],
     );
-    let out = Command::new("python3")
-        .arg(repo().join("tests/peers/load.py"))
-        .args([&format!("http://127.0.0.1:{port}/hop/"), "n", "16", "8"])
-        .output()
-        .unwrap();
-    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
-    assert_eq!(ids.len(), 16 * 8);
+    let ids = drive_load(&format!("http://127.0.0.1:{port}/hop/"), "n", 16, 8);
     let summary = agent.stop();
     let spans = rx.spans();
     type Span = opentelemetry_proto::tonic::trace::v1::Span;
-    let rid = |s: &Span| {
-        let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;
-        p.split("/hop/").nth(1).map(str::to_string)
-    };
     let of = |svc: &str, kind: i32| -> std::collections::HashMap<String, &Span> {
         spans
             .iter()

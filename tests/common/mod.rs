@@ -387,3 +387,17 @@ pub fn build_go_hop(dir: &std::path::Path) -> PathBuf {
     assert!(status.success(), "go build hop.go");
     out
 }
+
+/// Runs tests/peers/load.py: `clients` concurrent clients, `per_client` GETs each of
+/// `{base}{prefix}{client}x{n}`, every one of which must succeed. Returns the ids.
+pub fn drive_load(base: &str, prefix: &str, clients: usize, per_client: usize) -> Vec<String> {
+    let out = Command::new("python3")
+        .arg(repo().join("tests/peers/load.py"))
+        .args([base, prefix, &clients.to_string(), &per_client.to_string()])
+        .output()
+        .expect("run load.py");
+    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
+    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
+    assert_eq!(ids.len(), clients * per_client, "every request answered");
+    ids
+}

@@ -100,27 +100,25 @@ pub fn client_turn(pid_tgid: u64, fd: u32, state: &mut ConnState) {
     let cfg = &config();
     let tgid = (pid_tgid >> 32) as u32;
     let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
-    let mut go = CallParent::default();
+    let mut followed = CallParent::default();
     state.parent = ConnId::default();
+    // A call the uprobes followed to its request: a child of it, and the connection it came in
+    // on goes with the events (userspace confirms the parent from there).
+    let mut child_of = |p: &CallParent, origin: u8, counter: Counter| {
+        ctx.trace_id = p.trace_id;
+        ctx.parent_id = p.span_id;
+        ctx.trace_flags = p.trace_flags;
+        ctx.origin = origin;
+        state.parent = p.conn;
+        count(counter);
+    };
     // SAFETY: copied out of the map.
     match unsafe { THREAD_CTX.get(pid_tgid as u32) }.copied() {
         // A Go call whose request the uprobes followed from the serving goroutine.
-        _ if call_parent(tgid, &mut go) => {
-            ctx.trace_id = go.trace_id;
-            ctx.parent_id = go.span_id;
-            ctx.trace_flags = go.trace_flags;
-            ctx.origin = CTX_GOROUTINE;
-            state.parent = go.conn;
-            count(Counter::GoLinked);
-        }
+        _ if call_parent(tgid, &mut followed) => child_of(&followed, CTX_GOROUTINE, Counter::GoLinked),
         // An nginx upstream request on the connection nginx opened for its client request.
-        _ if upstream_parent(tgid, fd, &mut go) => {
-            ctx.trace_id = go.trace_id;
-            ctx.parent_id = go.span_id;
-            ctx.trace_flags = go.trace_flags;
-            ctx.origin = CTX_UPSTREAM;
-            state.parent = go.conn;
-            count(Counter::UpstreamLinked);
+        _ if upstream_parent(tgid, fd, &mut followed) => {
+            child_of(&followed, CTX_UPSTREAM, Counter::UpstreamLinked)
         }
         // Threads that hand requests to each other prove nothing about a call's parent.
         _ if hands_off(tgid) => {

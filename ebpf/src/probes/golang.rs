@@ -93,6 +93,16 @@ fn current_goroutine(proc: &GoProc) -> Option<(u64, u64)> {
     Some((g, goid(proc, g)?))
 }
 
+/// The process a uprobe fired in and its runtime facts, when it is selected and followed.
+#[inline(always)]
+fn followed_process() -> Option<(u32, GoProc)> {
+    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
+    if !watched(&config(), tgid) {
+        return None;
+    }
+    Some((tgid, go_proc(tgid)?))
+}
+
 /// A register saved at the uprobe.
 #[inline(always)]
 fn reg(ctx: &ProbeContext, at: usize) -> u64 {
@@ -194,11 +204,7 @@ fn request_of(tgid: u32, g: u64, goid: u64, out: &mut CallParent) -> bool {
 /// its `sched`. Runs on the system stack, so the creator is the thread's `m.curg`.
 #[uprobe]
 pub fn go_new_goroutine(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !watched(&config(), tgid) {
-        return 0;
-    }
-    let Some(proc) = go_proc(tgid) else {
+    let Some((tgid, proc)) = followed_process() else {
         return 0;
     };
     if proc.g_m == 0 {
@@ -231,11 +237,7 @@ pub fn go_new_goroutine(ctx: ProbeContext) -> u32 {
 /// `net/http.(*persistConn).roundTrip(pc, req *transportRequest)`, on the calling goroutine.
 #[uprobe]
 pub fn go_round_trip(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !watched(&config(), tgid) {
-        return 0;
-    }
-    let Some(proc) = go_proc(tgid) else {
+    let Some((tgid, proc)) = followed_process() else {
         return 0;
     };
     if proc.calls == 0
@@ -268,11 +270,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
 /// `net/http.(*Request).write(r, ...)`, on the transport's writer goroutine.
 #[uprobe]
 pub fn go_request_write(ctx: ProbeContext) -> u32 {
-    let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !watched(&config(), tgid) {
-        return 0;
-    }
-    let Some(proc) = go_proc(tgid) else {
+    let Some((tgid, proc)) = followed_process() else {
         return 0;
     };
     let g = reg(&ctx, abi::G);
