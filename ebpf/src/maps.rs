@@ -134,6 +134,6 @@ pub static NGX_PEER: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_ACT
 
 /// nginx: the request an upstream connection (by `fd_key`) was connected or taken from the
 /// keep-alive pool for, until its request starts. Every `ngx_event_connect_peer` rewrites its
-/// connection's entry.
+/// connection's entry, and close() of the fd removes it.
 #[map]
 pub static NGX_TIES: LruHashMap<u64, CallParent> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);

@@ -31,8 +31,8 @@ use super::{
 };
 use crate::{
     maps::{
-        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, PARENTS, PORTS, SCRATCH, SK_CONN, TCP_RX, TCP_TRACED,
-        TCP_TX,
+        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SK_CONN, TCP_RX,
+        TCP_TRACED, TCP_TX,
     },
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
@@ -504,6 +504,9 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let key = fd_key(tgid, fd);
     let _ = LISTENERS.remove(key);
     let _ = BINDS.remove(key);
+    // A request tied to this fd (nginx, before its connection is even established) does not
+    // outlive it: the next connection on the number is another one.
+    let _ = NGX_TIES.remove(&key);
     // SAFETY: copied before removal.
     let Some(mut state) = (unsafe { CONNS.get(key) }).copied() else {
         return 0;

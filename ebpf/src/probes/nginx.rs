@@ -9,7 +9,8 @@
 //! parent ([`upstream_parent`]), if it is still the request open on the client connection.
 //!
 //! An upstream connected later (after an asynchronous DNS lookup, a retry on the next server)
-//! is not within `ngx_http_upstream_init`: its tie is cleared, and the call stays unlinked.
+//! is not within `ngx_http_upstream_init`: its tie is cleared, and the call stays unlinked. A
+//! tie never outlives its fd (close() removes it).
 //!
 //! Layouts read (stable since nginx's first releases): `ngx_http_request_t.connection` at 8
 //! (after the `signature` word), `ngx_connection_t.fd` at 24 (after `data`, `read`, `write`),
