@@ -226,9 +226,20 @@ impl OtlpExporter {
         }
         self.oldest.get_or_insert_with(Instant::now);
         self.pending.append(&mut spans);
-        while self.pending.len() >= self.config.batch_size {
-            let rest = self.pending.split_off(self.config.batch_size);
-            let batch = std::mem::replace(&mut self.pending, rest);
+        let size = self.config.batch_size.max(1);
+        let full = self.pending.len() / size * size;
+        if full == 0 {
+            return;
+        }
+        // Each batch gets an allocation of its own size: handing on `pending` itself would queue
+        // its whole capacity (the largest burst seen) with every batch.
+        let mut drained = self.pending.drain(..full);
+        let batches: Vec<Vec<SpanRecord>> = std::iter::from_fn(|| {
+            Some(drained.by_ref().take(size).collect::<Vec<_>>()).filter(|b| !b.is_empty())
+        })
+        .collect();
+        drop(drained);
+        for batch in batches {
             self.send(batch, resources);
         }
     }
@@ -241,8 +252,10 @@ impl OtlpExporter {
     }
 
     fn flush(&mut self, resources: &mut Resources) {
-        let batch = std::mem::take(&mut self.pending);
+        let batch: Vec<SpanRecord> = self.pending.drain(..).collect();
         self.oldest = None;
+        // After a burst, `pending` keeps no more than a batch's worth of room.
+        self.pending.shrink_to(self.config.batch_size);
         if !batch.is_empty() {
             self.send(batch, resources);
         }
