@@ -103,6 +103,8 @@ pub struct Otlp {
     pub client_certificate: Option<PathBuf>,
     /// Client key (PEM) for mTLS.
     pub client_key: Option<PathBuf>,
+    /// Spans that may wait for export (default 16384).
+    pub queue_spans: Option<usize>,
 }
 
 /// `output:`

@@ -79,6 +79,10 @@ struct RunArgs {
     /// gzip, zstd or none (default: OTEL_EXPORTER_OTLP_COMPRESSION or none).
     #[arg(long)]
     otlp_compression: Option<String>,
+    /// Spans that may wait for export while the backend is slow or away; more are dropped and
+    /// counted (default: OTEL_BSP_MAX_QUEUE_SIZE, else 16384, about 14 MiB).
+    #[arg(long)]
+    otlp_queue_spans: Option<usize>,
     /// Seconds between status lines (0: only at exit).
     #[arg(long, default_value_t = 10)]
     status_interval: u64,
@@ -193,6 +197,25 @@ impl RunArgs {
                 &file.otlp.client_key,
             ),
         };
+        let defaults = OtlpConfig::default();
+        let env_number = |name: &str| -> anyhow::Result<Option<usize>> {
+            env_first(&[name])
+                .map(|v| v.trim().parse::<usize>().with_context(|| format!("{name}={v}: not a number")))
+                .transpose()
+        };
+        let batch_size = match env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
+            Some(0) => anyhow::bail!("OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be at least 1"),
+            Some(n) => n,
+            None => defaults.batch_size,
+        };
+        let batch_delay = match env_number("OTEL_BSP_SCHEDULE_DELAY")? {
+            Some(ms) => Duration::from_millis(ms as u64),
+            None => defaults.batch_delay,
+        };
+        let queue_spans = match self.otlp_queue_spans.or(file.otlp.queue_spans) {
+            Some(n) => n,
+            None => env_number("OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(defaults.queue_requests * batch_size),
+        };
         Ok(Some(OtlpConfig {
             endpoint,
             protocol,
@@ -200,7 +223,10 @@ impl RunArgs {
             headers,
             timeout: Duration::from_millis(if timeout_ms == 0 { 3_600_000 } else { timeout_ms }),
             compression,
-            ..OtlpConfig::default()
+            batch_size,
+            batch_delay,
+            queue_requests: queue_spans.div_ceil(batch_size).max(1),
+            ..defaults
         }))
     }
 }
