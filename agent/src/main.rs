@@ -197,37 +197,22 @@ impl RunArgs {
                 &file.otlp.client_key,
             ),
         };
-        let defaults = OtlpConfig::default();
-        let env_number = |name: &str| -> anyhow::Result<Option<usize>> {
-            env_first(&[name])
-                .map(|v| v.trim().parse::<usize>().with_context(|| format!("{name}={v}: not a number")))
-                .transpose()
-        };
-        let batch_size = match env_number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
-            Some(0) => anyhow::bail!("OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be at least 1"),
-            Some(n) => n,
-            None => defaults.batch_size,
-        };
-        let batch_delay = match env_number("OTEL_BSP_SCHEDULE_DELAY")? {
-            Some(ms) => Duration::from_millis(ms as u64),
-            None => defaults.batch_delay,
-        };
-        let queue_spans = match self.otlp_queue_spans.or(file.otlp.queue_spans) {
-            Some(n) => n,
-            None => env_number("OTEL_BSP_MAX_QUEUE_SIZE")?.unwrap_or(defaults.queue_requests * batch_size),
-        };
-        Ok(Some(OtlpConfig {
+        let mut config = OtlpConfig {
             endpoint,
             protocol,
             tls,
             headers,
             timeout: Duration::from_millis(if timeout_ms == 0 { 3_600_000 } else { timeout_ms }),
             compression,
-            batch_size,
-            batch_delay,
-            queue_requests: queue_spans.div_ceil(batch_size).max(1),
-            ..defaults
-        }))
+            ..OtlpConfig::default()
+        };
+        tracewire::export::otlp::apply_batching(
+            &mut config,
+            self.otlp_queue_spans.or(file.otlp.queue_spans),
+            |name| std::env::var(name).ok(),
+        )
+        .map_err(anyhow::Error::msg)?;
+        Ok(Some(config))
     }
 }
 

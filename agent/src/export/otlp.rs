@@ -139,6 +139,38 @@ impl Default for OtlpConfig {
     }
 }
 
+/// Batching from the batch span processor's variables (`OTEL_BSP_MAX_EXPORT_BATCH_SIZE`,
+/// `OTEL_BSP_SCHEDULE_DELAY` in ms, `OTEL_BSP_MAX_QUEUE_SIZE` in spans), read through `var`;
+/// `queue_spans` (a flag or the config file) wins over the variable. Unset values keep `config`'s.
+pub fn apply_batching(
+    config: &mut OtlpConfig,
+    queue_spans: Option<usize>,
+    var: impl Fn(&str) -> Option<String>,
+) -> Result<(), String> {
+    let number = |name: &str| -> Result<Option<usize>, String> {
+        match var(name).filter(|v| !v.trim().is_empty()) {
+            Some(v) => v.trim().parse().map(Some).map_err(|_| format!("{name}={v}: not a number")),
+            None => Ok(None),
+        }
+    };
+    match number("OTEL_BSP_MAX_EXPORT_BATCH_SIZE")? {
+        Some(0) => return Err("OTEL_BSP_MAX_EXPORT_BATCH_SIZE must be at least 1".into()),
+        Some(n) => config.batch_size = n,
+        None => {}
+    }
+    if let Some(ms) = number("OTEL_BSP_SCHEDULE_DELAY")? {
+        config.batch_delay = Duration::from_millis(ms as u64);
+    }
+    let spans = match queue_spans {
+        Some(n) => Some(n),
+        None => number("OTEL_BSP_MAX_QUEUE_SIZE")?,
+    };
+    if let Some(spans) = spans {
+        config.queue_requests = spans.div_ceil(config.batch_size).max(1);
+    }
+    Ok(())
+}
+
 /// Parses `k1=v1,k2=v2` (OTEL_EXPORTER_OTLP_HEADERS; values may be percent-encoded).
 pub fn parse_headers(s: &str) -> Vec<(String, String)> {
     crate::metadata::parse_resource_attributes(s).unwrap_or_default()
@@ -605,5 +637,34 @@ async fn send_one(mut transport: Transport, cfg: &OtlpConfig, batch: Batch, acco
                 break;
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn batching_follows_the_batch_span_processor_variables() {
+        let vars = |pairs: &'static [(&'static str, &'static str)]| {
+            move |name: &str| pairs.iter().find(|(k, _)| *k == name).map(|(_, v)| v.to_string())
+        };
+        let mut c = OtlpConfig::default();
+        apply_batching(&mut c, None, vars(&[])).unwrap();
+        assert_eq!((c.batch_size, c.queue_requests, c.batch_delay), (512, 32, Duration::from_secs(1)));
+        let mut c = OtlpConfig::default();
+        const SET: &[(&str, &str)] = &[
+            ("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "100"),
+            ("OTEL_BSP_SCHEDULE_DELAY", "250"),
+            ("OTEL_BSP_MAX_QUEUE_SIZE", "1001"),
+        ];
+        apply_batching(&mut c, None, vars(SET)).unwrap();
+        assert_eq!((c.batch_size, c.queue_requests, c.batch_delay), (100, 11, Duration::from_millis(250)));
+        // The flag wins over the variable; a queue is at least one request.
+        apply_batching(&mut c, Some(1), vars(SET)).unwrap();
+        assert_eq!(c.queue_requests, 1);
+        let e = apply_batching(&mut c, None, vars(&[("OTEL_BSP_MAX_QUEUE_SIZE", "lots")])).unwrap_err();
+        assert!(e.contains("OTEL_BSP_MAX_QUEUE_SIZE=lots"), "{e}");
+        assert!(apply_batching(&mut c, None, vars(&[("OTEL_BSP_MAX_EXPORT_BATCH_SIZE", "0")])).is_err());
     }
 }
