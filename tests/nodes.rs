@@ -204,20 +204,8 @@ fn agents(rx: &Receiver, chain: &Chain) -> (RunAgent, RunAgent) {
 /// Drives `clients` concurrent clients on node A, `per_client` requests each, with ids
 /// `{prefix}{client}x{n}`; every request must succeed.
 fn drive(nodes: &Nodes, prefix: &str, clients: usize, per_client: usize) -> Vec<String> {
-    let out = Nodes::exec(&nodes.a, "python3")
-        .arg(repo().join("tests/peers/load.py"))
-        .args([
-            &format!("http://{A_IP}:{GATEWAY}/hop/"),
-            prefix,
-            &clients.to_string(),
-            &per_client.to_string(),
-        ])
-        .output()
-        .expect("run load.py");
-    assert!(out.status.success(), "load.py: {}", String::from_utf8_lossy(&out.stderr));
-    let ids: Vec<String> = String::from_utf8_lossy(&out.stdout).lines().map(str::to_string).collect();
-    assert_eq!(ids.len(), clients * per_client, "every request answered");
-    ids
+    let base = format!("http://{A_IP}:{GATEWAY}/hop/");
+    drive_load_with(Nodes::exec(&nodes.a, "python3"), &base, prefix, clients, per_client)
 }
 
 /// The request id a span belongs to (from its path or URL).

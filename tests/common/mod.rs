@@ -391,7 +391,19 @@ pub fn build_go_hop(dir: &std::path::Path) -> PathBuf {
 /// Runs tests/peers/load.py: `clients` concurrent clients, `per_client` GETs each of
 /// `{base}{prefix}{client}x{n}`, every one of which must succeed. Returns the ids.
 pub fn drive_load(base: &str, prefix: &str, clients: usize, per_client: usize) -> Vec<String> {
-    let out = Command::new("python3")
+    drive_load_with(Command::new("python3"), base, prefix, clients, per_client)
+}
+
+/// As [`drive_load`], with `python` as the interpreter command (one run inside a network
+/// namespace, say).
+pub fn drive_load_with(
+    mut python: Command,
+    base: &str,
+    prefix: &str,
+    clients: usize,
+    per_client: usize,
+) -> Vec<String> {
+    let out = python
         .arg(repo().join("tests/peers/load.py"))
         .args([base, prefix, &clients.to_string(), &per_client.to_string()])
         .output()

@@ -504,9 +504,9 @@ impl Capture {
     ///
     /// The probes are scoped to the process: another process running the same binary that is
     /// not selected never stops on them.
+    ///
+    /// The caller forgets the pid's earlier program first ([`Capture::forget_go`]).
     pub fn follow_go(&mut self, tgid: u32) -> Result<String, String> {
-        // After an exec the pid runs another program: its earlier probes go.
-        self.forget_go(tgid);
         let (exe, key) = self.followable(tgid)?;
         let mut bin = match self.followed.go.entry(key).or_insert_with(|| runtime::inspect_go(&exe)) {
             Ok(bin) => bin.clone(),
@@ -665,11 +665,14 @@ impl Capture {
     }
 
     /// Forgets a Go program that exited (or exec'd another program): its probes and its entry.
+    /// Costs nothing for a pid that was not followed (every exec and exit comes here).
     pub fn forget_go(&mut self, tgid: u32) {
         self.followed.go_pending.remove(&tgid);
-        if let Some(links) = self.followed.go_links.remove(&tgid) {
-            self.detach_uprobes(links);
-        }
+        // A kernel entry exists only for a pid whose probes are attached.
+        let Some(links) = self.followed.go_links.remove(&tgid) else {
+            return;
+        };
+        self.detach_uprobes(links);
         if let Some(m) = self.ebpf.map_mut(maps::GO_PROCS)
             && let Ok(mut procs) = HashMap::<&mut MapData, u32, GoProc>::try_from(m)
         {

@@ -264,13 +264,11 @@ fn dwarf_members<'d, R: ReadRef<'d>, const N: usize>(
     wanted: &[(&str, &str); N],
 ) -> [Option<u32>; N] {
     let mut out = [None; N];
-    let Some((info, abbrev, strs)) = ["info", "abbrev", "str"]
-        .map(|s| dwarf_section(obj, &format!(".debug_{s}")))
-        .into_iter()
-        .collect::<Option<Vec<_>>>()
-        .and_then(|v| <[Cow<'d, [u8]>; 3]>::try_from(v).ok())
-        .map(|[a, b, c]| (a, b, c))
-    else {
+    let (Some(info), Some(abbrev), Some(strs)) = (
+        dwarf_section(obj, ".debug_info"),
+        dwarf_section(obj, ".debug_abbrev"),
+        dwarf_section(obj, ".debug_str"),
+    ) else {
         return out;
     };
     use gimli::{EndianSlice, LittleEndian};

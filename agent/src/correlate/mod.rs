@@ -392,25 +392,19 @@ impl ConnSink<'_> {
         match (kernel, candidates.as_slice()) {
             // The kernel linked it when the call left (and told the peer's agent so); userspace
             // confirms from what it parsed.
+            // Through the thread, or a runtime the uprobes follow (a Go goroutine, an nginx
+            // upstream): the kernel names `p`, the request the call was made for.
             (Some(k), [p])
-                if k.origin == CTX_THREAD && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
+                if let Some(link) = kernel_link(k.origin)
+                    && p.span_id == k.parent_id
+                    && p.trace_id == k.trace_id =>
             {
-                self.g.stats.linked_thread += 1;
-                SpanCtx::child_of(p, span_id, false, Link::Thread)
-            }
-            // A Go call the kernel followed from the goroutine serving `p`.
-            (Some(k), [p])
-                if k.origin == CTX_GOROUTINE && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
-            {
-                self.g.stats.linked_goroutine += 1;
-                SpanCtx::child_of(p, span_id, false, Link::Goroutine)
-            }
-            // An nginx upstream request the kernel followed from the client request `p`.
-            (Some(k), [p])
-                if k.origin == CTX_UPSTREAM && p.span_id == k.parent_id && p.trace_id == k.trace_id =>
-            {
-                self.g.stats.linked_upstream += 1;
-                SpanCtx::child_of(p, span_id, false, Link::Upstream)
+                *match link {
+                    Link::Goroutine => &mut self.g.stats.linked_goroutine,
+                    Link::Upstream => &mut self.g.stats.linked_upstream,
+                    _ => &mut self.g.stats.linked_thread,
+                } += 1;
+                SpanCtx::child_of(p, span_id, false, link)
             }
             // A new trace in the kernel, nothing served in userspace either.
             (Some(k), []) if k.origin == CTX_ROOT => self.root(span_id, Some(&k), Link::None),
@@ -922,6 +916,17 @@ impl Correlator {
         if !self.shared.peers.fixups.is_empty() {
             self.apply_fixups();
         }
+    }
+}
+
+/// The link of a client span whose parent the kernel decided when the call left, by the
+/// context's origin.
+fn kernel_link(origin: u8) -> Option<Link> {
+    match origin {
+        CTX_THREAD => Some(Link::Thread),
+        CTX_GOROUTINE => Some(Link::Goroutine),
+        CTX_UPSTREAM => Some(Link::Upstream),
+        _ => None,
     }
 }
 

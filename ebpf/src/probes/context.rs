@@ -20,13 +20,13 @@ use aya_ebpf::helpers::bpf_get_prandom_u32;
 use tracewire_common::{
     CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT,
     CTX_TCP, CTX_THREAD, CTX_UPSTREAM, CallParent, Config, ConnId, ConnState, Counter, DIR_EGRESS,
-    DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx,
+    DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx, fd_key,
 };
 
 use super::{golang::call_parent, nginx::upstream_parent};
 
 use crate::{
-    maps::{TCP_TX, THREAD_CTX},
+    maps::{CONNS, TCP_TX, THREAD_CTX},
     util::{config, count, hands_off, set_handoff},
 };
 
@@ -91,6 +91,34 @@ fn decide_reporting(cfg: &Config, state: &mut ConnState) {
 #[inline(always)]
 fn new_span() -> [u8; 8] {
     (rand64() | 0x100).to_be_bytes()
+}
+
+/// The open request of server connection `conn` (context `ctx`), as a call's parent.
+#[inline(always)]
+pub fn parent_of(conn: ConnId, ctx: &TraceCtx, goid: u64) -> CallParent {
+    CallParent {
+        goid,
+        conn,
+        trace_id: ctx.trace_id,
+        span_id: ctx.span_id,
+        trace_flags: ctx.trace_flags,
+        _pad: [0; 7],
+    }
+}
+
+/// Whether the request `p` names is still the one its connection is in: a parent the uprobes
+/// recorded earlier is used only while its request is open.
+#[inline(always)]
+pub fn still_open(p: &CallParent) -> bool {
+    // SAFETY: copied out of the map.
+    match unsafe { CONNS.get(&fd_key(p.conn.tgid, p.conn.fd)) } {
+        Some(s) => {
+            s.generation == p.conn.generation
+                && s.turn == DIR_INGRESS
+                && u64::from_ne_bytes(s.ctx.span_id) == u64::from_ne_bytes(p.span_id)
+        }
+        None => false,
+    }
 }
 
 /// The first write of a request on a client connection (called at syscall entry: the segments

@@ -27,9 +27,9 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CTX_GOROUTINE, CTX_UPSTREAM, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
-    DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS,
-    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
+    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT,
+    ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
@@ -137,16 +137,16 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
             conn.turn = DIR_INGRESS;
         }
         // SAFETY: copied.
-        if let Some(t) = unsafe { THREAD_CTX.get(tid) }
+        let thread = || unsafe { THREAD_CTX.get(tid) }.copied();
+        if conn.parent.generation != 0 {
+            // A call the kernel followed through the runtime: the request it names, whatever
+            // the thread did before.
+            thread_ctx = conn.parent;
+        } else if let Some(t) = thread()
             && t.conn.tgid == tgid
             && t.conn.generation != 0
         {
             thread_ctx = t.conn;
-        }
-        // A call the kernel followed through the runtime: the request it names, whatever the
-        // thread did before.
-        if conn.ctx.origin == CTX_GOROUTINE || conn.ctx.origin == CTX_UPSTREAM {
-            thread_ctx = conn.parent;
         }
     } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {
         server_turn_end(conn, &conn_id, Some(tid));

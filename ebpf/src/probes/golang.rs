@@ -16,10 +16,11 @@
 //! 4. The client turn that starts on the writer goroutine takes it as its parent ([`call_parent`]).
 //!
 //! A goroutine the handler starts (fan-out, errgroup) inherits its creator's request when it is
-//! created (followed from the program's first net/http call on: every goroutine creation then
-//! stops on a probe) (`runtime.gostartcallfn`, called once by `newproc1` with the new goroutine's saved
-//! registers, on the system stack of the thread whose `m.curg` is the creator:
-//! [`go_new_goroutine`]); a call it makes while that request is open is the request's child.
+//! created ([`go_new_goroutine`], on `runtime.gostartcallfn`, which `newproc1` calls with the new
+//! goroutine's saved registers on the system stack of the thread whose `m.curg` is the creator).
+//! A call it makes while that request is open is the request's child. Userspace attaches this
+//! probe only after the program's first net/http call, since every goroutine creation stops on
+//! it.
 //!
 //! Every entry carries the goroutine id and is checked against the server connection's current
 //! turn, so neither a recycled `g` nor a request already answered becomes a parent. A call made
@@ -32,10 +33,11 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use tracewire_common::{CallParent, ConnId, Counter, DIR_INGRESS, GoKey, GoProc, TraceCtx, WATCH_GO, fd_key};
+use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WATCH_GO};
 
+use super::context::{parent_of, still_open};
 use crate::{
-    maps::{CONNS, GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
+    maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
     util::{config, count, watched},
 };
 
@@ -110,18 +112,10 @@ fn reg(ctx: &ProbeContext, at: usize) -> u64 {
     unsafe { core::ptr::read_unaligned((ctx.regs as *const u8).add(at) as *const u64) }
 }
 
-/// Whether the request `p` names is still the one its connection is in.
+/// The key of goroutine (or request object) `addr` of process `tgid`.
 #[inline(always)]
-fn still_open(p: &CallParent) -> bool {
-    // SAFETY: copied out of the map.
-    match unsafe { CONNS.get(&fd_key(p.conn.tgid, p.conn.fd)) } {
-        Some(s) => {
-            s.generation == p.conn.generation
-                && s.turn == DIR_INGRESS
-                && u64::from_ne_bytes(s.ctx.span_id) == u64::from_ne_bytes(p.span_id)
-        }
-        None => false,
-    }
+fn key(tgid: u32, addr: u64) -> GoKey {
+    GoKey { tgid, _pad: 0, addr }
 }
 
 /// A goroutine of `tgid` read from server connection `conn`, whose current request has context
@@ -134,22 +128,15 @@ pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
     let Some((g, goid)) = current_goroutine(&proc) else {
         return;
     };
-    let v = CallParent {
-        goid,
-        conn: *conn,
-        trace_id: ctx.trace_id,
-        span_id: ctx.span_id,
-        trace_flags: ctx.trace_flags,
-        _pad: [0; 7],
-    };
-    let key = GoKey { tgid, _pad: 0, addr: g };
+    let v = parent_of(*conn, ctx, goid);
+    let k = key(tgid, g);
     // A goroutine reads request after request: its entry is rewritten in place (an LRU insert
     // allocates a new element every time).
-    match GO_SERVING.get_ptr_mut(&key) {
+    match GO_SERVING.get_ptr_mut(&k) {
         // SAFETY: map value pointer, valid for this run.
         Some(p) => unsafe { *p = v },
         None => {
-            let _ = GO_SERVING.insert(&key, &v, 0);
+            let _ = GO_SERVING.insert(&k, &v, 0);
         }
     }
 }
@@ -164,12 +151,12 @@ pub fn call_parent(tgid: u32, out: &mut CallParent) -> bool {
     let Some((g, goid)) = current_goroutine(&proc) else {
         return false;
     };
-    let key = GoKey { tgid, _pad: 0, addr: g };
+    let k = key(tgid, g);
     // SAFETY: copied out of the map.
-    let Some(p) = (unsafe { GO_WRITERS.get(&key) }).copied() else {
+    let Some(p) = (unsafe { GO_WRITERS.get(&k) }).copied() else {
         return false;
     };
-    let _ = GO_WRITERS.remove(&key);
+    let _ = GO_WRITERS.remove(&k);
     if p.goid != goid || !still_open(&p) {
         return false;
     }
@@ -181,9 +168,9 @@ pub fn call_parent(tgid: u32, out: &mut CallParent) -> bool {
 /// inherited from the goroutine that started it.
 #[inline(never)]
 fn request_of(tgid: u32, g: u64, goid: u64, out: &mut CallParent) -> bool {
-    let key = GoKey { tgid, _pad: 0, addr: g };
+    let k = key(tgid, g);
     // SAFETY: copied out of the map.
-    if let Some(p) = unsafe { GO_SERVING.get(&key) }.copied()
+    if let Some(p) = unsafe { GO_SERVING.get(&k) }.copied()
         && p.goid == goid
         && still_open(&p)
     {
@@ -191,7 +178,7 @@ fn request_of(tgid: u32, g: u64, goid: u64, out: &mut CallParent) -> bool {
         return true;
     }
     // SAFETY: as above.
-    if let Some(p) = unsafe { GO_ANCESTRY.get(&key) }.copied()
+    if let Some(p) = unsafe { GO_ANCESTRY.get(&k) }.copied()
         && still_open(&p)
     {
         *out = p;
@@ -210,7 +197,7 @@ pub fn go_new_goroutine(ctx: ProbeContext) -> u32 {
     if proc.g_m == 0 {
         return 0;
     }
-    let child = GoKey { tgid, _pad: 0, addr: reg(&ctx, abi::ARG0).wrapping_sub(proc.g_sched as u64) };
+    let child = key(tgid, reg(&ctx, abi::ARG0).wrapping_sub(proc.g_sched as u64));
     let g0 = reg(&ctx, abi::G);
     // SAFETY: user memory, read through the checked helper.
     let creator = unsafe {
@@ -255,7 +242,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let Some(goid) = goid(&proc, g) else {
         return 0;
     };
-    let req_key = GoKey { tgid, _pad: 0, addr: req };
+    let req_key = key(tgid, req);
     let mut p = CallParent::default();
     if request_of(tgid, g, goid, &mut p) {
         let _ = GO_REQS.insert(&req_key, &p, 0);
@@ -277,8 +264,8 @@ pub fn go_request_write(ctx: ProbeContext) -> u32 {
     let Some(goid) = goid(&proc, g) else {
         return 0;
     };
-    let req_key = GoKey { tgid, _pad: 0, addr: reg(&ctx, abi::ARG0) };
-    let writer = GoKey { tgid, _pad: 0, addr: g };
+    let req_key = key(tgid, reg(&ctx, abi::ARG0));
+    let writer = key(tgid, g);
     // SAFETY: copied out of the map.
     match unsafe { GO_REQS.get(&req_key) }.copied() {
         Some(mut p) => {

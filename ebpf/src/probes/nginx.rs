@@ -22,6 +22,8 @@ use aya_ebpf::{
 };
 use tracewire_common::{CallParent, ConnId, DIR_INGRESS, fd_key};
 
+use super::context::{parent_of, still_open};
+
 use crate::{
     maps::{CONNS, NGX_PEER, NGX_REQ, NGX_TIES},
     util::{config, watched},
@@ -41,13 +43,19 @@ fn conn_fd(c: u64) -> Option<u32> {
     u32::try_from(fd).ok()
 }
 
+/// The current pid_tgid, when the process is selected.
+#[inline(always)]
+fn selected_thread() -> Option<u64> {
+    let id = bpf_get_current_pid_tgid();
+    watched(&config(), (id >> 32) as u32).then_some(id)
+}
+
 /// `ngx_http_upstream_init(ngx_http_request_t *r)`: the worker starts request `r`'s upstream.
 #[uprobe]
 pub fn ngx_upstream_init(ctx: ProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    let Some(id) = selected_thread() else {
         return 0;
-    }
+    };
     let r: u64 = ctx.arg(0).unwrap_or(0);
     if r == 0 {
         return 0;
@@ -65,10 +73,9 @@ pub fn ngx_upstream_init(ctx: ProbeContext) -> u32 {
 /// `ngx_http_upstream_init` returned: the worker is done starting that upstream.
 #[uretprobe]
 pub fn ngx_upstream_init_ret(_ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    let Some(id) = selected_thread() else {
         return 0;
-    }
+    };
     let _ = NGX_REQ.remove(&(id as u32));
     0
 }
@@ -76,10 +83,9 @@ pub fn ngx_upstream_init_ret(_ctx: RetProbeContext) -> u32 {
 /// `ngx_event_connect_peer(ngx_peer_connection_t *pc)`: remembered until it returns.
 #[uprobe]
 pub fn ngx_connect_peer(ctx: ProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    let Some(id) = selected_thread() else {
         return 0;
-    }
+    };
     let pc: u64 = ctx.arg(0).unwrap_or(0);
     let _ = NGX_PEER.insert(&(id as u32), &pc, 0);
     0
@@ -89,11 +95,10 @@ pub fn ngx_connect_peer(ctx: ProbeContext) -> u32 {
 /// the keep-alive pool). Tied to the request whose upstream is starting, or untied.
 #[uretprobe]
 pub fn ngx_connect_peer_ret(_ctx: RetProbeContext) -> u32 {
-    let id = bpf_get_current_pid_tgid();
-    let tgid = (id >> 32) as u32;
-    if !watched(&config(), tgid) {
+    let Some(id) = selected_thread() else {
         return 0;
-    }
+    };
+    let tgid = (id >> 32) as u32;
     let tid = id as u32;
     // SAFETY: copied out of the map.
     let Some(pc) = (unsafe { NGX_PEER.get(&tid) }).copied() else {
@@ -111,14 +116,8 @@ pub fn ngx_connect_peer_ret(_ctx: RetProbeContext) -> u32 {
     // SAFETY: copied out of the maps.
     let parent = unsafe { NGX_REQ.get(&tid) }.copied().and_then(|sfd| {
         let s = unsafe { CONNS.get(&fd_key(tgid, sfd)) }?;
-        (s.turn == DIR_INGRESS).then_some(CallParent {
-            goid: 0,
-            conn: ConnId { tgid, fd: sfd, generation: s.generation },
-            trace_id: s.ctx.trace_id,
-            span_id: s.ctx.span_id,
-            trace_flags: s.ctx.trace_flags,
-            _pad: [0; 7],
-        })
+        (s.turn == DIR_INGRESS)
+            .then(|| parent_of(ConnId { tgid, fd: sfd, generation: s.generation }, &s.ctx, 0))
     });
     match parent {
         Some(p) => {
@@ -141,16 +140,9 @@ pub fn upstream_parent(tgid: u32, fd: u32, out: &mut CallParent) -> bool {
         return false;
     };
     let _ = NGX_TIES.remove(&key);
-    // SAFETY: copied out of the map.
-    match unsafe { CONNS.get(&fd_key(p.conn.tgid, p.conn.fd)) } {
-        Some(s)
-            if s.generation == p.conn.generation
-                && s.turn == DIR_INGRESS
-                && u64::from_ne_bytes(s.ctx.span_id) == u64::from_ne_bytes(p.span_id) =>
-        {
-            *out = p;
-            true
-        }
-        _ => false,
+    if !still_open(&p) {
+        return false;
     }
+    *out = p;
+    true
 }
