@@ -88,6 +88,75 @@ fn python_server_and_curl(args: &[&str], hooks: &str) {
     assert!(data.iter().all(|e| e["pid"] == pid && e["tid"].as_u64().unwrap() > 0));
 }
 
+/// A server that accepts in one process and serves each connection in a child it forks (the
+/// parent closes its copy): the connection belongs to the process that reads and writes it.
+#[test]
+fn fork_per_connection_server_is_traced_in_the_child_that_serves() {
+    let _g = serial();
+    require_root();
+    if !kernel_has_socket_hooks() {
+        return; // the syscall path ties a connection to the process that accepted it
+    }
+    let mut server = Peer::python("http_server.py", &["127.0.0.1", "fork"]);
+    let port: u16 = server.expect("port ")[5..].trim().parse().expect("port number");
+    let spid = server.pid();
+    let mut agent = Agent::start(&["--pid", &spid.to_string()]);
+    for n in [100, 2000] {
+        let sizes = curl(&format!("http://127.0.0.1:{port}/bytes/{n}"), &[]);
+        let remote = format!("127.0.0.1:{}", sizes.local_port);
+        let close = agent.wait_for("the child's close", EVENT_TIMEOUT, |e| {
+            e["type"] == "conn_close" && e["remote"] == remote.as_str()
+        });
+        let events = &agent.seen;
+        let open = events
+            .iter()
+            .find(|e| e["type"] == "conn_open" && same_conn(e, &close))
+            .expect("opened by the child's first read");
+        assert_eq!(open["role"], "server");
+        assert_ne!(open["pid"], spid, "served by a forked child, not the accepting parent");
+        assert_eq!(open["local"], format!("127.0.0.1:{port}"));
+        let data = data_of(events, open);
+        assert_eq!(bytes(&data, "server", "ingress"), sizes.request, "request bytes");
+        assert_eq!(bytes(&data, "server", "egress"), sizes.header + sizes.body, "response bytes");
+    }
+    let events = agent.stop();
+    assert!(
+        !events.iter().any(|e| e["type"] == "data" && e["pid"] == spid),
+        "the parent only accepts: {events:#?}"
+    );
+}
+
+/// Loaded programs whose id is above `after`: (id, name).
+fn programs_loaded_after(after: u64) -> Vec<(u64, String)> {
+    let out = Command::new("bpftool").args(["-j", "prog", "show"]).output().expect("bpftool");
+    let progs: Vec<Value> = serde_json::from_slice(&out.stdout).expect("bpftool json");
+    progs
+        .iter()
+        .filter_map(|p| Some((p["id"].as_u64()?, p["name"].as_str()?.to_string())))
+        .filter(|(id, _)| *id > after)
+        .collect()
+}
+
+/// The socket path attaches no syscall tracepoint: one alone would put every syscall of every
+/// task on the kernel's slow path (TIF_SYSCALL_TRACEPOINT). The syscall path, by contrast, does.
+#[test]
+fn the_socket_path_attaches_no_syscall_tracepoint() {
+    let _g = serial();
+    require_root();
+    if !kernel_has_socket_hooks() {
+        return;
+    }
+    for (args, syscall_hooks) in [(&[][..], false), (&["--data-hooks", "syscalls"][..], true)] {
+        let before = programs_loaded_after(0).iter().map(|(id, _)| *id).max().unwrap_or(0);
+        let agent = Agent::start(&[&["--pid", &std::process::id().to_string()][..], args].concat());
+        let names: Vec<String> = programs_loaded_after(before).into_iter().map(|(_, n)| n).collect();
+        agent.stop();
+        assert!(names.iter().any(|n| n == "inet_sock_set_state"), "{names:?}");
+        let syscall: Vec<&String> = names.iter().filter(|n| n.starts_with("sys_")).collect();
+        assert_eq!(!syscall.is_empty(), syscall_hooks, "{args:?}: {names:?}");
+    }
+}
+
 #[test]
 fn keep_alive_requests_on_one_connection_both_sides() {
     let _g = serial();
@@ -243,18 +312,24 @@ fn wildcard_listener(listen: &str, connect: &str, args: &[&str]) {
     let mut agent = Agent::start(&[&["--pid", pid_arg.as_str()][..], args].concat());
     let sizes = curl(&format!("http://{connect}:{port}/bytes/10"), &[]);
     let remote = format!("{connect}:{}", sizes.local_port);
-    let addr = agent.wait_for("addresses", EVENT_TIMEOUT, |e| {
-        e["type"] == "conn_addr" && e["pid"] == pid && e["remote"] == remote.as_str()
-    });
-    assert_eq!(addr["local"], format!("{connect}:{port}"));
     agent.wait_for("server close", EVENT_TIMEOUT, |e| {
         e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
     });
     let events = agent.stop();
-    let pos = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred).expect("event");
-    let addr_at = pos(&|e| e["type"] == "conn_addr" && e["remote"] == remote.as_str());
-    let data_at = pos(&|e| e["type"] == "data" && e["pid"] == pid && e["direction"] == "ingress");
-    assert!(addr_at < data_at, "addresses before the request: {events:#?}");
+    // The connection's addresses, as the last open or address event before its first read
+    // reported them (the socket path opens it with its addresses, the syscall path learns the
+    // local one from the read's tcp_rcv_space_adjust record): complete before the request.
+    let data_at = events
+        .iter()
+        .position(|e| e["type"] == "data" && e["pid"] == pid && e["direction"] == "ingress")
+        .expect("request read");
+    let known = events[..data_at]
+        .iter()
+        .rev()
+        .find(|e| (e["type"] == "conn_open" || e["type"] == "conn_addr") && e["pid"] == pid)
+        .expect("connection before its request");
+    assert_eq!(known["local"], format!("{connect}:{port}"), "{events:#?}");
+    assert_eq!(known["remote"], remote.as_str());
     let open = events.iter().find(|e| e["type"] == "conn_open" && e["pid"] == pid).expect("open");
     assert_eq!(bytes(&data_of(&events, open), "server", "ingress"), sizes.request);
 }

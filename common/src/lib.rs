@@ -143,6 +143,12 @@ pub const CFG_SKIP_UNSAMPLED: u32 = 4;
 /// [`Config::flags`]: selected processes' outgoing HTTP/1 requests that carry no `traceparent`
 /// get one inserted (the sk_msg program is attached).
 pub const CFG_INJECT: u32 = 8;
+/// [`Config::flags`]: connections are followed from TCP state changes and socket events alone
+/// (no syscall tracepoint: those put every syscall of every task on the kernel's slow path).
+/// Clients are opened by the CLOSE→SYN_SENT change inside connect(); servers when a socket
+/// accepted after the agent started (LISTEN→SYN_RECV) is first read or written; connections end
+/// at LAST_ACK/CLOSE or when their fd turns out to name another socket.
+pub const CFG_SOCKET_LIFECYCLE: u32 = 16;
 /// [`Config::sample_threshold`] that keeps every trace.
 pub const SAMPLE_ALL: u64 = 1 << 56;
 
@@ -672,10 +678,16 @@ pub enum Counter {
     GoNoParent = 24,
     /// nginx upstream requests linked to the client request nginx made them for.
     UpstreamLinked = 25,
+    /// Tracked fds found naming another socket: the old connection ended without a close the
+    /// kernel side saw end (socket lifecycle), and the new one replaces it.
+    FdReused = 26,
+    /// Connections whose start was not seen (connect outside a connect/sendto/sendmsg call, such
+    /// as io_uring; sockets accepted before the agent started): not traced.
+    ConnUnseen = 27,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 26;
+pub const COUNTER_COUNT: u32 = 28;
 
 impl Counter {
     /// All counters, in index order.
@@ -706,6 +718,8 @@ impl Counter {
         Counter::GoLinked,
         Counter::GoNoParent,
         Counter::UpstreamLinked,
+        Counter::FdReused,
+        Counter::ConnUnseen,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -737,6 +751,8 @@ impl Counter {
             Counter::GoLinked => "go_linked",
             Counter::GoNoParent => "go_no_parent",
             Counter::UpstreamLinked => "upstream_linked",
+            Counter::FdReused => "fd_reused",
+            Counter::ConnUnseen => "conn_unseen",
         }
     }
 }

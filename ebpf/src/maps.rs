@@ -80,11 +80,18 @@ pub static TCP_RX: LruHashMap<u64, TcpCtxEntry> = LruHashMap::with_max_entries(D
 #[map]
 pub static TCP_TRACED: LruHashMap<u64, u8> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
 
-/// Client connections by socket address (value: their `fd_key`), for the sk_msg program, which
-/// is handed the socket and must find the connection's state. Filled only while injection is
-/// on. LRU: a process that dies without close() leaves entries behind.
+/// Tracked connections by socket address (value: `[fd_key, generation]`): how a TCP state change,
+/// which knows only the socket, ends its connection, and how the sk_msg program finds a client's
+/// state. Set once a connection's socket is known. LRU: a process that dies leaves entries
+/// behind (the generation keeps them from matching a later connection).
 #[map]
-pub static SK_CONN: LruHashMap<u64, u64> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+pub static SK_CONN: LruHashMap<u64, [u64; 2]> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Sockets accepted since the agent started (LISTEN→SYN_RECV, in softirq context, for every
+/// process: the owner is known only when it first reads or writes), until that first use opens
+/// their connection or they close. LRU: connections of processes never selected age out.
+#[map]
+pub static SERVER_SKS: LruHashMap<u64, u8> = LruHashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
 
 /// Client sockets of selected processes whose outgoing requests get a `traceparent` (the sk_msg
 /// program runs on their sends), by socket address. Only while injection is on.

@@ -2,11 +2,14 @@
 
 Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET /traceparent
 with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
-the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection. Usage: http_server.py [HOST]
+the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection, or with
+"fork" one child process per connection (the parent accepts, the child serves). Usage:
+http_server.py [HOST] [fork]
 """
 import socket
 import sys
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
+from socketserver import ForkingMixIn
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -42,11 +45,16 @@ class Server(ThreadingHTTPServer):
     daemon_threads = True
 
 
+class ForkingServer(ForkingMixIn, HTTPServer):
+    pass
+
+
 def main():
     host = sys.argv[1] if len(sys.argv) > 1 else "127.0.0.1"
+    cls = ForkingServer if sys.argv[2:3] == ["fork"] else Server
     if ":" in host:
-        Server.address_family = socket.AF_INET6
-    server = Server((host, 0), Handler)
+        cls.address_family = socket.AF_INET6
+    server = cls((host, 0), Handler)
     print(f"port {server.server_address[1]}", flush=True)
     server.serve_forever()
 

@@ -31,10 +31,10 @@ use aya::{
 pub use error::CaptureError;
 use log::{debug, info, warn};
 use tracewire_common::{
-    CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, COUNTER_COUNT, Config, ConnState,
-    Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc, ListenerState, MAX_PAYLOAD,
-    SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED,
-    fd_key, maps,
+    CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, COUNTER_COUNT,
+    Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc,
+    ListenerState, MAX_PAYLOAD, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_GO, WATCH_HANDOFF,
+    WATCH_SELECTED, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -270,16 +270,28 @@ impl Capture {
             }
             other => other,
         };
-        // The socket hooks read a socket's addresses from the socket itself; without the layout
-        // (no IPv6 in the kernel's BTF, say) tcp_rcv_space_adjust records supply them.
-        let sk = if data_hooks == DataHooks::Sockets {
-            btf::sock_offsets(Path::new(&host.btf)).unwrap_or_else(|| {
-                info!("struct sock_common not found in {}: addresses from tcp_rcv_space_adjust", host.btf);
-                SockOffsets::default()
-            })
-        } else {
-            SockOffsets::default()
+        // The socket path reads a socket's addresses from the socket itself, and opens accepted
+        // connections from them: without the layout (no IPv6 in the kernel's BTF, say) the
+        // syscall path, whose addresses come from the syscalls and tcp_rcv_space_adjust records.
+        let sk =
+            if data_hooks == DataHooks::Sockets { btf::sock_offsets(Path::new(&host.btf)) } else { None };
+        let data_hooks = match (data_hooks, sk) {
+            (DataHooks::Sockets, None) if options.data_hooks == DataHooks::Sockets => {
+                return Err(CaptureError::TracepointFormat {
+                    tracepoint: "sock/sock_recv_length".into(),
+                    problem: format!(
+                        "struct sock_common not found in {}; use --data-hooks syscalls",
+                        host.btf
+                    ),
+                });
+            }
+            (DataHooks::Sockets, None) => {
+                info!("struct sock_common not found in {}: data through the syscall hooks", host.btf);
+                DataHooks::Syscalls
+            }
+            (hooks, _) => hooks,
         };
+        let sk = sk.unwrap_or_default();
         let config = Config {
             self_tgid: std::process::id(),
             select: if matches!(options.selection, Selection::All) { SELECT_ALL } else { SELECT_WATCHED },
@@ -289,7 +301,8 @@ impl Capture {
             flags: if cgroup_root.is_some() { CFG_TCP_OPTION } else { 0 }
                 | if options.parent_based { CFG_PARENT_BASED } else { 0 }
                 | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 }
-                | if options.inject && cgroup_root.is_some() { CFG_INJECT } else { 0 },
+                | if options.inject && cgroup_root.is_some() { CFG_INJECT } else { 0 }
+                | if data_hooks == DataHooks::Sockets { CFG_SOCKET_LIFECYCLE } else { 0 },
             wakeup_bytes: options.wakeup_bytes,
             sample_threshold: options.sample_threshold,
             sk,
@@ -306,10 +319,9 @@ impl Capture {
             .map_err(CaptureError::Load)?;
 
         let mut attached = 0;
-        for p in programs::PROGRAMS {
-            if p.program == "tcp_rcv_space_adjust" && sk.valid != 0 {
-                continue;
-            }
+        let lifecycle: &[programs::ProgramSpec] =
+            if data_hooks == DataHooks::Syscalls { programs::SYSCALL_LIFECYCLE_PROGRAMS } else { &[] };
+        for p in programs::PROGRAMS.iter().chain(lifecycle) {
             let prog: &mut TracePoint = ebpf
                 .program_mut(p.program)
                 .ok_or(CaptureError::MissingProgram(p.program))?

@@ -32,13 +32,22 @@ pub const SOCKET_DATA_PROGRAMS: &[(&str, &str, &str)] = &[
 pub const SYSCALL_DATA_PROGRAMS: &[(&str, &str, &str)] =
     &[("sys_enter", "raw_syscalls", "sys_enter"), ("sys_exit", "raw_syscalls", "sys_exit")];
 
-/// Every tracepoint program, in attach order. Lifecycle hooks first, so that a connection is
-/// known before data on it can arrive (the raw data hooks are attached after these).
+/// Tracepoint programs attached with either data path, in attach order. Lifecycle hooks first,
+/// so that a connection is known before data on it can arrive (the data hooks are attached after
+/// these). None of them is a syscall tracepoint.
 pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "sched_process_fork", category: "sched", tracepoint: "sched_process_fork" },
     ProgramSpec { program: "sched_process_exec", category: "sched", tracepoint: "sched_process_exec" },
     ProgramSpec { program: "sched_process_exit", category: "sched", tracepoint: "sched_process_exit" },
     ProgramSpec { program: "inet_sock_set_state", category: "sock", tracepoint: "inet_sock_set_state" },
+];
+
+/// Connection lifecycle through syscall tracepoints, for the syscall data path only (which runs
+/// a program on every syscall anyway). The socket data path follows connections from
+/// `inet_sock_set_state` and the socket hooks instead: a single syscall tracepoint puts every
+/// syscall of every task on the kernel's slow path. `tcp_rcv_space_adjust` completes the
+/// addresses the syscalls do not show (the socket path reads them from the socket).
+pub const SYSCALL_LIFECYCLE_PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "tcp_rcv_space_adjust", category: "tcp", tracepoint: "tcp_rcv_space_adjust" },
     sys("sys_enter_bind"),
     sys("sys_enter_listen"),
@@ -59,10 +68,13 @@ pub const FIXED_FIELDS: &[(&str, &str, &str, usize, usize)] = &[
     ("sock", "inet_sock_set_state", "oldstate", 16, 4),
     ("sock", "inet_sock_set_state", "newstate", 20, 4),
     ("sock", "inet_sock_set_state", "sport", 24, 2),
+    ("sock", "inet_sock_set_state", "dport", 26, 2),
     ("sock", "inet_sock_set_state", "family", 28, 2),
     ("sock", "inet_sock_set_state", "protocol", 30, 2),
     ("sock", "inet_sock_set_state", "saddr", 32, 4),
+    ("sock", "inet_sock_set_state", "daddr", 36, 4),
     ("sock", "inet_sock_set_state", "saddr_v6", 40, 16),
+    ("sock", "inet_sock_set_state", "daddr_v6", 56, 16),
     ("tcp", "tcp_rcv_space_adjust", "sport", 16, 2),
     ("tcp", "tcp_rcv_space_adjust", "dport", 18, 2),
     ("tcp", "tcp_rcv_space_adjust", "family", 20, 2),

@@ -1,5 +1,24 @@
-//! Connection lifecycle, from syscall tracepoints only.
+//! Connection lifecycle.
 //!
+//! Two ways to follow it, chosen by userspace with the data hooks:
+//!
+//! **From TCP state changes and socket events (the socket data path, default).** No syscall
+//! tracepoint is attached: a single one puts every syscall of every task on the kernel's slow
+//! path (TIF_SYSCALL_TRACEPOINT), a cost paid by processes tracewire does not even watch.
+//! - A client connection opens at `sock:inet_sock_set_state` CLOSE→SYN_SENT, which runs inside
+//!   the caller's connect() (or TCP Fast Open sendto/sendmsg): the fd is that syscall's first
+//!   argument, read from the thread's saved registers; the addresses are in the record.
+//! - A server connection: LISTEN→SYN_RECV (softirq, owner unknown) records the new socket in
+//!   `SERVER_SKS`; the first read or write of it by a watched process opens its connection
+//!   ([`conn_of_socket`]). A connection accepted in one process and served by another (fork per
+//!   connection, fd passing) belongs to the process that uses it.
+//! - A connection ends at LAST_ACK (the application closed after its peer) or CLOSE (every
+//!   socket passes there before it is freed), found by socket address in `SK_CONN`; and when a
+//!   socket hook finds its fd naming another socket (closed, fd reused, state change not yet
+//!   seen).
+//!
+//! **From syscall tracepoints (the syscall data path of older kernels, which hooks every syscall
+//! anyway).**
 //! - **TCP or not.** Without kprobes the socket type is not visible at accept/connect. So:
 //!   a socket is a TCP listener when `listen()` succeeds on an fd that was `bind()`-ed to an inet
 //!   address (UDP cannot listen; AF_UNIX never has an inet address); an accepted fd is TCP when its
@@ -10,9 +29,10 @@
 //!   change. accept: remote from the sockaddr the kernel fills in (when the caller passed one),
 //!   local from the listener. Gaps (wildcard binds, a NULL sockaddr) are flagged and resolved by
 //!   userspace with getsockname/getpeername on a pidfd_getfd copy.
-//! - **Identity.** (tgid, fd, generation = first-seen monotonic ns): a reused fd or pid is a new
-//!   generation, never the old connection.
 //! - **close()** removes the connection and tells userspace, which flushes its state.
+//!
+//! Either way, **identity** is (tgid, fd, generation = first-seen monotonic ns): a reused fd or
+//! pid is a new generation, never the old connection.
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
@@ -20,26 +40,29 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CFG_INJECT, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId,
-    ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER,
-    ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, CFG_INJECT, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL,
+    CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4,
+    ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
     context::server_turn_end,
-    data::{current_syscall, data_call},
+    data::{current_syscall, data_call, is_connect, is_listen},
 };
 use crate::{
     maps::{
-        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SK_CONN, TCP_RX,
-        TCP_TRACED, TCP_TX,
+        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS, SK_CONN,
+        TCP_RX, TCP_TRACED, TCP_TX,
     },
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
+const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
+const TCP_LAST_ACK: i32 = 9;
+const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
 const EINPROGRESS: i64 = 115;
 
@@ -123,6 +146,13 @@ const STATE_AT: usize = 256;
 fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     let cfg = config();
     let tgid = (id >> 32) as u32;
+    let key = fd_key(tgid, fd);
+    if let Some(stale) = CONNS.get_ptr_mut(key) {
+        // The fd was closed without the end being seen (dup2 onto it; a state change still to
+        // come): that connection is over, and ends before this one starts.
+        count(Counter::FdReused);
+        end_conn(id, key, stale);
+    }
     let ts = now();
     // SAFETY: helper without arguments.
     let cpu = unsafe { aya_ebpf::helpers::bpf_get_smp_processor_id() };
@@ -150,12 +180,12 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
         (*state).skaddr = o.skaddr;
         &*state
     };
-    if CONNS.insert(fd_key(tgid, fd), state, 0).is_err() {
+    if CONNS.insert(key, state, 0).is_err() {
         count(Counter::ConnMapFull);
         return 0;
     }
-    if cfg.flags & CFG_INJECT != 0 && o.role == ROLE_CLIENT && o.skaddr != 0 {
-        let _ = SK_CONN.insert(o.skaddr, fd_key(tgid, fd), 0);
+    if o.skaddr != 0 {
+        let _ = SK_CONN.insert(o.skaddr, [key, ts], 0);
     }
     let ev = buf.as_mut_ptr() as *mut ConnEvent;
     // SAFETY: in bounds (STATE_AT > size_of::<ConnEvent>()); unaligned writes.
@@ -191,6 +221,165 @@ fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState) {
         remote: state.remote,
     };
     emit(&cfg, &ev);
+}
+
+/// Ends connection `key` (`state` points at its map value): userspace is told and flushes it, a
+/// request read and never answered stops being its thread's, and its entries leave the maps.
+/// `id` is the event header's pid_tgid.
+#[inline(never)]
+fn end_conn(id: u64, key: u64, state: *mut ConnState) {
+    let (tgid, fd) = ((key >> 32) as u32, key as u32);
+    // SAFETY: map value pointer, valid for this run; used before the entry is removed.
+    let state = unsafe { &mut *state };
+    if state.role == ROLE_SERVER {
+        let conn = ConnId { tgid, fd, generation: state.generation };
+        server_turn_end(state, &conn, None);
+    }
+    let skaddr = state.skaddr;
+    if skaddr != 0 {
+        let _ = TCP_TX.remove(skaddr);
+        let _ = TCP_RX.remove(skaddr);
+        let _ = SK_CONN.remove(skaddr);
+    }
+    // A request tied to this fd (nginx) does not outlive it: the next connection on the number
+    // is another one.
+    let _ = NGX_TIES.remove(&key);
+    emit_state(EventKind::ConnClose, id, tgid, fd, state);
+    let _ = CONNS.remove(key);
+}
+
+/// The connection that fd `fd` of `id`'s process names, checked against the socket `sk` a socket
+/// hook was handed: a tracked fd whose socket is not yet known (adopted from /proc) learns it; one
+/// that names another socket now ends its old connection; an untracked one opens a server
+/// connection when `sk` was accepted since the agent started.
+#[inline(always)]
+pub fn conn_of_socket(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
+    let key = fd_key((id >> 32) as u32, fd);
+    if let Some(p) = CONNS.get_ptr_mut(key) {
+        // SAFETY: map value pointer, valid for this run.
+        let (skaddr, generation) = unsafe { ((*p).skaddr, (*p).generation) };
+        if skaddr == sk {
+            return Some(p);
+        }
+        if skaddr == 0 {
+            // SAFETY: as above.
+            unsafe { (*p).skaddr = sk };
+            let _ = SK_CONN.insert(sk, [key, generation], 0);
+            return Some(p);
+        }
+        count(Counter::FdReused);
+        end_conn(id, key, p);
+    }
+    accepted(id, fd, sk)
+}
+
+/// Opens the server connection of a socket accepted since the agent started, at its first use.
+#[inline(never)]
+fn accepted(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
+    SERVER_SKS.get_ptr(sk)?;
+    let _ = SERVER_SKS.remove(sk);
+    let mut local = SockAddr::default();
+    let mut remote = SockAddr::default();
+    if !sock_addrs(sk, &mut local, &mut remote) || !port_selected(local.port) {
+        return None;
+    }
+    let o = Opening { local, remote, skaddr: sk, listener_fd: 0, role: ROLE_SERVER, flags: 0 };
+    if open_conn(id, fd, &o) == 0 {
+        return None;
+    }
+    CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))
+}
+
+/// A socket's state change ends its connection (LAST_ACK: closed after the peer; CLOSE: every
+/// socket passes there before it is freed). Runs in softirq context as often as not.
+#[inline(never)]
+fn sk_closed(skaddr: u64) {
+    let _ = SERVER_SKS.remove(skaddr);
+    // SAFETY: copied out of the map.
+    let Some([key, generation]) = (unsafe { SK_CONN.get(skaddr) }).copied() else {
+        return;
+    };
+    let _ = SK_CONN.remove(skaddr);
+    let Some(p) = CONNS.get_ptr_mut(key) else {
+        return;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    if unsafe { (*p).generation != generation || (*p).skaddr != skaddr } {
+        return;
+    }
+    let tgid = key >> 32;
+    end_conn((tgid << 32) | tgid, key, p);
+}
+
+/// CLOSE→SYN_SENT inside a watched thread's connect() (socket lifecycle): the client connection
+/// opens, on the fd the syscall was called with.
+#[inline(never)]
+fn connect_seen(ctx: &TracePointContext, skaddr: u64) {
+    let id = bpf_get_current_pid_tgid();
+    if !watched(&config(), (id >> 32) as u32) {
+        return;
+    }
+    let Some((nr, [fd, _, _])) = current_syscall() else {
+        return;
+    };
+    if !is_connect(nr) {
+        count(Counter::ConnUnseen);
+        return;
+    }
+    let local = state_local(ctx);
+    let remote = state_remote(ctx);
+    if !port_selected(remote.port) {
+        return;
+    }
+    mark_traced(skaddr);
+    let o = Opening { local, remote, skaddr, listener_fd: 0, role: ROLE_CLIENT, flags: 0 };
+    let generation = open_conn(id, fd as u32, &o);
+    if local.port == 0 && generation != 0 {
+        // The source port is chosen just after this change: the ESTABLISHED change fills it in.
+        let key = fd_key((id >> 32) as u32, fd as u32);
+        let _ = CONNECTING.insert(skaddr, [key, generation], 0);
+    }
+}
+
+/// Which sock_ops treatment a client socket gets once established: 1 the TCP option, 2
+/// traceparent injection.
+#[inline(always)]
+fn mark_traced(skaddr: u64) {
+    let flags = config().flags;
+    let mark = u8::from(flags & CFG_TCP_OPTION != 0) | (u8::from(flags & CFG_INJECT != 0) << 1);
+    if mark != 0 {
+        let _ = TCP_TRACED.insert(skaddr, mark, 0);
+    }
+}
+
+/// →LISTEN inside a watched thread's listen() (socket lifecycle): reported, for the record.
+#[inline(never)]
+fn listen_seen(ctx: &TracePointContext) {
+    let id = bpf_get_current_pid_tgid();
+    if !watched(&config(), (id >> 32) as u32) {
+        return;
+    }
+    let Some((nr, [fd, _, _])) = current_syscall() else {
+        return;
+    };
+    if is_listen(nr) {
+        emit_listen(id, fd as u32, state_local(ctx));
+    }
+}
+
+#[inline(always)]
+fn emit_listen(id: u64, fd: u32, local: SockAddr) {
+    let ev = ConnEvent {
+        header: header(EventKind::Listen as u32, id, now()),
+        conn: ConnId { tgid: (id >> 32) as u32, fd, generation: 0 },
+        role: ROLE_LISTENER,
+        flags: if local.port == 0 || is_unspecified(&local) { CONN_FLAG_LOCAL_PARTIAL } else { 0 },
+        _pad: [0; 2],
+        listener_fd: 0,
+        local,
+        remote: SockAddr::default(),
+    };
+    emit(&config(), &ev);
 }
 
 // --- bind / listen -----------------------------------------------------------------------------
@@ -237,18 +426,7 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
         count(Counter::ListenerMapFull);
         return 0;
     }
-    let cfg = config();
-    let ev = ConnEvent {
-        header: header(EventKind::Listen as u32, id, now()),
-        conn: ConnId { tgid, fd: call.fd, generation: 0 },
-        role: ROLE_LISTENER,
-        flags: if local.port == 0 || is_unspecified(&local) { CONN_FLAG_LOCAL_PARTIAL } else { 0 },
-        _pad: [0; 2],
-        listener_fd: 0,
-        local,
-        remote: SockAddr::default(),
-    };
-    emit(&cfg, &ev);
+    emit_listen(id, call.fd, local);
     0
 }
 
@@ -377,6 +555,25 @@ fn state_local(ctx: &TracePointContext) -> SockAddr {
     local
 }
 
+/// The destination address in a `sock:inet_sock_set_state` record (port in host order).
+#[inline(always)]
+fn state_remote(ctx: &TracePointContext) -> SockAddr {
+    let p = ctx.as_ptr() as *const u8;
+    // SAFETY: constant offsets inside the tracepoint record.
+    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(26) as *const u16)) };
+    let mut remote = SockAddr { family, port, addr: [0; 16] };
+    if family == FAMILY_V4 {
+        // SAFETY: helper read inside the record.
+        if let Ok(v4) = unsafe { ctx.read_at::<[u8; 4]>(36) } {
+            remote.addr[..4].copy_from_slice(&v4);
+        }
+    // SAFETY: as above.
+    } else if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(56) } {
+        remote.addr = v6;
+    }
+    remote
+}
+
 /// `sock:inet_sock_set_state`. Format (checked against tracefs by userspace):
 /// skaddr@8 oldstate@16 newstate@20 sport@24 dport@26 family@28 protocol@30 saddr@32
 /// daddr@36 saddr_v6@40 daddr_v6@56.
@@ -400,6 +597,28 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if protocol != IPPROTO_TCP {
         return 0;
     }
+    if config().flags & CFG_SOCKET_LIFECYCLE != 0 {
+        match new {
+            TCP_SYN_RECV => {
+                let _ = SERVER_SKS.insert(skaddr, 1, 0);
+                return 0;
+            }
+            TCP_SYN_SENT if old == TCP_CLOSE => {
+                connect_seen(&ctx, skaddr);
+                return 0;
+            }
+            TCP_LISTEN => {
+                listen_seen(&ctx);
+                return 0;
+            }
+            TCP_LAST_ACK | TCP_CLOSE => {
+                sk_closed(skaddr);
+                return 0;
+            }
+            // SYN_SENT→ESTABLISHED completes the source address below, as for the syscall path.
+            _ => {}
+        }
+    }
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         let id = bpf_get_current_pid_tgid();
         let Some(call) = ACTIVE.get_ptr_mut(id) else {
@@ -414,13 +633,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             (*call).is_tcp = 1;
             (*call).ptr = skaddr;
         }
-        // Which sock_ops treatment the socket gets once established: 1 the TCP option, 2
-        // traceparent injection.
-        let flags = config().flags;
-        let mark = u8::from(flags & CFG_TCP_OPTION != 0) | (u8::from(flags & CFG_INJECT != 0) << 1);
-        if mark != 0 {
-            let _ = TCP_TRACED.insert(skaddr, mark, 0);
-        }
+        mark_traced(skaddr);
         return 0;
     }
     if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
@@ -500,28 +713,13 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     if !watched(&cfg, tgid) {
         return 0;
     }
-    let fd = arg(&ctx, 0) as u32;
-    let key = fd_key(tgid, fd);
+    let key = fd_key(tgid, arg(&ctx, 0) as u32);
     let _ = LISTENERS.remove(key);
     let _ = BINDS.remove(key);
-    // A request tied to this fd (nginx, before its connection is even established) does not
-    // outlive it: the next connection on the number is another one.
     let _ = NGX_TIES.remove(&key);
-    // SAFETY: copied before removal.
-    let Some(mut state) = (unsafe { CONNS.get(key) }).copied() else {
-        return 0;
-    };
-    let _ = CONNS.remove(key);
-    if state.role == ROLE_SERVER {
-        // A request read and never answered is over: its thread serves it no more.
-        let id = ConnId { tgid, fd, generation: state.generation };
-        server_turn_end(&mut state, &id, None);
+    if let Some(state) = CONNS.get_ptr_mut(key) {
+        end_conn(id, key, state);
     }
-    if state.skaddr != 0 {
-        let _ = TCP_TX.remove(state.skaddr);
-        let _ = TCP_RX.remove(state.skaddr);
-    }
-    emit_state(EventKind::ConnClose, id, tgid, fd, &state);
     0
 }
 
@@ -545,19 +743,14 @@ fn take_tcp_ctx(state: &mut ConnState, skaddr: u64) {
 // --- addresses learned on first read --------------------------------------------------------
 
 /// The socket hooks' counterpart of `tcp_rcv_space_adjust` below, run on connection `fd`'s
-/// state before a read from socket `sk` is reported: the connection learns its socket address
-/// and, when incomplete, its addresses from `struct sock_common` (offsets from the kernel's BTF),
-/// and a server connection takes the context a TCP option brought.
+/// state before a read from socket `sk` is reported: an incomplete connection learns its
+/// addresses from `struct sock_common` (offsets from the kernel's BTF), and a server connection
+/// takes the context a TCP option brought.
 #[inline(always)]
 pub fn socket_read_prelude(id: u64, fd: u32, sk: u64, state: &mut ConnState) {
     let cfg = config();
-    if cfg.sk.valid == 0 {
-        return;
-    }
-    let tgid = (id >> 32) as u32;
-    state.skaddr = sk;
     if state.remote.family == 0 || state.local.port == 0 || is_unspecified(&state.local) {
-        fill_addrs_from_sock(id, tgid, fd, state, sk);
+        fill_addrs_from_sock(id, fd, state, sk);
     }
     if cfg.flags & CFG_TCP_OPTION != 0 && state.role == ROLE_SERVER {
         take_tcp_ctx(state, sk);
@@ -565,12 +758,24 @@ pub fn socket_read_prelude(id: u64, fd: u32, sk: u64, state: &mut ConnState) {
 }
 
 #[inline(never)]
-fn fill_addrs_from_sock(id: u64, tgid: u32, fd: u32, state: &mut ConnState, sk: u64) {
+fn fill_addrs_from_sock(id: u64, fd: u32, state: &mut ConnState, sk: u64) {
+    if sock_addrs(sk, &mut state.local, &mut state.remote) {
+        emit_state(EventKind::ConnAddr, id, (id >> 32) as u32, fd, state);
+    }
+}
+
+/// A socket's local and remote addresses, from `struct sock_common` (offsets from the kernel's
+/// BTF). Returns false, leaving both as they were, when they cannot be read.
+#[inline(never)]
+fn sock_addrs(sk: u64, local_out: &mut SockAddr, remote_out: &mut SockAddr) -> bool {
     let o = config().sk;
+    if o.valid == 0 {
+        return false;
+    }
     // SAFETY: kernel reads through the checked helper.
     let read16 = |off: u16| unsafe { bpf_probe_read_kernel((sk + off as u64) as *const u16) }.ok();
     let (Some(family), Some(num), Some(dport)) = (read16(o.family), read16(o.num), read16(o.dport)) else {
-        return;
+        return false;
     };
     let mut local = SockAddr { family, port: num, addr: [0; 16] };
     let mut remote = SockAddr { family, port: u16::from_be(dport), addr: [0; 16] };
@@ -581,7 +786,7 @@ fn fill_addrs_from_sock(id: u64, tgid: u32, fd: u32, state: &mut ConnState, sk: 
                 bpf_probe_read_kernel((sk + o.rcv_saddr as u64) as *const [u8; 4]),
                 bpf_probe_read_kernel((sk + o.daddr as u64) as *const [u8; 4]),
             ) else {
-                return;
+                return false;
             };
             local.addr[..4].copy_from_slice(&s);
             remote.addr[..4].copy_from_slice(&d);
@@ -590,15 +795,15 @@ fn fill_addrs_from_sock(id: u64, tgid: u32, fd: u32, state: &mut ConnState, sk: 
                 bpf_probe_read_kernel((sk + o.v6_rcv_saddr as u64) as *const [u8; 16]),
                 bpf_probe_read_kernel((sk + o.v6_daddr as u64) as *const [u8; 16]),
             ) else {
-                return;
+                return false;
             };
             local.addr = s;
             remote.addr = d;
         }
     }
-    state.local = local;
-    state.remote = remote;
-    emit_state(EventKind::ConnAddr, id, tgid, fd, state);
+    *local_out = local;
+    *remote_out = remote;
+    true
 }
 
 /// `tcp:tcp_rcv_space_adjust` runs inside tcp_recvmsg, in the reading thread, with the socket's

@@ -27,13 +27,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, ConnId, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT,
-    ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
+    DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS,
+    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
-    conn::socket_read_prelude,
+    conn::{conn_of_socket, socket_read_prelude},
     context::{client_turn, server_turn, server_turn_end},
     golang::serving,
 };
@@ -44,10 +44,19 @@ use crate::{
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
 
+/// The connection behind `fd`: through the socket a socket hook was handed (`sk`, which also
+/// catches reused fds and opens accepted ones), or by fd alone for the syscall hooks (`sk` 0).
 #[inline(always)]
-fn enter(id: u64, fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8) {
-    let tgid = (id >> 32) as u32;
-    let Some(conn) = CONNS.get_ptr_mut(fd_key(tgid, fd as u32)) else {
+fn conn_of(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
+    if sk != 0 {
+        return conn_of_socket(id, fd, sk);
+    }
+    CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))
+}
+
+#[inline(always)]
+fn enter(id: u64, fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8, sk: u64) {
+    let Some(conn) = conn_of(id, fd as u32, sk) else {
         return;
     };
     if direction == DIR_EGRESS {
@@ -109,8 +118,8 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
     }
     let moved = r as u64;
     let tgid = (id >> 32) as u32;
-    let Some(conn_ptr) = CONNS.get_ptr_mut(fd_key(tgid, call.fd)) else {
-        return; // closed by another thread meanwhile
+    let Some(conn_ptr) = conn_of(id, call.fd, sk) else {
+        return; // not a connection (or closed by another thread meanwhile)
     };
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
@@ -320,6 +329,8 @@ mod nr {
     pub const RECVMSG: i64 = 47;
     pub const RECVMMSG: i64 = 299;
     pub const SENDMMSG: i64 = 307;
+    pub const CONNECT: i64 = 42;
+    pub const LISTEN: i64 = 50;
     /// `struct pt_regs`: the first three syscall arguments are di, si, dx, stored as
     /// dx@96 si@104 di@112, so one read covers them (in reverse order).
     pub const ARGS_AT: u64 = 96;
@@ -349,6 +360,8 @@ mod nr {
     pub const RECVMSG: i64 = 212;
     pub const RECVMMSG: i64 = 243;
     pub const SENDMMSG: i64 = 269;
+    pub const CONNECT: i64 = 203;
+    pub const LISTEN: i64 = 201;
     /// `struct user_pt_regs`: x0, x1, x2 at the start.
     pub const ARGS_AT: u64 = 0;
     #[inline(always)]
@@ -396,6 +409,18 @@ fn is_mmsg(nr: i64) -> bool {
     nr == nr::RECVMMSG || nr == nr::SENDMMSG
 }
 
+/// A syscall that starts a TCP connection with its fd as first argument: connect(), or a TCP Fast
+/// Open sendto/sendmsg.
+#[inline(always)]
+pub(crate) fn is_connect(nr: i64) -> bool {
+    nr == nr::CONNECT || nr == nr::SENDTO || nr == nr::SENDMSG
+}
+
+#[inline(always)]
+pub(crate) fn is_listen(nr: i64) -> bool {
+    nr == nr::LISTEN
+}
+
 // --- socket hooks ------------------------------------------------------------------------------
 //
 // Where the kernel has them (6.16+), the data path hooks the socket layer instead of every
@@ -425,7 +450,7 @@ pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
 /// A TCP send is about to queue bytes: the start of a write (once per call; a large send passes
 /// here once per segment-sized chunk).
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
-pub fn tcp_sendmsg_locked(_ctx: RawTracePointContext) -> i32 {
+pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
     if !watched(&config(), (id >> 32) as u32) {
         return 0;
@@ -446,7 +471,8 @@ pub fn tcp_sendmsg_locked(_ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let ptr = if c.layout == Layout::None { 0 } else { ptr };
-    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, DIR_EGRESS);
+    // Args: sk, msghdr, skb, size_goal.
+    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, DIR_EGRESS, ctx.arg(0));
     0
 }
 
@@ -578,7 +604,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let [fd, ptr, cnt] = nr::args(raw);
     // sendfile(out_fd, in_fd, offset, count): bytes only, no buffer.
     let ptr = if c.layout == Layout::None { 0 } else { ptr };
-    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, c.direction);
+    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, c.direction, 0);
     0
 }
 

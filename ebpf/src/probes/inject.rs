@@ -46,7 +46,7 @@ fn inject(ctx: &SkMsgContext) {
     // SAFETY: context field read: the sending socket.
     let sk = unsafe { (*ctx.msg).__bindgen_anon_3.sk } as u64;
     // SAFETY: copied out of the map.
-    let Some(key) = (unsafe { SK_CONN.get(sk) }).copied() else {
+    let Some([key, _]) = (unsafe { SK_CONN.get(sk) }).copied() else {
         return;
     };
     let Some(conn) = CONNS.get_ptr_mut(key) else {
