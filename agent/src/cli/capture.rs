@@ -306,6 +306,7 @@ fn status_text(k: &KernelCounters, s: &SessionStats, rate: f64, byte_rate: f64) 
         Counter::ListenerMapFull,
         Counter::CopyFailed,
         Counter::MmsgNotCaptured,
+        Counter::ConnUnseen,
     ]
     .iter()
     .map(|c| format!("{}={}", c.name(), k[*c as usize]))
