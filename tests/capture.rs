@@ -157,6 +157,61 @@ fn the_socket_path_attaches_no_syscall_tracepoint() {
     }
 }
 
+/// A connection found in /proc (its socket unknown) that closes before a byte moves on it: its
+/// fd's next connection is a connection of its own, not the old one with the old peer.
+#[test]
+fn a_reused_fd_of_a_connection_found_in_proc_is_a_new_connection() {
+    let _g = serial();
+    require_root();
+    if !kernel_has_socket_hooks() {
+        return; // the syscall path sees the close() itself
+    }
+    let (server, port) = python_server("127.0.0.1");
+    let mut client = Peer::python("raw_client.py", &["127.0.0.1", &port.to_string()]);
+    let old_port: u16 = client.expect("connected ")[10..].trim().parse().unwrap();
+    request(&mut client, "get /before"); // accepted and served before the agent starts
+    let spid = server.pid();
+    let mut agent = Agent::start(&["--pid", &spid.to_string()]);
+    let old_remote = format!("127.0.0.1:{old_port}");
+    let adopted = agent.wait_for("the connection found in /proc", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_open" && e["pid"] == spid && e["remote"] == old_remote.as_str()
+    });
+    assert_eq!(adopted["preexisting"], true);
+    client.send("quit");
+    client.expect("closed");
+    // Until the server has closed its end, the fd is not free.
+    let gone = || {
+        let table = fs::read_to_string(format!("/proc/{spid}/net/tcp")).unwrap_or_default();
+        let (l, r) = (format!(":{port:04X} "), format!(":{old_port:04X} "));
+        !table.lines().any(|line| {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            f.len() > 3 && format!("{} ", f[1]).ends_with(&l) && format!("{} ", f[2]).ends_with(&r)
+        })
+    };
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    while !gone() {
+        assert!(Instant::now() < deadline, "the server never closed the old connection");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    let sizes = curl(&format!("http://127.0.0.1:{port}/bytes/10"), &[]);
+    let remote = format!("127.0.0.1:{}", sizes.local_port);
+    agent.wait_for("the new connection's close", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_close" && e["pid"] == spid && e["remote"] == remote.as_str()
+    });
+    let events = agent.stop();
+    let open = events
+        .iter()
+        .find(|e| e["type"] == "conn_open" && e["pid"] == spid && e["remote"] == remote.as_str())
+        .expect("the new connection opens");
+    assert_eq!(open["fd"], adopted["fd"], "the scenario: the new connection took the old fd");
+    assert_eq!(open["preexisting"], false);
+    assert_eq!(bytes(&data_of(&events, open), "server", "ingress"), sizes.request);
+    assert!(data_of(&events, &adopted).is_empty(), "nothing belongs to the old connection: {events:#?}");
+    let old_close = events.iter().position(|e| e["type"] == "conn_close" && same_conn(e, &adopted));
+    let new_open = events.iter().position(|e| e["type"] == "conn_open" && same_conn(e, open));
+    assert!(old_close.is_some() && old_close < new_open, "the old connection ends first");
+}
+
 #[test]
 fn keep_alive_requests_on_one_connection_both_sides() {
     let _g = serial();

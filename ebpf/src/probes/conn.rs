@@ -249,9 +249,9 @@ fn end_conn(id: u64, key: u64, state: *mut ConnState) {
 }
 
 /// The connection that fd `fd` of `id`'s process names, checked against the socket `sk` a socket
-/// hook was handed: a tracked fd whose socket is not yet known (adopted from /proc) learns it; one
-/// that names another socket now ends its old connection; an untracked one opens a server
-/// connection when `sk` was accepted since the agent started.
+/// hook was handed: a tracked fd whose socket is not yet known (adopted from /proc) learns it if
+/// the ports match; one that names another socket now ends its old connection; an untracked one
+/// opens a server connection when `sk` was accepted since the agent started.
 #[inline(always)]
 pub fn conn_of_socket(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     let key = fd_key((id >> 32) as u32, fd);
@@ -261,7 +261,8 @@ pub fn conn_of_socket(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
         if skaddr == sk {
             return Some(p);
         }
-        if skaddr == 0 {
+        // SAFETY: as above.
+        if skaddr == 0 && same_ports(sk, unsafe { &*p }) {
             // SAFETY: as above.
             unsafe { (*p).skaddr = sk };
             let _ = SK_CONN.insert(sk, [key, generation], 0);
@@ -271,6 +272,17 @@ pub fn conn_of_socket(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
         end_conn(id, key, p);
     }
     accepted(id, fd, sk)
+}
+
+/// Whether socket `sk` has the ports of connection `state`, found in /proc without its socket:
+/// its fd may have been closed and reused before a byte moved on it (its close, known only by
+/// socket, went unseen). When the socket cannot be read, it is taken as the connection's.
+#[inline(never)]
+fn same_ports(sk: u64, state: &ConnState) -> bool {
+    let mut local = SockAddr::default();
+    let mut remote = SockAddr::default();
+    !sock_addrs(sk, &mut local, &mut remote)
+        || (local.port == state.local.port && remote.port == state.remote.port)
 }
 
 /// Opens the server connection of a socket accepted since the agent started, at its first use.
