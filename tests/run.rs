@@ -476,6 +476,7 @@ fn rid(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<String> {
 /// A Go service (net/http, goroutines on any thread) whose handler calls a leaf once itself and
 /// twice from goroutines it starts, over pooled keep-alive connections, under 16 concurrent
 /// clients: every call is the child of the request that made it, and none is left unlinked.
+/// roundTrip ties each call to the connection it goes out on (one probe hit per call).
 #[test]
 fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     let _g = serial();
@@ -483,24 +484,51 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     let dir = tempfile::tempdir().unwrap();
     let go_bin = build_go_hop(dir.path());
     // What the kernel is told about this binary: the runtime.g layout from its DWARF (Go 1.19:
-    // goid at 152, m at 48, sched at 56; m.curg at 192) and the probed functions.
+    // goid at 152, m at 48, sched at 56; m.curg at 192), the way from a persistConn to its fd,
+    // and the probed functions.
     let bin = tracewire::capture::runtime::inspect_go(&go_bin).expect("a followable Go binary");
     assert_eq!((bin.version.get(..6), bin.goid_offset), (Some("go1.19"), 152), "{bin:?}");
     let ancestry = bin.ancestry.expect("goroutine creation probed");
     assert_eq!((ancestry.g_m, ancestry.g_sched, ancestry.m_curg), (48, 56, 192), "{bin:?}");
+    let fd = bin.conn_fd.expect("the connection's fd is read at roundTrip");
+    // net.TCPConn{conn{fd *netFD}}, netFD{pfd poll.FD{fdmu fdMutex (16 bytes), Sysfd int}}.
+    assert_eq!((fd.tcp_fd, fd.netfd_sysfd), (0, 16), "{bin:?}");
+    assert!(fd.pc_conn > 0 && fd.tcp_itab > 0, "{bin:?}");
     // Each probe sits on the stack check's branch, which the kernel emulates (jbe rel8/rel32).
     let code = std::fs::read(&go_bin).unwrap();
     for off in [bin.round_trip, bin.request_write, ancestry.new_goroutine] {
         let op = &code[off as usize..off as usize + 2];
         assert!(op[0] == 0x76 || op == [0x0f, 0x86], "{off:#x}: {op:02x?}");
     }
+    go_calls(&go_bin, 2);
+}
+
+/// The same service built without DWARF: the goroutine id comes from the known runtime layout,
+/// and roundTrip ties the request object, which `(*Request).write` hands to the transport's
+/// writer goroutine. Goroutines started by handlers are not followed then (no `runtime.g`
+/// layout for their creator), so the handler calls once itself.
+#[test]
+fn go_calls_from_a_binary_without_dwarf_are_children_of_their_request() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop_with(dir.path(), &["-ldflags=-w"]);
+    let bin = tracewire::capture::runtime::inspect_go(&go_bin).expect("a followable Go binary");
+    assert_eq!(bin.goid_offset, 152, "{bin:?}");
+    assert!(bin.ancestry.is_none() && bin.conn_fd.is_none(), "no DWARF: {bin:?}");
+    go_calls(&go_bin, 0);
+}
+
+/// Runs `go_bin` as a service whose handler calls a leaf once and `fanout` more times from
+/// goroutines, under load, and checks every call is the child of its request.
+fn go_calls(go_bin: &std::path::Path, fanout: usize) {
     let rx = Receiver::start(vec![]);
     let (leaf, leaf_port) = python_hop("leaf", None);
     let go_port = free_port();
-    let mut cmd = Command::new(&go_bin);
+    let mut cmd = Command::new(go_bin);
     cmd.args(["127.0.0.1", &go_port.to_string(), &format!("http://127.0.0.1:{leaf_port}")])
         .env("OTEL_SERVICE_NAME", "go-fanout")
-        .env("HOP_FANOUT", "2")
+        .env("HOP_FANOUT", fanout.to_string())
         .env("HOP_KEEPALIVE", "1");
     let mut go = Peer::spawn(&mut cmd);
     go.expect("port ");
@@ -509,10 +537,13 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     // Goroutine creation is followed from the first net/http call on: a first request makes it
     // (its fan-out calls may stay unlinked, and are left out below).
     curl(&format!("http://127.0.0.1:{go_port}/hop/warmup"), &[]);
-    agent.wait_line(&format!("pid {} made its first net/http call", go.pid()));
+    if fanout > 0 {
+        agent.wait_line(&format!("pid {} made its first net/http call", go.pid()));
+    }
     let ids = drive_load(&format!("http://127.0.0.1:{go_port}/hop/"), "g", 16, 8);
     let summary = agent.stop();
     let spans = rx.spans();
+    let calls = 1 + fanout;
     let measured = |s: &opentelemetry_proto::tonic::trace::v1::Span| rid(s).is_some_and(|r| r != "warmup");
     let servers: std::collections::HashMap<String, &opentelemetry_proto::tonic::trace::v1::Span> = spans
         .iter()
@@ -534,18 +565,19 @@ fn go_calls_from_handlers_and_their_goroutines_are_children_of_their_request() {
     }
     assert_eq!(wrong, 0, "calls under another request: {summary}");
     assert!(unlinked.is_empty(), "unlinked calls {unlinked:?}: {summary}");
-    assert_eq!(linked, 3 * ids.len(), "{summary}");
+    assert_eq!(linked, calls * ids.len(), "{summary}");
     // The leaf's spans join the same traces (TCP option from the Go client spans).
     let leaf_spans = spans.iter().filter(|(svc, s)| svc == "leaf" && s.kind == 2 && measured(s));
-    assert_eq!(leaf_spans.clone().count(), 3 * ids.len(), "{summary}");
+    assert_eq!(leaf_spans.clone().count(), calls * ids.len(), "{summary}");
     for (_, s) in leaf_spans {
         assert_eq!(Some(&s.trace_id), servers.get(&rid(s).unwrap()).map(|p| &p.trace_id), "{summary}");
     }
     assert_eq!(summary["go_followed"], 1, "{summary}");
     // The warm-up request's direct call is linked too; its fan-out calls may not be.
     let go_linked = summary["kernel"]["go_linked"].as_u64().unwrap_or(0);
-    assert!((3 * ids.len() as u64 + 1..=3 * ids.len() as u64 + 3).contains(&go_linked), "{summary}");
-    assert!(summary["kernel"]["go_no_parent"].as_u64() <= Some(2), "{summary}");
+    let expected = (calls * ids.len()) as u64;
+    assert!((expected + 1..=expected + 1 + fanout as u64).contains(&go_linked), "{summary}");
+    assert!(summary["kernel"]["go_no_parent"].as_u64() <= Some(fanout as u64), "{summary}");
     assert_eq!(summary["http"]["linked_goroutine"].as_u64(), Some(go_linked), "{summary}");
 }
 

@@ -199,7 +199,18 @@ pub struct GoProc {
     /// Set by the kernel at the program's first net/http call: userspace then starts following
     /// goroutine creation (which costs a probe hit per goroutine), not before.
     pub calls: u32,
+    /// Offset of `conn` (a `net.Conn` interface) in `net/http.persistConn`.
+    pub pc_conn: u32,
+    /// Offset of the `*netFD` in `net.TCPConn` (its embedded `conn.fd`).
+    pub tcp_fd: u32,
+    /// Offset of the socket's fd in `net.netFD` (`pfd.Sysfd`).
+    pub netfd_sysfd: u32,
+    /// Address of the `*net.TCPConn` → `net.Conn` itab in the process: a `conn` whose itab is
+    /// this one is a TCP connection, and its fd can be read. 0 when unknown: the call is then
+    /// handed to the transport's writer goroutine through `(*Request).write` instead.
+    pub tcp_itab: u64,
 }
+const _: () = assert!(size_of::<GoProc>() == 40);
 
 /// A goroutine (or a request object) of one process: the key of the goroutine maps.
 #[repr(C)]

@@ -125,6 +125,12 @@ pub static GO_ANCESTRY: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_ent
 #[map]
 pub static GO_REQS: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
 
+/// Go: the request an outgoing call on a client connection (by `fd_key`) is made for, from
+/// `roundTrip`, which reads the connection's fd out of the `persistConn`, until the call's first
+/// bytes leave. Every call on the connection rewrites it; the connection's end removes it.
+#[map]
+pub static GO_TIES: LruHashMap<u64, CallParent> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
 /// The served request of the call a transport goroutine is writing, until its first bytes leave.
 #[map]
 pub static GO_WRITERS: LruHashMap<GoKey, CallParent> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);

@@ -370,13 +370,20 @@ pub fn wait_listening(port: u16, what: &str) {
 
 /// Builds tests/peers/hop.go (standard library only) into `dir`.
 pub fn build_go_hop(dir: &std::path::Path) -> PathBuf {
+    build_go_hop_with(dir, &[])
+}
+
+/// As [`build_go_hop`], with extra `go build` flags (`-ldflags=-w`: no DWARF, say).
+pub fn build_go_hop_with(dir: &std::path::Path, flags: &[&str]) -> PathBuf {
     let go = ["/usr/lib/go-1.19/bin/go", "go"]
         .into_iter()
         .find(|g| Command::new(g).arg("version").output().is_ok_and(|o| o.status.success()))
         .expect("Go 1.19 (cargo xtask setup installs it)");
     let out = dir.join("hop-go");
     let status = Command::new(go)
-        .args(["build", "-o"])
+        .arg("build")
+        .args(flags)
+        .arg("-o")
         .arg(&out)
         .arg(repo().join("tests/peers/hop.go"))
         .env("GOCACHE", repo().join("target/go-cache"))

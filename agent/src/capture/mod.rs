@@ -539,7 +539,15 @@ impl Capture {
             .ok_or("no GO_PROCS map")
             .and_then(|m| HashMap::try_from(m).map_err(|_| "GO_PROCS: wrong map type"))?;
         // Ancestry offsets stay 0 (off) until goroutine creation is followed.
-        let proc = GoProc { goid_offset: bin.goid_offset, g_m: 0, m_curg: 0, g_sched: 0, calls: 0 };
+        let fd = bin.conn_fd;
+        let proc = GoProc {
+            goid_offset: bin.goid_offset,
+            pc_conn: fd.map_or(0, |f| f.pc_conn),
+            tcp_fd: fd.map_or(0, |f| f.tcp_fd),
+            netfd_sysfd: fd.map_or(0, |f| f.netfd_sysfd),
+            tcp_itab: fd.map_or(0, |f| f.tcp_itab),
+            ..GoProc::default()
+        };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
         let v = self.watched.get(&tgid, 0).unwrap_or(0);
         self.watched.set(tgid, v | WATCH_GO, 0).map_err(|e| e.to_string())?;
@@ -594,7 +602,9 @@ impl Capture {
     ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
         let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
         let mut links = Vec::new();
-        for (name, offset) in [(GO_PROGRAMS[0], bin.round_trip), (GO_PROGRAMS[1], bin.request_write)] {
+        // Where roundTrip reads the connection's fd, the writer goroutine need not be followed.
+        let writes = if bin.conn_fd.is_some() { None } else { Some((GO_PROGRAMS[1], bin.request_write)) };
+        for (name, offset) in std::iter::once((GO_PROGRAMS[0], bin.round_trip)).chain(writes) {
             match self.attach_uprobe(name, exe, offset, scope) {
                 Ok(link) => links.push((name, link)),
                 Err(e) => {

@@ -52,7 +52,27 @@ pub struct GoBinary {
     /// What goroutines inheriting their creator's request needs, when the binary has it (its
     /// DWARF and [`GO_NEW_GOROUTINE`]).
     pub ancestry: Option<GoAncestry>,
+    /// How `roundTrip` finds the fd of the connection a call goes out on, when the binary has
+    /// it (DWARF, a fixed load address): then [`GO_REQUEST_WRITE`] is not probed.
+    pub conn_fd: Option<GoConnFd>,
 }
+
+/// The way from a `*persistConn` to its socket's fd (see the kernel's `conn_fd`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct GoConnFd {
+    /// Offset of `conn` in `net/http.persistConn`.
+    pub pc_conn: u32,
+    /// Offset of the `*netFD` in `net.TCPConn`.
+    pub tcp_fd: u32,
+    /// Offset of `pfd.Sysfd` in `net.netFD`.
+    pub netfd_sysfd: u32,
+    /// Address of the `*net.TCPConn` → `net.Conn` itab.
+    pub tcp_itab: u64,
+}
+
+/// The itab of `*net.TCPConn` as a `net.Conn` (the linker's prefix changed from `go.` to
+/// `go:` in Go 1.20).
+const TCP_CONN_ITABS: [&str; 2] = ["go.itab.*net.TCPConn,net.Conn", "go:itab.*net.TCPConn,net.Conn"];
 
 /// Where a new goroutine's creator is found (see the kernel's `go_new_goroutine`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -170,12 +190,16 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let info = obj.section_by_name(".go.buildinfo").ok_or("not a Go program")?;
     let version = build_version(info.data().map_err(|e| e.to_string())?)
         .ok_or("built before Go 1.18 (register ABI and build info format unknown)")?;
-    let (mut round_trip, mut request_write, mut new_goroutine) = (None, None, None);
+    let (mut round_trip, mut request_write, mut new_goroutine, mut tcp_itab) = (None, None, None, None);
     for sym in obj.symbols() {
         let slot = match sym.name() {
             Ok(GO_ROUND_TRIP) => &mut round_trip,
             Ok(GO_REQUEST_WRITE) => &mut request_write,
             Ok(GO_NEW_GOROUTINE) => &mut new_goroutine,
+            Ok(name) if TCP_CONN_ITABS.contains(&name) => {
+                tcp_itab = Some(sym.address());
+                continue;
+            }
             _ => continue,
         };
         *slot = file_offset(&obj, &sym).map(|off| off + stack_check_branch(&obj, &sym));
@@ -186,7 +210,17 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let (Some(round_trip), Some(request_write)) = (round_trip, request_write) else {
         return Err("no net/http client in the binary".into());
     };
-    let wanted = [("runtime.g", "goid"), ("runtime.g", "m"), ("runtime.g", "sched"), ("runtime.m", "curg")];
+    let wanted = [
+        ("runtime.g", "goid"),
+        ("runtime.g", "m"),
+        ("runtime.g", "sched"),
+        ("runtime.m", "curg"),
+        ("net/http.persistConn", "conn"),
+        ("net.TCPConn", "conn"),
+        ("net.conn", "fd"),
+        ("net.netFD", "pfd"),
+        ("internal/poll.FD", "Sysfd"),
+    ];
     let found = dwarf_members(&obj, &wanted);
     let goid_offset = match found[0] {
         Some(off) => off,
@@ -200,7 +234,18 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
         }
         _ => None,
     };
-    Ok(GoBinary { version, goid_offset, round_trip, request_write, ancestry })
+    // An itab's address is the one in the symbol table only where the binary is loaded where
+    // it was linked (not position-independent).
+    let fixed = obj.kind() == object::ObjectKind::Executable;
+    let conn_fd = match (tcp_itab, found[4], found[5], found[6], found[7], found[8]) {
+        (Some(tcp_itab), Some(pc_conn), Some(tcp_conn), Some(conn_fd), Some(pfd), Some(sysfd))
+            if fixed && tcp_itab != 0 =>
+        {
+            Some(GoConnFd { pc_conn, tcp_fd: tcp_conn + conn_fd, netfd_sysfd: pfd + sysfd, tcp_itab })
+        }
+        _ => None,
+    };
+    Ok(GoBinary { version, goid_offset, round_trip, request_write, ancestry, conn_fd })
 }
 
 /// The Go version in a `.go.buildinfo` section of the Go 1.18+ format (flag bit 2: strings

@@ -51,8 +51,8 @@ use super::{
 };
 use crate::{
     maps::{
-        ACTIVE, BINDS, CONNECTING, CONNS, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS, SK_CONN,
-        TCP_RX, TCP_TRACED, TCP_TX,
+        ACTIVE, BINDS, CONNECTING, CONNS, GO_TIES, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS,
+        SK_CONN, TCP_RX, TCP_TRACED, TCP_TX,
     },
     util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
 };
@@ -241,9 +241,10 @@ fn end_conn(id: u64, key: u64, state: *mut ConnState) {
         let _ = TCP_RX.remove(skaddr);
         let _ = SK_CONN.remove(skaddr);
     }
-    // A request tied to this fd (nginx) does not outlive it: the next connection on the number
+    // A request tied to this fd (nginx, Go) does not outlive it: the next connection on the number
     // is another one.
     let _ = NGX_TIES.remove(&key);
+    let _ = GO_TIES.remove(&key);
     emit_state(EventKind::ConnClose, id, tgid, fd, state);
     let _ = CONNS.remove(key);
 }

@@ -16,7 +16,7 @@
 //!   the request the thread serves when it serves exactly one; a new trace flagged ambiguous when
 //!   it has several open (an event loop interleaving requests: the parent is never guessed); else
 //!   a new trace.
-use aya_ebpf::helpers::bpf_get_prandom_u32;
+use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::LruHashMap};
 use tracewire_common::{
     CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT,
     CTX_TCP, CTX_THREAD, CTX_UPSTREAM, CallParent, Config, ConnId, ConnState, Counter, DIR_EGRESS,
@@ -121,6 +121,22 @@ pub fn still_open(p: &CallParent) -> bool {
     }
 }
 
+/// Takes the tie of client connection `key` from `ties` (nginx upstreams, Go calls): the request
+/// the connection's next call is made for, if that request is still open.
+#[inline(always)]
+pub fn take_tie(ties: &LruHashMap<u64, CallParent>, key: u64, out: &mut CallParent) -> bool {
+    // SAFETY: copied out of the map.
+    let Some(p) = (unsafe { ties.get(&key) }).copied() else {
+        return false;
+    };
+    let _ = ties.remove(&key);
+    if !still_open(&p) {
+        return false;
+    }
+    *out = p;
+    true
+}
+
 /// The first write of a request on a client connection (called at syscall entry: the segments
 /// leave during the call, and they must carry the option).
 #[inline(never)]
@@ -143,7 +159,7 @@ pub fn client_turn(pid_tgid: u64, fd: u32, state: &mut ConnState) {
     // SAFETY: copied out of the map.
     match unsafe { THREAD_CTX.get(pid_tgid as u32) }.copied() {
         // A Go call whose request the uprobes followed from the serving goroutine.
-        _ if call_parent(tgid, &mut followed) => child_of(&followed, CTX_GOROUTINE, Counter::GoLinked),
+        _ if call_parent(tgid, fd, &mut followed) => child_of(&followed, CTX_GOROUTINE, Counter::GoLinked),
         // An nginx upstream request on the connection nginx opened for its client request.
         _ if upstream_parent(tgid, fd, &mut followed) => {
             child_of(&followed, CTX_UPSTREAM, Counter::UpstreamLinked)

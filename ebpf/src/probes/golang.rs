@@ -9,11 +9,14 @@
 //!    (net/http's `conn.serve` reads each request and runs its handler on the same goroutine):
 //!    recorded at every such read ([`serving`]).
 //! 2. `net/http.(*persistConn).roundTrip` runs on the goroutine making the call, with the
-//!    request being sent: if that goroutine serves a request still open, the request object is
-//!    tied to it ([`go_round_trip`]).
-//! 3. `net/http.(*Request).write` runs on the transport's writer goroutine with that same object:
-//!    that goroutine's next request on a client connection is this call ([`go_request_write`]).
-//! 4. The client turn that starts on the writer goroutine takes it as its parent ([`call_parent`]).
+//!    connection the request goes out on: if that goroutine serves a request still open, the
+//!    connection's fd (read through `pc.conn`, a `*net.TCPConn`, to its `netFD`) is tied to that
+//!    request ([`go_round_trip`]), and the connection's next client turn takes it as its parent
+//!    ([`call_parent`]).
+//! 3. Without the layouts this needs (a binary without DWARF, a position-independent one), the
+//!    request object is tied instead, and `net/http.(*Request).write`, which runs on the
+//!    transport's writer goroutine with that same object, hands it to that goroutine, whose next
+//!    client turn is the call ([`go_request_write`]): one probe hit more per call.
 //!
 //! A goroutine the handler starts (fan-out, errgroup) inherits its creator's request when it is
 //! created ([`go_new_goroutine`], on `runtime.gostartcallfn`, which `newproc1` calls with the new
@@ -33,11 +36,11 @@ use aya_ebpf::{
     macros::uprobe,
     programs::ProbeContext,
 };
-use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WATCH_GO};
+use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WATCH_GO, fd_key};
 
-use super::context::{parent_of, still_open};
+use super::context::{parent_of, still_open, take_tie};
 use crate::{
-    maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_WRITERS, WATCHED},
+    maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS, WATCHED},
     util::{config, count, watched},
 };
 
@@ -141,13 +144,16 @@ pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
     }
 }
 
-/// The request the client turn starting on this thread's goroutine is a call for, if the
-/// uprobes tied one to it. Consumes the tie.
+/// The request the client turn starting on connection `fd` (on this thread's goroutine) is a
+/// call for, if the uprobes tied one to it. Consumes the tie.
 #[inline(never)]
-pub fn call_parent(tgid: u32, out: &mut CallParent) -> bool {
+pub fn call_parent(tgid: u32, fd: u32, out: &mut CallParent) -> bool {
     let Some(proc) = go_proc(tgid) else {
         return false;
     };
+    if proc.tcp_itab != 0 {
+        return take_tie(&GO_TIES, fd_key(tgid, fd), out);
+    }
     let Some((g, goid)) = current_goroutine(&proc) else {
         return false;
     };
@@ -234,17 +240,32 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         unsafe { (*p).calls = 1 };
     }
     let g = reg(&ctx, abi::G);
+    let Some(goid) = goid(&proc, g) else {
+        return 0;
+    };
+    let mut p = CallParent::default();
+    let linked = request_of(tgid, g, goid, &mut p);
+    if proc.tcp_itab != 0 {
+        // The connection itself is tied; a conn that is not a *net.TCPConn (TLS) carries no
+        // bytes the kernel could read anyway.
+        if let Some(fd) = conn_fd(&proc, reg(&ctx, abi::ARG0)) {
+            let tie = fd_key(tgid, fd);
+            if linked {
+                let _ = GO_TIES.insert(&tie, &p, 0);
+            } else {
+                let _ = GO_TIES.remove(&tie);
+                count(Counter::GoNoParent);
+            }
+        }
+        return 0;
+    }
     // transportRequest embeds the *Request first: the object the writer goroutine writes.
     // SAFETY: user memory, read through the checked helper.
     let Ok(req) = (unsafe { bpf_probe_read_user(reg(&ctx, abi::ARG1) as *const u64) }) else {
         return 0;
     };
-    let Some(goid) = goid(&proc, g) else {
-        return 0;
-    };
     let req_key = key(tgid, req);
-    let mut p = CallParent::default();
-    if request_of(tgid, g, goid, &mut p) {
+    if linked {
         let _ = GO_REQS.insert(&req_key, &p, 0);
     } else {
         // A stale tie for a reused address must not outlive this call.
@@ -252,6 +273,23 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         count(Counter::GoNoParent);
     }
     0
+}
+
+/// The fd of persistent connection `pc`'s socket: `pc.conn` is a `net.Conn` interface (itab,
+/// data); when its itab is the `*net.TCPConn` one, data points at the TCPConn, whose `netFD`
+/// holds the fd.
+#[inline(always)]
+fn conn_fd(proc: &GoProc, pc: u64) -> Option<u32> {
+    // SAFETY: user memory, read through the checked helper.
+    unsafe {
+        let [itab, data] = bpf_probe_read_user((pc + proc.pc_conn as u64) as *const [u64; 2]).ok()?;
+        if itab != proc.tcp_itab {
+            return None;
+        }
+        let netfd = bpf_probe_read_user((data + proc.tcp_fd as u64) as *const u64).ok()?;
+        let fd = bpf_probe_read_user((netfd + proc.netfd_sysfd as u64) as *const i64).ok()?;
+        u32::try_from(fd).ok()
+    }
 }
 
 /// `net/http.(*Request).write(r, ...)`, on the transport's writer goroutine.

@@ -22,7 +22,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{CallParent, ConnId, DIR_INGRESS, fd_key};
 
-use super::context::{parent_of, still_open};
+use super::context::{parent_of, take_tie};
 
 use crate::{
     maps::{CONNS, NGX_PEER, NGX_REQ, NGX_TIES},
@@ -134,15 +134,5 @@ pub fn ngx_connect_peer_ret(_ctx: RetProbeContext) -> u32 {
 /// still the one open on its client connection. Consumes the tie.
 #[inline(never)]
 pub fn upstream_parent(tgid: u32, fd: u32, out: &mut CallParent) -> bool {
-    let key = fd_key(tgid, fd);
-    // SAFETY: copied out of the map.
-    let Some(p) = (unsafe { NGX_TIES.get(&key) }).copied() else {
-        return false;
-    };
-    let _ = NGX_TIES.remove(&key);
-    if !still_open(&p) {
-        return false;
-    }
-    *out = p;
-    true
+    take_tie(&NGX_TIES, fd_key(tgid, fd), out)
 }
