@@ -595,9 +595,9 @@ fn build_span(
     };
     let (local, remote) = (info.local, info.remote);
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
-    attrs.push(("http.request.method", Value::Str(method.to_string())));
+    attrs.push(("http.request.method", Value::Str(method.into())));
     if method == "_OTHER" {
-        attrs.push(("http.request.method_original", Value::Str(p.head.method.clone())));
+        attrs.push(("http.request.method_original", Value::Str(p.head.method.clone().into())));
     }
     let status = resp.map(|r| r.status);
     if let Some(s) = status {
@@ -611,29 +611,29 @@ fn build_span(
         None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
     };
     if !server_address.is_empty() {
-        attrs.push(("server.address", Value::Str(server_address.clone())));
+        attrs.push(("server.address", Value::Str(server_address.clone().into())));
         attrs.push(("server.port", Value::Int(i64::from(server_port))));
     }
     if let Some(peer) = remote {
-        attrs.push(("network.peer.address", Value::Str(info.peer_ip.clone().unwrap_or_default())));
+        attrs.push(("network.peer.address", Value::Str(info.peer_ip.clone().unwrap_or_default().into())));
         attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
     }
     match kind {
         Kind::Server => {
             if let route::Named::Route(r) = &named {
-                attrs.push(("http.route", Value::Str(r.clone())));
+                attrs.push(("http.route", Value::Str(r.clone().into())));
             }
-            attrs.push(("url.path", Value::Str(path.to_string())));
+            attrs.push(("url.path", Value::Str(path.to_string().into())));
             attrs.push(("url.scheme", Value::Str("http".into())));
             if let Some(q) = &query {
-                attrs.push(("url.query", Value::Str(q.clone())));
+                attrs.push(("url.query", Value::Str(q.clone().into())));
             }
             // client.port is Opt-In in the HTTP semantic conventions; network.peer.port has it.
             if remote.is_some() {
-                attrs.push(("client.address", Value::Str(info.peer_ip.clone().unwrap_or_default())));
+                attrs.push(("client.address", Value::Str(info.peer_ip.clone().unwrap_or_default().into())));
             }
             if let Some(ua) = &p.head.user_agent {
-                attrs.push(("user_agent.original", Value::Str(ua.clone())));
+                attrs.push(("user_agent.original", Value::Str(ua.clone().into())));
             }
         }
         Kind::Client => {
@@ -652,7 +652,7 @@ fn build_span(
                 Some(q) => format!("{full}?{q}"),
                 None => full,
             };
-            attrs.push(("url.full", Value::Str(full)));
+            attrs.push(("url.full", Value::Str(full.into())));
         }
     }
     let error_type = match status {
@@ -661,7 +661,7 @@ fn build_span(
         _ => None,
     };
     if let Some(e) = &error_type {
-        attrs.push(("error.type", Value::Str(e.clone())));
+        attrs.push(("error.type", Value::Str(e.clone().into())));
     }
     let link = p.ctx.link;
     if link == Link::Unlinked {

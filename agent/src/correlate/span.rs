@@ -12,8 +12,9 @@ pub enum Kind {
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    /// String.
-    Str(String),
+    /// String: borrowed where it is a constant (method names, "http", "1.1"), which saves a
+    /// few allocations per span.
+    Str(std::borrow::Cow<'static, str>),
     /// Integer.
     Int(i64),
 }

@@ -220,9 +220,9 @@ mod tests {
         b.attributes.push(("zero", Value::Int(0)));
         b.attributes.push(("negative", Value::Int(-5)));
         b.attributes.push(("big", Value::Int(i64::MAX)));
-        b.attributes.push(("empty", Value::Str(String::new())));
+        b.attributes.push(("empty", Value::Str("".into())));
         a.name = "x".repeat(300);
-        a.attributes.push(("url.full", Value::Str("y".repeat(200))));
+        a.attributes.push(("url.full", Value::Str("y".repeat(200).into())));
         let mut c = transform::tests::sample(7);
         c.start_ns = 0;
         c.name = String::new();

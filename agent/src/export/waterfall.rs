@@ -16,7 +16,7 @@ pub const MAX_WAIT: Duration = Duration::from_secs(30);
 /// The label shown for a span: method and path (server) or method and URL (client).
 pub fn operation(s: &SpanRecord) -> String {
     let get = |k: &str| match s.attr(k) {
-        Some(Value::Str(v)) => Some(v.as_str()),
+        Some(Value::Str(v)) => Some(v.as_ref()),
         _ => None,
     };
     match s.kind {
@@ -230,7 +230,7 @@ mod tests {
             pid: u32::from(id),
             tid: 1,
             error: false,
-            attributes: vec![("url.path", Value::Str(path.into()))],
+            attributes: vec![("url.path", Value::Str(path.to_string().into()))],
             link: Link::None,
             links: Vec::new(),
         }

@@ -299,7 +299,7 @@ const KNOWN_METHODS: &[&str] =
     &["GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH"];
 
 /// `http.request.method`: the method, or `_OTHER` for unknown methods.
-pub fn normalize_method(method: &str) -> &str {
+pub fn normalize_method(method: &str) -> &'static str {
     KNOWN_METHODS.iter().find(|m| **m == method).copied().unwrap_or("_OTHER")
 }
 
