@@ -547,44 +547,37 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The source address in a `sock:inet_sock_set_state` record. Array fields go through the
-/// helper: the verifier rejects loads through a ctx pointer the compiler has offset, which is
-/// how it lowers array copies.
+/// The source address in a `sock:inet_sock_set_state` record.
 #[inline(always)]
 fn state_local(ctx: &TracePointContext) -> SockAddr {
-    let p = ctx.as_ptr() as *const u8;
-    // SAFETY: constant offsets inside the tracepoint record.
-    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(24) as *const u16)) };
-    let mut local = SockAddr { family, port, addr: [0; 16] };
-    if family == FAMILY_V4 {
-        // SAFETY: helper read inside the record.
-        if let Ok(v4) = unsafe { ctx.read_at::<[u8; 4]>(32) } {
-            local.addr[..4].copy_from_slice(&v4);
-        }
-    // SAFETY: as above.
-    } else if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(40) } {
-        local.addr = v6;
-    }
-    local
+    state_addr(ctx, 24, 32, 40)
 }
 
-/// The destination address in a `sock:inet_sock_set_state` record (port in host order).
+/// The destination address in a `sock:inet_sock_set_state` record.
 #[inline(always)]
 fn state_remote(ctx: &TracePointContext) -> SockAddr {
+    state_addr(ctx, 26, 36, 56)
+}
+
+/// One end's address in a `sock:inet_sock_set_state` record: its port (host order), IPv4 and
+/// IPv6 address at these offsets. Array fields go through the helper: the verifier rejects loads
+/// through a ctx pointer the compiler has offset, which is how it lowers array copies.
+#[inline(always)]
+fn state_addr(ctx: &TracePointContext, port_at: usize, v4_at: usize, v6_at: usize) -> SockAddr {
     let p = ctx.as_ptr() as *const u8;
     // SAFETY: constant offsets inside the tracepoint record.
-    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(26) as *const u16)) };
-    let mut remote = SockAddr { family, port, addr: [0; 16] };
+    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(port_at) as *const u16)) };
+    let mut a = SockAddr { family, port, addr: [0; 16] };
     if family == FAMILY_V4 {
         // SAFETY: helper read inside the record.
-        if let Ok(v4) = unsafe { ctx.read_at::<[u8; 4]>(36) } {
-            remote.addr[..4].copy_from_slice(&v4);
+        if let Ok(v4) = unsafe { ctx.read_at::<[u8; 4]>(v4_at) } {
+            a.addr[..4].copy_from_slice(&v4);
         }
     // SAFETY: as above.
-    } else if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(56) } {
-        remote.addr = v6;
+    } else if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(v6_at) } {
+        a.addr = v6;
     }
-    remote
+    a
 }
 
 /// `sock:inet_sock_set_state`. Format (checked against tracefs by userspace):

@@ -34,6 +34,7 @@ use aya_ebpf::{
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::uprobe,
+    maps::LruHashMap,
     programs::ProbeContext,
 };
 use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WATCH_GO, fd_key};
@@ -249,13 +250,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         // The connection itself is tied; a conn that is not a *net.TCPConn (TLS) carries no
         // bytes the kernel could read anyway.
         if let Some(fd) = conn_fd(&proc, reg(&ctx, abi::ARG0)) {
-            let tie = fd_key(tgid, fd);
-            if linked {
-                let _ = GO_TIES.insert(&tie, &p, 0);
-            } else {
-                let _ = GO_TIES.remove(&tie);
-                count(Counter::GoNoParent);
-            }
+            tie(&GO_TIES, &fd_key(tgid, fd), linked.then_some(&p));
         }
         return 0;
     }
@@ -264,15 +259,23 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let Ok(req) = (unsafe { bpf_probe_read_user(reg(&ctx, abi::ARG1) as *const u64) }) else {
         return 0;
     };
-    let req_key = key(tgid, req);
-    if linked {
-        let _ = GO_REQS.insert(&req_key, &p, 0);
-    } else {
-        // A stale tie for a reused address must not outlive this call.
-        let _ = GO_REQS.remove(&req_key);
-        count(Counter::GoNoParent);
-    }
+    tie(&GO_REQS, &key(tgid, req), linked.then_some(&p));
     0
+}
+
+/// Ties a call (its connection, or its request object) to request `p`; with none, unties it:
+/// a stale tie for a reused fd or address must not outlive this call.
+#[inline(always)]
+fn tie<K>(ties: &LruHashMap<K, CallParent>, k: &K, p: Option<&CallParent>) {
+    match p {
+        Some(p) => {
+            let _ = ties.insert(k, p, 0);
+        }
+        None => {
+            let _ = ties.remove(k);
+            count(Counter::GoNoParent);
+        }
+    }
 }
 
 /// The fd of persistent connection `pc`'s socket: `pc.conn` is a `net.Conn` interface (itab,
