@@ -136,11 +136,31 @@ fn cpu_seconds(pid: u32) -> f64 {
     (ticks(11) + ticks(12)) / 100.0
 }
 
+/// CPU time of every thread of `pid`, in ns (schedstat: not rounded to clock ticks).
+fn cpu_ns_all_threads(pid: u32) -> u64 {
+    let Ok(tasks) = fs::read_dir(format!("/proc/{pid}/task")) else {
+        return 0;
+    };
+    tasks
+        .filter_map(Result::ok)
+        .filter_map(|t| fs::read_to_string(t.path().join("schedstat")).ok())
+        .filter_map(|s| s.split_whitespace().next().and_then(|v| v.parse::<u64>().ok()))
+        .sum()
+}
+
+fn current_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmRSS:")
+}
+
 fn peak_rss_kib(pid: u32) -> u64 {
+    status_kib(pid, "VmHWM:")
+}
+
+fn status_kib(pid: u32, field: &str) -> u64 {
     fs::read_to_string(format!("/proc/{pid}/status"))
         .unwrap_or_default()
         .lines()
-        .find_map(|l| l.strip_prefix("VmHWM:"))
+        .find_map(|l| l.strip_prefix(field))
         .and_then(|v| v.split_whitespace().next().and_then(|n| n.parse().ok()))
         .unwrap_or(0)
 }
@@ -453,10 +473,22 @@ pub fn bench(quick: bool) -> Result<()> {
     let added_p50 = us(lat1.p50) - (us(lat0.p50) + us(lat2.p50)) / 2.0;
     let added_p99 = us(lat1.p99) - (us(lat0.p99) + us(lat2.p99)) / 2.0;
 
+    // R12: the agent at rest (watching nginx, no traffic): how long it takes to attach, and
+    // what it costs while nothing happens.
+    let spawned = Instant::now();
+    let (mut agent, r10_lines) = start_agent(&tracewire, &exporting)?;
+    let attach_s = spawned.elapsed().as_secs_f64();
+    let r10_agent = agent.0.id();
+    let rest_s = if quick { 2.0 } else { 5.0 };
+    let rest_cpu0 = cpu_ns_all_threads(r10_agent);
+    // The measuring window itself: nothing to wait for.
+    std::thread::sleep(Duration::from_secs_f64(rest_s));
+    let rest_cpu_pct =
+        cpu_ns_all_threads(r10_agent).saturating_sub(rest_cpu0) as f64 / (rest_s * 1e9) * 100.0;
+    let rest_rss = current_rss_kib(r10_agent);
+
     // R10: memory with 10,000 open connections and 5,000 req/s.
     let idle_n = if quick { 2_000 } else { 10_000 };
-    let (mut agent, r10_lines) = start_agent(&tracewire, &exporting)?;
-    let r10_agent = agent.0.id();
     let idle = load::idle_connections(nginx.port, idle_n)?;
     let r10_load = load::paced(nginx.port, 5_000, 4, 25, lat_secs)?;
     let r10_rss = peak_rss_kib(r10_agent);
@@ -712,6 +744,18 @@ pub fn bench(quick: bool) -> Result<()> {
             &format!(
                 "{on:.0} vs {off0:.0}/{off1:.0} req/s; a Go service making one keep-alive call per request to a Go \
                  leaf; {go_linked} of {on_requests} calls linked through goroutines"
+            ),
+        ),
+        row(
+            "R12",
+            "agent at rest: CPU % of one core",
+            rest_cpu_pct,
+            "report",
+            true,
+            &format!(
+                "watching nginx with no traffic for {rest_s} s, exporting; RSS {:.1} MiB; {attach_s:.2} s from start \
+                 to attached (BTF, programs, /proc scan)",
+                rest_rss as f64 / 1024.0
             ),
         ),
     ];
