@@ -312,16 +312,18 @@ fn sk_closed(skaddr: u64) {
     let Some([key, generation]) = (unsafe { SK_CONN.get(skaddr) }).copied() else {
         return;
     };
-    let _ = SK_CONN.remove(skaddr);
-    let Some(p) = CONNS.get_ptr_mut(key) else {
-        return;
-    };
     // SAFETY: map value pointer, valid for this run.
-    if unsafe { (*p).generation != generation || (*p).skaddr != skaddr } {
-        return;
+    match CONNS.get_ptr_mut(key) {
+        Some(p) if unsafe { (*p).generation == generation && (*p).skaddr == skaddr } => {
+            // Its entries, this one included, go with it.
+            let tgid = key >> 32;
+            end_conn((tgid << 32) | tgid, key, p);
+        }
+        // The connection already ended (fd reused, process gone): only the entry is left.
+        _ => {
+            let _ = SK_CONN.remove(skaddr);
+        }
     }
-    let tgid = key >> 32;
-    end_conn((tgid << 32) | tgid, key, p);
 }
 
 /// CLOSE→SYN_SENT inside a watched thread's connect() (socket lifecycle): the client connection
@@ -722,9 +724,12 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let key = fd_key(tgid, arg(&ctx, 0) as u32);
     let _ = LISTENERS.remove(key);
     let _ = BINDS.remove(key);
-    let _ = NGX_TIES.remove(&key);
-    if let Some(state) = CONNS.get_ptr_mut(key) {
-        end_conn(id, key, state);
+    match CONNS.get_ptr_mut(key) {
+        Some(state) => end_conn(id, key, state),
+        // No connection on it (a connect that failed): a tie nginx made for it still goes.
+        None => {
+            let _ = NGX_TIES.remove(&key);
+        }
     }
     0
 }

@@ -145,13 +145,12 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         if direction == DIR_INGRESS {
             conn.turn = DIR_INGRESS;
         }
-        // SAFETY: copied.
-        let thread = || unsafe { THREAD_CTX.get(tid) }.copied();
         if conn.parent.generation != 0 {
             // A call the kernel followed through the runtime: the request it names, whatever
             // the thread did before.
             thread_ctx = conn.parent;
-        } else if let Some(t) = thread()
+        // SAFETY: copied.
+        } else if let Some(t) = unsafe { THREAD_CTX.get(tid) }.copied()
             && t.conn.tgid == tgid
             && t.conn.generation != 0
         {
