@@ -402,7 +402,9 @@ pub const CTX_UPSTREAM: u8 = 7;
 
 /// Trace context minted in the kernel at the start of a turn, so that the span id written in
 /// the TCP option is the one userspace exports.
-#[repr(C)]
+// Eight-byte aligned (its size does not change): the BPF compiler copies a byte-aligned struct
+// one byte at a time, and the programs copy contexts on every request.
+#[repr(C, align(8))]
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
 pub struct TraceCtx {
     /// Trace id.
@@ -418,7 +420,7 @@ pub struct TraceCtx {
     /// Reserved.
     pub _pad: [u8; 6],
 }
-const _: () = assert!(size_of::<TraceCtx>() == 40);
+const _: () = assert!(size_of::<TraceCtx>() == 40 && align_of::<TraceCtx>() == 8);
 
 /// The payload of the tracewire TCP option, and the value of [`maps::TCP_TX`] /
 /// [`maps::TCP_RX`].

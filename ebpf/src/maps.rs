@@ -58,7 +58,16 @@ pub static CGROUPS: HashMap<u64, u8> = HashMap::with_max_entries(MAX_CGROUPS, 0)
 /// header plus two 16 KiB payload caps is just over that. Tracing programs do not nest on a CPU
 /// (the kernel's bpf_prog_active guard), so each slot has one user at a time.
 #[map]
-pub static SCRATCH: Array<[u8; SCRATCH_BYTES]> = Array::with_max_entries(256, 0);
+pub static SCRATCH: Array<Scratch> = Array::with_max_entries(256, 0);
+
+/// A scratch slot. Eight-byte aligned (as map values are) so that events are written into it
+/// with word stores: through a byte-aligned type the BPF compiler stores one byte at a time.
+#[repr(C, align(8))]
+pub struct Scratch(pub [u8; SCRATCH_BYTES]);
+
+/// Each CPU's id generator state (see `context::rand64`); zero until first used.
+#[map]
+pub static RNG: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);
 
 #[map]
 pub static COUNTERS: PerCpuArray<u64> = PerCpuArray::with_max_entries(COUNTER_COUNT, 0);

@@ -129,15 +129,21 @@ pub fn header(kind: u32, pid_tgid: u64, ts_ns: u64) -> EventHeader {
     }
 }
 
-/// Wakeup policy: only wake the reader once enough bytes wait (batched wakeups). A per-event
-/// wakeup costs the traced thread about a microsecond (irq_work + IPI); userspace also polls on a
-/// short timer, so nothing waits long.
+/// Wakeup policy: wake the reader when the record of `len` bytes about to be written takes the
+/// unread bytes across a multiple of the configured size. A wakeup costs the traced thread an
+/// irq_work and a self-IPI (in a VM, an exit to the hypervisor: microseconds); waking on every
+/// record once the threshold is passed would pay that per record whenever the reader falls
+/// behind. This way there is at most one wakeup per `wakeup_bytes` of records, and userspace
+/// also polls on a short timer, so nothing waits long.
 #[inline(always)]
-fn wake_flags(cfg: &Config) -> u64 {
-    if cfg.wakeup_bytes == 0 {
+fn wake_flags(cfg: &Config, len: u64) -> u64 {
+    let every = cfg.wakeup_bytes;
+    if every == 0 {
         return 0;
     }
-    if EVENTS.query(BPF_RB_AVAIL_DATA as u64) >= cfg.wakeup_bytes {
+    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    // Each record also takes an 8-byte header in the ring.
+    if (unread + len + 8) / every != unread / every {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         count(Counter::WakeupsSkipped);
@@ -148,7 +154,7 @@ fn wake_flags(cfg: &Config) -> u64 {
 /// Writes a fixed-size event, counting success or loss.
 #[inline(always)]
 pub fn emit<T: 'static>(cfg: &Config, ev: &T) {
-    let flags = wake_flags(cfg);
+    let flags = wake_flags(cfg, core::mem::size_of::<T>() as u64);
     match EVENTS.output::<T>(ev, flags) {
         Ok(()) => count(Counter::EventsOut),
         Err(_) => count(Counter::RingFull),
@@ -158,7 +164,7 @@ pub fn emit<T: 'static>(cfg: &Config, ev: &T) {
 /// Writes the first `len` bytes of `buf` as one event.
 #[inline(always)]
 pub fn emit_bytes(cfg: &Config, buf: &[u8], len: usize) {
-    let flags = wake_flags(cfg);
+    let flags = wake_flags(cfg, len as u64);
     if len > buf.len() {
         return;
     }

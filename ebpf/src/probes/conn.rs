@@ -162,7 +162,7 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     };
     // SAFETY: this CPU's scratch slot (see probes::data), large enough for a ConnEvent followed
     // by a ConnState at STATE_AT.
-    let buf = unsafe { &mut *slot };
+    let buf = unsafe { &mut (*slot).0 };
     let st = unsafe { buf.as_mut_ptr().add(STATE_AT) } as *mut u64;
     let mut i = 0;
     while i < core::mem::size_of::<ConnState>() / 8 {
@@ -188,20 +188,22 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
         let _ = SK_CONN.insert(o.skaddr, [key, ts], 0);
     }
     let ev = buf.as_mut_ptr() as *mut ConnEvent;
-    // SAFETY: in bounds (STATE_AT > size_of::<ConnEvent>()); unaligned writes.
+    // SAFETY: in bounds (STATE_AT > size_of::<ConnEvent>()) and 8-aligned (a Scratch slot).
     unsafe {
-        core::ptr::write_unaligned(
-            core::ptr::addr_of_mut!((*ev).header),
-            header(EventKind::ConnOpen as u32, id, ts),
-        );
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).conn), ConnId { tgid, fd, generation: ts });
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).role), o.role);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).flags), o.flags);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev)._pad), [0u8; 2]);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).listener_fd), o.listener_fd);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).local), o.local);
-        core::ptr::write_unaligned(core::ptr::addr_of_mut!((*ev).remote), o.remote);
-    }
+        core::ptr::write(
+            ev,
+            ConnEvent {
+                header: header(EventKind::ConnOpen as u32, id, ts),
+                conn: ConnId { tgid, fd, generation: ts },
+                role: o.role,
+                flags: o.flags,
+                _pad: [0; 2],
+                listener_fd: o.listener_fd,
+                local: o.local,
+                remote: o.remote,
+            },
+        )
+    };
     emit_bytes(&cfg, buf, core::mem::size_of::<ConnEvent>());
     ts
 }

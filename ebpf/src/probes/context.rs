@@ -26,15 +26,35 @@ use tracewire_common::{
 use super::{golang::call_parent, nginx::upstream_parent};
 
 use crate::{
-    maps::{CONNS, TCP_TX, THREAD_CTX},
+    maps::{CONNS, RNG, TCP_TX, THREAD_CTX},
     util::{config, count, hands_off, set_handoff},
 };
 
+/// 64 random bits: SplitMix64 over a per-CPU state seeded from the kernel's generator. A
+/// request needs three (trace id and span id); one helper call each would cost more than the
+/// rest of the id minting. Each CPU walks the generator's 2^64-long cycle from its own random
+/// point, so ids from different CPUs do not collide.
 #[inline(always)]
 fn rand64() -> u64 {
-    // SAFETY: helpers without arguments.
-    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-    ((a as u64) << 32) | b as u64
+    let Some(state) = RNG.get_ptr_mut(0) else {
+        // SAFETY: helpers without arguments.
+        let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        return ((a as u64) << 32) | b as u64;
+    };
+    // SAFETY: this CPU's value; tracing programs do not nest on a CPU.
+    let mut x = unsafe { *state };
+    if x == 0 {
+        // SAFETY: helpers without arguments.
+        let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+        x = ((a as u64) << 32) | b as u64;
+    }
+    x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
+    // SAFETY: as above.
+    unsafe { *state = x };
+    let mut z = x;
+    z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+    z ^ (z >> 31)
 }
 
 /// A new trace id; the sampled flag follows from it (the rightmost 7 bytes, as userspace's ratio
@@ -297,6 +317,13 @@ pub(crate) fn load64(base: *mut u8, off: u64) -> u64 {
     unsafe { core::ptr::read_unaligned(base.add((off & MASK) as usize) as *const u64) }
 }
 
+/// The word at `off`, a multiple of 8: `base` is 8-aligned (a payload in a `Scratch` slot).
+#[inline(always)]
+fn load_word(base: *mut u8, off: u64) -> u64 {
+    // SAFETY: masked into the scratch buffer as for load64; aligned as documented.
+    unsafe { core::ptr::read(base.add((off & MASK & !7) as usize) as *const u64) }
+}
+
 #[inline(always)]
 fn byte(base: *mut u8, off: u64) -> u8 {
     // SAFETY: as for load64.
@@ -371,13 +398,17 @@ pub(crate) fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> boo
     let name_end = u32::from_le_bytes(*b"ent:") as u64;
     let mut at: u64 = 0;
     let mut off: u64 = 0;
+    // Words at multiples of 8 are loaded whole; the word one byte further is assembled from two
+    // of them (an unaligned load is eight byte loads in BPF).
+    let mut word = load_word(head, 0);
     while off < SCAN_BYTES {
         if off + 9 > limit {
             break;
         }
+        let next = load_word(head, off + 8);
         // Positions holding '\n' whose next byte is 't' or 'T'.
-        let nl = zero_bytes(load64(head, off) ^ (ONES * b'\n' as u64));
-        let t = zero_bytes((load64(head, off + 1) | LOWER) ^ (ONES * b't' as u64));
+        let nl = zero_bytes(word ^ (ONES * b'\n' as u64));
+        let t = zero_bytes((((word >> 8) | (next << 56)) | LOWER) ^ (ONES * b't' as u64));
         let m = nl & t;
         if m != 0 {
             let k = lowest(m);
@@ -388,6 +419,7 @@ pub(crate) fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> boo
                 break;
             }
         }
+        word = next;
         off += 8;
     }
     if at == 0 {

@@ -29,7 +29,7 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
     DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS,
-    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, fd_key,
+    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, TraceCtx, fd_key,
 };
 
 use super::{
@@ -54,8 +54,19 @@ fn conn_of(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))
 }
 
+/// `active`: the thread's entry in `ACTIVE`, when the caller looked it up already.
 #[inline(always)]
-fn enter(id: u64, fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction: u8, sk: u64) {
+#[allow(clippy::too_many_arguments)]
+fn enter(
+    id: u64,
+    fd: u64,
+    syscall: Syscall,
+    ptr: u64,
+    count_arg: u32,
+    direction: u8,
+    sk: u64,
+    active: Option<*mut ActiveCall>,
+) {
     let Some(conn) = conn_of(id, fd as u32, sk) else {
         return;
     };
@@ -69,7 +80,7 @@ fn enter(id: u64, fd: u64, syscall: Syscall, ptr: u64, count_arg: u32, direction
     let enter_ns = now();
     // A thread's entry stays in the map between calls and is rewritten in place: an insert
     // and a delete per syscall would cost several times the lookup.
-    if let Some(p) = ACTIVE.get_ptr_mut(id) {
+    if let Some(p) = active {
         // SAFETY: map value pointer, valid for this run.
         unsafe {
             (*p).ptr = ptr;
@@ -136,7 +147,7 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
     };
     // SAFETY: this CPU's scratch slot, exclusively ours while this program runs (tracing programs
     // do not nest on one CPU).
-    let buf = unsafe { &mut *scratch };
+    let buf = unsafe { &mut (*scratch).0 };
     let conn_id = ConnId { tgid, fd: call.fd, generation: conn.generation };
 
     let tid = id as u32;
@@ -217,8 +228,9 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         ctx: conn.ctx,
     };
     let at = buf.as_mut_ptr() as *mut DataEvent;
-    // SAFETY: the scratch buffer starts with room for a DataEvent (SCRATCH_BYTES >= HDR).
-    unsafe { core::ptr::write_unaligned(at, ev) };
+    // SAFETY: the scratch slot starts with room for a DataEvent (SCRATCH_BYTES >= HDR) and is
+    // 8-aligned (see `Scratch`): the event is written with word stores.
+    unsafe { core::ptr::write(at, ev) };
     if starts_request {
         // Everything that differs between the ways through the copy above is now in map memory,
         // which the verifier does not track: it verifies the turn once, not once per way.
@@ -226,7 +238,7 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         unsafe {
             let n = core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) as u64;
             server_turn(id, conn, call.fd, buf.as_mut_ptr().add(HDR), n);
-            core::ptr::write_unaligned(core::ptr::addr_of_mut!((*at).ctx), conn.ctx);
+            copy_ctx(core::ptr::addr_of_mut!((*at).ctx), &conn.ctx);
         }
         serving(tgid, &conn_id, &conn.ctx);
         if conn.skip != 0 {
@@ -238,13 +250,28 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         // SAFETY: in bounds as above.
         unsafe {
             let f = core::ptr::addr_of_mut!((*at).flags);
-            core::ptr::write_unaligned(f, core::ptr::read_unaligned(f) | DATA_FLAG_AFTER_SKIP);
+            *f |= DATA_FLAG_AFTER_SKIP;
         }
     }
     // SAFETY: in bounds as above.
     let captured = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) } as usize;
     let total = HDR + (captured & (MAX_PAYLOAD * 2 - 1));
     emit_bytes(&cfg, buf, total);
+}
+
+/// Copies a trace context between map values word by word: as a plain struct copy the compiler
+/// makes it a call to a memmove that moves one byte at a time.
+#[inline(always)]
+fn copy_ctx(dst: *mut TraceCtx, src: &TraceCtx) {
+    const WORDS: usize = core::mem::size_of::<TraceCtx>() / 8;
+    let (d, s) = (dst as *mut u64, src as *const TraceCtx as *const u64);
+    let mut i = 0;
+    while i < WORDS {
+        // SAFETY: both point at an 8-aligned TraceCtx (see its definition); volatile keeps the
+        // words from being merged back into a memmove.
+        unsafe { core::ptr::write_volatile(d.add(i), core::ptr::read_volatile(s.add(i))) };
+        i += 1;
+    }
 }
 
 /// Copies `want` bytes from one user buffer after the header. Returns bytes copied.
@@ -454,7 +481,8 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     if !watched(&config(), (id >> 32) as u32) {
         return 0;
     }
-    if let Some(p) = ACTIVE.get_ptr(id) {
+    let active = ACTIVE.get_ptr_mut(id);
+    if let Some(p) = active {
         // SAFETY: map value pointer, read once.
         if unsafe { (*p).syscall } != 0 {
             return 0; // this call's start is already recorded
@@ -471,7 +499,8 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     }
     let ptr = if c.layout == Layout::None { 0 } else { ptr };
     // Args: sk, msghdr, skb, size_goal.
-    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, DIR_EGRESS, ctx.arg(0));
+    let count_arg = if c.wants_count { cnt as u32 } else { 0 };
+    enter(id, fd, c.syscall, ptr, count_arg, DIR_EGRESS, ctx.arg(0), active);
     0
 }
 
@@ -603,7 +632,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     let [fd, ptr, cnt] = nr::args(raw);
     // sendfile(out_fd, in_fd, offset, count): bytes only, no buffer.
     let ptr = if c.layout == Layout::None { 0 } else { ptr };
-    enter(id, fd, c.syscall, ptr, if c.wants_count { cnt as u32 } else { 0 }, c.direction, 0);
+    let count_arg = if c.wants_count { cnt as u32 } else { 0 };
+    enter(id, fd, c.syscall, ptr, count_arg, c.direction, 0, ACTIVE.get_ptr_mut(id));
     0
 }
 
