@@ -318,7 +318,6 @@ fn bpf_stats_cost(n: u64) -> Result<StatsCalibration> {
         bpf.push(ns1.saturating_sub(ns0) as f64 / (2 * n) as f64);
         runs_per_syscall = runs as f64 / (2 * n) as f64;
     }
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     diffs.sort_by(f64::total_cmp);
     bpf.sort_by(f64::total_cmp);
     let median = diffs[diffs.len() / 2];
@@ -413,7 +412,9 @@ pub fn bench(quick: bool) -> Result<()> {
     let secs = if quick { 2 } else { 10 };
     let nginx = start_nginx()?;
     let stats_before = fs::read_to_string("/proc/sys/kernel/bpf_stats_enabled").unwrap_or_default();
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    // Throughput and latency are measured as deployed: without bpf_stats, whose clock reads
+    // around every program run are not tracewire's cost. R3/R4 take their own run with it on.
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
 
     println!(
         "bench: nginx return-200 on 127.0.0.1:{}, wrk -t1 -c8 -d{secs}s, 2 cores, nothing pinned; the agent exports OTLP/HTTP to a loopback sink",
@@ -441,10 +442,8 @@ pub fn bench(quick: bool) -> Result<()> {
     let (mut agent, lines) = start_agent(&tracewire, &exporting)?;
     let agent_pid = agent.0.id();
     let cpu0 = cpu_seconds(agent_pid);
-    let (bpf_ns0, bpf_cnt0) = bpf_stats();
     let (requests, with) = wrk(nginx.port, secs)?;
     let cpu1 = cpu_seconds(agent_pid);
-    let (bpf_ns1, bpf_cnt1) = bpf_stats();
     let rss = peak_rss_kib(agent_pid);
     stop(&mut agent);
     let summary = summary_of(&lines);
@@ -452,6 +451,15 @@ pub fn bench(quick: bool) -> Result<()> {
     println!("bench: with tracewire:    {with:.0} req/s");
     let (_, base2) = wrk(nginx.port, secs)?;
     println!("bench: without tracewire: {base2:.0} req/s");
+
+    // R3/R4: the same traffic once more with bpf_stats on, for the programs' run time.
+    let (mut agent, _) = start_agent(&tracewire, &exporting)?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let (bpf_ns0, bpf_cnt0) = bpf_stats();
+    let (stats_requests, _) = wrk(nginx.port, secs)?;
+    let (bpf_ns1, bpf_cnt1) = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
 
     // R2: latency at about half of capacity, paced (open loop), without / with / without.
     let rate = ((base1 / 2.0) as u64).max(1000);
@@ -585,15 +593,17 @@ pub fn bench(quick: bool) -> Result<()> {
     let baseline = (base1 + base2) / 2.0;
     let spans = summary["spans"].as_u64().unwrap_or(0);
     let agent_cpu = cpu1 - cpu0;
-    let bpf_secs = (bpf_ns1 - bpf_ns0) as f64 / 1e9;
+    // What bpf_stats reports for a run that returns at the process filter (the unwatched socket
+    // loop's runs): its own clock reads, and a few ns of filtering. Every run's figure includes
+    // it; subtracted, what is left is the work done for the traced requests.
+    let idle_run_ns = calibration.bpf_ns_per_syscall / calibration.runs_per_syscall.max(1e-9);
+    let stats_runs = bpf_cnt1.saturating_sub(bpf_cnt0);
+    let bpf_net_ns = (bpf_ns1.saturating_sub(bpf_ns0) as f64 - stats_runs as f64 * idle_run_ns).max(0.0);
+    let bpf_secs = bpf_net_ns / 1e9 * requests as f64 / stats_requests.max(1) as f64;
     let per_m = |x: f64| x / requests.max(1) as f64 * 1e6;
-    let bpf_per_req = (bpf_ns1 - bpf_ns0) as f64 / requests.max(1) as f64;
-    let runs_per_req = (bpf_cnt1 - bpf_cnt0) as f64 / requests.max(1) as f64;
-    let bpf_per_req_net = (bpf_per_req - stats_per_run.unwrap_or(0.0) * runs_per_req).max(0.0);
-    let stats_note = match stats_per_run {
-        Some(ns) => format!("bpf_stats {ns:.0} ns per run subtracted"),
-        None => "bpf_stats' own cost not subtracted (its calibration was unstable in this run)".to_string(),
-    };
+    let bpf_per_req = bpf_ns1.saturating_sub(bpf_ns0) as f64 / stats_requests.max(1) as f64;
+    let runs_per_req = stats_runs as f64 / stats_requests.max(1) as f64;
+    let bpf_per_req_net = bpf_net_ns / stats_requests.max(1) as f64;
     let drops = summary["kernel"]["ring_full"].as_u64().unwrap_or(0)
         + summary["kernel"]["conn_map_full"].as_u64().unwrap_or(0)
         + summary["kernel"]["active_map_full"].as_u64().unwrap_or(0)
@@ -651,7 +661,11 @@ pub fn bench(quick: bool) -> Result<()> {
             per_m(agent_cpu + bpf_secs),
             "<= 3 s",
             per_m(agent_cpu + bpf_secs) <= 3.0,
-            &format!("userspace {:.2} s + BPF {:.2} s per M", per_m(agent_cpu), per_m(bpf_secs)),
+            &format!(
+                "userspace {:.2} s (the R1 run, /proc) + BPF {:.2} s per M (the bpf_stats run, net of its clock reads)",
+                per_m(agent_cpu),
+                per_m(bpf_secs)
+            ),
         ),
         row(
             "R4",
@@ -660,7 +674,9 @@ pub fn bench(quick: bool) -> Result<()> {
             "<= 400 ns",
             bpf_per_req_net <= 400.0,
             &format!(
-                "{bpf_per_req:.0} ns raw, {runs_per_req:.1} program runs per request (all processes), {stats_note}"
+                "{bpf_per_req:.0} ns raw over {runs_per_req:.1} program runs per request (all processes, wrk's \
+                 included), minus {idle_run_ns:.0} ns per run: what bpf_stats reports for a run that returns at \
+                 the process filter (unwatched socket loop); a separate {secs} s wrk run with bpf_stats on"
             ),
         ),
         row(

@@ -23,7 +23,7 @@ use std::{
 use route::Routes;
 
 use crate::sampling::Sampler;
-use span::{Kind, Link, SpanRecord, Value};
+use span::{Kind, Link, SpanRecord, Text, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
     CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, CTX_UPSTREAM, ConnEvent, ConnId,
@@ -139,7 +139,7 @@ struct Info {
     local: Option<SocketAddr>,
     remote: Option<SocketAddr>,
     /// The peer's IP as text (`network.peer.address`, `client.address`).
-    peer_ip: Option<String>,
+    peer_ip: Option<std::sync::Arc<str>>,
     /// Same-node pairing key.
     pair: Option<PairKey>,
 }
@@ -154,7 +154,7 @@ impl Info {
     fn set_addrs(&mut self, local: &SockAddr, remote: &SockAddr) {
         self.local = socket_addr(local);
         self.remote = socket_addr(remote);
-        self.peer_ip = self.remote.map(|r| r.ip().to_string());
+        self.peer_ip = self.remote.map(|r| r.ip().to_string().into());
         self.pair = match (addr_key(self.local), addr_key(self.remote)) {
             (Some(l), Some(r)) if self.role == ROLE_SERVER => Some((r, l)),
             (Some(l), Some(r)) => Some((l, r)),
@@ -577,6 +577,11 @@ fn host_port(host: &str, default_port: u16) -> (String, u16) {
     }
 }
 
+/// The connection's peer address, shared by all its spans.
+fn peer_address(info: &Info) -> Value {
+    Value::Str(info.peer_ip.clone().map_or(Text::Static(""), Text::Shared))
+}
+
 fn build_span(
     info: &Info,
     p: Box<Pending>,
@@ -589,9 +594,9 @@ fn build_span(
     let (path, query) = http1::split_target(&p.head.target);
     let base = if method == "_OTHER" { "HTTP" } else { method };
     let named = routes.name(path);
-    let name = match &named {
-        route::Named::Route(r) | route::Named::Heuristic(r) => format!("{base} {r}"),
-        route::Named::None => base.to_string(),
+    let name: Text = match &named {
+        route::Named::Route(r) | route::Named::Heuristic(r) => format!("{base} {r}").into(),
+        route::Named::None => base.into(),
     };
     let (local, remote) = (info.local, info.remote);
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
@@ -611,11 +616,11 @@ fn build_span(
         None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
     };
     if !server_address.is_empty() {
-        attrs.push(("server.address", Value::Str(server_address.clone().into())));
+        attrs.push(("server.address", Value::Str(server_address.into())));
         attrs.push(("server.port", Value::Int(i64::from(server_port))));
     }
     if let Some(peer) = remote {
-        attrs.push(("network.peer.address", Value::Str(info.peer_ip.clone().unwrap_or_default().into())));
+        attrs.push(("network.peer.address", peer_address(info)));
         attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
     }
     match kind {
@@ -630,7 +635,7 @@ fn build_span(
             }
             // client.port is Opt-In in the HTTP semantic conventions; network.peer.port has it.
             if remote.is_some() {
-                attrs.push(("client.address", Value::Str(info.peer_ip.clone().unwrap_or_default().into())));
+                attrs.push(("client.address", peer_address(info)));
             }
             if let Some(ua) = &p.head.user_agent {
                 attrs.push(("user_agent.original", Value::Str(ua.clone().into())));

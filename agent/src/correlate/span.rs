@@ -12,11 +12,85 @@ pub enum Kind {
 /// An attribute value.
 #[derive(Debug, Clone, PartialEq)]
 pub enum Value {
-    /// String: borrowed where it is a constant (method names, "http", "1.1"), which saves a
-    /// few allocations per span.
-    Str(std::borrow::Cow<'static, str>),
+    /// String.
+    Str(Text),
     /// Integer.
     Int(i64),
+}
+
+/// A string in a span: a constant (method names, "http", "1.1"), text of this request, or text
+/// shared by every span of a connection (its peer's address). Constants and shared text cost no
+/// allocation per span.
+#[derive(Clone)]
+pub enum Text {
+    /// A constant.
+    Static(&'static str),
+    /// This span's own.
+    Owned(String),
+    /// Shared with the connection.
+    Shared(std::sync::Arc<str>),
+}
+
+impl std::ops::Deref for Text {
+    type Target = str;
+    fn deref(&self) -> &str {
+        match self {
+            Text::Static(s) => s,
+            Text::Owned(s) => s,
+            Text::Shared(s) => s,
+        }
+    }
+}
+
+impl AsRef<str> for Text {
+    fn as_ref(&self) -> &str {
+        self
+    }
+}
+
+impl std::fmt::Debug for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(&**self, f)
+    }
+}
+
+impl std::fmt::Display for Text {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(&**self, f)
+    }
+}
+
+/// Equal by content, however stored.
+impl PartialEq for Text {
+    fn eq(&self, other: &Text) -> bool {
+        **self == **other
+    }
+}
+
+impl Eq for Text {}
+
+impl PartialEq<&str> for Text {
+    fn eq(&self, other: &&str) -> bool {
+        **self == **other
+    }
+}
+
+impl From<&'static str> for Text {
+    fn from(s: &'static str) -> Self {
+        Text::Static(s)
+    }
+}
+
+impl From<String> for Text {
+    fn from(s: String) -> Self {
+        Text::Owned(s)
+    }
+}
+
+impl From<std::sync::Arc<str>> for Text {
+    fn from(s: std::sync::Arc<str>) -> Self {
+        Text::Shared(s)
+    }
 }
 
 /// How a client span found its parent (`tracewire.link`).
@@ -52,7 +126,7 @@ pub struct SpanRecord {
     /// Kind.
     pub kind: Kind,
     /// Span name.
-    pub name: String,
+    pub name: Text,
     /// Wall-clock start, ns since the Unix epoch.
     pub start_ns: u64,
     /// Wall-clock end.

@@ -221,11 +221,11 @@ mod tests {
         b.attributes.push(("negative", Value::Int(-5)));
         b.attributes.push(("big", Value::Int(i64::MAX)));
         b.attributes.push(("empty", Value::Str("".into())));
-        a.name = "x".repeat(300);
+        a.name = "x".repeat(300).into();
         a.attributes.push(("url.full", Value::Str("y".repeat(200).into())));
         let mut c = transform::tests::sample(7);
         c.start_ns = 0;
-        c.name = String::new();
+        c.name = "".into();
         vec![a, b, c]
     }
 

@@ -47,7 +47,7 @@ pub fn span(s: &SpanRecord) -> Span {
         trace_state: s.trace_state.clone().unwrap_or_default(),
         parent_span_id: s.parent_id.map(|p| p.to_vec()).unwrap_or_default(),
         flags,
-        name: s.name.clone(),
+        name: s.name.to_string(),
         kind: match s.kind {
             Kind::Server => SpanKind::Server as i32,
             Kind::Client => SpanKind::Client as i32,

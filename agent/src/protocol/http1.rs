@@ -111,10 +111,6 @@ fn has_token(value: &[u8], token: &[u8]) -> bool {
     value.windows(token.len()).any(|w| w.eq_ignore_ascii_case(token))
 }
 
-/// Headers a response usually fits in: its head is parsed with room for this many first, and
-/// for [`MAX_HEADERS`] only when it has more (httparse initialises the whole array).
-const COMMON_HEADERS: usize = 32;
-
 fn framing_headers(headers: &[httparse::Header<'_>]) -> Result<(FramingSpec, bool), &'static str> {
     let mut spec = FramingSpec::default();
     let mut te_seen = false;
@@ -237,18 +233,14 @@ pub fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
 
 /// Parses a response head.
 pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
-    let mut common = [httparse::EMPTY_HEADER; COMMON_HEADERS];
-    match parse_response_with(buf, &mut common) {
-        Parsed::Invalid("too_many_headers") => {
-            parse_response_with(buf, &mut [httparse::EMPTY_HEADER; MAX_HEADERS])
-        }
-        parsed => parsed,
-    }
-}
-
-fn parse_response_with<'b>(buf: &'b [u8], headers: &mut [httparse::Header<'b>]) -> Parsed<ResponseHead> {
-    let mut resp = httparse::Response::new(headers);
-    let n = match resp.parse(buf) {
+    // Uninitialised, as for requests.
+    let mut headers = [const { std::mem::MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut resp = httparse::Response::new(&mut []);
+    let n = match httparse::ParserConfig::default().parse_response_with_uninit_headers(
+        &mut resp,
+        buf,
+        &mut headers,
+    ) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Parsed::Partial,
         Err(e) => return Parsed::Invalid(map_err(e)),
@@ -425,6 +417,13 @@ mod tests {
         let many: String = (0..101).map(|i| format!("X-{i}: v\r\n")).collect();
         let raw = format!("GET / HTTP/1.1\r\n{many}\r\n");
         assert_eq!(parse_request(raw.as_bytes()), Parsed::Invalid("too_many_headers"));
+        let raw = format!("HTTP/1.1 200 OK\r\n{many}\r\n");
+        assert_eq!(parse_response(raw.as_bytes()), Parsed::Invalid("too_many_headers"));
+        // Up to the limit, a long head parses, and the header after many others still counts.
+        let some: String = (0..60).map(|i| format!("X-{i}: v\r\n")).collect();
+        let raw = format!("HTTP/1.1 200 OK\r\n{some}Content-Length: 3\r\n\r\n");
+        let Parsed::Complete(r, _) = parse_response(raw.as_bytes()) else { panic!("60 headers") };
+        assert_eq!(response_framing(&r, Some("GET")), Framing::Length(3));
         assert!(
             matches!(parse_request(b"GET / HTTP/1.1\r\nX: a\r\n b\r\n\r\n"), Parsed::Invalid(_)),
             "obs-fold"
