@@ -88,6 +88,43 @@ fn python_server_and_curl(args: &[&str], hooks: &str) {
     assert!(data.iter().all(|e| e["pid"] == pid && e["tid"].as_u64().unwrap() > 0));
 }
 
+/// A response written from several buffers in one call (writev, sendmsg): every buffer's bytes
+/// are captured, in order.
+#[test]
+fn gathered_writes_are_captured_in_order() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let pid = server.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    let mut expected = Vec::new();
+    for (how, syscall) in [("writev", "writev"), ("sendmsg", "sendmsg")] {
+        let sizes = curl(&format!("http://127.0.0.1:{port}/gather/{how}/300"), &[]);
+        assert_eq!(sizes.body, 300, "{how}");
+        let remote = format!("127.0.0.1:{}", sizes.local_port);
+        agent.wait_for("server close", EVENT_TIMEOUT, |e| {
+            e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
+        });
+        expected.push((remote, syscall));
+    }
+    let events = agent.stop();
+    let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 300\r\n\r\n";
+    let whole = format!("{head}{}{}", "a".repeat(150), "b".repeat(150));
+    for (remote, syscall) in expected {
+        let open = of(&events, "conn_open", pid)
+            .into_iter()
+            .find(|e| e["remote"] == remote.as_str())
+            .unwrap_or_else(|| panic!("{syscall}: no connection from {remote}: {events:#?}"));
+        let out: Vec<&Value> =
+            data_of(&events, open).into_iter().filter(|e| e["direction"] == "egress").collect();
+        assert_eq!(out.len(), 1, "{syscall}: one write: {out:#?}");
+        assert_eq!(out[0]["syscall"], syscall);
+        assert_eq!(out[0]["len"], whole.len(), "{syscall}");
+        assert_eq!(payload(out[0]), whole, "{syscall}: five buffers, in order");
+    }
+}
+
 /// A server that accepts in one process and serves each connection in a child it forks (the
 /// parent closes its copy): the connection belongs to the process that reads and writes it.
 #[test]

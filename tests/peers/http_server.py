@@ -1,11 +1,14 @@
 """A small uninstrumented HTTP/1.1 server for tracewire's tests.
 
-Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET /traceparent
+Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET
+/gather/writev/N and /gather/sendmsg/N answer with N bytes of body in one writev() or
+sendmsg() of five buffers (head in three pieces, body in two); GET /traceparent
 with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
 the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection, or with
 "fork" one child process per connection (the parent accepts, the child serves). Usage:
 http_server.py [HOST] [fork]
 """
+import os
 import socket
 import sys
 from http.server import BaseHTTPRequestHandler, HTTPServer, ThreadingHTTPServer
@@ -23,12 +26,24 @@ class Handler(BaseHTTPRequestHandler):
         self.reply(f"{n} ".encode() + self.traceparents())
 
     def do_GET(self):
+        if self.path.startswith("/gather/"):
+            _, _, how, n = self.path.split("/")
+            self.gathered(how, int(n))
+            return
         body = b"ok\n"
         if self.path.startswith("/bytes/"):
             body = b"x" * int(self.path.split("?")[0].split("/")[2])
         elif self.path == "/traceparent":
             body = self.traceparents()
         self.reply(body)
+
+    def gathered(self, how, n):
+        head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n".encode()
+        parts = [head[:5], head[5:20], head[20:], b"a" * (n // 2), b"b" * (n - n // 2)]
+        if how == "sendmsg":
+            self.connection.sendmsg(parts)
+        else:
+            os.writev(self.connection.fileno(), parts)
 
     def reply(self, body):
         self.send_response(200)

@@ -55,7 +55,8 @@ pub struct Session {
     capture: Capture,
     selection: Selection,
     /// Open connections by (tgid, fd); bounded by the kernel map's size.
-    open: HashMap<(u32, u32), ConnEvent>,
+    /// Looked up for every data event: a fast hash (keys are the kernel's pids and fds).
+    open: HashMap<(u32, u32), ConnEvent, foldhash::fast::RandomState>,
     pending: Vec<ConnEvent>,
     stats: SessionStats,
     recorder: Option<crate::events::record::Recorder>,
@@ -108,7 +109,7 @@ impl Session {
         let mut s = Session {
             capture,
             selection,
-            open: HashMap::new(),
+            open: HashMap::default(),
             pending: Vec::new(),
             stats: SessionStats::default(),
             recorder: None,

@@ -122,6 +122,8 @@ impl SpanCtx {
 
 /// Span links kept for an unlinked client span.
 const MAX_LINKS: usize = 4;
+/// The most span slots set aside for the next poll (see [`Correlator::take_spans`]).
+const MAX_SPANS_PREALLOC: usize = 4096;
 
 #[derive(Debug)]
 struct Pending {
@@ -564,7 +566,8 @@ impl Sink for ConnSink<'_> {
     }
 }
 
-fn host_port(host: &str, default_port: u16) -> (String, u16) {
+/// A `Host` value's host and port; the string is reused (cut at the port) where it can be.
+fn host_port(mut host: String, default_port: u16) -> (String, u16) {
     // [v6]:port, host:port, host
     if let Some(rest) = host.strip_prefix('[')
         && let Some((h, p)) = rest.split_once(']')
@@ -572,8 +575,13 @@ fn host_port(host: &str, default_port: u16) -> (String, u16) {
         return (h.to_string(), p.strip_prefix(':').and_then(|p| p.parse().ok()).unwrap_or(default_port));
     }
     match host.rsplit_once(':') {
-        Some((h, p)) if !h.contains(':') => (h.to_string(), p.parse().unwrap_or(default_port)),
-        _ => (host.to_string(), default_port),
+        Some((h, p)) if !h.contains(':') => {
+            let port = p.parse().unwrap_or(default_port);
+            let cut = h.len();
+            host.truncate(cut);
+            (host, port)
+        }
+        _ => (host, default_port),
     }
 }
 
@@ -584,7 +592,7 @@ fn peer_address(info: &Info) -> Value {
 
 fn build_span(
     info: &Info,
-    p: Box<Pending>,
+    mut p: Box<Pending>,
     resp: Option<&ResponseHead>,
     end_ns: u64,
     routes: &Routes,
@@ -611,7 +619,9 @@ fn build_span(
     let version = if resp.map_or(p.head.minor, |r| r.minor) == 0 { "1.0" } else { "1.1" };
     attrs.push(("network.protocol.version", Value::Str(version.into())));
     let server_side: Option<SocketAddr> = if kind == Kind::Server { local } else { remote };
-    let (server_address, server_port) = match &p.head.host {
+    // A server span needs the Host header for nothing else: its string becomes the attribute.
+    let host = if kind == Kind::Server { p.head.host.take() } else { p.head.host.clone() };
+    let (server_address, server_port) = match host {
         Some(h) => host_port(h, 80),
         None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
     };
@@ -628,7 +638,13 @@ fn build_span(
             if let route::Named::Route(r) = &named {
                 attrs.push(("http.route", Value::Str(r.clone().into())));
             }
-            attrs.push(("url.path", Value::Str(path.to_string().into())));
+            // Without a query, the path is the whole target, which is not needed after this.
+            let path = if query.is_none() && path.len() == p.head.target.len() {
+                std::mem::take(&mut p.head.target)
+            } else {
+                path.to_string()
+            };
+            attrs.push(("url.path", Value::Str(path.into())));
             attrs.push(("url.scheme", Value::Str("http".into())));
             if let Some(q) = &query {
                 attrs.push(("url.query", Value::Str(q.clone().into())));
@@ -745,7 +761,10 @@ impl Correlator {
 
     /// Takes the spans finished so far.
     pub fn take_spans(&mut self) -> Vec<SpanRecord> {
-        std::mem::take(&mut self.shared.out)
+        // The next poll's spans go into a vector sized like this one's: not grown (and its
+        // records moved) again from empty every time.
+        let next = Vec::with_capacity(self.shared.out.len().min(MAX_SPANS_PREALLOC));
+        std::mem::replace(&mut self.shared.out, next)
     }
 
     /// Open connections.

@@ -87,6 +87,15 @@ impl From<String> for Text {
     }
 }
 
+impl From<std::borrow::Cow<'static, str>> for Text {
+    fn from(s: std::borrow::Cow<'static, str>) -> Self {
+        match s {
+            std::borrow::Cow::Borrowed(s) => Text::Static(s),
+            std::borrow::Cow::Owned(s) => Text::Owned(s),
+        }
+    }
+}
+
 impl From<std::sync::Arc<str>> for Text {
     fn from(s: std::sync::Arc<str>) -> Self {
         Text::Shared(s)

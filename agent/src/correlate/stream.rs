@@ -278,7 +278,7 @@ impl Stream {
         match self.side {
             Side::Request if c.starts_with("HTTP/1.") => {
                 let head = RequestHead {
-                    method: a.to_string(),
+                    method: a.to_string().into(),
                     target: b.chars().take(2048).collect(),
                     minor: u8::from(c == "HTTP/1.1"),
                     ..RequestHead::default()

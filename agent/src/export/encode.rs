@@ -55,6 +55,28 @@ fn message(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u32, f: impl FnOnce(
     bytes(buf, field, scratch);
 }
 
+/// A message field whose content `f` writes straight into `buf`, after room for a `guess`-byte
+/// length: the content is moved (once) only when its length takes another number of bytes.
+/// Encoding into a scratch buffer and copying it in would move every byte at every level.
+fn message_in_place(buf: &mut Vec<u8>, field: u32, guess: usize, f: impl FnOnce(&mut Vec<u8>)) {
+    key(buf, field, LEN);
+    let at = buf.len();
+    buf.resize(at + guess, 0);
+    f(buf);
+    let n = buf.len() - at - guess;
+    let need = len_varint(n as u64);
+    if need < guess {
+        buf.drain(at + need..at + guess);
+    } else if need > guess {
+        buf.splice(at + guess..at + guess, std::iter::repeat_n(0, need - guess));
+    }
+    let mut v = n as u64;
+    for (i, b) in buf[at..at + need].iter_mut().enumerate() {
+        *b = (v & 0x7f) as u8 | if i + 1 < need { 0x80 } else { 0 };
+        v >>= 7;
+    }
+}
+
 /// `KeyValue { key, value: AnyValue { string_value | int_value } }`.
 fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: AttrValue<'_>) {
     // Small enough to size by hand: key, then the AnyValue.
@@ -154,11 +176,14 @@ fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
 /// Reusable buffers: an exporter encodes batch after batch without allocating.
 #[derive(Default)]
 pub struct Encoder {
-    spans: Vec<u8>,
-    one: Vec<u8>,
     scratch: Vec<u8>,
     group: Vec<u8>,
 }
+
+/// Bytes a span's length takes (spans are 128 to 16383 bytes long).
+const SPAN_LEN_GUESS: usize = 2;
+/// Bytes a batch's length takes (16 KiB to 2 MiB).
+const BATCH_LEN_GUESS: usize = 3;
 
 impl Encoder {
     /// The `ExportTraceServiceRequest` for `spans`, grouped by process (one `ResourceSpans`
@@ -173,28 +198,25 @@ impl Encoder {
         for s in spans {
             by_pid.entry(s.pid).or_default().push(s);
         }
+        let scratch = &mut self.scratch;
         for (pid, group) in by_pid {
-            // ScopeSpans: scope, spans, schema_url.
-            self.spans.clear();
-            message(&mut self.spans, &mut self.scratch, 1, |scope| {
-                bytes(scope, 1, b"tracewire");
-                bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
-            });
-            for s in group {
-                self.one.clear();
-                span(&mut self.one, &mut self.scratch, s);
-                bytes(&mut self.spans, 2, &self.one);
-            }
-            bytes(&mut self.spans, 3, SCHEMA_URL.as_bytes());
-            // ResourceSpans: resource, scope_spans; framed straight into `out` (its length is
-            // known from the two parts, so the batch is not copied once more).
+            // ResourceSpans: resource, scope_spans, written straight into `out`.
             self.group.clear();
             resource(&mut self.group, &resource_of(pid));
-            let framed = |n: usize| 1 + len_varint(n as u64) + n;
-            key(out, 1, LEN);
-            varint(out, (framed(self.group.len()) + framed(self.spans.len())) as u64);
-            bytes(out, 1, &self.group);
-            bytes(out, 2, &self.spans);
+            message_in_place(out, 1, BATCH_LEN_GUESS, |rs| {
+                bytes(rs, 1, &self.group);
+                // ScopeSpans: scope, spans, schema_url.
+                message_in_place(rs, 2, BATCH_LEN_GUESS, |ss| {
+                    message(ss, scratch, 1, |scope| {
+                        bytes(scope, 1, b"tracewire");
+                        bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
+                    });
+                    for s in &group {
+                        message_in_place(ss, 2, SPAN_LEN_GUESS, |one| span(one, scratch, s));
+                    }
+                    bytes(ss, 3, SCHEMA_URL.as_bytes());
+                });
+            });
         }
     }
 }
@@ -248,6 +270,30 @@ mod tests {
         let mut again = Vec::new();
         enc.request(&spans[..1], &mut |pid| res.get(pid), &mut again);
         assert_eq!(again, transform::request(&spans[..1], &mut res).encode_to_vec());
+    }
+
+    #[test]
+    fn lengths_of_every_size_are_framed_as_prost_frames_them() {
+        // Spans and batches whose lengths take one, two and three bytes: the in-place framing
+        // guesses two (spans) and three (batches) and must move the content either way.
+        let mut res = Resources::new(8);
+        res.insert(ProcessInfo { service_name: "s".into(), attributes: vec![], pid: 7 });
+        for name_len in [0, 100, 20_000] {
+            for count in [1, 40, 700] {
+                let mut spans = Vec::new();
+                for i in 0..count {
+                    let mut s = transform::tests::sample(7);
+                    s.name = "n".repeat(name_len).into();
+                    s.attributes.clear();
+                    s.span_id = [i as u8; 8];
+                    spans.push(s);
+                }
+                let expected = transform::request(&spans, &mut res).encode_to_vec();
+                let mut got = Vec::new();
+                Encoder::default().request(&spans, &mut |pid| res.get(pid), &mut got);
+                assert!(got == expected, "name {name_len} B, {count} spans");
+            }
+        }
     }
 
     #[test]

@@ -23,8 +23,8 @@ pub enum Framing {
 /// A request head.
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub struct RequestHead {
-    /// Method token as sent.
-    pub method: String,
+    /// Method token as sent (a constant for the known methods: no allocation per request).
+    pub method: std::borrow::Cow<'static, str>,
     /// Request target (origin-form path and query, or absolute-form).
     pub target: String,
     /// Minor version: 0 or 1.
@@ -193,7 +193,10 @@ pub fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
         Err(e) => return Parsed::Invalid(e),
     };
     let mut head = RequestHead {
-        method: method.to_string(),
+        method: match KNOWN_METHODS.iter().find(|m| **m == method) {
+            Some(m) => std::borrow::Cow::Borrowed(*m),
+            None => std::borrow::Cow::Owned(method.to_string()),
+        },
         target: truncated(target, 2048),
         minor,
         framing,
@@ -358,7 +361,7 @@ mod tests {
         let raw = b"GET /a?x=1 HTTP/1.1\r\nHost: svc:8080\r\nUser-Agent: curl/8\r\ntraceparent: t1\r\ntracestate: a=1\r\ntracestate: b=2\r\n\r\nrest";
         let Parsed::Complete(h, n) = parse_request(raw) else { panic!() };
         assert_eq!(n, raw.len() - 4);
-        assert_eq!((h.method.as_str(), h.target.as_str(), h.minor), ("GET", "/a?x=1", 1));
+        assert_eq!((&*h.method, h.target.as_str(), h.minor), ("GET", "/a?x=1", 1));
         assert_eq!(h.host.as_deref(), Some("svc:8080"));
         assert_eq!(h.traceparent, vec![b"t1".to_vec()]);
         assert_eq!(h.tracestate.as_deref(), Some(&b"a=1,b=2"[..]));

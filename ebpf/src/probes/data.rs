@@ -298,16 +298,36 @@ fn copy_flat(buf: &mut [u8], src: u64, want: u64, flags: &mut u16) -> u64 {
 fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, flags: &mut u16) -> u64 {
     let mut off: u64 = 0;
     let mut i: u64 = 0;
+    // The first two entries in one read: a response is typically written as head + body, and
+    // every user-memory read costs tens of ns.
+    let mut first = [0u64; 4];
+    if iovcnt >= 2 {
+        // SAFETY: user pointer validated by the helper.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const [u64; 4]) } {
+            Ok(e) => first = e,
+            Err(_) => {
+                *flags |= DATA_FLAG_COPY_FAILED;
+                return 0;
+            }
+        }
+    }
     while i < MAX_IOVECS as u64 {
         if i >= iovcnt || off >= want {
             break;
         }
-        // SAFETY: user pointer validated by the helper.
-        let Ok(entry) =
-            (unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) })
-        else {
-            *flags |= DATA_FLAG_COPY_FAILED;
-            break;
+        let entry = if iovcnt >= 2 && i == 0 {
+            [first[0], first[1]]
+        } else if iovcnt >= 2 && i == 1 {
+            [first[2], first[3]]
+        } else {
+            // SAFETY: user pointer validated by the helper.
+            match unsafe { aya_ebpf::helpers::bpf_probe_read_user((iov + i * 16) as *const [u64; 2]) } {
+                Ok(e) => e,
+                Err(_) => {
+                    *flags |= DATA_FLAG_COPY_FAILED;
+                    break;
+                }
+            }
         };
         let mut n = entry[1];
         let room = want - off;
