@@ -56,6 +56,26 @@ pub fn watched(cfg: &Config, tgid: u32) -> bool {
     matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_SELECTED != 0)
 }
 
+/// [`watched`], reading only the two configuration fields it needs: the filter is all an
+/// unwatched process's socket I/O runs, on every call.
+#[inline(always)]
+pub fn is_watched(tgid: u32) -> bool {
+    // SAFETY: fields of a plain static; volatile so the compiler does not fold the defaults.
+    let (me, select) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.self_tgid)),
+            core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.select)),
+        )
+    };
+    if tgid == me {
+        return false;
+    }
+    if select == SELECT_ALL {
+        return true;
+    }
+    matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_SELECTED != 0)
+}
+
 /// Selects or deselects `tgid`, keeping its other bits.
 #[inline(always)]
 pub fn set_watched(tgid: u32, on: bool) {

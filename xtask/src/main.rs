@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod empty_prog;
 mod load;
 use clap::{Parser, Subcommand};
 

@@ -54,7 +54,7 @@ use crate::{
         ACTIVE, BINDS, CONNECTING, CONNS, GO_TIES, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS,
         SK_CONN, TCP_RX, TCP_TRACED, TCP_TX,
     },
-    util::{arg, config, count, emit, emit_bytes, header, now, read_sockaddr, ret, watched},
+    util::{arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, ret, watched},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -333,7 +333,7 @@ fn sk_closed(skaddr: u64) {
 #[inline(never)]
 fn connect_seen(ctx: &TracePointContext, skaddr: u64) {
     let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return;
     }
     let Some((nr, [fd, _, _])) = current_syscall() else {
@@ -373,7 +373,7 @@ fn mark_traced(skaddr: u64) {
 #[inline(never)]
 fn listen_seen(ctx: &TracePointContext) {
     let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return;
     }
     let Some((nr, [fd, _, _])) = current_syscall() else {
@@ -828,7 +828,7 @@ fn sock_addrs(sk: u64, local_out: &mut SockAddr, remote_out: &mut SockAddr) -> b
 #[tracepoint]
 pub fn tcp_rcv_space_adjust(ctx: TracePointContext) -> u32 {
     let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return 0;
     }
     // The read this runs in, from the thread's syscall registers (the socket hooks record no

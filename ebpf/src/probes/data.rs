@@ -39,7 +39,7 @@ use super::{
 };
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
-    util::{add, config, count, emit_bytes, header, now, watched},
+    util::{add, config, count, emit_bytes, header, is_watched, now, watched},
 };
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
@@ -498,7 +498,7 @@ pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return 0;
     }
     let active = ACTIVE.get_ptr_mut(id);
@@ -529,7 +529,7 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if !watched(&config(), tgid) {
+    if !is_watched(tgid) {
         return 0;
     }
     let Some(call_ptr) = ACTIVE.get_ptr_mut(id) else {
@@ -558,7 +558,7 @@ const MSG_PEEK: i32 = 2;
 pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if !watched(&config(), tgid) {
+    if !is_watched(tgid) {
         return 0;
     }
     let r: i32 = ctx.arg(1);
@@ -639,9 +639,8 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     };
-    let cfg = config();
     let id = bpf_get_current_pid_tgid();
-    if !watched(&cfg, (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return 0;
     }
     let regs: u64 = ctx.arg(0);
@@ -662,7 +661,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
 #[raw_tracepoint(tracepoint = "sys_exit")]
 pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
-    if !watched(&config(), (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return 0;
     }
     let Some(call_ptr) = ACTIVE.get_ptr_mut(id) else {

@@ -42,7 +42,7 @@ use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WAT
 use super::context::{parent_of, still_open, take_tie};
 use crate::{
     maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS, WATCHED},
-    util::{config, count, watched},
+    util::{count, is_watched},
 };
 
 /// Where the Go ABI keeps things in the saved user registers (`struct pt_regs`).
@@ -103,7 +103,7 @@ fn current_goroutine(proc: &GoProc) -> Option<(u64, u64)> {
 #[inline(always)]
 fn followed_process() -> Option<(u32, GoProc)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !watched(&config(), tgid) {
+    if !is_watched(tgid) {
         return None;
     }
     Some((tgid, go_proc(tgid)?))

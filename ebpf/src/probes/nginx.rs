@@ -26,7 +26,7 @@ use super::context::{parent_of, take_tie};
 
 use crate::{
     maps::{CONNS, NGX_PEER, NGX_REQ, NGX_TIES},
-    util::{config, watched},
+    util::is_watched,
 };
 
 const REQUEST_CONNECTION: u64 = 8;
@@ -47,7 +47,7 @@ fn conn_fd(c: u64) -> Option<u32> {
 #[inline(always)]
 fn selected_thread() -> Option<u64> {
     let id = bpf_get_current_pid_tgid();
-    watched(&config(), (id >> 32) as u32).then_some(id)
+    is_watched((id >> 32) as u32).then_some(id)
 }
 
 /// `ngx_http_upstream_init(ngx_http_request_t *r)`: the worker starts request `r`'s upstream.
