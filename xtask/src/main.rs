@@ -52,6 +52,19 @@ enum Task {
         #[arg(long)]
         quick: bool,
     },
+    /// Latency of a local HTTP/1.1 server at a fixed request rate (open loop, keep-alive), the
+    /// load R2 uses: to compare a service with and without tracewire yourself.
+    Latency {
+        /// The server's port on 127.0.0.1 (answering `GET /`).
+        #[arg(long)]
+        port: u16,
+        /// Requests per second.
+        #[arg(long, default_value_t = 10_000)]
+        rate: u64,
+        /// Seconds.
+        #[arg(long, default_value_t = 5)]
+        secs: u64,
+    },
     /// Unit tests, then the root integration tests with real servers and clients.
     Test {
         /// Extra arguments for `cargo test` (e.g. a test name filter).
@@ -90,6 +103,16 @@ fn main() -> Result<()> {
         Task::Bench { quick } => {
             setup()?;
             bench::bench(quick)
+        }
+        Task::Latency { port, rate, secs } => {
+            let l = load::paced(port, rate, 4, 2, secs)?;
+            println!(
+                "{} requests at {rate}/s: p50 {:.1} us, p99 {:.1} us",
+                l.requests,
+                l.p50 as f64 / 1000.0,
+                l.p99 as f64 / 1000.0
+            );
+            Ok(())
         }
         Task::Test { args } => {
             setup()?;

@@ -18,6 +18,8 @@ use crate::{
 
 /// Replays `path` repeatedly for at least `min_time` and returns the measurements as JSON.
 pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
+    // Batches as the OTLP exporter makes them by default.
+    let batch_size = crate::export::otlp::OtlpConfig::default().batch_size;
     crate::alloc::running();
     let records = record::read_all(path).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
     anyhow::ensure!(!records.is_empty(), "{}: no records", path.display());
@@ -55,7 +57,7 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
                 c.on_event(&ev);
             }
             batch.append(&mut c.take_spans());
-            if batch.len() >= 512 {
+            if batch.len() >= batch_size {
                 flush(&mut batch, &mut resources)?;
             }
         }
@@ -85,7 +87,7 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
             }
             events += 1;
             batch.append(&mut c.take_spans());
-            if batch.len() >= 512 {
+            if batch.len() >= batch_size {
                 flush(&mut batch, &mut resources);
             }
         }
