@@ -360,6 +360,26 @@ pub fn nginx_conf_with(
 }
 
 /// Waits until something accepts connections on 127.0.0.1:`port` (a condition, not a sleep).
+/// Waits until no TCP connection to 127.0.0.1:`port` is left open on this machine (every
+/// client has gone and the server has closed its ends): whatever the server was answering, it
+/// has answered.
+pub fn wait_connections_closed(port: u16) {
+    let deadline = Instant::now() + EVENT_TIMEOUT;
+    // /proc/net/tcp: local address as hex IP:PORT in the second column, state in the fourth.
+    // The server's end is in use while ESTABLISHED (01), SYN_RECV (03) or CLOSE_WAIT (08: the
+    // client has gone, the server has not closed yet); past those the server has closed it.
+    let open = || {
+        std::fs::read_to_string("/proc/net/tcp").unwrap_or_default().lines().skip(1).any(|l| {
+            let f: Vec<&str> = l.split_whitespace().collect();
+            f.len() > 3 && f[1].ends_with(&format!(":{port:04X}")) && matches!(f[3], "01" | "03" | "08")
+        })
+    };
+    while open() {
+        assert!(Instant::now() < deadline, "connections to port {port} still open");
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
 pub fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
