@@ -43,21 +43,9 @@ pub fn config() -> Config {
     unsafe { core::ptr::read_volatile(&TRACEWIRE_CONFIG) }
 }
 
-/// True when `tgid` is selected for tracing. This is the whole cost an unwatched process pays on a
-/// hooked syscall: a config check and one inlined array lookup.
-#[inline(always)]
-pub fn watched(cfg: &Config, tgid: u32) -> bool {
-    if tgid == cfg.self_tgid {
-        return false;
-    }
-    if cfg.select == SELECT_ALL {
-        return true;
-    }
-    matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_SELECTED != 0)
-}
-
-/// [`watched`], reading only the two configuration fields it needs: the filter is all an
-/// unwatched process's socket I/O runs, on every call.
+/// True when `tgid` is selected for tracing. This is the whole cost an unwatched process pays on
+/// a hooked call: two configuration fields (not the whole configuration) and one inlined array
+/// lookup.
 #[inline(always)]
 pub fn is_watched(tgid: u32) -> bool {
     // SAFETY: fields of a plain static; volatile so the compiler does not fold the defaults.

@@ -359,7 +359,6 @@ pub fn nginx_conf_with(
     conf
 }
 
-/// Waits until something accepts connections on 127.0.0.1:`port` (a condition, not a sleep).
 /// Waits until no TCP connection to 127.0.0.1:`port` is left open on this machine (every
 /// client has gone and the server has closed its ends): whatever the server was answering, it
 /// has answered.
@@ -380,6 +379,7 @@ pub fn wait_connections_closed(port: u16) {
     }
 }
 
+/// Waits until something accepts connections on 127.0.0.1:`port` (a condition, not a sleep).
 pub fn wait_listening(port: u16, what: &str) {
     let deadline = Instant::now() + EVENT_TIMEOUT;
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {

@@ -54,7 +54,7 @@ use crate::{
         ACTIVE, BINDS, CONNECTING, CONNS, GO_TIES, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS,
         SK_CONN, TCP_RX, TCP_TRACED, TCP_TX,
     },
-    util::{arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, ret, watched},
+    util::{arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, ret},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -68,9 +68,8 @@ const EINPROGRESS: i64 = 115;
 
 #[inline(always)]
 fn begin(ctx: &TracePointContext, syscall: Syscall, ptr: u64, addr: SockAddr) {
-    let cfg = config();
     let id = bpf_get_current_pid_tgid();
-    if !watched(&cfg, (id >> 32) as u32) {
+    if !is_watched((id >> 32) as u32) {
         return;
     }
     let call = ActiveCall {
@@ -403,10 +402,9 @@ fn emit_listen(id: u64, fd: u32, local: SockAddr) {
 
 #[tracepoint]
 pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
-    let cfg = config();
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if !watched(&cfg, tgid) {
+    if !is_watched(tgid) {
         return 0;
     }
     if let Some(addr) = read_sockaddr(arg(&ctx, 1)) {
@@ -717,10 +715,9 @@ pub fn sys_exit_connect(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
-    let cfg = config();
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
-    if !watched(&cfg, tgid) {
+    if !is_watched(tgid) {
         return 0;
     }
     let key = fd_key(tgid, arg(&ctx, 0) as u32);

@@ -37,16 +37,12 @@ use crate::{
 #[inline(always)]
 fn rand64() -> u64 {
     let Some(state) = RNG.get_ptr_mut(0) else {
-        // SAFETY: helpers without arguments.
-        let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-        return ((a as u64) << 32) | b as u64;
+        return kernel_rand64();
     };
     // SAFETY: this CPU's value; tracing programs do not nest on a CPU.
     let mut x = unsafe { *state };
     if x == 0 {
-        // SAFETY: helpers without arguments.
-        let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
-        x = ((a as u64) << 32) | b as u64;
+        x = kernel_rand64();
     }
     x = x.wrapping_add(0x9e37_79b9_7f4a_7c15);
     // SAFETY: as above.
@@ -55,6 +51,14 @@ fn rand64() -> u64 {
     z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
     z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
     z ^ (z >> 31)
+}
+
+/// 64 bits from the kernel's generator (two helper calls).
+#[inline(always)]
+fn kernel_rand64() -> u64 {
+    // SAFETY: helpers without arguments.
+    let (a, b) = unsafe { (bpf_get_prandom_u32(), bpf_get_prandom_u32()) };
+    ((a as u64) << 32) | b as u64
 }
 
 /// A new trace id; the sampled flag follows from it (the rightmost 7 bytes, as userspace's ratio

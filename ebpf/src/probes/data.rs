@@ -39,7 +39,7 @@ use super::{
 };
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
-    util::{add, config, count, emit_bytes, header, is_watched, now, watched},
+    util::{add, config, count, emit_bytes, header, is_watched, now},
 };
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
@@ -683,9 +683,8 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
 /// recvmmsg/sendmmsg on a tracked connection: counted, not captured.
 #[inline(always)]
 fn mmsg(regs: u64) {
-    let cfg = config();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !watched(&cfg, tgid) {
+    if !is_watched(tgid) {
         return;
     }
     // SAFETY: the helper validates the kernel address.

@@ -18,7 +18,7 @@ use tracewire_common::{EventKind, ProcEvent, SELECT_WATCHED};
 
 use crate::{
     maps::{ACTIVE, CGROUPS, PARENTS, THREAD_CTX},
-    util::{clear_process, config, emit, header, new_program, now, set_watched, watched},
+    util::{clear_process, config, emit, header, is_watched, new_program, now, set_watched},
 };
 
 /// `sched:sched_process_fork`: the child_pid offset comes from tracefs (see `Config`).
@@ -26,7 +26,7 @@ use crate::{
 pub fn sched_process_fork(ctx: TracePointContext) -> u32 {
     let cfg = config();
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
-    if !watched(&cfg, tgid) {
+    if !is_watched(tgid) {
         return 0;
     }
     let off = (cfg.fork_child_pid_offset & 0xff) as usize;
@@ -85,7 +85,7 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
         }
         return 0;
     }
-    let was = watched(&cfg, tgid);
+    let was = is_watched(tgid);
     // The pid will be reused: nothing about this process may stick to it.
     clear_process(tgid);
     if !was {
