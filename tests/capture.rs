@@ -125,6 +125,48 @@ fn gathered_writes_are_captured_in_order() {
     }
 }
 
+/// A response written to a client that has already closed its end: the client's kernel answers
+/// the bytes with a reset, which the server's kernel processes before the write returns and which
+/// closes the socket. The response still went out: it is reported, and before the close.
+#[test]
+fn a_response_to_a_client_that_left_is_reported_before_the_reset_closes_the_socket() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let pid = server.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    let script = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         print('local', s.getsockname()[1], flush=True)\n\
+         s.sendall(b'GET /after-close HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         s.close()\n\
+         print('closed', flush=True)\n"
+    );
+    let mut client = Peer::spawn(Command::new("python3").args(["-c", &script]));
+    let local: u16 = client.expect("local ")[6..].trim().parse().unwrap();
+    client.expect("closed");
+    let remote = format!("127.0.0.1:{local}");
+    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
+    });
+    let events = agent.stop();
+    let open = of(&events, "conn_open", pid)
+        .into_iter()
+        .find(|e| e["remote"] == remote.as_str())
+        .unwrap_or_else(|| panic!("no connection from {remote}: {events:#?}"));
+    let data = data_of(&events, open);
+    let response = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
+    assert_eq!(bytes(&data, "server", "egress"), response.len() as u64, "the response: {data:#?}");
+    let out = data.iter().find(|e| e["direction"] == "egress").expect("egress data");
+    assert_eq!(payload(out), response);
+    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred);
+    let close = at(&|e| e["type"] == "conn_close" && same_conn(e, open));
+    let written = at(&|e| e["type"] == "data" && e["direction"] == "egress" && same_conn(e, open));
+    assert!(written < close, "the response comes before the close: {events:#?}");
+}
+
 /// A server that accepts in one process and serves each connection in a child it forks (the
 /// parent closes its copy): the connection belongs to the process that reads and writes it.
 #[test]

@@ -370,8 +370,12 @@ pub struct ConnState {
     /// 1 when bytes were left unreported since the last event: the next event says so
     /// ([`DATA_FLAG_AFTER_SKIP`]).
     pub gap: u8,
+    /// 1 when the socket closed inside a read or write of this connection's own thread (a reset
+    /// processed as the call released the socket): the call's bytes are reported first, and its
+    /// exit hook ends the connection.
+    pub closing: u8,
     /// Reserved.
-    pub _pad2: [u8; 2],
+    pub _pad2: u8,
     /// Trace context of the current turn.
     pub ctx: TraceCtx,
     /// Context received in the TCP option, waiting for the request it came with.

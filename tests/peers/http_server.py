@@ -2,7 +2,8 @@
 
 Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET
 /gather/writev/N and /gather/sendmsg/N answer with N bytes of body in one writev() or
-sendmsg() of five buffers (head in three pieces, body in two); GET /traceparent
+sendmsg() of five buffers (head in three pieces, body in two); GET /after-close waits for
+the client to close its end, then answers "ok" in one write; GET /traceparent
 with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
 the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection, or with
 "fork" one child process per connection (the parent accepts, the child serves). Usage:
@@ -30,6 +31,9 @@ class Handler(BaseHTTPRequestHandler):
             _, _, how, n = self.path.split("/")
             self.gathered(how, int(n))
             return
+        if self.path == "/after-close":
+            self.after_close()
+            return
         body = b"ok\n"
         if self.path.startswith("/bytes/"):
             body = b"x" * int(self.path.split("?")[0].split("/")[2])
@@ -44,6 +48,12 @@ class Handler(BaseHTTPRequestHandler):
             self.connection.sendmsg(parts)
         else:
             os.writev(self.connection.fileno(), parts)
+
+    def after_close(self):
+        # The client sends nothing after its request: a peek returns once its FIN is in.
+        self.connection.recv(1, socket.MSG_PEEK)
+        self.connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
+        self.close_connection = True
 
     def reply(self, body):
         self.send_response(200)

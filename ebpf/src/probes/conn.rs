@@ -316,6 +316,14 @@ fn sk_closed(skaddr: u64) {
     // SAFETY: map value pointer, valid for this run.
     match CONNS.get_ptr_mut(key) {
         Some(p) if unsafe { (*p).generation == generation && (*p).skaddr == skaddr } => {
+            if in_data_call_on(key) {
+                // A reset processed as this thread's read or write released the socket: the
+                // call moved bytes that are not reported yet. Its exit hook reports them, then
+                // ends the connection (`end_if_closing`).
+                // SAFETY: map value pointer, valid for this run.
+                unsafe { (*p).closing = 1 };
+                return;
+            }
             // Its entries, this one included, go with it.
             let tgid = key >> 32;
             end_conn((tgid << 32) | tgid, key, p);
@@ -324,6 +332,26 @@ fn sk_closed(skaddr: u64) {
         _ => {
             let _ = SK_CONN.remove(skaddr);
         }
+    }
+}
+
+/// Whether the current thread is inside a data syscall on connection `key` (its process and fd).
+#[inline(always)]
+fn in_data_call_on(key: u64) -> bool {
+    let id = bpf_get_current_pid_tgid();
+    if id >> 32 != key >> 32 {
+        return false;
+    }
+    matches!(current_syscall(), Some((nr, [fd, _, _])) if fd as u32 == key as u32 && data_call(nr).is_some())
+}
+
+/// Ends connection `key` (`state` points at its map value) if its socket closed during the call
+/// whose exit hook runs now (see [`ConnState::closing`]).
+#[inline(always)]
+pub fn end_if_closing(id: u64, key: u64, state: *mut ConnState) {
+    // SAFETY: map value pointer, valid for this run.
+    if unsafe { (*state).closing } != 0 {
+        end_conn(id, key, state);
     }
 }
 

@@ -27,13 +27,13 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP, DATA_FLAG_COPY_FAILED,
-    DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS,
-    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, TraceCtx, fd_key,
+    ActiveCall, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP,
+    DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent,
+    EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, TraceCtx, fd_key,
 };
 
 use super::{
-    conn::{conn_of_socket, socket_read_prelude},
+    conn::{conn_of_socket, end_if_closing, socket_read_prelude},
     context::{client_turn, server_turn, server_turn_end},
     golang::serving,
 };
@@ -120,18 +120,50 @@ enum Layout {
     None,
 }
 
+const EAGAIN: i64 = 11;
+
+/// A call returned: its bytes are reported, and a connection whose socket closed during the call
+/// ends after them. `sk`: the socket, when the hook was handed it (socket-hook reads); 0
+/// otherwise.
 #[inline(always)]
-/// `sk`: the socket, when the hook was handed it (socket-hook reads); 0 otherwise.
 fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u64) {
     if r <= 0 {
         count(Counter::DataNoBytes);
+        // A call that would block ran no socket state change.
+        if r != -EAGAIN && config().flags & CFG_SOCKET_LIFECYCLE != 0 {
+            closed_without_bytes(id, call.fd);
+        }
         return;
     }
-    let moved = r as u64;
-    let tgid = (id >> 32) as u32;
     let Some(conn_ptr) = conn_of(id, call.fd, sk) else {
         return; // not a connection (or closed by another thread meanwhile)
     };
+    report(id, call, r as u64, direction, layout, sk, conn_ptr);
+    end_if_closing(id, fd_key((id >> 32) as u32, call.fd), conn_ptr);
+}
+
+/// A call on `fd` that moved no bytes (end of stream, reset) may be the one its socket closed in.
+#[inline(never)]
+fn closed_without_bytes(id: u64, fd: u32) {
+    let key = fd_key((id >> 32) as u32, fd);
+    if let Some(p) = CONNS.get_ptr_mut(key) {
+        end_if_closing(id, key, p);
+    }
+}
+
+/// Reports the `moved` bytes of a call on connection `conn_ptr`.
+#[inline(always)]
+#[allow(clippy::too_many_arguments)]
+fn report(
+    id: u64,
+    call: ActiveCall,
+    moved: u64,
+    direction: u8,
+    layout: Layout,
+    sk: u64,
+    conn_ptr: *mut ConnState,
+) {
+    let tgid = (id >> 32) as u32;
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
     if sk != 0 {
@@ -563,8 +595,18 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     }
     let r: i32 = ctx.arg(1);
     let flags: i32 = ctx.arg(2);
+    if r <= 0 {
+        // End of stream or reset: the call may be the one its socket closed in.
+        if i64::from(r) != -EAGAIN
+            && let Some((nr, [fd, _, _])) = current_syscall()
+            && data_call(nr).is_some()
+        {
+            closed_without_bytes(id, fd as u32);
+        }
+        return 0;
+    }
     // A peek leaves the bytes for the read that follows, which reports them.
-    if r <= 0 || flags & MSG_PEEK != 0 {
+    if flags & MSG_PEEK != 0 {
         return 0;
     }
     let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
