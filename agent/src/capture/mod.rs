@@ -457,13 +457,23 @@ impl Capture {
         &self.options
     }
 
-    /// Waits up to `timeout` for records, then hands every available record to `f`. Returns the
-    /// number of records read. Wakeups are batched in the kernel, so the timeout is also the
-    /// longest a record waits when traffic is light.
-    pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&[u8])) -> Result<usize, CaptureError> {
+    /// Waits up to `timeout` for records, then hands available records to `f`, up to about
+    /// `max_bytes` of them (the rest wait in the ring for the next call, which then returns at
+    /// once). Returns the number of records read. Wakeups are batched in the kernel, so the
+    /// timeout is also the longest a record waits when traffic is light.
+    pub fn poll(
+        &mut self,
+        timeout: Duration,
+        max_bytes: usize,
+        mut f: impl FnMut(&[u8]),
+    ) -> Result<usize, CaptureError> {
         let mut n = 0;
-        while let Some(item) = self.ring.next() {
+        let mut bytes = 0;
+        while bytes < max_bytes
+            && let Some(item) = self.ring.next()
+        {
             f(&item);
+            bytes += item.len();
             n += 1;
         }
         if n > 0 {
@@ -479,8 +489,11 @@ impl Capture {
                 return Err(CaptureError::Io("poll on ring buffer".into(), err));
             }
         }
-        while let Some(item) = self.ring.next() {
+        while bytes < max_bytes
+            && let Some(item) = self.ring.next()
+        {
             f(&item);
+            bytes += item.len();
             n += 1;
         }
         Ok(n)

@@ -69,6 +69,9 @@ pub struct Session {
 /// goroutine creation is followed).
 const GO_CHECK_EVERY: Duration = Duration::from_millis(100);
 
+/// Ring bytes one poll takes at most (and a record).
+const POLL_BYTES: usize = 256 << 10;
+
 /// Ring records of one poll, back to back in one buffer that keeps its capacity.
 #[derive(Default)]
 struct RecordBatch {
@@ -421,12 +424,7 @@ impl Session {
         }
     }
 
-    fn process(
-        &mut self,
-        batch: &RecordBatch,
-        f: &mut impl FnMut(&Event<'_>),
-        n: &mut usize,
-    ) -> Result<(), CaptureError> {
+    fn process(&mut self, batch: &RecordBatch, f: &mut impl FnMut(&Event<'_>)) -> Result<(), CaptureError> {
         if let Some(rec) = &mut self.recorder {
             for bytes in batch.iter() {
                 rec.write(bytes).map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
@@ -438,7 +436,6 @@ impl Session {
                 Ok(mut ev) => {
                     if self.control(&mut ev)? {
                         f(&ev);
-                        *n += 1;
                     }
                 }
                 Err(e) => *self.stats.decode_errors.entry(e.reason()).or_default() += 1,
@@ -447,9 +444,15 @@ impl Session {
         Ok(())
     }
 
-    /// Waits up to `timeout`, then hands every available event to `f`.
+    /// Polls after which what the ring held when they started has been read: a poll takes up to
+    /// [`POLL_BYTES`], so stopping takes this many at most (traced processes keep writing).
+    pub fn drain_polls(&self) -> usize {
+        self.capture.options().ring_bytes as usize / POLL_BYTES + 1
+    }
+
+    /// Waits up to `timeout`, then hands available events to `f` (a bounded share of the ring:
+    /// see [`POLL_BYTES`]). Returns the number of ring records read.
     pub fn poll(&mut self, timeout: Duration, mut f: impl FnMut(&Event<'_>)) -> Result<usize, CaptureError> {
-        let mut n = 0;
         if self.go_checked.elapsed() >= GO_CHECK_EVERY {
             self.go_checked = std::time::Instant::now();
             self.capture.follow_goroutine_creation();
@@ -462,27 +465,27 @@ impl Session {
             }
             if self.control(&mut ev)? {
                 f(&ev);
-                n += 1;
             }
         }
-        // Records are collected first (the ring borrow ends), then processed with &mut self.
         // Records are copied out of the ring into one reused buffer (the ring borrow must end
-        // before `control` needs `&mut self`); nothing is allocated per record.
+        // before `control` needs `&mut self`); nothing is allocated per record. A poll takes a
+        // bounded share of a full ring: what the records become downstream (spans, export
+        // batches) is then bounded too, and the rest waits in the ring, which is there for it.
         let mut batch = std::mem::take(&mut self.batch);
         batch.clear();
-        self.capture.poll(timeout, |bytes| batch.push(bytes))?;
-        self.stats.records += batch.len() as u64;
-        let result = self.process(&batch, &mut f, &mut n);
+        self.capture.poll(timeout, POLL_BYTES, |bytes| batch.push(bytes))?;
+        let records = batch.len();
+        self.stats.records += records as u64;
+        let result = self.process(&batch, &mut f);
         self.batch = batch;
         result?;
         for c in std::mem::take(&mut self.pending) {
             let mut ev = Event::Conn(c);
             if self.control(&mut ev)? {
                 f(&ev);
-                n += 1;
             }
         }
-        Ok(n)
+        Ok(records)
     }
 }
 

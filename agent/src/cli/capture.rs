@@ -348,11 +348,12 @@ pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -
     }
     let mut status = Status { last: Instant::now(), last_events: 0, last_bytes: 0 };
     let mut write_failed = false;
+    // On the way out, non-blocking polls read what the ring holds (a poll takes a bounded share).
+    let mut drain = session.drain_polls();
     loop {
         let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
-        // On the way out, one last non-blocking poll drains what the kernel already wrote.
         let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
-        session.poll(timeout, |ev| {
+        let read = session.poll(timeout, |ev| {
             let line = if out.json {
                 event_json(ev, &clock, out.show_payload).to_string()
             } else {
@@ -367,7 +368,10 @@ pub fn run(options: CaptureOptions, out: CaptureOutput, stop: Arc<AtomicBool>) -
             break;
         }
         if stopping {
-            break;
+            drain = drain.saturating_sub(1);
+            if read == 0 || drain == 0 {
+                break;
+            }
         }
         if !out.status_every.is_zero() && status.last.elapsed() >= out.status_every {
             print_status(&session, &mut status, &out, &mut w)?;

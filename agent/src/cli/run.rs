@@ -204,11 +204,13 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     let mut exited: Vec<u32> = Vec::new();
     let mut own = OwnSockets::default();
     let mut sampled_out = 0u64;
+    // Polls left once stopping: what the ring holds is read before connections are closed.
+    let mut drain = session.drain_polls();
     loop {
         let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
         let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
         let resources = &mut sinks.resources;
-        session.poll(timeout, |ev| {
+        let read = session.poll(timeout, |ev| {
             match ev {
                 Event::Conn(c) if EventKind::try_from(c.header.kind) == Ok(EventKind::ConnOpen) => {
                     if own.is_own_peer(&c.local, &c.remote) {
@@ -229,6 +231,10 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             correlator.on_event(ev);
         })?;
         if stopping {
+            drain = drain.saturating_sub(1);
+        }
+        let last = stopping && (read == 0 || drain == 0);
+        if last {
             correlator.close_all();
         }
         let mut spans = correlator.take_spans();
@@ -240,8 +246,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         if let Some(o) = &mut sinks.otlp {
             o.tick(&mut sinks.resources);
         }
-        sinks.print_traces(stopping);
-        if stopping {
+        sinks.print_traces(last);
+        if last {
             break;
         }
         if !out.status_every.is_zero() && last_status.elapsed() >= out.status_every {
