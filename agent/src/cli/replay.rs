@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     correlate::Correlator,
     events::{Event, clock::Clock, decode, record},
-    export::encode::Encoder,
+    export::encode::EncodedSpans,
     metadata::{ProcessInfo, Resources},
 };
 
@@ -39,16 +39,16 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
     let (mut gz_bytes, mut gz_spans) = (0u64, 0u64);
     {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
-        let mut batch = Vec::with_capacity(1024);
-        let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| -> anyhow::Result<()> {
+        let mut batch = EncodedSpans::default();
+        let mut flush = |batch: &mut EncodedSpans, resources: &mut Resources| -> anyhow::Result<()> {
             if !batch.is_empty() {
                 let mut raw = Vec::new();
-                Encoder::default().request(batch, &mut |pid| resources.get(pid), &mut raw);
+                batch.request(&mut |pid| resources.get(pid), &mut raw);
                 let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::default());
                 gz.write_all(&raw)?;
                 gz_bytes += gz.finish()?.len() as u64;
                 gz_spans += batch.len() as u64;
-                batch.clear();
+                *batch = EncodedSpans::default();
             }
             Ok(())
         };
@@ -56,28 +56,32 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
             if let Ok(ev) = decode(r) {
                 c.on_event(&ev);
             }
-            batch.append(&mut c.take_spans());
-            if batch.len() >= batch_size {
-                flush(&mut batch, &mut resources)?;
+            for s in c.take_spans() {
+                batch.push(&s);
+                if batch.len() >= batch_size {
+                    flush(&mut batch, &mut resources)?;
+                }
             }
         }
         c.close_all();
-        batch.append(&mut c.take_spans());
+        for s in c.take_spans() {
+            batch.push(&s);
+        }
         flush(&mut batch, &mut resources)?;
     }
     let start = Instant::now();
     while passes == 0 || start.elapsed() < min_time {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
-        let mut batch = Vec::with_capacity(1024);
-        let mut encoder = Encoder::default();
+        let mut batch = EncodedSpans::default();
         let mut out = Vec::new();
-        let mut flush = |batch: &mut Vec<_>, resources: &mut Resources| {
+        // As the exporter does: spans encoded as they come, the request framed per batch.
+        let mut flush = |batch: &mut EncodedSpans, resources: &mut Resources| {
             if !batch.is_empty() {
                 out.clear();
-                encoder.request(batch, &mut |pid| resources.get(pid), &mut out);
+                batch.request(&mut |pid| resources.get(pid), &mut out);
                 bytes += out.len() as u64;
                 spans += batch.len() as u64;
-                batch.clear();
+                *batch = EncodedSpans::default();
             }
         };
         for r in &records {
@@ -86,13 +90,17 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
                 Err(_) => decode_errors += 1,
             }
             events += 1;
-            batch.append(&mut c.take_spans());
-            if batch.len() >= batch_size {
-                flush(&mut batch, &mut resources);
+            for s in c.take_spans() {
+                batch.push(&s);
+                if batch.len() >= batch_size {
+                    flush(&mut batch, &mut resources);
+                }
             }
         }
         c.close_all();
-        batch.append(&mut c.take_spans());
+        for s in c.take_spans() {
+            batch.push(&s);
+        }
         flush(&mut batch, &mut resources);
         passes += 1;
     }

@@ -4,7 +4,7 @@
 //! encoding them with prost, without the intermediate messages: no per-attribute key and value
 //! strings, no id vectors, and every length computed once (prost computes a nested message's
 //! length again at each level it is nested in). The unit test holds the two byte for byte.
-use std::{collections::BTreeMap, sync::Arc};
+use std::sync::Arc;
 
 use super::transform::{FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE};
 use crate::{
@@ -173,46 +173,96 @@ fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
     }
 }
 
-/// Reusable buffers: an exporter encodes batch after batch without allocating.
-#[derive(Default)]
-pub struct Encoder {
-    scratch: Vec<u8>,
-    group: Vec<u8>,
-}
-
 /// Bytes a span's length takes (spans are 128 to 16383 bytes long).
 const SPAN_LEN_GUESS: usize = 2;
 /// Bytes a batch's length takes (16 KiB to 2 MiB).
 const BATCH_LEN_GUESS: usize = 3;
+/// Spans a batch makes room for at first (it grows past that by doubling).
+const START_SPANS: usize = 256;
+/// Encoded bytes a span takes, about.
+const SPAN_BYTES: usize = 384;
 
-impl Encoder {
-    /// The `ExportTraceServiceRequest` for `spans`, grouped by process (one `ResourceSpans`
-    /// each, in pid order), appended to `out`.
-    pub fn request(
-        &mut self,
-        spans: &[SpanRecord],
-        resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>,
-        out: &mut Vec<u8>,
-    ) {
-        let mut by_pid: BTreeMap<u32, Vec<&SpanRecord>> = BTreeMap::new();
-        for s in spans {
-            by_pid.entry(s.pid).or_default().push(s);
+/// Spans encoded as they are handed over: the content of the next request. A span record
+/// (about a kilobyte with its attributes) is freed as soon as it is encoded, by the thread that
+/// made it, and a batch waiting to be sent holds its spans' ~350 encoded bytes each.
+#[derive(Default)]
+pub struct EncodedSpans {
+    /// Every span as a `ScopeSpans.spans` field, in the order they came.
+    bytes: Vec<u8>,
+    /// Each span's process and where its field starts in `bytes`.
+    index: Vec<(u32, u32)>,
+    /// Span links' content, before it is framed.
+    scratch: Vec<u8>,
+}
+
+impl EncodedSpans {
+    /// Encodes `s` after the spans already held.
+    pub fn push(&mut self, s: &SpanRecord) {
+        if self.index.is_empty() {
+            self.bytes.reserve(START_SPANS * SPAN_BYTES);
+            self.index.reserve(START_SPANS);
         }
+        // Batches are cut at a few MiB (see the exporter), far below 4 GiB.
+        self.index.push((s.pid, self.bytes.len() as u32));
         let scratch = &mut self.scratch;
-        for (pid, group) in by_pid {
+        message_in_place(&mut self.bytes, 2, SPAN_LEN_GUESS, |one| span(one, scratch, s));
+    }
+
+    /// Spans held.
+    pub fn len(&self) -> usize {
+        self.index.len()
+    }
+
+    /// Whether no span is held.
+    pub fn is_empty(&self) -> bool {
+        self.index.is_empty()
+    }
+
+    /// Bytes of the spans' encoding.
+    pub fn encoded_bytes(&self) -> usize {
+        self.bytes.len()
+    }
+
+    /// The processes whose spans are held, in pid order.
+    pub fn pids(&self) -> Vec<u32> {
+        let mut pids: Vec<u32> = self.index.iter().map(|(pid, _)| *pid).collect();
+        pids.sort_unstable();
+        pids.dedup();
+        pids
+    }
+
+    /// About the bytes [`EncodedSpans::request`] writes (the spans and each process's framing).
+    pub fn request_len_hint(&self) -> usize {
+        self.bytes.len() + 256
+    }
+
+    /// The `ExportTraceServiceRequest` of these spans, appended to `out`: one `ResourceSpans`
+    /// per process, in pid order, each with its spans in the order they came.
+    pub fn request(&self, resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>, out: &mut Vec<u8>) {
+        let field = |i: usize| {
+            let end = self.index.get(i + 1).map_or(self.bytes.len(), |(_, at)| *at as usize);
+            &self.bytes[self.index[i].1 as usize..end]
+        };
+        // Stable: a process's spans keep their order.
+        let mut order: Vec<usize> = (0..self.index.len()).collect();
+        if !self.index.is_sorted_by_key(|(pid, _)| *pid) {
+            order.sort_by_key(|i| self.index[*i].0);
+        }
+        let (mut res, mut scratch) = (Vec::new(), Vec::new());
+        for run in order.chunk_by(|a, b| self.index[*a].0 == self.index[*b].0) {
+            res.clear();
+            resource(&mut res, &resource_of(self.index[run[0]].0));
             // ResourceSpans: resource, scope_spans, written straight into `out`.
-            self.group.clear();
-            resource(&mut self.group, &resource_of(pid));
             message_in_place(out, 1, BATCH_LEN_GUESS, |rs| {
-                bytes(rs, 1, &self.group);
+                bytes(rs, 1, &res);
                 // ScopeSpans: scope, spans, schema_url.
                 message_in_place(rs, 2, BATCH_LEN_GUESS, |ss| {
-                    message(ss, scratch, 1, |scope| {
+                    message(ss, &mut scratch, 1, |scope| {
                         bytes(scope, 1, b"tracewire");
                         bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
                     });
-                    for s in &group {
-                        message_in_place(ss, 2, SPAN_LEN_GUESS, |one| span(one, scratch, s));
+                    for i in run {
+                        ss.extend_from_slice(field(*i));
                     }
                     bytes(ss, 3, SCHEMA_URL.as_bytes());
                 });
@@ -262,14 +312,19 @@ mod tests {
         res.insert(ProcessInfo { service_name: "cart".into(), attributes: vec![], pid: 8 });
         let spans = records();
         let expected = transform::request(&spans, &mut res).encode_to_vec();
-        let mut enc = Encoder::default();
-        let mut got = Vec::new();
-        enc.request(&spans, &mut |pid| res.get(pid), &mut got);
-        assert_eq!(got, expected);
-        // Reused buffers leave nothing behind.
-        let mut again = Vec::new();
-        enc.request(&spans[..1], &mut |pid| res.get(pid), &mut again);
-        assert_eq!(again, transform::request(&spans[..1], &mut res).encode_to_vec());
+        assert_eq!(encode(&spans, &mut res), expected);
+        assert_eq!(encode(&spans[..1], &mut res), transform::request(&spans[..1], &mut res).encode_to_vec());
+    }
+
+    fn encode(spans: &[SpanRecord], res: &mut Resources) -> Vec<u8> {
+        let mut enc = EncodedSpans::default();
+        for s in spans {
+            enc.push(s);
+        }
+        assert_eq!(enc.len(), spans.len());
+        let mut out = Vec::new();
+        enc.request(&mut |pid| res.get(pid), &mut out);
+        out
     }
 
     #[test]
@@ -289,9 +344,7 @@ mod tests {
                     spans.push(s);
                 }
                 let expected = transform::request(&spans, &mut res).encode_to_vec();
-                let mut got = Vec::new();
-                Encoder::default().request(&spans, &mut |pid| res.get(pid), &mut got);
-                assert!(got == expected, "name {name_len} B, {count} spans");
+                assert!(encode(&spans, &mut res) == expected, "name {name_len} B, {count} spans");
             }
         }
     }
