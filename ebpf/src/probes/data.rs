@@ -9,8 +9,8 @@
 //! configured cap, across iovecs) into a per-CPU scratch buffer behind a [`DataEvent`] header, and
 //! write header + prefix to the ring buffer as one variable-size record.
 //!
-//! Reads are stamped when the syscall returns (the data has arrived), writes when it is entered
-//! (the first byte leaves then). sendfile() counts bytes without copying them: they are file
+//! Events are stamped when the call returns (a read's data has arrived); a client's write also
+//! carries when it was entered (the first byte of a request leaves then: its span starts). sendfile() counts bytes without copying them: they are file
 //! content, and the response still ends at the right time. recvmmsg/sendmmsg on a tracked
 //! connection are counted as not captured (TCP applications practically never use them).
 //!
@@ -70,14 +70,15 @@ fn enter(
     let Some(conn) = conn_of(id, fd as u32, sk) else {
         return;
     };
-    if direction == DIR_EGRESS {
-        // SAFETY: map value pointer, valid for this run.
-        let state = unsafe { &mut *conn };
-        if state.role == ROLE_CLIENT && state.turn != DIR_EGRESS {
-            client_turn(id, fd as u32, state);
-        }
+    // SAFETY: map value pointer, valid for this run.
+    let state = unsafe { &mut *conn };
+    let client_write = direction == DIR_EGRESS && state.role == ROLE_CLIENT;
+    if client_write && state.turn != DIR_EGRESS {
+        client_turn(id, fd as u32, state);
     }
-    let enter_ns = now();
+    // Only a client's write needs its start (a client span starts there); every other event
+    // is stamped when its call returns, and a clock read costs tens of ns in a guest.
+    let enter_ns = if client_write { now() } else { 0 };
     // A thread's entry stays in the map between calls and is rewritten in place: an insert
     // and a delete per syscall would cost several times the lookup.
     if let Some(p) = active {
@@ -247,7 +248,7 @@ fn report(
     let ev = DataEvent {
         header: header(EventKind::Data as u32, id, t),
         conn: conn_id,
-        // Reads from the socket hooks have no entry time: they are stamped when the bytes arrive.
+        // Only client writes record an entry time (see `enter`); the rest start when they end.
         enter_ns: if call.enter_ns == 0 { t } else { call.enter_ns },
         thread_ctx,
         len: moved as u32,
