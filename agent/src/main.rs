@@ -330,10 +330,24 @@ fn stop_flag() -> anyhow::Result<Arc<AtomicBool>> {
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
+/// The agent's threads (this one and every one it starts, which inherit it) run as
+/// `SCHED_BATCH`: they get their fair share of the CPU, so the ring is still drained under load,
+/// but waking up they do not preempt the services they trace. Measured at half of nginx's
+/// capacity: the added p99 was 0-15 % lower (within this VM's noise); at full speed, the same
+/// throughput and no drops.
+fn yield_to_services() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: plain syscall on the calling thread with a valid parameter block.
+    if unsafe { libc::sched_setscheduler(0, libc::SCHED_BATCH, &param) } != 0 {
+        log::debug!("SCHED_BATCH: {}", std::io::Error::last_os_error());
+    }
+}
+
 fn main() -> ExitCode {
     tracewire::alloc::starting();
     let cli = Cli::parse();
     env_logger::Builder::new().parse_filters(&cli.log).parse_env("RUST_LOG").format_target(false).init();
+    yield_to_services();
     let file = match &cli.config {
         Some(path) => match tracewire::config::load(path) {
             Ok(f) => f,
