@@ -231,11 +231,6 @@ impl EncodedSpans {
         pids
     }
 
-    /// About the bytes [`EncodedSpans::request`] writes (the spans and each process's framing).
-    pub fn request_len_hint(&self) -> usize {
-        self.bytes.len() + 256
-    }
-
     /// The `ExportTraceServiceRequest` of these spans, appended to `out`: one `ResourceSpans`
     /// per process, in pid order, each with its spans in the order they came.
     pub fn request(&self, resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>, out: &mut Vec<u8>) {
