@@ -57,9 +57,7 @@ fn python_server_and_curl(args: &[&str], hooks: &str) {
     assert_eq!(ready["data_hooks"], hooks);
     let sizes = curl(&format!("http://127.0.0.1:{port}/bytes/1000"), &[]);
     let remote = format!("127.0.0.1:{}", sizes.local_port);
-    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
-        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
-    });
+    wait_server_close(&mut agent, pid, &remote);
     let events = agent.stop();
 
     let opens: Vec<&Value> =
@@ -88,34 +86,50 @@ fn python_server_and_curl(args: &[&str], hooks: &str) {
     assert!(data.iter().all(|e| e["pid"] == pid && e["tid"].as_u64().unwrap() > 0));
 }
 
+/// The Python test server (its pid and port) and an agent tracing it, ready.
+fn traced_python_server() -> (Peer, u32, u16, Agent) {
+    let (server, port) = python_server("127.0.0.1");
+    let pid = server.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    (server, pid, port, agent)
+}
+
+/// Waits until server `pid`'s end of the connection from `remote` has closed.
+fn wait_server_close(agent: &mut Agent, pid: u32, remote: &str) {
+    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote
+    });
+}
+
+/// The connection server `pid` accepted from `remote`.
+fn accepted_from<'a>(events: &'a [Value], pid: u32, remote: &str) -> &'a Value {
+    of(events, "conn_open", pid)
+        .into_iter()
+        .find(|e| e["remote"] == remote)
+        .unwrap_or_else(|| panic!("no connection from {remote}: {events:#?}"))
+}
+
 /// A response written from several buffers in one call (writev, sendmsg): every buffer's bytes
 /// are captured, in order.
 #[test]
 fn gathered_writes_are_captured_in_order() {
     let _g = serial();
     require_root();
-    let (server, port) = python_server("127.0.0.1");
-    let pid = server.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
-    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    let (_server, pid, port, mut agent) = traced_python_server();
     let mut expected = Vec::new();
     for (how, syscall) in [("writev", "writev"), ("sendmsg", "sendmsg")] {
         let sizes = curl(&format!("http://127.0.0.1:{port}/gather/{how}/300"), &[]);
         assert_eq!(sizes.body, 300, "{how}");
         let remote = format!("127.0.0.1:{}", sizes.local_port);
-        agent.wait_for("server close", EVENT_TIMEOUT, |e| {
-            e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
-        });
+        wait_server_close(&mut agent, pid, &remote);
         expected.push((remote, syscall));
     }
     let events = agent.stop();
     let head = "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: 300\r\n\r\n";
     let whole = format!("{head}{}{}", "a".repeat(150), "b".repeat(150));
     for (remote, syscall) in expected {
-        let open = of(&events, "conn_open", pid)
-            .into_iter()
-            .find(|e| e["remote"] == remote.as_str())
-            .unwrap_or_else(|| panic!("{syscall}: no connection from {remote}: {events:#?}"));
+        let open = accepted_from(&events, pid, &remote);
         let out: Vec<&Value> =
             data_of(&events, open).into_iter().filter(|e| e["direction"] == "egress").collect();
         assert_eq!(out.len(), 1, "{syscall}: one write: {out:#?}");
@@ -132,10 +146,7 @@ fn gathered_writes_are_captured_in_order() {
 fn a_response_to_a_client_that_left_is_reported_before_the_reset_closes_the_socket() {
     let _g = serial();
     require_root();
-    let (server, port) = python_server("127.0.0.1");
-    let pid = server.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
-    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    let (_server, pid, port, mut agent) = traced_python_server();
     let script = format!(
         "import socket\n\
          s = socket.create_connection(('127.0.0.1', {port}))\n\
@@ -148,14 +159,9 @@ fn a_response_to_a_client_that_left_is_reported_before_the_reset_closes_the_sock
     let local: u16 = client.expect("local ")[6..].trim().parse().unwrap();
     client.expect("closed");
     let remote = format!("127.0.0.1:{local}");
-    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
-        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
-    });
+    wait_server_close(&mut agent, pid, &remote);
     let events = agent.stop();
-    let open = of(&events, "conn_open", pid)
-        .into_iter()
-        .find(|e| e["remote"] == remote.as_str())
-        .unwrap_or_else(|| panic!("no connection from {remote}: {events:#?}"));
+    let open = accepted_from(&events, pid, &remote);
     let data = data_of(&events, open);
     let response = "HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n";
     assert_eq!(bytes(&data, "server", "egress"), response.len() as u64, "the response: {data:#?}");
@@ -446,9 +452,7 @@ fn wildcard_listener(listen: &str, connect: &str, args: &[&str]) {
     let mut agent = Agent::start(&[&["--pid", pid_arg.as_str()][..], args].concat());
     let sizes = curl(&format!("http://{connect}:{port}/bytes/10"), &[]);
     let remote = format!("{connect}:{}", sizes.local_port);
-    agent.wait_for("server close", EVENT_TIMEOUT, |e| {
-        e["type"] == "conn_close" && e["pid"] == pid && e["remote"] == remote.as_str()
-    });
+    wait_server_close(&mut agent, pid, &remote);
     let events = agent.stop();
     // The connection's addresses, as the last open or address event before its first read
     // reported them (the socket path opens it with its addresses, the syscall path learns the
