@@ -2,7 +2,8 @@
 
 Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET
 /gather/writev/N and /gather/sendmsg/N answer with N bytes of body in one writev() or
-sendmsg() of five buffers (head in three pieces, body in two); GET /after-close waits for
+sendmsg() of five buffers (head in three pieces, body in two), /gather/HOW/N/2 of two (head,
+body); GET /after-close waits for
 the client to close its end, then answers "ok" in one write; GET /traceparent
 with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
 the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection, or with
@@ -28,8 +29,8 @@ class Handler(BaseHTTPRequestHandler):
 
     def do_GET(self):
         if self.path.startswith("/gather/"):
-            _, _, how, n = self.path.split("/")
-            self.gathered(how, int(n))
+            _, _, how, n, *parts = self.path.split("/")
+            self.gathered(how, int(n), int(parts[0]) if parts else 5)
             return
         if self.path == "/after-close":
             self.after_close()
@@ -41,9 +42,10 @@ class Handler(BaseHTTPRequestHandler):
             body = self.traceparents()
         self.reply(body)
 
-    def gathered(self, how, n):
+    def gathered(self, how, n, count):
         head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n".encode()
-        parts = [head[:5], head[5:20], head[20:], b"a" * (n // 2), b"b" * (n - n // 2)]
+        body = b"a" * (n // 2) + b"b" * (n - n // 2)
+        parts = [head, body] if count == 2 else [head[:5], head[5:20], head[20:], body[: n // 2], body[n // 2 :]]
         if how == "sendmsg":
             self.connection.sendmsg(parts)
         else:
