@@ -173,6 +173,56 @@ fn a_response_to_a_client_that_left_is_reported_before_the_reset_closes_the_sock
     assert!(written < close, "the response comes before the close: {events:#?}");
 }
 
+/// A client that sends a request and resets the connection before the server reads it: the
+/// reset closes the socket (in the client's context), and the server still reads the request
+/// from it afterwards. That request is reported, on a connection that ends after it.
+#[test]
+fn a_request_read_after_the_client_reset_the_connection_is_reported() {
+    let _g = serial();
+    require_root();
+    if !kernel_has_socket_hooks() {
+        return; // the syscall path ends connections at close(), not at the reset
+    }
+    let script = "import select, socket, struct, sys\n\
+         l = socket.socket()\n\
+         l.bind(('127.0.0.1', 0))\n\
+         l.listen(1)\n\
+         print('port', l.getsockname()[1], flush=True)\n\
+         sys.stdin.readline()\n\
+         c = socket.create_connection(l.getsockname())\n\
+         s, _ = l.accept()\n\
+         c.sendall(b'GET /reset HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         c.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack('ii', 1, 0))\n\
+         print('local', c.getsockname()[1], flush=True)\n\
+         c.close()\n\
+         p = select.poll()\n\
+         p.register(s, select.POLLHUP)\n\
+         p.poll(10000)\n\
+         print('read', len(s.recv(4096)), flush=True)\n\
+         s.close()\n";
+    let mut peer = Peer::spawn(Command::new("python3").args(["-c", script]));
+    peer.expect("port ");
+    let pid = peer.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    peer.send("go");
+    let local: u16 = peer.expect("local ")[6..].trim().parse().unwrap();
+    let request = "GET /reset HTTP/1.1\r\nHost: x\r\n\r\n";
+    assert_eq!(peer.expect("read "), format!("read {}", request.len()), "the request was still readable");
+    let remote = format!("127.0.0.1:{local}");
+    wait_server_close(&mut agent, pid, &remote);
+    let events = agent.stop();
+    let open = accepted_from(&events, pid, &remote);
+    assert_eq!(open["role"], "server");
+    let data = data_of(&events, open);
+    assert_eq!(bytes(&data, "server", "ingress"), request.len() as u64, "{events:#?}");
+    assert_eq!(data[0]["head"], "GET /reset HTTP/1.1");
+    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred);
+    let close = at(&|e| e["type"] == "conn_close" && same_conn(e, open));
+    let read = at(&|e| e["type"] == "data" && same_conn(e, open));
+    assert!(read < close, "the request comes before the close: {events:#?}");
+}
+
 /// A server that accepts in one process and serves each connection in a child it forks (the
 /// parent closes its copy): the connection belongs to the process that reads and writes it.
 #[test]

@@ -15,7 +15,10 @@
 //! - A connection ends at LAST_ACK (the application closed after its peer) or CLOSE (every
 //!   socket passes there before it is freed), found by socket address in `SK_CONN`; and when a
 //!   socket hook finds its fd naming another socket (closed, fd reused, state change not yet
-//!   seen).
+//!   seen). A close inside the connection's own read or write waits for that call to report its
+//!   bytes; a server socket closed by a reset stays claimable in `SERVER_SKS`: what it had
+//!   received can still be read, and that read reopens it (a new generation) until the read's
+//!   bytes are reported.
 //!
 //! **From syscall tracepoints (the syscall data path of older kernels, which hooks every syscall
 //! anyway).**
@@ -61,6 +64,7 @@ const TCP_ESTABLISHED: i32 = 1;
 const TCP_SYN_SENT: i32 = 2;
 const TCP_SYN_RECV: i32 = 3;
 const TCP_CLOSE: i32 = 7;
+const TCP_CLOSE_WAIT: i32 = 8;
 const TCP_LAST_ACK: i32 = 9;
 const TCP_LISTEN: i32 = 10;
 const IPPROTO_TCP: u16 = 6;
@@ -287,10 +291,18 @@ fn same_ports(sk: u64, state: &ConnState) -> bool {
         || (local.port == state.local.port && remote.port == state.remote.port)
 }
 
-/// Opens the server connection of a socket accepted since the agent started, at its first use.
+/// [`SERVER_SKS`] values: accepted since the agent started, not used yet.
+const SK_ACCEPTED: u8 = 1;
+/// A server socket a state change closed while its fd may still be open (a reset): what it had
+/// received can still be read, and a read opens a connection for it that ends after the read.
+const SK_ENDED: u8 = 2;
+
+/// Opens the server connection of a socket accepted since the agent started (or closed by a
+/// reset), at its first use.
 #[inline(never)]
 fn accepted(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
-    SERVER_SKS.get_ptr(sk)?;
+    // SAFETY: map value pointer, read once.
+    let mark = unsafe { *SERVER_SKS.get_ptr(sk)? };
     let _ = SERVER_SKS.remove(sk);
     let mut local = SockAddr::default();
     let mut remote = SockAddr::default();
@@ -301,14 +313,32 @@ fn accepted(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     if open_conn(id, fd, &o) == 0 {
         return None;
     }
-    CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))
+    let p = CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))?;
+    if mark == SK_ENDED {
+        // Its socket is closed already: the call's bytes are reported, then it ends.
+        // SAFETY: map value pointer, valid for this run.
+        unsafe { (*p).closing = 1 };
+    }
+    Some(p)
 }
 
 /// A socket's state change ends its connection (LAST_ACK: closed after the peer; CLOSE: every
-/// socket passes there before it is freed). Runs in softirq context as often as not.
+/// socket passes there before it is freed). Runs in softirq context as often as not. `reset`:
+/// the socket closed straight from an open state, while its application may still read it.
 #[inline(never)]
-fn sk_closed(skaddr: u64) {
-    let _ = SERVER_SKS.remove(skaddr);
+fn sk_closed(skaddr: u64, reset: bool) {
+    // SAFETY: copied out of the map.
+    match unsafe { SERVER_SKS.get(skaddr) }.copied() {
+        // Accepted and never used: a reset may leave a request in it that is read later.
+        Some(SK_ACCEPTED) if reset => {
+            let _ = SERVER_SKS.insert(skaddr, SK_ENDED, 0);
+        }
+        // Closed by its application, or the mark of an earlier socket at this address.
+        Some(_) => {
+            let _ = SERVER_SKS.remove(skaddr);
+        }
+        None => {}
+    }
     // SAFETY: copied out of the map.
     let Some([key, generation]) = (unsafe { SK_CONN.get(skaddr) }).copied() else {
         return;
@@ -324,9 +354,15 @@ fn sk_closed(skaddr: u64) {
                 unsafe { (*p).closing = 1 };
                 return;
             }
+            // SAFETY: as above; read before the entry goes.
+            let server = unsafe { (*p).role } == ROLE_SERVER;
             // Its entries, this one included, go with it.
             let tgid = key >> 32;
             end_conn((tgid << 32) | tgid, key, p);
+            if server && reset {
+                // What the socket received may still be read (see `accepted`).
+                let _ = SERVER_SKS.insert(skaddr, SK_ENDED, 0);
+            }
         }
         // The connection already ended (fd reused, process gone): only the entry is left.
         _ => {
@@ -636,7 +672,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if config().flags & CFG_SOCKET_LIFECYCLE != 0 {
         match new {
             TCP_SYN_RECV => {
-                let _ = SERVER_SKS.insert(skaddr, 1, 0);
+                let _ = SERVER_SKS.insert(skaddr, SK_ACCEPTED, 0);
                 return 0;
             }
             TCP_SYN_SENT if old == TCP_CLOSE => {
@@ -648,7 +684,9 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
                 return 0;
             }
             TCP_LAST_ACK | TCP_CLOSE => {
-                sk_closed(skaddr);
+                // Straight from an open state: a reset, not a close the application made.
+                let reset = new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT);
+                sk_closed(skaddr, reset);
                 return 0;
             }
             // SYN_SENT→ESTABLISHED completes the source address below, as for the syscall path.
