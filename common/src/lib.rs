@@ -701,10 +701,14 @@ pub enum Counter {
     /// Connections whose start was not seen (connect outside a connect/sendto/sendmsg call, such
     /// as io_uring; sockets accepted before the agent started): not traced.
     ConnUnseen = 27,
+    /// TCP writes by a watched process on a socket it has no connection for (a port the filter
+    /// leaves out, a connection older than the agent that /proc did not show, one whose start
+    /// was missed): their bytes are not traced.
+    SendUntracked = 28,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 28;
+pub const COUNTER_COUNT: u32 = 29;
 
 impl Counter {
     /// All counters, in index order.
@@ -737,6 +741,7 @@ impl Counter {
         Counter::UpstreamLinked,
         Counter::FdReused,
         Counter::ConnUnseen,
+        Counter::SendUntracked,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -770,6 +775,7 @@ impl Counter {
             Counter::UpstreamLinked => "upstream_linked",
             Counter::FdReused => "fd_reused",
             Counter::ConnUnseen => "conn_unseen",
+            Counter::SendUntracked => "send_untracked",
         }
     }
 }

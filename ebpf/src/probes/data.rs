@@ -68,6 +68,10 @@ fn enter(
     active: Option<*mut ActiveCall>,
 ) {
     let Some(conn) = conn_of(id, fd as u32, sk) else {
+        // The socket hooks see TCP sockets only: a write on one that is not followed.
+        if sk != 0 {
+            count(Counter::SendUntracked);
+        }
         return;
     };
     // SAFETY: map value pointer, valid for this run.
