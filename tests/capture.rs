@@ -110,6 +110,15 @@ fn accepted_from<'a>(events: &'a [Value], pid: u32, remote: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no connection from {remote}: {events:#?}"))
 }
 
+/// Whether connection `open`'s first data event in `direction` comes before its close (both
+/// must be there).
+fn data_before_close(events: &[Value], open: &Value, direction: &str) -> bool {
+    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred);
+    let close = at(&|e| e["type"] == "conn_close" && same_conn(e, open));
+    let data = at(&|e| e["type"] == "data" && e["direction"] == direction && same_conn(e, open));
+    data.is_some() && data < close
+}
+
 /// A response written from several buffers in one call (writev, sendmsg): every buffer's bytes
 /// are captured, in order: two (read as one pair of iovec entries) and five.
 #[test]
@@ -167,10 +176,7 @@ fn a_response_to_a_client_that_left_is_reported_before_the_reset_closes_the_sock
     assert_eq!(bytes(&data, "server", "egress"), response.len() as u64, "the response: {data:#?}");
     let out = data.iter().find(|e| e["direction"] == "egress").expect("egress data");
     assert_eq!(payload(out), response);
-    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred);
-    let close = at(&|e| e["type"] == "conn_close" && same_conn(e, open));
-    let written = at(&|e| e["type"] == "data" && e["direction"] == "egress" && same_conn(e, open));
-    assert!(written < close, "the response comes before the close: {events:#?}");
+    assert!(data_before_close(&events, open, "egress"), "the response comes before the close: {events:#?}");
 }
 
 /// A client that sends a request and resets the connection before the server reads it: the
@@ -217,10 +223,7 @@ fn a_request_read_after_the_client_reset_the_connection_is_reported() {
     let data = data_of(&events, open);
     assert_eq!(bytes(&data, "server", "ingress"), request.len() as u64, "{events:#?}");
     assert_eq!(data[0]["head"], "GET /reset HTTP/1.1");
-    let at = |pred: &dyn Fn(&Value) -> bool| events.iter().position(pred);
-    let close = at(&|e| e["type"] == "conn_close" && same_conn(e, open));
-    let read = at(&|e| e["type"] == "data" && same_conn(e, open));
-    assert!(read < close, "the request comes before the close: {events:#?}");
+    assert!(data_before_close(&events, open, "ingress"), "the request comes before the close: {events:#?}");
 }
 
 /// A server that accepts in one process and serves each connection in a child it forks (the
