@@ -106,7 +106,7 @@ pub struct Config {
     /// the socket hooks, which receive the socket itself.
     pub sk: SockOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 56);
+const _: () = assert!(size_of::<Config>() == 64);
 
 /// Byte offsets in `struct sock_common`. `valid` is 0 when they could not be resolved: the
 /// addresses are then learned from `tcp:tcp_rcv_space_adjust` records instead.
@@ -129,6 +129,8 @@ pub struct SockOffsets {
     pub v6_daddr: u16,
     /// `skc_v6_rcv_saddr` (16 bytes).
     pub v6_rcv_saddr: u16,
+    /// `struct sock`'s `sk_socket` (NULL once the application closed the socket).
+    pub socket: u16,
 }
 
 /// [`Config::flags`]: write and read the trace-context TCP option (the sock_ops program is
@@ -516,6 +518,9 @@ pub const CONN_FLAG_LOCAL_PARTIAL: u8 = 2;
 /// passed over a unix socket, or listening before the process was selected): userspace checks it
 /// is TCP, and records the listener so the next accept is known.
 pub const CONN_FLAG_UNVERIFIED: u8 = 4;
+/// On a close: the socket's state change ended the connection and left its (dead) map entry for
+/// the process's own context to replace; userspace removes it if the process exits first.
+pub const CONN_FLAG_ENTRY_LEFT: u8 = 8;
 
 /// Direction of a data event.
 pub const DIR_INGRESS: u8 = 1;

@@ -4,6 +4,8 @@
 //! on many hardened kernels, and tracepoint formats are a stable ABI (userspace checks them
 //! against tracefs before loading). See `probes/` for the hook strategy of each family.
 #![no_std]
+#![feature(core_intrinsics)]
+#![allow(internal_features)]
 #![no_main]
 
 mod maps;

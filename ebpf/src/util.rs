@@ -34,6 +34,7 @@ static TRACEWIRE_CONFIG: Config = Config {
         family: 0,
         v6_daddr: 0,
         v6_rcv_saddr: 0,
+        socket: 0,
     },
 };
 

@@ -39,14 +39,16 @@ fn resolve(btf: &Btf, mut ty: Type) -> Option<Type> {
     None
 }
 
-/// Where `struct sock_common` keeps a socket's family, ports and addresses on this kernel, or
-/// `None` when the BTF lacks any of them (a kernel without IPv6, an unreadable file).
+/// Where `struct sock_common` keeps a socket's family, ports and addresses on this kernel, and
+/// `struct sock` its `struct socket`, or `None` when the BTF lacks any of them (a kernel without
+/// IPv6, an unreadable file).
 pub fn sock_offsets(vmlinux: &Path) -> Option<SockOffsets> {
     // Mapped, not parsed whole: parsing every type of vmlinux costs the agent ~18 MiB at start.
     let btf =
         Btf::from_file_with_backend(vmlinux, Backend::Mmap).or_else(|_| Btf::from_file(vmlinux)).ok()?;
     let sock_common =
         btf.resolve_types_by_name("sock_common").ok()?.into_iter().find(|t| matches!(t, Type::Struct(_)))?;
+    let sock = btf.resolve_types_by_name("sock").ok()?.into_iter().find(|t| matches!(t, Type::Struct(_)))?;
     let at = |field: &str| member_offset(&btf, &sock_common, field).and_then(|o| u16::try_from(o).ok());
     Some(SockOffsets {
         valid: 1,
@@ -57,6 +59,8 @@ pub fn sock_offsets(vmlinux: &Path) -> Option<SockOffsets> {
         family: at("skc_family")?,
         v6_daddr: at("skc_v6_daddr")?,
         v6_rcv_saddr: at("skc_v6_rcv_saddr")?,
+        // `struct sock` starts with its `sock_common`, so offsets in either are from the socket.
+        socket: member_offset(&btf, &sock, "sk_socket").and_then(|o| u16::try_from(o).ok())?,
     })
 }
 
@@ -75,5 +79,7 @@ mod tests {
         let o = sock_offsets(path).expect("sock_common in this kernel's BTF");
         assert_eq!((o.daddr, o.rcv_saddr, o.dport, o.num, o.family), (0, 4, 12, 14, 16));
         assert!(o.v6_daddr >= 24 && o.v6_rcv_saddr == o.v6_daddr + 16, "{o:?}");
+        // Past the whole sock_common, 8-aligned (a pointer).
+        assert!(o.socket >= 136 && o.socket.is_multiple_of(8), "{o:?}");
     }
 }

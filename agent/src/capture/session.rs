@@ -2,12 +2,16 @@
 //! selection and /proc scan, following `--exe` across execs, resolving addresses the kernel could
 //! not see, and forgetting the connections of processes that exit. It yields decoded events in
 //! kernel order, with synthetic `ConnOpen` events (flag PREEXISTING) for sockets found in /proc.
-use std::{collections::HashMap, path::Path, time::Duration};
+use std::{
+    collections::{HashMap, HashSet},
+    path::Path,
+    time::Duration,
+};
 
 use log::{debug, warn};
 use tracewire_common::{
-    CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_PREEXISTING, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState,
-    EventHeader, EventKind, ROLE_LISTENER, SockAddr,
+    CONN_FLAG_ENTRY_LEFT, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_PREEXISTING, CONN_FLAG_UNVERIFIED, ConnEvent,
+    ConnId, ConnState, EventHeader, EventKind, ROLE_LISTENER, SockAddr,
 };
 
 use super::{Capture, CaptureError, CaptureOptions, KernelCounters, Selection, resolve, runtime, scan};
@@ -57,6 +61,9 @@ pub struct Session {
     /// Open connections by (tgid, fd); bounded by the kernel map's size.
     /// Looked up for every data event: a fast hash (keys are the kernel's pids and fds).
     open: HashMap<(u32, u32), ConnEvent, foldhash::fast::RandomState>,
+    /// Dead kernel entries of closed connections, left for their process to replace
+    /// ([`CONN_FLAG_ENTRY_LEFT`]): removed here if the process exits first. Bounded like `open`.
+    left: HashSet<(u32, u32), foldhash::fast::RandomState>,
     pending: Vec<ConnEvent>,
     stats: SessionStats,
     recorder: Option<crate::events::record::Recorder>,
@@ -113,6 +120,7 @@ impl Session {
             capture,
             selection,
             open: HashMap::default(),
+            left: HashSet::default(),
             pending: Vec::new(),
             stats: SessionStats::default(),
             recorder: None,
@@ -209,6 +217,8 @@ impl Session {
 
     fn remember(&mut self, ev: ConnEvent) {
         let key = (ev.conn.tgid, ev.conn.fd);
+        // A new connection on the fd replaced any dead entry.
+        self.left.remove(&key);
         if self.open.len() >= self.capture.options().max_conns as usize && !self.open.contains_key(&key) {
             self.stats.conn_table_full += 1;
             return;
@@ -249,6 +259,13 @@ impl Session {
                     open.flags &= !CONN_FLAG_LOCAL_PARTIAL;
                 }
                 Ok(EventKind::ConnClose) => {
+                    if c.flags & CONN_FLAG_ENTRY_LEFT != 0 {
+                        if self.left.len() < self.capture.options().max_conns as usize {
+                            self.left.insert((c.conn.tgid, c.conn.fd));
+                        } else {
+                            self.stats.conn_table_full += 1;
+                        }
+                    }
                     let Some(open) = self.open.remove(&(c.conn.tgid, c.conn.fd)) else {
                         // A connection dropped at verification.
                         return Ok(false);
@@ -286,6 +303,12 @@ impl Session {
                     for fd in fds {
                         self.open.remove(&(p.pid, fd));
                         self.capture.remove_conn(p.pid, fd);
+                    }
+                    let dead: Vec<(u32, u32)> =
+                        self.left.iter().filter(|(t, _)| *t == p.pid).copied().collect();
+                    for key in dead {
+                        self.left.remove(&key);
+                        self.capture.remove_conn(key.0, key.1);
                     }
                     self.capture.remove_listeners_of(p.pid);
                     self.capture.forget_go(p.pid);

@@ -19,6 +19,11 @@
 //!   bytes; a server socket closed by a reset stays claimable in `SERVER_SKS`: what it had
 //!   received can still be read, and that read reopens it (a new generation) until the read's
 //!   bytes are reported.
+//! - A state change runs in softirq context on any CPU, while the owning process may be opening
+//!   a new connection on the same fd number on another: it ends a connection by claiming it
+//!   (its generation swapped to 0 atomically) and leaves the dead entry for the process's own
+//!   context to replace or remove. Entries keyed by socket address are removed only while that
+//!   socket is alive, since a freed socket's address is soon another's.
 //!
 //! **From syscall tracepoints (the syscall data path of older kernels, which hooks every syscall
 //! anyway).**
@@ -36,6 +41,8 @@
 //!
 //! Either way, **identity** is (tgid, fd, generation = first-seen monotonic ns): a reused fd or
 //! pid is a new generation, never the old connection.
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
@@ -43,9 +50,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CFG_INJECT, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, CONN_FLAG_LOCAL_PARTIAL,
-    CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4,
-    ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, CFG_INJECT, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, CONN_FLAG_ENTRY_LEFT,
+    CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS,
+    EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
@@ -152,9 +159,13 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     let key = fd_key(tgid, fd);
     if let Some(stale) = CONNS.get_ptr_mut(key) {
         // The fd was closed without the end being seen (dup2 onto it; a state change still to
-        // come): that connection is over, and ends before this one starts.
-        count(Counter::FdReused);
-        end_conn(id, key, stale);
+        // come): that connection is over, and ends before this one starts. A dead entry (ended
+        // by its socket's state change) just goes.
+        // SAFETY: map value pointer, valid for this run.
+        if unsafe { (*stale).generation } != 0 {
+            count(Counter::FdReused);
+        }
+        end_conn(id, key, stale, false);
     }
     let ts = now();
     // SAFETY: helper without arguments.
@@ -213,13 +224,13 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
 
 /// Reports a tracked connection's current state as a `kind` event (close, learned addresses).
 #[inline(always)]
-fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState) {
+fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState, flags: u8) {
     let cfg = config();
     let ev = ConnEvent {
         header: header(kind as u32, id, now()),
         conn: ConnId { tgid, fd, generation: state.generation },
         role: state.role,
-        flags: 0,
+        flags,
         _pad: [0; 2],
         listener_fd: 0,
         local: state.local,
@@ -228,29 +239,75 @@ fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState) {
     emit(&cfg, &ev);
 }
 
-/// Ends connection `key` (`state` points at its map value): userspace is told and flushes it, a
-/// request read and never answered stops being its thread's, and its entries leave the maps.
-/// `id` is the event header's pid_tgid.
+/// Claims connection `state` for ending if it still is generation `generation`: the generation
+/// becomes 0, atomically. A socket's state change (softirq context, any CPU) and the owning
+/// process (a reused fd, the exit of its own call) can end one connection at the same moment;
+/// exactly one of them reports it. A claimed entry left in the map is dead: lookups take
+/// generation 0 for no connection.
+#[inline(always)]
+fn claim(state: *mut ConnState, generation: u64) -> bool {
+    // SAFETY: map value pointer; `generation` is the value's first field, 8-aligned like the
+    // value itself. The BPF target has no `AtomicU64::compare_exchange` (its baseline CPU lacks
+    // the instruction); the intrinsic emits BPF_CMPXCHG, which every kernel with the socket
+    // hooks (6.16+) verifies.
+    generation != 0
+        && unsafe {
+            atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+                core::ptr::addr_of_mut!((*state).generation),
+                generation,
+                0,
+            )
+        }
+        .1
+}
+
+/// Ends connection `key`, generation `generation` (`state` points at its map value), if no other
+/// path ended it first: userspace is told and flushes it, and a request read and never answered
+/// stops being its thread's. The entry itself stays (dead); see [`end_conn`] and [`sk_closed`]
+/// for what removes it. Returns whether this call ended it.
 #[inline(never)]
-fn end_conn(id: u64, key: u64, state: *mut ConnState) {
-    let (tgid, fd) = ((key >> 32) as u32, key as u32);
-    // SAFETY: map value pointer, valid for this run; used before the entry is removed.
-    let state = unsafe { &mut *state };
-    if state.role == ROLE_SERVER {
-        let conn = ConnId { tgid, fd, generation: state.generation };
-        server_turn_end(state, &conn, None);
+fn end_claimed(id: u64, key: u64, state: *mut ConnState, generation: u64, flags: u8) -> bool {
+    // SAFETY: map value pointer. Copied before the claim: a claim that succeeds proves the copy
+    // was this connection's (generations are never reused), even if the slot is reused after.
+    let mut copy = unsafe { *state };
+    if generation == 0 || copy.generation != generation || !claim(state, generation) {
+        return false;
     }
-    let skaddr = state.skaddr;
+    let (tgid, fd) = ((key >> 32) as u32, key as u32);
+    if copy.role == ROLE_SERVER {
+        server_turn_end(&mut copy, &ConnId { tgid, fd, generation }, None);
+    }
+    emit_state(EventKind::ConnClose, id, tgid, fd, &copy, flags);
+    true
+}
+
+/// Entries keyed by socket address: only removed while the socket is known to be alive (its own
+/// state change, a call on it in progress), since a freed socket's address is soon another's.
+#[inline(always)]
+fn forget_socket(skaddr: u64) {
     if skaddr != 0 {
         let _ = TCP_TX.remove(skaddr);
         let _ = TCP_RX.remove(skaddr);
         let _ = SK_CONN.remove(skaddr);
     }
+}
+
+/// Ends connection `key` (`state` points at its map value) in its own process's context, and
+/// removes its entry (dead or alive). `socket_live`: the caller is inside a call on the socket or
+/// at its close(), so its socket-keyed entries go too; otherwise (a reused fd) the socket may be
+/// freed and its address another socket's: its own CLOSE removes them. `id` is the event
+/// header's pid_tgid.
+#[inline(never)]
+fn end_conn(id: u64, key: u64, state: *mut ConnState, socket_live: bool) {
+    // SAFETY: map value pointer, valid for this run.
+    let (generation, skaddr) = unsafe { ((*state).generation, (*state).skaddr) };
+    if end_claimed(id, key, state, generation, 0) && socket_live {
+        forget_socket(skaddr);
+    }
     // A request tied to this fd (nginx, Go) does not outlive it: the next connection on the number
     // is another one.
     let _ = NGX_TIES.remove(&key);
     let _ = GO_TIES.remove(&key);
-    emit_state(EventKind::ConnClose, id, tgid, fd, state);
     let _ = CONNS.remove(key);
 }
 
@@ -264,18 +321,21 @@ pub fn conn_of_socket(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     if let Some(p) = CONNS.get_ptr_mut(key) {
         // SAFETY: map value pointer, valid for this run.
         let (skaddr, generation) = unsafe { ((*p).skaddr, (*p).generation) };
-        if skaddr == sk {
-            return Some(p);
-        }
-        // SAFETY: as above.
-        if skaddr == 0 && same_ports(sk, unsafe { &*p }) {
+        if generation != 0 {
+            if skaddr == sk {
+                return Some(p);
+            }
             // SAFETY: as above.
-            unsafe { (*p).skaddr = sk };
-            let _ = SK_CONN.insert(sk, [key, generation], 0);
-            return Some(p);
+            if skaddr == 0 && same_ports(sk, unsafe { &*p }) {
+                // SAFETY: as above.
+                unsafe { (*p).skaddr = sk };
+                let _ = SK_CONN.insert(sk, [key, generation], 0);
+                return Some(p);
+            }
+            count(Counter::FdReused);
+            end_conn(id, key, p, false);
         }
-        count(Counter::FdReused);
-        end_conn(id, key, p);
+        // A dead entry (its socket closed) is replaced if `sk` opens a connection.
     }
     accepted(id, fd, sk)
 }
@@ -344,41 +404,52 @@ fn sk_closed(skaddr: u64, reset: bool) {
         return;
     };
     // SAFETY: map value pointer, valid for this run.
-    match CONNS.get_ptr_mut(key) {
-        Some(p) if unsafe { (*p).generation == generation && (*p).skaddr == skaddr } => {
-            if in_data_call_on(key) {
-                // A reset processed as this thread's read or write released the socket: the
-                // call moved bytes that are not reported yet. Its exit hook reports them, then
-                // ends the connection (`end_if_closing`).
-                // SAFETY: map value pointer, valid for this run.
-                unsafe { (*p).closing = 1 };
-                return;
-            }
-            // SAFETY: as above; read before the entry goes.
-            let server = unsafe { (*p).role } == ROLE_SERVER;
-            // Its entries, this one included, go with it.
-            let tgid = key >> 32;
-            end_conn((tgid << 32) | tgid, key, p);
-            if server && reset {
-                // What the socket received may still be read (see `accepted`).
-                let _ = SERVER_SKS.insert(skaddr, SK_ENDED, 0);
-            }
+    if let Some(p) = CONNS.get_ptr_mut(key)
+        && unsafe { (*p).generation == generation && (*p).skaddr == skaddr }
+    {
+        if in_data_call_on(key, skaddr) {
+            // A reset processed as this thread's read or write released the socket: the call
+            // moved bytes that are not reported yet. Its exit hook reports them, then ends the
+            // connection (`end_if_closing`).
+            // SAFETY: map value pointer, valid for this run.
+            unsafe { (*p).closing = 1 };
+            return;
         }
-        // The connection already ended (fd reused, process gone): only the entry is left.
-        _ => {
-            let _ = SK_CONN.remove(skaddr);
+        // SAFETY: as above; read before the connection ends.
+        let server = unsafe { (*p).role } == ROLE_SERVER;
+        let tgid = key >> 32;
+        // The entry is left, dead, for its process to replace or remove: a removal by fd here
+        // could take the connection another CPU's thread has just opened on the same fd.
+        end_claimed((tgid << 32) | tgid, key, p, generation, CONN_FLAG_ENTRY_LEFT);
+        if server && reset {
+            // What the socket received may still be read (see `accepted`).
+            let _ = SERVER_SKS.insert(skaddr, SK_ENDED, 0);
         }
     }
+    // The socket is alive until this change returns: its entries are its own.
+    forget_socket(skaddr);
 }
 
-/// Whether the current thread is inside a data syscall on connection `key` (its process and fd).
+/// Whether the current thread is inside a data syscall on connection `key` (its process and fd),
+/// on socket `skaddr`: a socket its application closed (orphaned, no fd left) is in no call,
+/// whatever reused its fd number meanwhile.
 #[inline(always)]
-fn in_data_call_on(key: u64) -> bool {
+fn in_data_call_on(key: u64, skaddr: u64) -> bool {
     let id = bpf_get_current_pid_tgid();
     if id >> 32 != key >> 32 {
         return false;
     }
     matches!(current_syscall(), Some((nr, [fd, _, _])) if fd as u32 == key as u32 && data_call(nr).is_some())
+        && !orphaned(skaddr)
+}
+
+/// Whether socket `sk` has no `struct socket` (and so no fd) any more: its application closed it.
+#[inline(never)]
+fn orphaned(sk: u64) -> bool {
+    let o = config().sk;
+    // SAFETY: kernel read through the checked helper.
+    o.valid != 0
+        && unsafe { bpf_probe_read_kernel((sk + o.socket as u64) as *const u64) }.is_ok_and(|s| s == 0)
 }
 
 /// Ends connection `key` (`state` points at its map value) if its socket closed during the call
@@ -387,7 +458,7 @@ fn in_data_call_on(key: u64) -> bool {
 pub fn end_if_closing(id: u64, key: u64, state: *mut ConnState) {
     // SAFETY: map value pointer, valid for this run.
     if unsafe { (*state).closing } != 0 {
-        end_conn(id, key, state);
+        end_conn(id, key, state, true);
     }
 }
 
@@ -740,7 +811,7 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         return 0;
     }
     state.local = state_local(&ctx);
-    emit_state(EventKind::ConnAddr, id, (key >> 32) as u32, key as u32, state);
+    emit_state(EventKind::ConnAddr, id, (key >> 32) as u32, key as u32, state, 0);
     0
 }
 
@@ -790,7 +861,7 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
     let _ = LISTENERS.remove(key);
     let _ = BINDS.remove(key);
     match CONNS.get_ptr_mut(key) {
-        Some(state) => end_conn(id, key, state),
+        Some(state) => end_conn(id, key, state, true),
         // No connection on it (a connect that failed): a tie nginx made for it still goes.
         None => {
             let _ = NGX_TIES.remove(&key);
@@ -836,7 +907,7 @@ pub fn socket_read_prelude(id: u64, fd: u32, sk: u64, state: &mut ConnState) {
 #[inline(never)]
 fn fill_addrs_from_sock(id: u64, fd: u32, state: &mut ConnState, sk: u64) {
     if sock_addrs(sk, &mut state.local, &mut state.remote) {
-        emit_state(EventKind::ConnAddr, id, (id >> 32) as u32, fd, state);
+        emit_state(EventKind::ConnAddr, id, (id >> 32) as u32, fd, state, 0);
     }
 }
 
@@ -943,5 +1014,5 @@ fn fill_addrs(ctx: &TracePointContext, id: u64, tgid: u32, fd: u32, state: &mut 
     }
     state.local = local;
     state.remote = remote;
-    emit_state(EventKind::ConnAddr, id, tgid, fd, state);
+    emit_state(EventKind::ConnAddr, id, tgid, fd, state, 0);
 }

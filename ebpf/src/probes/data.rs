@@ -45,13 +45,16 @@ use crate::{
 const HDR: usize = core::mem::size_of::<DataEvent>();
 
 /// The connection behind `fd`: through the socket a socket hook was handed (`sk`, which also
-/// catches reused fds and opens accepted ones), or by fd alone for the syscall hooks (`sk` 0).
+/// catches reused fds and opens accepted ones), or by fd alone (the syscall hooks, a send's
+/// exit). An entry its socket's close left dead (generation 0) is no connection.
 #[inline(always)]
 fn conn_of(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     if sk != 0 {
         return conn_of_socket(id, fd, sk);
     }
-    CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))
+    let p = CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))?;
+    // SAFETY: map value pointer, valid for this run.
+    (unsafe { (*p).generation } != 0).then_some(p)
 }
 
 /// `active`: the thread's entry in `ACTIVE`, when the caller looked it up already.

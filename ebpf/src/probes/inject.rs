@@ -54,7 +54,7 @@ fn inject(ctx: &SkMsgContext) {
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
-    if state.role != ROLE_CLIENT || state.skaddr != sk {
+    if state.role != ROLE_CLIENT || state.skaddr != sk || state.generation == 0 {
         return;
     }
     let id = bpf_get_current_pid_tgid();

@@ -116,7 +116,7 @@ pub fn ngx_connect_peer_ret(_ctx: RetProbeContext) -> u32 {
     // SAFETY: copied out of the maps.
     let parent = unsafe { NGX_REQ.get(&tid) }.copied().and_then(|sfd| {
         let s = unsafe { CONNS.get(&fd_key(tgid, sfd)) }?;
-        (s.turn == DIR_INGRESS)
+        (s.turn == DIR_INGRESS && s.generation != 0)
             .then(|| parent_of(ConnId { tgid, fd: sfd, generation: s.generation }, &s.ctx, 0))
     });
     match parent {

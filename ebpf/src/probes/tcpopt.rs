@@ -55,6 +55,10 @@ pub fn tcp_option(ctx: SockOpsContext) -> u32 {
         }
         BPF_SOCK_OPS_PASSIVE_ESTABLISHED_CB => {
             let _ = ctx.set_cb_flags((ctx.cb_flags() | BPF_SOCK_OPS_PARSE_UNKNOWN_HDR_OPT_CB_FLAG) as i32);
+            // The segment that completed the handshake is this callback's: when it carries the
+            // request (the client's ACK was dropped, a full accept queue), the flag above comes
+            // too late for its option.
+            parse(&ctx);
         }
         BPF_SOCK_OPS_HDR_OPT_LEN_CB => reserve(&ctx),
         BPF_SOCK_OPS_WRITE_HDR_OPT_CB => write(&ctx),
