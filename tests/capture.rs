@@ -226,6 +226,66 @@ fn a_request_read_after_the_client_reset_the_connection_is_reported() {
     assert!(data_before_close(&events, open, "ingress"), "the request comes before the close: {events:#?}");
 }
 
+/// A client that half-closes after its request (shutdown(SHUT_WR)) and reads the response only
+/// after the server's FIN arrived: its socket closed (FIN_WAIT2 → TIME_WAIT) before the read,
+/// which still returns the response.
+#[test]
+fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
+    let _g = serial();
+    require_root();
+    if !kernel_has_socket_hooks() {
+        return; // the syscall path ends connections at close(), not at the state change
+    }
+    // The server is a forked child: a state change that the client's own process causes inside
+    // close() is that process closing, and ends the connection at once.
+    let script = "import os, select, socket, sys\n\
+         l = socket.socket()\n\
+         l.bind(('127.0.0.1', 0))\n\
+         l.listen(1)\n\
+         child = os.fork()\n\
+         if child == 0:\n\
+         \x20   s, _ = l.accept()\n\
+         \x20   s.recv(4096)\n\
+         \x20   s.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n\
+         \x20   s.close()\n\
+         \x20   os._exit(0)\n\
+         print('port', l.getsockname()[1], flush=True)\n\
+         sys.stdin.readline()\n\
+         c = socket.create_connection(l.getsockname())\n\
+         c.sendall(b'GET /half HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n')\n\
+         c.shutdown(socket.SHUT_WR)\n\
+         p = select.poll()\n\
+         p.register(c, select.POLLRDHUP)\n\
+         p.poll(10000)\n\
+         os.waitpid(child, 0)\n\
+         print('local', c.getsockname()[1], flush=True)\n\
+         print('read', len(c.recv(4096)), flush=True)\n\
+         c.close()\n";
+    let mut peer = Peer::spawn(Command::new("python3").args(["-c", script]));
+    peer.expect("port ");
+    let pid = peer.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    peer.send("go");
+    let local: u16 = peer.expect("local ")[6..].trim().parse().unwrap();
+    let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
+    assert_eq!(peer.expect("read "), format!("read {}", response.len()), "the response was still readable");
+    let local = format!("127.0.0.1:{local}");
+    let close = agent.wait_for("the client's close", EVENT_TIMEOUT, |e| {
+        e["type"] == "conn_close" && e["pid"] == pid && e["local"] == local.as_str()
+    });
+    let events = agent.stop();
+    let open = events
+        .iter()
+        .find(|e| e["type"] == "conn_open" && same_conn(e, &close))
+        .unwrap_or_else(|| panic!("the client connection opened: {events:#?}"));
+    assert_eq!(open["role"], "client");
+    let data = data_of(&events, open);
+    assert_eq!(bytes(&data, "client", "egress"), "GET /half HTTP/1.1\r\nHost: x\r\n\r\n".len() as u64);
+    assert_eq!(bytes(&data, "client", "ingress"), response.len() as u64, "{events:#?}");
+    assert!(data_before_close(&events, open, "ingress"), "the response comes before the close: {events:#?}");
+}
+
 /// A server that accepts in one process and serves each connection in a child it forks (the
 /// parent closes its copy): the connection belongs to the process that reads and writes it.
 #[test]

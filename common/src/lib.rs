@@ -372,9 +372,9 @@ pub struct ConnState {
     /// 1 when bytes were left unreported since the last event: the next event says so
     /// ([`DATA_FLAG_AFTER_SKIP`]).
     pub gap: u8,
-    /// 1 when the socket closed inside a read or write of this connection's own thread (a reset
-    /// processed as the call released the socket): the call's bytes are reported first, and its
-    /// exit hook ends the connection.
+    /// 1 when the socket closed (a reset, the peer's FIN after a half-close) while its application
+    /// still holds it: what it received can still be read. The next call on it reports its bytes
+    /// first, then its exit hook ends the connection.
     pub closing: u8,
     /// Reserved.
     pub _pad2: u8,

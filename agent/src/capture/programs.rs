@@ -19,10 +19,13 @@ const fn sys(name: &'static str) -> ProgramSpec {
 /// The data path through the socket layer (raw tracepoints: program, category, tracepoint):
 /// programs run only on socket sends and receives, a few per request, and never for a process
 /// that does no socket I/O. The tracepoints exist since Linux 6.16 (`tcp_sendmsg_locked`).
+/// `tcp_destroy_sock` (once per socket) ends a connection whose socket closed while its
+/// application held it, when the application closes it.
 pub const SOCKET_DATA_PROGRAMS: &[(&str, &str, &str)] = &[
     ("tcp_sendmsg_locked", "tcp", "tcp_sendmsg_locked"),
     ("sock_send_length", "sock", "sock_send_length"),
     ("sock_recv_length", "sock", "sock_recv_length"),
+    ("tcp_destroy_sock", "tcp", "tcp_destroy_sock"),
 ];
 
 /// The data path through every syscall, for older kernels: `raw_syscalls` sys_enter/sys_exit call

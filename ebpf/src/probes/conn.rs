@@ -15,10 +15,11 @@
 //! - A connection ends at LAST_ACK (the application closed after its peer) or CLOSE (every
 //!   socket passes there before it is freed), found by socket address in `SK_CONN`; and when a
 //!   socket hook finds its fd naming another socket (closed, fd reused, state change not yet
-//!   seen). A close inside the connection's own read or write waits for that call to report its
-//!   bytes; a server socket closed by a reset stays claimable in `SERVER_SKS`: what it had
-//!   received can still be read, and that read reopens it (a new generation) until the read's
-//!   bytes are reported.
+//!   seen). A socket that closes while its application still holds it (a reset, the peer's FIN
+//!   after a half-close; see [`still_readable`]) may still be read: its connection ends at the
+//!   application's next call on it, after that call's bytes. A server socket closed by a reset
+//!   before its first read stays claimable in `SERVER_SKS`, and that read opens it (a new
+//!   generation) until the read's bytes are reported.
 //! - A state change runs in softirq context on any CPU, while the owning process may be opening
 //!   a new connection on the same fd number on another: it ends a connection by claiming it
 //!   (its generation swapped to 0 atomically) and leaves the dead entry for the process's own
@@ -46,8 +47,8 @@ use core::intrinsics::{AtomicOrdering, atomic_cxchg};
 use aya_ebpf::{
     EbpfContext as _,
     helpers::{bpf_get_current_pid_tgid, bpf_probe_read_kernel},
-    macros::tracepoint,
-    programs::TracePointContext,
+    macros::{raw_tracepoint, tracepoint},
+    programs::{RawTracePointContext, TracePointContext},
 };
 use tracewire_common::{
     ActiveCall, CFG_INJECT, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, CONN_FLAG_ENTRY_LEFT,
@@ -57,7 +58,7 @@ use tracewire_common::{
 
 use super::{
     context::server_turn_end,
-    data::{current_syscall, data_call, is_connect, is_listen},
+    data::{current_syscall, data_call, is_close, is_connect, is_listen},
 };
 use crate::{
     maps::{
@@ -407,12 +408,22 @@ fn sk_closed(skaddr: u64, reset: bool) {
     if let Some(p) = CONNS.get_ptr_mut(key)
         && unsafe { (*p).generation == generation && (*p).skaddr == skaddr }
     {
-        if in_data_call_on(key, skaddr) {
-            // A reset processed as this thread's read or write released the socket: the call
-            // moved bytes that are not reported yet. Its exit hook reports them, then ends the
-            // connection (`end_if_closing`).
+        if still_readable(key, skaddr) {
+            // Its application still holds the socket and is not closing it: what the socket
+            // received (a response before the peer's FIN, a request before a reset) can still be
+            // read, possibly by a call already in progress. The connection ends at the
+            // application's next call on it, after that call's bytes (`end_if_closing`), or when
+            // the socket is freed (`tcp_destroy_sock`: the application closed it). Nothing more
+            // is sent on a closed socket; a context received in the TCP option moves to the
+            // connection now.
             // SAFETY: map value pointer, valid for this run.
-            unsafe { (*p).closing = 1 };
+            unsafe {
+                (*p).closing = 1;
+                if (*p).role == ROLE_SERVER && config().flags & CFG_TCP_OPTION != 0 {
+                    take_tcp_ctx(&mut *p, skaddr);
+                }
+            }
+            let _ = TCP_TX.remove(skaddr);
             return;
         }
         // SAFETY: as above; read before the connection ends.
@@ -430,17 +441,39 @@ fn sk_closed(skaddr: u64, reset: bool) {
     forget_socket(skaddr);
 }
 
-/// Whether the current thread is inside a data syscall on connection `key` (its process and fd),
-/// on socket `skaddr`: a socket its application closed (orphaned, no fd left) is in no call,
-/// whatever reused its fd number meanwhile.
-#[inline(always)]
-fn in_data_call_on(key: u64, skaddr: u64) -> bool {
-    let id = bpf_get_current_pid_tgid();
-    if id >> 32 != key >> 32 {
-        return false;
+/// `tcp:tcp_destroy_sock` (raw; argument 0 the socket): the socket is being freed, inside its
+/// application's close() or, for one closed earlier, in softirq context. A connection still open
+/// on it ends here: its socket closed while the application held it, and the application closed
+/// it without another call (see [`still_readable`]). Attached with the socket data path.
+#[raw_tracepoint(tracepoint = "tcp_destroy_sock")]
+pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    // A reset socket's mark (see `accepted`) goes with it.
+    let _ = SERVER_SKS.remove(sk);
+    // SAFETY: copied out of the map.
+    let Some([key, generation]) = (unsafe { SK_CONN.get(sk) }).copied() else {
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    if let Some(p) = CONNS.get_ptr_mut(key)
+        && unsafe { (*p).generation == generation && (*p).skaddr == sk }
+    {
+        let tgid = key >> 32;
+        end_claimed((tgid << 32) | tgid, key, p, generation, CONN_FLAG_ENTRY_LEFT);
     }
-    matches!(current_syscall(), Some((nr, [fd, _, _])) if fd as u32 == key as u32 && data_call(nr).is_some())
-        && !orphaned(skaddr)
+    forget_socket(sk);
+    0
+}
+
+/// Whether the application of connection `key` (its process and fd) can still read socket
+/// `skaddr`, which a state change just closed: the socket still has an fd (not orphaned), and the
+/// change is not that process closing it (close(), or exiting, which releases the socket before
+/// orphaning it).
+#[inline(always)]
+fn still_readable(key: u64, skaddr: u64) -> bool {
+    let id = bpf_get_current_pid_tgid();
+    let closing = id >> 32 == key >> 32 && matches!(current_syscall(), Some((nr, _)) if is_close(nr));
+    !closing && !orphaned(skaddr)
 }
 
 /// Whether socket `sk` has no `struct socket` (and so no fd) any more: its application closed it.

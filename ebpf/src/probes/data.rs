@@ -417,6 +417,10 @@ mod nr {
     pub const SENDMMSG: i64 = 307;
     pub const CONNECT: i64 = 42;
     pub const LISTEN: i64 = 50;
+    pub const CLOSE: i64 = 3;
+    pub const CLOSE_RANGE: i64 = 436;
+    pub const EXIT: i64 = 60;
+    pub const EXIT_GROUP: i64 = 231;
     /// `struct pt_regs`: the first three syscall arguments are di, si, dx, stored as
     /// dx@96 si@104 di@112, so one read covers them (in reverse order).
     pub const ARGS_AT: u64 = 96;
@@ -451,6 +455,10 @@ mod nr {
     pub const SENDMMSG: i64 = 269;
     pub const CONNECT: i64 = 203;
     pub const LISTEN: i64 = 201;
+    pub const CLOSE: i64 = 57;
+    pub const CLOSE_RANGE: i64 = 436;
+    pub const EXIT: i64 = 93;
+    pub const EXIT_GROUP: i64 = 94;
     /// `struct user_pt_regs`: x0, x1, x2 at the start.
     pub const ARGS_AT: u64 = 0;
     #[inline(always)]
@@ -506,6 +514,12 @@ fn is_mmsg(nr: i64) -> bool {
 #[inline(always)]
 pub(crate) fn is_connect(nr: i64) -> bool {
     nr == nr::CONNECT || nr == nr::SENDTO || nr == nr::SENDMSG
+}
+
+/// A syscall that releases fds: a socket's state change inside it is its application closing it.
+#[inline(always)]
+pub(crate) fn is_close(nr: i64) -> bool {
+    nr == nr::CLOSE || nr == nr::CLOSE_RANGE || nr == nr::EXIT || nr == nr::EXIT_GROUP
 }
 
 #[inline(always)]
