@@ -227,8 +227,8 @@ fn a_request_read_after_the_client_reset_the_connection_is_reported() {
 }
 
 /// A client that half-closes after its request (shutdown(SHUT_WR)) and reads the response only
-/// after the server's FIN arrived: its socket closed (FIN_WAIT2 → TIME_WAIT) before the read,
-/// which still returns the response.
+/// after the server's FIN arrived: its socket closed (FIN_WAIT2 → TIME_WAIT) before the reads,
+/// which still return the whole response, 64 KiB of body over many reads.
 #[test]
 fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
     let _g = serial();
@@ -246,7 +246,7 @@ fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
          if child == 0:\n\
          \x20   s, _ = l.accept()\n\
          \x20   s.recv(4096)\n\
-         \x20   s.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 2\\r\\n\\r\\nok')\n\
+         \x20   s.sendall(b'HTTP/1.1 200 OK\\r\\nContent-Length: 65536\\r\\n\\r\\n' + b'x' * 65536)\n\
          \x20   s.close()\n\
          \x20   os._exit(0)\n\
          print('port', l.getsockname()[1], flush=True)\n\
@@ -259,7 +259,13 @@ fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
          p.poll(10000)\n\
          os.waitpid(child, 0)\n\
          print('local', c.getsockname()[1], flush=True)\n\
-         print('read', len(c.recv(4096)), flush=True)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   b = c.recv(4096)\n\
+         \x20   n += len(b)\n\
+         \x20   if not b:\n\
+         \x20       break\n\
+         print('read', n, flush=True)\n\
          c.close()\n";
     let mut peer = Peer::spawn(Command::new("python3").args(["-c", script]));
     peer.expect("port ");
@@ -268,8 +274,8 @@ fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
     agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
     peer.send("go");
     let local: u16 = peer.expect("local ")[6..].trim().parse().unwrap();
-    let response = "HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok";
-    assert_eq!(peer.expect("read "), format!("read {}", response.len()), "the response was still readable");
+    let response = "HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n".len() + 65536;
+    assert_eq!(peer.expect("read "), format!("read {response}"), "the response was still readable");
     let local = format!("127.0.0.1:{local}");
     let close = agent.wait_for("the client's close", EVENT_TIMEOUT, |e| {
         e["type"] == "conn_close" && e["pid"] == pid && e["local"] == local.as_str()
@@ -282,7 +288,7 @@ fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
     assert_eq!(open["role"], "client");
     let data = data_of(&events, open);
     assert_eq!(bytes(&data, "client", "egress"), "GET /half HTTP/1.1\r\nHost: x\r\n\r\n".len() as u64);
-    assert_eq!(bytes(&data, "client", "ingress"), response.len() as u64, "{events:#?}");
+    assert_eq!(bytes(&data, "client", "ingress"), response as u64, "{events:#?}");
     assert!(data_before_close(&events, open, "ingress"), "the response comes before the close: {events:#?}");
 }
 

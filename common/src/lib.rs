@@ -373,8 +373,8 @@ pub struct ConnState {
     /// ([`DATA_FLAG_AFTER_SKIP`]).
     pub gap: u8,
     /// 1 when the socket closed (a reset, the peer's FIN after a half-close) while its application
-    /// still holds it: what it received can still be read. The next call on it reports its bytes
-    /// first, then its exit hook ends the connection.
+    /// still holds it: what it received can still be read. It ends at the first call on it that
+    /// moves no bytes (end of stream, an error), or when the socket is freed.
     pub closing: u8,
     /// Reserved.
     pub _pad2: u8,

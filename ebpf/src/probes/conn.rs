@@ -376,7 +376,7 @@ fn accepted(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     }
     let p = CONNS.get_ptr_mut(fd_key((id >> 32) as u32, fd))?;
     if mark == SK_ENDED {
-        // Its socket is closed already: the call's bytes are reported, then it ends.
+        // Its socket is closed already: it ends once what it received has been read.
         // SAFETY: map value pointer, valid for this run.
         unsafe { (*p).closing = 1 };
     }
@@ -412,9 +412,9 @@ fn sk_closed(skaddr: u64, reset: bool) {
             // Its application still holds the socket and is not closing it: what the socket
             // received (a response before the peer's FIN, a request before a reset) can still be
             // read, possibly by a call already in progress. The connection ends at the
-            // application's next call on it, after that call's bytes (`end_if_closing`), or when
-            // the socket is freed (`tcp_destroy_sock`: the application closed it). Nothing more
-            // is sent on a closed socket; a context received in the TCP option moves to the
+            // application's first call on it that moves no bytes (`end_if_closing`), or when the
+            // socket is freed (`tcp_destroy_sock`: the application closed it). Nothing more is
+            // sent on a closed socket; a context received in the TCP option moves to the
             // connection now.
             // SAFETY: map value pointer, valid for this run.
             unsafe {
@@ -485,8 +485,9 @@ fn orphaned(sk: u64) -> bool {
         && unsafe { bpf_probe_read_kernel((sk + o.socket as u64) as *const u64) }.is_ok_and(|s| s == 0)
 }
 
-/// Ends connection `key` (`state` points at its map value) if its socket closed during the call
-/// whose exit hook runs now (see [`ConnState::closing`]).
+/// Ends connection `key` (`state` points at its map value) if its socket closed: the call whose
+/// exit hook runs now moved no bytes, so everything the socket received has been read (see
+/// [`ConnState::closing`]).
 #[inline(always)]
 pub fn end_if_closing(id: u64, key: u64, state: *mut ConnState) {
     // SAFETY: map value pointer, valid for this run.

@@ -130,9 +130,10 @@ enum Layout {
 
 const EAGAIN: i64 = 11;
 
-/// A call returned: its bytes are reported, and a connection whose socket closed during the call
-/// ends after them. `sk`: the socket, when the hook was handed it (socket-hook reads); 0
-/// otherwise.
+/// A call returned: its bytes are reported. A connection whose socket closed (see
+/// `conn::still_readable`) ends at a call that moves no bytes (end of stream, an error), or when
+/// the socket is freed: what the socket received may take more than one read. `sk`: the socket,
+/// when the hook was handed it (socket-hook reads); 0 otherwise.
 #[inline(always)]
 fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u64) {
     if r <= 0 {
@@ -147,7 +148,6 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
         return; // not a connection (or closed by another thread meanwhile)
     };
     report(id, call, r as u64, direction, layout, sk, conn_ptr);
-    end_if_closing(id, fd_key((id >> 32) as u32, call.fd), conn_ptr);
 }
 
 /// A call on `fd` that moved no bytes (end of stream, reset) may be the one its socket closed in.
