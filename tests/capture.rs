@@ -110,6 +110,20 @@ fn accepted_from<'a>(events: &'a [Value], pid: u32, remote: &str) -> &'a Value {
         .unwrap_or_else(|| panic!("no connection from {remote}: {events:#?}"))
 }
 
+/// Runs a Python `script` that prints `port N`, waits for a line on stdin, then makes its
+/// exchange and prints `local N` (its client's port), traced from before that line is sent.
+/// Returns the peer, its pid, the agent and the client's address.
+fn traced_script(script: &str) -> (Peer, u32, Agent, String) {
+    let mut peer = Peer::spawn(Command::new("python3").args(["-c", script]));
+    peer.expect("port ");
+    let pid = peer.pid();
+    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
+    peer.send("go");
+    let local: u16 = peer.expect("local ")[6..].trim().parse().expect("local port");
+    (peer, pid, agent, format!("127.0.0.1:{local}"))
+}
+
 /// Whether connection `open`'s first data event in `direction` comes before its close (both
 /// must be there).
 fn data_before_close(events: &[Value], open: &Value, direction: &str) -> bool {
@@ -206,16 +220,10 @@ fn a_request_read_after_the_client_reset_the_connection_is_reported() {
          p.poll(10000)\n\
          print('read', len(s.recv(4096)), flush=True)\n\
          s.close()\n";
-    let mut peer = Peer::spawn(Command::new("python3").args(["-c", script]));
-    peer.expect("port ");
-    let pid = peer.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
-    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
-    peer.send("go");
-    let local: u16 = peer.expect("local ")[6..].trim().parse().unwrap();
+    let (mut peer, pid, mut agent, local) = traced_script(script);
     let request = "GET /reset HTTP/1.1\r\nHost: x\r\n\r\n";
     assert_eq!(peer.expect("read "), format!("read {}", request.len()), "the request was still readable");
-    let remote = format!("127.0.0.1:{local}");
+    let remote = local;
     wait_server_close(&mut agent, pid, &remote);
     let events = agent.stop();
     let open = accepted_from(&events, pid, &remote);
@@ -267,16 +275,9 @@ fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
          \x20       break\n\
          print('read', n, flush=True)\n\
          c.close()\n";
-    let mut peer = Peer::spawn(Command::new("python3").args(["-c", script]));
-    peer.expect("port ");
-    let pid = peer.pid();
-    let mut agent = Agent::start(&["--pid", &pid.to_string()]);
-    agent.wait_for("ready", EVENT_TIMEOUT, |e| e["type"] == "ready");
-    peer.send("go");
-    let local: u16 = peer.expect("local ")[6..].trim().parse().unwrap();
+    let (mut peer, pid, mut agent, local) = traced_script(script);
     let response = "HTTP/1.1 200 OK\r\nContent-Length: 65536\r\n\r\n".len() + 65536;
     assert_eq!(peer.expect("read "), format!("read {response}"), "the response was still readable");
-    let local = format!("127.0.0.1:{local}");
     let close = agent.wait_for("the client's close", EVENT_TIMEOUT, |e| {
         e["type"] == "conn_close" && e["pid"] == pid && e["local"] == local.as_str()
     });
