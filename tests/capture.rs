@@ -293,6 +293,54 @@ fn a_response_read_after_a_half_closed_socket_closed_is_reported() {
     assert!(data_before_close(&events, open, "ingress"), "the response comes before the close: {events:#?}");
 }
 
+/// The kernel's connection entries of process `pid`, each as whether it is dead (generation 0:
+/// ended by its socket's close and left for the process to reuse), from `bpftool`.
+fn conn_entries(pid: u32) -> Vec<bool> {
+    let out = Command::new("bpftool").args(["map", "dump", "name", "CONNS", "-j"]).output().expect("bpftool");
+    let entries: Value = serde_json::from_slice(&out.stdout).expect("bpftool map dump json");
+    let bytes = |v: &Value| -> Vec<u8> {
+        v.as_array()
+            .expect("hex bytes")
+            .iter()
+            .map(|b| {
+                u8::from_str_radix(b.as_str().expect("hex byte").trim_start_matches("0x"), 16).expect("hex")
+            })
+            .collect()
+    };
+    entries
+        .as_array()
+        .expect("entries")
+        .iter()
+        .filter(|e| bytes(&e["key"])[4..8] == pid.to_le_bytes())
+        .map(|e| bytes(&e["value"])[..8].iter().all(|b| *b == 0))
+        .collect()
+}
+
+/// A connection whose socket closes after its application let go of it (the server closed first;
+/// the state change comes later, in softirq context) leaves a dead entry in the kernel's map for
+/// the process to reuse with the fd number. When the process exits, the agent removes those: the
+/// map keeps nothing of an exited process.
+#[test]
+fn an_exited_process_leaves_no_connection_entries() {
+    let _g = serial();
+    require_root();
+    if !kernel_has_socket_hooks() {
+        return; // the syscall path removes a connection's entry at close()
+    }
+    let (server, pid, port, mut agent) = traced_python_server();
+    for _ in 0..3 {
+        let sizes = curl(&format!("http://127.0.0.1:{port}/"), &[]);
+        wait_server_close(&mut agent, pid, &format!("127.0.0.1:{}", sizes.local_port));
+    }
+    let before = conn_entries(pid);
+    assert!(before.contains(&true), "a closed connection's entry is left, dead: {before:?}");
+    drop(server);
+    // The agent handles an event before it prints it.
+    agent.wait_for("the server's exit", EVENT_TIMEOUT, |e| e["type"] == "exit" && e["pid"] == pid);
+    assert_eq!(conn_entries(pid), Vec::<bool>::new(), "entries of the exited process");
+    agent.stop();
+}
+
 /// A server that accepts in one process and serves each connection in a child it forks (the
 /// parent closes its copy): the connection belongs to the process that reads and writes it.
 #[test]
