@@ -304,12 +304,14 @@ impl Session {
                         self.open.remove(&(p.pid, fd));
                         self.capture.remove_conn(p.pid, fd);
                     }
-                    let dead: Vec<(u32, u32)> =
-                        self.left.iter().filter(|(t, _)| *t == p.pid).copied().collect();
-                    for key in dead {
-                        self.left.remove(&key);
-                        self.capture.remove_conn(key.0, key.1);
-                    }
+                    let capture = &mut self.capture;
+                    self.left.retain(|&(tgid, fd)| {
+                        let exited = tgid == p.pid;
+                        if exited {
+                            capture.remove_conn(tgid, fd);
+                        }
+                        !exited
+                    });
                     self.capture.remove_listeners_of(p.pid);
                     self.capture.forget_go(p.pid);
                     self.stats.open_conns = self.open.len() as u64;

@@ -16,10 +16,10 @@
 //!   socket passes there before it is freed), found by socket address in `SK_CONN`; and when a
 //!   socket hook finds its fd naming another socket (closed, fd reused, state change not yet
 //!   seen). A socket that closes while its application still holds it (a reset, the peer's FIN
-//!   after a half-close; see [`still_readable`]) may still be read: its connection ends at the
-//!   application's next call on it, after that call's bytes. A server socket closed by a reset
-//!   before its first read stays claimable in `SERVER_SKS`, and that read opens it (a new
-//!   generation) until the read's bytes are reported.
+//!   after a half-close; see [`still_readable`]) may still be read: its connection ends once that
+//!   has been read (a call that moves no bytes) or when the socket is freed. A server socket
+//!   closed by a reset before its first read stays claimable in `SERVER_SKS`, and that read
+//!   opens it.
 //! - A state change runs in softirq context on any CPU, while the owning process may be opening
 //!   a new connection on the same fd number on another: it ends a connection by claiming it
 //!   (its generation swapped to 0 atomically) and leaves the dead entry for the process's own
@@ -354,8 +354,8 @@ fn same_ports(sk: u64, state: &ConnState) -> bool {
 
 /// [`SERVER_SKS`] values: accepted since the agent started, not used yet.
 const SK_ACCEPTED: u8 = 1;
-/// A server socket a state change closed while its fd may still be open (a reset): what it had
-/// received can still be read, and a read opens a connection for it that ends after the read.
+/// A server socket a reset closed before its first read: what it had received can still be read,
+/// and that read opens its connection (which ends once that has been read).
 const SK_ENDED: u8 = 2;
 
 /// Opens the server connection of a socket accepted since the agent started (or closed by a
@@ -383,6 +383,24 @@ fn accepted(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     Some(p)
 }
 
+/// The connection `SK_CONN` named for socket `sk` (`key`, `generation`), if its entry still is
+/// that connection on that socket.
+#[inline(always)]
+fn conn_named(sk: u64, key: u64, generation: u64) -> Option<*mut ConnState> {
+    let p = CONNS.get_ptr_mut(key)?;
+    // SAFETY: map value pointer, valid for this run.
+    (unsafe { (*p).generation == generation && (*p).skaddr == sk }).then_some(p)
+}
+
+/// Ends connection `key` from its socket's side (a state change, the socket's destruction), in
+/// any context: the entry is left, dead, for its process to replace or remove, since a removal
+/// by fd here could take the connection another CPU's thread has just opened on the same fd.
+#[inline(always)]
+fn end_from_socket(key: u64, state: *mut ConnState, generation: u64) {
+    let tgid = key >> 32;
+    end_claimed((tgid << 32) | tgid, key, state, generation, CONN_FLAG_ENTRY_LEFT);
+}
+
 /// A socket's state change ends its connection (LAST_ACK: closed after the peer; CLOSE: every
 /// socket passes there before it is freed). Runs in softirq context as often as not. `reset`:
 /// the socket closed straight from an open state, while its application may still read it.
@@ -404,10 +422,7 @@ fn sk_closed(skaddr: u64, reset: bool) {
     let Some([key, generation]) = (unsafe { SK_CONN.get(skaddr) }).copied() else {
         return;
     };
-    // SAFETY: map value pointer, valid for this run.
-    if let Some(p) = CONNS.get_ptr_mut(key)
-        && unsafe { (*p).generation == generation && (*p).skaddr == skaddr }
-    {
+    if let Some(p) = conn_named(skaddr, key, generation) {
         if still_readable(key, skaddr) {
             // Its application still holds the socket and is not closing it: what the socket
             // received (a response before the peer's FIN, a request before a reset) can still be
@@ -426,16 +441,8 @@ fn sk_closed(skaddr: u64, reset: bool) {
             let _ = TCP_TX.remove(skaddr);
             return;
         }
-        // SAFETY: as above; read before the connection ends.
-        let server = unsafe { (*p).role } == ROLE_SERVER;
-        let tgid = key >> 32;
-        // The entry is left, dead, for its process to replace or remove: a removal by fd here
-        // could take the connection another CPU's thread has just opened on the same fd.
-        end_claimed((tgid << 32) | tgid, key, p, generation, CONN_FLAG_ENTRY_LEFT);
-        if server && reset {
-            // What the socket received may still be read (see `accepted`).
-            let _ = SERVER_SKS.insert(skaddr, SK_ENDED, 0);
-        }
+        // Its application closed it or is closing it: nothing more will be read.
+        end_from_socket(key, p, generation);
     }
     // The socket is alive until this change returns: its entries are its own.
     forget_socket(skaddr);
@@ -451,16 +458,13 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     // A reset socket's mark (see `accepted`) goes with it.
     let _ = SERVER_SKS.remove(sk);
     // SAFETY: copied out of the map.
-    let Some([key, generation]) = (unsafe { SK_CONN.get(sk) }).copied() else {
-        return 0;
-    };
-    // SAFETY: map value pointer, valid for this run.
-    if let Some(p) = CONNS.get_ptr_mut(key)
-        && unsafe { (*p).generation == generation && (*p).skaddr == sk }
+    if let Some([key, generation]) = (unsafe { SK_CONN.get(sk) }).copied()
+        && let Some(p) = conn_named(sk, key, generation)
     {
-        let tgid = key >> 32;
-        end_claimed((tgid << 32) | tgid, key, p, generation, CONN_FLAG_ENTRY_LEFT);
+        end_from_socket(key, p, generation);
     }
+    // Whatever is still kept for the socket (a context received for a request never read) goes
+    // with it.
     forget_socket(sk);
     0
 }
