@@ -482,6 +482,59 @@ fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
     assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
 }
 
+/// Tail sampling on a real chain (middle → leaf, both traced): the leaf fails some requests and
+/// is slow on others. Only those traces are exported, each whole; the others are dropped and
+/// counted, and the counts add up to every span built.
+#[test]
+fn tail_sampling_keeps_failed_and_slow_traces_whole_and_counts_the_rest() {
+    let _g = serial();
+    require_root();
+    let rx = Receiver::start(vec![]);
+    let (leaf, leaf_port) = python_hop("leaf", None);
+    let (mid, mid_port) = python_hop("middle", Some(&format!("http://127.0.0.1:{leaf_port}")));
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &[
+            "--pid",
+            &mid.pid().to_string(),
+            "--pid",
+            &leaf.pid().to_string(),
+            "--tail-errors",
+            "--tail-latency-ms",
+            "200",
+            "--tail-wait-ms",
+            "300",
+        ],
+    );
+    let ids: Vec<String> =
+        (0..10).map(|i| format!("ok{i}")).chain(["fail0", "fail1", "slow0"].map(String::from)).collect();
+    let urls: Vec<String> = ids.iter().map(|id| format!("http://127.0.0.1:{mid_port}/hop/{id}")).collect();
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null"]).args(&urls).output().expect("curl");
+    assert!(out.status.success());
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let kept: std::collections::BTreeSet<String> = spans.iter().filter_map(|(_, s)| rid(s)).collect();
+    assert_eq!(kept, ["fail0", "fail1", "slow0"].map(String::from).into(), "{summary}");
+    for id in &kept {
+        let mine: Vec<&opentelemetry_proto::tonic::trace::v1::Span> =
+            spans.iter().filter(|(_, s)| rid(s).as_deref() == Some(id)).map(|(_, s)| s).collect();
+        assert_eq!(mine.len(), 3, "{id}: the middle's server and client span, the leaf's server span");
+        assert!(mine.iter().all(|s| s.trace_id == mine[0].trace_id), "{id}: one trace");
+        let errors = mine.iter().filter(|s| s.status.as_ref().is_some_and(|st| st.code == 2)).count();
+        assert_eq!(errors, if id.starts_with("fail") { 3 } else { 0 }, "{id}");
+    }
+    let tail = &summary["tail"];
+    assert_eq!(tail["kept_error"], 2, "{summary}");
+    assert_eq!(tail["kept_slow"], 1, "{summary}");
+    assert_eq!(tail["kept_baseline"], 0, "{summary}");
+    assert_eq!(tail["dropped"], 10, "{summary}");
+    assert_eq!(tail["spans_kept"], 9, "{summary}");
+    assert_eq!(tail["spans_dropped"], 30, "{summary}");
+    // Every span built is accounted for: exported, or dropped by tail sampling.
+    assert_eq!(summary["spans"], 39, "{summary}");
+    assert_eq!(summary["otlp"]["exported"], 9, "{summary}");
+}
+
 /// The request id in a hop's path (`/hop/<id>`), from a server or client span.
 fn rid(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<String> {
     let p = attr_str(s, "url.path").or_else(|| attr_str(s, "url.full"))?;

@@ -23,7 +23,7 @@ pub struct FileConfig {
     pub otlp: Otlp,
     /// Local outputs.
     pub output: Output,
-    /// Head sampling.
+    /// Head and tail sampling.
     pub sampling: Sampling,
 }
 
@@ -35,6 +35,28 @@ pub struct Sampling {
     pub sampler: Option<String>,
     /// Its argument (the ratio).
     pub arg: Option<String>,
+    /// Tail sampling (on when this section is present).
+    pub tail: Option<Tail>,
+}
+
+/// `sampling: tail:` (see `--tail-*`).
+#[derive(Debug, Default, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct Tail {
+    /// Keep every trace with an error.
+    pub errors: bool,
+    /// Keep every trace with a span at least this long.
+    pub latency_ms: Option<u64>,
+    /// Fraction of the other traces kept.
+    pub ratio: Option<f64>,
+    /// Adaptive baseline: traces per second per operation.
+    pub per_operation: Option<f64>,
+    /// Cap on baseline traces per second.
+    pub max_per_sec: Option<f64>,
+    /// Idle time before a trace is decided.
+    pub wait_ms: Option<u64>,
+    /// Spans held at most.
+    pub max_spans: Option<usize>,
 }
 
 /// `select:`
@@ -179,6 +201,19 @@ mod tests {
         assert_eq!(c.otlp.headers.get("authorization").map(String::as_str), Some("Bearer x"));
         assert_eq!(c.output.print.as_deref(), Some("none"));
         assert_eq!(parse("", "e.yaml").unwrap(), FileConfig::default());
+    }
+
+    #[test]
+    fn tail_sampling_section() {
+        let c = parse(
+            "sampling:\n  sampler: always_on\n  tail:\n    errors: true\n    latency_ms: 500\n    per_operation: 2.5\n",
+            "t.yaml",
+        )
+        .unwrap();
+        let t = c.sampling.tail.unwrap();
+        assert!(t.errors);
+        assert_eq!((t.latency_ms, t.per_operation, t.ratio), (Some(500), Some(2.5), None));
+        assert!(parse("sampling:\n  tail:\n    error: true\n", "t.yaml").is_err(), "typo");
     }
 
     #[test]

@@ -12,6 +12,7 @@ use tracewire::{
     capture::{CaptureOptions, DataHooks, Selection},
     cli::capture::{self, CaptureOutput},
     config::FileConfig,
+    sampling::tail::TailConfig,
 };
 use tracewire_common::{DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, MAX_PAYLOAD};
 
@@ -105,6 +106,74 @@ struct RunArgs {
     /// Milliseconds a trace must be idle before the waterfall prints it.
     #[arg(long, default_value_t = 1000)]
     trace_idle_ms: u64,
+    /// Tail sampling: keep every trace with an error span (HTTP 5xx served, 4xx/5xx received).
+    #[arg(long)]
+    tail_errors: bool,
+    /// Tail sampling: keep every trace with a span at least this many milliseconds long.
+    #[arg(long)]
+    tail_latency_ms: Option<u64>,
+    /// Tail sampling: fraction of the other traces kept, decided on the trace id (default: 0
+    /// with --tail-errors or --tail-latency-ms, else 1).
+    #[arg(long)]
+    tail_ratio: Option<f64>,
+    /// Tail sampling, adaptive: keep about this many of the other traces per second per
+    /// operation (service and span name; busy operations get lower rates).
+    #[arg(long)]
+    tail_per_operation: Option<f64>,
+    /// Tail sampling: keep at most this many of the other traces per second.
+    #[arg(long)]
+    tail_max_per_sec: Option<f64>,
+    /// Tail sampling: milliseconds a trace must be idle before it is decided.
+    #[arg(long)]
+    tail_wait_ms: Option<u64>,
+    /// Tail sampling: spans held waiting for their traces to finish; beyond, the oldest trace
+    /// is decided early.
+    #[arg(long)]
+    tail_max_spans: Option<usize>,
+}
+
+impl RunArgs {
+    /// Tail sampling from the flags over the file's `sampling: tail:`; `None` when neither asks
+    /// for it.
+    fn tail(&self, file: Option<&tracewire::config::Tail>) -> anyhow::Result<Option<TailConfig>> {
+        let f = file.cloned().unwrap_or_default();
+        let errors = self.tail_errors || f.errors;
+        let latency_ms = self.tail_latency_ms.or(f.latency_ms);
+        let ratio = self.tail_ratio.or(f.ratio);
+        let per_operation = self.tail_per_operation.or(f.per_operation);
+        let max_per_sec = self.tail_max_per_sec.or(f.max_per_sec);
+        let on = file.is_some()
+            || errors
+            || latency_ms.is_some()
+            || ratio.is_some()
+            || per_operation.is_some()
+            || max_per_sec.is_some();
+        if !on {
+            return Ok(None);
+        }
+        if let Some(r) = ratio
+            && !(0.0..=1.0).contains(&r)
+        {
+            anyhow::bail!("tail ratio {r}: a fraction between 0 and 1");
+        }
+        for (name, v) in [("per-operation", per_operation), ("max-per-sec", max_per_sec)] {
+            if let Some(v) = v
+                && !(v > 0.0 && v.is_finite())
+            {
+                anyhow::bail!("tail {name} {v}: a positive number of traces per second");
+            }
+        }
+        let defaults = TailConfig::default();
+        Ok(Some(TailConfig {
+            errors,
+            latency: latency_ms.map(Duration::from_millis),
+            ratio: ratio.unwrap_or(if errors || latency_ms.is_some() { 0.0 } else { 1.0 }),
+            per_operation,
+            max_per_sec,
+            wait: self.tail_wait_ms.or(f.wait_ms).map_or(defaults.wait, Duration::from_millis),
+            max_spans: self.tail_max_spans.or(f.max_spans).unwrap_or(defaults.max_spans),
+        }))
+    }
 }
 
 /// Reads the first set, non-empty variable among `names`.
@@ -420,6 +489,7 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
                 waterfall,
                 routes,
                 sampler,
+                tail: args.tail(file.sampling.tail.as_ref())?,
                 otlp_json,
                 otlp,
                 status_every: Duration::from_secs(args.status_interval),

@@ -1,10 +1,12 @@
 """One hop of a service chain for tracewire's tests (uninstrumented, thread per connection).
 
 GET /hop/<id> calls GET <next>/hop/<id> when a next hop is given, then answers "ok <id>". The id
-travels in the path, so a test can check every span's parent against it. Prints "port N" once
-listening. Usage: hop.py HOST PORT [NEXT_URL]
+travels in the path, so a test can check every span's parent against it. The last hop answers
+500 to an id that starts with "fail", and takes 300 ms for one that starts with "slow"; a hop
+whose call fails answers 502. Prints "port N" once listening. Usage: hop.py HOST PORT [NEXT_URL]
 """
 import sys
+import time
 import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -22,6 +24,10 @@ class Handler(BaseHTTPRequestHandler):
                     r.read()
             except Exception:
                 status = 502
+        elif rid.startswith("fail"):
+            status = 500
+        elif rid.startswith("slow"):
+            time.sleep(0.3)
         body = f"ok {rid}\n".encode()
         self.send_response(status)
         self.send_header("Content-Length", str(len(body)))

@@ -25,6 +25,7 @@ use crate::{
         waterfall::{self, Waterfall},
     },
     metadata::Resources,
+    sampling::tail::{TailConfig, TailSampler, TailStats},
 };
 
 /// Where spans go.
@@ -36,6 +37,8 @@ pub struct RunOutput {
     pub routes: crate::correlate::route::Routes,
     /// Head sampling.
     pub sampler: crate::sampling::Sampler,
+    /// Tail sampling, when on.
+    pub tail: Option<TailConfig>,
     /// Write OTLP-JSON lines here.
     pub otlp_json: Option<PathBuf>,
     /// Export OTLP/gRPC.
@@ -59,6 +62,8 @@ pub struct Summary {
     pub otlp: Option<Accounting>,
     /// Spans written to the JSON file.
     pub json_written: u64,
+    /// Tail sampling, when on.
+    pub tail: Option<TailStats>,
 }
 
 struct Sinks {
@@ -71,8 +76,9 @@ struct Sinks {
 }
 
 impl Sinks {
-    /// Hands spans to every sink; the OTLP exporter, last, takes them without a copy.
-    fn deliver(&mut self, spans: Vec<SpanRecord>) {
+    /// Hands spans to every sink; the OTLP exporter, last, takes them without a copy. `whole`:
+    /// the spans are one finished trace (kept by tail sampling).
+    fn deliver(&mut self, spans: Vec<SpanRecord>, whole: bool) {
         if spans.is_empty() {
             return;
         }
@@ -80,7 +86,11 @@ impl Sinks {
             j.write(&spans, &mut self.resources);
         }
         if let Some(w) = &mut self.waterfall {
-            w.add(&spans);
+            if whole {
+                w.add_trace(&spans);
+            } else {
+                w.add(&spans);
+            }
         }
         if let Some(o) = &mut self.otlp {
             self.accounting.lock().unwrap_or_else(|e| e.into_inner()).produced += spans.len() as u64;
@@ -204,6 +214,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     let mut exited: Vec<u32> = Vec::new();
     let mut own = OwnSockets::default();
     let mut sampled_out = 0u64;
+    let mut tail = out.tail.clone().map(|cfg| TailSampler::new(cfg, Instant::now()));
     // Polls left once stopping: what the ring holds is read before connections are closed.
     let mut drain = session.drain_polls();
     loop {
@@ -242,7 +253,17 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         let before = spans.len();
         spans.retain(|s| s.flags & crate::protocol::traceparent::FLAG_SAMPLED != 0);
         sampled_out += (before - spans.len()) as u64;
-        sinks.deliver(spans);
+        match &mut tail {
+            None => sinks.deliver(spans, false),
+            Some(t) => {
+                let now = Instant::now();
+                let mut kept = t.add(spans, now);
+                kept.extend(t.take_finished(now, last));
+                for trace in kept {
+                    sinks.deliver(trace, true);
+                }
+            }
+        }
         if let Some(o) = &mut sinks.otlp {
             o.tick(&mut sinks.resources);
         }
@@ -251,7 +272,10 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             break;
         }
         if !out.status_every.is_zero() && last_status.elapsed() >= out.status_every {
-            eprintln!("{}", status_line(&session, &correlator, &accounting, sinks.otlp.is_some())?);
+            eprintln!(
+                "{}",
+                status_line(&session, &correlator, &accounting, sinks.otlp.is_some(), tail.as_ref())?
+            );
             correlator.set_clock(Clock::now());
             // Resources of exited processes are kept one status period, for spans still queued.
             for pid in exited.drain(..) {
@@ -263,11 +287,12 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     if let Some(o) = sinks.otlp.take() {
         o.shutdown(&mut sinks.resources, out.shutdown_deadline);
     }
-    eprintln!("{}", status_line(&session, &correlator, &accounting, out.otlp.is_some())?);
+    eprintln!("{}", status_line(&session, &correlator, &accounting, out.otlp.is_some(), tail.as_ref())?);
     let summary = Summary {
         spans: correlator.stats().spans,
         otlp: out.otlp.as_ref().map(|_| accounting.lock().unwrap_or_else(|e| e.into_inner()).clone()),
         json_written: sinks.json.as_ref().map_or(0, |j| j.written),
+        tail: tail.as_ref().map(|t| t.stats().clone()),
     };
     let stats = correlator.stats();
     let k = session.kernel_counters()?;
@@ -283,6 +308,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         json!({
             "spans": summary.spans,
             "sampled_out": sampled_out,
+            "tail": summary.tail.as_ref().map(tail_json),
             "otlp": otlp_json,
             "json_written": summary.json_written,
             "http": {
@@ -310,11 +336,22 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     Ok(summary)
 }
 
+fn tail_json(s: &TailStats) -> serde_json::Value {
+    json!({
+        "kept_error": s.kept_error, "kept_slow": s.kept_slow, "kept_baseline": s.kept_baseline,
+        "dropped": s.dropped, "rate_limited": s.rate_limited,
+        "spans_kept": s.spans_kept, "spans_dropped": s.spans_dropped,
+        "decided_early": s.decided_early, "late_spans": s.late_spans,
+        "operations_overflow": s.operations_overflow,
+    })
+}
+
 fn status_line(
     session: &Session,
     correlator: &Correlator,
     accounting: &Mutex<Accounting>,
     otlp: bool,
+    tail: Option<&TailSampler>,
 ) -> anyhow::Result<String> {
     let k = session.kernel_counters()?;
     let stats = correlator.stats();
@@ -331,6 +368,19 @@ fn status_line(
     if otlp {
         let a = accounting.lock().unwrap_or_else(|e| e.into_inner());
         line.push_str(&format!(", otlp: {}", a.summary()));
+    }
+    if let Some(t) = tail {
+        let s = t.stats();
+        line.push_str(&format!(
+            ", tail: kept {} (error {}, slow {}, baseline {}), dropped {} ({} rate-limited), {} spans held",
+            s.kept_error + s.kept_slow + s.kept_baseline,
+            s.kept_error,
+            s.kept_slow,
+            s.kept_baseline,
+            s.dropped,
+            s.rate_limited,
+            t.held()
+        ));
     }
     Ok(line)
 }

@@ -6,12 +6,12 @@ use std::{
     time::{Duration, Instant},
 };
 
-use crate::correlate::span::{Kind, SpanRecord, Value};
+use crate::{
+    correlate::span::{Kind, SpanRecord, Value},
+    sampling::traces::Assembler,
+};
 
 const BAR: usize = 40;
-
-/// Longest a trace with a missing in-process parent is held before it is printed anyway.
-pub const MAX_WAIT: Duration = Duration::from_secs(30);
 
 /// The label shown for a span: method and path (server) or method and URL (client).
 pub fn operation(s: &SpanRecord) -> String {
@@ -149,62 +149,42 @@ pub fn largest_self_time(
         .max_by_key(|&(_, t)| t)
 }
 
-/// Collects spans per trace and releases a trace once no span has joined it for `idle`.
+/// Collects spans per trace and releases a trace once it is finished (see
+/// [`traces`](crate::sampling::traces)); traces that tail sampling kept arrive whole.
 pub struct Waterfall {
-    traces: HashMap<[u8; 16], (Vec<SpanRecord>, Instant)>,
-    idle: Duration,
-    max_spans: usize,
-    held: usize,
-    /// Spans not shown because too many were held at once.
-    pub dropped: u64,
+    traces: Assembler,
+    /// Whole traces, shown at the next look.
+    ready: Vec<Vec<SpanRecord>>,
 }
 
 impl Waterfall {
-    /// Holds at most `max_spans` spans waiting for their traces to finish.
+    /// Holds at most `max_spans` spans waiting for their traces to finish; beyond, the oldest
+    /// trace is shown as it is.
     pub fn new(idle: Duration, max_spans: usize) -> Self {
-        Waterfall { traces: HashMap::new(), idle, max_spans, held: 0, dropped: 0 }
+        Waterfall { traces: Assembler::new(idle, max_spans), ready: Vec::new() }
     }
 
     /// Adds spans.
     pub fn add(&mut self, spans: &[SpanRecord]) {
         let now = Instant::now();
         for s in spans {
-            if self.held >= self.max_spans {
-                self.dropped += 1;
-                continue;
+            if let Some(t) = self.traces.add(s.clone(), now) {
+                self.ready.push(t);
             }
-            let e = self.traces.entry(s.trace_id).or_insert_with(|| (Vec::new(), now));
-            e.0.push(s.clone());
-            e.1 = now;
-            self.held += 1;
         }
+    }
+
+    /// Adds a trace already known to be finished.
+    pub fn add_trace(&mut self, spans: &[SpanRecord]) {
+        self.ready.push(spans.to_vec());
     }
 
     /// Traces that are finished, oldest first: idle long enough with every in-process parent
     /// present (a parent still in flight, like a gateway waiting on a slow call, holds its trace
-    /// back, up to [`MAX_WAIT`]), or all of them when `all`.
+    /// back, up to [`MAX_WAIT`](crate::sampling::traces::MAX_WAIT)), or all of them when `all`.
     pub fn take_finished(&mut self, all: bool) -> Vec<Vec<SpanRecord>> {
-        let now = Instant::now();
-        let complete = |spans: &[SpanRecord]| {
-            spans.iter().all(|s| match s.parent_id {
-                Some(p) if !s.parent_remote => spans.iter().any(|o| o.span_id == p),
-                _ => true,
-            })
-        };
-        let done: Vec<[u8; 16]> = self
-            .traces
-            .iter()
-            .filter(|(_, (spans, t))| {
-                let idle = now.duration_since(*t);
-                all || (idle >= self.idle && complete(spans)) || idle >= MAX_WAIT
-            })
-            .map(|(k, _)| *k)
-            .collect();
-        let mut out: Vec<Vec<SpanRecord>> =
-            done.iter().filter_map(|k| self.traces.remove(k).map(|(v, _)| v)).collect();
-        for t in &out {
-            self.held -= t.len();
-        }
+        let mut out = std::mem::take(&mut self.ready);
+        out.extend(self.traces.take_finished(Instant::now(), all));
         out.sort_by_key(|t| t.iter().map(|s| s.start_ns).min().unwrap_or(0));
         out
     }

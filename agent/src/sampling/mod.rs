@@ -4,7 +4,13 @@
 //!
 //! The ratio decision is deterministic on the trace id (the rightmost 7 bytes, as the
 //! OpenTelemetry probability sampler does), so agents on different nodes agree without talking.
+//!
+//! After the head decision, [`tail`] sampling may keep or drop each trace once it is finished
+//! on this node (errors, latency, an adaptive or capped baseline).
 use thiserror::Error;
+
+pub mod tail;
+pub mod traces;
 
 /// A head sampler.
 #[derive(Debug, Clone, PartialEq)]
