@@ -705,3 +705,145 @@ fn nginx_upstream_requests_are_children_of_their_client_request() {
     assert_eq!(summary["kernel"]["upstream_linked"], ids.len() as u64, "{summary}");
     assert_eq!(summary["http"]["linked_upstream"], ids.len() as u64, "{summary}");
 }
+
+/// The manifest's documents, parsed.
+fn manifest() -> Vec<Value> {
+    let text = std::fs::read_to_string(repo().join("deploy/kubernetes/tracewire.yaml")).unwrap();
+    text.split("\n---\n").map(|doc| serde_saphyr::from_str::<Value>(doc).expect("manifest YAML")).collect()
+}
+
+/// The DaemonSet of deploy/kubernetes, run here as a kubelet would: its container's arguments,
+/// environment and ConfigMap file, exactly its capabilities (bounding set, everything else
+/// dropped), tracefs read-only and the node's cgroup2 hierarchy at its mount path, in a
+/// private mount namespace. The agent must trace a real server end to end, and name the node
+/// from the downward API variable.
+#[test]
+fn the_daemonset_manifest_runs_the_agent_with_its_capabilities_and_config() {
+    let _g = serial();
+    require_root();
+    let docs = manifest();
+    let kind = |k: &str| docs.iter().find(|d| d["kind"] == k).unwrap_or_else(|| panic!("no {k}"));
+    let (ds, cm) = (kind("DaemonSet"), kind("ConfigMap"));
+    let pod = &ds["spec"]["template"]["spec"];
+    assert_eq!(pod["hostPID"], true, "the node's pids and /proc");
+    let c = &pod["containers"][0];
+    let sc = &c["securityContext"];
+    assert_eq!((&sc["privileged"], &sc["runAsUser"]), (&Value::Bool(false), &Value::from(0)));
+    assert_eq!(sc["capabilities"]["drop"][0], "ALL");
+    let caps: Vec<String> = sc["capabilities"]["add"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|c| format!("+{}", c.as_str().unwrap().to_lowercase()))
+        .collect();
+
+    let dir = tempfile::tempdir().unwrap();
+    // The ConfigMap, where the container mounts it.
+    let config_dir =
+        c["volumeMounts"].as_array().unwrap().iter().find(|m| m["name"] == "config").unwrap()["mountPath"]
+            .as_str()
+            .unwrap()
+            .to_string();
+    let config = dir.path().join("tracewire.yaml");
+    std::fs::write(&config, cm["data"]["tracewire.yaml"].as_str().unwrap()).unwrap();
+    let args: Vec<String> = c["args"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| {
+            a.as_str().unwrap().replace(&format!("{config_dir}/"), &format!("{}/", dir.path().display()))
+        })
+        .collect();
+    let mounts: Vec<(String, String, bool)> = c["volumeMounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter(|m| m["name"] != "config")
+        .map(|m| {
+            let host = pod["volumes"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .find(|v| v["name"] == m["name"])
+                .unwrap()["hostPath"]["path"]
+                .as_str()
+                .unwrap()
+                .to_string();
+            (host, m["mountPath"].as_str().unwrap().to_string(), m["readOnly"] == true)
+        })
+        .collect();
+
+    let (server, port) = python_server("127.0.0.1");
+    let rx = Receiver::start(vec![]);
+    // The hostPath volumes, bound where the container has them. This machine's cgroup2 hierarchy
+    // is wherever it is mounted here (the manifest's hostPath is the usual /sys/fs/cgroup).
+    let cgroup2 = std::fs::read_to_string("/proc/self/mountinfo")
+        .unwrap()
+        .lines()
+        .find(|l| l.contains(" - cgroup2 "))
+        .and_then(|l| l.split_whitespace().nth(4).map(str::to_string))
+        .expect("a cgroup2 mount");
+    // Mount points this test creates on the machine (mkdir is not namespaced), removed after.
+    let mut created: Vec<std::path::PathBuf> = Vec::new();
+    for (_, at, _) in &mounts {
+        let mut p = std::path::PathBuf::from(at);
+        let mut chain = Vec::new();
+        while !p.exists() {
+            chain.push(p.clone());
+            p.pop();
+        }
+        created.extend(chain);
+    }
+    let mut script = String::from(
+        "set -e; mountpoint -q /sys/kernel/tracing || mount -t tracefs tracefs /sys/kernel/tracing; ",
+    );
+    for (host, at, ro) in &mounts {
+        let host = if host == "/sys/fs/cgroup" { &cgroup2 } else { host };
+        script.push_str(&format!("mkdir -p {at}; mount --bind {host} {at}; "));
+        if *ro {
+            script.push_str(&format!("mount -o remount,bind,ro {at}; "));
+        }
+    }
+    script
+        .push_str(&format!("exec setpriv --bounding-set -all,{} --inh-caps -all -- \"$@\"", caps.join(",")));
+    let mut cmd = Command::new("unshare");
+    cmd.args([
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        &script,
+        "sh",
+        env!("CARGO_BIN_EXE_tracewire"),
+    ])
+    .args(&args)
+    .args(["--pid", &server.pid().to_string()]);
+    for e in c["env"].as_array().unwrap() {
+        let name = e["name"].as_str().unwrap();
+        match name {
+            "NODE_NAME" => cmd.env(name, "node-a"),
+            // The manifest's endpoint is on 4317, which means gRPC: so is this receiver.
+            "OTEL_EXPORTER_OTLP_ENDPOINT" => {
+                cmd.env(name, rx.endpoint()).env("OTEL_EXPORTER_OTLP_PROTOCOL", "grpc")
+            }
+            _ => cmd.env(name, e["value"].as_str().unwrap()),
+        };
+    }
+    let agent = RunAgent::spawn(cmd);
+    for i in 0..3 {
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
+    }
+    let summary = agent.stop();
+    // Deepest first; the mounts went with the agent's mount namespace, so these are empty.
+    for p in &created {
+        let _ = std::fs::remove_dir(p);
+    }
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 3, "{summary}");
+    for r in rx.resources() {
+        assert_eq!(r.get("k8s.node.name").map(String::as_str), Some("node-a"), "{r:?}");
+        assert_eq!(r.get("host.name").map(String::as_str), Some("node-a"), "{r:?}");
+    }
+    assert_eq!(summary["kernel"]["ring_full"], 0, "{summary}");
+}

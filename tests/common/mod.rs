@@ -140,14 +140,18 @@ pub struct RunAgent {
 
 impl RunAgent {
     pub fn start(endpoint: &str, args: &[&str]) -> RunAgent {
-        let mut child = Command::new(env!("CARGO_BIN_EXE_tracewire"))
-            .args(["run", "--print", "none", "--status-interval", "0", "--otlp-endpoint", endpoint])
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracewire"));
+        cmd.args(["run", "--print", "none", "--status-interval", "0", "--otlp-endpoint", endpoint])
             .args(if args.contains(&"--otlp-protocol") { &[][..] } else { &["--otlp-protocol", "grpc"][..] })
-            .args(args)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("spawn tracewire run");
+            .args(args);
+        RunAgent::spawn(cmd)
+    }
+
+    /// Runs `tracewire run` as `cmd` starts it (through a wrapper that ends by exec'ing it, so
+    /// that signals reach the agent), once it is tracing.
+    pub fn spawn(mut cmd: Command) -> RunAgent {
+        let mut child =
+            cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn tracewire run");
         let (tx, rx) = mpsc::channel();
         let err = child.stderr.take().unwrap();
         std::thread::spawn(move || {

@@ -139,6 +139,28 @@ impl Receiver {
         spans_of(&self.state.lock().unwrap().received)
     }
 
+    /// The string attributes of every resource received.
+    pub fn resources(&self) -> Vec<std::collections::HashMap<String, String>> {
+        let state = self.state.lock().unwrap();
+        state
+            .received
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .filter_map(|rs| rs.resource.as_ref())
+            .map(|r| {
+                r.attributes
+                    .iter()
+                    .filter_map(|a| match a.value.as_ref().and_then(|v| v.value.as_ref()) {
+                        Some(opentelemetry_proto::tonic::common::v1::any_value::Value::StringValue(s)) => {
+                            Some((a.key.clone(), s.clone()))
+                        }
+                        _ => None,
+                    })
+                    .collect()
+            })
+            .collect()
+    }
+
     pub fn attempts(&self) -> u64 {
         self.state.lock().unwrap().attempts
     }

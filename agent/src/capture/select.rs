@@ -102,20 +102,56 @@ fn process_table() -> Vec<(u32, u32, Option<PathBuf>)> {
         .collect()
 }
 
-/// The cgroup2 mount point, from /proc/self/mountinfo (never assumed).
+/// The cgroup2 mount point that reaches highest in the hierarchy, from /proc/self/mountinfo
+/// (never assumed). In a container with its own cgroup namespace, the runtime's /sys/fs/cgroup
+/// is the container's subtree (its root shows as `/`), while the node's hierarchy bind-mounted
+/// from the host shows a root above the namespace (`/..`, `/../..`): that one reaches every
+/// socket of the node, which the sock_ops program needs.
 pub fn cgroup2_mount() -> Result<PathBuf, CaptureError> {
     let info = fs::read_to_string("/proc/self/mountinfo")
         .map_err(|e| CaptureError::Io("reading /proc/self/mountinfo".into(), e))?;
-    info.lines()
-        .find_map(|line| {
-            let (left, right) = line.split_once(" - ")?;
-            let fstype = right.split_whitespace().next()?;
-            if fstype != "cgroup2" {
-                return None;
-            }
-            left.split_whitespace().nth(4).map(PathBuf::from)
-        })
-        .ok_or_else(|| CaptureError::Selection("no cgroup2 filesystem is mounted".into()))
+    let (path, above) = highest_cgroup2(&info)
+        .ok_or_else(|| CaptureError::Selection("no cgroup2 filesystem is mounted".into()))?;
+    if above == 0 && in_cgroup_namespace() {
+        log::warn!(
+            "tracewire runs in a cgroup namespace and sees only its own cgroup subtree at {}: trace \
+             context in TCP options reaches only sockets in it; mount the node's cgroup2 \
+             hierarchy into the container (hostPath /sys/fs/cgroup)",
+            path.display()
+        );
+    }
+    Ok(path)
+}
+
+/// The cgroup2 mount whose root is highest (most `..` above this cgroup namespace's root), and
+/// how many levels above it is; the first such one.
+fn highest_cgroup2(mountinfo: &str) -> Option<(PathBuf, usize)> {
+    let mut best: Option<(PathBuf, usize)> = None;
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        if right.split_whitespace().next() != Some("cgroup2") {
+            continue;
+        }
+        let mut fields = left.split_whitespace().skip(3);
+        let (Some(root), Some(point)) = (fields.next(), fields.next()) else {
+            continue;
+        };
+        let above =
+            root.split('/').take_while(|seg| seg.is_empty() || *seg == "..").filter(|s| *s == "..").count();
+        if best.as_ref().is_none_or(|(_, b)| above > *b) {
+            best = Some((PathBuf::from(point), above));
+        }
+    }
+    best
+}
+
+/// Whether this process is in a cgroup namespace other than the initial one (whose inode number
+/// the kernel fixes: `PROC_CGROUP_INIT_INO`).
+fn in_cgroup_namespace() -> bool {
+    const PROC_CGROUP_INIT_INO: u64 = 0xEFFF_FFFB;
+    fs::metadata("/proc/self/ns/cgroup").is_ok_and(|m| m.ino() != PROC_CGROUP_INIT_INO)
 }
 
 fn cgroup_dir(path: &Path) -> Result<PathBuf, CaptureError> {
@@ -178,5 +214,17 @@ mod tests {
         assert!(s.initial_pids().unwrap().contains(&me));
         let missing = Selection::Only { pids: vec![u32::MAX - 1], exes: vec![], cgroups: vec![] };
         assert!(missing.initial_pids().is_err());
+    }
+
+    #[test]
+    fn the_cgroup2_mount_reaching_highest_is_chosen() {
+        // A container: the runtime's namespaced mount first, the node's bind-mounted after it.
+        let container = "1 0 0:30 / / rw - overlay overlay rw\n\
+            2 1 0:38 / /sys/fs/cgroup ro,nosuid - cgroup2 cgroup rw\n\
+            3 1 0:38 /../../.. /host/sys/fs/cgroup rw - cgroup2 cgroup2 rw\n";
+        assert_eq!(highest_cgroup2(container), Some((PathBuf::from("/host/sys/fs/cgroup"), 3)));
+        let host = "41 31 0:38 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw\n";
+        assert_eq!(highest_cgroup2(host), Some((PathBuf::from("/sys/fs/cgroup/unified"), 0)));
+        assert_eq!(highest_cgroup2("1 0 0:30 / / rw - ext4 /dev/vda rw\n"), None);
     }
 }

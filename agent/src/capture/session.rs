@@ -70,6 +70,8 @@ pub struct Session {
     batch: RecordBatch,
     /// When Go processes were last checked for a first net/http call.
     go_checked: std::time::Instant,
+    /// A runtime that could not be followed was reported.
+    warned_not_followed: bool,
 }
 
 /// How often Go processes are checked for their first net/http call (from which on their
@@ -126,6 +128,7 @@ impl Session {
             recorder: None,
             batch: RecordBatch::default(),
             go_checked: std::time::Instant::now(),
+            warned_not_followed: false,
         };
         match &s.selection {
             Selection::All => {
@@ -345,7 +348,8 @@ impl Session {
                     self.stats.nginx_followed += 1;
                 }
                 Err(why) => {
-                    debug!("pid {pid} is nginx whose upstream requests stay unlinked: {why}");
+                    let msg = format!("pid {pid} is nginx whose upstream requests stay unlinked: {why}");
+                    self.not_followed(msg);
                     self.stats.nginx_not_followed += 1;
                 }
             }
@@ -362,12 +366,24 @@ impl Session {
                     self.stats.go_followed += 1;
                 }
                 Err(why) => {
-                    debug!("pid {pid} is a Go program whose calls stay unlinked: {why}");
+                    self.not_followed(format!("pid {pid} is a Go program whose calls stay unlinked: {why}"));
                     self.stats.go_not_followed += 1;
                 }
             }
         }
         Ok(())
+    }
+
+    /// A runtime that cannot be followed (uprobes refused, a binary without the symbols): the
+    /// first one is a warning, since it often means a missing capability; the rest are counted
+    /// (`go_not_followed`, `nginx_not_followed`) and logged at debug level.
+    fn not_followed(&mut self, msg: String) {
+        if self.warned_not_followed {
+            debug!("{msg}");
+        } else {
+            self.warned_not_followed = true;
+            warn!("{msg} (further ones at debug level)");
+        }
     }
 
     /// An accept on a listener the kernel had not seen: check the socket is TCP, learn the

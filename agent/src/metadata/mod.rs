@@ -107,8 +107,49 @@ pub fn container_id(cgroup: &str) -> Option<String> {
     })
 }
 
-fn hostname() -> String {
-    fs::read_to_string("/proc/sys/kernel/hostname").map(|s| s.trim().to_string()).unwrap_or_default()
+/// The Kubernetes pod uid in a /proc/PID/cgroup text, if the process runs in a pod: the kubelet
+/// names pod cgroups `pod<uid>` (cgroupfs driver) or `kubepods-<qos>-pod<uid with _>.slice`
+/// (systemd driver). With `container.id` it lets a Collector's k8sattributes processor add the
+/// pod's name, namespace and owners.
+pub fn pod_uid(cgroup: &str) -> Option<String> {
+    cgroup.lines().find_map(|line| {
+        let path = line.rsplit(':').next()?;
+        path.split('/').find_map(|seg| {
+            let seg = seg.strip_suffix(".slice").unwrap_or(seg);
+            let rest = match seg.strip_prefix("pod") {
+                Some(r) => r,
+                None => &seg[seg.rfind("-pod")? + 4..],
+            };
+            let uid = rest.replace('_', "-");
+            let b = uid.as_bytes();
+            let ok = b.len() == 36
+                && b.iter().enumerate().all(|(i, c)| {
+                    if matches!(i, 8 | 13 | 18 | 23) { *c == b'-' } else { c.is_ascii_hexdigit() }
+                });
+            ok.then_some(uid)
+        })
+    })
+}
+
+/// The node's name, read once: `NODE_NAME` when set (a DaemonSet sets it from the downward API's
+/// `spec.nodeName`; in a pod the kernel's hostname is the pod's own), else the hostname.
+fn node_name() -> &'static NodeName {
+    static NODE: std::sync::OnceLock<NodeName> = std::sync::OnceLock::new();
+    NODE.get_or_init(|| match std::env::var("NODE_NAME").ok().filter(|n| !n.trim().is_empty()) {
+        Some(n) => NodeName { name: n.trim().to_string(), kubernetes: true },
+        None => NodeName {
+            name: fs::read_to_string("/proc/sys/kernel/hostname")
+                .map(|s| s.trim().to_string())
+                .unwrap_or_default(),
+            kubernetes: false,
+        },
+    })
+}
+
+struct NodeName {
+    name: String,
+    /// Named by Kubernetes (`k8s.node.name` too).
+    kubernetes: bool,
 }
 
 impl ProcessInfo {
@@ -148,7 +189,8 @@ impl ProcessInfo {
         } else {
             service_name(&env, &argv, &exe_name)
         };
-        let host = hostname();
+        let node = node_name();
+        let host = node.name.clone();
         let mut attributes = vec![
             ("service.instance.id".to_string(), format!("{host}/{pid}")),
             ("host.name".to_string(), host),
@@ -174,8 +216,16 @@ impl ProcessInfo {
             }
             attributes.push(("process.command_line".to_string(), shown.join(" ")));
         }
-        if let Some(id) = fs::read_to_string(format!("{dir}/cgroup")).ok().as_deref().and_then(container_id) {
-            attributes.push(("container.id".to_string(), id));
+        if node.kubernetes {
+            attributes.push(("k8s.node.name".to_string(), node.name.clone()));
+        }
+        if let Ok(cgroup) = fs::read_to_string(format!("{dir}/cgroup")) {
+            if let Some(id) = container_id(&cgroup) {
+                attributes.push(("container.id".to_string(), id));
+            }
+            if let Some(uid) = pod_uid(&cgroup) {
+                attributes.push(("k8s.pod.uid".to_string(), uid));
+            }
         }
         if let Some(attrs) = env.get("OTEL_RESOURCE_ATTRIBUTES").and_then(|s| parse_resource_attributes(s)) {
             for (k, v) in attrs {
@@ -268,6 +318,27 @@ mod tests {
         );
         assert_eq!(parse_resource_attributes("a=%zz"), None);
         assert_eq!(parse_resource_attributes("novalue"), None);
+    }
+
+    #[test]
+    fn pod_uids() {
+        let uid = "0f8f0b8e-5c4a-4d2e-9b1a-2f3c4d5e6f70";
+        let systemd = format!(
+            "0::/kubepods.slice/kubepods-burstable.slice/kubepods-burstable-pod{}.slice/cri-containerd-{}.scope\n",
+            uid.replace('-', "_"),
+            "a".repeat(64)
+        );
+        assert_eq!(pod_uid(&systemd).as_deref(), Some(uid));
+        assert_eq!(
+            pod_uid(&format!("0::/kubepods/besteffort/pod{uid}/{}\n", "b".repeat(64))).as_deref(),
+            Some(uid)
+        );
+        assert_eq!(
+            pod_uid(&format!("0::/kubepods.slice/kubepods-pod{}.slice\n", uid.replace('-', "_"))).as_deref(),
+            Some(uid)
+        );
+        assert_eq!(pod_uid("0::/user.slice/user-0.slice/session-1.scope\n"), None);
+        assert_eq!(pod_uid("0::/system.slice/podman-1234.scope\n"), None);
     }
 
     #[test]
