@@ -8,7 +8,7 @@ use std::{
     io::{BufRead as _, BufReader},
     process::{Command, Stdio},
     sync::mpsc,
-    time::{Instant, SystemTime, UNIX_EPOCH},
+    time::{Duration, Instant, SystemTime, UNIX_EPOCH},
 };
 
 use common::*;
@@ -834,6 +834,10 @@ fn the_daemonset_manifest_runs_the_agent_with_its_capabilities_and_config() {
     for i in 0..3 {
         curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
     }
+    // The liveness probe the kubelet would send.
+    let probe = &c["livenessProbe"]["httpGet"];
+    let url = format!("http://127.0.0.1:{}{}", probe["port"], probe["path"].as_str().unwrap());
+    assert_eq!(http_get(&url).0, 200, "{url}");
     let summary = agent.stop();
     // Deepest first; the mounts went with the agent's mount namespace, so these are empty.
     for p in &created {
@@ -846,4 +850,51 @@ fn the_daemonset_manifest_runs_the_agent_with_its_capabilities_and_config() {
         assert_eq!(r.get("host.name").map(String::as_str), Some("node-a"), "{r:?}");
     }
     assert_eq!(summary["kernel"]["ring_full"], 0, "{summary}");
+}
+
+/// GET a URL with curl: (status, body).
+fn http_get(url: &str) -> (u16, String) {
+    let out = Command::new("curl").args(["-s", "-w", "\n%{http_code}", url]).output().expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (body, code) = text.rsplit_once('\n').unwrap_or(("", "0"));
+    (code.trim().parse().unwrap_or(0), body.to_string())
+}
+
+/// `--metrics-addr`: a Prometheus page with what the summary counts, and a health check.
+#[test]
+fn metrics_and_health_are_served_while_tracing() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let rx = Receiver::start(vec![]);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let agent =
+        RunAgent::start(&rx.endpoint(), &["--pid", &server.pid().to_string(), "--metrics-addr", &maddr]);
+    for i in 0..4 {
+        curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
+    }
+    // The page is rendered once a second: wait for it to show the four spans.
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let (code, body) = http_get(&format!("http://{maddr}/metrics"));
+        assert_eq!(code, 200, "{body}");
+        if body.lines().any(|l| l == "tracewire_spans_total 4") {
+            break body;
+        }
+        assert!(Instant::now() < deadline, "the page never counted 4 spans:\n{body}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    for line in [
+        "# TYPE tracewire_spans_total counter",
+        "tracewire_kernel_events_total{counter=\"ring_full\"} 0",
+        "tracewire_kernel_events_total{counter=\"conn_map_full\"} 0",
+        "# TYPE tracewire_open_connections gauge",
+    ] {
+        assert!(page.lines().any(|l| l == line), "{line:?} missing:\n{page}");
+    }
+    assert!(page.contains("tracewire_resident_memory_bytes "), "{page}");
+    assert_eq!(http_get(&format!("http://{maddr}/healthz")), (200, "ok\n".to_string()));
+    assert_eq!(http_get(&format!("http://{maddr}/nothing-here")).0, 404);
+    let summary = agent.stop();
+    assert_eq!(summary["spans"], 4, "{summary}");
 }

@@ -137,6 +137,8 @@ pub struct Output {
     pub print: Option<String>,
     /// OTLP-JSON lines file.
     pub otlp_json: Option<PathBuf>,
+    /// Address of the `/metrics` and `/healthz` server.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// A configuration file that could not be used.

@@ -130,6 +130,10 @@ struct RunArgs {
     /// is decided early.
     #[arg(long)]
     tail_max_spans: Option<usize>,
+    /// Serve the agent's counters (GET /metrics, Prometheus text format) and health (GET
+    /// /healthz: 503 once the capture loop stalls) on this address, e.g. 127.0.0.1:9464.
+    #[arg(long)]
+    metrics_addr: Option<std::net::SocketAddr>,
 }
 
 impl RunArgs {
@@ -496,6 +500,7 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
                 duration: args.duration.map(Duration::from_secs),
                 shutdown_deadline: Duration::from_secs(5),
                 trace_idle: Duration::from_millis(args.trace_idle_ms),
+                metrics_addr: args.metrics_addr.or(file.output.metrics_addr),
             };
             tracewire::cli::run::run(options, out, stop_flag()?)?;
             Ok(())

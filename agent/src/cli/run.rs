@@ -21,6 +21,7 @@ use crate::{
     export::{
         Accounting,
         json::JsonFile,
+        metrics::{Metrics, Page},
         otlp::{OtlpConfig, OtlpExporter},
         waterfall::{self, Waterfall},
     },
@@ -51,6 +52,8 @@ pub struct RunOutput {
     pub shutdown_deadline: Duration,
     /// A trace is printed once no span joined it for this long.
     pub trace_idle: Duration,
+    /// Serve `/metrics` and `/healthz` here.
+    pub metrics_addr: Option<std::net::SocketAddr>,
 }
 
 /// What a run produced, printed as JSON on stderr at exit (`tracewire: summary {...}`).
@@ -202,6 +205,17 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         color: std::io::stdout().is_terminal(),
     };
     let mut session = Session::start(options)?;
+    let metrics = match out.metrics_addr {
+        Some(addr) => {
+            let m = Arc::new(Metrics::default());
+            let bound = crate::export::metrics::serve(addr, Arc::clone(&m))
+                .map_err(|e| anyhow::anyhow!("--metrics-addr {addr}: {e}"))?;
+            eprintln!("tracewire: metrics on http://{bound}/metrics, health on http://{bound}/healthz");
+            Some(m)
+        }
+        None => None,
+    };
+    let mut last_metrics: Option<Instant> = None;
     let mut correlator = Correlator::new(Clock::now(), max_conns)
         .with_routes(out.routes.clone())
         .with_sampler(out.sampler.clone());
@@ -268,6 +282,14 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             o.tick(&mut sinks.resources);
         }
         sinks.print_traces(last);
+        if let Some(m) = &metrics {
+            m.beat();
+            if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
+                last_metrics = Some(Instant::now());
+                let counts = Counts { own_skipped: own.skipped, sampled_out };
+                m.publish(metrics_page(&session, &correlator, &accounting, tail.as_ref(), &counts)?);
+            }
+        }
         if last {
             break;
         }
@@ -334,6 +356,132 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         })
     );
     Ok(summary)
+}
+
+/// Loop-local counts the metrics page shows.
+struct Counts {
+    own_skipped: u64,
+    sampled_out: u64,
+}
+
+/// Everything the summary counts, as a Prometheus page.
+fn metrics_page(
+    session: &Session,
+    correlator: &Correlator,
+    accounting: &Mutex<Accounting>,
+    tail: Option<&TailSampler>,
+    counts: &Counts,
+) -> anyhow::Result<String> {
+    let mut p = Page::default();
+    let k = session.kernel_counters()?;
+    let stats = correlator.stats();
+    p.single("tracewire_spans_total", "counter", "Spans built.", stats.spans as f64);
+    p.single(
+        "tracewire_head_sampled_out_spans_total",
+        "counter",
+        "Spans left out by head sampling in the agent (the kernel's count is kernel_events_total{counter=\"sampled_out\"}).",
+        counts.sampled_out as f64,
+    );
+    p.single(
+        "tracewire_open_connections",
+        "gauge",
+        "Connections being followed.",
+        correlator.open_conns() as f64,
+    );
+    let name = "tracewire_kernel_events_total";
+    p.family(
+        name,
+        "counter",
+        "Kernel-side counters, by name (drops: ring_full, conn_map_full, active_map_full...).",
+    );
+    for c in Counter::ALL {
+        p.sample(name, &[("counter", c.name())], k[c as usize] as f64);
+    }
+    let name = "tracewire_http_events_total";
+    p.family(name, "counter", "What the HTTP correlation saw, by kind.");
+    for (kind, v) in [
+        ("non_http_conns", stats.non_http_conns),
+        ("unpaired_responses", stats.unpaired_responses),
+        ("no_response", stats.no_response),
+        ("pending_overflow", stats.pending_overflow),
+        ("conn_table_full", stats.conn_table_full),
+        ("traceparent_valid", stats.traceparent_valid),
+        ("traceparent_invalid", stats.traceparent_invalid),
+        ("linked_thread", stats.linked_thread),
+        ("linked_goroutine", stats.linked_goroutine),
+        ("linked_upstream", stats.linked_upstream),
+        ("linked_tcp", stats.linked_tcp),
+        ("paired_same_node", stats.paired_same_node),
+        ("unlinked", stats.unlinked),
+        ("unsampled_gap", stats.unsampled_gap),
+        ("kernel_ctx_differs", stats.kernel_ctx_differs),
+        ("own_connections_skipped", counts.own_skipped),
+    ] {
+        p.sample(name, &[("kind", kind)], v as f64);
+    }
+    let name = "tracewire_invalid_messages_total";
+    p.family(name, "counter", "Bytes that did not parse as HTTP, by reason.");
+    for (reason, v) in &stats.invalid {
+        p.sample(name, &[("reason", reason)], *v as f64);
+    }
+    let name = "tracewire_decode_errors_total";
+    p.family(name, "counter", "Ring buffer records that failed to decode, by reason.");
+    for (reason, v) in &session.stats().decode_errors {
+        p.sample(name, &[("reason", reason)], *v as f64);
+    }
+    {
+        let a = accounting.lock().unwrap_or_else(|e| e.into_inner());
+        let name = "tracewire_otlp_spans_total";
+        p.family(name, "counter", "Spans handed to the OTLP exporter, and exported.");
+        p.sample(name, &[("outcome", "produced")], a.produced as f64);
+        p.sample(name, &[("outcome", "exported")], a.exported as f64);
+        let name = "tracewire_otlp_dropped_spans_total";
+        p.family(name, "counter", "Spans the OTLP exporter dropped, by reason.");
+        for (reason, v) in &a.dropped {
+            p.sample(name, &[("reason", reason.name())], *v as f64);
+        }
+        p.single("tracewire_otlp_retries_total", "counter", "OTLP export retries.", a.retries as f64);
+    }
+    if let Some(t) = tail {
+        let s = t.stats();
+        let name = "tracewire_tail_traces_total";
+        p.family(name, "counter", "Traces decided by tail sampling, by decision.");
+        for (decision, v) in [
+            ("kept_error", s.kept_error),
+            ("kept_slow", s.kept_slow),
+            ("kept_baseline", s.kept_baseline),
+            ("dropped", s.dropped),
+            ("rate_limited", s.rate_limited),
+        ] {
+            p.sample(name, &[("decision", decision)], v as f64);
+        }
+        let name = "tracewire_tail_spans_total";
+        p.family(name, "counter", "Spans decided by tail sampling.");
+        p.sample(name, &[("decision", "kept")], s.spans_kept as f64);
+        p.sample(name, &[("decision", "dropped")], s.spans_dropped as f64);
+        p.single(
+            "tracewire_tail_spans_held",
+            "gauge",
+            "Spans waiting for their trace to finish.",
+            t.held() as f64,
+        );
+    }
+    if let Ok(stat) = procfs::process::Process::myself().and_then(|me| me.stat()) {
+        let ticks = procfs::ticks_per_second() as f64;
+        p.single(
+            "tracewire_cpu_seconds_total",
+            "counter",
+            "The agent's CPU time (user and system).",
+            (stat.utime + stat.stime) as f64 / ticks,
+        );
+        p.single(
+            "tracewire_resident_memory_bytes",
+            "gauge",
+            "The agent's resident memory.",
+            (stat.rss * procfs::page_size()) as f64,
+        );
+    }
+    Ok(p.finish())
 }
 
 fn tail_json(s: &TailStats) -> serde_json::Value {

@@ -4,6 +4,7 @@
 //! reason, so `produced = exported + Σ dropped` holds at any quiescent moment and at exit.
 pub mod encode;
 pub mod json;
+pub mod metrics;
 pub mod otlp;
 pub mod retry;
 pub mod transform;

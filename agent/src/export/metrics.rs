@@ -1,0 +1,177 @@
+//! The agent's own health and counters over HTTP, for a liveness probe and a Prometheus scrape:
+//! `GET /healthz` answers 200 while the capture loop turns and 503 once it has stalled, and
+//! `GET /metrics` serves the counters in the Prometheus text format. The server runs on its own
+//! thread; the capture loop only swaps in a rendered page (once a second) and beats.
+use std::{
+    convert::Infallible,
+    fmt::Write as _,
+    net::SocketAddr,
+    sync::{
+        Arc, Mutex,
+        atomic::{AtomicU64, Ordering},
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use http_body_util::Full;
+use hyper::{Request, Response, StatusCode, body::Bytes, service::service_fn};
+use hyper_util::rt::TokioIo;
+
+/// A capture loop that has not turned for this long is stalled.
+pub const STALL: Duration = Duration::from_secs(15);
+
+/// What the server shows, written by the capture loop.
+#[derive(Default)]
+pub struct Metrics {
+    page: Mutex<String>,
+    /// When the capture loop last turned (ms since the epoch).
+    beat_ms: AtomicU64,
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
+}
+
+impl Metrics {
+    /// The capture loop turned.
+    pub fn beat(&self) {
+        self.beat_ms.store(now_ms(), Ordering::Relaxed);
+    }
+
+    /// Replaces the page `/metrics` serves.
+    pub fn publish(&self, page: String) {
+        *self.page.lock().unwrap_or_else(|e| e.into_inner()) = page;
+    }
+
+    fn healthy(&self) -> bool {
+        now_ms().saturating_sub(self.beat_ms.load(Ordering::Relaxed)) < STALL.as_millis() as u64
+    }
+
+    fn answer(&self, path: &str) -> Response<Full<Bytes>> {
+        let (status, kind, body) = match path {
+            "/metrics" => (
+                StatusCode::OK,
+                "text/plain; version=0.0.4; charset=utf-8",
+                self.page.lock().unwrap_or_else(|e| e.into_inner()).clone(),
+            ),
+            "/healthz" if self.healthy() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
+            "/healthz" => (
+                StatusCode::SERVICE_UNAVAILABLE,
+                "text/plain",
+                format!("the capture loop has not turned for {} s\n", STALL.as_secs()),
+            ),
+            _ => (StatusCode::NOT_FOUND, "text/plain", "GET /metrics or /healthz\n".to_string()),
+        };
+        let mut r = Response::new(Full::new(Bytes::from(body)));
+        *r.status_mut() = status;
+        if let Ok(v) = hyper::header::HeaderValue::from_str(kind) {
+            r.headers_mut().insert(hyper::header::CONTENT_TYPE, v);
+        }
+        r
+    }
+}
+
+/// Binds `addr` (an error names it) and serves `metrics` from a thread of its own. Returns the
+/// bound address.
+pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketAddr> {
+    let listener = std::net::TcpListener::bind(addr)?;
+    listener.set_nonblocking(true)?;
+    let bound = listener.local_addr()?;
+    let rt = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+    std::thread::Builder::new().name("metrics".into()).spawn(move || {
+        rt.block_on(async move {
+            let Ok(listener) = tokio::net::TcpListener::from_std(listener) else {
+                return;
+            };
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                let m = Arc::clone(&metrics);
+                tokio::spawn(async move {
+                    let service = service_fn(move |req: Request<hyper::body::Incoming>| {
+                        let r = m.answer(req.uri().path());
+                        async move { Ok::<_, Infallible>(r) }
+                    });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), service)
+                        .await;
+                });
+            }
+        });
+    })?;
+    Ok(bound)
+}
+
+/// A page in the Prometheus text format, one family at a time.
+#[derive(Default)]
+pub struct Page {
+    text: String,
+}
+
+impl Page {
+    /// Starts a family: `kind` is counter or gauge.
+    pub fn family(&mut self, name: &str, kind: &str, help: &str) -> &mut Self {
+        let _ = writeln!(self.text, "# HELP {name} {help}\n# TYPE {name} {kind}");
+        self
+    }
+
+    /// A sample of the current family; `labels` are (name, value) pairs.
+    pub fn sample(&mut self, name: &str, labels: &[(&str, &str)], value: f64) -> &mut Self {
+        self.text.push_str(name);
+        if !labels.is_empty() {
+            self.text.push('{');
+            for (i, (k, v)) in labels.iter().enumerate() {
+                if i > 0 {
+                    self.text.push(',');
+                }
+                let v = v.replace('\\', "\\\\").replace('"', "\\\"").replace('\n', "\\n");
+                let _ = write!(self.text, "{k}=\"{v}\"");
+            }
+            self.text.push('}');
+        }
+        let _ = writeln!(self.text, " {value}");
+        self
+    }
+
+    /// A family of one unlabelled sample.
+    pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Self {
+        self.family(name, kind, help).sample(name, &[], value)
+    }
+
+    pub fn finish(self) -> String {
+        self.text
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_page_is_the_text_format() {
+        let mut p = Page::default();
+        p.single("tracewire_spans_total", "counter", "Spans built.", 3.0);
+        p.family("tracewire_dropped_total", "counter", "Drops.").sample(
+            "tracewire_dropped_total",
+            &[("reason", "queue\"full")],
+            1.0,
+        );
+        let text = p.finish();
+        assert_eq!(
+            text,
+            "# HELP tracewire_spans_total Spans built.\n# TYPE tracewire_spans_total counter\n\
+             tracewire_spans_total 3\n# HELP tracewire_dropped_total Drops.\n\
+             # TYPE tracewire_dropped_total counter\ntracewire_dropped_total{reason=\"queue\\\"full\"} 1\n"
+        );
+    }
+
+    #[test]
+    fn health_follows_the_beat() {
+        let m = Metrics::default();
+        assert_eq!(m.answer("/healthz").status(), StatusCode::SERVICE_UNAVAILABLE, "never turned");
+        m.beat();
+        assert_eq!(m.answer("/healthz").status(), StatusCode::OK);
+        assert_eq!(m.answer("/nope").status(), StatusCode::NOT_FOUND);
+    }
+}
