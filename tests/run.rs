@@ -355,6 +355,37 @@ fn head_sampling_is_decided_at_the_root_and_follows_the_parent() {
     assert_eq!(summary["http"]["unsampled_gap"], 0, "{summary}");
 }
 
+/// `ratelimiting`: at most N new traces per second on the node, decided in the kernel where each
+/// request starts (a burst of about a second's worth, then the rate); the rest are never
+/// reported.
+#[test]
+fn head_rate_limiting_admits_a_burst_then_the_rate() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &server.pid().to_string(), "--sampler", "ratelimiting", "--sampler-arg", "2"],
+    );
+    let n = 30u64;
+    let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{port}/bytes/{i}")).collect();
+    let t0 = Instant::now();
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null"]).args(&urls).output().expect("curl");
+    let elapsed = t0.elapsed().as_secs_f64();
+    assert!(out.status.success());
+    let summary = agent.stop();
+    let kept = summary["spans"].as_u64().unwrap();
+    // Two a second: a burst of three at once (a second's worth and the one due now), then one
+    // every 500 ms of the run.
+    assert!(
+        kept >= 3 && kept as f64 <= 3.0 + 2.0 * elapsed + 1.0,
+        "{kept} kept in {elapsed:.2} s: {summary}"
+    );
+    assert_eq!(summary["kernel"]["sampled_out"], n - kept, "{summary}");
+    assert_eq!(rx.spans().len() as u64, kept, "{summary}");
+}
+
 /// A hop of tests/peers/hop.py on 127.0.0.1: (peer, port).
 fn python_hop(name: &str, next: Option<&str>) -> (Peer, u16) {
     let port = free_port();

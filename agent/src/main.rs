@@ -90,11 +90,13 @@ struct RunArgs {
     /// Stop after this many seconds.
     #[arg(long)]
     duration: Option<u64>,
-    /// Head sampler: always_on, always_off, traceidratio, parentbased_* (default:
-    /// OTEL_TRACES_SAMPLER, else parentbased_always_on).
+    /// Head sampler: always_on, always_off, traceidratio, parentbased_*, or ratelimiting (at most
+    /// N new traces per second on this node) (default: OTEL_TRACES_SAMPLER, else
+    /// parentbased_always_on).
     #[arg(long)]
     sampler: Option<String>,
-    /// The sampler's ratio (default: OTEL_TRACES_SAMPLER_ARG, else 1.0).
+    /// The sampler's ratio, or ratelimiting's traces per second (default: OTEL_TRACES_SAMPLER_ARG,
+    /// else 1).
     #[arg(long)]
     sampler_arg: Option<String>,
     /// Route pattern naming spans, e.g. /users/{id} (repeatable; also sets http.route).
@@ -482,7 +484,11 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
             };
             // Traces that start in the kernel get the same decision.
             options.sample_threshold = sampler.root_threshold();
-            options.parent_based = matches!(sampler, tracewire::sampling::Sampler::ParentBased(_));
+            options.parent_based = matches!(
+                sampler,
+                tracewire::sampling::Sampler::ParentBased(_) | tracewire::sampling::Sampler::RateLimited(_)
+            );
+            options.rate_interval_ns = sampler.rate_interval_ns();
             let patterns =
                 if args.routes.is_empty() { file.routes.patterns.clone() } else { args.routes.clone() };
             let routes = tracewire::correlate::route::Routes::new(

@@ -102,11 +102,15 @@ pub struct Config {
     /// by the rightmost 7 bytes of its id is below this (2^56 keeps all, 0 none). The same rule
     /// as userspace's ratio sampler, so both (and every other node) agree.
     pub sample_threshold: u64,
+    /// Head rate limiting of traces that start here (0: off, the threshold above decides): one
+    /// sampled trace per this many ns on average across the node, with a burst of about a
+    /// second's worth (a GCRA limiter on one shared word).
+    pub rate_interval_ns: u64,
     /// Where `struct sock_common` keeps a socket's addresses on this kernel (from its BTF), for
     /// the socket hooks, which receive the socket itself.
     pub sk: SockOffsets,
 }
-const _: () = assert!(size_of::<Config>() == 64);
+const _: () = assert!(size_of::<Config>() == 72);
 
 /// Byte offsets in `struct sock_common`. `valid` is 0 when they could not be resolved: the
 /// addresses are then learned from `tcp:tcp_rcv_space_adjust` records instead.

@@ -65,6 +65,11 @@ pub static SCRATCH: Array<Scratch> = Array::with_max_entries(256, 0);
 #[repr(C, align(8))]
 pub struct Scratch(pub [u8; SCRATCH_BYTES]);
 
+/// The head rate limiter's theoretical arrival time of the next trace (ns, see
+/// `context::admitted`): one word shared by every CPU, updated with compare-and-swap.
+#[map]
+pub static RATE: Array<u64> = Array::with_max_entries(1, 0);
+
 /// Each CPU's id generator state (see `context::rand64`); zero until first used.
 #[map]
 pub static RNG: PerCpuArray<u64> = PerCpuArray::with_max_entries(1, 0);

@@ -25,6 +25,7 @@ static TRACEWIRE_CONFIG: Config = Config {
     flags: 0,
     wakeup_bytes: 0,
     sample_threshold: SAMPLE_ALL,
+    rate_interval_ns: 0,
     sk: SockOffsets {
         valid: 0,
         daddr: 0,

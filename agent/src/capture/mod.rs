@@ -63,6 +63,8 @@ pub struct CaptureOptions {
     pub sample_threshold: u64,
     /// The sampler follows a remote parent's sampled flag.
     pub parent_based: bool,
+    /// Head rate limiting of traces started in the kernel (see [`Config::rate_interval_ns`]).
+    pub rate_interval_ns: u64,
     /// Leave requests that are not sampled unreported, in the kernel (needs the TCP option, so
     /// that both ends of a connection decide alike).
     pub skip_unsampled: bool,
@@ -112,6 +114,7 @@ impl Default for CaptureOptions {
             tcp_option: true,
             sample_threshold: SAMPLE_ALL,
             parent_based: true,
+            rate_interval_ns: 0,
             skip_unsampled: true,
             data_hooks: DataHooks::Auto,
             inject: false,
@@ -305,6 +308,7 @@ impl Capture {
                 | if data_hooks == DataHooks::Sockets { CFG_SOCKET_LIFECYCLE } else { 0 },
             wakeup_bytes: options.wakeup_bytes,
             sample_threshold: options.sample_threshold,
+            rate_interval_ns: options.rate_interval_ns,
             sk,
         };
         let cpus =

@@ -22,7 +22,7 @@ use std::{
 
 use route::Routes;
 
-use crate::sampling::Sampler;
+use crate::sampling::{RateLimiter, Sampler};
 use span::{Kind, Link, SpanRecord, Text, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
@@ -256,6 +256,8 @@ struct Shared {
     no_pairing: bool,
     routes: Routes,
     sampler: Sampler,
+    /// `ratelimiting`: the limiter for traces started here rather than in the kernel.
+    limiter: Option<RateLimiter>,
     peers: Peers,
     serving: Serving,
     stats: CorrelateStats,
@@ -452,8 +454,13 @@ impl ConnSink<'_> {
             Some(k) => k.trace_id,
             None => random_nonzero::<16>(&mut self.g.rng),
         };
-        // The trace starts here: the head-sampling decision is made once, now.
-        let sampled = self.g.sampler.sample(&trace_id, None);
+        // The trace starts here: the head-sampling decision is made once, now. A rate limit is
+        // the kernel's for the traces it started (its decision went downstream with them).
+        let sampled = match (kernel, &mut self.g.limiter) {
+            (Some(k), Some(_)) => k.trace_flags & traceparent::FLAG_SAMPLED != 0,
+            (None, Some(l)) => l.admit(std::time::Instant::now()),
+            _ => self.g.sampler.sample(&trace_id, None),
+        };
         SpanCtx {
             trace_id,
             span_id,
@@ -745,6 +752,10 @@ impl Correlator {
 
     /// Head sampling for traces that start here.
     pub fn with_sampler(mut self, sampler: Sampler) -> Self {
+        self.shared.limiter = match sampler {
+            Sampler::RateLimited(r) => Some(RateLimiter::new(r)),
+            _ => None,
+        };
         self.shared.sampler = sampler;
         self
     }

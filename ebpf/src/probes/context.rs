@@ -8,14 +8,16 @@
 //!
 //! - **Server turn** (first read after a write): the request's own `traceparent` header wins
 //!   (found by a bounded scan of the first bytes read); else the context the peer's agent sent in
-//!   the TCP option; else a new trace, sampled by the configured ratio. The reading thread now
-//!   serves this request.
+//!   the TCP option; else a new trace, sampled by the configured ratio (or admitted by the rate
+//!   limiter). The reading thread now serves this request.
 //! - **Client turn** (first write after a read): in a Go program, a child of the request the
 //!   calling goroutine serves when the uprobes followed the call (see `golang`); in nginx, of
 //!   the request the upstream connection was opened for (see `nginx`); else a child of
 //!   the request the thread serves when it serves exactly one; a new trace flagged ambiguous when
 //!   it has several open (an event loop interleaving requests: the parent is never guessed); else
 //!   a new trace.
+use core::intrinsics::{AtomicOrdering, atomic_cxchg};
+
 use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::LruHashMap};
 use tracewire_common::{
     CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT,
@@ -26,8 +28,8 @@ use tracewire_common::{
 use super::{golang::call_parent, nginx::upstream_parent};
 
 use crate::{
-    maps::{CONNS, RNG, TCP_TX, THREAD_CTX},
-    util::{config, count, hands_off, set_handoff},
+    maps::{CONNS, RATE, RNG, TCP_TX, THREAD_CTX},
+    util::{config, count, hands_off, now, set_handoff},
 };
 
 /// 64 random bits: SplitMix64 over a per-CPU state seeded from the kernel's generator. A
@@ -70,7 +72,40 @@ fn new_trace(cfg: &Config, ctx: &mut TraceCtx) {
     let lo = rand64();
     ctx.trace_id[..8].copy_from_slice(&hi.to_be_bytes());
     ctx.trace_id[8..].copy_from_slice(&lo.to_be_bytes());
-    ctx.trace_flags = by_ratio(cfg, &ctx.trace_id) as u8;
+    ctx.trace_flags =
+        if cfg.rate_interval_ns != 0 { admitted(cfg.rate_interval_ns) } else { by_ratio(cfg, &ctx.trace_id) }
+            as u8;
+}
+
+/// The rate limiter's burst tolerance: how far ahead of now the next trace's theoretical
+/// arrival time may be (about a second's worth of traces at once).
+const RATE_BURST_NS: u64 = 1_000_000_000;
+
+/// Head rate limiting (GCRA): a new trace is admitted while the theoretical arrival time of the
+/// next one is at most a second ahead of now, and each admitted trace moves it one `interval`
+/// further. One word for the node, updated with compare-and-swap: when another CPU admitted a
+/// trace at the same moment, this one is not retried, just not sampled.
+#[inline(never)]
+fn admitted(interval: u64) -> bool {
+    let Some(p) = RATE.get_ptr_mut(0) else {
+        return false;
+    };
+    let t = now();
+    // SAFETY: map value pointer, valid for this run; concurrent writers use compare-and-swap.
+    let tat = unsafe { core::ptr::read_volatile(p) };
+    let start = if tat > t { tat } else { t };
+    if start - t > RATE_BURST_NS {
+        return false;
+    }
+    // SAFETY: as above; BPF_CMPXCHG on the map word.
+    unsafe {
+        atomic_cxchg::<u64, { AtomicOrdering::Relaxed }, { AtomicOrdering::Relaxed }>(
+            p,
+            tat,
+            start + interval,
+        )
+    }
+    .1
 }
 
 /// The ratio decision on a trace id: its rightmost 7 bytes below the threshold.
