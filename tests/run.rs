@@ -464,21 +464,9 @@ fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
     let _g = serial();
     require_root();
     let rx = Receiver::start(vec![]);
-    let (leaf, leaf_port) = python_hop("leaf", None);
-    let (mid, mid_port) = python_hop("middle", Some(&format!("http://127.0.0.1:{leaf_port}")));
-    let agent = RunAgent::start(
-        &rx.endpoint(),
-        &[
-            "--pid",
-            &mid.pid().to_string(),
-            "--pid",
-            &leaf.pid().to_string(),
-            "--sampler",
-            "parentbased_traceidratio",
-            "--sampler-arg",
-            "0.5",
-        ],
-    );
+    let chain =
+        traced_chain(&rx.endpoint(), &["--sampler", "parentbased_traceidratio", "--sampler-arg", "0.5"]);
+    let (agent, mid_port) = (chain.agent, chain.mid_port);
     // One keep-alive connection carries sampled and unsampled requests in turn.
     let n = 40;
     let urls: Vec<String> = (0..n).map(|i| format!("http://127.0.0.1:{mid_port}/hop/k{i}")).collect();
@@ -487,22 +475,8 @@ fn unsampled_requests_are_left_out_in_the_kernel_and_the_rest_stay_whole() {
     let summary = agent.stop();
     let spans = rx.spans();
     let sampled: std::collections::BTreeSet<String> = spans.iter().filter_map(|(_, s)| rid(s)).collect();
-    // Each sampled request is whole: the middle's server and client span and the leaf's server
-    // span, in one trace, parent to child.
     for id in &sampled {
-        let mine: Vec<&opentelemetry_proto::tonic::trace::v1::Span> =
-            spans.iter().filter(|(_, s)| rid(s).as_deref() == Some(id)).map(|(_, s)| s).collect();
-        assert_eq!(mine.len(), 3, "{id}: {summary}");
-        assert!(mine.iter().all(|s| s.trace_id == mine[0].trace_id), "{id}: one trace");
-        let find = |kind: i32, port: u16| {
-            mine.iter()
-                .find(|s| s.kind == kind && receiver::attr_int(s, "server.port") == Some(i64::from(port)))
-                .unwrap_or_else(|| panic!("{id}: no span of kind {kind} for port {port}"))
-        };
-        let (server, client, leaf_server) = (find(2, mid_port), find(3, leaf_port), find(2, leaf_port));
-        assert!(server.parent_span_id.is_empty());
-        assert_eq!(client.parent_span_id, server.span_id);
-        assert_eq!(leaf_server.parent_span_id, client.span_id);
+        whole_request(&spans, id, mid_port, chain.leaf_port);
     }
     let kept = sampled.len() as u64;
     assert!((1..n).contains(&kept), "ratio 0.5 of {n} requests kept {kept}");
@@ -521,22 +495,9 @@ fn tail_sampling_keeps_failed_and_slow_traces_whole_and_counts_the_rest() {
     let _g = serial();
     require_root();
     let rx = Receiver::start(vec![]);
-    let (leaf, leaf_port) = python_hop("leaf", None);
-    let (mid, mid_port) = python_hop("middle", Some(&format!("http://127.0.0.1:{leaf_port}")));
-    let agent = RunAgent::start(
-        &rx.endpoint(),
-        &[
-            "--pid",
-            &mid.pid().to_string(),
-            "--pid",
-            &leaf.pid().to_string(),
-            "--tail-errors",
-            "--tail-latency-ms",
-            "200",
-            "--tail-wait-ms",
-            "300",
-        ],
-    );
+    let chain =
+        traced_chain(&rx.endpoint(), &["--tail-errors", "--tail-latency-ms", "200", "--tail-wait-ms", "300"]);
+    let (agent, mid_port) = (chain.agent, chain.mid_port);
     let ids: Vec<String> =
         (0..10).map(|i| format!("ok{i}")).chain(["fail0", "fail1", "slow0"].map(String::from)).collect();
     let urls: Vec<String> = ids.iter().map(|id| format!("http://127.0.0.1:{mid_port}/hop/{id}")).collect();
@@ -547,10 +508,7 @@ fn tail_sampling_keeps_failed_and_slow_traces_whole_and_counts_the_rest() {
     let kept: std::collections::BTreeSet<String> = spans.iter().filter_map(|(_, s)| rid(s)).collect();
     assert_eq!(kept, ["fail0", "fail1", "slow0"].map(String::from).into(), "{summary}");
     for id in &kept {
-        let mine: Vec<&opentelemetry_proto::tonic::trace::v1::Span> =
-            spans.iter().filter(|(_, s)| rid(s).as_deref() == Some(id)).map(|(_, s)| s).collect();
-        assert_eq!(mine.len(), 3, "{id}: the middle's server and client span, the leaf's server span");
-        assert!(mine.iter().all(|s| s.trace_id == mine[0].trace_id), "{id}: one trace");
+        let mine = whole_request(&spans, id, mid_port, chain.leaf_port);
         let errors = mine.iter().filter(|s| s.status.as_ref().is_some_and(|st| st.code == 2)).count();
         assert_eq!(errors, if id.starts_with("fail") { 3 } else { 0 }, "{id}");
     }
@@ -564,6 +522,49 @@ fn tail_sampling_keeps_failed_and_slow_traces_whole_and_counts_the_rest() {
     // Every span built is accounted for: exported, or dropped by tail sampling.
     assert_eq!(summary["spans"], 39, "{summary}");
     assert_eq!(summary["otlp"]["exported"], 9, "{summary}");
+}
+
+/// A chain of tests/peers/hop.py on 127.0.0.1, middle → leaf, and an agent (with `args`)
+/// tracing both.
+struct Chain {
+    agent: RunAgent,
+    mid_port: u16,
+    leaf_port: u16,
+    _hops: (Peer, Peer),
+}
+
+fn traced_chain(endpoint: &str, args: &[&str]) -> Chain {
+    let (leaf, leaf_port) = python_hop("leaf", None);
+    let (mid, mid_port) = python_hop("middle", Some(&format!("http://127.0.0.1:{leaf_port}")));
+    let (mid_pid, leaf_pid) = (mid.pid().to_string(), leaf.pid().to_string());
+    let mut all = vec!["--pid", &mid_pid, "--pid", &leaf_pid];
+    all.extend_from_slice(args);
+    Chain { agent: RunAgent::start(endpoint, &all), mid_port, leaf_port, _hops: (leaf, mid) }
+}
+
+/// The spans of request `id` through a [`Chain`], checked whole: the middle's server and client
+/// span and the leaf's server span, in one trace, parent to child.
+fn whole_request<'a>(
+    spans: &'a [(String, opentelemetry_proto::tonic::trace::v1::Span)],
+    id: &str,
+    mid_port: u16,
+    leaf_port: u16,
+) -> Vec<&'a opentelemetry_proto::tonic::trace::v1::Span> {
+    let mine: Vec<&opentelemetry_proto::tonic::trace::v1::Span> =
+        spans.iter().filter(|(_, s)| rid(s).as_deref() == Some(id)).map(|(_, s)| s).collect();
+    assert_eq!(mine.len(), 3, "{id}: the middle's server and client span, the leaf's server span");
+    assert!(mine.iter().all(|s| s.trace_id == mine[0].trace_id), "{id}: one trace");
+    let find = |kind: i32, port: u16| {
+        *mine
+            .iter()
+            .find(|s| s.kind == kind && receiver::attr_int(s, "server.port") == Some(i64::from(port)))
+            .unwrap_or_else(|| panic!("{id}: no span of kind {kind} for port {port}"))
+    };
+    let (server, client, leaf_server) = (find(2, mid_port), find(3, leaf_port), find(2, leaf_port));
+    assert!(server.parent_span_id.is_empty(), "{id}");
+    assert_eq!(client.parent_span_id, server.span_id, "{id}");
+    assert_eq!(leaf_server.parent_span_id, client.span_id, "{id}");
+    mine
 }
 
 /// The request id in a hop's path (`/hop/<id>`), from a server or client span.

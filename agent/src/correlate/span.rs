@@ -165,6 +165,29 @@ impl SpanRecord {
     pub fn duration_ns(&self) -> u64 {
         self.end_ns.saturating_sub(self.start_ns)
     }
+
+    /// A server span `GET` of pid 1 in trace `trace_id`, from 0 to 1 ns, for tests to adjust.
+    #[cfg(test)]
+    pub(crate) fn for_test(trace_id: [u8; 16], span_id: u8, parent: Option<u8>) -> SpanRecord {
+        SpanRecord {
+            trace_id,
+            span_id: [span_id; 8],
+            parent_id: parent.map(|p| [p; 8]),
+            parent_remote: false,
+            flags: 1,
+            trace_state: None,
+            kind: Kind::Server,
+            name: "GET".into(),
+            start_ns: 0,
+            end_ns: 1,
+            pid: 1,
+            tid: 1,
+            error: false,
+            attributes: Vec::new(),
+            link: Link::None,
+            links: Vec::new(),
+        }
+    }
 }
 
 /// Lowercase hex.

@@ -193,26 +193,14 @@ impl Waterfall {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::span::Link;
 
     fn span(id: u8, parent: Option<u8>, start: u64, end: u64, path: &str) -> SpanRecord {
         SpanRecord {
-            trace_id: [9; 16],
-            span_id: [id; 8],
-            parent_id: parent.map(|p| [p; 8]),
-            parent_remote: false,
-            flags: 1,
-            trace_state: None,
-            kind: Kind::Server,
-            name: "GET".into(),
             start_ns: start,
             end_ns: end,
             pid: u32::from(id),
-            tid: 1,
-            error: false,
             attributes: vec![("url.path", Value::Str(path.to_string().into()))],
-            link: Link::None,
-            links: Vec::new(),
+            ..SpanRecord::for_test([9; 16], id, parent)
         }
     }
 

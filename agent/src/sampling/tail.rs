@@ -309,7 +309,6 @@ impl TailSampler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::span::{Kind, Link};
 
     const MS: u64 = 1_000_000;
 
@@ -317,22 +316,12 @@ mod tests {
         let mut trace_id = [0u8; 16];
         trace_id[8..].copy_from_slice(&trace.to_be_bytes());
         SpanRecord {
-            trace_id,
-            span_id: [id; 8],
-            parent_id: parent.map(|p| [p; 8]),
-            parent_remote: false,
-            flags: 1,
-            trace_state: None,
-            kind: Kind::Server,
             name: name.into(),
             start_ns: 1_000 * MS,
             end_ns: 1_000 * MS + ms * MS,
             pid: 7,
-            tid: 7,
             error,
-            attributes: Vec::new(),
-            link: Link::None,
-            links: Vec::new(),
+            ..SpanRecord::for_test(trace_id, id, parent)
         }
     }
 

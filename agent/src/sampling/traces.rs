@@ -116,27 +116,9 @@ impl Assembler {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::correlate::span::{Kind, Link};
 
-    pub(crate) fn span(trace: u8, id: u8, parent: Option<u8>) -> SpanRecord {
-        SpanRecord {
-            trace_id: [trace; 16],
-            span_id: [id; 8],
-            parent_id: parent.map(|p| [p; 8]),
-            parent_remote: false,
-            flags: 1,
-            trace_state: None,
-            kind: Kind::Server,
-            name: "GET".into(),
-            start_ns: 0,
-            end_ns: 1,
-            pid: 1,
-            tid: 1,
-            error: false,
-            attributes: Vec::new(),
-            link: Link::None,
-            links: Vec::new(),
-        }
+    fn span(trace: u8, id: u8, parent: Option<u8>) -> SpanRecord {
+        SpanRecord::for_test([trace; 16], id, parent)
     }
 
     #[test]
