@@ -714,10 +714,13 @@ pub enum Counter {
     /// leaves out, a connection older than the agent that /proc did not show, one whose start
     /// was missed): their bytes are not traced.
     SendUntracked = 28,
+    /// Bytes written to the ring buffer (records and their 8-byte headers), on each CPU: what
+    /// the wakeups are paced by.
+    RingBytes = 29,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 29;
+pub const COUNTER_COUNT: u32 = 30;
 
 impl Counter {
     /// All counters, in index order.
@@ -751,6 +754,7 @@ impl Counter {
         Counter::FdReused,
         Counter::ConnUnseen,
         Counter::SendUntracked,
+        Counter::RingBytes,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -785,6 +789,7 @@ impl Counter {
             Counter::FdReused => "fd_reused",
             Counter::ConnUnseen => "conn_unseen",
             Counter::SendUntracked => "send_untracked",
+            Counter::RingBytes => "ring_bytes",
         }
     }
 }

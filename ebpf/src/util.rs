@@ -2,7 +2,7 @@
 //! and tracepoint argument access.
 use aya_ebpf::{
     EbpfContext as _,
-    bindings::{BPF_RB_AVAIL_DATA, BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
+    bindings::{BPF_RB_FORCE_WAKEUP, BPF_RB_NO_WAKEUP},
     helpers::{bpf_ktime_get_ns, bpf_probe_read_user},
     programs::TracePointContext,
 };
@@ -140,20 +140,28 @@ pub fn header(kind: u32, pid_tgid: u64, ts_ns: u64) -> EventHeader {
 }
 
 /// Wakeup policy: wake the reader when the record of `len` bytes about to be written takes the
-/// unread bytes across a multiple of the configured size. A wakeup costs the traced thread an
-/// irq_work and a self-IPI (in a VM, an exit to the hypervisor: microseconds); waking on every
-/// record once the threshold is passed would pay that per record whenever the reader falls
-/// behind. This way there is at most one wakeup per `wakeup_bytes` of records, and userspace
-/// also polls on a short timer, so nothing waits long.
+/// bytes this CPU has written across a multiple of the configured size. A wakeup costs the
+/// traced thread an irq_work and a self-IPI (in a VM, an exit to the hypervisor:
+/// microseconds); waking on every record would pay that per record. This way there is at most
+/// one wakeup per `wakeup_bytes` of records per CPU, and userspace also polls on a short timer,
+/// so nothing waits long. The count is this CPU's own: asking the ring how much is unread would
+/// pull the reader's position (its cache line, written on another CPU) over on every record.
 #[inline(always)]
 fn wake_flags(cfg: &Config, len: u64) -> u64 {
     let every = cfg.wakeup_bytes;
     if every == 0 {
         return 0;
     }
-    let unread = EVENTS.query(BPF_RB_AVAIL_DATA as u64);
+    let Some(p) = COUNTERS.get_ptr_mut(Counter::RingBytes as u32) else {
+        return 0;
+    };
+    // SAFETY: per-CPU value, only this CPU writes it while the program runs.
+    let before = unsafe { *p };
     // Each record also takes an 8-byte header in the ring.
-    if (unread + len + 8) / every != unread / every {
+    let after = before + len + 8;
+    // SAFETY: as above.
+    unsafe { *p = after };
+    if after / every != before / every {
         BPF_RB_FORCE_WAKEUP as u64
     } else {
         count(Counter::WakeupsSkipped);
