@@ -341,6 +341,39 @@ fn an_exited_process_leaves_no_connection_entries() {
     agent.stop();
 }
 
+/// The kernel's selection array takes a byte per possible pid (eight to a map value, not a value
+/// each: 4 MiB instead of 32 at the common pid_max of 4194304), and the byte the agent sets for
+/// a selected process is the one the kernel reads for it.
+#[test]
+fn the_selection_array_takes_a_byte_per_pid() {
+    let _g = serial();
+    require_root();
+    let (_server, pid, _port, agent) = traced_python_server();
+    let pid_max: u32 = fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let out =
+        Command::new("bpftool").args(["map", "show", "name", "WATCHED", "-j"]).output().expect("bpftool");
+    let map: Value = serde_json::from_slice(&out.stdout).expect("bpftool map show json");
+    assert_eq!(map["bytes_value"], 8, "{map}");
+    assert_eq!(map["max_entries"], pid_max.div_ceil(8), "{map}");
+    let key: Vec<String> = (pid / 8).to_le_bytes().iter().map(|b| b.to_string()).collect();
+    let out = Command::new("bpftool")
+        .args(["map", "lookup", "name", "WATCHED", "key"])
+        .args(&key)
+        .arg("-j")
+        .output()
+        .expect("bpftool");
+    let entry: Value = serde_json::from_slice(&out.stdout).expect("bpftool map lookup json");
+    let value: Vec<u8> = entry["value"]
+        .as_array()
+        .expect("value bytes")
+        .iter()
+        .map(|b| u8::from_str_radix(b.as_str().unwrap().trim_start_matches("0x"), 16).unwrap())
+        .collect();
+    // WATCH_SELECTED is bit 0 of the pid's own byte.
+    assert_eq!(value[(pid % 8) as usize] & 1, 1, "pid {pid}: {value:?}");
+    agent.stop();
+}
+
 /// A server that accepts in one process and serves each connection in a child it forks (the
 /// parent closes its copy): the connection belongs to the process that reads and writes it.
 #[test]

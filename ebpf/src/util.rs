@@ -63,13 +63,29 @@ pub fn is_watched(tgid: u32) -> bool {
     if select == SELECT_ALL {
         return true;
     }
-    matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_SELECTED != 0)
+    watch_bits(tgid) & WATCH_SELECTED != 0
+}
+
+/// `tgid`'s byte in [`WATCHED`] (eight processes to a value; byte k of a little- or big-endian
+/// value is at address + k either way, and userspace indexes the mapped bytes by tgid).
+#[inline(always)]
+fn watch_byte(tgid: u32) -> Option<*mut u8> {
+    let p = WATCHED.get_ptr_mut(tgid >> 3)? as *mut u8;
+    // SAFETY: (tgid & 7) < 8, the value's size.
+    Some(unsafe { p.add((tgid & 7) as usize) })
+}
+
+/// `tgid`'s `WATCH_*` bits (0 for a tgid beyond the array).
+#[inline(always)]
+pub fn watch_bits(tgid: u32) -> u8 {
+    // SAFETY: pointer into the map value, valid for the program's run.
+    watch_byte(tgid).map_or(0, |p| unsafe { *p })
 }
 
 /// Selects or deselects `tgid`, keeping its other bits.
 #[inline(always)]
 pub fn set_watched(tgid: u32, on: bool) {
-    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+    if let Some(p) = watch_byte(tgid) {
         // SAFETY: pointer into the map value, valid for the program's run.
         unsafe { *p = (*p & !WATCH_SELECTED) | on as u8 };
     }
@@ -78,7 +94,7 @@ pub fn set_watched(tgid: u32, on: bool) {
 /// Forgets everything about `tgid` (it exited; the pid will be reused).
 #[inline(always)]
 pub fn clear_process(tgid: u32) {
-    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+    if let Some(p) = watch_byte(tgid) {
         // SAFETY: as above.
         unsafe { *p = 0 };
     }
@@ -87,13 +103,13 @@ pub fn clear_process(tgid: u32) {
 /// Whether `tgid`'s threads hand requests to each other (see [`WATCH_HANDOFF`]).
 #[inline(always)]
 pub fn hands_off(tgid: u32) -> bool {
-    matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_HANDOFF != 0)
+    watch_bits(tgid) & WATCH_HANDOFF != 0
 }
 
 /// Records that `tgid`'s threads hand requests to each other.
 #[inline(always)]
 pub fn set_handoff(tgid: u32) {
-    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+    if let Some(p) = watch_byte(tgid) {
         // SAFETY: as above.
         unsafe { *p |= WATCH_HANDOFF };
     }
@@ -103,7 +119,7 @@ pub fn set_handoff(tgid: u32) {
 /// hand requests around, it is Go) no longer holds. Only the selection stays.
 #[inline(always)]
 pub fn new_program(tgid: u32) {
-    if let Some(p) = WATCHED.get_ptr_mut(tgid) {
+    if let Some(p) = watch_byte(tgid) {
         // SAFETY: as above.
         unsafe { *p &= !(WATCH_HANDOFF | WATCH_GO) };
     }

@@ -71,4 +71,7 @@ pub enum CaptureError {
     /// An I/O error with context.
     #[error("{0}: {1}")]
     Io(String, #[source] std::io::Error),
+    /// A process id beyond the selection array (pid_max raised after the agent started).
+    #[error("pid {0} is beyond kernel.pid_max as it was when tracewire started")]
+    PidBeyondMax(u32),
 }

@@ -13,6 +13,7 @@ pub mod runtime;
 pub mod scan;
 pub mod select;
 pub mod session;
+pub mod watched;
 
 use std::{
     os::fd::AsRawFd as _,
@@ -129,7 +130,7 @@ impl Default for CaptureOptions {
 pub struct Capture {
     ring: RingBuf<MapData>,
     counters: PerCpuArray<MapData, u64>,
-    watched: Array<MapData, u8>,
+    watched: watched::Watched,
     conns: HashMap<MapData, u64, ConnState>,
     listeners: HashMap<MapData, u64, ListenerState>,
     options: CaptureOptions,
@@ -207,6 +208,11 @@ fn attach_sock_ops(ebpf: &mut Ebpf, root: &Path) -> Result<(), CaptureError> {
     prog.attach(dir, CgroupAttachMode::Single)
         .map_err(|e| CaptureError::Program { program: NAME, source: e })?;
     Ok(())
+}
+
+/// Values of the selection array for `pid_max` processes, eight to a value.
+fn watched_entries(pid_max: u32) -> u32 {
+    pid_max.div_ceil(8).max(1)
 }
 
 /// Counters summed over CPUs, indexed by [`Counter`].
@@ -315,7 +321,7 @@ impl Capture {
             aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACEWIRE_CONFIG", &config, true)
-            .map_max_entries(maps::WATCHED, host.pid_max)
+            .map_max_entries(maps::WATCHED, watched_entries(host.pid_max))
             .map_max_entries(maps::CONNS, options.max_conns)
             .map_max_entries(maps::EVENTS, options.ring_bytes)
             .map_max_entries(maps::SCRATCH, cpus)
@@ -385,7 +391,9 @@ impl Capture {
             |ebpf: &mut Ebpf, name: &'static str| ebpf.take_map(name).ok_or(CaptureError::MissingMap(name));
         let ring = RingBuf::try_from(take(&mut ebpf, maps::EVENTS)?).map_err(CaptureError::Map)?;
         let counters = PerCpuArray::try_from(take(&mut ebpf, maps::COUNTERS)?).map_err(CaptureError::Map)?;
-        let watched = Array::try_from(take(&mut ebpf, maps::WATCHED)?).map_err(CaptureError::Map)?;
+        let watched = watched::Watched::map(
+            Array::try_from(take(&mut ebpf, maps::WATCHED)?).map_err(CaptureError::Map)?,
+        )?;
         let conns = HashMap::try_from(take(&mut ebpf, maps::CONNS)?).map_err(CaptureError::Map)?;
         let listeners = HashMap::try_from(take(&mut ebpf, maps::LISTENERS)?).map_err(CaptureError::Map)?;
         let mut ports: HashMap<MapData, u16, u8> =
@@ -515,16 +523,13 @@ impl Capture {
 
     /// Marks `tgid` as selected (or not).
     pub fn set_watched(&mut self, tgid: u32, on: bool) -> Result<(), CaptureError> {
-        let v = self.watched.get(&tgid, 0).unwrap_or(0);
-        let v = if on { v | WATCH_SELECTED } else { v & !WATCH_SELECTED };
-        self.watched.set(tgid, v, 0).map_err(CaptureError::Map)
+        if on { self.watched.set(tgid, WATCH_SELECTED) } else { self.watched.clear(tgid, WATCH_SELECTED) }
     }
 
     /// Marks `tgid` as a process whose threads hand requests to each other (see
     /// [`tracewire_common::WATCH_HANDOFF`]), keeping its selection.
     pub fn set_handoff(&mut self, tgid: u32) -> Result<(), CaptureError> {
-        let v = self.watched.get(&tgid, 0).unwrap_or(0);
-        self.watched.set(tgid, v | WATCH_HANDOFF, 0).map_err(CaptureError::Map)
+        self.watched.set(tgid, WATCH_HANDOFF)
     }
 
     /// Follows the net/http calls of Go program `tgid` through its goroutines: uprobes on its
@@ -566,8 +571,7 @@ impl Capture {
             ..GoProc::default()
         };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
-        let v = self.watched.get(&tgid, 0).unwrap_or(0);
-        self.watched.set(tgid, v | WATCH_GO, 0).map_err(|e| e.to_string())?;
+        self.watched.set(tgid, WATCH_GO).map_err(|e| e.to_string())?;
         Ok(bin.version)
     }
 
@@ -721,8 +725,7 @@ impl Capture {
 
     /// Whether `tgid` is selected (always true when every process is traced).
     pub fn is_watched(&self, tgid: u32) -> bool {
-        matches!(self.options.selection, Selection::All)
-            || self.watched.get(&tgid, 0).is_ok_and(|v| v & WATCH_SELECTED != 0)
+        matches!(self.options.selection, Selection::All) || self.watched.get(tgid) & WATCH_SELECTED != 0
     }
 
     /// Starts tracking a connection found in /proc.

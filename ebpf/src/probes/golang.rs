@@ -41,8 +41,8 @@ use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WAT
 
 use super::context::{parent_of, still_open, take_tie};
 use crate::{
-    maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS, WATCHED},
-    util::{count, is_watched},
+    maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS},
+    util::{count, is_watched, watch_bits},
 };
 
 /// Where the Go ABI keeps things in the saved user registers (`struct pt_regs`).
@@ -67,7 +67,7 @@ mod abi {
 /// The process's Go runtime facts, when the uprobes follow it.
 #[inline(always)]
 fn go_proc(tgid: u32) -> Option<GoProc> {
-    if !matches!(WATCHED.get(tgid), Some(v) if *v & WATCH_GO != 0) {
+    if watch_bits(tgid) & WATCH_GO == 0 {
         return None;
     }
     // SAFETY: copied out of the map.
