@@ -777,6 +777,19 @@ pub fn bench(quick: bool) -> Result<()> {
                 rest_rss as f64 / 1024.0
             ),
         ),
+        row(
+            "R13",
+            "tail sampling: ns per span, one core (replay)",
+            replay["tail_ns_per_span"].as_f64().unwrap_or(0.0),
+            "report",
+            true,
+            &format!(
+                "errors + latency + adaptive per operation over the R5 recording's {} spans (dropping the kept \
+                 ones included); {:.0} B of memory per span held waiting for its trace to finish",
+                replay["tail_spans"],
+                replay["tail_bytes_per_held_span"].as_f64().unwrap_or(0.0)
+            ),
+        ),
     ];
     println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");
     for r in &rows {

@@ -14,7 +14,13 @@ use crate::{
     events::{Event, clock::Clock, decode, record},
     export::encode::EncodedSpans,
     metadata::{ProcessInfo, Resources},
+    sampling::tail::{TailConfig, TailSampler},
 };
+
+/// Resident memory of this process, in bytes.
+fn rss() -> u64 {
+    procfs::process::Process::myself().and_then(|p| p.statm()).map_or(0, |m| m.resident * procfs::page_size())
+}
 
 /// Replays `path` repeatedly for at least `min_time` and returns the measurements as JSON.
 pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
@@ -37,6 +43,8 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
     let (mut events, mut spans, mut bytes, mut decode_errors, mut passes) = (0u64, 0u64, 0u64, 0u64, 0u64);
     // Compressed size, measured once outside the timed passes.
     let (mut gz_bytes, mut gz_spans) = (0u64, 0u64);
+    // The spans of one pass, for tail sampling's figures.
+    let mut all_spans = Vec::new();
     {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
         let mut batch = EncodedSpans::default();
@@ -58,6 +66,7 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
             }
             for s in c.take_spans() {
                 batch.push(&s);
+                all_spans.push(s);
                 if batch.len() >= batch_size {
                     flush(&mut batch, &mut resources)?;
                 }
@@ -66,9 +75,55 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         c.close_all();
         for s in c.take_spans() {
             batch.push(&s);
+            all_spans.push(s);
         }
         flush(&mut batch, &mut resources)?;
     }
+    // Tail sampling (errors, latency, adaptive per operation) over those spans: its time per
+    // span as it runs (dropping the kept spans included), the spans arriving in batches of 512
+    // on a clock that moves 1 ms a batch and decided once idle for 50 ms; then what a held span
+    // costs in memory, all held at once.
+    let n_tail = all_spans.len();
+    let cfg = TailConfig {
+        errors: true,
+        latency: Some(Duration::from_millis(500)),
+        per_operation: Some(10.0),
+        wait: Duration::from_millis(50),
+        max_spans: n_tail.max(1),
+        ..TailConfig::default()
+    };
+    let mut chunks: Vec<Vec<crate::correlate::span::SpanRecord>> = Vec::new();
+    for s in all_spans {
+        match chunks.last_mut() {
+            Some(c) if c.len() < 512 => c.push(s),
+            _ => chunks.push(vec![s]),
+        }
+    }
+    let epoch = Instant::now();
+    let mut tail = TailSampler::new(cfg.clone(), epoch);
+    let mut tail_kept = 0;
+    let mut clock = epoch;
+    let timed = chunks.clone();
+    let started = Instant::now();
+    for c in timed {
+        clock += Duration::from_millis(1);
+        tail_kept += tail.add(c, clock).len();
+        tail_kept += tail.take_finished(clock, false).len();
+    }
+    tail_kept += tail.take_finished(clock, true).len();
+    let tail_secs = started.elapsed().as_secs_f64();
+    drop(tail);
+    crate::alloc::running();
+    let mut tail = TailSampler::new(cfg, epoch);
+    for c in chunks {
+        tail.add(c, epoch);
+    }
+    let held = tail.held();
+    let rss_held = rss();
+    // What holding them took: the memory given back once they are gone.
+    drop(tail);
+    crate::alloc::running();
+    let rss_after = rss();
     let start = Instant::now();
     while passes == 0 || start.elapsed() < min_time {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
@@ -116,5 +171,9 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
         "ns_per_event": secs * 1e9 / events as f64,
         "otlp_bytes_per_span": if spans > 0 { bytes as f64 / spans as f64 } else { 0.0 },
         "otlp_gzip_bytes_per_span": if gz_spans > 0 { gz_bytes as f64 / gz_spans as f64 } else { 0.0 },
+        "tail_spans": n_tail,
+        "tail_traces_kept": tail_kept,
+        "tail_ns_per_span": if n_tail > 0 { tail_secs * 1e9 / n_tail as f64 } else { 0.0 },
+        "tail_bytes_per_held_span": if held > 0 { rss_held.saturating_sub(rss_after) as f64 / held as f64 } else { 0.0 },
     }))
 }

@@ -7,11 +7,15 @@
 //! oldest trace out, unfinished, to the caller (who decides or prints it early); nothing is
 //! dropped here.
 use std::{
-    collections::{HashMap, VecDeque},
+    collections::VecDeque,
     time::{Duration, Instant},
 };
 
 use crate::correlate::span::SpanRecord;
+
+/// Keyed by trace id, which is random already: foldhash, not SipHash (a span's way through this
+/// stage is a few lookups).
+type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// Longest a trace with a missing in-process parent (a request still running, or a parent span
 /// that was never built) is held once idle.
@@ -46,7 +50,7 @@ impl Assembler {
     /// `idle`: how long no span must have joined a trace before it is finished.
     pub fn new(idle: Duration, max_spans: usize) -> Self {
         Assembler {
-            traces: HashMap::new(),
+            traces: HashMap::default(),
             queue: VecDeque::new(),
             idle,
             max_spans: max_spans.max(1),
