@@ -930,3 +930,36 @@ fn metrics_and_health_are_served_while_tracing() {
     let summary = agent.stop();
     assert_eq!(summary["spans"], 4, "{summary}");
 }
+
+/// Puts kernel.pid_max back when dropped.
+struct PidMax(u32);
+
+impl Drop for PidMax {
+    fn drop(&mut self) {
+        let _ = std::fs::write("/proc/sys/kernel/pid_max", self.0.to_string());
+    }
+}
+
+/// A process whose pid is beyond the selection array (kernel.pid_max raised after the agent
+/// started) is counted and left out; tracing goes on.
+#[test]
+fn a_pid_beyond_the_pid_max_the_agent_started_with_is_counted_not_fatal() {
+    let _g = serial();
+    require_root();
+    let old: u32 = std::fs::read_to_string("/proc/sys/kernel/pid_max").unwrap().trim().parse().unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let exe = dir.path().join("tw-beyond-pid-max");
+    // Alive long enough for the agent to read its /proc entry at exec (it runs for 2 s).
+    std::fs::copy("/bin/sleep", &exe).unwrap();
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(&rx.endpoint(), &["--exe", "*tw-beyond-pid-max"]);
+    let _restore = PidMax(old);
+    std::fs::write("/proc/sys/kernel/pid_max", (old + 4096).to_string()).unwrap();
+    // The next pid handed out is past the old maximum.
+    std::fs::write("/proc/sys/kernel/ns_last_pid", (old + 100).to_string()).unwrap();
+    let status = Command::new(&exe).arg("2").status().unwrap();
+    assert!(status.success());
+    drop(_restore);
+    let summary = agent.stop();
+    assert_eq!(summary["pids_beyond_max"], 1, "{summary}");
+}

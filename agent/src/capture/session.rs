@@ -52,6 +52,9 @@ pub struct SessionStats {
     pub nginx_followed: u64,
     /// nginx processes whose upstream requests are not followed (symbols not found...).
     pub nginx_not_followed: u64,
+    /// Processes not selected because their pid is beyond the selection array (kernel.pid_max
+    /// raised after the agent started).
+    pub pids_beyond_max: u64,
 }
 
 /// A capture session.
@@ -290,8 +293,10 @@ impl Session {
                     {
                         debug!("pid {} ({}) selected at exec", p.pid, exe.display());
                         self.stats.selected_at_exec += 1;
-                        self.capture.set_watched(p.pid, true)?;
-                        self.adopt(p.pid)?;
+                        let selected = self.capture.set_watched(p.pid, true);
+                        if self.applied(selected)? {
+                            self.adopt(p.pid)?;
+                        }
                         return Ok(true);
                     }
                     let watched = self.capture.is_watched(p.pid);
@@ -357,7 +362,8 @@ impl Session {
         }
         if runtime::is_go(Path::new(&format!("/proc/{pid}/exe"))) {
             self.stats.handoff_runtimes += 1;
-            self.capture.set_handoff(pid)?;
+            let handoff = self.capture.set_handoff(pid);
+            self.applied(handoff)?;
             match self.capture.follow_go(pid) {
                 Ok(version) => {
                     debug!(
@@ -372,6 +378,25 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Whether a change to the kernel's selection array was made. A pid beyond the array (pid_max
+    /// raised since the agent started) is counted and left out, not an error that stops tracing.
+    fn applied(&mut self, change: Result<(), CaptureError>) -> Result<bool, CaptureError> {
+        match change {
+            Ok(()) => Ok(true),
+            Err(CaptureError::PidBeyondMax(pid)) => {
+                if self.stats.pids_beyond_max == 0 {
+                    warn!(
+                        "{}: not traced; restart tracewire to cover the new pid_max",
+                        CaptureError::PidBeyondMax(pid)
+                    );
+                }
+                self.stats.pids_beyond_max += 1;
+                Ok(false)
+            }
+            Err(e) => Err(e),
+        }
     }
 
     /// A runtime that cannot be followed (uprobes refused, a binary without the symbols): the

@@ -353,6 +353,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "nginx_followed": session.stats().nginx_followed,
             "nginx_not_followed": session.stats().nginx_not_followed,
             "own_connections_skipped": own.skipped,
+            "pids_beyond_max": session.stats().pids_beyond_max,
         })
     );
     Ok(summary)
