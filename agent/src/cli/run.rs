@@ -325,6 +325,9 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "last_error": a.last_error,
         })
     });
+    let mut http_json: serde_json::Map<String, serde_json::Value> =
+        stats.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    http_json.insert("invalid".into(), json!(stats.invalid));
     eprintln!(
         "tracewire: summary {}",
         json!({
@@ -333,17 +336,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "tail": summary.tail.as_ref().map(tail_json),
             "otlp": otlp_json,
             "json_written": summary.json_written,
-            "http": {
-                "invalid": stats.invalid, "non_http_conns": stats.non_http_conns,
-                "unpaired_responses": stats.unpaired_responses, "no_response": stats.no_response,
-                "traceparent_valid": stats.traceparent_valid, "traceparent_invalid": stats.traceparent_invalid,
-                "linked_thread": stats.linked_thread, "linked_goroutine": stats.linked_goroutine, "linked_upstream": stats.linked_upstream, "unlinked": stats.unlinked,
-                "paired_same_node": stats.paired_same_node,
-                "linked_tcp": stats.linked_tcp,
-                "kernel_ctx_differs": stats.kernel_ctx_differs,
-                "unsampled_gap": stats.unsampled_gap,
-                "pending_overflow": stats.pending_overflow, "conn_table_full": stats.conn_table_full,
-            },
+            "http": http_json,
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
             "data_unknown_conn": session.stats().data_unknown_conn,
@@ -400,24 +393,7 @@ fn metrics_page(
     }
     let name = "tracewire_http_events_total";
     p.family(name, "counter", "What the HTTP correlation saw, by kind.");
-    for (kind, v) in [
-        ("non_http_conns", stats.non_http_conns),
-        ("unpaired_responses", stats.unpaired_responses),
-        ("no_response", stats.no_response),
-        ("pending_overflow", stats.pending_overflow),
-        ("conn_table_full", stats.conn_table_full),
-        ("traceparent_valid", stats.traceparent_valid),
-        ("traceparent_invalid", stats.traceparent_invalid),
-        ("linked_thread", stats.linked_thread),
-        ("linked_goroutine", stats.linked_goroutine),
-        ("linked_upstream", stats.linked_upstream),
-        ("linked_tcp", stats.linked_tcp),
-        ("paired_same_node", stats.paired_same_node),
-        ("unlinked", stats.unlinked),
-        ("unsampled_gap", stats.unsampled_gap),
-        ("kernel_ctx_differs", stats.kernel_ctx_differs),
-        ("own_connections_skipped", counts.own_skipped),
-    ] {
+    for (kind, v) in stats.counts().into_iter().chain([("own_connections_skipped", counts.own_skipped)]) {
         p.sample(name, &[("kind", kind)], v as f64);
     }
     let name = "tracewire_invalid_messages_total";
@@ -447,14 +423,9 @@ fn metrics_page(
         let s = t.stats();
         let name = "tracewire_tail_traces_total";
         p.family(name, "counter", "Traces decided by tail sampling, by decision.");
-        for (decision, v) in [
-            ("kept_error", s.kept_error),
-            ("kept_slow", s.kept_slow),
-            ("kept_baseline", s.kept_baseline),
-            ("dropped", s.dropped),
-            ("rate_limited", s.rate_limited),
-        ] {
-            p.sample(name, &[("decision", decision)], v as f64);
+        // The first five counts are traces by decision.
+        for (decision, v) in &s.counts()[..5] {
+            p.sample(name, &[("decision", decision)], *v as f64);
         }
         let name = "tracewire_tail_spans_total";
         p.family(name, "counter", "Spans decided by tail sampling.");
@@ -486,13 +457,7 @@ fn metrics_page(
 }
 
 fn tail_json(s: &TailStats) -> serde_json::Value {
-    json!({
-        "kept_error": s.kept_error, "kept_slow": s.kept_slow, "kept_baseline": s.kept_baseline,
-        "dropped": s.dropped, "rate_limited": s.rate_limited,
-        "spans_kept": s.spans_kept, "spans_dropped": s.spans_dropped,
-        "decided_early": s.decided_early, "late_spans": s.late_spans,
-        "operations_overflow": s.operations_overflow,
-    })
+    s.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>().into()
 }
 
 fn status_line(

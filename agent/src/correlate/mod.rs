@@ -91,6 +91,29 @@ pub struct CorrelateStats {
     pub kernel_ctx_differs: u64,
 }
 
+impl CorrelateStats {
+    /// The scalar counters by name, as the summary and the metrics page report them.
+    pub fn counts(&self) -> [(&'static str, u64); 15] {
+        [
+            ("non_http_conns", self.non_http_conns),
+            ("unpaired_responses", self.unpaired_responses),
+            ("no_response", self.no_response),
+            ("pending_overflow", self.pending_overflow),
+            ("conn_table_full", self.conn_table_full),
+            ("traceparent_valid", self.traceparent_valid),
+            ("traceparent_invalid", self.traceparent_invalid),
+            ("linked_thread", self.linked_thread),
+            ("linked_goroutine", self.linked_goroutine),
+            ("linked_upstream", self.linked_upstream),
+            ("linked_tcp", self.linked_tcp),
+            ("paired_same_node", self.paired_same_node),
+            ("unlinked", self.unlinked),
+            ("unsampled_gap", self.unsampled_gap),
+            ("kernel_ctx_differs", self.kernel_ctx_differs),
+        ]
+    }
+}
+
 /// Trace context of a span being built.
 #[derive(Debug, Clone)]
 struct SpanCtx {

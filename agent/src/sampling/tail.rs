@@ -88,6 +88,24 @@ pub struct TailStats {
     pub operations_overflow: u64,
 }
 
+impl TailStats {
+    /// Every count by name, as the summary reports them.
+    pub fn counts(&self) -> [(&'static str, u64); 10] {
+        [
+            ("kept_error", self.kept_error),
+            ("kept_slow", self.kept_slow),
+            ("kept_baseline", self.kept_baseline),
+            ("dropped", self.dropped),
+            ("rate_limited", self.rate_limited),
+            ("spans_kept", self.spans_kept),
+            ("spans_dropped", self.spans_dropped),
+            ("decided_early", self.decided_early),
+            ("late_spans", self.late_spans),
+            ("operations_overflow", self.operations_overflow),
+        ]
+    }
+}
+
 /// Operations with their own adaptive rate; more share one.
 const MAX_OPERATIONS: usize = 4096;
 /// Decisions remembered for spans that arrive late.
@@ -154,7 +172,8 @@ impl TailSampler {
     }
 
     /// The baseline probability an operation has now (1.0 for one not seen yet).
-    pub fn probability(&self, pid: u32, name: &str) -> f64 {
+    #[cfg(test)]
+    fn probability(&self, pid: u32, name: &str) -> f64 {
         match self.cfg.per_operation {
             Some(_) => self.ops.get(&self.op_key(pid, name)).map_or(1.0, |o| o.p),
             None => self.cfg.ratio,
