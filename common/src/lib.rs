@@ -96,7 +96,8 @@ pub struct Config {
     pub fork_child_pid_offset: u32,
     /// `CFG_*` switches.
     pub flags: u32,
-    /// Wake userspace once this many bytes are waiting in the ring buffer (0: every event).
+    /// Wake userspace once this many bytes are waiting in the ring buffer (0: every event); a
+    /// power of two.
     pub wakeup_bytes: u64,
     /// Head sampling of traces that start here: a new trace is sampled when the integer formed
     /// by the rightmost 7 bytes of its id is below this (2^56 keeps all, 0 none). The same rule
@@ -389,8 +390,12 @@ pub struct ConnState {
     /// Client connections: the server request the current turn's call was made for, when the
     /// kernel followed it through the runtime ([`CTX_GOROUTINE`], [`CTX_UPSTREAM`]).
     pub parent: ConnId,
+    /// Socket hooks, client connections: when the send in progress queued its first bytes (a
+    /// client span starts there), 0 between sends. Kept with the connection rather than the
+    /// thread: a server's response then needs no per-thread entry at all.
+    pub send_ns: u64,
 }
-const _: () = assert!(size_of::<ConnState>() == 152);
+const _: () = assert!(size_of::<ConnState>() == 160);
 
 /// Where a turn's trace context came from ([`TraceCtx::origin`]).
 pub const CTX_NONE: u8 = 0;

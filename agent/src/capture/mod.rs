@@ -312,7 +312,11 @@ impl Capture {
                 | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 }
                 | if options.inject && cgroup_root.is_some() { CFG_INJECT } else { 0 }
                 | if data_hooks == DataHooks::Sockets { CFG_SOCKET_LIFECYCLE } else { 0 },
-            wakeup_bytes: options.wakeup_bytes,
+            // The kernel tests crossings with a mask: rounded down to a power of two.
+            wakeup_bytes: match options.wakeup_bytes {
+                0 => 0,
+                n => 1 << n.ilog2(),
+            },
             sample_threshold: options.sample_threshold,
             rate_interval_ns: options.rate_interval_ns,
             sk,

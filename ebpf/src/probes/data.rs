@@ -4,15 +4,19 @@
 //! `sock_send_length`, `sock_recv_length`; Linux 6.16+, the default) or, on older kernels, every
 //! syscall (`raw_syscalls` sys_enter/sys_exit). Userspace attaches one set.
 //!
-//! Entry hooks check the process filter and the connection map, and remember the buffer (or iovec
-//! array) for this thread. Exit hooks know how many bytes moved, copy a prefix of them (up to the
-//! configured cap, across iovecs) into a per-CPU scratch buffer behind a [`DataEvent`] header, and
-//! write header + prefix to the ring buffer as one variable-size record.
+//! Syscall hooks: the entry hook checks the process filter and the connection map and remembers
+//! the buffer (or iovec array) for this thread; the exit hook knows how many bytes moved. Socket
+//! hooks: the exit hooks (`sock_*_length`) take the fd and buffer from the registers the thread
+//! entered the kernel with, and the send hook only starts a client's request. Either way the exit
+//! copies a prefix of the bytes (up to the configured cap, across iovecs) into a per-CPU scratch
+//! buffer behind a [`DataEvent`] header, and writes header + prefix to the ring buffer as one
+//! variable-size record.
 //!
 //! Events are stamped when the call returns (a read's data has arrived); a client's write also
-//! carries when it was entered (the first byte of a request leaves then: its span starts). sendfile() counts bytes without copying them: they are file
-//! content, and the response still ends at the right time. recvmmsg/sendmmsg on a tracked
-//! connection are counted as not captured (TCP applications practically never use them).
+//! carries when its first bytes left (its span starts there). sendfile() counts bytes without
+//! copying them: they are file content, and the response still ends at the right time.
+//! recvmmsg/sendmmsg on a tracked connection are counted as not captured (TCP applications
+//! practically never use them).
 //!
 //! Thread context: the first read of a request on a server connection marks the thread as serving
 //! that request; the response clears the mark (generation 0). Data on client connections carries
@@ -57,9 +61,9 @@ fn conn_of(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     (unsafe { (*p).generation } != 0).then_some(p)
 }
 
-/// `active`: the thread's entry in `ACTIVE`, when the caller looked it up already.
+/// A data syscall entered (syscall hooks). `active`: the thread's entry in `ACTIVE`, when the
+/// caller looked it up already.
 #[inline(always)]
-#[allow(clippy::too_many_arguments)]
 fn enter(
     id: u64,
     fd: u64,
@@ -67,14 +71,9 @@ fn enter(
     ptr: u64,
     count_arg: u32,
     direction: u8,
-    sk: u64,
     active: Option<*mut ActiveCall>,
 ) {
-    let Some(conn) = conn_of(id, fd as u32, sk) else {
-        // The socket hooks see TCP sockets only: a write on one that is not followed.
-        if sk != 0 {
-            count(Counter::SendUntracked);
-        }
+    let Some(conn) = conn_of(id, fd as u32, 0) else {
         return;
     };
     // SAFETY: map value pointer, valid for this run.
@@ -195,6 +194,8 @@ fn report(
     if conn.role == ROLE_CLIENT {
         if direction == DIR_INGRESS {
             conn.turn = DIR_INGRESS;
+            // Its sends are over (a send whose exit went unseen must not hold the next one's start).
+            conn.send_ns = 0;
         }
         if conn.parent.generation != 0 {
             // A call the kernel followed through the runtime: the request it names, whatever
@@ -560,38 +561,42 @@ pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
     }
 }
 
-/// A TCP send is about to queue bytes: the start of a write (once per call; a large send passes
-/// here once per segment-sized chunk).
+/// A TCP send is about to queue bytes (once per segment-sized chunk of a call). Only a client's
+/// request needs anything here: its context is minted before its first segment is built (in
+/// time for the TCP option), and its span starts when its first bytes are queued. A server's
+/// response is reported by the exit hook alone, from the registers: no per-thread state.
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
     if !is_watched((id >> 32) as u32) {
         return 0;
     }
-    let active = ACTIVE.get_ptr_mut(id);
-    if let Some(p) = active {
-        // SAFETY: map value pointer, read once.
-        if unsafe { (*p).syscall } != 0 {
-            return 0; // this call's start is already recorded
-        }
-    }
-    let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
+    let Some((nr, [fd, _, _])) = current_syscall() else {
         return 0;
     };
-    let Some(c) = data_call(nr) else {
-        return 0;
-    };
-    if c.direction != DIR_EGRESS {
-        return 0;
+    match data_call(nr) {
+        Some(c) if c.direction == DIR_EGRESS => {}
+        _ => return 0,
     }
-    let ptr = if c.layout == Layout::None { 0 } else { ptr };
     // Args: sk, msghdr, skb, size_goal.
-    let count_arg = if c.wants_count { cnt as u32 } else { 0 };
-    enter(id, fd, c.syscall, ptr, count_arg, DIR_EGRESS, ctx.arg(0), active);
+    let Some(conn) = conn_of(id, fd as u32, ctx.arg(0)) else {
+        count(Counter::SendUntracked);
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let state = unsafe { &mut *conn };
+    if state.role != ROLE_CLIENT || state.send_ns != 0 {
+        return 0; // a response, or a later chunk of this call
+    }
+    if state.turn != DIR_EGRESS {
+        client_turn(id, fd as u32, state);
+    }
+    state.send_ns = now();
     0
 }
 
-/// A socket send returned (args: sk, bytes or -errno, flags).
+/// A socket send returned (args: sk, bytes or -errno, flags). The call's fd and buffer are in
+/// the registers the thread entered the kernel with.
 #[raw_tracepoint(tracepoint = "sock_send_length")]
 pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
@@ -599,21 +604,53 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     if !is_watched(tgid) {
         return 0;
     }
-    let Some(call_ptr) = ACTIVE.get_ptr_mut(id) else {
-        return mmsg_on_socket(tgid);
+    let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
+        return 0;
     };
-    // SAFETY: map value pointer, valid for this run; copied before it is marked idle.
-    let call = unsafe { *call_ptr };
-    let Some(c) = data_call_of(call.syscall) else {
-        return mmsg_on_socket(tgid);
+    let Some(c) = data_call(nr) else {
+        if is_mmsg(nr) && CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some() {
+            count(Counter::MmsgNotCaptured);
+        }
+        return 0;
     };
     if c.direction != DIR_EGRESS {
         return 0;
     }
-    // SAFETY: as above.
-    unsafe { (*call_ptr).syscall = 0 };
+    let sk: u64 = ctx.arg(0);
+    // Only the socket the send hook saw for this connection: this hook also runs for UDP and
+    // Unix sockets, whose fd may be the number of a connection whose close went unseen.
+    let Some(conn_ptr) = CONNS.get_ptr_mut(fd_key(tgid, fd as u32)) else {
+        return 0;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let conn = unsafe { &mut *conn_ptr };
+    if conn.generation == 0 || conn.skaddr != sk {
+        return 0;
+    }
+    let enter_ns = conn.send_ns;
+    conn.send_ns = 0;
     let r: i32 = ctx.arg(1);
-    exit(id, call, r as i64, DIR_EGRESS, c.layout, 0);
+    if r <= 0 {
+        count(Counter::DataNoBytes);
+        // A call that would block ran no socket state change.
+        if i64::from(r) != -EAGAIN && config().flags & CFG_SOCKET_LIFECYCLE != 0 {
+            closed_without_bytes(id, fd as u32);
+        }
+        return 0;
+    }
+    let ptr = if c.layout == Layout::None { 0 } else { ptr };
+    let call = ActiveCall {
+        ptr,
+        enter_ns,
+        fd: fd as u32,
+        count: if c.wants_count { cnt as u32 } else { 0 },
+        syscall: c.syscall as u8,
+        is_tcp: 1,
+        _pad: [0; 6],
+        addr: SockAddr::default(),
+        local: SockAddr::default(),
+    };
+    report(id, call, r as u64, DIR_EGRESS, c.layout, 0, conn_ptr);
     0
 }
 
@@ -671,18 +708,6 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     0
 }
 
-/// A send outside a recorded call: sendmmsg on a tracked connection is counted, not captured.
-#[inline(always)]
-fn mmsg_on_socket(tgid: u32) -> i32 {
-    if let Some((nr, [fd, _, _])) = current_syscall()
-        && is_mmsg(nr)
-        && CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some()
-    {
-        count(Counter::MmsgNotCaptured);
-    }
-    0
-}
-
 /// The table entry of a recorded call.
 #[inline(always)]
 fn data_call_of(syscall: u8) -> Option<DataCall> {
@@ -729,7 +754,7 @@ pub fn sys_enter(ctx: RawTracePointContext) -> i32 {
     // sendfile(out_fd, in_fd, offset, count): bytes only, no buffer.
     let ptr = if c.layout == Layout::None { 0 } else { ptr };
     let count_arg = if c.wants_count { cnt as u32 } else { 0 };
-    enter(id, fd, c.syscall, ptr, count_arg, c.direction, 0, ACTIVE.get_ptr_mut(id));
+    enter(id, fd, c.syscall, ptr, count_arg, c.direction, ACTIVE.get_ptr_mut(id));
     0
 }
 
