@@ -552,6 +552,18 @@ fn keep_alive_requests_on_one_connection_both_sides() {
     let cdata = data_of(&events, copen);
     assert_eq!(bytes(&cdata, "client", "egress"), sent + warm_sent);
     assert_eq!(bytes(&cdata, "client", "ingress"), received + warm_received);
+    // A client span starts when its request's first bytes leave: each send carries its own start,
+    // after the previous response was read, not one left over from an earlier send.
+    let mut last_read = 0;
+    for e in &cdata {
+        let ts = e["ts"].as_u64().expect("ts");
+        if e["direction"] == "egress" {
+            let start = e["enter_ts"].as_u64().expect("enter_ts");
+            assert!(last_read < start && start <= ts, "a send's own start: {e}");
+        } else {
+            last_read = ts;
+        }
+    }
 }
 
 #[test]
