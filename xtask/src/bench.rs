@@ -486,6 +486,30 @@ pub fn bench(quick: bool) -> Result<()> {
     let added_p50 = us(lat1.p50) - (us(lat0.p50) + us(lat2.p50)) / 2.0;
     let added_p99 = us(lat1.p99) - (us(lat0.p99) + us(lat2.p99)) / 2.0;
 
+    // R14: what head sampling saves. At 10 %, decided in the kernel where a request starts, an
+    // unsampled request's bytes are neither copied nor handed to userspace: A/B/A throughput,
+    // then the same agent once more with bpf_stats on.
+    let sampling =
+        [&exporting[..], &["--sampler", "parentbased_traceidratio", "--sampler-arg", "0.1"]].concat();
+    let (_, s_base1) = wrk(nginx.port, secs)?;
+    let (mut agent, s_lines) = start_agent(&tracewire, &sampling)?;
+    let s_pid = agent.0.id();
+    let s_cpu0 = cpu_seconds(s_pid);
+    let (s_requests, s_with) = wrk(nginx.port, secs)?;
+    let s_cpu = cpu_seconds(s_pid) - s_cpu0;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let (s_ns0, s_cnt0) = bpf_stats();
+    let (s_stats_requests, _) = wrk(nginx.port, secs)?;
+    let (s_ns1, s_cnt1) = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    let s_summary = summary_of(&s_lines);
+    let (_, s_base2) = wrk(nginx.port, secs)?;
+    println!(
+        "bench: sampled at 10 %: {s_base1:.0} / {s_with:.0} / {s_base2:.0} req/s (without/with/without), {} spans, {} left out in the kernel",
+        s_summary["spans"], s_summary["kernel"]["sampled_out"]
+    );
+
     // R12: the agent at rest (watching nginx, no traffic): how long it takes to attach, and
     // what it costs while nothing happens.
     let spawned = Instant::now();
@@ -790,6 +814,29 @@ pub fn bench(quick: bool) -> Result<()> {
                 replay["tail_bytes_per_held_span"].as_f64().unwrap_or(0.0)
             ),
         ),
+        {
+            let ratio = s_with / ((s_base1 + s_base2) / 2.0);
+            let runs = s_cnt1.saturating_sub(s_cnt0) as f64;
+            let net = (s_ns1.saturating_sub(s_ns0) as f64 - runs * empty_run_ns).max(0.0);
+            let bpf_per_req = net / s_stats_requests.max(1) as f64;
+            // Agent CPU over the throughput run, BPF time scaled from its own run.
+            let cpu_per_m = (s_cpu + bpf_per_req * s_requests as f64 / 1e9) / s_requests.max(1) as f64 * 1e6;
+            let spans = s_summary["spans"].as_u64().unwrap_or(0);
+            let sampled_out = s_summary["kernel"]["sampled_out"].as_u64().unwrap_or(0);
+            row(
+                "R14",
+                "head sampling at 10 %: req/s with ÷ without (nginx, A/B/A)",
+                ratio,
+                "report",
+                true,
+                &format!(
+                    "{s_with:.0} vs {s_base1:.0}/{s_base2:.0} req/s; BPF {bpf_per_req:.0} ns per request (net, its own \
+                     bpf_stats run), agent {cpu_per_m:.2} CPU-s per M requests (user+sys+BPF); {spans} spans kept, \
+                     {sampled_out} requests left out in the kernel, for {} requests served over both runs",
+                    s_requests + s_stats_requests
+                ),
+            )
+        },
     ];
     println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");
     for r in &rows {
