@@ -604,18 +604,9 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     if !is_watched(tgid) {
         return 0;
     }
-    let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
+    let Some((c, [fd, ptr, cnt])) = socket_call(tgid, DIR_EGRESS) else {
         return 0;
     };
-    let Some(c) = data_call(nr) else {
-        if is_mmsg(nr) && CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some() {
-            count(Counter::MmsgNotCaptured);
-        }
-        return 0;
-    };
-    if c.direction != DIR_EGRESS {
-        return 0;
-    }
     let sk: u64 = ctx.arg(0);
     // Only the socket the send hook saw for this connection: this hook also runs for UDP and
     // Unix sockets, whose fd may be the number of a connection whose close went unseen.
@@ -638,19 +629,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
-    let ptr = if c.layout == Layout::None { 0 } else { ptr };
-    let call = ActiveCall {
-        ptr,
-        enter_ns,
-        fd: fd as u32,
-        count: if c.wants_count { cnt as u32 } else { 0 },
-        syscall: c.syscall as u8,
-        is_tcp: 1,
-        _pad: [0; 6],
-        addr: SockAddr::default(),
-        local: SockAddr::default(),
-    };
-    report(id, call, r as u64, DIR_EGRESS, c.layout, 0, conn_ptr);
+    report(id, call_of(&c, [fd, ptr, cnt], enter_ns), r as u64, DIR_EGRESS, c.layout, 0, conn_ptr);
     0
 }
 
@@ -681,21 +660,35 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if flags & MSG_PEEK != 0 {
         return 0;
     }
-    let Some((nr, [fd, ptr, cnt])) = current_syscall() else {
+    let Some((c, args)) = socket_call(tgid, DIR_INGRESS) else {
         return 0;
     };
+    exit(id, call_of(&c, args, 0), r as i64, DIR_INGRESS, c.layout, ctx.arg(0));
+    0
+}
+
+/// The data call in `direction` the current thread is in, and its first three arguments, from
+/// the registers it entered the kernel with. recvmmsg/sendmmsg on a tracked connection are
+/// counted (not captured).
+#[inline(always)]
+fn socket_call(tgid: u32, direction: u8) -> Option<(DataCall, [u64; 3])> {
+    let (nr, args) = current_syscall()?;
     let Some(c) = data_call(nr) else {
-        if is_mmsg(nr) && CONNS.get_ptr(fd_key(tgid, fd as u32)).is_some() {
+        if is_mmsg(nr) && CONNS.get_ptr(fd_key(tgid, args[0] as u32)).is_some() {
             count(Counter::MmsgNotCaptured);
         }
-        return 0;
+        return None;
     };
-    if c.direction != DIR_INGRESS {
-        return 0;
-    }
-    let call = ActiveCall {
-        ptr,
-        enter_ns: 0,
+    (c.direction == direction).then_some((c, args))
+}
+
+/// A socket hook's call record, from the registers' arguments `[fd, buffer, count]`.
+#[inline(always)]
+fn call_of(c: &DataCall, [fd, ptr, cnt]: [u64; 3], enter_ns: u64) -> ActiveCall {
+    ActiveCall {
+        // sendfile(out_fd, in_fd, offset, count): bytes only, no buffer.
+        ptr: if c.layout == Layout::None { 0 } else { ptr },
+        enter_ns,
         fd: fd as u32,
         count: if c.wants_count { cnt as u32 } else { 0 },
         syscall: c.syscall as u8,
@@ -703,9 +696,7 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
         _pad: [0; 6],
         addr: SockAddr::default(),
         local: SockAddr::default(),
-    };
-    exit(id, call, r as i64, DIR_INGRESS, c.layout, ctx.arg(0));
-    0
+    }
 }
 
 /// The table entry of a recorded call.
