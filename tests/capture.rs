@@ -162,6 +162,49 @@ fn gathered_writes_are_captured_in_order() {
     }
 }
 
+/// A write of a whole head and a body in two buffers has its head copied and its body counted,
+/// unless the body is small or its first byte could start a chunk size or another message: a
+/// chunked body's size lines and a pipelined head are what framing needs.
+#[test]
+fn a_body_written_apart_from_its_head_is_counted_not_copied() {
+    let _g = serial();
+    require_root();
+    let (_server, pid, port, mut agent) = traced_python_server();
+    let cases = [
+        ("writev", 300, "z", true),
+        ("sendmsg", 4096, "{", true),
+        ("writev", 255, "z", false),
+        ("writev", 300, "7", false),
+        ("writev", 300, "c", false),
+        ("sendmsg", 300, "H", false),
+    ];
+    let mut expected = Vec::new();
+    for (how, n, fill, skipped) in cases {
+        let sizes = curl(&format!("http://127.0.0.1:{port}/gather/{how}/{n}/2/{fill}"), &[]);
+        assert_eq!(sizes.body, n, "{how} {n} {fill}");
+        let remote = format!("127.0.0.1:{}", sizes.local_port);
+        wait_server_close(&mut agent, pid, &remote);
+        expected.push((remote, how, n, fill, skipped));
+    }
+    let events = agent.stop();
+    for (remote, how, n, fill, skipped) in expected {
+        let head = format!("HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n");
+        let open = accepted_from(&events, pid, &remote);
+        let out: Vec<&Value> =
+            data_of(&events, open).into_iter().filter(|e| e["direction"] == "egress").collect();
+        let case = format!("{how} {n} bytes of {fill:?}");
+        assert_eq!(out.len(), 1, "{case}: one write: {out:#?}");
+        assert_eq!(out[0]["len"], head.len() + n as usize, "{case}: every byte counted");
+        assert_eq!(out[0]["body_skipped"], skipped, "{case}");
+        assert_eq!(out[0]["truncated"], false, "{case}");
+        if skipped {
+            assert_eq!(payload(out[0]), head, "{case}: the head only");
+        } else {
+            assert_eq!(payload(out[0]), format!("{head}{}", fill.repeat(n as usize)), "{case}");
+        }
+    }
+}
+
 /// A response written to a client that has already closed its end: the client's kernel answers
 /// the bytes with a reset, which the server's kernel processes before the write returns and which
 /// closes the socket. The response still went out: it is reported, and before the close.

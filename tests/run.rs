@@ -108,7 +108,21 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
     fs::create_dir_all(&dir).unwrap();
     let port = free_port();
     let d = dir.display();
-    nginx_conf(&dir, port, true, "location / { return 200 \"ok\\n\"; }");
+    // Every other request is a 4 KiB file, which nginx (without sendfile) writes as head and
+    // body in one writev: the kernel copies its head and counts its body. The rest are a 3-byte
+    // body, copied with the head. Both kinds share the keep-alive connections.
+    let www = dir.join("www");
+    fs::create_dir_all(&www).unwrap();
+    fs::write(www.join("page.txt"), vec![b'p'; 4096]).unwrap();
+    fs::write(dir.join("alternate.lua"), ALTERNATE_LUA).unwrap();
+    nginx_conf(
+        &dir,
+        port,
+        true,
+        &format!(
+            "location / {{ return 200 \"ok\\n\"; }} location /page.txt {{ sendfile off; root {d}/www; }}"
+        ),
+    );
     let nginx = Peer::spawn(Command::new("nginx").args([
         "-c",
         &dir.join("nginx.conf").display().to_string(),
@@ -126,7 +140,8 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
         &["--otlp-queue-spans", "1000000", "--pid", &nginx.pid().to_string()],
     );
     let out = Command::new("wrk")
-        .args(["-t", "1", "-c", "8", "-d", "3s", &format!("http://127.0.0.1:{port}/")])
+        .args(["-t", "1", "-c", "8", "-d", "3s", "-s", &dir.join("alternate.lua").display().to_string()])
+        .arg(format!("http://127.0.0.1:{port}/"))
         .output()
         .expect("wrk");
     let wrk = String::from_utf8_lossy(&out.stdout).to_string();
@@ -141,6 +156,9 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
         .lines()
         .map(|l| l.split('"').nth(2).and_then(|f| f.split_whitespace().nth(1)?.parse().ok()).unwrap_or(0))
         .collect();
+    let pages = log.lines().filter(|l| l.contains("GET /page.txt ")).count();
+    let pages_whole =
+        log.lines().filter(|l| l.contains("GET /page.txt ") && l.contains(" 200 4096 ")).count();
     let _ = fs::remove_dir_all(&dir);
     let served = body_bytes.len();
     assert!(served >= 2_000, "wrk drove only {served} requests:\n{wrk}");
@@ -159,7 +177,26 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
     assert_eq!(summary["kernel"]["ring_full"], 0, "{summary}");
     assert_eq!(summary["decode_errors"], serde_json::json!({}), "{summary}");
     assert_eq!(summary["otlp"]["produced"], summary["otlp"]["exported"], "{summary}");
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "framing held: {summary}");
+    // The file's requests: one span each, with its status, whether or not its body was copied.
+    let page_spans: Vec<_> =
+        spans.iter().filter(|(_, s)| attr_str(s, "url.path").as_deref() == Some("/page.txt")).collect();
+    assert!(pages >= served / 3, "wrk alternated: {pages} of {served}");
+    assert_eq!(page_spans.len(), pages, "{summary}");
+    let page_ok =
+        page_spans.iter().filter(|(_, s)| attr_int(s, "http.response.status_code") == Some(200)).count();
+    assert!(page_ok >= pages_whole, "{page_ok} of {pages_whole} whole pages");
+    // Each whole page was one write of head and body whose body was counted, not copied.
+    let skipped = summary["kernel"]["body_skipped"].as_u64().unwrap_or(0) as usize;
+    assert!(
+        skipped >= pages_whole && skipped <= pages,
+        "body_skipped {skipped}, pages {pages_whole}/{pages}"
+    );
 }
+
+/// A wrk script: requests alternate between `/` and `/page.txt`.
+const ALTERNATE_LUA: &str = "n = 0\nrequest = function()\n  n = n + 1\n  \
+    return wrk.format(nil, (n % 2 == 0) and \"/page.txt\" or \"/\")\nend\n";
 
 #[test]
 fn spans_over_otlp_http_protobuf() {

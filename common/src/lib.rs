@@ -599,6 +599,12 @@ pub const DATA_FLAG_IOV_OVERFLOW: u16 = 4;
 /// Requests on this connection were left unreported (not sampled) since its previous event:
 /// whatever message was in progress is over.
 pub const DATA_FLAG_AFTER_SKIP: u16 = 8;
+/// A write of a complete head and a body in two iovecs: only the head was copied, the body is
+/// counted (`len - captured` bytes). Bodies are never exported, and copying them twice (into the
+/// event, then into the ring buffer) was most of a large response's cost.
+pub const DATA_FLAG_BODY_SKIPPED: u16 = 16;
+/// A body smaller than this is copied with its head: copying it costs less than the checks.
+pub const BODY_SKIP_MIN: u64 = 256;
 
 /// Bytes moved on a tracked connection. `captured` payload bytes follow the struct.
 #[repr(C)]
@@ -722,10 +728,12 @@ pub enum Counter {
     /// Bytes written to the ring buffer (records and their 8-byte headers), on each CPU: what
     /// the wakeups are paced by.
     RingBytes = 29,
+    /// Writes whose body was counted, not copied ([`DATA_FLAG_BODY_SKIPPED`]).
+    BodySkipped = 30,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 30;
+pub const COUNTER_COUNT: u32 = 31;
 
 impl Counter {
     /// All counters, in index order.
@@ -760,6 +768,7 @@ impl Counter {
         Counter::ConnUnseen,
         Counter::SendUntracked,
         Counter::RingBytes,
+        Counter::BodySkipped,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -794,6 +803,7 @@ impl Counter {
             Counter::FdReused => "fd_reused",
             Counter::ConnUnseen => "conn_unseen",
             Counter::SendUntracked => "send_untracked",
+            Counter::BodySkipped => "body_skipped",
             Counter::RingBytes => "ring_bytes",
         }
     }

@@ -3,8 +3,8 @@
 Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET
 /gather/writev/N and /gather/sendmsg/N answer with N bytes of body in one writev() or
 sendmsg() of five buffers (head in three pieces, body in two), /gather/HOW/N/2 of two (head,
-body); GET /after-close waits for
-the client to close its end, then answers "ok" in one write; GET /traceparent
+body), /gather/HOW/N/2/C of two with a body of N bytes C (by default "a"s then "b"s); GET
+/after-close waits for the client to close its end, then answers "ok" in one write; GET /traceparent
 with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
 the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection, or with
 "fork" one child process per connection (the parent accepts, the child serves). Usage:
@@ -30,7 +30,8 @@ class Handler(BaseHTTPRequestHandler):
     def do_GET(self):
         if self.path.startswith("/gather/"):
             _, _, how, n, *parts = self.path.split("/")
-            self.gathered(how, int(n), int(parts[0]) if parts else 5)
+            fill = parts[1].encode() if len(parts) > 1 else None
+            self.gathered(how, int(n), int(parts[0]) if parts else 5, fill)
             return
         if self.path == "/after-close":
             self.after_close()
@@ -42,9 +43,9 @@ class Handler(BaseHTTPRequestHandler):
             body = self.traceparents()
         self.reply(body)
 
-    def gathered(self, how, n, count):
+    def gathered(self, how, n, count, fill=None):
         head = f"HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {n}\r\n\r\n".encode()
-        body = b"a" * (n // 2) + b"b" * (n - n // 2)
+        body = (fill * n)[:n] if fill else b"a" * (n // 2) + b"b" * (n - n // 2)
         parts = [head, body] if count == 2 else [head[:5], head[5:20], head[20:], body[: n // 2], body[n // 2 :]]
         if how == "sendmsg":
             self.connection.sendmsg(parts)

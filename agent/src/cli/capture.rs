@@ -17,8 +17,9 @@ use std::{
 use serde_json::{Value, json};
 use tracewire_common::{
     CONN_FLAG_PREEXISTING, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD,
-    CTX_UPSTREAM, ConnEvent, Counter, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED,
-    DIR_INGRESS, DataEvent, EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall,
+    CTX_UPSTREAM, ConnEvent, Counter, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
+    DATA_FLAG_TRUNCATED, DIR_INGRESS, DataEvent, EventKind, ProcEvent, ROLE_CLIENT, ROLE_LISTENER,
+    ROLE_SERVER, SockAddr, Syscall,
 };
 
 use crate::{
@@ -187,6 +188,7 @@ fn data_json(d: &DataEvent, payload: &[u8], clock: &Clock, show_payload: bool) -
         "len": d.len,
         "captured": d.captured,
         "truncated": d.flags & DATA_FLAG_TRUNCATED != 0,
+        "body_skipped": d.flags & DATA_FLAG_BODY_SKIPPED != 0,
         "copy_failed": d.flags & DATA_FLAG_COPY_FAILED != 0,
         "iov_overflow": d.flags & DATA_FLAG_IOV_OVERFLOW != 0,
         "head": http_head(payload),
@@ -251,6 +253,8 @@ pub fn event_text(ev: &Event<'_>, clock: &Clock, show_payload: bool) -> String {
             );
             if d.flags & DATA_FLAG_TRUNCATED != 0 {
                 s.push_str(&format!(" ({} captured)", d.captured));
+            } else if d.flags & DATA_FLAG_BODY_SKIPPED != 0 {
+                s.push_str(&format!(" (head {} B, body counted)", d.captured));
             }
             if let Some(head) = http_head(payload) {
                 s.push_str(&format!("  {head}"));

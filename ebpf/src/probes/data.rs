@@ -31,9 +31,10 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP,
-    DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent,
-    EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall, TraceCtx, fd_key,
+    ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP,
+    DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS,
+    DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall,
+    TraceCtx, fd_key,
 };
 
 use super::{
@@ -230,13 +231,13 @@ fn report(
     let captured = match layout {
         Layout::None => 0,
         Layout::Flat => copy_flat(buf, call.ptr, want, &mut flags),
-        Layout::Iovec => copy_iov(buf, call.ptr, call.count as u64, want, &mut flags),
+        Layout::Iovec => copy_iov(buf, call.ptr, call.count as u64, want, direction, &mut flags),
         Layout::Msghdr => {
             // SAFETY: user pointers are validated by the helper.
             let iov = unsafe { aya_ebpf::helpers::bpf_probe_read_user((call.ptr + 16) as *const u64) };
             let n = unsafe { aya_ebpf::helpers::bpf_probe_read_user((call.ptr + 24) as *const u64) };
             match (iov, n) {
-                (Ok(iov), Ok(n)) => copy_iov(buf, iov, n, want, &mut flags),
+                (Ok(iov), Ok(n)) => copy_iov(buf, iov, n, want, direction, &mut flags),
                 _ => {
                     flags |= DATA_FLAG_COPY_FAILED;
                     0
@@ -244,7 +245,9 @@ fn report(
             }
         }
     };
-    if layout != Layout::None && captured < moved {
+    if flags & DATA_FLAG_BODY_SKIPPED != 0 {
+        count(Counter::BodySkipped);
+    } else if layout != Layout::None && captured < moved {
         flags |= DATA_FLAG_TRUNCATED;
         count(Counter::Truncated);
     }
@@ -336,7 +339,7 @@ fn copy_flat(buf: &mut [u8], src: u64, want: u64, flags: &mut u16) -> u64 {
 
 /// Gathers up to `want` bytes across an iovec array. Returns bytes copied.
 #[inline(always)]
-fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, flags: &mut u16) -> u64 {
+fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, direction: u8, flags: &mut u16) -> u64 {
     let mut off: u64 = 0;
     let mut i: u64 = 0;
     // The first two entries in one read: a response is typically written as head + body, and
@@ -354,6 +357,9 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, flags: &mut u16) -
     }
     while i < MAX_IOVECS as u64 {
         if i >= iovcnt || off >= want {
+            break;
+        }
+        if i == 1 && iovcnt == 2 && direction == DIR_EGRESS && head_then_body(buf, off, first, flags) {
             break;
         }
         let entry = if iovcnt >= 2 && i == 0 {
@@ -397,6 +403,35 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, flags: &mut u16) -
         *flags |= DATA_FLAG_IOV_OVERFLOW;
     }
     off
+}
+
+/// Whether a write of two iovecs is a complete head (copied, `head` bytes) then its body, whose bytes
+/// need not be copied: the way nginx, Node and others write a response or a request with a body.
+/// The body is skipped only when the rest of the message can be framed without it: the second
+/// buffer does not start like a chunk size (chunked framing needs its size lines) or another
+/// message (pipelined heads written together).
+#[inline(always)]
+fn head_then_body(buf: &[u8], head: u64, first: [u64; 4], flags: &mut u16) -> bool {
+    if first[1] != head || head < 16 || head > MAX_PAYLOAD as u64 || first[3] < BODY_SKIP_MIN {
+        return false;
+    }
+    let at = HDR + ((head - 4) & (MAX_PAYLOAD as u64 - 1)) as usize;
+    // SAFETY: HDR + at + 4 <= HDR + MAX_PAYLOAD + 4, inside the scratch buffer.
+    let (start, end) = unsafe {
+        (*buf.as_ptr().add(HDR), core::ptr::read_unaligned(buf.as_ptr().add(at) as *const [u8; 4]))
+    };
+    if !start.is_ascii_uppercase() || end != *b"\r\n\r\n" {
+        return false;
+    }
+    // SAFETY: user pointer validated by the helper.
+    let Ok(next) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(first[2] as *const u8) }) else {
+        return false;
+    };
+    if next.is_ascii_hexdigit() || next.is_ascii_uppercase() {
+        return false;
+    }
+    *flags |= DATA_FLAG_BODY_SKIPPED;
+    true
 }
 
 #[cfg(not(any(bpf_target_arch = "x86_64", bpf_target_arch = "aarch64")))]
