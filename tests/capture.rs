@@ -173,7 +173,10 @@ fn a_body_written_apart_from_its_head_is_counted_not_copied() {
     let cases = [
         ("writev", 300, "z", true),
         ("sendmsg", 4096, "{", true),
+        ("writev", 300, "Hi", true),
+        ("writev", 300, "1x", true),
         ("writev", 255, "z", false),
+        // Eight hex digits or eight capitals: a chunk size or a method, for all the kernel knows.
         ("writev", 300, "7", false),
         ("writev", 300, "c", false),
         ("sendmsg", 300, "H", false),
@@ -200,9 +203,55 @@ fn a_body_written_apart_from_its_head_is_counted_not_copied() {
         if skipped {
             assert_eq!(payload(out[0]), head, "{case}: the head only");
         } else {
-            assert_eq!(payload(out[0]), format!("{head}{}", fill.repeat(n as usize)), "{case}");
+            let body: String = fill.repeat(n as usize).chars().take(n as usize).collect();
+            assert_eq!(payload(out[0]), format!("{head}{body}"), "{case}");
         }
     }
+}
+
+/// A head written on its own, then its body: the body's writes are counted, not copied, and the
+/// next response on the connection is copied again from its head. The client reads every byte.
+#[test]
+fn a_body_written_after_its_head_is_counted_not_copied() {
+    let _g = serial();
+    require_root();
+    let (_server, pid, port, mut agent) = traced_python_server();
+    // One curl, two requests on one keep-alive connection.
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{local_port} %{size_download}\n"])
+        .arg(format!("http://127.0.0.1:{port}/bytes/100000"))
+        .arg(format!("http://127.0.0.1:{port}/bytes/200"))
+        .output()
+        .expect("curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let lines: Vec<Vec<u64>> =
+        text.lines().map(|l| l.split_whitespace().map(|w| w.parse().unwrap()).collect()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0][0], lines[1][0], "one connection: {text}");
+    assert_eq!((lines[0][1], lines[1][1]), (100_000, 200));
+    let remote = format!("127.0.0.1:{}", lines[0][0]);
+    wait_server_close(&mut agent, pid, &remote);
+    let events = agent.stop();
+    let open = accepted_from(&events, pid, &remote);
+    let out: Vec<&Value> =
+        data_of(&events, open).into_iter().filter(|e| e["direction"] == "egress").collect();
+    let heads: Vec<usize> =
+        (0..out.len()).filter(|i| payload(out[*i]).starts_with("HTTP/1.1 200 ")).collect();
+    assert_eq!(heads.len(), 2, "two heads, each copied: {out:#?}");
+    let first_head = payload(out[heads[0]]);
+    assert!(first_head.ends_with("Content-Length: 100000\r\n\r\n"), "{first_head:?}");
+    let first_body = &out[heads[0] + 1..heads[1]];
+    assert!(!first_body.is_empty(), "{out:#?}");
+    for e in first_body {
+        assert_eq!(e["body_skipped"], true, "{e}");
+        assert_eq!(e["captured"], 0, "{e}");
+    }
+    let body_len: u64 = first_body.iter().map(|e| e["len"].as_u64().unwrap()).sum();
+    assert_eq!(body_len, 100_000, "every body byte counted");
+    // The second response: its head, then its body, both copied (the body is too small to skip).
+    let second: String = out[heads[1]..].iter().map(|e| payload(e)).collect();
+    assert!(second.ends_with(&format!("Content-Length: 200\r\n\r\n{}", "x".repeat(200))), "{second:?}");
+    assert!(out[heads[1]..].iter().all(|e| e["body_skipped"] == false));
 }
 
 /// A response written to a client that has already closed its end: the client's kernel answers
@@ -652,10 +701,22 @@ fn headers_beyond_the_cap_are_truncated_and_flagged() {
         let total: u64 = ins.iter().map(|e| e["len"].as_u64().unwrap()).sum();
         assert!(total == sent || total == sent + warm, "server read {total} of {sent} (+{warm} warm-up)");
         assert!(ins.iter().any(|e| e["head"] == "GET /big HTTP/1.1"));
+        // Once a read of the head is cut at the cap, the head is framed from its first line: the
+        // rest of it (reads of "p"s) is counted, not copied.
+        let mut cut = false;
         for e in &ins {
             let len = e["len"].as_u64().unwrap();
+            if cut && len >= 256 {
+                assert_eq!(
+                    (e["captured"].as_u64(), &e["body_skipped"]),
+                    (Some(0), &Value::Bool(true)),
+                    "{e}"
+                );
+                continue;
+            }
             assert_eq!(e["captured"].as_u64().unwrap(), len.min(cap_bytes), "{e}");
             assert_eq!(e["truncated"], len > cap_bytes, "{e}");
+            cut |= len > cap_bytes;
         }
     }
 }

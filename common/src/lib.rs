@@ -381,8 +381,10 @@ pub struct ConnState {
     /// still holds it: what it received can still be read. It ends at the first call on it that
     /// moves no bytes (end of stream, an error), or when the socket is freed.
     pub closing: u8,
-    /// Reserved.
-    pub _pad2: u8,
+    /// Bit `1 << DIR_*` set while that direction is inside a body the kernel may count without
+    /// copying (see [`DATA_FLAG_BODY_SKIPPED`]): after a head written on its own, a head whose
+    /// body was skipped, or a message start cut at the capture cap.
+    pub in_body: u8,
     /// Trace context of the current turn.
     pub ctx: TraceCtx,
     /// Context received in the TCP option, waiting for the request it came with.
@@ -599,11 +601,13 @@ pub const DATA_FLAG_IOV_OVERFLOW: u16 = 4;
 /// Requests on this connection were left unreported (not sampled) since its previous event:
 /// whatever message was in progress is over.
 pub const DATA_FLAG_AFTER_SKIP: u16 = 8;
-/// A write of a complete head and a body in two iovecs: only the head was copied, the body is
-/// counted (`len - captured` bytes). Bodies are never exported, and copying them twice (into the
-/// event, then into the ring buffer) was most of a large response's cost.
+/// Body bytes counted, not copied (`len - captured` of them): a write of a complete head and a
+/// body in two iovecs (only the head is copied), or a call inside a body ([`ConnState::in_body`])
+/// whose first bytes start neither a message nor a chunk size (nothing is copied). Bodies are
+/// never exported, and copying them twice (into the event, then into the ring buffer) was most
+/// of a large message's cost.
 pub const DATA_FLAG_BODY_SKIPPED: u16 = 16;
-/// A body smaller than this is copied with its head: copying it costs less than the checks.
+/// Calls that move fewer bytes than this are copied whole: copying costs less than the checks.
 pub const BODY_SKIP_MIN: u64 = 256;
 
 /// Bytes moved on a tracked connection. `captured` payload bytes follow the struct.

@@ -4,7 +4,7 @@
 //
 // HOP_FANOUT=n: the handler also makes n more calls, each from a goroutine it starts (fan-out),
 // waiting for all. HOP_KEEPALIVE=1: calls reuse pooled connections (a fresh one each otherwise,
-// like the other hops).
+// like the other hops). HOP_BODY=n: the answer is n bytes ("j"s) with a Content-Length instead.
 package main
 
 import (
@@ -25,6 +25,8 @@ func main() {
 	}
 	fanout, _ := strconv.Atoi(os.Getenv("HOP_FANOUT"))
 	keepAlive := os.Getenv("HOP_KEEPALIVE") == "1"
+	bodySize, _ := strconv.Atoi(os.Getenv("HOP_BODY"))
+	body := []byte(strings.Repeat("j", bodySize))
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 128}}
 	call := func(rid string) bool {
 		resp, err := client.Get(next + "/hop/" + rid)
@@ -56,6 +58,12 @@ func main() {
 			if !ok {
 				status = http.StatusBadGateway
 			}
+		}
+		if bodySize > 0 {
+			w.Header().Set("Content-Length", strconv.Itoa(bodySize))
+			w.WriteHeader(status)
+			w.Write(body)
+			return
 		}
 		w.WriteHeader(status)
 		fmt.Fprintf(w, "ok %s\n", rid)

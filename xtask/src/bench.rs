@@ -19,6 +19,49 @@ use serde_json::{Value, json};
 
 use crate::{Guard, libc_kill, load, root};
 
+/// Response sizes of R15 (nginx files, KiB), and of its Go server (bytes).
+const R15_NGINX_KIB: [usize; 2] = [4, 64];
+const R15_GO_BYTES: usize = 4096;
+
+/// One R15 case: what tracewire's programs cost per request, and what they copied.
+struct SizeCost {
+    what: String,
+    bpf_ns: f64,
+    copied: f64,
+    skipped: f64,
+}
+
+/// Traces `pid` under wrk on `path` with bpf_stats on: BPF ns per request (net of bpf_stats'
+/// own cost), payload bytes copied per request, and bodies counted without a copy per request.
+fn size_cost(
+    tracewire: &Path,
+    what: String,
+    pid: u32,
+    port: u16,
+    path: &str,
+    secs: u64,
+    empty_run_ns: f64,
+) -> Result<SizeCost> {
+    let pid = pid.to_string();
+    let (mut agent, lines) =
+        start_agent(tracewire, &["run", "--pid", &pid, "--print", "none", "--status-interval", "0"])?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let (ns0, cnt0) = bpf_stats();
+    let (requests, _) = wrk_path(port, path, secs)?;
+    let (ns1, cnt1) = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    let summary = summary_of(&lines);
+    let per_req = |x: f64| x / requests.max(1) as f64;
+    let runs = cnt1.saturating_sub(cnt0) as f64;
+    Ok(SizeCost {
+        what,
+        bpf_ns: per_req((ns1.saturating_sub(ns0) as f64 - runs * empty_run_ns).max(0.0)),
+        copied: per_req(summary["kernel"]["payload_bytes"].as_f64().unwrap_or(0.0)),
+        skipped: per_req(summary["kernel"]["body_skipped"].as_f64().unwrap_or(0.0)),
+    })
+}
+
 struct Nginx {
     _guard: Guard,
     pid: u32,
@@ -38,9 +81,16 @@ fn start_nginx() -> Result<Nginx> {
              worker_rlimit_nofile 16000; error_log {d}/error.log;\nevents {{ worker_connections 16384; }}\n\
              http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
-             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+             server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }}\n\
+             location /files/ {{ sendfile off; root {d}; }} }} }}\n"
         ),
     )?;
+    // R15's files: nginx without sendfile writes each as head and body in one writev (a 64 KiB
+    // one as two writes of its 32 KiB output buffers).
+    fs::create_dir_all(dir.join("files"))?;
+    for kib in R15_NGINX_KIB {
+        fs::write(dir.join(format!("files/{kib}k.txt")), vec![b'x'; kib * 1024])?;
+    }
     let child = Command::new("nginx")
         .args(["-c", &dir.join("nginx.conf").display().to_string(), "-p", &d.to_string()])
         .stdout(Stdio::null())
@@ -84,10 +134,11 @@ fn build_go_hop() -> Result<PathBuf> {
     Ok(out)
 }
 
-fn start_go_hop(bin: &Path, next: Option<u16>) -> Result<GoHop> {
+/// A Go hop calling `next`, or answering `ok` (`body` 0) or `body` bytes.
+fn start_go_hop(bin: &Path, next: Option<u16>, body: usize) -> Result<GoHop> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut cmd = Command::new(bin);
-    cmd.args(["127.0.0.1", &port.to_string()]).env("HOP_KEEPALIVE", "1");
+    cmd.args(["127.0.0.1", &port.to_string()]).env("HOP_KEEPALIVE", "1").env("HOP_BODY", body.to_string());
     if let Some(next) = next {
         cmd.arg(format!("http://127.0.0.1:{next}"));
     }
@@ -106,8 +157,13 @@ fn start_go_hop(bin: &Path, next: Option<u16>) -> Result<GoHop> {
 
 /// wrk's totals: (requests, requests/s).
 fn wrk(port: u16, secs: u64) -> Result<(u64, f64)> {
+    wrk_path(port, "/", secs)
+}
+
+/// wrk's totals for requests of `path`.
+fn wrk_path(port: u16, path: &str, secs: u64) -> Result<(u64, f64)> {
     let out = Command::new("wrk")
-        .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s"), &format!("http://127.0.0.1:{port}/")])
+        .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s"), &format!("http://127.0.0.1:{port}{path}")])
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -571,7 +627,7 @@ pub fn bench(quick: bool) -> Result<()> {
 
     // R1 for a small Go net/http server, A/B/A, the agent exporting.
     let go_bin = build_go_hop()?;
-    let leaf = start_go_hop(&go_bin, None)?;
+    let leaf = start_go_hop(&go_bin, None, 0)?;
     let leaf_pid = leaf.pid.to_string();
     let go_args = |pids: &[&str], uprobes: bool| -> Vec<String> {
         let mut a: Vec<String> = exporting.iter().map(|s| s.to_string()).collect();
@@ -594,9 +650,45 @@ pub fn bench(quick: bool) -> Result<()> {
     let (_, go2) = wrk(leaf.port, secs)?;
     println!("bench: Go net/http: {go0:.0} / {go1:.0} / {go2:.0} req/s (without/with/without)");
 
+    // R15: what a response's size costs. The same programs, nginx's 4 and 64 KiB files (head
+    // and body in one writev) and a Go server's 4 KiB body (written with its head, flat).
+    let mut sizes = Vec::new();
+    for kib in R15_NGINX_KIB {
+        let what = format!("nginx {kib} KiB");
+        let path = format!("/files/{kib}k.txt");
+        sizes.push(size_cost(
+            &tracewire,
+            what,
+            nginx.pid,
+            nginx.port,
+            &path,
+            secs,
+            calibration.empty_run_ns,
+        )?);
+    }
+    {
+        let server = start_go_hop(&go_bin, None, R15_GO_BYTES)?;
+        let what = format!("Go {} KiB", R15_GO_BYTES / 1024);
+        sizes.push(size_cost(
+            &tracewire,
+            what,
+            server.pid,
+            server.port,
+            "/",
+            secs,
+            calibration.empty_run_ns,
+        )?);
+    }
+    for c in &sizes {
+        println!(
+            "bench: {}: BPF {:.0} ns per request, {:.0} B copied per request, {:.2} bodies counted without a copy",
+            c.what, c.bpf_ns, c.copied, c.skipped
+        );
+    }
+
     // What following goroutines costs: a Go service calling a Go leaf once per request, traced
     // with the uprobes and without (then its calls are unlinked), alternating.
-    let front = start_go_hop(&go_bin, Some(leaf.port))?;
+    let front = start_go_hop(&go_bin, Some(leaf.port), 0)?;
     let front_pid = front.pid.to_string();
     let chain = |uprobes: bool| -> Result<(f64, Value, u64)> {
         let args = go_args(&[&front_pid, &leaf_pid], uprobes);
@@ -834,6 +926,31 @@ pub fn bench(quick: bool) -> Result<()> {
                      bpf_stats run), agent {cpu_per_m:.2} CPU-s per M requests (user+sys+BPF); {spans} spans kept, \
                      {sampled_out} requests left out in the kernel, for {} requests served over both runs",
                     s_requests + s_stats_requests
+                ),
+            )
+        },
+        {
+            let nginx_4k = sizes.first().map_or(0.0, |c| c.bpf_ns);
+            let cases: Vec<String> = sizes
+                .iter()
+                .map(|c| {
+                    format!(
+                        "{} {:.0} ns ({:.0} B copied, {:.2} bodies counted without a copy)",
+                        c.what, c.bpf_ns, c.copied, c.skipped
+                    )
+                })
+                .collect();
+            row(
+                "R15",
+                "BPF ns per request, 4 KiB responses ÷ 3 B (nginx)",
+                nginx_4k / bpf_per_req_net.max(1.0),
+                "report",
+                true,
+                &format!(
+                    "per request, net of bpf_stats, wrk {secs} s each: 3 B {bpf_per_req_net:.0} ns (R4); {}; bodies \
+                     written apart from their head are counted, not copied; a flat write's body is copied up \
+                     to the capture cap",
+                    cases.join("; ")
                 ),
             )
         },

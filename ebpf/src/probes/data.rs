@@ -228,8 +228,25 @@ fn report(
     }
     let want = if moved < cap { moved } else { cap };
     let mut flags: u16 = 0;
+    let bit = 1u8 << (direction & 7);
+    let at = buf.as_mut_ptr() as *mut DataEvent;
+    // The size is compared as read back from map memory, which the verifier does not track:
+    // comparing `moved` itself would split every way through the copy below in two.
+    // SAFETY: the scratch slot starts with room for a DataEvent (see below).
+    let size = unsafe {
+        core::ptr::write_volatile(core::ptr::addr_of_mut!((*at).len), moved as u32);
+        core::ptr::read_volatile(core::ptr::addr_of!((*at).len))
+    };
     let captured = match layout {
         Layout::None => 0,
+        _ if conn.in_body & bit != 0
+            && !starts_request
+            && size as u64 >= BODY_SKIP_MIN
+            && continues_body(layout, call.ptr, call.count as u64) =>
+        {
+            flags |= DATA_FLAG_BODY_SKIPPED;
+            0
+        }
         Layout::Flat => copy_flat(buf, call.ptr, want, &mut flags),
         Layout::Iovec => copy_iov(buf, call.ptr, call.count as u64, want, direction, &mut flags),
         Layout::Msghdr => {
@@ -271,10 +288,14 @@ fn report(
         _pad: [0; 3],
         ctx: conn.ctx,
     };
-    let at = buf.as_mut_ptr() as *mut DataEvent;
     // SAFETY: the scratch slot starts with room for a DataEvent (SCRATCH_BYTES >= HDR) and is
     // 8-aligned (see `Scratch`): the event is written with word stores.
     unsafe { core::ptr::write(at, ev) };
+    if layout != Layout::None {
+        // Here, from the event: one way into it whichever way the copy went, and nothing it
+        // compares is used after it.
+        body_after(conn, bit, buf);
+    }
     if starts_request {
         // Everything that differs between the ways through the copy above is now in map memory,
         // which the verifier does not track: it verifies the turn once, not once per way.
@@ -301,6 +322,79 @@ fn report(
     let captured = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) } as usize;
     let total = HDR + (captured & (MAX_PAYLOAD * 2 - 1));
     emit_bytes(&cfg, buf, total);
+}
+
+/// Whether what follows a call in its direction may be body: its body was skipped, or it starts
+/// a message (its first byte is a capital) and either ends where its head does or was cut at the
+/// cap (a head longer than that is framed from its first line anyway). Any other message start
+/// ends it. Reads the call's event at the start of `buf`.
+#[inline(always)]
+fn body_after(conn: &mut ConnState, bit: u8, buf: &[u8]) {
+    let at = buf.as_ptr() as *const DataEvent;
+    // SAFETY: the event was written at the start of the scratch buffer (see `report`).
+    let (flags, captured, moved) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!((*at).flags)),
+            core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) as usize,
+            core::ptr::read_volatile(core::ptr::addr_of!((*at).len)) as usize,
+        )
+    };
+    if flags & DATA_FLAG_BODY_SKIPPED != 0 {
+        conn.in_body |= bit;
+        return;
+    }
+    if captured == 0 {
+        return;
+    }
+    // SAFETY: the payload starts after the header; captured >= 1.
+    if !unsafe { *buf.as_ptr().add(HDR) }.is_ascii_uppercase() {
+        return;
+    }
+    let cut = captured < moved && flags & (DATA_FLAG_COPY_FAILED | DATA_FLAG_IOV_OVERFLOW) == 0;
+    let head_only = captured == moved && captured >= 4 && {
+        let end = HDR + ((captured - 4) & (MAX_PAYLOAD - 1));
+        // SAFETY: end + 4 <= HDR + MAX_PAYLOAD + 4, inside the scratch buffer.
+        unsafe { core::ptr::read_unaligned(buf.as_ptr().add(end) as *const [u8; 4]) == *b"\r\n\r\n" }
+    };
+    if cut || head_only {
+        conn.in_body |= bit;
+    } else {
+        conn.in_body &= !bit;
+    }
+}
+
+/// Whether a call inside a body goes on with it: its first bytes (read from user memory) start
+/// neither a chunk size nor a message. Only a call of at least [`BODY_SKIP_MIN`] bytes is asked.
+#[inline(always)]
+fn continues_body(layout: Layout, ptr: u64, count: u64) -> bool {
+    let (mut iov, mut n) = (ptr, count);
+    if layout == Layout::Msghdr {
+        // SAFETY: user pointers are validated by the helper.
+        match unsafe {
+            (
+                aya_ebpf::helpers::bpf_probe_read_user((ptr + 16) as *const u64),
+                aya_ebpf::helpers::bpf_probe_read_user((ptr + 24) as *const u64),
+            )
+        } {
+            (Ok(i), Ok(c)) => (iov, n) = (i, c),
+            _ => return false,
+        }
+    }
+    let data = if layout == Layout::Flat {
+        ptr
+    } else {
+        // SAFETY: user pointer validated by the helper.
+        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const [u64; 2]) } {
+            // The first buffer must hold the bytes looked at.
+            Ok([base, len]) if n > 0 && len >= 8 => base,
+            _ => return false,
+        }
+    };
+    // SAFETY: user pointer validated by the helper.
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(data as *const [u8; 8]) } {
+        Ok(b) => !could_start_chunk_or_message(b),
+        Err(_) => false,
+    }
 }
 
 /// Copies a trace context between map values word by word: as a plain struct copy the compiler
@@ -423,14 +517,47 @@ fn head_then_body(buf: &[u8], head: u64, first: [u64; 4], flags: &mut u16) -> bo
     if !start.is_ascii_uppercase() || end != *b"\r\n\r\n" {
         return false;
     }
-    // SAFETY: user pointer validated by the helper.
-    let Ok(next) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(first[2] as *const u8) }) else {
+    // SAFETY: user pointer validated by the helper; the buffer has at least BODY_SKIP_MIN bytes.
+    let Ok(next) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user(first[2] as *const [u8; 8]) }) else {
         return false;
     };
-    if next.is_ascii_hexdigit() || next.is_ascii_uppercase() {
+    if could_start_chunk_or_message(next) {
         return false;
     }
     *flags |= DATA_FLAG_BODY_SKIPPED;
+    true
+}
+
+/// Whether bytes could start a chunk-size line (hex digits, then CR, `;` or whitespace, or the
+/// CRLF that ends the previous chunk) or a message (an uppercase token, then a space, or
+/// `HTTP/`). Eight hex digits or eight uppercase letters could still be either: true.
+#[inline(always)]
+fn could_start_chunk_or_message(b: [u8; 8]) -> bool {
+    if b[0] == b'\r' {
+        // The end of a chunk's data, and maybe the next size.
+        return true;
+    }
+    let (mut hex, mut upper) = (true, true);
+    let mut i = 0;
+    while i < 8 {
+        let c = b[i];
+        if hex && !c.is_ascii_hexdigit() {
+            if i > 0 && (c == b'\r' || c == b';' || c == b' ' || c == b'\t') {
+                return true;
+            }
+            hex = false;
+        }
+        if upper && !c.is_ascii_uppercase() {
+            if i > 0 && (c == b' ' || (i == 4 && c == b'/')) {
+                return true;
+            }
+            upper = false;
+        }
+        if !hex && !upper {
+            return false;
+        }
+        i += 1;
+    }
     true
 }
 
