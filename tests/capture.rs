@@ -254,6 +254,58 @@ fn a_body_written_after_its_head_is_counted_not_copied() {
     assert!(out[heads[1]..].iter().all(|e| e["body_skipped"] == false));
 }
 
+/// Go's net/http writes a head and its body in one buffer (a body too large for its 4 KiB
+/// buffer goes in later writes): the kernel finds the head's end, copies the head and counts the
+/// body, of each response on the connection.
+#[test]
+fn a_head_and_body_written_in_one_buffer_has_only_its_head_copied() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    for body in [3_000usize, 20_000] {
+        let port = free_port();
+        let mut go = Peer::spawn(
+            Command::new(&go_bin).args(["127.0.0.1", &port.to_string()]).env("HOP_BODY", body.to_string()),
+        );
+        go.expect("port ");
+        let pid = go.pid();
+        let mut agent = Agent::start(&["--pid", &pid.to_string()]);
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-o", "/dev/null", "-w", "%{local_port} %{size_download}\n"])
+            .arg(format!("http://127.0.0.1:{port}/hop/a"))
+            .arg(format!("http://127.0.0.1:{port}/hop/b"))
+            .output()
+            .expect("curl");
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        let sizes: Vec<&str> = text.lines().map(|l| l.split(' ').nth(1).unwrap_or("")).collect();
+        assert_eq!(sizes, [body.to_string(), body.to_string()], "{text}");
+        let remote = format!("127.0.0.1:{}", text.split(' ').next().unwrap());
+        // Go closes the connection when curl has left.
+        wait_server_close(&mut agent, pid, &remote);
+        let events = agent.stop();
+        let open = accepted_from(&events, pid, &remote);
+        let out: Vec<&Value> =
+            data_of(&events, open).into_iter().filter(|e| e["direction"] == "egress").collect();
+        let total: u64 = out.iter().map(|e| e["len"].as_u64().unwrap()).sum();
+        let heads: Vec<usize> =
+            (0..out.len()).filter(|i| payload(out[*i]).starts_with("HTTP/1.1 200 OK")).collect();
+        assert_eq!(heads.len(), 2, "{body}: {out:#?}");
+        let head_bytes: u64 = heads.iter().map(|i| out[*i]["captured"].as_u64().unwrap()).sum();
+        assert_eq!(total, head_bytes + 2 * body as u64, "{body}: every byte counted");
+        for (i, e) in out.iter().enumerate() {
+            assert_eq!(e["body_skipped"], true, "{body}: {e}");
+            if heads.contains(&i) {
+                let p = payload(e);
+                assert!(p.contains(&format!("\r\nContent-Length: {body}\r\n")), "{p:?}");
+                assert!(p.ends_with("\r\n\r\n"), "{body}: the head only: {p:?}");
+            } else {
+                assert_eq!(e["captured"], 0, "{body}: {e}");
+            }
+        }
+    }
+}
+
 /// A response written to a client that has already closed its end: the client's kernel answers
 /// the bytes with a reset, which the server's kernel processes before the write returns and which
 /// closes the socket. The response still went out: it is reported, and before the close.

@@ -247,6 +247,9 @@ fn report(
             flags |= DATA_FLAG_BODY_SKIPPED;
             0
         }
+        Layout::Flat if direction == DIR_EGRESS && size as u64 >= FLAT_SCAN_MIN => {
+            copy_flat_head_first(buf, call.ptr, want, &mut flags)
+        }
         Layout::Flat => copy_flat(buf, call.ptr, want, &mut flags),
         Layout::Iovec => copy_iov(buf, call.ptr, call.count as u64, want, direction, &mut flags),
         Layout::Msghdr => {
@@ -429,6 +432,92 @@ fn copy_flat(buf: &mut [u8], src: u64, want: u64, flags: &mut u16) -> u64 {
         return 0;
     }
     n
+}
+
+/// Writes of one buffer at least this long are looked into for a head followed by its body.
+const FLAT_SCAN_MIN: u64 = 1024;
+/// Bytes a head's end is looked for in (8 per step).
+const HEAD_SCAN_WORDS: usize = 32;
+
+/// Copies `want` bytes of one buffer that may hold a head and its body (a write of both, as Go's
+/// net/http makes): the first bytes, then, unless they hold a whole head followed by body bytes
+/// (see [`could_start_chunk_or_message`]), the rest. Returns bytes copied: the head's length
+/// when the body is counted instead ([`DATA_FLAG_BODY_SKIPPED`]).
+#[inline(never)]
+fn copy_flat_head_first(buf: &mut [u8], src: u64, want: u64, flags: &mut u16) -> u64 {
+    const FIRST: u64 = (HEAD_SCAN_WORDS * 8 + 8) as u64;
+    if want <= FIRST {
+        return copy_flat(buf, src, want, flags);
+    }
+    let first = copy_flat(buf, src, FIRST, flags);
+    if first != FIRST {
+        return first;
+    }
+    // SAFETY: the payload starts after the header.
+    if unsafe { *buf.as_ptr().add(HDR) }.is_ascii_uppercase() {
+        let end = head_end(buf);
+        if end != 0 {
+            // SAFETY: end <= HEAD_SCAN_WORDS * 8 + 3, and FIRST bytes were copied.
+            let next =
+                unsafe { core::ptr::read_unaligned(buf.as_ptr().add(HDR + (end & 511)) as *const [u8; 8]) };
+            if end + 8 <= FIRST as usize && !could_start_chunk_or_message(next) {
+                *flags |= DATA_FLAG_BODY_SKIPPED;
+                return end as u64;
+            }
+        }
+    }
+    let mut rest = want - FIRST;
+    if rest > MAX_PAYLOAD as u64 - FIRST {
+        rest = MAX_PAYLOAD as u64 - FIRST;
+    }
+    // SAFETY: FIRST + rest <= MAX_PAYLOAD, inside HDR + 2 * MAX_PAYLOAD.
+    let rc = unsafe {
+        bpf_probe_read_user(
+            buf.as_mut_ptr().add(HDR + FIRST as usize).cast(),
+            rest as u32,
+            (src + FIRST) as *const _,
+        )
+    };
+    if rc != 0 {
+        *flags |= DATA_FLAG_COPY_FAILED;
+        return FIRST;
+    }
+    FIRST + rest
+}
+
+/// Where the first head in the payload ends (after its empty line), or 0 when it does not end
+/// within the first `HEAD_SCAN_WORDS` words. Eight positions at a time, without branching per
+/// byte: every branch is a way the verifier walks, and this runs inside every way to it.
+#[inline(always)]
+fn head_end(buf: &[u8]) -> usize {
+    const ONES: u64 = 0x0101_0101_0101_0101;
+    const LOW7: u64 = ONES * 0x7f;
+    // 0x80 in each byte of `x` equal to `c`, exactly (no borrow between bytes).
+    let eq = |x: u64, c: u8| {
+        let y = x ^ (ONES * u64::from(c));
+        !(((y & LOW7) + LOW7) | y | LOW7)
+    };
+    let mut w = 0;
+    while w < HEAD_SCAN_WORDS {
+        // SAFETY: within the first HEAD_SCAN_WORDS * 8 + 8 payload bytes.
+        let (a, b, c) = unsafe {
+            let p = buf.as_ptr().add(HDR + w * 8);
+            (
+                core::ptr::read_unaligned(p as *const u64),
+                core::ptr::read_unaligned(p.add(1) as *const u64),
+                core::ptr::read_unaligned(p.add(2) as *const u64),
+            )
+        };
+        // Little-endian: byte k of each word is position w * 8 + k (+1, +2): "\n\r\n" starts there.
+        let m = eq(a, b'\n') & eq(b, b'\r') & eq(c, b'\n');
+        if m != 0 {
+            // The lowest match: its byte index from a multiply (BPF has no count-trailing-zeros).
+            let k = (((m & m.wrapping_neg()) >> 7).wrapping_mul(0x0001_0203_0405_0607) >> 56) as usize;
+            return w * 8 + (k & 7) + 3;
+        }
+        w += 1;
+    }
+    0
 }
 
 /// Gathers up to `want` bytes across an iovec array. Returns bytes copied.
