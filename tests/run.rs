@@ -424,6 +424,71 @@ fn head_rate_limiting_admits_a_burst_then_the_rate() {
     assert_eq!(rx.spans().len() as u64, kept, "{summary}");
 }
 
+/// Go's net/http answering bodies of several sizes, with a Content-Length (the kernel copies
+/// only the head) and chunked (the kernel copies the size lines framing needs), two requests on
+/// each keep-alive connection: every response is one span with its status, ending before the
+/// client had all of it, and nothing is invalid.
+#[test]
+fn go_bodies_with_a_length_or_chunked_make_exact_spans() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    let rx = Receiver::start(vec![]);
+    let mut servers = Vec::new();
+    for (body, chunked) in [(3_000, false), (20_000, false), (3_000, true), (20_000, true)] {
+        let port = free_port();
+        let service = format!("go-{body}-{}", if chunked { "chunked" } else { "length" });
+        let mut go = Peer::spawn(
+            Command::new(&go_bin)
+                .args(["127.0.0.1", &port.to_string()])
+                .env("OTEL_SERVICE_NAME", &service)
+                .env("HOP_BODY", body.to_string())
+                .env("HOP_CHUNKED", if chunked { "1" } else { "0" }),
+        );
+        go.expect("port ");
+        servers.push((go, port, body, chunked, service));
+    }
+    let mut args = Vec::new();
+    for (go, ..) in &servers {
+        args.extend(["--pid".to_string(), go.pid().to_string()]);
+    }
+    let agent = RunAgent::start(&rx.endpoint(), &args.iter().map(String::as_str).collect::<Vec<_>>());
+    let mut windows = Vec::new();
+    for (_, port, body, chunked, service) in &servers {
+        let before = now_ns();
+        let out = Command::new("curl")
+            .args(["-s", "-o", "/dev/null", "-o", "/dev/null", "-D", "-", "-w", "size %{size_download}\n"])
+            .arg(format!("http://127.0.0.1:{port}/hop/first"))
+            .arg(format!("http://127.0.0.1:{port}/hop/second"))
+            .output()
+            .expect("curl");
+        let after = now_ns();
+        let text = String::from_utf8_lossy(&out.stdout).to_string();
+        assert_eq!(text.matches(&format!("size {body}\n")).count(), 2, "{text}");
+        assert_eq!(text.contains("Transfer-Encoding: chunked"), *chunked, "{text}");
+        windows.push((service.clone(), before, after));
+    }
+    let summary = agent.stop();
+    drop(servers);
+    let spans = rx.spans();
+    assert_eq!(spans.len(), 8, "two spans per server: {summary}");
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+    // At least the head-and-body write of each response with a length was counted, not copied.
+    assert!(summary["kernel"]["body_skipped"].as_u64().unwrap_or(0) >= 4, "{summary}");
+    for (service, before, after) in windows {
+        let mine: Vec<_> = spans.iter().filter(|(svc, _)| *svc == service).collect();
+        assert_eq!(mine.len(), 2, "{service}: {summary}");
+        for (_, s) in mine {
+            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{service}");
+            assert!(
+                s.start_time_unix_nano >= before && s.end_time_unix_nano <= after,
+                "{service}: a span outside the client's window"
+            );
+        }
+    }
+}
+
 /// A hop of tests/peers/hop.py on 127.0.0.1: (peer, port).
 fn python_hop(name: &str, next: Option<&str>) -> (Peer, u16) {
     let port = free_port();

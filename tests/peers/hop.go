@@ -4,7 +4,8 @@
 //
 // HOP_FANOUT=n: the handler also makes n more calls, each from a goroutine it starts (fan-out),
 // waiting for all. HOP_KEEPALIVE=1: calls reuse pooled connections (a fresh one each otherwise,
-// like the other hops). HOP_BODY=n: the answer is n bytes ("j"s) with a Content-Length instead.
+// like the other hops). HOP_BODY=n: the answer is n bytes ("j"s) with a Content-Length instead,
+// or chunked with HOP_CHUNKED=1 (net/http chunks what exceeds its buffer without a length).
 package main
 
 import (
@@ -26,6 +27,7 @@ func main() {
 	fanout, _ := strconv.Atoi(os.Getenv("HOP_FANOUT"))
 	keepAlive := os.Getenv("HOP_KEEPALIVE") == "1"
 	bodySize, _ := strconv.Atoi(os.Getenv("HOP_BODY"))
+	chunked := os.Getenv("HOP_CHUNKED") == "1"
 	body := []byte(strings.Repeat("j", bodySize))
 	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 128}}
 	call := func(rid string) bool {
@@ -60,7 +62,9 @@ func main() {
 			}
 		}
 		if bodySize > 0 {
-			w.Header().Set("Content-Length", strconv.Itoa(bodySize))
+			if !chunked {
+				w.Header().Set("Content-Length", strconv.Itoa(bodySize))
+			}
 			w.WriteHeader(status)
 			w.Write(body)
 			return
