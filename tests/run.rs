@@ -489,6 +489,54 @@ fn go_bodies_with_a_length_or_chunked_make_exact_spans() {
     }
 }
 
+/// Eight requests pipelined in one write to Go's net/http, whose answers (head and body in one
+/// write each) have their bodies counted, not copied: eight spans, each with its response.
+#[test]
+fn pipelined_requests_with_bodies_counted_are_one_span_each() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    let port = free_port();
+    let mut go = Peer::spawn(
+        Command::new(&go_bin)
+            .args(["127.0.0.1", &port.to_string()])
+            .env("OTEL_SERVICE_NAME", "go-pipelined")
+            .env("HOP_BODY", "2000"),
+    );
+    go.expect("port ");
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(&rx.endpoint(), &["--pid", &go.pid().to_string()]);
+    // Reads until all eight answers are in, then closes.
+    let client = format!(
+        "import socket\n\
+         s = socket.create_connection(('127.0.0.1', {port}))\n\
+         s.sendall(b''.join(b'GET /hop/p%d HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n' % i for i in range(8)))\n\
+         want = 8 * (2000 + len(b'HTTP/1.1 200 OK\\r\\n'))\n\
+         data = b''\n\
+         while data.count(b'HTTP/1.1 200 OK') < 8 or len(data) < want:\n\
+         \x20   d = s.recv(65536)\n\
+         \x20   if not d: break\n\
+         \x20   data += d\n\
+         print(data.count(b'HTTP/1.1 200 OK'))\n"
+    );
+    let out = Command::new("python3").arg("-c").arg(&client).output().expect("python3");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "8", "{}", String::from_utf8_lossy(&out.stderr));
+    wait_connections_closed(port);
+    let summary = agent.stop();
+    drop(go);
+    let spans = rx.spans();
+    let mut paths: Vec<String> = spans.iter().filter_map(|(_, s)| attr_str(s, "url.path")).collect();
+    paths.sort();
+    assert_eq!(paths, (0..8).map(|i| format!("/hop/p{i}")).collect::<Vec<_>>(), "{summary}");
+    assert!(
+        spans.iter().all(|(_, s)| attr_int(s, "http.response.status_code") == Some(200)),
+        "every span has its response: {summary}"
+    );
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+    assert!(summary["kernel"]["body_skipped"].as_u64().unwrap_or(0) >= 8, "{summary}");
+}
+
 /// A hop of tests/peers/hop.py on 127.0.0.1: (peer, port).
 fn python_hop(name: &str, next: Option<&str>) -> (Peer, u16) {
     let port = free_port();
