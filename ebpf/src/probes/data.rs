@@ -354,11 +354,7 @@ fn body_after(conn: &mut ConnState, bit: u8, buf: &[u8]) {
         return;
     }
     let cut = captured < moved && flags & (DATA_FLAG_COPY_FAILED | DATA_FLAG_IOV_OVERFLOW) == 0;
-    let head_only = captured == moved && captured >= 4 && {
-        let end = HDR + ((captured - 4) & (MAX_PAYLOAD - 1));
-        // SAFETY: end + 4 <= HDR + MAX_PAYLOAD + 4, inside the scratch buffer.
-        unsafe { core::ptr::read_unaligned(buf.as_ptr().add(end) as *const [u8; 4]) == *b"\r\n\r\n" }
-    };
+    let head_only = captured == moved && captured >= 4 && ends_with_empty_line(buf, captured as u64);
     if cut || head_only {
         conn.in_body |= bit;
     } else {
@@ -598,12 +594,8 @@ fn head_then_body(buf: &[u8], head: u64, first: [u64; 4], flags: &mut u16) -> bo
     if first[1] != head || head < 16 || head > MAX_PAYLOAD as u64 || first[3] < BODY_SKIP_MIN {
         return false;
     }
-    let at = HDR + ((head - 4) & (MAX_PAYLOAD as u64 - 1)) as usize;
-    // SAFETY: HDR + at + 4 <= HDR + MAX_PAYLOAD + 4, inside the scratch buffer.
-    let (start, end) = unsafe {
-        (*buf.as_ptr().add(HDR), core::ptr::read_unaligned(buf.as_ptr().add(at) as *const [u8; 4]))
-    };
-    if !start.is_ascii_uppercase() || end != *b"\r\n\r\n" {
+    // SAFETY: the payload starts after the header.
+    if !unsafe { *buf.as_ptr().add(HDR) }.is_ascii_uppercase() || !ends_with_empty_line(buf, head) {
         return false;
     }
     // SAFETY: user pointer validated by the helper; the buffer has at least BODY_SKIP_MIN bytes.
@@ -615,6 +607,14 @@ fn head_then_body(buf: &[u8], head: u64, first: [u64; 4], flags: &mut u16) -> bo
     }
     *flags |= DATA_FLAG_BODY_SKIPPED;
     true
+}
+
+/// Whether the first `n` (4 or more) payload bytes end with the empty line that ends a head.
+#[inline(always)]
+fn ends_with_empty_line(buf: &[u8], n: u64) -> bool {
+    let at = HDR + ((n - 4) & (MAX_PAYLOAD as u64 - 1)) as usize;
+    // SAFETY: at + 4 <= HDR + MAX_PAYLOAD + 4, inside the scratch buffer.
+    unsafe { core::ptr::read_unaligned(buf.as_ptr().add(at) as *const [u8; 4]) == *b"\r\n\r\n" }
 }
 
 /// Whether bytes could start a chunk-size line (hex digits, then CR, `;` or whitespace, or the
