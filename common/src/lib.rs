@@ -185,6 +185,10 @@ pub const WATCH_HANDOFF: u8 = 2;
 /// [`maps::WATCHED`] value bit: a Go program whose goroutines the uprobes follow (its entry in
 /// [`maps::GO_PROCS`] says where the runtime keeps a goroutine's id).
 pub const WATCH_GO: u8 = 4;
+/// [`maps::WATCHED`] value bit: the process has opened a client connection (set by the kernel
+/// when one opens, by the agent for those found in /proc). Only a client's send needs the send
+/// hook's work at its start; a process that only serves skips it.
+pub const WATCH_CLIENTS: u8 = 8;
 
 /// Goroutines remembered at once, per map (the goroutine serving a request, the request an
 /// outgoing call belongs to, the goroutine writing it).
@@ -727,7 +731,8 @@ pub enum Counter {
     ConnUnseen = 27,
     /// TCP writes by a watched process on a socket it has no connection for (a port the filter
     /// leaves out, a connection older than the agent that /proc did not show, one whose start
-    /// was missed): their bytes are not traced.
+    /// was missed): their bytes are not traced. Counted in processes that have opened a client
+    /// connection; a process that only serves skips the send hook that counts them.
     SendUntracked = 28,
     /// Bytes written to the ring buffer (records and their 8-byte headers), on each CPU: what
     /// the wakeups are paced by.

@@ -8,7 +8,7 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SAMPLE_ALL, SELECT_ALL,
-    SELECT_WATCHED, SockAddr, SockOffsets, WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED,
+    SELECT_WATCHED, SockAddr, SockOffsets, WATCH_CLIENTS, WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -64,6 +64,50 @@ pub fn is_watched(tgid: u32) -> bool {
         return true;
     }
     watch_bits(tgid) & WATCH_SELECTED != 0
+}
+
+/// True when `tgid` is selected for tracing and may have client connections: [`is_watched`] and
+/// the [`WATCH_CLIENTS`] bit from one read of its byte. A tgid beyond the array may have them.
+#[inline(always)]
+pub fn is_watched_client(tgid: u32) -> bool {
+    // SAFETY: as in `is_watched`.
+    let (me, select) = unsafe {
+        (
+            core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.self_tgid)),
+            core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.select)),
+        )
+    };
+    if tgid == me {
+        return false;
+    }
+    let Some(p) = watch_byte(tgid) else {
+        return select == SELECT_ALL;
+    };
+    // SAFETY: pointer into the map value, valid for the program's run.
+    let bits = unsafe { *p };
+    bits & WATCH_CLIENTS != 0 && (select == SELECT_ALL || bits & WATCH_SELECTED != 0)
+}
+
+/// Records that `tgid` opened a client connection. Atomic on the whole value: the agent changes
+/// the bytes of its neighbours (and this one's other bits) at any time.
+#[inline(always)]
+pub fn set_clients(tgid: u32) {
+    let Some(p) = watch_byte(tgid) else {
+        return;
+    };
+    // SAFETY: pointer into the map value, valid for the program's run.
+    if unsafe { *p } & WATCH_CLIENTS != 0 {
+        return;
+    }
+    let shift = if cfg!(target_endian = "little") { (tgid & 7) * 8 } else { (7 - (tgid & 7)) * 8 };
+    // SAFETY: the 8-aligned value `p` is a byte of (see `watch_byte`). The intrinsic emits
+    // BPF_ATOMIC | BPF_OR, which every kernel with the socket hooks verifies.
+    unsafe {
+        core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+            p.sub((tgid & 7) as usize) as *mut u64,
+            u64::from(WATCH_CLIENTS) << shift,
+        );
+    }
 }
 
 /// `tgid`'s byte in [`WATCHED`] (eight processes to a value; byte k of a little- or big-endian

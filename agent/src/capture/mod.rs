@@ -34,8 +34,8 @@ use log::{debug, info, warn};
 use tracewire_common::{
     CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, COUNTER_COUNT,
     Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc,
-    ListenerState, MAX_PAYLOAD, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_GO, WATCH_HANDOFF,
-    WATCH_SELECTED, fd_key, maps,
+    ListenerState, MAX_PAYLOAD, ROLE_CLIENT, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_CLIENTS,
+    WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -734,6 +734,11 @@ impl Capture {
 
     /// Starts tracking a connection found in /proc.
     pub fn insert_conn(&mut self, tgid: u32, fd: u32, state: ConnState) -> Result<(), CaptureError> {
+        if state.role == ROLE_CLIENT {
+            // Its sends need the send hook's work (see `WATCH_CLIENTS`). A tgid beyond the array
+            // has no bits to set: the kernel takes it as one that may have clients.
+            let _ = self.watched.set(tgid, WATCH_CLIENTS);
+        }
         self.conns.insert(fd_key(tgid, fd), state, 0).map_err(CaptureError::Map)
     }
 

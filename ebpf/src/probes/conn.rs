@@ -65,7 +65,7 @@ use crate::{
         ACTIVE, BINDS, CONNECTING, CONNS, GO_TIES, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS,
         SK_CONN, TCP_RX, TCP_TRACED, TCP_TX,
     },
-    util::{arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, ret},
+    util::{arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, ret, set_clients},
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -167,6 +167,9 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
             count(Counter::FdReused);
         }
         end_conn(id, key, stale, false);
+    }
+    if o.role == ROLE_CLIENT {
+        set_clients(tgid);
     }
     let ts = now();
     // SAFETY: helper without arguments.

@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
-    util::{add, config, count, emit_bytes, header, is_watched, now},
+    util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now},
 };
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
@@ -819,7 +819,9 @@ pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
 #[raw_tracepoint(tracepoint = "tcp_sendmsg_locked")]
 pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     let id = bpf_get_current_pid_tgid();
-    if !is_watched((id >> 32) as u32) {
+    // A process that never opened a client connection (a server) has nothing to do here: its
+    // responses are reported by the exit hook, and its connections open at their first read.
+    if !is_watched_client((id >> 32) as u32) {
         return 0;
     }
     let Some((nr, [fd, _, _])) = current_syscall() else {
