@@ -88,25 +88,11 @@ pub fn is_watched_client(tgid: u32) -> bool {
     bits & WATCH_CLIENTS != 0 && (select == SELECT_ALL || bits & WATCH_SELECTED != 0)
 }
 
-/// Records that `tgid` opened a client connection. Atomic on the whole value: the agent changes
-/// the bytes of its neighbours (and this one's other bits) at any time.
+/// Records that `tgid` opened a client connection (once: the bit is checked first).
 #[inline(always)]
 pub fn set_clients(tgid: u32) {
-    let Some(p) = watch_byte(tgid) else {
-        return;
-    };
-    // SAFETY: pointer into the map value, valid for the program's run.
-    if unsafe { *p } & WATCH_CLIENTS != 0 {
-        return;
-    }
-    let shift = if cfg!(target_endian = "little") { (tgid & 7) * 8 } else { (7 - (tgid & 7)) * 8 };
-    // SAFETY: the 8-aligned value `p` is a byte of (see `watch_byte`). The intrinsic emits
-    // BPF_ATOMIC | BPF_OR, which every kernel with the socket hooks verifies.
-    unsafe {
-        core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-            p.sub((tgid & 7) as usize) as *mut u64,
-            u64::from(WATCH_CLIENTS) << shift,
-        );
+    if watch_bits(tgid) & WATCH_CLIENTS == 0 {
+        change_bits(tgid, 0, WATCH_CLIENTS);
     }
 }
 
@@ -119,6 +105,35 @@ fn watch_byte(tgid: u32) -> Option<*mut u8> {
     Some(unsafe { p.add((tgid & 7) as usize) })
 }
 
+/// Clears `clear` then sets `set` in `tgid`'s byte, atomically on its whole 8-byte value: the
+/// agent changes bytes of the same value at any time (with atomics of its own), and threads of
+/// one process on other CPUs change other bits of the same byte. A plain read-modify-write could
+/// undo either. The intrinsics emit BPF_ATOMIC AND/OR, which every kernel with the socket hooks
+/// verifies.
+#[inline(always)]
+fn change_bits(tgid: u32, clear: u8, set: u8) {
+    let Some(word) = WATCHED.get_ptr_mut(tgid >> 3) else {
+        return;
+    };
+    let byte = tgid & 7;
+    let shift = if cfg!(target_endian = "little") { byte * 8 } else { (7 - byte) * 8 };
+    // SAFETY: pointer to the 8-aligned map value, valid for the program's run.
+    unsafe {
+        if clear != 0 {
+            core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                word,
+                !(u64::from(clear) << shift),
+            );
+        }
+        if set != 0 {
+            core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                word,
+                u64::from(set) << shift,
+            );
+        }
+    }
+}
+
 /// `tgid`'s `WATCH_*` bits (0 for a tgid beyond the array).
 #[inline(always)]
 pub fn watch_bits(tgid: u32) -> u8 {
@@ -129,19 +144,17 @@ pub fn watch_bits(tgid: u32) -> u8 {
 /// Selects or deselects `tgid`, keeping its other bits.
 #[inline(always)]
 pub fn set_watched(tgid: u32, on: bool) {
-    if let Some(p) = watch_byte(tgid) {
-        // SAFETY: pointer into the map value, valid for the program's run.
-        unsafe { *p = (*p & !WATCH_SELECTED) | on as u8 };
+    if on {
+        change_bits(tgid, 0, WATCH_SELECTED);
+    } else {
+        change_bits(tgid, WATCH_SELECTED, 0);
     }
 }
 
 /// Forgets everything about `tgid` (it exited; the pid will be reused).
 #[inline(always)]
 pub fn clear_process(tgid: u32) {
-    if let Some(p) = watch_byte(tgid) {
-        // SAFETY: as above.
-        unsafe { *p = 0 };
-    }
+    change_bits(tgid, 0xff, 0);
 }
 
 /// Whether `tgid`'s threads hand requests to each other (see [`WATCH_HANDOFF`]).
@@ -150,23 +163,20 @@ pub fn hands_off(tgid: u32) -> bool {
     watch_bits(tgid) & WATCH_HANDOFF != 0
 }
 
-/// Records that `tgid`'s threads hand requests to each other.
+/// Records that `tgid`'s threads hand requests to each other (once: the bit is checked first).
 #[inline(always)]
 pub fn set_handoff(tgid: u32) {
-    if let Some(p) = watch_byte(tgid) {
-        // SAFETY: as above.
-        unsafe { *p |= WATCH_HANDOFF };
+    if !hands_off(tgid) {
+        change_bits(tgid, 0, WATCH_HANDOFF);
     }
 }
 
 /// A new program runs in `tgid`: what was learned about the old one's runtime (its threads
-/// hand requests around, it is Go) no longer holds. Only the selection stays.
+/// hand requests around, it is Go) no longer holds. Only the selection (and whether it has
+/// client connections, which may outlive the exec) stays.
 #[inline(always)]
 pub fn new_program(tgid: u32) {
-    if let Some(p) = watch_byte(tgid) {
-        // SAFETY: as above.
-        unsafe { *p &= !(WATCH_HANDOFF | WATCH_GO) };
-    }
+    change_bits(tgid, WATCH_HANDOFF | WATCH_GO, 0);
 }
 
 #[inline(always)]

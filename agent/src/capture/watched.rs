@@ -1,8 +1,8 @@
 //! The kernel's per-process selection (the `WATCHED` array), mapped into the agent's memory: one
 //! byte of `WATCH_*` bits per tgid, eight to each 8-byte map value (see `ebpf/src/maps.rs`).
-//! The agent changes its bytes with atomic operations, so that the kernel's own updates of the
-//! neighbouring bytes (a fork, an exit) are never overwritten by a read-modify-write of a whole
-//! value through the map syscalls.
+//! The agent changes its bytes with atomic operations, as the kernel does, so that neither side's
+//! updates (a selection here; a fork, an exit, a first client connection there) are ever
+//! overwritten by a read-modify-write of the other's.
 use std::{
     os::fd::{AsFd as _, AsRawFd as _},
     sync::atomic::{AtomicU8, Ordering},
