@@ -45,38 +45,32 @@ pub fn config() -> Config {
     unsafe { core::ptr::read_volatile(&TRACEWIRE_CONFIG) }
 }
 
-/// True when `tgid` is selected for tracing. This is the whole cost an unwatched process pays on
-/// a hooked call: two configuration fields (not the whole configuration) and one inlined array
-/// lookup.
+/// The agent's own tgid and the selection mode: two configuration fields, not the whole
+/// configuration.
 #[inline(always)]
-pub fn is_watched(tgid: u32) -> bool {
+fn selection() -> (u32, u32) {
     // SAFETY: fields of a plain static; volatile so the compiler does not fold the defaults.
-    let (me, select) = unsafe {
+    unsafe {
         (
             core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.self_tgid)),
             core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.select)),
         )
-    };
-    if tgid == me {
-        return false;
     }
-    if select == SELECT_ALL {
-        return true;
-    }
-    watch_bits(tgid) & WATCH_SELECTED != 0
+}
+
+/// True when `tgid` is selected for tracing. This is the whole cost an unwatched process pays on
+/// a hooked call: two configuration fields and one inlined array lookup.
+#[inline(always)]
+pub fn is_watched(tgid: u32) -> bool {
+    let (me, select) = selection();
+    tgid != me && (select == SELECT_ALL || watch_bits(tgid) & WATCH_SELECTED != 0)
 }
 
 /// True when `tgid` is selected for tracing and may have client connections: [`is_watched`] and
 /// the [`WATCH_CLIENTS`] bit from one read of its byte. A tgid beyond the array may have them.
 #[inline(always)]
 pub fn is_watched_client(tgid: u32) -> bool {
-    // SAFETY: as in `is_watched`.
-    let (me, select) = unsafe {
-        (
-            core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.self_tgid)),
-            core::ptr::read_volatile(core::ptr::addr_of!(TRACEWIRE_CONFIG.select)),
-        )
-    };
+    let (me, select) = selection();
     if tgid == me {
         return false;
     }
