@@ -16,7 +16,7 @@ pub static EVENTS: RingBuf = RingBuf::with_byte_size(DEFAULT_RING_BYTES, 0);
 /// One byte of `WATCH_*` bits per tgid, eight to a value (an array map rounds every value up to 8
 /// bytes: a value per tgid would take 8 × pid_max bytes, 32 MiB at the common 4194304); resized to
 /// pid_max / 8 by userspace, which maps it into its memory (`BPF_F_MMAPABLE`). Both sides change
-/// its bits with atomic operations (see `util::change_bits`). An array lookup is inlined by the
+/// its bits with atomic operations (see `util::set_bits`). An array lookup is inlined by the
 /// verifier, which keeps the cost for unwatched processes to a few instructions. See
 /// `util::watch_byte`.
 #[map]

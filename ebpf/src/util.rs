@@ -86,7 +86,7 @@ pub fn is_watched_client(tgid: u32) -> bool {
 #[inline(always)]
 pub fn set_clients(tgid: u32) {
     if watch_bits(tgid) & WATCH_CLIENTS == 0 {
-        change_bits(tgid, 0, WATCH_CLIENTS);
+        set_bits(tgid, WATCH_CLIENTS);
     }
 }
 
@@ -99,30 +99,42 @@ fn watch_byte(tgid: u32) -> Option<*mut u8> {
     Some(unsafe { p.add((tgid & 7) as usize) })
 }
 
-/// Clears `clear` then sets `set` in `tgid`'s byte, atomically on its whole 8-byte value: the
-/// agent changes bytes of the same value at any time (with atomics of its own), and threads of
-/// one process on other CPUs change other bits of the same byte. A plain read-modify-write could
-/// undo either. The intrinsics emit BPF_ATOMIC AND/OR, which every kernel with the socket hooks
-/// verifies.
+/// `tgid`'s map value and the shift of its byte in it.
 #[inline(always)]
-fn change_bits(tgid: u32, clear: u8, set: u8) {
-    let Some(word) = WATCHED.get_ptr_mut(tgid >> 3) else {
-        return;
-    };
+fn watch_word(tgid: u32) -> Option<(*mut u64, u32)> {
     let byte = tgid & 7;
     let shift = if cfg!(target_endian = "little") { byte * 8 } else { (7 - byte) * 8 };
-    // SAFETY: pointer to the 8-aligned map value, valid for the program's run.
-    unsafe {
-        if clear != 0 {
-            core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
-                word,
-                !(u64::from(clear) << shift),
-            );
-        }
-        if set != 0 {
+    Some((WATCHED.get_ptr_mut(tgid >> 3)?, shift))
+}
+
+// The selection bits change atomically on their whole 8-byte value: the agent changes bytes of
+// the same value at any time (with atomics of its own), and threads of one process on other
+// CPUs change other bits of the same byte. A plain read-modify-write could undo either. The
+// intrinsics emit BPF_ATOMIC AND/OR, which every kernel with the socket hooks verifies.
+
+/// Sets `bits` in `tgid`'s byte (atomically, see above).
+#[inline(always)]
+fn set_bits(tgid: u32, bits: u8) {
+    if let Some((word, shift)) = watch_word(tgid) {
+        // SAFETY: pointer to the 8-aligned map value, valid for the program's run.
+        unsafe {
             core::intrinsics::atomic_or::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
                 word,
-                u64::from(set) << shift,
+                u64::from(bits) << shift,
+            );
+        }
+    }
+}
+
+/// Clears `bits` in `tgid`'s byte (atomically, see above).
+#[inline(always)]
+fn clear_bits(tgid: u32, bits: u8) {
+    if let Some((word, shift)) = watch_word(tgid) {
+        // SAFETY: as above.
+        unsafe {
+            core::intrinsics::atomic_and::<u64, u64, { core::intrinsics::AtomicOrdering::Relaxed }>(
+                word,
+                !(u64::from(bits) << shift),
             );
         }
     }
@@ -138,17 +150,13 @@ pub fn watch_bits(tgid: u32) -> u8 {
 /// Selects or deselects `tgid`, keeping its other bits.
 #[inline(always)]
 pub fn set_watched(tgid: u32, on: bool) {
-    if on {
-        change_bits(tgid, 0, WATCH_SELECTED);
-    } else {
-        change_bits(tgid, WATCH_SELECTED, 0);
-    }
+    if on { set_bits(tgid, WATCH_SELECTED) } else { clear_bits(tgid, WATCH_SELECTED) }
 }
 
 /// Forgets everything about `tgid` (it exited; the pid will be reused).
 #[inline(always)]
 pub fn clear_process(tgid: u32) {
-    change_bits(tgid, 0xff, 0);
+    clear_bits(tgid, 0xff);
 }
 
 /// Whether `tgid`'s threads hand requests to each other (see [`WATCH_HANDOFF`]).
@@ -161,7 +169,7 @@ pub fn hands_off(tgid: u32) -> bool {
 #[inline(always)]
 pub fn set_handoff(tgid: u32) {
     if !hands_off(tgid) {
-        change_bits(tgid, 0, WATCH_HANDOFF);
+        set_bits(tgid, WATCH_HANDOFF);
     }
 }
 
@@ -170,7 +178,7 @@ pub fn set_handoff(tgid: u32) {
 /// client connections, which may outlive the exec) stays.
 #[inline(always)]
 pub fn new_program(tgid: u32) {
-    change_bits(tgid, WATCH_HANDOFF | WATCH_GO, 0);
+    clear_bits(tgid, WATCH_HANDOFF | WATCH_GO);
 }
 
 #[inline(always)]
