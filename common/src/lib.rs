@@ -250,8 +250,13 @@ pub struct CallParent {
     pub span_id: [u8; 8],
     /// Its W3C trace flags.
     pub trace_flags: u8,
+    /// Reserved, as three words: an odd-sized array is zeroed with a call to a byte-at-a-time
+    /// memset in the kernel programs (see `DataEvent::_pad`).
+    pub _pad: u8,
     /// Reserved.
-    pub _pad: [u8; 7],
+    pub _pad2: u16,
+    /// Reserved.
+    pub _pad3: u32,
 }
 const _: () = assert!(size_of::<CallParent>() == 56);
 
@@ -639,8 +644,11 @@ pub struct DataEvent {
     pub flags: u16,
     /// Connection role (`ROLE_*`), copied so decoding needs no lookup.
     pub role: u8,
+    /// Reserved. A byte and a half-word, not `[u8; 3]`: the kernel programs zero an odd-sized
+    /// array with a call to a byte-at-a-time memset, on every event.
+    pub _pad: u8,
     /// Reserved.
-    pub _pad: [u8; 3],
+    pub _pad2: u16,
     /// Trace context of the turn these bytes belong to (origin `CTX_NONE` when the kernel
     /// minted none).
     pub ctx: TraceCtx,

@@ -122,7 +122,8 @@ pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>
                     syscall: Syscall::Read as u8,
                     flags: 0,
                     role: 0,
-                    _pad: [0; 3],
+                    _pad: 0,
+                    _pad2: 0,
                     ctx: kctx,
                 };
                 c.on_event(&Event::Data(ev, &payload));
@@ -325,7 +326,8 @@ fn random_bytes_never_panic_and_make_no_spans() {
             syscall: 1,
             flags: 0,
             role: ROLE_SERVER,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
             ctx: TraceCtx::default(),
         };
         c.on_event(&Event::Data(ev, &payload));

@@ -162,7 +162,8 @@ mod tests {
             syscall: Syscall::Read as u8,
             flags: 0,
             role: ROLE_SERVER,
-            _pad: [0; 3],
+            _pad: 0,
+            _pad2: 0,
             ctx: TraceCtx::default(),
         }
     }

@@ -161,7 +161,9 @@ pub fn parent_of(conn: ConnId, ctx: &TraceCtx, goid: u64) -> CallParent {
         trace_id: ctx.trace_id,
         span_id: ctx.span_id,
         trace_flags: ctx.trace_flags,
-        _pad: [0; 7],
+        _pad: 0,
+        _pad2: 0,
+        _pad3: 0,
     }
 }
 

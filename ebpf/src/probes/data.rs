@@ -40,7 +40,7 @@ use tracewire_common::{
 use super::{
     conn::{conn_of_socket, end_if_closing, socket_read_prelude},
     context::{client_turn, server_turn, server_turn_end},
-    golang::serving,
+    golang::{goroutine_reg, serving},
 };
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
@@ -133,9 +133,10 @@ const EAGAIN: i64 = 11;
 /// A call returned: its bytes are reported. A connection whose socket closed (see
 /// `conn::still_readable`) ends at a call that moves no bytes (end of stream, an error), or when
 /// the socket is freed: what the socket received may take more than one read. `sk`: the socket,
-/// when the hook was handed it (socket-hook reads); 0 otherwise.
+/// when the hook was handed it (socket-hook reads); 0 otherwise. `g`: the Go goroutine register
+/// the thread entered the kernel with, when the hook read it (0: read it where needed).
 #[inline(always)]
-fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u64) {
+fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u64, g: u64) {
     if r <= 0 {
         count(Counter::DataNoBytes);
         // A call that would block ran no socket state change.
@@ -147,7 +148,7 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
     let Some(conn_ptr) = conn_of(id, call.fd, sk) else {
         return; // not a connection (or closed by another thread meanwhile)
     };
-    report(id, call, r as u64, direction, layout, sk, conn_ptr);
+    report(id, call, r as u64, direction, layout, sk, conn_ptr, g);
 }
 
 /// A call on `fd` that moved no bytes (end of stream, reset) may be the one its socket closed in.
@@ -170,6 +171,7 @@ fn report(
     layout: Layout,
     sk: u64,
     conn_ptr: *mut ConnState,
+    g: u64,
 ) {
     let tgid = (id >> 32) as u32;
     // SAFETY: map value pointer, valid for this run.
@@ -215,7 +217,7 @@ fn report(
     let starts_request = conn.role == ROLE_SERVER && direction == DIR_INGRESS && conn.turn != DIR_INGRESS;
     if conn.role == ROLE_SERVER && direction == DIR_INGRESS && !starts_request {
         // More of the request: the goroutine reading it serves it (Go programs only).
-        serving(tgid, &conn_id, &conn.ctx);
+        serving(tgid, &conn_id, &conn.ctx, g);
     }
     if conn.skip != 0 && !starts_request {
         // A request that is not sampled: its bytes cost nothing more.
@@ -288,7 +290,8 @@ fn report(
         syscall: call.syscall,
         flags,
         role: conn.role,
-        _pad: [0; 3],
+        _pad: 0,
+        _pad2: 0,
         ctx: conn.ctx,
     };
     // SAFETY: the scratch slot starts with room for a DataEvent (SCRATCH_BYTES >= HDR) and is
@@ -308,7 +311,7 @@ fn report(
             server_turn(id, conn, call.fd, buf.as_mut_ptr().add(HDR), n);
             copy_ctx(core::ptr::addr_of_mut!((*at).ctx), &conn.ctx);
         }
-        serving(tgid, &conn_id, &conn.ctx);
+        serving(tgid, &conn_id, &conn.ctx, g);
         if conn.skip != 0 {
             return;
         }
@@ -793,6 +796,15 @@ pub(crate) fn is_listen(nr: i64) -> bool {
 /// the kernel with.
 #[inline(always)]
 pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
+    let (nr, args, _) = current_syscall_g()?;
+    Some((nr, args))
+}
+
+/// [`current_syscall`], and the register a Go program keeps its current goroutine in (see
+/// `golang`): read from the same register block, it spares Go's request reads the helper calls
+/// that find the block again.
+#[inline(always)]
+fn current_syscall_g() -> Option<(i64, [u64; 3], u64)> {
     // SAFETY: helpers on the current task. The register block is a BTF-typed pointer: the
     // verifier checks each load against `struct pt_regs` and makes it fault-safe, so plain loads
     // replace helper calls (two per call, tens of ns each in a guest).
@@ -808,7 +820,7 @@ pub(crate) fn current_syscall() -> Option<(i64, [u64; 3])> {
             core::ptr::read_volatile(at.add(1)),
             core::ptr::read_volatile(at.add(2)),
         ];
-        Some((nr, nr::args(raw)))
+        Some((nr, nr::args(raw), goroutine_reg(regs)))
     }
 }
 
@@ -857,7 +869,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     if !is_watched(tgid) {
         return 0;
     }
-    let Some((c, [fd, ptr, cnt])) = socket_call(tgid, DIR_EGRESS) else {
+    let Some((c, [fd, ptr, cnt], g)) = socket_call(tgid, DIR_EGRESS) else {
         return 0;
     };
     let sk: u64 = ctx.arg(0);
@@ -882,7 +894,7 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
-    report(id, call_of(&c, [fd, ptr, cnt], enter_ns), r as u64, DIR_EGRESS, c.layout, 0, conn_ptr);
+    report(id, call_of(&c, [fd, ptr, cnt], enter_ns), r as u64, DIR_EGRESS, c.layout, 0, conn_ptr, g);
     0
 }
 
@@ -913,26 +925,26 @@ pub fn sock_recv_length(ctx: RawTracePointContext) -> i32 {
     if flags & MSG_PEEK != 0 {
         return 0;
     }
-    let Some((c, args)) = socket_call(tgid, DIR_INGRESS) else {
+    let Some((c, args, g)) = socket_call(tgid, DIR_INGRESS) else {
         return 0;
     };
-    exit(id, call_of(&c, args, 0), r as i64, DIR_INGRESS, c.layout, ctx.arg(0));
+    exit(id, call_of(&c, args, 0), r as i64, DIR_INGRESS, c.layout, ctx.arg(0), g);
     0
 }
 
-/// The data call in `direction` the current thread is in, and its first three arguments, from
-/// the registers it entered the kernel with. recvmmsg/sendmmsg on a tracked connection are
-/// counted (not captured).
+/// The data call in `direction` the current thread is in, its first three arguments and its Go
+/// goroutine register, from the registers it entered the kernel with. recvmmsg/sendmmsg on a
+/// tracked connection are counted (not captured).
 #[inline(always)]
-fn socket_call(tgid: u32, direction: u8) -> Option<(DataCall, [u64; 3])> {
-    let (nr, args) = current_syscall()?;
+fn socket_call(tgid: u32, direction: u8) -> Option<(DataCall, [u64; 3], u64)> {
+    let (nr, args, g) = current_syscall_g()?;
     let Some(c) = data_call(nr) else {
         if is_mmsg(nr) && CONNS.get_ptr(fd_key(tgid, args[0] as u32)).is_some() {
             count(Counter::MmsgNotCaptured);
         }
         return None;
     };
-    (c.direction == direction).then_some((c, args))
+    (c.direction == direction).then_some((c, args, g))
 }
 
 /// A socket hook's call record, from the registers' arguments `[fd, buffer, count]`.
@@ -1022,7 +1034,7 @@ pub fn sys_exit(ctx: RawTracePointContext) -> i32 {
     // Idle (no call in flight), kept for the thread's next call.
     // SAFETY: as above.
     unsafe { (*call_ptr).syscall = 0 };
-    exit(id, call, ctx.arg(1), c.direction, c.layout, 0);
+    exit(id, call, ctx.arg(1), c.direction, c.layout, 0, 0);
     0
 }
 

@@ -30,7 +30,7 @@
 //! from a goroutine that serves no request and was started by none stays unlinked.
 use aya_ebpf::{
     helpers::{
-        bpf_get_current_pid_tgid, bpf_probe_read_kernel, bpf_probe_read_user,
+        bpf_get_current_pid_tgid, bpf_probe_read_user,
         generated::{bpf_get_current_task_btf, bpf_task_pt_regs},
     },
     macros::uprobe,
@@ -84,18 +84,24 @@ fn goid(proc: &GoProc, g: u64) -> Option<u64> {
     unsafe { bpf_probe_read_user((g + proc.goid_offset as u64) as *const u64) }.ok()
 }
 
+/// The goroutine register in a thread's saved user registers `regs` (a BTF-typed `struct
+/// pt_regs` pointer from `bpf_task_pt_regs`: the verifier makes the load fault-safe, no helper).
+#[inline(always)]
+pub(crate) fn goroutine_reg(regs: *const u8) -> u64 {
+    // SAFETY: a constant offset inside `struct pt_regs`, loaded through its BTF type.
+    unsafe { core::ptr::read_volatile(regs.add(abi::G) as *const u64) }
+}
+
 /// The goroutine running on this thread right now (`g` and its id), from the registers the
 /// thread entered the kernel with.
 #[inline(always)]
 fn current_goroutine(proc: &GoProc) -> Option<(u64, u64)> {
-    // SAFETY: helpers on the current task; the register block is read through the checked helper.
-    let g = unsafe {
-        let regs = bpf_task_pt_regs(bpf_get_current_task_btf()) as u64;
-        if regs == 0 {
-            return None;
-        }
-        bpf_probe_read_kernel((regs + abi::G as u64) as *const u64).ok()?
-    };
+    // SAFETY: helpers on the current task.
+    let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+    if regs.is_null() {
+        return None;
+    }
+    let g = goroutine_reg(regs);
     Some((g, goid(proc, g)?))
 }
 
@@ -123,13 +129,15 @@ fn key(tgid: u32, addr: u64) -> GoKey {
 }
 
 /// A goroutine of `tgid` read from server connection `conn`, whose current request has context
-/// `ctx`: it serves that request.
+/// `ctx`: it serves that request. `g`: the goroutine register, when the caller has read it
+/// (0: read here).
 #[inline(never)]
-pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx) {
+pub fn serving(tgid: u32, conn: &ConnId, ctx: &TraceCtx, g: u64) {
     let Some(proc) = go_proc(tgid) else {
         return;
     };
-    let Some((g, goid)) = current_goroutine(&proc) else {
+    let found = if g != 0 { goid(&proc, g).map(|id| (g, id)) } else { current_goroutine(&proc) };
+    let Some((g, goid)) = found else {
         return;
     };
     let v = parent_of(*conn, ctx, goid);
