@@ -49,6 +49,11 @@ enum Command {
         /// Replay repeatedly for at least this many seconds.
         #[arg(long, default_value_t = 3)]
         seconds: u64,
+        /// And at least this many times. `--seconds 0 --passes N` replays exactly N times: under
+        /// an instruction counter (valgrind), a figure that does not move with the machine's
+        /// speed.
+        #[arg(long, default_value_t = 1)]
+        passes: u64,
     },
 }
 
@@ -511,8 +516,8 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
             tracewire::cli::run::run(options, out, stop_flag()?)?;
             Ok(())
         }
-        Command::Replay { file, seconds } => {
-            let report = tracewire::cli::replay::replay(&file, Duration::from_secs(seconds))?;
+        Command::Replay { file, seconds, passes } => {
+            let report = tracewire::cli::replay::replay(&file, Duration::from_secs(seconds), passes)?;
             println!("{report}");
             Ok(())
         }

@@ -17,13 +17,18 @@ use crate::{
     sampling::tail::{TailConfig, TailSampler},
 };
 
-/// Resident memory of this process, in bytes.
+/// Resident memory of this process, in bytes. The page size from libc: rustix's (behind
+/// `procfs::page_size`) reads the auxiliary vector in a way valgrind's does not support, and replay
+/// runs under valgrind to count instructions.
 fn rss() -> u64 {
-    procfs::process::Process::myself().and_then(|p| p.statm()).map_or(0, |m| m.resident * procfs::page_size())
+    // SAFETY: sysconf with a constant name.
+    let page = u64::try_from(unsafe { libc::sysconf(libc::_SC_PAGESIZE) }).unwrap_or(4096);
+    procfs::process::Process::myself().and_then(|p| p.statm()).map_or(0, |m| m.resident * page)
 }
 
-/// Replays `path` repeatedly for at least `min_time` and returns the measurements as JSON.
-pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
+/// Replays `path` repeatedly for at least `min_time` and `min_passes` times (at least once) and
+/// returns the measurements as JSON.
+pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Result<Value> {
     // Batches as the OTLP exporter makes them by default.
     let batch_size = crate::export::otlp::OtlpConfig::default().batch_size;
     crate::alloc::running();
@@ -127,7 +132,7 @@ pub fn replay(path: &Path, min_time: Duration) -> anyhow::Result<Value> {
     let start = Instant::now();
     // The fastest pass too: on a shared machine it moves less from run to run than the mean.
     let mut best_pass = Duration::MAX;
-    while passes == 0 || start.elapsed() < min_time {
+    while passes < min_passes.max(1) || start.elapsed() < min_time {
         let pass_started = Instant::now();
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
         let mut batch = EncodedSpans::default();

@@ -41,13 +41,6 @@ fn bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
     buf.extend_from_slice(b);
 }
 
-/// A proto3 string or bytes field: left out when empty.
-fn opt_bytes(buf: &mut Vec<u8>, field: u32, b: &[u8]) {
-    if !b.is_empty() {
-        bytes(buf, field, b);
-    }
-}
-
 /// A message field whose content is written by `f` (into `scratch`, then framed into `buf`).
 fn message(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, field: u32, f: impl FnOnce(&mut Vec<u8>)) {
     scratch.clear();
@@ -77,9 +70,18 @@ fn message_in_place(buf: &mut Vec<u8>, field: u32, guess: usize, f: impl FnOnce(
     }
 }
 
-/// `KeyValue { key, value: AnyValue { string_value | int_value } }`.
+/// `KeyValue { key, value: AnyValue { string_value | int_value } }`, appended to `buf`.
 fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: AttrValue<'_>) {
-    // Small enough to size by hand: key, then the AnyValue.
+    let start = buf.len();
+    buf.resize(start + ATTR_OVERHEAD + k.len() + v.len(), 0);
+    let mut c = Cursor { b: &mut buf[start..], at: 0 };
+    c.attribute(field, k, v);
+    let end = start + c.at;
+    buf.truncate(end);
+}
+
+/// The lengths of an attribute's `AnyValue` and of its `KeyValue`, as they are framed.
+fn attribute_lengths(k: &str, v: AttrValue<'_>) -> (usize, usize) {
     let inner = match v {
         AttrValue::Str(s) => 1 + len_varint(s.len() as u64) + s.len(),
         // A oneof member is written even when it holds its default.
@@ -89,16 +91,97 @@ fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: AttrValue<'_>) {
         + 1
         + len_varint(inner as u64)
         + inner;
-    key(buf, field, LEN);
-    varint(buf, kv_len as u64);
-    opt_bytes(buf, 1, k.as_bytes());
-    key(buf, 2, LEN);
-    varint(buf, inner as u64);
-    match v {
-        AttrValue::Str(s) => bytes(buf, 1, s.as_bytes()),
-        AttrValue::Int(i) => {
-            key(buf, 3, VARINT);
-            varint(buf, i as u64);
+    (inner, kv_len)
+}
+
+/// Bytes an attribute takes beyond its key and string value, at most: four tags and four
+/// varints of up to ten bytes each (an int value is one of them).
+const ATTR_OVERHEAD: usize = 48;
+
+/// Writes into a region sized beforehand for everything written (each caller bounds its content
+/// from the lengths it writes): a store per byte, without the capacity check and length update
+/// `Vec::push` makes for every one. Encoding a span was mostly those.
+struct Cursor<'a> {
+    b: &'a mut [u8],
+    at: usize,
+}
+
+impl Cursor<'_> {
+    fn byte(&mut self, v: u8) {
+        self.b[self.at] = v;
+        self.at += 1;
+    }
+
+    fn varint(&mut self, mut v: u64) {
+        while v >= 0x80 {
+            self.byte((v as u8) | 0x80);
+            v >>= 7;
+        }
+        self.byte(v as u8);
+    }
+
+    fn key(&mut self, field: u32, wire: u32) {
+        self.varint(u64::from(field << 3 | wire));
+    }
+
+    fn slice(&mut self, s: &[u8]) {
+        self.b[self.at..self.at + s.len()].copy_from_slice(s);
+        self.at += s.len();
+    }
+
+    fn fixed64(&mut self, field: u32, v: u64) {
+        self.key(field, FIXED64);
+        self.slice(&v.to_le_bytes());
+    }
+
+    fn fixed32(&mut self, field: u32, v: u32) {
+        self.key(field, FIXED32);
+        self.slice(&v.to_le_bytes());
+    }
+
+    /// A length-delimited field.
+    fn bytes(&mut self, field: u32, b: &[u8]) {
+        self.key(field, LEN);
+        self.varint(b.len() as u64);
+        self.slice(b);
+    }
+
+    /// A proto3 string or bytes field: left out when empty.
+    fn opt_bytes(&mut self, field: u32, b: &[u8]) {
+        if !b.is_empty() {
+            self.bytes(field, b);
+        }
+    }
+
+    fn attribute(&mut self, field: u32, k: &str, v: AttrValue<'_>) {
+        let (inner, kv_len) = attribute_lengths(k, v);
+        if field < 16 && kv_len < 0x80 && !k.is_empty() {
+            // Nearly every attribute: each tag and length is one byte, written four at a time.
+            self.slice(&[(field << 3 | LEN) as u8, kv_len as u8, 1 << 3 | LEN as u8, k.len() as u8]);
+            self.slice(k.as_bytes());
+            match v {
+                AttrValue::Str(s) => {
+                    self.slice(&[2 << 3 | LEN as u8, inner as u8, 1 << 3 | LEN as u8, s.len() as u8]);
+                    self.slice(s.as_bytes());
+                }
+                AttrValue::Int(i) => {
+                    self.slice(&[2 << 3 | LEN as u8, inner as u8, 3 << 3 | VARINT as u8]);
+                    self.varint(i as u64);
+                }
+            }
+            return;
+        }
+        self.key(field, LEN);
+        self.varint(kv_len as u64);
+        self.opt_bytes(1, k.as_bytes());
+        self.key(2, LEN);
+        self.varint(inner as u64);
+        match v {
+            AttrValue::Str(s) => self.bytes(1, s.as_bytes()),
+            AttrValue::Int(i) => {
+                self.key(3, VARINT);
+                self.varint(i as u64);
+            }
         }
     }
 }
@@ -109,60 +192,99 @@ enum AttrValue<'a> {
     Int(i64),
 }
 
-fn len_varint(v: u64) -> usize {
-    // 1 byte per 7 bits, at least one.
-    (64 - (v | 1).leading_zeros() as usize).div_ceil(7)
+impl AttrValue<'_> {
+    /// Bytes of a string value (an int's are in `ATTR_OVERHEAD`).
+    fn len(&self) -> usize {
+        match self {
+            AttrValue::Str(s) => s.len(),
+            AttrValue::Int(_) => 0,
+        }
+    }
 }
 
-/// One `Span` message's content.
-fn span(buf: &mut Vec<u8>, scratch: &mut Vec<u8>, s: &SpanRecord) {
-    bytes(buf, 1, &s.trace_id);
-    bytes(buf, 2, &s.span_id);
-    opt_bytes(buf, 3, s.trace_state.as_deref().unwrap_or("").as_bytes());
-    if let Some(p) = &s.parent_id {
-        bytes(buf, 4, p);
+impl<'a> From<&'a Value> for AttrValue<'a> {
+    fn from(v: &'a Value) -> Self {
+        match v {
+            Value::Str(x) => AttrValue::Str(x),
+            Value::Int(i) => AttrValue::Int(*i),
+        }
     }
-    opt_bytes(buf, 5, s.name.as_bytes());
-    key(buf, 6, VARINT);
-    varint(buf, if s.kind == Kind::Server { SPAN_KIND_SERVER } else { SPAN_KIND_CLIENT });
+}
+
+fn len_varint(v: u64) -> usize {
+    // Nearly every length in a span is under 128: one predicted branch instead of the count,
+    // multiply and shift, several times per attribute.
+    if v < 0x80 {
+        return 1;
+    }
+    // 1 byte per 7 bits.
+    (64 - v.leading_zeros() as usize).div_ceil(7)
+}
+
+/// The link attribute every span link carries.
+const LINK_ATTR: (&str, AttrValue<'static>) = ("tracewire.link", AttrValue::Str("candidate_parent"));
+
+/// Bytes a `Span` message's content takes, at most: what [`span`] writes, with every varint
+/// counted at its longest.
+fn span_bound(s: &SpanRecord) -> usize {
+    // Ids, parent, kind, times, status, flags: their tags and lengths.
+    const FIXED: usize = 160;
+    const LINK: usize = 2 + 10 + 18 + 10 + ATTR_OVERHEAD + 14 + 16 + 5;
+    let attrs: usize =
+        s.attributes.iter().map(|(k, v)| ATTR_OVERHEAD + k.len() + AttrValue::from(v).len()).sum();
+    FIXED
+        + 11
+        + s.trace_state.as_deref().map_or(0, str::len)
+        + 11
+        + s.name.len()
+        + attrs
+        + LINK * s.links.len()
+}
+
+/// One `Span` message's content, at the cursor (sized with [`span_bound`]).
+fn span(c: &mut Cursor<'_>, s: &SpanRecord) {
+    c.bytes(1, &s.trace_id);
+    c.bytes(2, &s.span_id);
+    c.opt_bytes(3, s.trace_state.as_deref().unwrap_or("").as_bytes());
+    if let Some(p) = &s.parent_id {
+        c.bytes(4, p);
+    }
+    c.opt_bytes(5, s.name.as_bytes());
+    c.key(6, VARINT);
+    c.varint(if s.kind == Kind::Server { SPAN_KIND_SERVER } else { SPAN_KIND_CLIENT });
     for (field, t) in [(7, s.start_ns), (8, s.end_ns)] {
         if t != 0 {
-            key(buf, field, FIXED64);
-            buf.extend_from_slice(&t.to_le_bytes());
+            c.fixed64(field, t);
         }
     }
     for (k, v) in &s.attributes {
-        let v = match v {
-            Value::Str(x) => AttrValue::Str(x),
-            Value::Int(i) => AttrValue::Int(*i),
-        };
-        attribute(buf, 9, k, v);
+        c.attribute(9, k, v.into());
     }
     for (trace_id, span_id) in &s.links {
-        message(buf, scratch, 13, |l| {
-            bytes(l, 1, trace_id);
-            bytes(l, 2, span_id);
-            attribute(l, 4, "tracewire.link", AttrValue::Str("candidate_parent"));
-            key(l, 6, FIXED32);
-            l.extend_from_slice(&FLAG_HAS_IS_REMOTE.to_le_bytes());
-        });
+        let (_, kv_len) = attribute_lengths(LINK_ATTR.0, LINK_ATTR.1);
+        let link_len = 2 + trace_id.len() + 2 + span_id.len() + 1 + len_varint(kv_len as u64) + kv_len + 5;
+        c.key(13, LEN);
+        c.varint(link_len as u64);
+        c.bytes(1, trace_id);
+        c.bytes(2, span_id);
+        c.attribute(4, LINK_ATTR.0, LINK_ATTR.1);
+        c.fixed32(6, FLAG_HAS_IS_REMOTE);
     }
     // Never `Ok`: instrumentation leaves success Unset (the specification says so).
-    key(buf, 15, LEN);
+    c.key(15, LEN);
     if s.error {
-        varint(buf, 2);
-        key(buf, 3, VARINT);
-        varint(buf, STATUS_ERROR);
+        c.varint(2);
+        c.key(3, VARINT);
+        c.varint(STATUS_ERROR);
     } else {
-        varint(buf, 0);
+        c.varint(0);
     }
     // Fields in tag order, as prost writes them: flags (16) last.
     let mut flags = u32::from(s.flags) | FLAG_HAS_IS_REMOTE;
     if s.parent_remote {
         flags |= FLAG_IS_REMOTE;
     }
-    key(buf, 16, FIXED32);
-    buf.extend_from_slice(&flags.to_le_bytes());
+    c.fixed32(16, flags);
 }
 
 fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
@@ -173,8 +295,6 @@ fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
     }
 }
 
-/// Bytes a span's length takes (spans are 128 to 16383 bytes long).
-const SPAN_LEN_GUESS: usize = 2;
 /// Bytes a batch's length takes (16 KiB to 2 MiB).
 const BATCH_LEN_GUESS: usize = 3;
 /// Spans a batch makes room for at first (it grows past that by doubling).
@@ -191,8 +311,6 @@ pub struct EncodedSpans {
     bytes: Vec<u8>,
     /// Each span's process and where its field starts in `bytes`.
     index: Vec<(u32, u32)>,
-    /// Span links' content, before it is framed.
-    scratch: Vec<u8>,
 }
 
 impl EncodedSpans {
@@ -203,9 +321,25 @@ impl EncodedSpans {
             self.index.reserve(START_SPANS);
         }
         // Batches are cut at a few MiB (see the exporter), far below 4 GiB.
-        self.index.push((s.pid, self.bytes.len() as u32));
-        let scratch = &mut self.scratch;
-        message_in_place(&mut self.bytes, 2, SPAN_LEN_GUESS, |one| span(one, scratch, s));
+        let start = self.bytes.len();
+        self.index.push((s.pid, start as u32));
+        // `ScopeSpans.spans` (field 2): tag, length, content. Room for the longest length the
+        // bound can take; the content moves back when the actual one takes fewer bytes.
+        let bound = span_bound(s);
+        let room = len_varint(bound as u64);
+        self.bytes.resize(start + 1 + room + bound, 0);
+        let content = start + 1 + room;
+        let mut c = Cursor { b: &mut self.bytes[content..], at: 0 };
+        span(&mut c, s);
+        let n = c.at;
+        let need = len_varint(n as u64);
+        if need < room {
+            self.bytes.copy_within(content..content + n, content - (room - need));
+        }
+        let mut c = Cursor { b: &mut self.bytes[start..], at: 0 };
+        c.key(2, LEN);
+        c.varint(n as u64);
+        self.bytes.truncate(start + 1 + need + n);
     }
 
     /// Spans held.
@@ -342,6 +476,31 @@ mod tests {
                 assert!(encode(&spans, &mut res) == expected, "name {name_len} B, {count} spans");
             }
         }
+    }
+
+    #[test]
+    fn the_longest_lengths_fit_the_room_a_span_is_given() {
+        // Every varint at its longest: a length of three bytes, ints of ten, a key past one
+        // byte of length, links; the room is computed, not grown, so a short one panics here.
+        let mut res = Resources::new(8);
+        res.insert(ProcessInfo { service_name: "s".into(), attributes: vec![], pid: 7 });
+        let long_key: &'static str = Box::leak("k".repeat(200).into_boxed_str());
+        let mut s = transform::tests::sample(7);
+        s.name = "n".repeat(20_000).into();
+        s.trace_state = Some("t".repeat(20_000));
+        s.links = vec![([1; 16], [2; 8]); 5];
+        s.attributes = vec![
+            ("min", Value::Int(i64::MIN)),
+            ("minus_one", Value::Int(-1)),
+            (long_key, Value::Str("v".repeat(20_000).into())),
+            (long_key, Value::Int(i64::MAX)),
+            ("", Value::Str("".into())),
+            ("", Value::Int(-1)),
+        ];
+        // Enough of them that their own room, not the fixed fields', has to hold them.
+        s.attributes.extend(std::iter::repeat_n(("", Value::Int(i64::MIN)), 1000));
+        let spans = vec![s];
+        assert!(encode(&spans, &mut res) == transform::request(&spans, &mut res).encode_to_vec());
     }
 
     #[test]
