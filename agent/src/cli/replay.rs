@@ -17,6 +17,10 @@ use crate::{
     sampling::tail::{TailConfig, TailSampler},
 };
 
+/// Records the agent reads from the ring buffer in one poll, about, at the bench's request rate
+/// (a poll at each of about 200 wake-ups a second): the spans they finish are taken together.
+const RECORDS_PER_POLL: usize = 256;
+
 /// Resident memory of this process, in bytes. The page size from libc: rustix's (behind
 /// `procfs::page_size`) reads the auxiliary vector in a way valgrind's does not support, and replay
 /// runs under valgrind to count instructions.
@@ -52,7 +56,7 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
     let mut all_spans = Vec::new();
     {
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
-        let mut batch = EncodedSpans::default();
+        let mut batch = EncodedSpans::for_batch(batch_size);
         let mut flush = |batch: &mut EncodedSpans, resources: &mut Resources| -> anyhow::Result<()> {
             if !batch.is_empty() {
                 let mut raw = Vec::new();
@@ -61,7 +65,7 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
                 gz.write_all(&raw)?;
                 gz_bytes += gz.finish()?.len() as u64;
                 gz_spans += batch.len() as u64;
-                *batch = EncodedSpans::default();
+                *batch = EncodedSpans::for_batch(batch_size);
             }
             Ok(())
         };
@@ -135,7 +139,7 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
     while passes < min_passes.max(1) || start.elapsed() < min_time {
         let pass_started = Instant::now();
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
-        let mut batch = EncodedSpans::default();
+        let mut batch = EncodedSpans::for_batch(batch_size);
         let mut out = Vec::new();
         // As the exporter does: spans encoded as they come, the request framed per batch.
         let mut flush = |batch: &mut EncodedSpans, resources: &mut Resources| {
@@ -144,15 +148,18 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
                 batch.request(&mut |pid| resources.get(pid), &mut out);
                 bytes += out.len() as u64;
                 spans += batch.len() as u64;
-                *batch = EncodedSpans::default();
+                *batch = EncodedSpans::for_batch(batch_size);
             }
         };
-        for r in &records {
-            match decode(r) {
-                Ok(ev) => c.on_event(&ev),
-                Err(_) => decode_errors += 1,
+        // Spans are taken a poll's worth of records at a time, as the agent takes them.
+        for poll in records.chunks(RECORDS_PER_POLL) {
+            for r in poll {
+                match decode(r) {
+                    Ok(ev) => c.on_event(&ev),
+                    Err(_) => decode_errors += 1,
+                }
+                events += 1;
             }
-            events += 1;
             for s in c.take_spans() {
                 batch.push(&s);
                 if batch.len() >= batch_size {

@@ -297,10 +297,12 @@ fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
 
 /// Bytes a batch's length takes (16 KiB to 2 MiB).
 const BATCH_LEN_GUESS: usize = 3;
-/// Spans a batch makes room for at first (it grows past that by doubling).
+/// Spans a batch makes room for at first unless told (it grows past that by doubling).
 const START_SPANS: usize = 256;
 /// Encoded bytes a span takes, about.
 const SPAN_BYTES: usize = 384;
+/// Room made at first, at most: a batch of larger spans grows.
+const MAX_START_BYTES: usize = 1 << 20;
 
 /// Spans encoded as they are handed over: the content of the next request. A span record
 /// (about a kilobyte with its attributes) is freed as soon as it is encoded, by the thread that
@@ -311,14 +313,25 @@ pub struct EncodedSpans {
     bytes: Vec<u8>,
     /// Each span's process and where its field starts in `bytes`.
     index: Vec<(u32, u32)>,
+    /// Spans to make room for at the first push (0: `START_SPANS`).
+    expect: usize,
 }
 
 impl EncodedSpans {
+    /// An empty batch that makes room for `spans` spans when its first one comes (not before:
+    /// an idle exporter holds no buffer), so that a batch of the usual size never grows, which
+    /// would copy everything encoded so far.
+    pub fn for_batch(spans: usize) -> Self {
+        EncodedSpans { expect: spans, ..EncodedSpans::default() }
+    }
+
     /// Encodes `s` after the spans already held.
     pub fn push(&mut self, s: &SpanRecord) {
         if self.index.is_empty() {
-            self.bytes.reserve(START_SPANS * SPAN_BYTES);
-            self.index.reserve(START_SPANS);
+            let spans = if self.expect == 0 { START_SPANS } else { self.expect };
+            // And a span's worth more: each is encoded into room for its largest encoding.
+            self.bytes.reserve((spans * SPAN_BYTES).min(MAX_START_BYTES) + span_bound(s));
+            self.index.reserve(spans.min(MAX_START_BYTES / SPAN_BYTES));
         }
         // Batches are cut at a few MiB (see the exporter), far below 4 GiB.
         let start = self.bytes.len();

@@ -204,7 +204,8 @@ struct Batcher {
 
 impl Batcher {
     fn new(batch_size: usize, max_bytes: usize) -> Self {
-        Batcher { pending: EncodedSpans::default(), oldest: None, batch_size: batch_size.max(1), max_bytes }
+        let batch_size = batch_size.max(1);
+        Batcher { pending: EncodedSpans::for_batch(batch_size), oldest: None, batch_size, max_bytes }
     }
 
     /// Encodes `s`; returns the batch it completes, if it does.
@@ -220,7 +221,7 @@ impl Batcher {
     /// Whatever is pending.
     fn take(&mut self) -> EncodedSpans {
         self.oldest = None;
-        std::mem::take(&mut self.pending)
+        std::mem::replace(&mut self.pending, EncodedSpans::for_batch(self.batch_size))
     }
 }
 
