@@ -439,6 +439,31 @@ fn start_sink() -> Result<(u16, std::sync::Arc<std::sync::atomic::AtomicU64>)> {
     Ok((port, received))
 }
 
+/// Instructions the replay pipeline runs per event, counted by valgrind (cachegrind): three
+/// passes minus one, so that loading the recording and the replay's other figures cancel out.
+/// Unlike a time, it does not move with a shared machine's speed: what a change to the pipeline
+/// saves shows in one run. None without valgrind.
+fn instructions_per_event(tracewire: &Path, rec: &str, records: u64) -> Option<f64> {
+    let count = |passes: &str| -> Option<f64> {
+        let out = Command::new("valgrind")
+            .args(["--tool=cachegrind", "--cache-sim=no", "--cachegrind-out-file=/dev/null"])
+            .arg(tracewire)
+            .args(["replay", rec, "--seconds", "0", "--passes", passes])
+            .stdout(Stdio::null())
+            .output()
+            .ok()?;
+        if !out.status.success() {
+            return None;
+        }
+        // "==pid== I   refs:      3,334,811,643"
+        let text = String::from_utf8_lossy(&out.stderr);
+        let line = text.lines().find(|l| l.contains("I") && l.contains("refs:"))?;
+        line.rsplit(':').next()?.trim().replace(',', "").parse().ok()
+    };
+    let (one, three) = (count("1")?, count("3")?);
+    (records > 0).then(|| (three - one) / (2.0 * records as f64))
+}
+
 fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
@@ -606,6 +631,8 @@ pub fn bench(quick: bool) -> Result<()> {
         .args(["replay", &rec, "--seconds", if quick { "1" } else { "5" }])
         .output()?;
     let replay: Value = serde_json::from_slice(&replay.stdout).context("replay output")?;
+    let replay_instructions =
+        instructions_per_event(&tracewire, &rec, replay["records"].as_u64().unwrap_or(0));
 
     // An unwatched process's syscalls while the agent watches nginx: file I/O (dd) and socket
     // I/O (a loopback ping-pong in this process).
@@ -804,11 +831,14 @@ pub fn bench(quick: bool) -> Result<()> {
             ">= 1 M/s",
             replay["events_per_sec"].as_f64().unwrap_or(0.0) >= 1e6,
             &format!(
-                "{:.0} ns per event over {} passes of {} records; {:.0} in the fastest pass",
+                "{:.0} ns per event over {} passes of {} records; {:.0} in the fastest pass; {}",
                 replay["ns_per_event"].as_f64().unwrap_or(0.0),
                 replay["passes"],
                 replay["records"],
-                replay["best_pass_ns_per_event"].as_f64().unwrap_or(0.0)
+                replay["best_pass_ns_per_event"].as_f64().unwrap_or(0.0),
+                replay_instructions.map_or("instructions not counted (no valgrind)".to_string(), |i| format!(
+                    "{i:.0} instructions per event (valgrind, two passes), which the machine's speed does not move"
+                ))
             ),
         ),
         row(
@@ -979,6 +1009,7 @@ pub fn bench(quick: bool) -> Result<()> {
         "rows": rows,
         "agent_summary": summary,
         "replay": replay,
+        "replay_instructions_per_event": replay_instructions,
         "latency_ns": {
             "rate": rate,
             "without": [lat0.p50, lat0.p99],

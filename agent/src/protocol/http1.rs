@@ -116,6 +116,16 @@ fn framing_headers(headers: &[httparse::Header<'_>]) -> Result<(FramingSpec, boo
     let mut te_seen = false;
     for h in headers {
         if h.name.eq_ignore_ascii_case("content-length") {
+            // Nearly always one number: read straight from its digits (19 cannot overflow).
+            let v = h.value;
+            if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) {
+                let n = v.iter().fold(0u64, |n, d| n * 10 + u64::from(d - b'0'));
+                if spec.content_length.is_some_and(|c| c != n) {
+                    return Err("conflicting_content_length");
+                }
+                spec.content_length = Some(n);
+                continue;
+            }
             let s = std::str::from_utf8(h.value).map_err(|_| "bad_content_length")?.trim();
             // A list of identical values is allowed (RFC 9110 §8.6); anything else is invalid.
             let mut value: Option<u64> = None;
@@ -391,6 +401,19 @@ mod tests {
         );
         assert_eq!(
             parse_request(b"POST / HTTP/1.1\r\nContent-Length: -1\r\n\r\n"),
+            Parsed::Invalid("bad_content_length")
+        );
+        // A list of the same number is that number; of two, invalid; past u64, invalid.
+        let Parsed::Complete(h, _) = parse_request(b"POST / HTTP/1.1\r\nContent-Length: 7, 7\r\n\r\n") else {
+            panic!()
+        };
+        assert_eq!(request_framing(&h), Framing::Length(7));
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 7\r\nContent-Length: 7, 8\r\n\r\n"),
+            Parsed::Invalid("conflicting_content_length")
+        );
+        assert_eq!(
+            parse_request(b"POST / HTTP/1.1\r\nContent-Length: 99999999999999999999\r\n\r\n"),
             Parsed::Invalid("bad_content_length")
         );
         // A huge declared length is only a number: nothing is allocated for it.
