@@ -213,8 +213,10 @@ struct Conn {
 }
 
 /// Server requests in flight, by server connection: what a client span made by a thread serving
-/// that connection may take as its parent.
-type Serving = HashMap<ConnId, Vec<SpanCtx>>;
+/// that connection may take as its parent. One in flight (the usual) is held in place: an entry
+/// comes and goes with every request, and a vector allocated for it each time was a visible
+/// share of the pipeline.
+type Serving = HashMap<ConnId, smallvec::SmallVec<[SpanCtx; 1]>>;
 
 /// A socket address normalised for matching the two ends of one TCP connection
 /// (IPv4-mapped IPv6 and IPv4 compare equal).
