@@ -70,14 +70,19 @@ fn message_in_place(buf: &mut Vec<u8>, field: u32, guess: usize, f: impl FnOnce(
     }
 }
 
-/// `KeyValue { key, value: AnyValue { string_value | int_value } }`, appended to `buf`.
-fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: AttrValue<'_>) {
+/// Appends what `f` writes through a cursor over `room` bytes, at most, to `buf`.
+fn with_room(buf: &mut Vec<u8>, room: usize, f: impl FnOnce(&mut Cursor<'_>)) {
     let start = buf.len();
-    buf.resize(start + ATTR_OVERHEAD + k.len() + v.len(), 0);
+    buf.resize(start + room, 0);
     let mut c = Cursor { b: &mut buf[start..], at: 0 };
-    c.attribute(field, k, v);
+    f(&mut c);
     let end = start + c.at;
     buf.truncate(end);
+}
+
+/// `KeyValue { key, value: AnyValue { string_value | int_value } }`, appended to `buf`.
+fn attribute(buf: &mut Vec<u8>, field: u32, k: &str, v: AttrValue<'_>) {
+    with_room(buf, ATTR_OVERHEAD + k.len() + v.len(), |c| c.attribute(field, k, v));
 }
 
 /// The lengths of an attribute's `AnyValue` and of its `KeyValue`, as they are framed.
@@ -327,32 +332,20 @@ impl EncodedSpans {
 
     /// Encodes `s` after the spans already held.
     pub fn push(&mut self, s: &SpanRecord) {
+        let bound = span_bound(s);
         if self.index.is_empty() {
             let spans = if self.expect == 0 { START_SPANS } else { self.expect };
             // And a span's worth more: each is encoded into room for its largest encoding.
-            self.bytes.reserve((spans * SPAN_BYTES).min(MAX_START_BYTES) + span_bound(s));
+            self.bytes.reserve((spans * SPAN_BYTES).min(MAX_START_BYTES) + bound);
             self.index.reserve(spans.min(MAX_START_BYTES / SPAN_BYTES));
         }
         // Batches are cut at a few MiB (see the exporter), far below 4 GiB.
-        let start = self.bytes.len();
-        self.index.push((s.pid, start as u32));
-        // `ScopeSpans.spans` (field 2): tag, length, content. Room for the longest length the
-        // bound can take; the content moves back when the actual one takes fewer bytes.
-        let bound = span_bound(s);
-        let room = len_varint(bound as u64);
-        self.bytes.resize(start + 1 + room + bound, 0);
-        let content = start + 1 + room;
-        let mut c = Cursor { b: &mut self.bytes[content..], at: 0 };
-        span(&mut c, s);
-        let n = c.at;
-        let need = len_varint(n as u64);
-        if need < room {
-            self.bytes.copy_within(content..content + n, content - (room - need));
-        }
-        let mut c = Cursor { b: &mut self.bytes[start..], at: 0 };
-        c.key(2, LEN);
-        c.varint(n as u64);
-        self.bytes.truncate(start + 1 + need + n);
+        self.index.push((s.pid, self.bytes.len() as u32));
+        // `ScopeSpans.spans`, its length guessed as long as the bound's: the content moves back
+        // when the actual one takes fewer bytes.
+        message_in_place(&mut self.bytes, 2, len_varint(bound as u64), |buf| {
+            with_room(buf, bound, |c| span(c, s));
+        });
     }
 
     /// Spans held.
