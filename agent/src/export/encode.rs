@@ -4,7 +4,7 @@
 //! encoding them with prost, without the intermediate messages: no per-attribute key and value
 //! strings, no id vectors, and every length computed once (prost computes a nested message's
 //! length again at each level it is nested in). The unit test holds the two byte for byte.
-use std::sync::Arc;
+use std::{mem::MaybeUninit, sync::Arc};
 
 use super::transform::{FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE};
 use crate::{
@@ -70,14 +70,18 @@ fn message_in_place(buf: &mut Vec<u8>, field: u32, guess: usize, f: impl FnOnce(
     }
 }
 
-/// Appends what `f` writes through a cursor over `room` bytes, at most, to `buf`.
+/// Appends what `f` writes through a cursor over `room` bytes, at most, to `buf`. The room is
+/// `buf`'s spare capacity, not zeroed first: the cursor writes every byte it moves past.
 fn with_room(buf: &mut Vec<u8>, room: usize, f: impl FnOnce(&mut Cursor<'_>)) {
+    buf.reserve(room);
     let start = buf.len();
-    buf.resize(start + room, 0);
-    let mut c = Cursor { b: &mut buf[start..], at: 0 };
+    let mut c = Cursor { b: &mut buf.spare_capacity_mut()[..room], at: 0 };
     f(&mut c);
-    let end = start + c.at;
-    buf.truncate(end);
+    let written = c.at;
+    // SAFETY: the cursor only advances past bytes it has written (every write in `Cursor` is a
+    // store into `b[at..]` followed by moving `at` by its length), so `buf[start..start +
+    // written]` is initialised; `written <= room <= capacity - start` (indexing checks it).
+    unsafe { buf.set_len(start + written) };
 }
 
 /// `KeyValue { key, value: AnyValue { string_value | int_value } }`, appended to `buf`.
@@ -107,13 +111,13 @@ const ATTR_OVERHEAD: usize = 48;
 /// from the lengths it writes): a store per byte, without the capacity check and length update
 /// `Vec::push` makes for every one. Encoding a span was mostly those.
 struct Cursor<'a> {
-    b: &'a mut [u8],
+    b: &'a mut [MaybeUninit<u8>],
     at: usize,
 }
 
 impl Cursor<'_> {
     fn byte(&mut self, v: u8) {
-        self.b[self.at] = v;
+        self.b[self.at].write(v);
         self.at += 1;
     }
 
@@ -129,8 +133,10 @@ impl Cursor<'_> {
         self.varint(u64::from(field << 3 | wire));
     }
 
+    /// Copies `s` here.
+    #[inline(always)]
     fn slice(&mut self, s: &[u8]) {
-        self.b[self.at..self.at + s.len()].copy_from_slice(s);
+        copy_short(&mut self.b[self.at..self.at + s.len()], s);
         self.at += s.len();
     }
 
@@ -158,22 +164,45 @@ impl Cursor<'_> {
         }
     }
 
+    #[inline]
     fn attribute(&mut self, field: u32, k: &str, v: AttrValue<'_>) {
-        let (inner, kv_len) = attribute_lengths(k, v);
-        if field < 16 && kv_len < 0x80 && !k.is_empty() {
-            // Nearly every attribute: each tag and length is one byte, written four at a time.
-            self.slice(&[(field << 3 | LEN) as u8, kv_len as u8, 1 << 3 | LEN as u8, k.len() as u8]);
-            self.slice(k.as_bytes());
-            match v {
-                AttrValue::Str(s) => {
-                    self.slice(&[2 << 3 | LEN as u8, inner as u8, 1 << 3 | LEN as u8, s.len() as u8]);
-                    self.slice(s.as_bytes());
-                }
-                AttrValue::Int(i) => {
-                    self.slice(&[2 << 3 | LEN as u8, inner as u8, 3 << 3 | VARINT as u8]);
-                    self.varint(i as u64);
-                }
+        let (kb, kl) = (k.as_bytes(), k.len());
+        if let AttrValue::Str(sv) = v {
+            // Nearly every attribute: a string value, and every tag and length one byte (the
+            // whole attribute is under 128), so its lengths add up without varints and the
+            // region is checked once.
+            let (sb, sl) = (sv.as_bytes(), sv.len());
+            let kv_len = 6 + kl + sl;
+            if field < 16 && kv_len < 0x80 && kl != 0 {
+                let d = &mut self.b[self.at..self.at + 2 + kv_len];
+                d[..4].write_copy_of_slice(&[
+                    (field << 3 | LEN) as u8,
+                    kv_len as u8,
+                    1 << 3 | LEN as u8,
+                    kl as u8,
+                ]);
+                copy_short(&mut d[4..4 + kl], kb);
+                d[4 + kl..8 + kl].write_copy_of_slice(&[
+                    2 << 3 | LEN as u8,
+                    (2 + sl) as u8,
+                    1 << 3 | LEN as u8,
+                    sl as u8,
+                ]);
+                copy_short(&mut d[8 + kl..], sb);
+                self.at += 2 + kv_len;
+                return;
             }
+        }
+        let (inner, kv_len) = attribute_lengths(k, v);
+        if let AttrValue::Int(i) = v
+            && field < 16
+            && kv_len < 0x80
+            && kl != 0
+        {
+            self.slice(&[(field << 3 | LEN) as u8, kv_len as u8, 1 << 3 | LEN as u8, kl as u8]);
+            self.slice(kb);
+            self.slice(&[2 << 3 | LEN as u8, inner as u8, 3 << 3 | VARINT as u8]);
+            self.varint(i as u64);
             return;
         }
         self.key(field, LEN);
@@ -189,6 +218,37 @@ impl Cursor<'_> {
             }
         }
     }
+}
+
+/// `s` into `d` (as long). A span's strings are short (keys, methods, addresses, paths): up to
+/// 32 bytes move as two overlapping fixed-size copies, inline, where a call into memcpy would
+/// cost as much in its call and size dispatch as the copy itself.
+#[inline(always)]
+fn copy_short(d: &mut [MaybeUninit<u8>], s: &[u8]) {
+    let n = s.len();
+    match n {
+        0 => {}
+        1..=3 => {
+            d[0].write(s[0]);
+            d[n / 2].write(s[n / 2]);
+            d[n - 1].write(s[n - 1]);
+        }
+        4..=7 => overlapping::<4>(d, s),
+        8..=15 => overlapping::<8>(d, s),
+        16..=32 => overlapping::<16>(d, s),
+        _ => {
+            d.write_copy_of_slice(s);
+        }
+    }
+}
+
+/// `s` (N to 2N bytes) into `d` (as long): its first and last N bytes, which overlap unless
+/// the length is exactly 2N. Fixed sizes compile to plain loads and stores.
+#[inline(always)]
+fn overlapping<const N: usize>(d: &mut [MaybeUninit<u8>], s: &[u8]) {
+    let n = s.len();
+    d[..N].write_copy_of_slice(&s[..N]);
+    d[n - N..].write_copy_of_slice(&s[n - N..]);
 }
 
 #[derive(Clone, Copy)]
@@ -506,6 +566,28 @@ mod tests {
         // Enough of them that their own room, not the fixed fields', has to hold them.
         s.attributes.extend(std::iter::repeat_n(("", Value::Int(i64::MIN)), 1000));
         let spans = vec![s];
+        assert!(encode(&spans, &mut res) == transform::request(&spans, &mut res).encode_to_vec());
+    }
+
+    #[test]
+    fn strings_of_every_short_length_and_around_the_one_byte_attribute() {
+        // Short strings move as overlapping fixed-size copies by length class (0, 1-3, 4-7,
+        // 8-15, 16-32, longer); an attribute of up to 127 bytes takes the one-byte fast path.
+        // Keys and values of every length up to past both bounds, each a distinct pattern so a
+        // misplaced byte shows.
+        let mut res = Resources::new(8);
+        res.insert(ProcessInfo { service_name: "s".into(), attributes: vec![], pid: 7 });
+        let text = |n: usize, salt: usize| -> String {
+            (0..n).map(|i| char::from(b'a' + ((i + salt) % 26) as u8)).collect()
+        };
+        let mut spans = Vec::new();
+        for key_len in [1, 2, 3, 4, 7, 8, 15, 16, 17, 31, 32, 33, 60, 121, 122, 130] {
+            let key: &'static str = Box::leak(text(key_len, 3).into_boxed_str());
+            let mut s = transform::tests::sample(7);
+            s.attributes = (0..=130).map(|n| (key, Value::Str(text(n, n).into()))).collect();
+            s.attributes.push((key, Value::Int(300)));
+            spans.push(s);
+        }
         assert!(encode(&spans, &mut res) == transform::request(&spans, &mut res).encode_to_vec());
     }
 
