@@ -105,6 +105,23 @@ fn truncated(s: &str, max: usize) -> String {
     s[..end].to_string()
 }
 
+/// Whether the header name `name` is `lower` (lowercase letters and '-') in any case. Names
+/// are tokens (httparse checks them), so OR-ing 0x20 into a byte turns an uppercase letter
+/// into its lowercase and can make '-' only of '-' itself ('\r', the other byte it would map
+/// there, is not a token character): eight bytes compare at once instead of one at a time.
+#[inline(always)]
+fn name_is(name: &str, lower: &str) -> bool {
+    let (a, b) = (name.as_bytes(), lower.as_bytes());
+    if a.len() != b.len() {
+        return false;
+    }
+    let word = |c: &[u8]| u64::from_le_bytes(c.try_into().unwrap_or_default());
+    let (ac, bc) = (a.chunks_exact(8), b.chunks_exact(8));
+    let (ar, br) = (ac.remainder(), bc.remainder());
+    ac.zip(bc).all(|(x, y)| word(x) | 0x2020_2020_2020_2020 == word(y))
+        && ar.iter().zip(br).all(|(x, y)| x | 0x20 == *y)
+}
+
 /// Whether `value` contains `token` (lowercase), in any case: a Connection header's options,
 /// checked without allocating.
 fn has_token(value: &[u8], token: &[u8]) -> bool {
@@ -115,7 +132,7 @@ fn framing_headers(headers: &[httparse::Header<'_>]) -> Result<(FramingSpec, boo
     let mut spec = FramingSpec::default();
     let mut te_seen = false;
     for h in headers {
-        if h.name.eq_ignore_ascii_case("content-length") {
+        if name_is(h.name, "content-length") {
             // Nearly always one number: read straight from its digits (19 cannot overflow).
             let v = h.value;
             if !v.is_empty() && v.len() <= 19 && v.iter().all(u8::is_ascii_digit) {
@@ -141,7 +158,7 @@ fn framing_headers(headers: &[httparse::Header<'_>]) -> Result<(FramingSpec, boo
                 value = Some(n);
             }
             spec.content_length = value;
-        } else if h.name.eq_ignore_ascii_case("transfer-encoding") {
+        } else if name_is(h.name, "transfer-encoding") {
             te_seen = true;
             let s = std::str::from_utf8(h.value).map_err(|_| "bad_transfer_encoding")?;
             spec.chunked =
@@ -216,21 +233,21 @@ pub fn parse_request(buf: &[u8]) -> Parsed<RequestHead> {
     };
     for h in req.headers.iter() {
         let name = h.name;
-        if name.eq_ignore_ascii_case("host") {
+        if name_is(name, "host") {
             head.host = header_str(h.value);
-        } else if name.eq_ignore_ascii_case("user-agent") {
+        } else if name_is(name, "user-agent") {
             head.user_agent = header_str(h.value);
-        } else if name.eq_ignore_ascii_case("traceparent") {
+        } else if name_is(name, "traceparent") {
             head.traceparent.push(h.value.to_vec());
-        } else if name.eq_ignore_ascii_case("tracestate") {
+        } else if name_is(name, "tracestate") {
             let ts = head.tracestate.get_or_insert_with(Vec::new);
             if !ts.is_empty() {
                 ts.push(b',');
             }
             ts.extend_from_slice(h.value);
-        } else if name.eq_ignore_ascii_case("expect") {
+        } else if name_is(name, "expect") {
             head.expect_continue = h.value.eq_ignore_ascii_case(b"100-continue");
-        } else if name.eq_ignore_ascii_case("connection") {
+        } else if name_is(name, "connection") {
             if has_token(h.value, b"close") {
                 head.close = true;
             } else if has_token(h.value, b"keep-alive") {
@@ -265,10 +282,7 @@ pub fn parse_response(buf: &[u8]) -> Parsed<ResponseHead> {
         Ok(f) => f,
         Err(e) => return Parsed::Invalid(e),
     };
-    let close = resp
-        .headers
-        .iter()
-        .any(|h| h.name.eq_ignore_ascii_case("connection") && has_token(h.value, b"close"));
+    let close = resp.headers.iter().any(|h| name_is(h.name, "connection") && has_token(h.value, b"close"));
     Parsed::Complete(ResponseHead { status, minor, framing, close }, n)
 }
 
@@ -365,6 +379,41 @@ pub fn split_target(target: &str) -> (&str, Option<String>) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn header_names_compare_as_eq_ignore_ascii_case_does_for_every_token_byte() {
+        // Every name the parser looks for, with each of its bytes replaced by every token
+        // character (what httparse lets through in a name), in both cases: the word-at-a-time
+        // comparison agrees with the byte-at-a-time one.
+        let tchar = |c: u8| c.is_ascii_alphanumeric() || b"!#$%&'*+-.^_`|~".contains(&c);
+        for lower in [
+            "host",
+            "expect",
+            "connection",
+            "user-agent",
+            "tracestate",
+            "traceparent",
+            "content-length",
+            "transfer-encoding",
+        ] {
+            assert!(name_is(lower, lower));
+            assert!(name_is(&lower.to_ascii_uppercase(), lower));
+            assert!(!name_is(&lower[1..], lower));
+            assert!(!name_is(&format!("{lower}s"), lower));
+            for at in 0..lower.len() {
+                for c in (0u8..128).filter(|c| tchar(*c)) {
+                    let mut name = lower.as_bytes().to_vec();
+                    name[at] = c;
+                    let name = String::from_utf8(name).unwrap_or_default();
+                    assert_eq!(
+                        name_is(&name, lower),
+                        name.eq_ignore_ascii_case(lower),
+                        "{name:?} vs {lower}"
+                    );
+                }
+            }
+        }
+    }
 
     #[test]
     fn request_heads() {
