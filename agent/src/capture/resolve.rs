@@ -4,7 +4,7 @@
 use std::{
     io,
     mem::{size_of, zeroed},
-    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd},
+    os::fd::{AsRawFd as _, FromRawFd as _, OwnedFd, RawFd},
 };
 
 use tracewire_common::{FAMILY_V4, FAMILY_V6, SockAddr};
@@ -44,25 +44,24 @@ fn to_sockaddr(ss: &libc::sockaddr_storage) -> SockAddr {
 
 type NameFn = unsafe extern "C" fn(libc::c_int, *mut libc::sockaddr, *mut libc::socklen_t) -> libc::c_int;
 
-fn name(fd: &OwnedFd, f: NameFn) -> io::Result<SockAddr> {
+fn name(fd: RawFd, f: NameFn) -> io::Result<SockAddr> {
     // SAFETY: sockaddr_storage is valid zeroed; len is its size.
     let mut ss: libc::sockaddr_storage = unsafe { zeroed() };
     let mut len = size_of::<libc::sockaddr_storage>() as libc::socklen_t;
     // SAFETY: pointers to our own storage.
-    let rc = unsafe { f(fd.as_raw_fd(), &mut ss as *mut _ as *mut libc::sockaddr, &mut len) };
+    let rc = unsafe { f(fd, &mut ss as *mut _ as *mut libc::sockaddr, &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
     Ok(to_sockaddr(&ss))
 }
 
-fn sockopt(fd: &OwnedFd, opt: libc::c_int) -> io::Result<libc::c_int> {
+fn sockopt(fd: RawFd, opt: libc::c_int) -> io::Result<libc::c_int> {
     let mut v: libc::c_int = 0;
     let mut len = size_of::<libc::c_int>() as libc::socklen_t;
     // SAFETY: pointers to our own int.
-    let rc = unsafe {
-        libc::getsockopt(fd.as_raw_fd(), libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len)
-    };
+    let rc =
+        unsafe { libc::getsockopt(fd, libc::SOL_SOCKET, opt, (&mut v as *mut libc::c_int).cast(), &mut len) };
     if rc != 0 {
         return Err(io::Error::last_os_error());
     }
@@ -73,20 +72,40 @@ fn sockopt(fd: &OwnedFd, opt: libc::c_int) -> io::Result<libc::c_int> {
 /// some other kind of fd. The remote is the default (family 0) for a listening socket.
 pub fn tcp_socket(tgid: u32, fd: u32) -> io::Result<Option<(SockAddr, SockAddr)>> {
     let dup = steal_fd(tgid, fd)?;
-    let domain = match sockopt(&dup, libc::SO_DOMAIN) {
+    tcp_names(dup.as_raw_fd())
+}
+
+/// [`tcp_socket`] of an fd of this process.
+fn tcp_names(fd: RawFd) -> io::Result<Option<(SockAddr, SockAddr)>> {
+    let domain = match sockopt(fd, libc::SO_DOMAIN) {
         Ok(d) => d,
         // ENOTSOCK: a file, pipe...
         Err(e) if e.raw_os_error() == Some(libc::ENOTSOCK) => return Ok(None),
         Err(e) => return Err(e),
     };
     if (domain != libc::AF_INET && domain != libc::AF_INET6)
-        || sockopt(&dup, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
+        || sockopt(fd, libc::SO_PROTOCOL)? != libc::IPPROTO_TCP
     {
         return Ok(None);
     }
-    let local = name(&dup, libc::getsockname)?;
-    let remote = name(&dup, libc::getpeername).unwrap_or_default();
+    let local = name(fd, libc::getsockname)?;
+    let remote = name(fd, libc::getpeername).unwrap_or_default();
     Ok(Some((local, remote)))
+}
+
+/// This process's connected TCP sockets, as (local, remote): its fds asked directly, a few
+/// syscalls per fd. (The netns's socket table, which `/proc/self/net/tcp` lists, holds every
+/// socket of the node for an agent in the host's namespace: reading it cost milliseconds.)
+/// An fd closed by another thread meanwhile is skipped (its syscalls fail).
+pub fn own_tcp_connections() -> Vec<(SockAddr, SockAddr)> {
+    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
+        return Vec::new();
+    };
+    dir.filter_map(Result::ok)
+        .filter_map(|e| e.file_name().to_str()?.parse::<RawFd>().ok())
+        .filter_map(|fd| tcp_names(fd).ok().flatten())
+        .filter(|(_, remote)| remote.family != 0)
+        .collect()
 }
 
 #[cfg(test)]
@@ -112,5 +131,22 @@ mod tests {
         assert_eq!(tcp_socket(me, udp.as_raw_fd() as u32).unwrap(), None);
         let file = std::fs::File::open("/proc/self/status").unwrap();
         assert_eq!(tcp_socket(me, file.as_raw_fd() as u32).unwrap(), None);
+    }
+
+    #[test]
+    fn lists_own_connections_and_not_listeners() {
+        let l = TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        let own = own_tcp_connections();
+        let port = |s: &SockAddr| s.port;
+        let listener = l.local_addr().unwrap().port();
+        let client = c.local_addr().unwrap().port();
+        // Both ends of the connection are this process's, each as (local, remote).
+        assert!(own.iter().any(|(a, b)| port(a) == client && port(b) == listener), "{own:?}");
+        assert!(own.iter().any(|(a, b)| port(a) == listener && port(b) == client), "{own:?}");
+        // The listener has no remote.
+        assert!(own.iter().all(|(_, b)| b.family != 0));
+        drop((c, accepted));
     }
 }

@@ -160,11 +160,9 @@ impl OwnSockets {
         // Unknown local peer: look again, at most every 200 ms (new export connections).
         if self.refreshed.is_none_or(|t| t.elapsed() >= Duration::from_millis(200)) {
             self.refreshed = Some(Instant::now());
-            self.conns = crate::capture::scan::tcp_sockets(std::process::id())
+            self.conns = crate::capture::resolve::own_tcp_connections()
                 .iter()
-                .filter_map(|s| {
-                    Some((crate::events::socket_addr(&s.local)?, crate::events::socket_addr(&s.remote)?))
-                })
+                .filter_map(|(l, r)| Some((crate::events::socket_addr(l)?, crate::events::socket_addr(r)?)))
                 .collect();
             return self.matches(peer, local);
         }
