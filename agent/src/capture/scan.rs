@@ -27,8 +27,47 @@ pub struct FoundSocket {
     pub remote: SockAddr,
 }
 
-/// TCP sockets (listening or established) of `pid`.
-pub fn tcp_sockets(pid: u32) -> Vec<FoundSocket> {
+/// Network namespaces' TCP tables, each read once for a scan that covers many processes. A
+/// namespace's table lists every socket in it (for the host's, every socket of the node): read
+/// per process, starting in a busy host namespace cost the table's size once per process.
+#[derive(Default)]
+pub struct NetTables {
+    by_ns: HashMap<u64, std::rc::Rc<NetTable>>,
+    /// Tables read (not taken from the cache).
+    pub reads: usize,
+}
+
+struct NetTable {
+    entries: Vec<TcpNetEntry>,
+    /// Ports something listens on in the namespace: a connection on one is a server's.
+    listening_ports: HashSet<u16>,
+}
+
+impl NetTables {
+    /// The TCP tables of `proc_`'s network namespace.
+    fn of(&mut self, proc_: &Process) -> std::rc::Rc<NetTable> {
+        use std::os::unix::fs::MetadataExt as _;
+        // The namespace's identity: the inode its /proc link resolves to.
+        let ns = std::fs::metadata(format!("/proc/{}/ns/net", proc_.pid)).map(|m| m.ino()).ok();
+        if let Some(t) = ns.and_then(|ns| self.by_ns.get(&ns)) {
+            return std::rc::Rc::clone(t);
+        }
+        self.reads += 1;
+        let mut entries: Vec<TcpNetEntry> = proc_.tcp().unwrap_or_default();
+        entries.extend(proc_.tcp6().unwrap_or_default());
+        let listening_ports =
+            entries.iter().filter(|e| e.state == TcpState::Listen).map(|e| e.local_address.port()).collect();
+        let table = std::rc::Rc::new(NetTable { entries, listening_ports });
+        if let Some(ns) = ns {
+            self.by_ns.insert(ns, std::rc::Rc::clone(&table));
+        }
+        table
+    }
+}
+
+/// TCP sockets (listening or established) of `pid`, with its namespace's tables taken from (or
+/// added to) `tables`.
+pub fn tcp_sockets(pid: u32, tables: &mut NetTables) -> Vec<FoundSocket> {
     let Ok(proc_) = Process::new(pid as i32) else {
         return Vec::new();
     };
@@ -45,11 +84,10 @@ pub fn tcp_sockets(pid: u32) -> Vec<FoundSocket> {
     if inodes.is_empty() {
         return Vec::new();
     }
-    let mut table: Vec<TcpNetEntry> = proc_.tcp().unwrap_or_default();
-    table.extend(proc_.tcp6().unwrap_or_default());
-    let listening_ports: HashSet<u16> =
-        table.iter().filter(|e| e.state == TcpState::Listen).map(|e| e.local_address.port()).collect();
+    let table = tables.of(&proc_);
+    let listening_ports = &table.listening_ports;
     table
+        .entries
         .iter()
         .filter_map(|e| {
             let fd = *inodes.get(&e.inode)?;
@@ -74,4 +112,37 @@ pub fn tcp_sockets(pid: u32) -> Vec<FoundSocket> {
             })
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_namespace_table_is_read_once_for_a_scan_of_many_processes() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
+        let (accepted, _) = l.accept().unwrap();
+        let (listen_port, client_port) = (l.local_addr().unwrap().port(), c.local_addr().unwrap().port());
+        let me = std::process::id();
+        let mut tables = NetTables::default();
+        // Other tests of this process open and close sockets meanwhile: only this test's own
+        // sockets are compared.
+        for _ in 0..3 {
+            let found = tcp_sockets(me, &mut tables);
+            let role_of = |local: u16, listening: bool| {
+                found.iter().find(|s| s.local.port == local && s.listening == listening).map(|s| s.role)
+            };
+            assert_eq!(role_of(listen_port, true), Some(ROLE_UNKNOWN), "{found:?}");
+            assert_eq!(role_of(client_port, false), Some(ROLE_CLIENT), "{found:?}");
+            assert!(
+                found.iter().any(|s| s.local.port == listen_port
+                    && s.remote.port == client_port
+                    && s.role == ROLE_SERVER),
+                "{found:?}"
+            );
+        }
+        assert_eq!(tables.reads, 1);
+        drop((c, accepted));
+    }
 }

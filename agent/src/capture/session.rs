@@ -139,14 +139,16 @@ impl Session {
                     .map(|it| it.filter_map(Result::ok).map(|p| p.pid as u32).collect())
                     .unwrap_or_default();
                 let me = std::process::id();
+                let mut tables = scan::NetTables::default();
                 for pid in pids.into_iter().filter(|p| *p != me) {
-                    s.adopt(pid)?;
+                    s.adopt(pid, &mut tables)?;
                 }
             }
             Selection::Only { .. } => {
+                let mut tables = scan::NetTables::default();
                 for pid in initial {
                     s.capture.set_watched(pid, true)?;
-                    s.adopt(pid)?;
+                    s.adopt(pid, &mut tables)?;
                 }
             }
         }
@@ -173,10 +175,11 @@ impl Session {
         self.capture.counters()
     }
 
-    /// Registers the existing TCP sockets of `pid` with the kernel maps.
-    fn adopt(&mut self, pid: u32) -> Result<(), CaptureError> {
+    /// Registers the existing TCP sockets of `pid` with the kernel maps (namespace tables from
+    /// `tables`: a scan of many processes reads each namespace's once).
+    fn adopt(&mut self, pid: u32, tables: &mut scan::NetTables) -> Result<(), CaptureError> {
         self.check_runtime(pid)?;
-        for sock in scan::tcp_sockets(pid) {
+        for sock in scan::tcp_sockets(pid, tables) {
             if sock.listening {
                 self.capture.insert_listener(pid, sock.fd, sock.local)?;
                 continue;
@@ -295,7 +298,7 @@ impl Session {
                         self.stats.selected_at_exec += 1;
                         let selected = self.capture.set_watched(p.pid, true);
                         if self.applied(selected)? {
-                            self.adopt(p.pid)?;
+                            self.adopt(p.pid, &mut scan::NetTables::default())?;
                         }
                         return Ok(true);
                     }
