@@ -2,7 +2,10 @@
 //! /proc: the process's socket inodes joined with its network namespace's TCP tables. Listeners
 //! are added to the kernel's listener map, established connections to its connection map, and
 //! both are traced from their next message.
-use std::collections::{HashMap, HashSet};
+use std::{
+    collections::{HashMap, HashSet},
+    rc::Rc,
+};
 
 use procfs::{
     net::{TcpNetEntry, TcpState},
@@ -32,7 +35,7 @@ pub struct FoundSocket {
 /// per process, starting in a busy host namespace cost the table's size once per process.
 #[derive(Default)]
 pub struct NetTables {
-    by_ns: HashMap<u64, std::rc::Rc<NetTable>>,
+    by_ns: HashMap<u64, Rc<NetTable>>,
     /// Tables read (not taken from the cache).
     pub reads: usize,
 }
@@ -45,21 +48,21 @@ struct NetTable {
 
 impl NetTables {
     /// The TCP tables of `proc_`'s network namespace.
-    fn of(&mut self, proc_: &Process) -> std::rc::Rc<NetTable> {
+    fn of(&mut self, proc_: &Process) -> Rc<NetTable> {
         use std::os::unix::fs::MetadataExt as _;
         // The namespace's identity: the inode its /proc link resolves to.
         let ns = std::fs::metadata(format!("/proc/{}/ns/net", proc_.pid)).map(|m| m.ino()).ok();
         if let Some(t) = ns.and_then(|ns| self.by_ns.get(&ns)) {
-            return std::rc::Rc::clone(t);
+            return Rc::clone(t);
         }
         self.reads += 1;
         let mut entries: Vec<TcpNetEntry> = proc_.tcp().unwrap_or_default();
         entries.extend(proc_.tcp6().unwrap_or_default());
         let listening_ports =
             entries.iter().filter(|e| e.state == TcpState::Listen).map(|e| e.local_address.port()).collect();
-        let table = std::rc::Rc::new(NetTable { entries, listening_ports });
+        let table = Rc::new(NetTable { entries, listening_ports });
         if let Some(ns) = ns {
-            self.by_ns.insert(ns, std::rc::Rc::clone(&table));
+            self.by_ns.insert(ns, Rc::clone(&table));
         }
         table
     }
