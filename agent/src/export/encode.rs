@@ -6,6 +6,8 @@
 //! length again at each level it is nested in). The unit test holds the two byte for byte.
 use std::{mem::MaybeUninit, sync::Arc};
 
+use hyper::body::Bytes;
+
 use super::transform::{FLAG_HAS_IS_REMOTE, FLAG_IS_REMOTE};
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
@@ -369,12 +371,18 @@ const SPAN_BYTES: usize = 384;
 /// Room made at first, at most: a batch of larger spans grows.
 const MAX_START_BYTES: usize = 1 << 20;
 
+/// Bytes kept free before a batch's first span: a one-process batch's request framing and
+/// resource are written there when it is sent, so that its spans are not copied into another
+/// buffer (a batch is a few hundred KiB, built on another core than the one that sends it).
+const HEAD_ROOM: usize = 4096;
+
 /// Spans encoded as they are handed over: the content of the next request. A span record
 /// (about a kilobyte with its attributes) is freed as soon as it is encoded, by the thread that
 /// made it, and a batch waiting to be sent holds its spans' ~350 encoded bytes each.
 #[derive(Default)]
 pub struct EncodedSpans {
-    /// Every span as a `ScopeSpans.spans` field, in the order they came.
+    /// [`HEAD_ROOM`] bytes (once a span is held), then every span as a `ScopeSpans.spans`
+    /// field, in the order they came.
     bytes: Vec<u8>,
     /// Each span's process and where its field starts in `bytes`.
     index: Vec<(u32, u32)>,
@@ -396,7 +404,8 @@ impl EncodedSpans {
         if self.index.is_empty() {
             let spans = if self.expect == 0 { START_SPANS } else { self.expect };
             // And a span's worth more: each is encoded into room for its largest encoding.
-            self.bytes.reserve((spans * SPAN_BYTES).min(MAX_START_BYTES) + bound);
+            self.bytes.reserve(HEAD_ROOM + (spans * SPAN_BYTES).min(MAX_START_BYTES) + bound);
+            self.bytes.resize(HEAD_ROOM, 0);
             self.index.reserve(spans.min(MAX_START_BYTES / SPAN_BYTES));
         }
         // Batches are cut at a few MiB (see the exporter), far below 4 GiB.
@@ -420,7 +429,7 @@ impl EncodedSpans {
 
     /// Bytes of the spans' encoding.
     pub fn encoded_bytes(&self) -> usize {
-        self.bytes.len()
+        self.bytes.len().saturating_sub(HEAD_ROOM)
     }
 
     /// The processes whose spans are held, in pid order.
@@ -429,6 +438,53 @@ impl EncodedSpans {
         pids.sort_unstable();
         pids.dedup();
         pids
+    }
+
+    /// The `ExportTraceServiceRequest` of these spans, as [`EncodedSpans::request`] writes it.
+    /// The spans of one process (the usual batch of a node agent watching a few busy services
+    /// is one process's, or a few alternating) are framed where they are: the framing and the
+    /// resource go into the room left before them, the schema after them.
+    pub fn into_request(mut self, resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>) -> Bytes {
+        let Some(&(pid, _)) = self.index.first() else {
+            return Bytes::new();
+        };
+        if self.index.iter().any(|(p, _)| *p != pid) {
+            let mut out = Vec::with_capacity(self.encoded_bytes() + 1024);
+            self.request(resource_of, &mut out);
+            return Bytes::from(out);
+        }
+        let mut res = Vec::new();
+        resource(&mut res, &resource_of(pid));
+        let mut scope = Vec::new();
+        let mut scratch = Vec::new();
+        message(&mut scope, &mut scratch, 1, |sc| {
+            bytes(sc, 1, b"tracewire");
+            bytes(sc, 2, env!("CARGO_PKG_VERSION").as_bytes());
+        });
+        let mut schema = Vec::new();
+        bytes(&mut schema, 3, SCHEMA_URL.as_bytes());
+        let spans = self.bytes.len() - HEAD_ROOM;
+        let ss_len = scope.len() + spans + schema.len();
+        let res_field = 1 + len_varint(res.len() as u64) + res.len();
+        let rs_len = res_field + 1 + len_varint(ss_len as u64) + ss_len;
+        // ExportTraceServiceRequest.resource_spans { resource, scope_spans { scope, spans.. } }
+        let mut head = Vec::with_capacity(16 + res_field + scope.len());
+        key(&mut head, 1, LEN);
+        varint(&mut head, rs_len as u64);
+        bytes(&mut head, 1, &res);
+        key(&mut head, 2, LEN);
+        varint(&mut head, ss_len as u64);
+        head.extend_from_slice(&scope);
+        if head.len() > HEAD_ROOM {
+            // A resource of more than a few KiB: framed by copying.
+            let mut out = Vec::with_capacity(self.encoded_bytes() + head.len() + 1024);
+            self.request(resource_of, &mut out);
+            return Bytes::from(out);
+        }
+        let start = HEAD_ROOM - head.len();
+        self.bytes[start..HEAD_ROOM].copy_from_slice(&head);
+        self.bytes.extend_from_slice(&schema);
+        Bytes::from(self.bytes).slice(start..)
     }
 
     /// The `ExportTraceServiceRequest` of these spans, appended to `out`: one `ResourceSpans`
@@ -519,7 +575,19 @@ mod tests {
         assert_eq!(enc.len(), spans.len());
         let mut out = Vec::new();
         enc.request(&mut |pid| res.get(pid), &mut out);
+        // Framed in place (one process) or copied (several), the same request.
+        assert!(enc.into_request(&mut |pid| res.get(pid)) == out);
         out
+    }
+
+    #[test]
+    fn one_process_with_a_resource_larger_than_the_room_before_its_spans() {
+        // The framing then goes the copying way, to the same bytes.
+        let mut res = Resources::new(8);
+        let big = (0..50).map(|i| (format!("k{i}"), "v".repeat(100))).collect();
+        res.insert(ProcessInfo { service_name: "users".into(), attributes: big, pid: 7 });
+        let spans = vec![transform::tests::sample(7), transform::tests::sample(7)];
+        assert_eq!(encode(&spans, &mut res), transform::request(&spans, &mut res).encode_to_vec());
     }
 
     #[test]

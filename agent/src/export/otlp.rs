@@ -592,10 +592,8 @@ fn frame(queued: Queued) -> Batch {
             Arc::new(ProcessInfo { service_name: format!("pid-{pid}"), attributes: Vec::new(), pid })
         })
     };
-    // The spans, and room for each process's resource and framing: one allocation.
-    let mut body = Vec::with_capacity(queued.spans.encoded_bytes() + 1024 * queued.resources.len());
-    queued.spans.request(&mut lookup, &mut body);
-    Batch { request: Bytes::from(body), spans: queued.spans.len() as u64 }
+    let spans = queued.spans.len() as u64;
+    Batch { request: queued.spans.into_request(&mut lookup), spans }
 }
 
 /// Sends one batch, retrying per the OTLP rules, and accounts for every span in it.
