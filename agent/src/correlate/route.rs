@@ -56,6 +56,10 @@ impl Routes {
 
     /// Names `path` (without its query).
     pub fn name(&self, path: &str) -> Named {
+        if self.patterns.is_empty() && !self.heuristic {
+            // Nothing to match: no need to split the path (a vector per request).
+            return Named::None;
+        }
         let segs: Vec<&str> = path.trim_matches('/').split('/').filter(|s| !s.is_empty()).collect();
         for (pattern, raw) in self.patterns.iter().zip(&self.raw) {
             if matches(pattern, &segs) {

@@ -366,3 +366,18 @@ fn kernel_minted_span_ids_are_the_exported_ones() {
     assert_eq!(pipelined.len(), 2);
     assert_eq!(pipelined.iter().filter(|id| **id == [0x88; 8]).count(), 1);
 }
+
+#[test]
+fn host_values_split_into_address_and_port() {
+    let split = |h: &str| super::host_port(h.to_string(), 80);
+    assert_eq!(split("a.example:8080"), ("a.example".to_string(), 8080));
+    assert_eq!(split("a.example"), ("a.example".to_string(), 80));
+    assert_eq!(split("a.example:"), ("a.example".to_string(), 80));
+    assert_eq!(split("a.example:x1"), ("a.example".to_string(), 80));
+    assert_eq!(split("[::1]:9000"), ("::1".to_string(), 9000));
+    assert_eq!(split("[::1]"), ("::1".to_string(), 80));
+    // An IPv6 address without brackets has no port to split off.
+    assert_eq!(split("::1"), ("::1".to_string(), 80));
+    assert_eq!(split("fe80::1:443"), ("fe80::1:443".to_string(), 80));
+    assert_eq!(split("café.example:81"), ("café.example".to_string(), 81));
+}
