@@ -518,6 +518,23 @@ impl Session {
         Ok(())
     }
 
+    /// Connections adopted from /proc (at start, or when an exec selects a process), handed on
+    /// as if the kernel had reported them, and recorded like its records (those adopted while a
+    /// poll's records were handled used to be handed on unrecorded).
+    fn hand_pending(&mut self, f: &mut impl FnMut(&Event<'_>)) -> Result<(), CaptureError> {
+        for c in std::mem::take(&mut self.pending) {
+            let mut ev = Event::Conn(c);
+            if let Some(rec) = &mut self.recorder {
+                rec.write(&crate::events::decode::encode::encode(&ev))
+                    .map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
+            }
+            if self.control(&mut ev)? {
+                f(&ev);
+            }
+        }
+        Ok(())
+    }
+
     /// Polls after which what the ring held when they started has been read: a poll takes up to
     /// [`POLL_BYTES`], so stopping takes this many at most (traced processes keep writing).
     pub fn drain_polls(&self) -> usize {
@@ -531,16 +548,7 @@ impl Session {
             self.go_checked = std::time::Instant::now();
             self.capture.follow_goroutine_creation();
         }
-        for c in std::mem::take(&mut self.pending) {
-            let mut ev = Event::Conn(c);
-            if let Some(rec) = &mut self.recorder {
-                rec.write(&crate::events::decode::encode::encode(&ev))
-                    .map_err(|e| CaptureError::Io("writing the recording".into(), e))?;
-            }
-            if self.control(&mut ev)? {
-                f(&ev);
-            }
-        }
+        self.hand_pending(&mut f)?;
         // Records are copied out of the ring into one reused buffer (the ring borrow must end
         // before `control` needs `&mut self`); nothing is allocated per record. A poll takes a
         // bounded share of a full ring: what the records become downstream (spans, export
@@ -553,12 +561,7 @@ impl Session {
         let result = self.process(&batch, &mut f);
         self.batch = batch;
         result?;
-        for c in std::mem::take(&mut self.pending) {
-            let mut ev = Event::Conn(c);
-            if self.control(&mut ev)? {
-                f(&ev);
-            }
-        }
+        self.hand_pending(&mut f)?;
         Ok(records)
     }
 }
