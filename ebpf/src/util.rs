@@ -39,10 +39,16 @@ static TRACEWIRE_CONFIG: Config = Config {
     },
 };
 
+/// The configuration userspace set at load. Its address goes through a volatile read: the
+/// compiler cannot see the static behind it, so it neither folds the compile-time defaults into
+/// the code nor, unlike a volatile read of the whole struct, loads the fields a caller does not
+/// use (every call used to load all twenty, several times per event).
 #[inline(always)]
-pub fn config() -> Config {
-    // SAFETY: a plain static; volatile so the compiler does not fold the default values.
-    unsafe { core::ptr::read_volatile(&TRACEWIRE_CONFIG) }
+pub fn config() -> &'static Config {
+    let p: *const Config = core::ptr::addr_of!(TRACEWIRE_CONFIG);
+    // SAFETY: `p` points at a plain static that nothing in the programs writes (userspace sets
+    // it before loading); reading a local through a volatile load is always sound.
+    unsafe { &*core::ptr::read_volatile(&p) }
 }
 
 /// The agent's own tgid and the selection mode: two configuration fields, not the whole
