@@ -114,39 +114,41 @@ mod tests {
     use std::net::{TcpListener, TcpStream};
 
     #[test]
-    fn resolves_own_sockets() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = l.local_addr().unwrap().port();
-        let c = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    fn resolves_own_sockets() -> io::Result<()> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let port = l.local_addr()?.port();
+        let c = TcpStream::connect(("127.0.0.1", port))?;
         let me = std::process::id();
-        let (local, remote) = tcp_socket(me, c.as_raw_fd() as u32).unwrap().unwrap();
+        let (local, remote) = tcp_socket(me, c.as_raw_fd() as u32)?.ok_or(io::ErrorKind::NotFound)?;
         assert_eq!(local.family, FAMILY_V4);
         assert_eq!(remote.port, port);
         assert_eq!(&remote.addr[..4], &[127, 0, 0, 1]);
-        assert_eq!(local.port, c.local_addr().unwrap().port());
-        let (llocal, lremote) = tcp_socket(me, l.as_raw_fd() as u32).unwrap().unwrap();
+        assert_eq!(local.port, c.local_addr()?.port());
+        let (llocal, lremote) = tcp_socket(me, l.as_raw_fd() as u32)?.ok_or(io::ErrorKind::NotFound)?;
         assert_eq!(llocal.port, port);
         assert_eq!(lremote.family, 0);
-        let udp = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-        assert_eq!(tcp_socket(me, udp.as_raw_fd() as u32).unwrap(), None);
-        let file = std::fs::File::open("/proc/self/status").unwrap();
-        assert_eq!(tcp_socket(me, file.as_raw_fd() as u32).unwrap(), None);
+        let udp = std::net::UdpSocket::bind("127.0.0.1:0")?;
+        assert_eq!(tcp_socket(me, udp.as_raw_fd() as u32)?, None);
+        let file = std::fs::File::open("/proc/self/status")?;
+        assert_eq!(tcp_socket(me, file.as_raw_fd() as u32)?, None);
+        Ok(())
     }
 
     #[test]
-    fn lists_own_connections_and_not_listeners() {
-        let l = TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (accepted, _) = l.accept().unwrap();
+    fn lists_own_connections_and_not_listeners() -> std::io::Result<()> {
+        let l = TcpListener::bind("127.0.0.1:0")?;
+        let c = TcpStream::connect(l.local_addr()?)?;
+        let (accepted, _) = l.accept()?;
         let own = own_tcp_connections();
         let port = |s: &SockAddr| s.port;
-        let listener = l.local_addr().unwrap().port();
-        let client = c.local_addr().unwrap().port();
+        let listener = l.local_addr()?.port();
+        let client = c.local_addr()?.port();
         // Both ends of the connection are this process's, each as (local, remote).
         assert!(own.iter().any(|(a, b)| port(a) == client && port(b) == listener), "{own:?}");
         assert!(own.iter().any(|(a, b)| port(a) == listener && port(b) == client), "{own:?}");
         // The listener has no remote.
         assert!(own.iter().all(|(_, b)| b.family != 0));
         drop((c, accepted));
+        Ok(())
     }
 }

@@ -122,11 +122,11 @@ mod tests {
     use super::*;
 
     #[test]
-    fn a_namespace_table_is_read_once_for_a_scan_of_many_processes() {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let c = std::net::TcpStream::connect(l.local_addr().unwrap()).unwrap();
-        let (accepted, _) = l.accept().unwrap();
-        let (listen_port, client_port) = (l.local_addr().unwrap().port(), c.local_addr().unwrap().port());
+    fn a_namespace_table_is_read_once_for_a_scan_of_many_processes() -> std::io::Result<()> {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        let c = std::net::TcpStream::connect(l.local_addr()?)?;
+        let (accepted, _) = l.accept()?;
+        let (listen_port, client_port) = (l.local_addr()?.port(), c.local_addr()?.port());
         let me = std::process::id();
         let mut tables = NetTables::default();
         // Other tests of this process open and close sockets meanwhile: only this test's own
@@ -147,5 +147,6 @@ mod tests {
         }
         assert_eq!(tables.reads, 1);
         drop((c, accepted));
+        Ok(())
     }
 }

@@ -362,6 +362,19 @@ fn resource(buf: &mut Vec<u8>, p: &ProcessInfo) {
     }
 }
 
+/// `ScopeSpans.scope`: this instrumentation's name and version.
+fn scope_field(buf: &mut Vec<u8>, scratch: &mut Vec<u8>) {
+    message(buf, scratch, 1, |scope| {
+        bytes(scope, 1, b"tracewire");
+        bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
+    });
+}
+
+/// `ScopeSpans.schema_url`.
+fn schema_field(buf: &mut Vec<u8>) {
+    bytes(buf, 3, SCHEMA_URL.as_bytes());
+}
+
 /// Bytes a batch's length takes (16 KiB to 2 MiB).
 const BATCH_LEN_GUESS: usize = 3;
 /// Spans a batch makes room for at first unless told (it grows past that by doubling).
@@ -445,24 +458,28 @@ impl EncodedSpans {
     /// is one process's, or a few alternating) are framed where they are: the framing and the
     /// resource go into the room left before them, the schema after them.
     pub fn into_request(mut self, resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>) -> Bytes {
-        let Some(&(pid, _)) = self.index.first() else {
-            return Bytes::new();
-        };
+        if let Some(start) = self.frame_in_place(resource_of) {
+            return Bytes::from(self.bytes).slice(start..);
+        }
+        let mut out = Vec::with_capacity(self.encoded_bytes() + 1024);
+        self.request(resource_of, &mut out);
+        Bytes::from(out)
+    }
+
+    /// Writes the request framing and resource of a batch of one process's spans into the room
+    /// before them, and the schema after them; returns where the request starts. None (nothing
+    /// written) for a batch of several processes, or a resource too large for the room.
+    fn frame_in_place(&mut self, resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>) -> Option<usize> {
+        let &(pid, _) = self.index.first()?;
         if self.index.iter().any(|(p, _)| *p != pid) {
-            let mut out = Vec::with_capacity(self.encoded_bytes() + 1024);
-            self.request(resource_of, &mut out);
-            return Bytes::from(out);
+            return None;
         }
         let mut res = Vec::new();
         resource(&mut res, &resource_of(pid));
         let mut scope = Vec::new();
-        let mut scratch = Vec::new();
-        message(&mut scope, &mut scratch, 1, |sc| {
-            bytes(sc, 1, b"tracewire");
-            bytes(sc, 2, env!("CARGO_PKG_VERSION").as_bytes());
-        });
+        scope_field(&mut scope, &mut Vec::new());
         let mut schema = Vec::new();
-        bytes(&mut schema, 3, SCHEMA_URL.as_bytes());
+        schema_field(&mut schema);
         let spans = self.bytes.len() - HEAD_ROOM;
         let ss_len = scope.len() + spans + schema.len();
         let res_field = 1 + len_varint(res.len() as u64) + res.len();
@@ -475,16 +492,10 @@ impl EncodedSpans {
         key(&mut head, 2, LEN);
         varint(&mut head, ss_len as u64);
         head.extend_from_slice(&scope);
-        if head.len() > HEAD_ROOM {
-            // A resource of more than a few KiB: framed by copying.
-            let mut out = Vec::with_capacity(self.encoded_bytes() + head.len() + 1024);
-            self.request(resource_of, &mut out);
-            return Bytes::from(out);
-        }
-        let start = HEAD_ROOM - head.len();
+        let start = HEAD_ROOM.checked_sub(head.len())?;
         self.bytes[start..HEAD_ROOM].copy_from_slice(&head);
         self.bytes.extend_from_slice(&schema);
-        Bytes::from(self.bytes).slice(start..)
+        Some(start)
     }
 
     /// The `ExportTraceServiceRequest` of these spans, appended to `out`: one `ResourceSpans`
@@ -508,14 +519,11 @@ impl EncodedSpans {
                 bytes(rs, 1, &res);
                 // ScopeSpans: scope, spans, schema_url.
                 message_in_place(rs, 2, BATCH_LEN_GUESS, |ss| {
-                    message(ss, &mut scratch, 1, |scope| {
-                        bytes(scope, 1, b"tracewire");
-                        bytes(scope, 2, env!("CARGO_PKG_VERSION").as_bytes());
-                    });
+                    scope_field(ss, &mut scratch);
                     for i in run {
                         ss.extend_from_slice(field(*i));
                     }
-                    bytes(ss, 3, SCHEMA_URL.as_bytes());
+                    schema_field(ss);
                 });
             });
         }
