@@ -213,9 +213,9 @@ struct Conn {
 }
 
 /// Server requests in flight, by server connection: what a client span made by a thread serving
-/// that connection may take as its parent. One in flight (the usual) is held in place: an entry
-/// comes and goes with every request, and a vector allocated for it each time was a visible
-/// share of the pipeline.
+/// that connection may take as its parent. One in flight (the usual) is held in place, and an
+/// entry lives as long as its connection: a vector allocated, or an entry inserted and removed,
+/// for every request was a visible share of the pipeline.
 type Serving = HashMap<ConnId, smallvec::SmallVec<[SpanCtx; 1]>>;
 
 /// A socket address normalised for matching the two ends of one TCP connection
@@ -509,13 +509,12 @@ impl ConnSink<'_> {
                 q.retain(|c| c.span_id != p.ctx.span_id);
             }
         }
+        // An emptied list stays until its connection closes (see `Correlator::close`): the
+        // connection's next request reuses it instead of inserting and removing an entry each.
         if self.info.role == ROLE_SERVER
             && let Some(list) = self.g.serving.get_mut(&self.info.id)
         {
             list.retain(|c| c.span_id != p.ctx.span_id);
-            if list.is_empty() {
-                self.g.serving.remove(&self.info.id);
-            }
         }
         if resp.is_none() {
             self.g.stats.no_response += 1;

@@ -261,7 +261,13 @@ fn golden_recordings() {
     let mut failures = Vec::new();
     for events in entries {
         let text = fs::read_to_string(&events).unwrap();
-        let (spans, c) = replay(&text);
+        let (spans, mut c) = replay(&text);
+        // Server connections keep their in-flight list between requests: the table holds
+        // only connections that are open, and none once every connection has ended.
+        let open = |c: &Correlator| {
+            c.shared.serving.keys().all(|id| c.conns.get(&(id.tgid, id.fd)).is_some_and(|k| k.info.id == *id))
+        };
+        assert!(open(&c), "{}: in-flight lists of closed connections", events.display());
         let mut actual = render(&spans);
         let stats = c.stats();
         let _ = writeln!(
@@ -283,6 +289,8 @@ fn golden_recordings() {
             stats.linked_tcp,
             stats.kernel_ctx_differs
         );
+        c.close_all();
+        assert!(c.shared.serving.is_empty(), "{}: in-flight lists after every close", events.display());
         let expected_path = events.with_extension("spans");
         if update {
             fs::write(&expected_path, &actual).unwrap();
