@@ -59,6 +59,9 @@ pub enum CaptureError {
         #[source]
         source: aya::programs::ProgramError,
     },
+    /// The thread loading a program ended without a result.
+    #[error("program {0}: the thread loading it panicked")]
+    LoadThread(&'static str),
     /// A map operation failed.
     #[error("map operation failed: {0}")]
     Map(#[source] aya::maps::MapError),
