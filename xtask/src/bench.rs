@@ -62,6 +62,62 @@ fn size_cost(
     })
 }
 
+/// R16: the data path of kernels without the socket tracepoints (before 6.16).
+struct SyscallHooksCost {
+    /// BPF ns per nginx request (net of bpf_stats' own cost), and program runs per request.
+    request_ns: f64,
+    request_runs: f64,
+    /// BPF ns per syscall of an unwatched process, and runs per syscall: dd's file I/O, then the
+    /// loopback socket loop.
+    file_ns: f64,
+    file_runs: f64,
+    socket_ns: f64,
+    socket_runs: f64,
+}
+
+/// The agent on the syscall data path (`--data-hooks syscalls`, what kernels before 6.16 get:
+/// 5.15, 6.1, 6.6 and the other long-term ones), with bpf_stats on: nginx (`pid` on `port`)
+/// under wrk, then `n` one-byte dd copies and `sn` loopback write+read pairs of this
+/// (unwatched) process.
+fn syscall_hooks_cost(
+    tracewire: &Path,
+    pid: u32,
+    port: u16,
+    secs: u64,
+    (n, sn): (u64, u64),
+    empty_run_ns: f64,
+) -> Result<SyscallHooksCost> {
+    let pid = pid.to_string();
+    let (mut agent, _) = start_agent(
+        tracewire,
+        &["run", "--pid", &pid, "--print", "none", "--status-interval", "0", "--data-hooks", "syscalls"],
+    )?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let s0 = bpf_stats();
+    // Each measurement's error waits until bpf_stats is off and the agent stopped.
+    let measured = wrk(port, secs);
+    let s1 = bpf_stats();
+    let file = dd_seconds(n);
+    let s2 = bpf_stats();
+    let socket = socket_loop_seconds(sn);
+    let s3 = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    let (requests, _) = measured?;
+    file?;
+    socket?;
+    // (net ns, runs) per unit between two readings.
+    let per = |(ns0, c0): (u64, u64), (ns1, c1): (u64, u64), units: u64| {
+        let runs = c1.saturating_sub(c0) as f64;
+        let units = units.max(1) as f64;
+        ((ns1.saturating_sub(ns0) as f64 - runs * empty_run_ns).max(0.0) / units, runs / units)
+    };
+    let (request_ns, request_runs) = per(s0, s1, requests);
+    let (file_ns, file_runs) = per(s1, s2, 2 * n);
+    let (socket_ns, socket_runs) = per(s2, s3, 2 * sn);
+    Ok(SyscallHooksCost { request_ns, request_runs, file_ns, file_runs, socket_ns, socket_runs })
+}
+
 struct Nginx {
     _guard: Guard,
     pid: u32,
@@ -739,6 +795,14 @@ pub fn bench(quick: bool) -> Result<()> {
         );
     }
 
+    // R16: the same nginx and unwatched loops on the syscall data path of older kernels.
+    let legacy =
+        syscall_hooks_cost(&tracewire, nginx.pid, nginx.port, secs, (n, sn), calibration.empty_run_ns)?;
+    println!(
+        "bench: syscall hooks: BPF {:.0} ns per nginx request ({:.1} runs), {:.1} ns per unwatched file syscall, {:.1} per socket syscall",
+        legacy.request_ns, legacy.request_runs, legacy.file_ns, legacy.socket_ns
+    );
+
     // What following goroutines costs: a Go service calling a Go leaf once per request, traced
     // with the uprobes and without (then its calls are unlinked), alternating.
     let front = start_go_hop(&go_bin, Some(leaf.port), 0)?;
@@ -1025,6 +1089,20 @@ pub fn bench(quick: bool) -> Result<()> {
                 ),
             )
         },
+        row(
+            "R16",
+            "syscall hooks (before 6.16): BPF ns per request (nginx)",
+            legacy.request_ns,
+            "report",
+            true,
+            &format!(
+                "--data-hooks syscalls, every syscall of every process runs two programs: {:.1} runs per request \
+                 (wrk's included; {bpf_per_req_net:.0} ns over {runs_per_req:.1} with the socket hooks, R4); an \
+                 unwatched process: {:.1} ns per file syscall ({:.2} runs; R9: {dd_bpf_ns:.1}), {:.1} ns per socket \
+                 syscall ({:.2} runs; R9: {sock_bpf_ns:.1}); net of bpf_stats' own clock reads, wrk {secs} s",
+                legacy.request_runs, legacy.file_ns, legacy.file_runs, legacy.socket_ns, legacy.socket_runs
+            ),
+        ),
     ];
     println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");
     for r in &rows {
