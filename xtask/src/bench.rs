@@ -53,13 +53,20 @@ fn size_cost(
     stop(&mut agent);
     let summary = summary_of(&lines);
     let per_req = |x: f64| x / requests.max(1) as f64;
-    let runs = cnt1.saturating_sub(cnt0) as f64;
     Ok(SizeCost {
         what,
-        bpf_ns: per_req((ns1.saturating_sub(ns0) as f64 - runs * empty_run_ns).max(0.0)),
+        bpf_ns: per_req(net_bpf((ns0, cnt0), (ns1, cnt1), empty_run_ns).0),
         copied: per_req(summary["kernel"]["payload_bytes"].as_f64().unwrap_or(0.0)),
         skipped: per_req(summary["kernel"]["body_skipped"].as_f64().unwrap_or(0.0)),
     })
+}
+
+/// BPF run time and program runs between two bpf_stats readings, the run time net of what
+/// bpf_stats reports for a program that does nothing (its own clock reads, `empty_run_ns` per
+/// run), which tracewire's programs do not pay without it.
+fn net_bpf((ns0, runs0): (u64, u64), (ns1, runs1): (u64, u64), empty_run_ns: f64) -> (f64, f64) {
+    let runs = runs1.saturating_sub(runs0) as f64;
+    ((ns1.saturating_sub(ns0) as f64 - runs * empty_run_ns).max(0.0), runs)
 }
 
 /// R16: the data path of kernels without the socket tracepoints (before 6.16).
@@ -107,10 +114,10 @@ fn syscall_hooks_cost(
     file?;
     socket?;
     // (net ns, runs) per unit between two readings.
-    let per = |(ns0, c0): (u64, u64), (ns1, c1): (u64, u64), units: u64| {
-        let runs = c1.saturating_sub(c0) as f64;
+    let per = |a, b, units: u64| {
+        let (ns, runs) = net_bpf(a, b, empty_run_ns);
         let units = units.max(1) as f64;
-        ((ns1.saturating_sub(ns0) as f64 - runs * empty_run_ns).max(0.0) / units, runs / units)
+        (ns / units, runs / units)
     };
     let (request_ns, request_runs) = per(s0, s1, requests);
     let (file_ns, file_runs) = per(s1, s2, 2 * n);
@@ -834,12 +841,11 @@ pub fn bench(quick: bool) -> Result<()> {
     // What bpf_stats reports for a program that does nothing is its own cost (its clock reads):
     // every run's figure includes it, and without it tracewire's programs do not pay it.
     let empty_run_ns = calibration.empty_run_ns;
-    let stats_runs = bpf_cnt1.saturating_sub(bpf_cnt0);
-    let bpf_net_ns = (bpf_ns1.saturating_sub(bpf_ns0) as f64 - stats_runs as f64 * empty_run_ns).max(0.0);
+    let (bpf_net_ns, stats_runs) = net_bpf((bpf_ns0, bpf_cnt0), (bpf_ns1, bpf_cnt1), empty_run_ns);
     let bpf_secs = bpf_net_ns / 1e9 * requests as f64 / stats_requests.max(1) as f64;
     let per_m = |x: f64| x / requests.max(1) as f64 * 1e6;
     let bpf_per_req = bpf_ns1.saturating_sub(bpf_ns0) as f64 / stats_requests.max(1) as f64;
-    let runs_per_req = stats_runs as f64 / stats_requests.max(1) as f64;
+    let runs_per_req = stats_runs / stats_requests.max(1) as f64;
     let bpf_per_req_net = bpf_net_ns / stats_requests.max(1) as f64;
     let drops = summary["kernel"]["ring_full"].as_u64().unwrap_or(0)
         + summary["kernel"]["conn_map_full"].as_u64().unwrap_or(0)
@@ -857,10 +863,8 @@ pub fn bench(quick: bool) -> Result<()> {
     // loops' CPU time, with and without tracewire, is reported but not used: on this VM it moves
     // by hundreds of ns per syscall between runs of the same state (a 2.3-3.1 µs loopback
     // write+read), far more than the tens of ns measured here, either way.
-    let dd_runs = dd_cnt1.saturating_sub(dd_cnt0);
-    let dd_bpf_ns = (dd_ns1.saturating_sub(dd_ns0) as f64 - dd_runs as f64 * calibration.empty_run_ns)
-        .max(0.0)
-        / (2 * n) as f64;
+    let (dd_net_ns, dd_runs) = net_bpf((dd_ns0, dd_cnt0), (dd_ns1, dd_cnt1), empty_run_ns);
+    let dd_bpf_ns = dd_net_ns / (2 * n) as f64;
     let sock_bpf_ns = (calibration.bpf_ns_per_syscall - empty_run_ns * calibration.runs_per_syscall).max(0.0);
     let rows = vec![
         row(
@@ -991,7 +995,7 @@ pub fn bench(quick: bool) -> Result<()> {
                  without, {dd_with:.3} with ({dd_diff_ns:.1} ns); fastest of 3 each, bpf_stats off",
                 calibration.bpf_ns_per_syscall,
                 calibration.runs_per_syscall,
-                dd_runs as f64 / (2 * n) as f64
+                dd_runs / (2 * n) as f64
             ),
         ),
         row(
@@ -1043,8 +1047,7 @@ pub fn bench(quick: bool) -> Result<()> {
         ),
         {
             let ratio = s_with / ((s_base1 + s_base2) / 2.0);
-            let runs = s_cnt1.saturating_sub(s_cnt0) as f64;
-            let net = (s_ns1.saturating_sub(s_ns0) as f64 - runs * empty_run_ns).max(0.0);
+            let (net, _) = net_bpf((s_ns0, s_cnt0), (s_ns1, s_cnt1), empty_run_ns);
             let bpf_per_req = net / s_stats_requests.max(1) as f64;
             // Agent CPU over the throughput run, BPF time scaled from its own run.
             let cpu_per_m = (s_cpu + bpf_per_req * s_requests as f64 / 1e9) / s_requests.max(1) as f64 * 1e6;

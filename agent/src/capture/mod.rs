@@ -197,15 +197,11 @@ fn load_uprobe_programs(ebpf: &mut Ebpf) -> bool {
 /// the two socket data programs take 0.5-0.8 s each on a 2-core VM. Loading attaches nothing, so
 /// the order programs are attached in (see the caller) is kept.
 fn load_in_parallel(ebpf: &mut Ebpf, names: &[&'static str]) -> Result<(), CaptureError> {
-    let mut found: Vec<(&'static str, &mut aya::programs::Program)> = Vec::with_capacity(names.len());
-    for (name, prog) in ebpf.programs_mut() {
-        if let Some(&wanted) = names.iter().find(|n| **n == name) {
-            found.push((wanted, prog));
-        }
-    }
-    if let Some(missing) = names.iter().find(|n| !found.iter().any(|(f, _)| f == *n)) {
-        return Err(CaptureError::MissingProgram(missing));
-    }
+    // A name missing from the object is reported when the caller attaches it.
+    let found: Vec<(&'static str, &mut aya::programs::Program)> = ebpf
+        .programs_mut()
+        .filter_map(|(name, prog)| names.iter().find(|n| **n == name).map(|&n| (n, prog)))
+        .collect();
     std::thread::scope(|scope| {
         let loads: Vec<_> = found
             .into_iter()

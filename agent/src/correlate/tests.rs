@@ -248,7 +248,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
 }
 
 #[test]
-fn golden_recordings() {
+fn golden_recordings() -> std::io::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/http1");
     let mut entries: Vec<PathBuf> = fs::read_dir(&dir)
         .expect("testdata/http1")
@@ -260,7 +260,7 @@ fn golden_recordings() {
     let update = std::env::var_os("UPDATE_GOLDEN").is_some();
     let mut failures = Vec::new();
     for events in entries {
-        let text = fs::read_to_string(&events).unwrap();
+        let text = fs::read_to_string(&events)?;
         let (spans, mut c) = replay(&text);
         // Server connections keep their in-flight list between requests: the table holds
         // only connections that are open, and none once every connection has ended.
@@ -293,16 +293,17 @@ fn golden_recordings() {
         assert!(c.shared.serving.is_empty(), "{}: in-flight lists after every close", events.display());
         let expected_path = events.with_extension("spans");
         if update {
-            fs::write(&expected_path, &actual).unwrap();
+            fs::write(&expected_path, &actual)?;
             continue;
         }
         let expected = fs::read_to_string(&expected_path).unwrap_or_default();
         if expected != actual {
-            fs::write(events.with_extension("actual"), &actual).unwrap();
+            fs::write(events.with_extension("actual"), &actual)?;
             failures.push(events.display().to_string());
         }
     }
     assert!(failures.is_empty(), "golden mismatch (see *.actual next to): {failures:?}");
+    Ok(())
 }
 
 #[test]
@@ -345,9 +346,9 @@ fn random_bytes_never_panic_and_make_no_spans() {
 }
 
 #[test]
-fn routes_name_spans_and_set_http_route_only_when_configured() {
+fn routes_name_spans_and_set_http_route_only_when_configured() -> std::io::Result<()> {
     let dir = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata/http1");
-    let text = fs::read_to_string(dir.join("01_basic_get.events")).unwrap();
+    let text = fs::read_to_string(dir.join("01_basic_get.events"))?;
     let (spans, _) = replay_with(&text, super::route::Routes::new(&["/users/{id}".into()], false));
     assert_eq!(spans[0].name, "GET /users/{id}");
     assert_eq!(spans[0].attr("http.route"), Some(&Value::Str("/users/{id}".into())));
@@ -356,6 +357,7 @@ fn routes_name_spans_and_set_http_route_only_when_configured() {
     assert_eq!(spans[0].attr("http.route"), None, "a guessed route is never http.route");
     let (spans, _) = replay(&text);
     assert_eq!(spans[0].name, "GET");
+    Ok(())
 }
 
 #[test]

@@ -60,19 +60,20 @@ mod tests {
     use super::*;
 
     #[test]
-    fn round_trip_and_truncation() {
+    fn round_trip_and_truncation() -> std::io::Result<()> {
         let dir = std::env::temp_dir().join(format!("tw-rec-{}", std::process::id()));
-        let mut rec = Recorder::create(&dir).unwrap();
-        rec.write(b"abc").unwrap();
-        rec.write(b"").unwrap();
-        rec.write(&[7u8; 300]).unwrap();
-        rec.flush().unwrap();
+        let mut rec = Recorder::create(&dir)?;
+        rec.write(b"abc")?;
+        rec.write(b"")?;
+        rec.write(&[7u8; 300])?;
+        rec.flush()?;
         drop(rec);
-        let all = read_all(&dir).unwrap();
+        let all = read_all(&dir)?;
         assert_eq!(all, vec![b"abc".to_vec(), vec![], vec![7u8; 300]]);
-        let bytes = std::fs::read(&dir).unwrap();
-        std::fs::write(&dir, &bytes[..bytes.len() - 1]).unwrap();
+        let bytes = std::fs::read(&dir)?;
+        std::fs::write(&dir, &bytes[..bytes.len() - 1])?;
         assert!(read_all(&dir).is_err());
         let _ = std::fs::remove_file(&dir);
+        Ok(())
     }
 }
