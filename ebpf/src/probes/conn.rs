@@ -65,7 +65,10 @@ use crate::{
         ACTIVE, BINDS, CONNECTING, CONNS, GO_TIES, LISTENERS, NGX_TIES, PARENTS, PORTS, SCRATCH, SERVER_SKS,
         SK_CONN, TCP_RX, TCP_TRACED, TCP_TX,
     },
-    util::{arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, ret, set_clients},
+    util::{
+        arg, config, count, emit, emit_bytes, header, is_watched, now, read_sockaddr, remove_present, ret,
+        set_clients, sock_addr_v4, zero, zeroed,
+    },
 };
 
 const TCP_ESTABLISHED: i32 = 1;
@@ -84,14 +87,8 @@ fn begin(ctx: &TracePointContext, syscall: Syscall, ptr: u64, addr: SockAddr) {
     if !is_watched((id >> 32) as u32) {
         return;
     }
-    let call = ActiveCall {
-        ptr,
-        enter_ns: now(),
-        fd: arg(ctx, 0) as u32,
-        syscall: syscall as u8,
-        addr,
-        ..ActiveCall::default()
-    };
+    let call =
+        ActiveCall { ptr, enter_ns: now(), fd: arg(ctx, 0) as u32, syscall: syscall as u8, addr, ..zeroed() };
     if ACTIVE.insert(id, call, 0).is_err() {
         count(Counter::ActiveMapFull);
     }
@@ -159,14 +156,18 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     let tgid = (id >> 32) as u32;
     let key = fd_key(tgid, fd);
     if let Some(stale) = CONNS.get_ptr_mut(key) {
-        // The fd was closed without the end being seen (dup2 onto it; a state change still to
-        // come): that connection is over, and ends before this one starts. A dead entry (ended
-        // by its socket's state change) just goes.
         // SAFETY: map value pointer, valid for this run.
         if unsafe { (*stale).generation } != 0 {
+            // The fd was closed without the end being seen (dup2 onto it; a state change still
+            // to come): that connection is over, and ends before this one starts.
             count(Counter::FdReused);
+            end_conn(id, key, stale, false);
+        } else {
+            // A dead entry (ended by its socket's state change; every connection whose peer
+            // closes first leaves one): the insert below replaces it in place, which costs
+            // neither a removal nor an element from the map's free list.
+            forget_ties(key);
         }
-        end_conn(id, key, stale, false);
     }
     if o.role == ROLE_CLIENT {
         set_clients(tgid);
@@ -181,14 +182,9 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
     // SAFETY: this CPU's scratch slot (see probes::data), large enough for a ConnEvent followed
     // by a ConnState at STATE_AT.
     let buf = unsafe { &mut (*slot).0 };
-    let st = unsafe { buf.as_mut_ptr().add(STATE_AT) } as *mut u64;
-    let mut i = 0;
-    while i < core::mem::size_of::<ConnState>() / 8 {
-        // SAFETY: in bounds as above.
-        unsafe { *st.add(i) = 0 };
-        i += 1;
-    }
-    let state = st as *mut ConnState;
+    let state = unsafe { buf.as_mut_ptr().add(STATE_AT) } as *mut ConnState;
+    // SAFETY: in bounds as above, 8-aligned (a Scratch slot, STATE_AT a multiple of 8).
+    unsafe { zero(state) };
     // SAFETY: in bounds and 8-aligned (map values are); zeroed above, so every field is valid.
     let state = unsafe {
         (*state).generation = ts;
@@ -290,9 +286,9 @@ fn end_claimed(id: u64, key: u64, state: *mut ConnState, generation: u64, flags:
 #[inline(always)]
 fn forget_socket(skaddr: u64) {
     if skaddr != 0 {
-        let _ = TCP_TX.remove(skaddr);
-        let _ = TCP_RX.remove(skaddr);
-        let _ = SK_CONN.remove(skaddr);
+        remove_present!(TCP_TX, skaddr);
+        remove_present!(TCP_RX, skaddr);
+        remove_present!(SK_CONN, skaddr);
     }
 }
 
@@ -308,11 +304,16 @@ fn end_conn(id: u64, key: u64, state: *mut ConnState, socket_live: bool) {
     if end_claimed(id, key, state, generation, 0) && socket_live {
         forget_socket(skaddr);
     }
-    // A request tied to this fd (nginx, Go) does not outlive it: the next connection on the number
-    // is another one.
-    let _ = NGX_TIES.remove(&key);
-    let _ = GO_TIES.remove(&key);
+    forget_ties(key);
     let _ = CONNS.remove(key);
+}
+
+/// A request tied to fd `key` (nginx, Go) does not outlive its connection: the next connection
+/// on the number is another one.
+#[inline(always)]
+fn forget_ties(key: u64) {
+    remove_present!(NGX_TIES, &key);
+    remove_present!(GO_TIES, &key);
 }
 
 /// The connection that fd `fd` of `id`'s process names, checked against the socket `sk` a socket
@@ -349,8 +350,8 @@ pub fn conn_of_socket(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
 /// socket, went unseen). When the socket cannot be read, it is taken as the connection's.
 #[inline(never)]
 fn same_ports(sk: u64, state: &ConnState) -> bool {
-    let mut local = SockAddr::default();
-    let mut remote = SockAddr::default();
+    let mut local: SockAddr = zeroed();
+    let mut remote: SockAddr = zeroed();
     !sock_addrs(sk, &mut local, &mut remote)
         || (local.port == state.local.port && remote.port == state.remote.port)
 }
@@ -368,8 +369,8 @@ fn accepted(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     // SAFETY: map value pointer, read once.
     let mark = unsafe { *SERVER_SKS.get_ptr(sk)? };
     let _ = SERVER_SKS.remove(sk);
-    let mut local = SockAddr::default();
-    let mut remote = SockAddr::default();
+    let mut local: SockAddr = zeroed();
+    let mut remote: SockAddr = zeroed();
     if !sock_addrs(sk, &mut local, &mut remote) || !port_selected(local.port) {
         return None;
     }
@@ -441,7 +442,7 @@ fn sk_closed(skaddr: u64, reset: bool) {
                     take_tcp_ctx(&mut *p, skaddr);
                 }
             }
-            let _ = TCP_TX.remove(skaddr);
+            remove_present!(TCP_TX, skaddr);
             return;
         }
         // Its application closed it or is closing it: nothing more will be read.
@@ -459,7 +460,7 @@ fn sk_closed(skaddr: u64, reset: bool) {
 pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     // A reset socket's mark (see `accepted`) goes with it.
-    let _ = SERVER_SKS.remove(sk);
+    remove_present!(SERVER_SKS, sk);
     // SAFETY: copied out of the map.
     if let Some([key, generation]) = (unsafe { SK_CONN.get(sk) }).copied()
         && let Some(p) = conn_named(sk, key, generation)
@@ -569,7 +570,7 @@ fn emit_listen(id: u64, fd: u32, local: SockAddr) {
         _pad: [0; 2],
         listener_fd: 0,
         local,
-        remote: SockAddr::default(),
+        remote: zeroed(),
     };
     emit(&config(), &ev);
 }
@@ -592,7 +593,7 @@ pub fn sys_enter_bind(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_listen(ctx: TracePointContext) -> u32 {
-    begin(&ctx, Syscall::Listen, 0, SockAddr::default());
+    begin(&ctx, Syscall::Listen, 0, zeroed());
     0
 }
 
@@ -625,13 +626,13 @@ pub fn sys_exit_listen(ctx: TracePointContext) -> u32 {
 
 #[tracepoint]
 pub fn sys_enter_accept(ctx: TracePointContext) -> u32 {
-    begin(&ctx, Syscall::Accept, arg(&ctx, 1), SockAddr::default());
+    begin(&ctx, Syscall::Accept, arg(&ctx, 1), zeroed());
     0
 }
 
 #[tracepoint]
 pub fn sys_enter_accept4(ctx: TracePointContext) -> u32 {
-    begin(&ctx, Syscall::Accept4, arg(&ctx, 1), SockAddr::default());
+    begin(&ctx, Syscall::Accept4, arg(&ctx, 1), zeroed());
     0
 }
 
@@ -645,8 +646,8 @@ fn accept_exit(ctx: &TracePointContext, syscall: Syscall) {
         return;
     }
     let tgid = (id >> 32) as u32;
-    let remote = read_sockaddr(call.ptr).unwrap_or_default();
-    let mut found = ListenerState::default();
+    let remote = read_sockaddr(call.ptr).unwrap_or_else(zeroed);
+    let mut found: ListenerState = zeroed();
     let listener = if find_listener(tgid, call.fd, &mut found) { Some(found) } else { None };
     let (local, mut flags) = match listener {
         Some(l) if l.local.family == 0 => {
@@ -661,7 +662,7 @@ fn accept_exit(ctx: &TracePointContext, syscall: Syscall) {
         }
         // A listener we never saw listen (inherited by a pre-fork worker, passed over a unix
         // socket): track it and let userspace verify it is TCP and apply the port filter.
-        None => (SockAddr::default(), CONN_FLAG_UNVERIFIED | CONN_FLAG_LOCAL_PARTIAL),
+        None => (zeroed(), CONN_FLAG_UNVERIFIED | CONN_FLAG_LOCAL_PARTIAL),
     };
     if is_unspecified(&local) || local.port == 0 || remote.family == 0 {
         flags |= CONN_FLAG_LOCAL_PARTIAL;
@@ -745,14 +746,14 @@ fn state_addr(ctx: &TracePointContext, port_at: usize, v4_at: usize, v6_at: usiz
     let p = ctx.as_ptr() as *const u8;
     // SAFETY: constant offsets inside the tracepoint record.
     let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(port_at) as *const u16)) };
-    let mut a = SockAddr { family, port, addr: [0; 16] };
     if family == FAMILY_V4 {
         // SAFETY: helper read inside the record.
-        if let Ok(v4) = unsafe { ctx.read_at::<[u8; 4]>(v4_at) } {
-            a.addr[..4].copy_from_slice(&v4);
-        }
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(v4_at) }.unwrap_or([0; 4]);
+        return sock_addr_v4(family, port, v4);
+    }
+    let mut a = sock_addr_v4(family, port, [0; 4]);
     // SAFETY: as above.
-    } else if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(v6_at) } {
+    if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(v6_at) } {
         a.addr = v6;
     }
     a
@@ -899,14 +900,12 @@ pub fn sys_enter_close(ctx: TracePointContext) -> u32 {
         return 0;
     }
     let key = fd_key(tgid, arg(&ctx, 0) as u32);
-    let _ = LISTENERS.remove(key);
-    let _ = BINDS.remove(key);
+    remove_present!(LISTENERS, key);
+    remove_present!(BINDS, key);
     match CONNS.get_ptr_mut(key) {
         Some(state) => end_conn(id, key, state, true),
         // No connection on it (a connect that failed): a tie nginx made for it still goes.
-        None => {
-            let _ = NGX_TIES.remove(&key);
-        }
+        None => remove_present!(NGX_TIES, &key),
     }
     0
 }
@@ -965,8 +964,7 @@ fn sock_addrs(sk: u64, local_out: &mut SockAddr, remote_out: &mut SockAddr) -> b
     let (Some(family), Some(num), Some(dport)) = (read16(o.family), read16(o.num), read16(o.dport)) else {
         return false;
     };
-    let mut local = SockAddr { family, port: num, addr: [0; 16] };
-    let mut remote = SockAddr { family, port: u16::from_be(dport), addr: [0; 16] };
+    let remote_port = u16::from_be(dport);
     // SAFETY: as above.
     unsafe {
         if family == FAMILY_V4 {
@@ -976,8 +974,8 @@ fn sock_addrs(sk: u64, local_out: &mut SockAddr, remote_out: &mut SockAddr) -> b
             ) else {
                 return false;
             };
-            local.addr[..4].copy_from_slice(&s);
-            remote.addr[..4].copy_from_slice(&d);
+            *local_out = sock_addr_v4(family, num, s);
+            *remote_out = sock_addr_v4(family, remote_port, d);
         } else {
             let (Ok(s), Ok(d)) = (
                 bpf_probe_read_kernel((sk + o.v6_rcv_saddr as u64) as *const [u8; 16]),
@@ -985,12 +983,10 @@ fn sock_addrs(sk: u64, local_out: &mut SockAddr, remote_out: &mut SockAddr) -> b
             ) else {
                 return false;
             };
-            local.addr = s;
-            remote.addr = d;
+            *local_out = SockAddr { family, port: num, addr: s };
+            *remote_out = SockAddr { family, port: remote_port, addr: d };
         }
     }
-    *local_out = local;
-    *remote_out = remote;
     true
 }
 
@@ -1041,14 +1037,15 @@ fn fill_addrs(ctx: &TracePointContext, id: u64, tgid: u32, fd: u32, state: &mut 
     // SAFETY: constant offsets inside the tracepoint record.
     let (sport, dport, family) =
         unsafe { (*(p.add(16) as *const u16), *(p.add(18) as *const u16), *(p.add(20) as *const u16)) };
-    let mut local = SockAddr { family, port: sport, addr: [0; 16] };
-    let mut remote = SockAddr { family, port: dport, addr: [0; 16] };
+    let mut local = sock_addr_v4(family, sport, [0; 4]);
+    let mut remote = sock_addr_v4(family, dport, [0; 4]);
     if family == FAMILY_V4 {
         // SAFETY: helper reads inside the record.
         if let (Ok(s), Ok(d)) = unsafe { (ctx.read_at::<[u8; 4]>(22), ctx.read_at::<[u8; 4]>(26)) } {
             local.addr[..4].copy_from_slice(&s);
             remote.addr[..4].copy_from_slice(&d);
         }
+    // SAFETY: as above.
     } else if let (Ok(s), Ok(d)) = unsafe { (ctx.read_at::<[u8; 16]>(30), ctx.read_at::<[u8; 16]>(46)) } {
         local.addr = s;
         remote.addr = d;

@@ -29,7 +29,7 @@ use super::{golang::call_parent, nginx::upstream_parent};
 
 use crate::{
     maps::{CONNS, RATE, RNG, TCP_TX, THREAD_CTX},
-    util::{config, count, hands_off, now, set_handoff},
+    util::{config, count, hands_off, now, set_handoff, zeroed},
 };
 
 /// 64 random bits: SplitMix64 over a per-CPU state seeded from the kernel's generator. A
@@ -205,8 +205,8 @@ pub fn client_turn(pid_tgid: u64, fd: u32, state: &mut ConnState) {
     let cfg = &config();
     let tgid = (pid_tgid >> 32) as u32;
     let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
-    let mut followed = CallParent::default();
-    state.parent = ConnId::default();
+    let mut followed: CallParent = zeroed();
+    state.parent = zeroed();
     // A call the uprobes followed to its request: a child of it, and the connection it came in
     // on goes with the events (userspace confirms the parent from there).
     let mut child_of = |p: &CallParent, origin: u8, counter: Counter| {
@@ -487,8 +487,8 @@ pub(crate) fn find_traceparent(head: *mut u8, n: u64, ctx: &mut TraceCtx) -> boo
     if byte(head, v + 2) != b'-' || byte(head, v + 35) != b'-' || byte(head, v + 52) != b'-' {
         return false;
     }
-    let mut trace = [0u8; 16];
-    let mut parent = [0u8; 8];
+    let mut trace: [u8; 16] = zeroed();
+    let mut parent: [u8; 8] = zeroed();
     let mut flags = [0u8; 1];
     if !hex_bytes(head, v + 3, &mut trace) || !hex_bytes(head, v + 36, &mut parent) {
         return false;

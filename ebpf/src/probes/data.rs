@@ -33,8 +33,8 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP,
     DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS,
-    DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, SockAddr, Syscall,
-    TraceCtx, fd_key,
+    DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx,
+    fd_key,
 };
 
 use super::{
@@ -44,7 +44,7 @@ use super::{
 };
 use crate::{
     maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
-    util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now},
+    util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, zeroed},
 };
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
@@ -107,8 +107,8 @@ fn enter(
         syscall: syscall as u8,
         is_tcp: 1,
         _pad: [0; 6],
-        addr: SockAddr::default(),
-        local: SockAddr::default(),
+        addr: zeroed(),
+        local: zeroed(),
     };
     if ACTIVE.insert(id, call, 0).is_err() {
         count(Counter::ActiveMapFull);
@@ -193,7 +193,7 @@ fn report(
     let conn_id = ConnId { tgid, fd: call.fd, generation: conn.generation };
 
     let tid = id as u32;
-    let mut thread_ctx = ConnId::default();
+    let mut thread_ctx: ConnId = zeroed();
     if conn.role == ROLE_CLIENT {
         if direction == DIR_INGRESS {
             conn.turn = DIR_INGRESS;
@@ -959,8 +959,8 @@ fn call_of(c: &DataCall, [fd, ptr, cnt]: [u64; 3], enter_ns: u64) -> ActiveCall 
         syscall: c.syscall as u8,
         is_tcp: 1,
         _pad: [0; 6],
-        addr: SockAddr::default(),
-        local: SockAddr::default(),
+        addr: zeroed(),
+        local: zeroed(),
     }
 }
 

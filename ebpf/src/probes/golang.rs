@@ -42,7 +42,7 @@ use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WAT
 use super::context::{parent_of, still_open, take_tie};
 use crate::{
     maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS},
-    util::{count, is_watched, watch_bits},
+    util::{count, is_watched, watch_bits, zeroed},
 };
 
 /// Where the Go ABI keeps things in the saved user registers (`struct pt_regs`).
@@ -219,7 +219,7 @@ pub fn go_new_goroutine(ctx: ProbeContext) -> u32 {
         bpf_probe_read_user((g0 + proc.g_m as u64) as *const u64)
             .and_then(|m| bpf_probe_read_user((m + proc.m_curg as u64) as *const u64))
     };
-    let mut p = CallParent::default();
+    let mut p: CallParent = zeroed();
     let inherits = match creator {
         Ok(creator) => match goid(&proc, creator) {
             Some(creator_id) => request_of(tgid, creator, creator_id, &mut p),
@@ -252,7 +252,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let Some(goid) = goid(&proc, g) else {
         return 0;
     };
-    let mut p = CallParent::default();
+    let mut p: CallParent = zeroed();
     let linked = request_of(tgid, g, goid, &mut p);
     if proc.tcp_itab != 0 {
         // The connection itself is tied; a conn that is not a *net.TCPConn (TLS) carries no

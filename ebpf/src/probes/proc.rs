@@ -10,7 +10,7 @@
 //!   exiting thread loses its WATCHED entry (pid reuse must not inherit selection) and its
 //!   in-flight state.
 use aya_ebpf::{
-    helpers::{bpf_get_current_cgroup_id, bpf_get_current_comm, bpf_get_current_pid_tgid},
+    helpers::{bpf_get_current_cgroup_id, bpf_get_current_pid_tgid, generated},
     macros::tracepoint,
     programs::TracePointContext,
 };
@@ -60,12 +60,8 @@ pub fn sched_process_exec(_ctx: TracePointContext) -> u32 {
     } else if tgid == cfg.self_tgid {
         return 0;
     }
-    let ev = ProcEvent {
-        header: header(EventKind::Exec as u32, id, now()),
-        pid: tgid,
-        ppid: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
+    let ev =
+        ProcEvent { header: header(EventKind::Exec as u32, id, now()), pid: tgid, ppid: 0, comm: comm() };
     emit(&cfg, &ev);
     0
 }
@@ -91,12 +87,20 @@ pub fn sched_process_exit(_ctx: TracePointContext) -> u32 {
     if !was {
         return 0;
     }
-    let ev = ProcEvent {
-        header: header(EventKind::Exit as u32, id, now()),
-        pid: tgid,
-        ppid: 0,
-        comm: bpf_get_current_comm().unwrap_or([0; 16]),
-    };
+    let ev =
+        ProcEvent { header: header(EventKind::Exit as u32, id, now()), pid: tgid, ppid: 0, comm: comm() };
     emit(&cfg, &ev);
     0
+}
+
+/// The current task's name. The helper fills all 16 bytes (the name padded with zeros, or zeros
+/// when it fails), so the buffer needs no zeroing first (see `util::zero`).
+#[inline(always)]
+fn comm() -> [u8; 16] {
+    let mut c = core::mem::MaybeUninit::<[u8; 16]>::uninit();
+    // SAFETY: a 16-byte local the helper writes whole.
+    unsafe {
+        generated::bpf_get_current_comm(c.as_mut_ptr().cast(), 16);
+        c.assume_init()
+    }
 }

@@ -22,10 +22,17 @@ use tracewire_common::{Counter, TCPOPT_EXID, TCPOPT_KIND, TCPOPT_LEN, TcpCtx, Tc
 
 use crate::{
     maps::{INJECT_ON, INJECT_SOCKS, TCP_RX, TCP_TRACED, TCP_TX},
-    util::count,
+    util::{count, zeroed},
 };
 
 const TCP_FLAG_SYN: u32 = 0x02;
+
+/// An option's bytes (the first `TCPOPT_LEN`), 8-aligned so that zeroing it takes word stores
+/// (see `util::zero`).
+#[repr(C, align(8))]
+#[derive(Clone, Copy)]
+struct OptBuf([u8; 32]);
+const _: () = assert!(TCPOPT_LEN as usize <= 32);
 const ENOSPC: i64 = 28;
 /// `BPF_WRITE_HDR_TCP_CURRENT_MSS`: the length callback is the kernel sizing the MSS.
 const WRITE_HDR_TCP_CURRENT_MSS: u32 = 1;
@@ -117,7 +124,8 @@ fn write(ctx: &SockOpsContext) {
     let Some(c) = outgoing(ctx) else {
         return;
     };
-    let mut opt = [0u8; TCPOPT_LEN as usize];
+    let mut buf: OptBuf = zeroed();
+    let opt = &mut buf.0;
     opt[0] = TCPOPT_KIND;
     opt[1] = TCPOPT_LEN;
     opt[2..4].copy_from_slice(&TCPOPT_EXID.to_be_bytes());
@@ -137,7 +145,8 @@ fn parse(ctx: &SockOpsContext) {
     if sk == 0 {
         return;
     }
-    let mut opt = [0u8; TCPOPT_LEN as usize];
+    let mut buf: OptBuf = zeroed();
+    let opt = &mut buf.0;
     // Search key: kind, then the length of kind + length + ExID, then the ExID.
     opt[0] = TCPOPT_KIND;
     opt[1] = 4;
@@ -148,9 +157,13 @@ fn parse(ctx: &SockOpsContext) {
         return;
     }
     count(Counter::TcpOptReceived);
-    let mut c = TcpCtx::default();
-    c.trace_id.copy_from_slice(&opt[4..20]);
-    c.span_id.copy_from_slice(&opt[20..28]);
+    // SAFETY: both ranges are inside the buffer.
+    let c = unsafe {
+        TcpCtx {
+            trace_id: core::ptr::read_unaligned(opt.as_ptr().add(4) as *const [u8; 16]),
+            span_id: core::ptr::read_unaligned(opt.as_ptr().add(20) as *const [u8; 8]),
+        }
+    };
     // SAFETY: context field read.
     let local_port = unsafe { (*ctx.ops).local_port };
     let _ = TCP_RX.insert(sk, TcpCtxEntry { ctx: c, local_port, _pad: 0 }, 0);
