@@ -826,9 +826,12 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
         return 0;
     }
-    // Still inside connect() (loopback): complete the call's source address.
+    // Still inside connect() (loopback): complete the call's source address. Only the syscall
+    // hooks record calls in progress.
     let id = bpf_get_current_pid_tgid();
-    if let Some(call) = ACTIVE.get_ptr_mut(id) {
+    if config().flags & CFG_SOCKET_LIFECYCLE == 0
+        && let Some(call) = ACTIVE.get_ptr_mut(id)
+    {
         // SAFETY: map value pointer, valid for this run.
         unsafe {
             if (*call).syscall == Syscall::Connect as u8 && (*call).ptr == skaddr {

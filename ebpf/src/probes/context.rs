@@ -257,7 +257,16 @@ pub fn client_turn(pid_tgid: u64, fd: u32, state: &mut ConnState) {
             local_port: state.local.port as u32,
             _pad: 0,
         };
-        let _ = TCP_TX.insert(state.skaddr, entry, 0);
+        // A keep-alive connection's entry is rewritten in place, request after request: an LRU
+        // insert takes an element from the map's free lists (locks) every time.
+        match TCP_TX.get_ptr_mut(state.skaddr) {
+            // SAFETY: map value pointer, valid for this run. The option callback reads it for
+            // this socket's segments, and the previous request's are all sent and answered.
+            Some(p) => unsafe { *p = entry },
+            None => {
+                let _ = TCP_TX.insert(state.skaddr, entry, 0);
+            }
+        }
     }
 }
 
