@@ -125,6 +125,64 @@ fn syscall_hooks_cost(
     Ok(SyscallHooksCost { request_ns, request_runs, file_ns, file_runs, socket_ns, socket_runs })
 }
 
+/// R17: one request per connection (clients that do not keep connections alive, health checks,
+/// HTTP/1.0 peers): every request also opens, accepts and closes a connection, which runs the
+/// connection lifecycle hooks for both sockets.
+struct ChurnCost {
+    /// req/s without, with, without the agent (exporting).
+    base1: f64,
+    with: f64,
+    base2: f64,
+    /// Requests wrk completed in the run with the agent, and the spans the agent made then.
+    requests: u64,
+    spans: u64,
+    /// Agent CPU-s (user+sys) per million requests, in the run with the agent.
+    agent_cpu_per_m: f64,
+    /// BPF ns per request net of bpf_stats' own cost, and program runs per request, from a run
+    /// of its own with bpf_stats on.
+    bpf_ns: f64,
+    runs: f64,
+}
+
+/// wrk's arguments for one request per connection: nginx closes after each response, wrk
+/// reconnects.
+const CLOSE: [&str; 2] = ["-H", "Connection: close"];
+
+/// R17 against nginx on `port`: A/B/A throughput with the agent started with `args`, then the
+/// same agent with bpf_stats on.
+fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_ns: f64) -> Result<ChurnCost> {
+    let (_, base1) = wrk_args(port, "/", secs, &CLOSE)?;
+    let (mut agent, lines) = start_agent(tracewire, args)?;
+    let agent_pid = agent.0.id();
+    let cpu0 = cpu_seconds(agent_pid);
+    let measured = wrk_args(port, "/", secs, &CLOSE);
+    let cpu = cpu_seconds(agent_pid) - cpu0;
+    stop(&mut agent);
+    let (requests, with) = measured?;
+    let spans = summary_of(&lines)["spans"].as_u64().unwrap_or(0);
+    let (_, base2) = wrk_args(port, "/", secs, &CLOSE)?;
+    let (mut agent, _) = start_agent(tracewire, args)?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let s0 = bpf_stats();
+    let measured = wrk_args(port, "/", secs, &CLOSE);
+    let s1 = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    let (stats_requests, _) = measured?;
+    let (ns, runs) = net_bpf(s0, s1, empty_run_ns);
+    let per_req = |x: f64| x / stats_requests.max(1) as f64;
+    Ok(ChurnCost {
+        base1,
+        with,
+        base2,
+        requests,
+        spans,
+        agent_cpu_per_m: cpu / requests.max(1) as f64 * 1e6,
+        bpf_ns: per_req(ns),
+        runs: per_req(runs),
+    })
+}
+
 struct Nginx {
     _guard: Guard,
     pid: u32,
@@ -225,8 +283,15 @@ fn wrk(port: u16, secs: u64) -> Result<(u64, f64)> {
 
 /// wrk's totals for requests of `path`.
 fn wrk_path(port: u16, path: &str, secs: u64) -> Result<(u64, f64)> {
+    wrk_args(port, path, secs, &[])
+}
+
+/// wrk's totals for requests of `path`, with `extra` arguments.
+fn wrk_args(port: u16, path: &str, secs: u64, extra: &[&str]) -> Result<(u64, f64)> {
     let out = Command::new("wrk")
-        .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s"), &format!("http://127.0.0.1:{port}{path}")])
+        .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s")])
+        .args(extra)
+        .arg(format!("http://127.0.0.1:{port}{path}"))
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -810,6 +875,13 @@ pub fn bench(quick: bool) -> Result<()> {
         legacy.request_ns, legacy.request_runs, legacy.file_ns, legacy.socket_ns
     );
 
+    // R17: one request per connection.
+    let churn = churn_cost(&tracewire, &exporting, nginx.port, secs, calibration.empty_run_ns)?;
+    println!(
+        "bench: one request per connection: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs), {} spans for {} requests",
+        churn.base1, churn.with, churn.base2, churn.bpf_ns, churn.runs, churn.spans, churn.requests
+    );
+
     // What following goroutines costs: a Go service calling a Go leaf once per request, traced
     // with the uprobes and without (then its calls are unlinked), alternating.
     let front = start_go_hop(&go_bin, Some(leaf.port), 0)?;
@@ -1106,6 +1178,31 @@ pub fn bench(quick: bool) -> Result<()> {
                 legacy.request_runs, legacy.file_ns, legacy.file_runs, legacy.socket_ns, legacy.socket_runs
             ),
         ),
+        {
+            let churn_base = (churn.base1 + churn.base2) / 2.0;
+            row(
+                "R17",
+                "one request per connection: req/s with ÷ without (nginx)",
+                churn.with / churn_base.max(1.0),
+                "report; a span per request",
+                // As for R8: wrk does not count the requests in flight when it stops.
+                churn.spans >= churn.requests && churn.spans <= churn.requests + 8,
+                &format!(
+                    "wrk -H 'Connection: close' (a connect, accept and close per request), exporting: {:.0} vs \
+                     {:.0}/{:.0} req/s; BPF {:.0} ns per request over {:.1} program runs (net of bpf_stats, a run of \
+                     its own; keep-alive: {bpf_per_req_net:.0} ns, R4); agent {:.2} CPU-s per M requests; {} spans \
+                     for {} requests completed by wrk",
+                    churn.with,
+                    churn.base1,
+                    churn.base2,
+                    churn.bpf_ns,
+                    churn.runs,
+                    churn.agent_cpu_per_m,
+                    churn.spans,
+                    churn.requests
+                ),
+            )
+        },
     ];
     println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");
     for r in &rows {
