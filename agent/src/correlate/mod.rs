@@ -17,7 +17,8 @@ pub mod stream;
 
 use std::{
     collections::{BTreeMap, VecDeque},
-    net::SocketAddr,
+    net::{IpAddr, SocketAddr},
+    sync::Arc,
 };
 
 use route::Routes;
@@ -170,21 +171,62 @@ struct Info {
 }
 
 impl Info {
-    fn new(id: ConnId, role: u8, local: &SockAddr, remote: &SockAddr) -> Info {
+    fn new(id: ConnId, role: u8, local: &SockAddr, remote: &SockAddr, text: &mut IpText) -> Info {
         let mut info = Info { id, role, local: None, remote: None, peer_ip: None, pair: None };
-        info.set_addrs(local, remote);
+        info.set_addrs(local, remote, text);
         info
     }
 
-    fn set_addrs(&mut self, local: &SockAddr, remote: &SockAddr) {
+    fn set_addrs(&mut self, local: &SockAddr, remote: &SockAddr, text: &mut IpText) {
         self.local = socket_addr(local);
         self.remote = socket_addr(remote);
-        self.peer_ip = self.remote.map(|r| r.ip().to_string().into());
+        self.peer_ip = self.remote.map(|r| text.of(r.ip()));
         self.pair = match (addr_key(self.local), addr_key(self.remote)) {
             (Some(l), Some(r)) if self.role == ROLE_SERVER => Some((r, l)),
             (Some(l), Some(r)) => Some((l, r)),
             _ => None,
         };
+    }
+}
+
+/// Peer addresses as text, shared between connections: formatting an address cost as much as
+/// the rest of a connection's bookkeeping (connections that carry one request each made it a
+/// twelfth of the pipeline), and a node's connections come from few peers. Direct-mapped with
+/// a fixed number of slots, so bounded: an address whose slot another one took is formatted
+/// again.
+struct IpText {
+    slots: Vec<Option<(IpAddr, Arc<str>)>>,
+}
+
+impl IpText {
+    const SLOTS: usize = 256;
+
+    fn of(&mut self, ip: IpAddr) -> Arc<str> {
+        let bits = match ip {
+            IpAddr::V4(v4) => u64::from(v4.to_bits()),
+            IpAddr::V6(v6) => {
+                let b = v6.to_bits();
+                (b as u64) ^ ((b >> 64) as u64)
+            }
+        };
+        // Fibonacci hashing: the top bits of the product mix every input bit.
+        let slot = (bits.wrapping_mul(0x9e37_79b9_7f4a_7c15) >> 56) as usize % Self::SLOTS;
+        if let Some(Some((k, text))) = self.slots.get(slot)
+            && *k == ip
+        {
+            return text.clone();
+        }
+        let text: Arc<str> = ip.to_string().into();
+        if let Some(s) = self.slots.get_mut(slot) {
+            *s = Some((ip, text.clone()));
+        }
+        text
+    }
+}
+
+impl Default for IpText {
+    fn default() -> Self {
+        IpText { slots: vec![None; Self::SLOTS] }
     }
 }
 
@@ -748,13 +790,20 @@ pub struct Correlator {
     conns: HashMap<(u32, u32), Box<Conn>>,
     max_conns: usize,
     shared: Shared,
+    ip_text: IpText,
 }
 
 impl Correlator {
     /// A correlator converting kernel timestamps with `clock`, tracking at most `max_conns`
     /// connections.
     pub fn new(clock: Clock, max_conns: usize) -> Self {
-        Correlator { clock, conns: HashMap::default(), max_conns, shared: Shared::default() }
+        Correlator {
+            clock,
+            conns: HashMap::default(),
+            max_conns,
+            shared: Shared::default(),
+            ip_text: IpText::default(),
+        }
     }
 
     /// A correlator with a fixed random seed (reproducible ids in tests).
@@ -818,7 +867,7 @@ impl Correlator {
                     if let Some(conn) = self.conns.get_mut(&(c.conn.tgid, c.conn.fd))
                         && conn.info.id.generation == c.conn.generation
                     {
-                        conn.info.set_addrs(&c.local, &c.remote);
+                        conn.info.set_addrs(&c.local, &c.remote, &mut self.ip_text);
                     }
                 }
                 Ok(EventKind::ConnClose) => {
@@ -864,7 +913,7 @@ impl Correlator {
         self.conns.insert(
             key,
             Box::new(Conn {
-                info: Info::new(c.conn, c.role, &c.local, &c.remote),
+                info: Info::new(c.conn, c.role, &c.local, &c.remote, &mut self.ip_text),
                 req: Stream::new(Side::Request),
                 resp: Stream::new(Side::Response),
                 book: Book::default(),

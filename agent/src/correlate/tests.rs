@@ -17,7 +17,7 @@ use tracewire_common::{
 };
 
 use super::{
-    Correlator,
+    Correlator, IpText,
     span::{Kind, Link, SpanRecord, Value, hex},
 };
 use crate::events::{Event, clock::Clock, encode_sockaddr};
@@ -390,4 +390,23 @@ fn host_values_split_into_address_and_port() {
     assert_eq!(split("::1"), ("::1".to_string(), 80));
     assert_eq!(split("fe80::1:443"), ("fe80::1:443".to_string(), 80));
     assert_eq!(split("café.example:81"), ("café.example".to_string(), 81));
+}
+
+#[test]
+fn peer_address_text_is_shared_and_bounded() {
+    let mut text = IpText::default();
+    let a: std::net::IpAddr = [10, 0, 0, 7].into();
+    let b: std::net::IpAddr = "fd00::1:2".parse().expect("an IPv6 literal");
+    let first = text.of(a);
+    assert_eq!(&*first, "10.0.0.7");
+    // The same peer again: the same text, not formatted anew.
+    assert!(std::sync::Arc::ptr_eq(&first, &text.of(a)));
+    assert_eq!(&*text.of(b), "fd00::1:2");
+    // Many more peers than slots: the table does not grow, and every text stays right.
+    for i in 0..4 * IpText::SLOTS as u32 {
+        let ip: std::net::IpAddr = std::net::Ipv4Addr::from_bits(0x0a00_0000 | i).into();
+        assert_eq!(*text.of(ip), *ip.to_string());
+    }
+    assert_eq!(text.slots.len(), IpText::SLOTS);
+    assert_eq!(&*text.of(a), "10.0.0.7");
 }
