@@ -136,6 +136,9 @@ pub struct SockOffsets {
     pub v6_rcv_saddr: u16,
     /// `struct sock`'s `sk_socket` (NULL once the application closed the socket).
     pub socket: u16,
+    /// `struct sock`'s `sk_protocol` (u16; a bitfield before Linux 5.6, which has no socket
+    /// tracepoints anyway).
+    pub protocol: u16,
 }
 
 /// [`Config::flags`]: write and read the trace-context TCP option (the sock_ops program is

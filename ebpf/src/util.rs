@@ -36,6 +36,7 @@ static TRACEWIRE_CONFIG: Config = Config {
         v6_daddr: 0,
         v6_rcv_saddr: 0,
         socket: 0,
+        protocol: 0,
     },
 };
 

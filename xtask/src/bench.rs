@@ -378,6 +378,8 @@ fn bpf_stats() -> (u64, u64) {
             || name == "tcp_option"
             || name.starts_with("sched_process_")
             || name == "inet_sock_set_state"
+            || name == "sock_set_state"
+            || name == "tcp_destroy_sock"
             || name == "tcp_rcv_space_adjust"
     })
 }

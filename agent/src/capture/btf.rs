@@ -61,6 +61,7 @@ pub fn sock_offsets(vmlinux: &Path) -> Option<SockOffsets> {
         v6_rcv_saddr: at("skc_v6_rcv_saddr")?,
         // `struct sock` starts with its `sock_common`, so offsets in either are from the socket.
         socket: member_offset(&btf, &sock, "sk_socket").and_then(|o| u16::try_from(o).ok())?,
+        protocol: member_offset(&btf, &sock, "sk_protocol").and_then(|o| u16::try_from(o).ok())?,
     })
 }
 
@@ -81,5 +82,7 @@ mod tests {
         assert!(o.v6_daddr >= 24 && o.v6_rcv_saddr == o.v6_daddr + 16, "{o:?}");
         // Past the whole sock_common, 8-aligned (a pointer).
         assert!(o.socket >= 136 && o.socket.is_multiple_of(8), "{o:?}");
+        // A plain u16 in `struct sock`, past its sock_common too.
+        assert!(o.protocol >= 136 && o.protocol.is_multiple_of(2), "{o:?}");
     }
 }

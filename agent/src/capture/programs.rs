@@ -19,9 +19,13 @@ const fn sys(name: &'static str) -> ProgramSpec {
 /// The data path through the socket layer (raw tracepoints: program, category, tracepoint):
 /// programs run only on socket sends and receives, a few per request, and never for a process
 /// that does no socket I/O. The tracepoints exist since Linux 6.16 (`tcp_sendmsg_locked`).
-/// `tcp_destroy_sock` (once per socket) ends a connection whose socket closed while its
-/// application held it, when the application closes it.
+/// Connections are followed from TCP state changes (`inet_sock_set_state` raw: no trace record
+/// is built for each change of every socket of the node) and `tcp_destroy_sock` (once per
+/// socket), which ends a connection whose socket closed while its application held it, when the
+/// application closes it.
 pub const SOCKET_DATA_PROGRAMS: &[(&str, &str, &str)] = &[
+    // Connection lifecycle first: a connection is known before data on it can arrive.
+    ("sock_set_state", "sock", "inet_sock_set_state"),
     ("tcp_sendmsg_locked", "tcp", "tcp_sendmsg_locked"),
     ("sock_send_length", "sock", "sock_send_length"),
     ("sock_recv_length", "sock", "sock_recv_length"),
@@ -42,15 +46,16 @@ pub const PROGRAMS: &[ProgramSpec] = &[
     ProgramSpec { program: "sched_process_fork", category: "sched", tracepoint: "sched_process_fork" },
     ProgramSpec { program: "sched_process_exec", category: "sched", tracepoint: "sched_process_exec" },
     ProgramSpec { program: "sched_process_exit", category: "sched", tracepoint: "sched_process_exit" },
-    ProgramSpec { program: "inet_sock_set_state", category: "sock", tracepoint: "inet_sock_set_state" },
 ];
 
 /// Connection lifecycle through syscall tracepoints, for the syscall data path only (which runs
-/// a program on every syscall anyway). The socket data path follows connections from
-/// `inet_sock_set_state` and the socket hooks instead: a single syscall tracepoint puts every
+/// a program on every syscall anyway), with TCP state changes from the `inet_sock_set_state`
+/// record. The socket data path follows connections from the socket hooks instead (see
+/// [`SOCKET_DATA_PROGRAMS`]): a single syscall tracepoint puts every
 /// syscall of every task on the kernel's slow path. `tcp_rcv_space_adjust` completes the
 /// addresses the syscalls do not show (the socket path reads them from the socket).
 pub const SYSCALL_LIFECYCLE_PROGRAMS: &[ProgramSpec] = &[
+    ProgramSpec { program: "inet_sock_set_state", category: "sock", tracepoint: "inet_sock_set_state" },
     ProgramSpec { program: "tcp_rcv_space_adjust", category: "tcp", tracepoint: "tcp_rcv_space_adjust" },
     sys("sys_enter_bind"),
     sys("sys_enter_listen"),

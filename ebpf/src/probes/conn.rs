@@ -507,7 +507,7 @@ pub fn end_if_closing(id: u64, key: u64, state: *mut ConnState) {
 /// CLOSE→SYN_SENT inside a watched thread's connect() (socket lifecycle): the client connection
 /// opens, on the fd the syscall was called with.
 #[inline(never)]
-fn connect_seen(ctx: &TracePointContext, skaddr: u64) {
+fn connect_seen(change: Change, skaddr: u64) {
     let id = bpf_get_current_pid_tgid();
     if !is_watched((id >> 32) as u32) {
         return;
@@ -519,8 +519,7 @@ fn connect_seen(ctx: &TracePointContext, skaddr: u64) {
         count(Counter::ConnUnseen);
         return;
     }
-    let local = state_local(ctx);
-    let remote = state_remote(ctx);
+    let (local, remote) = change.ends();
     if !port_selected(remote.port) {
         return;
     }
@@ -547,7 +546,7 @@ fn mark_traced(skaddr: u64) {
 
 /// →LISTEN inside a watched thread's listen() (socket lifecycle): reported, for the record.
 #[inline(never)]
-fn listen_seen(ctx: &TracePointContext) {
+fn listen_seen(change: Change) {
     let id = bpf_get_current_pid_tgid();
     if !is_watched((id >> 32) as u32) {
         return;
@@ -556,7 +555,7 @@ fn listen_seen(ctx: &TracePointContext) {
         return;
     };
     if is_listen(nr) {
-        emit_listen(id, fd as u32, state_local(ctx));
+        emit_listen(id, fd as u32, change.ends().0);
     }
 }
 
@@ -759,14 +758,35 @@ fn state_addr(ctx: &TracePointContext, port_at: usize, v4_at: usize, v6_at: usiz
     a
 }
 
-/// `sock:inet_sock_set_state`. Format (checked against tracefs by userspace):
-/// skaddr@8 oldstate@16 newstate@20 sport@24 dport@26 family@28 protocol@30 saddr@32
+/// Where a socket state change's addresses come from.
+#[derive(Clone, Copy)]
+enum Change<'a> {
+    /// The `sock:inet_sock_set_state` record (the syscall data path's hook).
+    Record(&'a TracePointContext),
+    /// The socket itself (the socket data path's raw hook).
+    Socket(u64),
+}
+
+impl Change<'_> {
+    /// The socket's (local, remote) addresses. Only read where a change concerns a watched
+    /// process.
+    #[inline(always)]
+    fn ends(self) -> (SockAddr, SockAddr) {
+        match self {
+            Change::Record(ctx) => (state_local(ctx), state_remote(ctx)),
+            Change::Socket(sk) => {
+                let mut local: SockAddr = zeroed();
+                let mut remote: SockAddr = zeroed();
+                let _ = sock_addrs(sk, &mut local, &mut remote);
+                (local, remote)
+            }
+        }
+    }
+}
+
+/// `sock:inet_sock_set_state`, for the syscall data path. Format (checked against tracefs by
+/// userspace): skaddr@8 oldstate@16 newstate@20 sport@24 dport@26 family@28 protocol@30 saddr@32
 /// daddr@36 saddr_v6@40 daddr_v6@56.
-///
-/// CLOSE→SYN_SENT runs inside connect(), in the caller's thread: it marks the socket as TCP.
-/// The source port is chosen just after that transition, so it is learned at
-/// SYN_SENT→ESTABLISHED, which runs in the caller's thread on loopback but in softirq context
-/// for remote peers: the socket address (skaddr) recorded at SYN_SENT finds the connection then.
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let p = ctx.as_ptr() as *const u8;
@@ -779,28 +799,68 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             *(p.add(30) as *const u16),
         )
     };
-    if protocol != IPPROTO_TCP {
+    if protocol == IPPROTO_TCP {
+        state_changed(Change::Record(&ctx), skaddr, old, new);
+    }
+    0
+}
+
+/// `sock:inet_sock_set_state` as a raw tracepoint (the socket, the old and new state), for the
+/// socket data path. A tracepoint program has its record built first, for every TCP state change
+/// of the node: about a third of what the program itself cost when every request opened and
+/// closed a connection. Here the few fields a change needs are read from the socket, and the
+/// protocol only for the changes acted on.
+#[raw_tracepoint(tracepoint = "inet_sock_set_state")]
+pub fn sock_set_state(ctx: RawTracePointContext) -> i32 {
+    let sk: u64 = ctx.arg(0);
+    let old = ctx.arg::<u64>(1) as i32;
+    let new = ctx.arg::<u64>(2) as i32;
+    let acted_on = matches!(new, TCP_SYN_RECV | TCP_LISTEN | TCP_LAST_ACK | TCP_CLOSE)
+        || (new == TCP_SYN_SENT && old == TCP_CLOSE)
+        || (new == TCP_ESTABLISHED && old == TCP_SYN_SENT);
+    if !acted_on {
         return 0;
     }
+    let o = config().sk;
+    // SAFETY: kernel read through the checked helper.
+    if unsafe { bpf_probe_read_kernel((sk + o.protocol as u64) as *const u16) } == Ok(IPPROTO_TCP) {
+        state_changed(Change::Socket(sk), sk, old, new);
+    }
+    0
+}
+
+/// A TCP socket's state changed from `old` to `new`.
+///
+/// CLOSE→SYN_SENT runs inside connect(), in the caller's thread: it marks the socket as TCP.
+/// The source port is chosen just after that transition, so it is learned at
+/// SYN_SENT→ESTABLISHED, which runs in the caller's thread on loopback but in softirq context
+/// for remote peers: the socket address (skaddr) recorded at SYN_SENT finds the connection then.
+#[inline(always)]
+fn state_changed(change: Change, skaddr: u64, old: i32, new: i32) {
     if config().flags & CFG_SOCKET_LIFECYCLE != 0 {
         match new {
             TCP_SYN_RECV => {
                 let _ = SERVER_SKS.insert(skaddr, SK_ACCEPTED, 0);
-                return 0;
+                return;
             }
             TCP_SYN_SENT if old == TCP_CLOSE => {
-                connect_seen(&ctx, skaddr);
-                return 0;
+                connect_seen(change, skaddr);
+                return;
             }
             TCP_LISTEN => {
-                listen_seen(&ctx);
-                return 0;
+                listen_seen(change);
+                return;
             }
+            // LAST_ACK→CLOSE: the change into LAST_ACK did all a close does (its application had
+            // closed the socket or still holds it; either way `tcp_destroy_sock`, attached with
+            // this path, ends what is left when the socket goes), so the socket's entries are
+            // not looked up a second time.
+            TCP_CLOSE if old == TCP_LAST_ACK => return,
             TCP_LAST_ACK | TCP_CLOSE => {
                 // Straight from an open state: a reset, not a close the application made.
                 let reset = new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT);
                 sk_closed(skaddr, reset);
-                return 0;
+                return;
             }
             // SYN_SENT→ESTABLISHED completes the source address below, as for the syscall path.
             _ => {}
@@ -809,22 +869,22 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     if old == TCP_CLOSE && new == TCP_SYN_SENT {
         let id = bpf_get_current_pid_tgid();
         let Some(call) = ACTIVE.get_ptr_mut(id) else {
-            return 0;
+            return;
         };
         // SAFETY: map value pointer, valid for this run.
         unsafe {
             if (*call).syscall != Syscall::Connect as u8 {
-                return 0;
+                return;
             }
-            (*call).local = state_local(&ctx);
+            (*call).local = change.ends().0;
             (*call).is_tcp = 1;
             (*call).ptr = skaddr;
         }
         mark_traced(skaddr);
-        return 0;
+        return;
     }
     if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
-        return 0;
+        return;
     }
     // Still inside connect() (loopback): complete the call's source address. Only the syscall
     // hooks record calls in progress.
@@ -835,29 +895,28 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
         // SAFETY: map value pointer, valid for this run.
         unsafe {
             if (*call).syscall == Syscall::Connect as u8 && (*call).ptr == skaddr {
-                (*call).local = state_local(&ctx);
-                return 0;
+                (*call).local = change.ends().0;
+                return;
             }
         }
     }
     // connect() already returned (non-blocking connect to a remote peer).
     let Some(pending) = CONNECTING.get_ptr(skaddr) else {
-        return 0;
+        return;
     };
     // SAFETY: map value pointer, copied.
     let [key, generation] = unsafe { *pending };
     let _ = CONNECTING.remove(skaddr);
     let Some(conn) = CONNS.get_ptr_mut(key) else {
-        return 0;
+        return;
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
     if state.generation != generation {
-        return 0;
+        return;
     }
-    state.local = state_local(&ctx);
+    state.local = change.ends().0;
     emit_state(EventKind::ConnAddr, id, (key >> 32) as u32, key as u32, state, 0);
-    0
 }
 
 #[tracepoint]
