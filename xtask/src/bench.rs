@@ -1186,7 +1186,7 @@ pub fn bench(quick: bool) -> Result<()> {
                 "R17",
                 "one request per connection: req/s with ÷ without (nginx)",
                 churn.with / churn_base.max(1.0),
-                "report; a span per request",
+                "1 span/req",
                 // As for R8: wrk does not count the requests in flight when it stops.
                 churn.spans >= churn.requests && churn.spans <= churn.requests + 8,
                 &format!(
