@@ -142,6 +142,11 @@ struct ChurnCost {
     /// of its own with bpf_stats on.
     bpf_ns: f64,
     runs: f64,
+    /// The same, with the agent watching another process: what the connections of a service
+    /// tracewire does not trace pay (both sockets' state changes, the sock_ops callbacks, the
+    /// data hooks' early exits).
+    unwatched_ns: f64,
+    unwatched_runs: f64,
 }
 
 /// wrk's arguments for one request per connection: nginx closes after each response, wrk
@@ -171,6 +176,21 @@ fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_n
     let (stats_requests, _) = measured?;
     let (ns, runs) = net_bpf(s0, s1, empty_run_ns);
     let per_req = |x: f64| x / stats_requests.max(1) as f64;
+    // The agent watching a process that does nothing (nginx unwatched).
+    let other = Guard(Command::new("sleep").arg("3600").spawn().context("starting sleep")?);
+    let other_pid = other.0.id().to_string();
+    let (mut agent, _) =
+        start_agent(tracewire, &["run", "--pid", &other_pid, "--print", "none", "--status-interval", "0"])?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let u0 = bpf_stats();
+    let measured = wrk_args(port, "/", secs, &CLOSE);
+    let u1 = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    drop(other);
+    let (unwatched_requests, _) = measured?;
+    let (u_ns, u_runs) = net_bpf(u0, u1, empty_run_ns);
+    let per_unwatched = |x: f64| x / unwatched_requests.max(1) as f64;
     Ok(ChurnCost {
         base1,
         with,
@@ -180,6 +200,8 @@ fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_n
         agent_cpu_per_m: cpu / requests.max(1) as f64 * 1e6,
         bpf_ns: per_req(ns),
         runs: per_req(runs),
+        unwatched_ns: per_unwatched(u_ns),
+        unwatched_runs: per_unwatched(u_runs),
     })
 }
 
@@ -880,8 +902,16 @@ pub fn bench(quick: bool) -> Result<()> {
     // R17: one request per connection.
     let churn = churn_cost(&tracewire, &exporting, nginx.port, secs, calibration.empty_run_ns)?;
     println!(
-        "bench: one request per connection: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs), {} spans for {} requests",
-        churn.base1, churn.with, churn.base2, churn.bpf_ns, churn.runs, churn.spans, churn.requests
+        "bench: one request per connection: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs), {} spans for {} requests; unwatched: BPF {:.0} ns per request ({:.1} runs)",
+        churn.base1,
+        churn.with,
+        churn.base2,
+        churn.bpf_ns,
+        churn.runs,
+        churn.spans,
+        churn.requests,
+        churn.unwatched_ns,
+        churn.unwatched_runs
     );
 
     // What following goroutines costs: a Go service calling a Go leaf once per request, traced
@@ -1193,7 +1223,9 @@ pub fn bench(quick: bool) -> Result<()> {
                     "wrk -H 'Connection: close' (a connect, accept and close per request), exporting: {:.0} vs \
                      {:.0}/{:.0} req/s; BPF {:.0} ns per request over {:.1} program runs (net of bpf_stats, a run of \
                      its own; keep-alive: {bpf_per_req_net:.0} ns, R4); agent {:.2} CPU-s per M requests; {} spans \
-                     for {} requests completed by wrk",
+                     for {} requests completed by wrk; nginx unwatched (the agent watching another process): \
+                     {:.0} ns per request over {:.1} runs, what a service tracewire does not trace pays per \
+                     connection",
                     churn.with,
                     churn.base1,
                     churn.base2,
@@ -1201,7 +1233,9 @@ pub fn bench(quick: bool) -> Result<()> {
                     churn.runs,
                     churn.agent_cpu_per_m,
                     churn.spans,
-                    churn.requests
+                    churn.requests,
+                    churn.unwatched_ns,
+                    churn.unwatched_runs
                 ),
             )
         },

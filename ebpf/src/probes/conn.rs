@@ -283,12 +283,17 @@ fn end_claimed(id: u64, key: u64, state: *mut ConnState, generation: u64, flags:
 
 /// Entries keyed by socket address: only removed while the socket is known to be alive (its own
 /// state change, a call on it in progress), since a freed socket's address is soon another's.
+/// `tracked`: the socket is (or was) a connection's, in `SK_CONN`. Only those have a context to
+/// send (`TCP_TX`); any socket may have received one (`TCP_RX`). Most sockets that pass here are
+/// not tracked (every socket of the node is freed here), and each lookup costs.
 #[inline(always)]
-fn forget_socket(skaddr: u64) {
+fn forget_socket(skaddr: u64, tracked: bool) {
     if skaddr != 0 {
-        remove_present!(TCP_TX, skaddr);
         remove_present!(TCP_RX, skaddr);
-        remove_present!(SK_CONN, skaddr);
+        if tracked {
+            remove_present!(TCP_TX, skaddr);
+            remove_present!(SK_CONN, skaddr);
+        }
     }
 }
 
@@ -302,7 +307,7 @@ fn end_conn(id: u64, key: u64, state: *mut ConnState, socket_live: bool) {
     // SAFETY: map value pointer, valid for this run.
     let (generation, skaddr) = unsafe { ((*state).generation, (*state).skaddr) };
     if end_claimed(id, key, state, generation, 0) && socket_live {
-        forget_socket(skaddr);
+        forget_socket(skaddr, true);
     }
     forget_ties(key);
     let _ = CONNS.remove(key);
@@ -449,7 +454,7 @@ fn sk_closed(skaddr: u64, reset: bool) {
         end_from_socket(key, p, generation);
     }
     // The socket is alive until this change returns: its entries are its own.
-    forget_socket(skaddr);
+    forget_socket(skaddr, true);
 }
 
 /// `tcp:tcp_destroy_sock` (raw; argument 0 the socket): the socket is being freed, inside its
@@ -462,14 +467,15 @@ pub fn tcp_destroy_sock(ctx: RawTracePointContext) -> i32 {
     // A reset socket's mark (see `accepted`) goes with it.
     remove_present!(SERVER_SKS, sk);
     // SAFETY: copied out of the map.
-    if let Some([key, generation]) = (unsafe { SK_CONN.get(sk) }).copied()
+    let named = unsafe { SK_CONN.get(sk) }.copied();
+    if let Some([key, generation]) = named
         && let Some(p) = conn_named(sk, key, generation)
     {
         end_from_socket(key, p, generation);
     }
     // Whatever is still kept for the socket (a context received for a request never read) goes
     // with it.
-    forget_socket(sk);
+    forget_socket(sk, named.is_some());
     0
 }
 
