@@ -821,15 +821,25 @@ pub fn sock_set_state(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
-    let acted_on = matches!(new, TCP_SYN_RECV | TCP_LISTEN | TCP_LAST_ACK | TCP_CLOSE)
-        || (new == TCP_SYN_SENT && old == TCP_CLOSE)
-        || (new == TCP_ESTABLISHED && old == TCP_SYN_SENT);
-    if !acted_on {
-        return 0;
-    }
-    let o = config().sk;
-    // SAFETY: kernel read through the checked helper.
-    if unsafe { bpf_probe_read_kernel((sk + o.protocol as u64) as *const u16) } == Ok(IPPROTO_TCP) {
+    let tcp = || {
+        let o = config().sk;
+        // SAFETY: kernel read through the checked helper.
+        let protocol = unsafe { bpf_probe_read_kernel((sk + o.protocol as u64) as *const u16) };
+        protocol == Ok(IPPROTO_TCP)
+    };
+    // A connect or a listen matters only in a watched process, which is the current one.
+    let watched = || is_watched((bpf_get_current_pid_tgid() >> 32) as u32);
+    let acted_on = match new {
+        // A socket starts being followed: only a TCP one (MPTCP and SCTP sockets pass here too).
+        TCP_SYN_RECV => tcp(),
+        TCP_SYN_SENT => old == TCP_CLOSE && watched() && tcp(),
+        TCP_LISTEN => watched() && tcp(),
+        // The rest look the socket up in maps that hold TCP sockets only.
+        TCP_LAST_ACK | TCP_CLOSE => true,
+        TCP_ESTABLISHED => old == TCP_SYN_SENT,
+        _ => false,
+    };
+    if acted_on {
         state_changed(Change::Socket(sk), sk, old, new);
     }
     0
