@@ -154,7 +154,7 @@ struct ChurnCost {
 const CLOSE: [&str; 2] = ["-H", "Connection: close"];
 
 /// R17 against nginx on `port`: A/B/A throughput with the agent started with `args`, then the
-/// same agent with bpf_stats on.
+/// same agent with bpf_stats on, then an agent watching another process with bpf_stats on.
 fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_ns: f64) -> Result<ChurnCost> {
     let (_, base1) = wrk_args(port, "/", secs, &CLOSE)?;
     let (mut agent, lines) = start_agent(tracewire, args)?;
@@ -166,31 +166,13 @@ fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_n
     let (requests, with) = measured?;
     let spans = summary_of(&lines)["spans"].as_u64().unwrap_or(0);
     let (_, base2) = wrk_args(port, "/", secs, &CLOSE)?;
-    let (mut agent, _) = start_agent(tracewire, args)?;
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    let s0 = bpf_stats();
-    let measured = wrk_args(port, "/", secs, &CLOSE);
-    let s1 = bpf_stats();
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
-    stop(&mut agent);
-    let (stats_requests, _) = measured?;
-    let (ns, runs) = net_bpf(s0, s1, empty_run_ns);
-    let per_req = |x: f64| x / stats_requests.max(1) as f64;
+    let (bpf_ns, runs) = churn_bpf(tracewire, args, port, secs, empty_run_ns)?;
     // The agent watching a process that does nothing (nginx unwatched).
     let other = Guard(Command::new("sleep").arg("3600").spawn().context("starting sleep")?);
     let other_pid = other.0.id().to_string();
-    let (mut agent, _) =
-        start_agent(tracewire, &["run", "--pid", &other_pid, "--print", "none", "--status-interval", "0"])?;
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
-    let u0 = bpf_stats();
-    let measured = wrk_args(port, "/", secs, &CLOSE);
-    let u1 = bpf_stats();
-    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
-    stop(&mut agent);
+    let unwatched = ["run", "--pid", &other_pid, "--print", "none", "--status-interval", "0"];
+    let (unwatched_ns, unwatched_runs) = churn_bpf(tracewire, &unwatched, port, secs, empty_run_ns)?;
     drop(other);
-    let (unwatched_requests, _) = measured?;
-    let (u_ns, u_runs) = net_bpf(u0, u1, empty_run_ns);
-    let per_unwatched = |x: f64| x / unwatched_requests.max(1) as f64;
     Ok(ChurnCost {
         base1,
         with,
@@ -198,11 +180,27 @@ fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_n
         requests,
         spans,
         agent_cpu_per_m: cpu / requests.max(1) as f64 * 1e6,
-        bpf_ns: per_req(ns),
-        runs: per_req(runs),
-        unwatched_ns: per_unwatched(u_ns),
-        unwatched_runs: per_unwatched(u_runs),
+        bpf_ns,
+        runs,
+        unwatched_ns,
+        unwatched_runs,
     })
+}
+
+/// BPF ns per request (net of bpf_stats' own cost) and program runs per request of one wrk run
+/// of one request per connection, the agent started with `args`.
+fn churn_bpf(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_ns: f64) -> Result<(f64, f64)> {
+    let (mut agent, _) = start_agent(tracewire, args)?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let s0 = bpf_stats();
+    let measured = wrk_args(port, "/", secs, &CLOSE);
+    let s1 = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    let (requests, _) = measured?;
+    let (ns, runs) = net_bpf(s0, s1, empty_run_ns);
+    let requests = requests.max(1) as f64;
+    Ok((ns / requests, runs / requests))
 }
 
 struct Nginx {
