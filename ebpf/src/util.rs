@@ -7,8 +7,9 @@ use aya_ebpf::{
     programs::TracePointContext,
 };
 use tracewire_common::{
-    Config, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6, SAMPLE_ALL, SELECT_ALL,
-    SELECT_WATCHED, SockAddr, SockOffsets, WATCH_CLIENTS, WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED,
+    ActiveCall, CallParent, Config, ConnId, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6,
+    ListenerState, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_CLIENTS, WATCH_GO,
+    WATCH_HANDOFF, WATCH_SELECTED,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -241,12 +242,30 @@ unsafe fn zero_words<W: Default>(p: *mut W, n: usize) {
     }
 }
 
-/// A zeroed `T` (plain data: integers and arrays of them), written as [`zero`] does.
+/// Types made of integers and arrays of them only (no references, no niches), for which all
+/// zero bits are a valid value: what [`zeroed`] may produce.
+///
+/// # Safety
+/// Implemented only for such types.
+pub unsafe trait Plain: Copy {}
+// SAFETY: `#[repr(C)]` structs of integers, arrays of integers and each other.
+unsafe impl Plain for SockAddr {}
+// SAFETY: as above.
+unsafe impl Plain for ConnId {}
+// SAFETY: as above.
+unsafe impl Plain for CallParent {}
+// SAFETY: as above.
+unsafe impl Plain for ActiveCall {}
+// SAFETY: as above.
+unsafe impl Plain for ListenerState {}
+// SAFETY: bytes.
+unsafe impl<const N: usize> Plain for [u8; N] {}
+
+/// A zeroed `T`, written as [`zero`] does.
 #[inline(always)]
-pub fn zeroed<T: Copy>() -> T {
+pub fn zeroed<T: Plain>() -> T {
     let mut v = core::mem::MaybeUninit::<T>::uninit();
-    // SAFETY: a local of the right size and alignment; the types this is used with (event and
-    // map value structs of integers) are valid when zero.
+    // SAFETY: a local of the right size and alignment, and zeros are a valid `T` (`Plain`).
     unsafe {
         zero(v.as_mut_ptr());
         // Hides the zeros from the optimiser: copying memory it knows is zero is a memset again.

@@ -22,7 +22,7 @@ use tracewire_common::{Counter, TCPOPT_EXID, TCPOPT_KIND, TCPOPT_LEN, TcpCtx, Tc
 
 use crate::{
     maps::{INJECT_ON, INJECT_SOCKS, TCP_RX, TCP_TRACED, TCP_TX},
-    util::{count, zeroed},
+    util::{Plain, count, zeroed},
 };
 
 const TCP_FLAG_SYN: u32 = 0x02;
@@ -32,6 +32,8 @@ const TCP_FLAG_SYN: u32 = 0x02;
 #[repr(C, align(8))]
 #[derive(Clone, Copy)]
 struct OptBuf([u8; 32]);
+// SAFETY: bytes.
+unsafe impl Plain for OptBuf {}
 const _: () = assert!(TCPOPT_LEN as usize <= 32);
 const ENOSPC: i64 = 28;
 /// `BPF_WRITE_HDR_TCP_CURRENT_MSS`: the length callback is the kernel sizing the MSS.
