@@ -51,9 +51,9 @@ use aya_ebpf::{
     programs::{RawTracePointContext, TracePointContext},
 };
 use tracewire_common::{
-    ActiveCall, CFG_INJECT, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, CONN_FLAG_ENTRY_LEFT,
-    CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS,
-    EventKind, FAMILY_V4, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
+    ActiveCall, CFG_INJECT, CFG_TCP_OPTION, CONN_FLAG_ENTRY_LEFT, CONN_FLAG_LOCAL_PARTIAL,
+    CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4,
+    ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
@@ -511,13 +511,10 @@ pub fn end_if_closing(id: u64, key: u64, state: *mut ConnState) {
 }
 
 /// CLOSE→SYN_SENT inside a watched thread's connect() (socket lifecycle): the client connection
-/// opens, on the fd the syscall was called with.
+/// opens, on the fd the syscall was called with. The caller checked the process is watched.
 #[inline(never)]
-fn connect_seen(change: Change, skaddr: u64) {
+fn connect_seen(skaddr: u64) {
     let id = bpf_get_current_pid_tgid();
-    if !is_watched((id >> 32) as u32) {
-        return;
-    }
     let Some((nr, [fd, _, _])) = current_syscall() else {
         return;
     };
@@ -525,7 +522,7 @@ fn connect_seen(change: Change, skaddr: u64) {
         count(Counter::ConnUnseen);
         return;
     }
-    let (local, remote) = change.ends();
+    let (local, remote) = sock_ends(skaddr);
     if !port_selected(remote.port) {
         return;
     }
@@ -550,18 +547,16 @@ fn mark_traced(skaddr: u64) {
     }
 }
 
-/// →LISTEN inside a watched thread's listen() (socket lifecycle): reported, for the record.
+/// →LISTEN inside a watched thread's listen() (socket lifecycle): reported, for the record. The
+/// caller checked the process is watched.
 #[inline(never)]
-fn listen_seen(change: Change) {
+fn listen_seen(sk: u64) {
     let id = bpf_get_current_pid_tgid();
-    if !is_watched((id >> 32) as u32) {
-        return;
-    }
     let Some((nr, [fd, _, _])) = current_syscall() else {
         return;
     };
     if is_listen(nr) {
-        emit_listen(id, fd as u32, change.ends().0);
+        emit_listen(id, fd as u32, sock_ends(sk).0);
     }
 }
 
@@ -731,68 +726,45 @@ pub fn sys_enter_connect(ctx: TracePointContext) -> u32 {
     0
 }
 
-/// The source address in a `sock:inet_sock_set_state` record.
+/// The source address in a `sock:inet_sock_set_state` record: its port (host order) at 24, the
+/// family at 28, the IPv4 and IPv6 addresses at 32 and 40. Array fields go through the helper:
+/// the verifier rejects loads through a ctx pointer the compiler has offset, which is how it
+/// lowers array copies.
 #[inline(always)]
 fn state_local(ctx: &TracePointContext) -> SockAddr {
-    state_addr(ctx, 24, 32, 40)
-}
-
-/// The destination address in a `sock:inet_sock_set_state` record.
-#[inline(always)]
-fn state_remote(ctx: &TracePointContext) -> SockAddr {
-    state_addr(ctx, 26, 36, 56)
-}
-
-/// One end's address in a `sock:inet_sock_set_state` record: its port (host order), IPv4 and
-/// IPv6 address at these offsets. Array fields go through the helper: the verifier rejects loads
-/// through a ctx pointer the compiler has offset, which is how it lowers array copies.
-#[inline(always)]
-fn state_addr(ctx: &TracePointContext, port_at: usize, v4_at: usize, v6_at: usize) -> SockAddr {
     let p = ctx.as_ptr() as *const u8;
     // SAFETY: constant offsets inside the tracepoint record.
-    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(port_at) as *const u16)) };
+    let (family, port) = unsafe { (*(p.add(28) as *const u16), *(p.add(24) as *const u16)) };
     if family == FAMILY_V4 {
         // SAFETY: helper read inside the record.
-        let v4 = unsafe { ctx.read_at::<[u8; 4]>(v4_at) }.unwrap_or([0; 4]);
+        let v4 = unsafe { ctx.read_at::<[u8; 4]>(32) }.unwrap_or([0; 4]);
         return sock_addr_v4(family, port, v4);
     }
     let mut a = sock_addr_v4(family, port, [0; 4]);
     // SAFETY: as above.
-    if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(v6_at) } {
+    if let Ok(v6) = unsafe { ctx.read_at::<[u8; 16]>(40) } {
         a.addr = v6;
     }
     a
 }
 
-/// Where a socket state change's addresses come from.
-#[derive(Clone, Copy)]
-enum Change<'a> {
-    /// The `sock:inet_sock_set_state` record (the syscall data path's hook).
-    Record(&'a TracePointContext),
-    /// The socket itself (the socket data path's raw hook).
-    Socket(u64),
+/// A socket's (local, remote) addresses, read from the socket (zero where unreadable).
+#[inline(always)]
+fn sock_ends(sk: u64) -> (SockAddr, SockAddr) {
+    let mut local: SockAddr = zeroed();
+    let mut remote: SockAddr = zeroed();
+    let _ = sock_addrs(sk, &mut local, &mut remote);
+    (local, remote)
 }
 
-impl Change<'_> {
-    /// The socket's (local, remote) addresses. Only read where a change concerns a watched
-    /// process.
-    #[inline(always)]
-    fn ends(self) -> (SockAddr, SockAddr) {
-        match self {
-            Change::Record(ctx) => (state_local(ctx), state_remote(ctx)),
-            Change::Socket(sk) => {
-                let mut local: SockAddr = zeroed();
-                let mut remote: SockAddr = zeroed();
-                let _ = sock_addrs(sk, &mut local, &mut remote);
-                (local, remote)
-            }
-        }
-    }
-}
-
-/// `sock:inet_sock_set_state`, for the syscall data path. Format (checked against tracefs by
-/// userspace): skaddr@8 oldstate@16 newstate@20 sport@24 dport@26 family@28 protocol@30 saddr@32
-/// daddr@36 saddr_v6@40 daddr_v6@56.
+/// `sock:inet_sock_set_state`, for the syscall data path. Fields read (their offsets checked
+/// against tracefs by userspace): skaddr@8 oldstate@16 newstate@20 sport@24 family@28
+/// protocol@30 saddr@32 saddr_v6@40.
+///
+/// CLOSE→SYN_SENT runs inside connect(), in the caller's thread: it marks the call's socket as
+/// TCP. The source port is chosen just after that change, so it is learned at
+/// SYN_SENT→ESTABLISHED, which runs in the caller's thread on loopback (still inside connect())
+/// but in softirq context for remote peers (see [`connected`]).
 #[tracepoint]
 pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
     let p = ctx.as_ptr() as *const u8;
@@ -805,118 +777,96 @@ pub fn inet_sock_set_state(ctx: TracePointContext) -> u32 {
             *(p.add(30) as *const u16),
         )
     };
-    if protocol == IPPROTO_TCP {
-        state_changed(Change::Record(&ctx), skaddr, old, new);
+    if protocol != IPPROTO_TCP {
+        return 0;
     }
+    if old == TCP_CLOSE && new == TCP_SYN_SENT {
+        let id = bpf_get_current_pid_tgid();
+        let Some(call) = ACTIVE.get_ptr_mut(id) else {
+            return 0;
+        };
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            if (*call).syscall != Syscall::Connect as u8 {
+                return 0;
+            }
+            (*call).local = state_local(&ctx);
+            (*call).is_tcp = 1;
+            (*call).ptr = skaddr;
+        }
+        mark_traced(skaddr);
+        return 0;
+    }
+    if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
+        return 0;
+    }
+    // Still inside connect() (loopback): complete the call's source address.
+    if let Some(call) = ACTIVE.get_ptr_mut(bpf_get_current_pid_tgid()) {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            if (*call).syscall == Syscall::Connect as u8 && (*call).ptr == skaddr {
+                (*call).local = state_local(&ctx);
+                return 0;
+            }
+        }
+    }
+    connected(skaddr, || state_local(&ctx));
     0
 }
 
 /// `sock:inet_sock_set_state` as a raw tracepoint (the socket, the old and new state), for the
-/// socket data path. A tracepoint program has its record built first, for every TCP state change
-/// of the node: about a third of what the program itself cost when every request opened and
-/// closed a connection. Here the few fields a change needs are read from the socket, and the
-/// protocol only for the changes acted on.
+/// socket data path, which it is attached with. A tracepoint program has its record built first,
+/// for every TCP state change of the node: about a third of what the program itself cost when
+/// every request opened and closed a connection. Here the few fields a change needs are read from
+/// the socket, and the protocol only where a socket starts being followed.
+///
+/// - LISTEN→SYN_RECV (softirq): an accepted socket, whose first reader opens its connection
+///   (see [`accepted`]).
+/// - CLOSE→SYN_SENT inside a watched thread's connect(): a client connection opens.
+/// - LAST_ACK, CLOSE: the socket's connection ends (see [`sk_closed`]).
+/// - SYN_SENT→ESTABLISHED: the source port, chosen after SYN_SENT (see [`connected`]).
 #[raw_tracepoint(tracepoint = "inet_sock_set_state")]
 pub fn sock_set_state(ctx: RawTracePointContext) -> i32 {
     let sk: u64 = ctx.arg(0);
     let old = ctx.arg::<u64>(1) as i32;
     let new = ctx.arg::<u64>(2) as i32;
+    // Only TCP sockets start being followed (MPTCP and SCTP sockets pass here too); the other
+    // changes look the socket up in maps that hold TCP sockets only.
     let tcp = || {
         let o = config().sk;
         // SAFETY: kernel read through the checked helper.
         let protocol = unsafe { bpf_probe_read_kernel((sk + o.protocol as u64) as *const u16) };
         protocol == Ok(IPPROTO_TCP)
     };
-    // A connect or a listen matters only in a watched process, which is the current one.
+    // A connect or a listen matters only in a watched process, which is the current one: a
+    // cheaper check than the protocol's, so it comes first.
     let watched = || is_watched((bpf_get_current_pid_tgid() >> 32) as u32);
-    let acted_on = match new {
-        // A socket starts being followed: only a TCP one (MPTCP and SCTP sockets pass here too).
-        TCP_SYN_RECV => tcp(),
-        TCP_SYN_SENT => old == TCP_CLOSE && watched() && tcp(),
-        TCP_LISTEN => watched() && tcp(),
-        // The rest look the socket up in maps that hold TCP sockets only.
-        TCP_LAST_ACK | TCP_CLOSE => true,
-        TCP_ESTABLISHED => old == TCP_SYN_SENT,
-        _ => false,
-    };
-    if acted_on {
-        state_changed(Change::Socket(sk), sk, old, new);
+    match new {
+        TCP_SYN_RECV if tcp() => {
+            let _ = SERVER_SKS.insert(sk, SK_ACCEPTED, 0);
+        }
+        TCP_SYN_SENT if old == TCP_CLOSE && watched() && tcp() => connect_seen(sk),
+        TCP_LISTEN if watched() && tcp() => listen_seen(sk),
+        // The change into LAST_ACK did all a close does (its application had closed the socket
+        // or still holds it; either way `tcp_destroy_sock` ends what is left when the socket
+        // goes): the socket's entries are not looked up a second time.
+        TCP_CLOSE if old == TCP_LAST_ACK => {}
+        TCP_LAST_ACK | TCP_CLOSE => {
+            // Straight from an open state: a reset, not a close the application made.
+            let reset = new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT);
+            sk_closed(sk, reset);
+        }
+        TCP_ESTABLISHED if old == TCP_SYN_SENT => connected(sk, || sock_ends(sk).0),
+        _ => {}
     }
     0
 }
 
-/// A TCP socket's state changed from `old` to `new`.
-///
-/// CLOSE→SYN_SENT runs inside connect(), in the caller's thread: it marks the socket as TCP.
-/// The source port is chosen just after that transition, so it is learned at
-/// SYN_SENT→ESTABLISHED, which runs in the caller's thread on loopback but in softirq context
-/// for remote peers: the socket address (skaddr) recorded at SYN_SENT finds the connection then.
+/// SYN_SENT→ESTABLISHED of a connection opened before its source port was chosen (the socket
+/// path at SYN_SENT, or a connect() that returned before the handshake completed): its local
+/// address (`local`, read only then) completes it, and userspace is told.
 #[inline(always)]
-fn state_changed(change: Change, skaddr: u64, old: i32, new: i32) {
-    if config().flags & CFG_SOCKET_LIFECYCLE != 0 {
-        match new {
-            TCP_SYN_RECV => {
-                let _ = SERVER_SKS.insert(skaddr, SK_ACCEPTED, 0);
-                return;
-            }
-            TCP_SYN_SENT if old == TCP_CLOSE => {
-                connect_seen(change, skaddr);
-                return;
-            }
-            TCP_LISTEN => {
-                listen_seen(change);
-                return;
-            }
-            // LAST_ACK→CLOSE: the change into LAST_ACK did all a close does (its application had
-            // closed the socket or still holds it; either way `tcp_destroy_sock`, attached with
-            // this path, ends what is left when the socket goes), so the socket's entries are
-            // not looked up a second time.
-            TCP_CLOSE if old == TCP_LAST_ACK => return,
-            TCP_LAST_ACK | TCP_CLOSE => {
-                // Straight from an open state: a reset, not a close the application made.
-                let reset = new == TCP_CLOSE && (old == TCP_ESTABLISHED || old == TCP_CLOSE_WAIT);
-                sk_closed(skaddr, reset);
-                return;
-            }
-            // SYN_SENT→ESTABLISHED completes the source address below, as for the syscall path.
-            _ => {}
-        }
-    }
-    if old == TCP_CLOSE && new == TCP_SYN_SENT {
-        let id = bpf_get_current_pid_tgid();
-        let Some(call) = ACTIVE.get_ptr_mut(id) else {
-            return;
-        };
-        // SAFETY: map value pointer, valid for this run.
-        unsafe {
-            if (*call).syscall != Syscall::Connect as u8 {
-                return;
-            }
-            (*call).local = change.ends().0;
-            (*call).is_tcp = 1;
-            (*call).ptr = skaddr;
-        }
-        mark_traced(skaddr);
-        return;
-    }
-    if old != TCP_SYN_SENT || new != TCP_ESTABLISHED {
-        return;
-    }
-    // Still inside connect() (loopback): complete the call's source address. Only the syscall
-    // hooks record calls in progress.
-    let id = bpf_get_current_pid_tgid();
-    if config().flags & CFG_SOCKET_LIFECYCLE == 0
-        && let Some(call) = ACTIVE.get_ptr_mut(id)
-    {
-        // SAFETY: map value pointer, valid for this run.
-        unsafe {
-            if (*call).syscall == Syscall::Connect as u8 && (*call).ptr == skaddr {
-                (*call).local = change.ends().0;
-                return;
-            }
-        }
-    }
-    // connect() already returned (non-blocking connect to a remote peer).
+fn connected(skaddr: u64, local: impl FnOnce() -> SockAddr) {
     let Some(pending) = CONNECTING.get_ptr(skaddr) else {
         return;
     };
@@ -931,7 +881,8 @@ fn state_changed(change: Change, skaddr: u64, old: i32, new: i32) {
     if state.generation != generation {
         return;
     }
-    state.local = change.ends().0;
+    state.local = local();
+    let id = bpf_get_current_pid_tgid();
     emit_state(EventKind::ConnAddr, id, (key >> 32) as u32, key as u32, state, 0);
 }
 
