@@ -1062,8 +1062,9 @@ pub fn bench(quick: bool) -> Result<()> {
             replay["otlp_bytes_per_span"].as_f64().unwrap_or(0.0) <= 350.0
                 && replay["otlp_gzip_bytes_per_span"].as_f64().unwrap_or(f64::MAX) <= 80.0,
             &format!(
-                "gzip {:.0} B; batches of the exporter's default size (512 spans), resource per batch",
-                replay["otlp_gzip_bytes_per_span"].as_f64().unwrap_or(0.0)
+                "gzip {:.0} B; batches of the exporter's default size ({} spans), resource per batch",
+                replay["otlp_gzip_bytes_per_span"].as_f64().unwrap_or(0.0),
+                replay["batch_spans"].as_u64().unwrap_or(0)
             ),
         ),
         row(

@@ -186,6 +186,7 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
         "best_pass_ns_per_event": best_pass.as_secs_f64() * 1e9 / records.len() as f64,
         "otlp_bytes_per_span": if spans > 0 { bytes as f64 / spans as f64 } else { 0.0 },
         "otlp_gzip_bytes_per_span": if gz_spans > 0 { gz_bytes as f64 / gz_spans as f64 } else { 0.0 },
+        "batch_spans": batch_size,
         "tail_spans": n_tail,
         "tail_traces_kept": tail_kept,
         "tail_ns_per_span": if n_tail > 0 { tail_secs * 1e9 / n_tail as f64 } else { 0.0 },
