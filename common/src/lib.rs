@@ -395,7 +395,8 @@ pub struct ConnState {
     pub closing: u8,
     /// Bit `1 << DIR_*` set while that direction is inside a body the kernel may count without
     /// copying (see [`DATA_FLAG_BODY_SKIPPED`]): after a head written on its own, a head whose
-    /// body was skipped, or a message start cut at the capture cap.
+    /// body was skipped, or a message start cut at the capture cap; cleared when the other
+    /// direction has spoken since (HTTP/1 takes turns).
     pub in_body: u8,
     /// Trace context of the current turn.
     pub ctx: TraceCtx,
@@ -750,10 +751,14 @@ pub enum Counter {
     RingBytes = 29,
     /// Writes whose body was counted, not copied ([`DATA_FLAG_BODY_SKIPPED`]).
     BodySkipped = 30,
+    /// Calls looked into (their first bytes read from user memory) to tell whether they go on
+    /// with a body ([`ConnState::in_body`]). The next message after the other side has spoken
+    /// is not: what it costs shows here.
+    BodyChecks = 31,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 31;
+pub const COUNTER_COUNT: u32 = 32;
 
 impl Counter {
     /// All counters, in index order.
@@ -789,6 +794,7 @@ impl Counter {
         Counter::SendUntracked,
         Counter::RingBytes,
         Counter::BodySkipped,
+        Counter::BodyChecks,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -824,6 +830,7 @@ impl Counter {
             Counter::ConnUnseen => "conn_unseen",
             Counter::SendUntracked => "send_untracked",
             Counter::BodySkipped => "body_skipped",
+            Counter::BodyChecks => "body_checks",
             Counter::RingBytes => "ring_bytes",
         }
     }

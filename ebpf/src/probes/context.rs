@@ -203,6 +203,8 @@ pub fn take_tie(ties: &LruHashMap<u64, CallParent>, key: u64, out: &mut CallPare
 #[inline(never)]
 pub fn client_turn(pid_tgid: u64, fd: u32, state: &mut ConnState) {
     let cfg = &config();
+    // A new request: what the last one's body left is not looked for (see `report`).
+    state.in_body &= !(1 << DIR_EGRESS);
     let tgid = (pid_tgid >> 32) as u32;
     let mut ctx = TraceCtx { span_id: new_span(), ..TraceCtx::default() };
     let mut followed: CallParent = zeroed();

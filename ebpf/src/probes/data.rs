@@ -192,10 +192,23 @@ fn report(
     let buf = unsafe { &mut (*scratch).0 };
     let conn_id = ConnId { tgid, fd: call.fd, generation: conn.generation };
 
+    let bit = 1u8 << (direction & 7);
+    // The other side spoke since this direction's last call: HTTP/1 takes turns, so the message
+    // this direction was in is over, and this call is not looked into as more of its body (the
+    // look reads user memory once or twice). Here for a server's turns and a client's response;
+    // a client's request turn starts in `client_turn`. Were the message not over after all (a
+    // server answering before a request body is all read, a client pipelining), the rest of
+    // its body is copied, not counted.
+    if conn.role == ROLE_SERVER && conn.turn != direction {
+        conn.in_body &= !bit;
+    }
     let tid = id as u32;
     let mut thread_ctx: ConnId = zeroed();
     if conn.role == ROLE_CLIENT {
         if direction == DIR_INGRESS {
+            if conn.turn != DIR_INGRESS {
+                conn.in_body &= !bit;
+            }
             conn.turn = DIR_INGRESS;
             // Its sends are over (a send whose exit went unseen must not hold the next one's start).
             conn.send_ns = 0;
@@ -230,7 +243,6 @@ fn report(
     }
     let want = if moved < cap { moved } else { cap };
     let mut flags: u16 = 0;
-    let bit = 1u8 << (direction & 7);
     let at = buf.as_mut_ptr() as *mut DataEvent;
     // The size is compared as read back from map memory, which the verifier does not track:
     // comparing `moved` itself would split every way through the copy below in two.
@@ -369,6 +381,7 @@ fn body_after(conn: &mut ConnState, bit: u8, buf: &[u8]) {
 /// neither a chunk size nor a message. Only a call of at least [`BODY_SKIP_MIN`] bytes is asked.
 #[inline(always)]
 fn continues_body(layout: Layout, ptr: u64, count: u64) -> bool {
+    self::count(Counter::BodyChecks);
     let (mut iov, mut n) = (ptr, count);
     if layout == Layout::Msghdr {
         // SAFETY: user pointers are validated by the helper.
