@@ -195,20 +195,17 @@ fn report(
     let bit = 1u8 << (direction & 7);
     // The other side spoke since this direction's last call: HTTP/1 takes turns, so the message
     // this direction was in is over, and this call is not looked into as more of its body (the
-    // look reads user memory once or twice). Here for a server's turns and a client's response;
-    // a client's request turn starts in `client_turn`. Were the message not over after all (a
-    // server answering before a request body is all read, a client pipelining), the rest of
-    // its body is copied, not counted.
-    if conn.role == ROLE_SERVER && conn.turn != direction {
+    // look reads user memory once or twice). A client's request turn has already begun here
+    // (`client_turn` clears it). Were the message not over after all (a server answering before
+    // a request body is all read, a client pipelining), the rest of its body is copied, not
+    // counted.
+    if (conn.role == ROLE_SERVER || conn.role == ROLE_CLIENT) && conn.turn != direction {
         conn.in_body &= !bit;
     }
     let tid = id as u32;
     let mut thread_ctx: ConnId = zeroed();
     if conn.role == ROLE_CLIENT {
         if direction == DIR_INGRESS {
-            if conn.turn != DIR_INGRESS {
-                conn.in_body &= !bit;
-            }
             conn.turn = DIR_INGRESS;
             // Its sends are over (a send whose exit went unseen must not hold the next one's start).
             conn.send_ns = 0;
