@@ -678,6 +678,45 @@ fn us(ns: u64) -> f64 {
 }
 
 /// Another tracewire (or a leftover test agent) would be measured too, in every "without" run.
+/// The ids of the BPF programs loaded now.
+fn loaded_programs() -> Vec<u64> {
+    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output();
+    let progs: Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
+    progs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
+}
+
+/// The kernel memory (bytes_memlock, charged to the loader's memory cgroup) of the maps used by
+/// the programs loaded since `before` was listed, and the three largest of them by name.
+fn maps_memory(before: &[u64]) -> (u64, Vec<(String, u64)>) {
+    let json = |args: &[&str]| -> Value {
+        let out = Command::new("bpftool").args(args).output();
+        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null)
+    };
+    let progs = json(&["prog", "show", "--json"]);
+    let mut ids: Vec<u64> = progs
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|p| p["id"].as_u64().is_some_and(|id| !before.contains(&id)))
+        .flat_map(|p| p["map_ids"].as_array().cloned().unwrap_or_default())
+        .filter_map(|m| m.as_u64())
+        .collect();
+    ids.sort_unstable();
+    ids.dedup();
+    let maps = json(&["map", "show", "--json"]);
+    let mut ours: Vec<(String, u64)> = maps
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|m| m["id"].as_u64().is_some_and(|id| ids.binary_search(&id).is_ok()))
+        .map(|m| (m["name"].as_str().unwrap_or("?").to_string(), m["bytes_memlock"].as_u64().unwrap_or(0)))
+        .collect();
+    let total = ours.iter().map(|(_, b)| b).sum();
+    ours.sort_by_key(|(_, b)| std::cmp::Reverse(*b));
+    ours.truncate(3);
+    (total, ours)
+}
+
 fn refuse_if_an_agent_is_loaded() -> Result<()> {
     let out = Command::new("bpftool").args(["prog", "show", "--json"]).output()?;
     let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
@@ -817,9 +856,12 @@ pub fn bench(quick: bool) -> Result<()> {
 
     // R12: the agent at rest (watching nginx, no traffic): how long it takes to attach, and
     // what it costs while nothing happens.
+    let programs_before = loaded_programs();
     let spawned = Instant::now();
     let (mut agent, r10_lines) = start_agent(&tracewire, &exporting)?;
     let attach_s = spawned.elapsed().as_secs_f64();
+    // R18: what its maps take in the kernel, besides its own memory.
+    let (maps_bytes, largest_maps) = maps_memory(&programs_before);
     let r10_agent = agent.0.id();
     let rest_s = if quick { 2.0 } else { 5.0 };
     let rest_cpu0 = cpu_ns_all_threads(r10_agent);
@@ -1301,6 +1343,24 @@ pub fn bench(quick: bool) -> Result<()> {
                     churn.requests,
                     churn.unwatched_ns,
                     churn.unwatched_runs
+                ),
+            )
+        },
+        {
+            let mib = |b: u64| b as f64 / f64::from(1 << 20);
+            let largest: Vec<String> = largest_maps.iter().map(|(name, b)| format!("{name} {:.1}", mib(*b))).collect();
+            row(
+                "R18",
+                "kernel memory of the agent's BPF maps, MiB",
+                mib(maps_bytes),
+                "report",
+                maps_bytes > 0,
+                &format!(
+                    "default sizes (65536 connections, 8 MiB ring), bpftool's bytes_memlock over the maps of the \
+                     programs the agent loaded; the largest: {} MiB; charged to the agent's memory cgroup, on top of \
+                     its RSS ({:.1} MiB at peak in R10), which counts the ring's pages as well (mapped into it)",
+                    largest.join(", "),
+                    r10_rss as f64 / 1024.0
                 ),
             )
         },
