@@ -215,6 +215,87 @@ fn nginx_under_wrk_every_request_is_a_span_and_nothing_drops() {
     );
 }
 
+/// wrk's requests alternate between a page nginx has (200) and one it has not (404).
+const FOUND_MISSING_LUA: &str = "n = 0\nrequest = function()\n  n = n + 1\n  \
+    return wrk.format(nil, (n % 2 == 0) and \"/missing\" or \"/\")\nend\n";
+
+#[test]
+fn a_full_ring_loses_requests_counted_and_pairs_no_response_with_another_request() {
+    let _g = serial();
+    require_root();
+    let dir = std::env::temp_dir().join(format!("tracewire-overload-{}", std::process::id()));
+    fs::create_dir_all(&dir).unwrap();
+    let port = free_port();
+    fs::write(dir.join("alternate.lua"), FOUND_MISSING_LUA).unwrap();
+    nginx_conf(&dir, port, true, "location / { return 200 \"ok\\n\"; } location /missing { return 404; }");
+    let nginx = Peer::spawn(Command::new("nginx").args([
+        "-c",
+        &dir.join("nginx.conf").display().to_string(),
+        "-p",
+        &dir.display().to_string(),
+    ]));
+    wait_listening(port, "nginx");
+    let rx = Receiver::start(vec![]);
+    // A ring of 4 KiB holds about a dozen events: under wrk it is full most of the time, and the
+    // events of many requests (their request, their response, or both) are lost.
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--ring-bytes", "4096", "--otlp-queue-spans", "1000000", "--pid", &nginx.pid().to_string()],
+    );
+    let out = Command::new("wrk")
+        .args(["-t", "1", "-c", "8", "-d", "2s", "-s", &dir.join("alternate.lua").display().to_string()])
+        .arg(format!("http://127.0.0.1:{port}/"))
+        .output()
+        .expect("wrk");
+    let wrk = String::from_utf8_lossy(&out.stdout).to_string();
+    wait_connections_closed(port);
+    // Then a request at a time: the ring has room again, and each is traced.
+    for i in 0..20 {
+        let sizes = curl(&format!("http://127.0.0.1:{port}/after/{i}"), &[]);
+        assert_eq!(sizes.body, 3, "GET /after/{i}");
+    }
+    let summary = agent.stop();
+    drop(nginx);
+    let served = fs::read_to_string(dir.join("access.log")).unwrap().lines().count();
+    let _ = fs::remove_dir_all(&dir);
+    let lost = summary["kernel"]["ring_full"].as_u64().unwrap_or(0);
+    assert!(lost > 0, "the ring never filled:\n{summary}\n{wrk}");
+    let spans = rx.spans();
+    // A lost event loses its request's span, or leaves its request without a response; never
+    // does a request take another one's response (the status tells: / is 200, /missing 404).
+    let mut mispaired = Vec::new();
+    for (_, s) in &spans {
+        let path = attr_str(s, "url.path").unwrap_or_default();
+        let status = attr_int(s, "http.response.status_code");
+        let expected = if path == "/missing" { 404 } else { 200 };
+        if status.is_some_and(|st| st != expected) {
+            mispaired.push(format!("{path} {status:?}"));
+        }
+    }
+    assert!(
+        mispaired.is_empty(),
+        "{} of {} spans with another request's response: {:?}\n{summary}",
+        mispaired.len(),
+        spans.len(),
+        &mispaired[..mispaired.len().min(10)]
+    );
+    // Every span lost is accounted for: at most one per lost event.
+    assert!(spans.len() <= served, "{} spans for {served} requests", spans.len());
+    assert!(
+        served as u64 - spans.len() as u64 <= lost,
+        "{} spans for {served} requests, {lost} events lost\n{summary}",
+        spans.len()
+    );
+    assert_eq!(summary["otlp"]["produced"], summary["otlp"]["exported"], "{summary}");
+    // The requests after the overload are all there.
+    for i in 0..20 {
+        let path = format!("/after/{i}");
+        let n =
+            spans.iter().filter(|(_, s)| attr_str(s, "url.path").as_deref() == Some(path.as_str())).count();
+        assert_eq!(n, 1, "{path}: {n} spans\n{summary}");
+    }
+}
+
 /// A wrk script: requests alternate between `/` and `/page.txt`.
 const ALTERNATE_LUA: &str = "n = 0\nrequest = function()\n  n = n + 1\n  \
     return wrk.format(nil, (n % 2 == 0) and \"/page.txt\" or \"/\")\nend\n";

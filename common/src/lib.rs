@@ -386,8 +386,8 @@ pub struct ConnState {
     pub turn_tid: u32,
     /// 1 while the current turn's request is not sampled: its bytes are not reported.
     pub skip: u8,
-    /// 1 when bytes were left unreported since the last event: the next event says so
-    /// ([`DATA_FLAG_AFTER_SKIP`]).
+    /// What was left unreported since the last event, which the next event says: `GAP_*` bits
+    /// ([`DATA_FLAG_AFTER_SKIP`], [`DATA_FLAG_AFTER_LOSS`]).
     pub gap: u8,
     /// 1 when the socket closed (a reset, the peer's FIN after a half-close) while its application
     /// still holds it: what it received can still be read. It ends at the first call on it that
@@ -614,6 +614,14 @@ pub const DATA_FLAG_IOV_OVERFLOW: u16 = 4;
 /// Requests on this connection were left unreported (not sampled) since its previous event:
 /// whatever message was in progress is over.
 pub const DATA_FLAG_AFTER_SKIP: u16 = 8;
+/// An event of this connection was lost since its previous one (the ring buffer was full):
+/// whatever exchange was in progress cannot be completed from what follows, and a response that
+/// follows may belong to a later request than the one waiting for it.
+pub const DATA_FLAG_AFTER_LOSS: u16 = 32;
+/// [`ConnState::gap`]: requests left unreported, not sampled.
+pub const GAP_UNSAMPLED: u8 = 1;
+/// [`ConnState::gap`]: an event lost to a full ring buffer.
+pub const GAP_LOST: u8 = 2;
 /// Body bytes counted, not copied (`len - captured` of them): a write of a complete head and a
 /// body in two iovecs (only the head is copied), or a call inside a body ([`ConnState::in_body`])
 /// whose first bytes start neither a message nor a chunk size (nothing is copied). Bodies are

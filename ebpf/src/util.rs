@@ -360,16 +360,22 @@ pub fn emit<T: 'static>(cfg: &Config, ev: &T) {
 
 /// Writes the first `len` bytes of `buf` as one event.
 #[inline(always)]
-pub fn emit_bytes(cfg: &Config, buf: &[u8], len: usize) {
+pub fn emit_bytes(cfg: &Config, buf: &[u8], len: usize) -> bool {
     let flags = wake_flags(cfg, len as u64);
     if len > buf.len() {
-        return;
+        return false;
     }
     // SAFETY: len <= buf.len() checked above.
     let bytes = unsafe { buf.get_unchecked(..len) };
     match EVENTS.output::<[u8]>(bytes, flags) {
-        Ok(()) => count(Counter::EventsOut),
-        Err(_) => count(Counter::RingFull),
+        Ok(()) => {
+            count(Counter::EventsOut);
+            true
+        }
+        Err(_) => {
+            count(Counter::RingFull);
+            false
+        }
     }
 }
 

@@ -28,7 +28,8 @@ use span::{Kind, Link, SpanRecord, Text, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
     CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, CTX_UPSTREAM, ConnEvent, ConnId,
-    DATA_FLAG_AFTER_SKIP, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
+    DATA_FLAG_AFTER_LOSS, DATA_FLAG_AFTER_SKIP, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER,
+    SockAddr, TraceCtx,
 };
 
 use crate::{
@@ -86,6 +87,9 @@ pub struct CorrelateStats {
     /// Requests abandoned because the kernel left part of their exchange unreported (a request
     /// whose sampling differed from its continuation's, e.g. around 100-continue).
     pub unsampled_gap: u64,
+    /// Requests abandoned because an event of their connection was lost to a full ring buffer
+    /// (the kernel's `ring_full`): the response that follows may be a later request's.
+    pub lost_gap: u64,
     /// Requests where the kernel's context and the parsed request disagreed (a header beyond
     /// the kernel's scan window, a parent userspace could not confirm): never a guessed parent,
     /// the span keeps the trace id its calls carried.
@@ -94,7 +98,7 @@ pub struct CorrelateStats {
 
 impl CorrelateStats {
     /// The scalar counters by name, as the summary and the metrics page report them.
-    pub fn counts(&self) -> [(&'static str, u64); 15] {
+    pub fn counts(&self) -> [(&'static str, u64); 16] {
         [
             ("non_http_conns", self.non_http_conns),
             ("unpaired_responses", self.unpaired_responses),
@@ -110,6 +114,7 @@ impl CorrelateStats {
             ("paired_same_node", self.paired_same_node),
             ("unlinked", self.unlinked),
             ("unsampled_gap", self.unsampled_gap),
+            ("lost_gap", self.lost_gap),
             ("kernel_ctx_differs", self.kernel_ctx_differs),
         ]
     }
@@ -999,12 +1004,17 @@ impl Correlator {
         let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
         let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx, kctx: d.ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
-        if d.flags & DATA_FLAG_AFTER_SKIP != 0 {
-            // Unsampled requests were left out: what was in progress cannot complete.
+        if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
+            // Unsampled requests were left out, or an event was lost: what was in progress
+            // cannot complete.
             conn.req.reset();
             conn.resp.reset();
-            let dropped = conn.book.pending.len() + usize::from(conn.book.current.is_some());
-            self.shared.stats.unsampled_gap += dropped as u64;
+            let dropped = (conn.book.pending.len() + usize::from(conn.book.current.is_some())) as u64;
+            if d.flags & DATA_FLAG_AFTER_LOSS != 0 {
+                self.shared.stats.lost_gap += dropped;
+            } else {
+                self.shared.stats.unsampled_gap += dropped;
+            }
             let current = conn.book.current.take().map(|(p, _)| p);
             for p in std::iter::from_fn(|| conn.book.pending.pop_front()).chain(current) {
                 if let Some(list) = self.shared.serving.get_mut(&conn.info.id) {

@@ -120,7 +120,7 @@ pub fn replay_with(text: &str, routes: super::route::Routes) -> (Vec<SpanRecord>
                     captured: payload.len() as u32,
                     direction: if w[0] == "in" { DIR_INGRESS } else { DIR_EGRESS },
                     syscall: Syscall::Read as u8,
-                    flags: 0,
+                    flags: kv("flags=").map_or(0, |f| f as u16),
                     role: 0,
                     _pad: 0,
                     _pad2: 0,
@@ -358,6 +358,38 @@ fn routes_name_spans_and_set_http_route_only_when_configured() -> std::io::Resul
     let (spans, _) = replay(&text);
     assert_eq!(spans[0].name, "GET");
     Ok(())
+}
+
+#[test]
+fn after_a_lost_event_no_request_takes_another_ones_response() {
+    let (spans, c) = replay(concat!(
+        "open server 100 5 10.0.0.1:80 10.0.0.2:5000\n",
+        "in 100 5 t=1000 \"GET /a HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\"\n",
+        "# /a's response was lost to a full ring: the next event says an event was lost\n",
+        "in 100 5 t=3000 flags=32 \"GET /b HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\"\n",
+        "out 100 5 t=4000 \"HTTP/1.1 404 Not Found\\r\\nContent-Length: 0\\r\\n\\r\\n\"\n",
+        "# a request lost: the response that follows has no request\n",
+        "out 100 5 t=6000 flags=32 \"HTTP/1.1 200 OK\\r\\nContent-Length: 0\\r\\n\\r\\n\"\n",
+        "in 100 5 t=7000 \"GET /c HTTP/1.1\\r\\nHost: x\\r\\n\\r\\n\"\n",
+        "out 100 5 t=8000 \"HTTP/1.1 201 Created\\r\\nContent-Length: 0\\r\\n\\r\\n\"\n",
+    ));
+    let got: Vec<(String, Option<i64>)> = spans
+        .iter()
+        .map(|s| {
+            let path = match s.attr("url.path") {
+                Some(Value::Str(p)) => p.to_string(),
+                _ => String::new(),
+            };
+            let status = match s.attr("http.response.status_code") {
+                Some(Value::Int(n)) => Some(*n),
+                _ => None,
+            };
+            (path, status)
+        })
+        .collect();
+    assert_eq!(got, vec![("/b".to_string(), Some(404)), ("/c".to_string(), Some(201))]);
+    assert_eq!(c.stats().lost_gap, 1, "/a, abandoned");
+    assert_eq!(c.stats().unpaired_responses, 1, "the response of the lost request");
 }
 
 #[test]

@@ -22,7 +22,7 @@ use aya_ebpf::{helpers::bpf_get_prandom_u32, maps::LruHashMap};
 use tracewire_common::{
     CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_TCP_OPTION, CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_HEADER, CTX_ROOT,
     CTX_TCP, CTX_THREAD, CTX_UPSTREAM, CallParent, Config, ConnId, ConnState, Counter, DIR_EGRESS,
-    DIR_INGRESS, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx, fd_key,
+    DIR_INGRESS, GAP_UNSAMPLED, TcpCtx, TcpCtxEntry, ThreadCtx, TraceCtx, fd_key,
 };
 
 use super::{golang::call_parent, nginx::upstream_parent};
@@ -139,7 +139,7 @@ fn continued(cfg: &Config, ctx: &mut TraceCtx) {
 fn decide_reporting(cfg: &Config, state: &mut ConnState) {
     if cfg.flags & CFG_SKIP_UNSAMPLED != 0 && state.ctx.trace_flags & 1 == 0 {
         state.skip = 1;
-        state.gap = 1;
+        state.gap |= GAP_UNSAMPLED;
         count(Counter::SampledOut);
     } else {
         state.skip = 0;

@@ -31,10 +31,10 @@ use aya_ebpf::{
     programs::RawTracePointContext,
 };
 use tracewire_common::{
-    ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_SKIP,
-    DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW, DATA_FLAG_TRUNCATED, DIR_EGRESS,
-    DIR_INGRESS, DataEvent, EventKind, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx,
-    fd_key,
+    ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
+    DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
+    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST, GAP_UNSAMPLED, MAX_IOVECS,
+    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx, fd_key,
 };
 
 use super::{
@@ -325,18 +325,28 @@ fn report(
             return;
         }
     }
-    if conn.gap != 0 {
+    let gap = conn.gap;
+    if gap != 0 {
         conn.gap = 0;
         // SAFETY: in bounds as above.
         unsafe {
             let f = core::ptr::addr_of_mut!((*at).flags);
-            *f |= DATA_FLAG_AFTER_SKIP;
+            if gap & GAP_UNSAMPLED != 0 {
+                *f |= DATA_FLAG_AFTER_SKIP;
+            }
+            if gap & GAP_LOST != 0 {
+                *f |= DATA_FLAG_AFTER_LOSS;
+            }
         }
     }
     // SAFETY: in bounds as above.
     let captured = unsafe { core::ptr::read_volatile(core::ptr::addr_of!((*at).captured)) } as usize;
     let total = HDR + (captured & (MAX_PAYLOAD * 2 - 1));
-    emit_bytes(&cfg, buf, total);
+    if !emit_bytes(&cfg, buf, total) {
+        // Lost to a full ring: the connection's next event says so, or userspace would pair a
+        // request whose response this was with the next request's response.
+        conn.gap = gap | GAP_LOST;
+    }
 }
 
 /// Whether what follows a call in its direction may be body: its body was skipped, or it starts
