@@ -622,6 +622,9 @@ pub const DATA_FLAG_AFTER_LOSS: u16 = 32;
 pub const GAP_UNSAMPLED: u8 = 1;
 /// [`ConnState::gap`]: an event lost to a full ring buffer.
 pub const GAP_LOST: u8 = 2;
+/// [`ConnState::gap`]: the connection's open event was lost to a full ring buffer; its next
+/// data event sends it again first.
+pub const GAP_OPEN_LOST: u8 = 4;
 /// Body bytes counted, not copied (`len - captured` of them): a write of a complete head and a
 /// body in two iovecs (only the head is copied), or a call inside a body ([`ConnState::in_body`])
 /// whose first bytes start neither a message nor a chunk size (nothing is copied). Bodies are

@@ -350,11 +350,17 @@ fn wake_flags(cfg: &Config, len: u64) -> u64 {
 
 /// Writes a fixed-size event, counting success or loss.
 #[inline(always)]
-pub fn emit<T: 'static>(cfg: &Config, ev: &T) {
+pub fn emit<T: 'static>(cfg: &Config, ev: &T) -> bool {
     let flags = wake_flags(cfg, core::mem::size_of::<T>() as u64);
     match EVENTS.output::<T>(ev, flags) {
-        Ok(()) => count(Counter::EventsOut),
-        Err(_) => count(Counter::RingFull),
+        Ok(()) => {
+            count(Counter::EventsOut);
+            true
+        }
+        Err(_) => {
+            count(Counter::RingFull);
+            false
+        }
     }
 }
 

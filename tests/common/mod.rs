@@ -139,6 +139,10 @@ pub struct RunAgent {
 }
 
 impl RunAgent {
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
     pub fn start(endpoint: &str, args: &[&str]) -> RunAgent {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracewire"));
         cmd.args(["run", "--print", "none", "--status-interval", "0", "--otlp-endpoint", endpoint])

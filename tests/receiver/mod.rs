@@ -139,6 +139,17 @@ impl Receiver {
         spans_of(&self.state.lock().unwrap().received)
     }
 
+    /// Whether a span with this `url.path` was received (without copying every span).
+    pub fn has_path(&self, path: &str) -> bool {
+        let state = self.state.lock().unwrap();
+        state
+            .received
+            .iter()
+            .flat_map(|r| &r.resource_spans)
+            .flat_map(|rs| &rs.scope_spans)
+            .any(|ss| ss.spans.iter().any(|s| attr_str(s, "url.path").as_deref() == Some(path)))
+    }
+
     /// The string attributes of every resource received.
     pub fn resources(&self) -> Vec<std::collections::HashMap<String, String>> {
         let state = self.state.lock().unwrap();

@@ -103,6 +103,19 @@ impl DataHooks {
     }
 }
 
+/// The bytes of records each CPU writes between two wakeups of the reader (0: every record
+/// wakes it): `requested`, but no more than the ring's size over four CPUs' worth, so that all
+/// CPUs together cannot fill the ring before one of them wakes the reader (a small ring, or
+/// many CPUs, would otherwise overflow with the reader asleep until its poll timer). The kernel
+/// tests crossings with a mask: rounded down to a power of two.
+fn wakeup_step(requested: u64, ring_bytes: u64, cpus: u32) -> u64 {
+    if requested == 0 {
+        return 0;
+    }
+    let room = (ring_bytes / 4 / u64::from(cpus.max(1))).max(1);
+    1 << requested.min(room).ilog2()
+}
+
 impl Default for CaptureOptions {
     fn default() -> Self {
         CaptureOptions {
@@ -334,6 +347,8 @@ impl Capture {
             (hooks, _) => hooks,
         };
         let sk = sk.unwrap_or_default();
+        let cpus =
+            aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
         let config = Config {
             self_tgid: std::process::id(),
             select: if matches!(options.selection, Selection::All) { SELECT_ALL } else { SELECT_WATCHED },
@@ -345,17 +360,11 @@ impl Capture {
                 | if options.skip_unsampled && cgroup_root.is_some() { CFG_SKIP_UNSAMPLED } else { 0 }
                 | if options.inject && cgroup_root.is_some() { CFG_INJECT } else { 0 }
                 | if data_hooks == DataHooks::Sockets { CFG_SOCKET_LIFECYCLE } else { 0 },
-            // The kernel tests crossings with a mask: rounded down to a power of two.
-            wakeup_bytes: match options.wakeup_bytes {
-                0 => 0,
-                n => 1 << n.ilog2(),
-            },
+            wakeup_bytes: wakeup_step(options.wakeup_bytes, u64::from(options.ring_bytes), cpus),
             sample_threshold: options.sample_threshold,
             rate_interval_ns: options.rate_interval_ns,
             sk,
         };
-        let cpus =
-            aya::util::nr_cpus().map_err(|(path, e)| CaptureError::Io(format!("reading {path}"), e))? as u32;
         let mut ebpf = EbpfLoader::new()
             .override_global("TRACEWIRE_CONFIG", &config, true)
             .map_max_entries(maps::WATCHED, watched_entries(host.pid_max))
@@ -799,6 +808,32 @@ impl Capture {
             self.listeners.keys().filter_map(Result::ok).filter(|k| (k >> 32) as u32 == tgid).collect();
         for k in keys {
             let _ = self.listeners.remove(&k);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::wakeup_step;
+
+    #[test]
+    fn wakeups_come_before_the_cpus_can_fill_the_ring() {
+        // The default: 256 KiB per CPU, well inside an 8 MiB ring on a few CPUs.
+        assert_eq!(wakeup_step(256 << 10, 8 << 20, 2), 256 << 10);
+        // Many CPUs share the ring: a quarter of it over all of them.
+        assert_eq!(wakeup_step(256 << 10, 8 << 20, 64), 32 << 10);
+        // A small ring: 4 KiB over 2 CPUs wakes the reader every 512 bytes of a CPU's records.
+        assert_eq!(wakeup_step(256 << 10, 4096, 2), 512);
+        // Rounded down to a power of two, and 0 still means every record.
+        assert_eq!(wakeup_step(100_000, 8 << 20, 2), 65536);
+        assert_eq!(wakeup_step(0, 4096, 2), 0);
+        assert_eq!(wakeup_step(256 << 10, 4096, 4096), 1);
+        for cpus in [1, 2, 3, 8, 96, 1000] {
+            for ring in [4096u64, 1 << 16, 8 << 20, 1 << 30] {
+                let step = wakeup_step(256 << 10, ring, cpus);
+                assert!(step.is_power_of_two(), "{step}");
+                assert!(step * u64::from(cpus) <= (ring / 4).max(u64::from(cpus)), "{ring} {cpus}: {step}");
+            }
         }
     }
 }

@@ -52,8 +52,8 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     ActiveCall, CFG_INJECT, CFG_TCP_OPTION, CONN_FLAG_ENTRY_LEFT, CONN_FLAG_LOCAL_PARTIAL,
-    CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4,
-    ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
+    CONN_FLAG_UNVERIFIED, ConnEvent, ConnId, ConnState, Counter, DIR_INGRESS, EventKind, FAMILY_V4, GAP_LOST,
+    GAP_OPEN_LOST, ListenerState, ROLE_CLIENT, ROLE_LISTENER, ROLE_SERVER, SockAddr, Syscall, fd_key,
 };
 
 use super::{
@@ -218,14 +218,33 @@ fn open_conn(id: u64, fd: u32, o: &Opening) -> u64 {
             },
         )
     };
-    // A lost open leaves the connection's data unknown to userspace, which counts it there.
-    let _ = emit_bytes(&cfg, buf, core::mem::size_of::<ConnEvent>());
+    if !emit_bytes(&cfg, buf, core::mem::size_of::<ConnEvent>()) {
+        // Lost to a full ring: the connection's next data event sends it again (`reopen`), or
+        // userspace would not know the connection for its whole life.
+        if let Some(p) = CONNS.get_ptr_mut(key) {
+            // SAFETY: map value pointer, valid for this run.
+            unsafe { (*p).gap |= GAP_OPEN_LOST };
+        }
+    }
     ts
 }
 
+/// Sends again the open of connection `state` (on `fd`), whose open event a full ring lost, before
+/// its data: the addresses the kernel has (a wildcard local one is resolved in userspace, as at
+/// the first open). The data event that follows says events were lost.
+#[inline(never)]
+pub fn reopen(id: u64, fd: u32, state: &mut ConnState) {
+    let flags =
+        if state.local.port == 0 || is_unspecified(&state.local) { CONN_FLAG_LOCAL_PARTIAL } else { 0 };
+    if emit_state(EventKind::ConnOpen, id, (id >> 32) as u32, fd, state, flags) {
+        state.gap = (state.gap & !GAP_OPEN_LOST) | GAP_LOST;
+    }
+}
+
 /// Reports a tracked connection's current state as a `kind` event (close, learned addresses).
+/// Returns whether it entered the ring.
 #[inline(always)]
-fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState, flags: u8) {
+fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState, flags: u8) -> bool {
     let cfg = config();
     let ev = ConnEvent {
         header: header(kind as u32, id, now()),
@@ -237,7 +256,7 @@ fn emit_state(kind: EventKind, id: u64, tgid: u32, fd: u32, state: &ConnState, f
         local: state.local,
         remote: state.remote,
     };
-    emit(&cfg, &ev);
+    emit(&cfg, &ev)
 }
 
 /// Claims connection `state` for ending if it still is generation `generation`: the generation

@@ -33,12 +33,12 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
     DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST, GAP_UNSAMPLED, MAX_IOVECS,
-    MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx, fd_key,
+    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST, GAP_OPEN_LOST,
+    GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx, fd_key,
 };
 
 use super::{
-    conn::{conn_of_socket, end_if_closing, socket_read_prelude},
+    conn::{conn_of_socket, end_if_closing, reopen, socket_read_prelude},
     context::{client_turn, server_turn, server_turn_end},
     golang::{goroutine_reg, serving},
 };
@@ -179,6 +179,9 @@ fn report(
     if sk != 0 {
         // Before the scratch buffer is used: this may report the connection's addresses.
         socket_read_prelude(id, call.fd, sk, conn);
+    }
+    if conn.gap & GAP_OPEN_LOST != 0 {
+        reopen(id, call.fd, conn);
     }
     let cfg = config();
     // SAFETY: helper without arguments.
@@ -326,8 +329,9 @@ fn report(
         }
     }
     let gap = conn.gap;
-    if gap != 0 {
-        conn.gap = 0;
+    if gap & (GAP_UNSAMPLED | GAP_LOST) != 0 {
+        // An open still to send again stays marked.
+        conn.gap = gap & GAP_OPEN_LOST;
         // SAFETY: in bounds as above.
         unsafe {
             let f = core::ptr::addr_of_mut!((*at).flags);
