@@ -348,23 +348,21 @@ fn wake_flags(cfg: &Config, len: u64) -> u64 {
     }
 }
 
-/// Writes a fixed-size event, counting success or loss.
+/// Counts an output to the ring: written, or lost to a full ring (false).
+#[inline(always)]
+fn counted(written: Result<(), i32>) -> bool {
+    count(if written.is_ok() { Counter::EventsOut } else { Counter::RingFull });
+    written.is_ok()
+}
+
+/// Writes a fixed-size event, counting success or loss. Returns whether it was written.
 #[inline(always)]
 pub fn emit<T: 'static>(cfg: &Config, ev: &T) -> bool {
     let flags = wake_flags(cfg, core::mem::size_of::<T>() as u64);
-    match EVENTS.output::<T>(ev, flags) {
-        Ok(()) => {
-            count(Counter::EventsOut);
-            true
-        }
-        Err(_) => {
-            count(Counter::RingFull);
-            false
-        }
-    }
+    counted(EVENTS.output::<T>(ev, flags))
 }
 
-/// Writes the first `len` bytes of `buf` as one event.
+/// Writes the first `len` bytes of `buf` as one event. Returns whether it was written.
 #[inline(always)]
 pub fn emit_bytes(cfg: &Config, buf: &[u8], len: usize) -> bool {
     let flags = wake_flags(cfg, len as u64);
@@ -373,16 +371,7 @@ pub fn emit_bytes(cfg: &Config, buf: &[u8], len: usize) -> bool {
     }
     // SAFETY: len <= buf.len() checked above.
     let bytes = unsafe { buf.get_unchecked(..len) };
-    match EVENTS.output::<[u8]>(bytes, flags) {
-        Ok(()) => {
-            count(Counter::EventsOut);
-            true
-        }
-        Err(_) => {
-            count(Counter::RingFull);
-            false
-        }
-    }
+    counted(EVENTS.output::<[u8]>(bytes, flags))
 }
 
 /// Argument `n` of a `syscalls:sys_enter_*` tracepoint. Their format is stable: 8 bytes of common
