@@ -168,7 +168,7 @@ fn churn_cost(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_n
     let (_, base2) = wrk_args(port, "/", secs, &CLOSE)?;
     let (bpf_ns, runs) = churn_bpf(tracewire, args, port, secs, empty_run_ns)?;
     // The agent watching a process that does nothing (nginx unwatched).
-    let other = Guard(Command::new("sleep").arg("3600").spawn().context("starting sleep")?);
+    let other = idle_process()?;
     let other_pid = other.0.id().to_string();
     let unwatched = ["run", "--pid", &other_pid, "--print", "none", "--status-interval", "0"];
     let (unwatched_ns, unwatched_runs) = churn_bpf(tracewire, &unwatched, port, secs, empty_run_ns)?;
@@ -194,7 +194,7 @@ fn churn_bpf(tracewire: &Path, args: &[&str], port: u16, secs: u64, empty_run_ns
     Ok(run.per_request(empty_run_ns))
 }
 
-/// bpf_stats over one wrk run (`wrk_extra`: its extra arguments) with the agent started with `args`.
+/// bpf_stats before and after one wrk run, and the requests it made.
 struct StatsRun {
     before: (u64, u64),
     after: (u64, u64),
@@ -210,6 +210,7 @@ impl StatsRun {
     }
 }
 
+/// bpf_stats over one wrk run (`wrk_extra`: its extra arguments) with the agent started with `args`.
 fn stats_run(tracewire: &Path, args: &[&str], port: u16, secs: u64, wrk_extra: &[&str]) -> Result<StatsRun> {
     let (mut agent, _) = start_agent(tracewire, args)?;
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
@@ -219,6 +220,12 @@ fn stats_run(tracewire: &Path, args: &[&str], port: u16, secs: u64, wrk_extra: &
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     stop(&mut agent);
     Ok(StatsRun { before, after, requests: measured?.0 })
+}
+
+/// A process that does nothing, for the agent to watch instead of nginx (every run of the
+/// programs then takes the unwatched exit).
+fn idle_process() -> Result<Guard> {
+    Ok(Guard(Command::new("sleep").arg("3600").spawn().context("starting sleep")?))
 }
 
 struct Nginx {
@@ -422,16 +429,26 @@ fn bpf_stats() -> (u64, u64) {
     })
 }
 
+/// `bpftool <args> --json`, parsed (Null when it printed no JSON).
+fn bpftool_json(args: &[&str]) -> Result<Value> {
+    let out = Command::new("bpftool").args(args).arg("--json").output().context("running bpftool")?;
+    Ok(serde_json::from_slice(&out.stdout).unwrap_or(Value::Null))
+}
+
+/// The loaded BPF programs, as bpftool lists them (an empty list without bpftool).
+fn loaded_programs() -> Vec<Value> {
+    match bpftool_json(&["prog", "show"]) {
+        Ok(Value::Array(progs)) => progs,
+        _ => Vec::new(),
+    }
+}
+
 /// (run_time_ns, run_cnt) summed over the loaded programs whose name `select` accepts.
 fn bpf_stats_of(select: impl Fn(&str) -> bool) -> (u64, u64) {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output();
-    let Ok(out) = out else {
-        return (0, 0);
-    };
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let progs = loaded_programs();
     let mut ns = 0;
     let mut cnt = 0;
-    for p in progs.as_array().into_iter().flatten() {
+    for p in &progs {
         if select(p["name"].as_str().unwrap_or("")) {
             ns += p["run_time_ns"].as_u64().unwrap_or(0);
             cnt += p["run_cnt"].as_u64().unwrap_or(0);
@@ -677,33 +694,23 @@ fn us(ns: u64) -> f64 {
     ns as f64 / 1000.0
 }
 
-/// Another tracewire (or a leftover test agent) would be measured too, in every "without" run.
 /// The ids of the BPF programs loaded now.
-fn loaded_programs() -> Vec<u64> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output();
-    let progs: Value = out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null);
-    progs.as_array().into_iter().flatten().filter_map(|p| p["id"].as_u64()).collect()
+fn loaded_program_ids() -> Vec<u64> {
+    loaded_programs().iter().filter_map(|p| p["id"].as_u64()).collect()
 }
 
 /// The kernel memory (bytes_memlock, charged to the loader's memory cgroup) of the maps used by
 /// the programs loaded since `before` was listed, and the three largest of them by name.
 fn maps_memory(before: &[u64]) -> (u64, Vec<(String, u64)>) {
-    let json = |args: &[&str]| -> Value {
-        let out = Command::new("bpftool").args(args).output();
-        out.ok().and_then(|o| serde_json::from_slice(&o.stdout).ok()).unwrap_or(Value::Null)
-    };
-    let progs = json(&["prog", "show", "--json"]);
-    let mut ids: Vec<u64> = progs
-        .as_array()
-        .into_iter()
-        .flatten()
+    let mut ids: Vec<u64> = loaded_programs()
+        .iter()
         .filter(|p| p["id"].as_u64().is_some_and(|id| !before.contains(&id)))
         .flat_map(|p| p["map_ids"].as_array().cloned().unwrap_or_default())
         .filter_map(|m| m.as_u64())
         .collect();
     ids.sort_unstable();
     ids.dedup();
-    let maps = json(&["map", "show", "--json"]);
+    let maps = bpftool_json(&["map", "show"]).unwrap_or(Value::Null);
     let mut ours: Vec<(String, u64)> = maps
         .as_array()
         .into_iter()
@@ -717,9 +724,9 @@ fn maps_memory(before: &[u64]) -> (u64, Vec<(String, u64)>) {
     (total, ours)
 }
 
+/// Another tracewire (or a leftover test agent) would be measured too, in every "without" run.
 fn refuse_if_an_agent_is_loaded() -> Result<()> {
-    let out = Command::new("bpftool").args(["prog", "show", "--json"]).output()?;
-    let progs: Value = serde_json::from_slice(&out.stdout).unwrap_or(Value::Null);
+    let progs = bpftool_json(&["prog", "show"])?;
     let ids: Vec<u64> = progs
         .as_array()
         .into_iter()
@@ -799,8 +806,8 @@ pub fn bench(quick: bool) -> Result<()> {
     // nothing, where every run (nginx's and wrk's alike) takes the unwatched exit. wrk's runs
     // take it in both runs, and make half of this one's (a send and a receive per request on
     // each side), so half of it comes off the total.
-    let idle_process = Guard(Command::new("sleep").arg("3600").spawn().context("starting sleep")?);
-    let idle_pid = idle_process.0.id().to_string();
+    let idle = idle_process()?;
+    let idle_pid = idle.0.id().to_string();
     let unwatched_run = stats_run(
         &tracewire,
         &["run", "--pid", &idle_pid, "--print", "none", "--status-interval", "0"],
@@ -808,7 +815,7 @@ pub fn bench(quick: bool) -> Result<()> {
         secs,
         &[],
     )?;
-    drop(idle_process);
+    drop(idle);
 
     // R2: latency at about half of capacity, paced (open loop), without / with / without.
     let rate = ((base1 / 2.0) as u64).max(1000);
@@ -856,7 +863,7 @@ pub fn bench(quick: bool) -> Result<()> {
 
     // R12: the agent at rest (watching nginx, no traffic): how long it takes to attach, and
     // what it costs while nothing happens.
-    let programs_before = loaded_programs();
+    let programs_before = loaded_program_ids();
     let spawned = Instant::now();
     let (mut agent, r10_lines) = start_agent(&tracewire, &exporting)?;
     let attach_s = spawned.elapsed().as_secs_f64();
