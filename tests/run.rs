@@ -1267,3 +1267,127 @@ fn a_pid_beyond_the_pid_max_the_agent_started_with_is_counted_not_fatal() {
     let summary = agent.stop();
     assert_eq!(summary["pids_beyond_max"], 1, "{summary}");
 }
+
+/// A service backed by PostgreSQL through libpq (psycopg2): each query it runs while serving a
+/// request is a client span of that request, named and described by the database conventions,
+/// with every literal taken out of its text; a failing query is an error span with its SQLSTATE.
+/// pgbench runs prepared statements (the extended protocol): one span per execution.
+#[test]
+fn postgres_queries_are_client_spans_of_their_request_without_literals() {
+    let _g = serial();
+    require_root();
+    let pg = Postgres::start();
+    pg.psql("postgres", "CREATE DATABASE shop");
+    pg.psql(
+        "shop",
+        "CREATE TABLE users (id serial PRIMARY KEY, email text UNIQUE, name text); \
+         INSERT INTO users (email, name) VALUES ('alice@example.com', 'Alice'), ('bob@example.com', 'Bob')",
+    );
+    let bench = |args: &[&str]| {
+        let out = Command::new(std::path::Path::new(PG_BIN).join("pgbench"))
+            .args(["-h", "127.0.0.1", "-U", "app", "-p", &pg.port.to_string()])
+            .args(args)
+            .arg("shop")
+            .output()
+            .expect("pgbench");
+        assert!(out.status.success(), "pgbench {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    };
+    bench(&["-i", "-q", "-s", "1"]);
+    // The service connects before tracing starts: its connection is seen mid-stream.
+    let mut service = Peer::python("db_server.py", &[&pg.port.to_string(), "app", "shop"]);
+    let port: u16 = service.expect("port ")[5..].trim().parse().unwrap();
+    // pgbench, from its first connection: a shell the agent watches, which becomes pgbench
+    // (an exec keeps a watched process watched) when told to.
+    const TRANSACTIONS: usize = 20;
+    let mut load = Command::new("sh")
+        .args(["-c", "read _ && exec \"$0\" \"$@\""])
+        .arg(std::path::Path::new(PG_BIN).join("pgbench"))
+        .args(["-h", "127.0.0.1", "-U", "app", "-p", &pg.port.to_string()])
+        .args(["-n", "-S", "-M", "prepared", "-c", "1", "-t", &TRANSACTIONS.to_string(), "shop"])
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh");
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &service.pid().to_string(), "--pid", &load.id().to_string()],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http_get(&format!("{base}/user?email=alice%40example.com")), (200, "Alice".to_string()));
+    assert_eq!(http_get(&format!("{base}/missing")), (500, "42P01".to_string()));
+    assert_eq!(http_get(&format!("{base}/fresh")), (200, "2".to_string()));
+    {
+        use std::io::Write as _;
+        load.stdin.take().expect("stdin").write_all(b"go\n").expect("start pgbench");
+    }
+    assert!(load.wait().expect("pgbench").success(), "pgbench failed");
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let desc = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
+        format!("{} {:?} {:?}", s.name, attr_str(s, "url.path"), attr_str(s, "db.query.text"))
+    };
+    let all: Vec<String> = spans.iter().map(|(svc, s)| format!("{svc}: {}", desc(s))).collect();
+    // Privacy: the value the service looked up is in no exported span.
+    for (_, s) in &spans {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!v.contains("alice@example.com"), "{}: {v}", kv.key);
+        }
+    }
+    let server = |path: &str| {
+        spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.kind == 2 && attr_str(s, "url.path").as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"))
+    };
+    let query_of = |path: &str| {
+        let parent = server(path);
+        let children: Vec<_> = spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.kind == 3 && s.parent_span_id == parent.span_id)
+            .collect();
+        assert_eq!(children.len(), 1, "{path}: one query: {all:#?}\n{summary}");
+        let q = children[0];
+        assert_eq!(q.trace_id, parent.trace_id);
+        assert!(
+            parent.start_time_unix_nano <= q.start_time_unix_nano
+                && q.end_time_unix_nano <= parent.end_time_unix_nano
+        );
+        assert_eq!(attr_str(q, "db.system.name").as_deref(), Some("postgresql"));
+        assert_eq!(attr_int(q, "server.port"), Some(i64::from(pg.port)));
+        (parent, q)
+    };
+    let (_, user) = query_of("/user");
+    assert_eq!(user.name, "SELECT users");
+    assert_eq!(attr_str(user, "db.query.text").as_deref(), Some("SELECT name FROM users WHERE email = ?"));
+    assert_eq!(attr_str(user, "db.operation.name").as_deref(), Some("SELECT"));
+    assert_eq!(attr_str(user, "db.collection.name").as_deref(), Some("users"));
+    assert_eq!(attr_int(user, "db.response.returned_rows"), Some(1));
+    assert_eq!(user.status.as_ref().map_or(0, |s| s.code), 0);
+    let (missing_server, missing) = query_of("/missing");
+    assert_eq!(attr_str(missing, "db.query.text").as_deref(), Some("SELECT * FROM nope WHERE id = ?"));
+    assert_eq!(attr_str(missing, "db.response.status_code").as_deref(), Some("42P01"));
+    assert_eq!(attr_str(missing, "error.type").as_deref(), Some("42P01"));
+    assert_eq!(missing.status.as_ref().map(|s| s.code), Some(2), "an error span");
+    assert_eq!(attr_int(missing_server, "http.response.status_code"), Some(500));
+    // A connection opened while tracing: its startup names the database.
+    let (_, fresh) = query_of("/fresh");
+    assert_eq!(attr_str(fresh, "db.query.text").as_deref(), Some("SELECT count(*) FROM users"));
+    assert_eq!(attr_str(fresh, "db.namespace").as_deref(), Some("shop"));
+    // pgbench's prepared statement: parsed once, one span per execution.
+    let selects = spans
+        .iter()
+        .filter(|(_, s)| {
+            attr_str(s, "db.query.text").as_deref()
+                == Some("SELECT abalance FROM pgbench_accounts WHERE aid = $1;")
+        })
+        .count();
+    assert_eq!(selects, TRANSACTIONS, "{all:#?}\n{summary}");
+    assert_eq!(summary["postgres"]["unframed"], 0, "{summary}");
+    // The service's two, pgbench's (it checks the scale on a connection of its own first).
+    assert!(summary["postgres"]["conns"].as_u64() >= Some(3), "{summary}");
+    drop(service);
+}

@@ -448,3 +448,83 @@ pub fn drive_load_with(
     assert_eq!(ids.len(), clients * per_client, "every request answered");
     ids
 }
+
+/// Debian's PostgreSQL server binaries.
+pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// A throwaway PostgreSQL server on 127.0.0.1 (trust authentication, user `app`), run as the
+/// `postgres` user (it refuses root) in a directory of its own; stopped and removed when dropped.
+pub struct Postgres {
+    child: Child,
+    dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let dir = tempfile::Builder::new().prefix("tw-pg").tempdir().expect("tempdir");
+        let as_postgres = |program: &str| {
+            let mut cmd = Command::new("setpriv");
+            cmd.args(["--reuid", "postgres", "--regid", "postgres", "--clear-groups", "--"])
+                .arg(std::path::Path::new(PG_BIN).join(program));
+            cmd
+        };
+        let status = Command::new("chown").arg("postgres:postgres").arg(dir.path()).status().expect("chown");
+        assert!(status.success(), "chown {}", dir.path().display());
+        let data = dir.path().join("data");
+        let out = as_postgres("initdb")
+            .args(["--auth=trust", "--username=app", "--encoding=UTF8", "--no-sync", "-D"])
+            .arg(&data)
+            .output()
+            .expect("initdb");
+        assert!(out.status.success(), "initdb: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        // Fast to start and stop, nothing kept: no fsync, no SSL (the test's clients speak plain).
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(dir.path())
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "ssl=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn postgres");
+        let pg = Postgres { child, dir, port };
+        // Accepting connections is not yet ready for queries (recovery at start): pg_isready says.
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while !Command::new("pg_isready")
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            assert!(Instant::now() < deadline, "postgres did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        pg
+    }
+
+    /// Runs `sql` with psql in database `db`.
+    pub fn psql(&self, db: &str, sql: &str) {
+        let out = Command::new("psql")
+            .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", "app", "-p"])
+            .arg(self.port.to_string())
+            .args(["-d", db, "-c", sql])
+            .output()
+            .expect("psql");
+        assert!(out.status.success(), "psql {sql}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    pub fn dir(&self) -> &std::path::Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for Postgres {
+    /// SIGINT: PostgreSQL's fast shutdown (SIGTERM would wait for its clients to leave).
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGINT) };
+        let _ = self.child.wait();
+    }
+}

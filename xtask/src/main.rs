@@ -86,11 +86,18 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("setpriv", "util-linux"),
     ("node", "nodejs"),
     ("java", "openjdk-17-jdk-headless"),
+    // A real PostgreSQL server and pgbench, for the database client spans.
+    ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
+    ("pg_isready", "postgresql-client-15"),
 ];
 
-/// PyPI packages the tests drive (pinned: the test checks the SDK's own spans).
-const PYPI_PACKAGES: &[&str] =
-    &["opentelemetry-sdk==1.45.2", "opentelemetry-exporter-otlp-proto-http==1.45.2"];
+/// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), and psycopg2
+/// (libpq, the usual PostgreSQL driver) for a service backed by a database.
+const PYPI_PACKAGES: &[&str] = &[
+    "opentelemetry-sdk==1.45.2",
+    "opentelemetry-exporter-otlp-proto-http==1.45.2",
+    "psycopg2-binary==2.9.13",
+];
 
 fn main() -> Result<()> {
     let cli = Cli::parse();
@@ -185,16 +192,16 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // The official OpenTelemetry Python SDK, for the test where an instrumented service and the
-    // agent share one trace.
+    // agent share one trace; psycopg2, for the service backed by PostgreSQL.
     let sdk = Command::new("python3")
-        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http"])
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, psycopg2"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if sdk {
-        println!("setup: OpenTelemetry Python SDK present");
+        println!("setup: OpenTelemetry Python SDK and psycopg2 present");
     } else {
-        println!("setup: installing the OpenTelemetry Python SDK");
+        println!("setup: installing the OpenTelemetry Python SDK and psycopg2");
         run(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(PYPI_PACKAGES))?;
     }
     // nginx starts itself on install on Debian; the tests run their own instances.

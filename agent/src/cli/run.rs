@@ -326,6 +326,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     let mut http_json: serde_json::Map<String, serde_json::Value> =
         stats.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     http_json.insert("invalid".into(), json!(stats.invalid));
+    let postgres_json: serde_json::Map<String, serde_json::Value> =
+        stats.pg.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     eprintln!(
         "tracewire: summary {}",
         json!({
@@ -335,6 +337,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "otlp": otlp_json,
             "json_written": summary.json_written,
             "http": http_json,
+            "postgres": postgres_json,
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
             "data_unknown_conn": session.stats().data_unknown_conn,
@@ -392,6 +395,15 @@ fn metrics_page(
     let name = "tracewire_http_events_total";
     p.family(name, "counter", "What the HTTP correlation saw, by kind.");
     for (kind, v) in stats.counts().into_iter().chain([("own_connections_skipped", counts.own_skipped)]) {
+        p.sample(name, &[("kind", kind)], v as f64);
+    }
+    let name = "tracewire_postgres_events_total";
+    p.family(
+        name,
+        "counter",
+        "What the PostgreSQL correlation saw, by kind (conns, encrypted, unframed...).",
+    );
+    for (kind, v) in stats.pg.counts() {
         p.sample(name, &[("kind", kind)], v as f64);
     }
     let name = "tracewire_invalid_messages_total";

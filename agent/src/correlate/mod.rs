@@ -11,6 +11,7 @@
 //! thread-per-request servers); otherwise a new trace. Where the serving request is ambiguous the
 //! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
 pub mod fifo;
+pub mod postgres;
 pub mod route;
 pub mod span;
 pub mod stream;
@@ -94,6 +95,8 @@ pub struct CorrelateStats {
     /// the kernel's scan window, a parent userspace could not confirm): never a guessed parent,
     /// the span keeps the trace id its calls carried.
     pub kernel_ctx_differs: u64,
+    /// PostgreSQL client connections.
+    pub pg: postgres::PgStats,
 }
 
 impl CorrelateStats {
@@ -257,6 +260,8 @@ struct Conn {
     req: Stream,
     resp: Stream,
     book: Book,
+    /// A PostgreSQL client connection's protocol state (its bytes skip the HTTP streams).
+    pg: Option<Box<postgres::Session>>,
 }
 
 /// Server requests in flight, by server connection: what a client span made by a thread serving
@@ -365,13 +370,16 @@ impl ConnSink<'_> {
         Some(k)
     }
 
-    fn new_ctx(&mut self, head: &RequestHead, meta: &Meta) -> SpanCtx {
+    /// The trace context of a request: `traceparent` and `tracestate` are what its head carried
+    /// (none for protocols without them).
+    #[inline]
+    fn new_ctx(&mut self, traceparent: &[Vec<u8>], tracestate: Option<&[u8]>, meta: &Meta) -> SpanCtx {
         let kernel = self.kernel_ctx(meta);
         let span_id = match &kernel {
             Some(k) => k.span_id,
             None => random_nonzero::<8>(&mut self.g.rng),
         };
-        let values: Vec<&[u8]> = head.traceparent.iter().map(Vec::as_slice).collect();
+        let values: Vec<&[u8]> = traceparent.iter().map(Vec::as_slice).collect();
         let incoming = match traceparent::parse_all(&values) {
             Ok(Some(tp)) => {
                 self.g.stats.traceparent_valid += 1;
@@ -383,10 +391,8 @@ impl ConnSink<'_> {
                 None
             }
         };
-        let trace_state = incoming
-            .and(head.tracestate.as_deref())
-            .and_then(traceparent::tracestate)
-            .filter(|s| !s.is_empty());
+        let trace_state =
+            incoming.and(tracestate).and_then(traceparent::tracestate).filter(|s| !s.is_empty());
         if self.info.role == ROLE_SERVER {
             // Same-node pairing keeps its n-th-request order whatever decides the parent.
             let mut paired = None;
@@ -575,7 +581,7 @@ impl Sink for ConnSink<'_> {
     fn request(&mut self, head: RequestHead, meta: Meta, _truncated: bool) -> Framing {
         self.book.had_http = true;
         let framing = http1::request_framing(&head);
-        let ctx = self.new_ctx(&head, &meta);
+        let ctx = self.new_ctx(&head.traceparent, head.tracestate.as_deref(), &meta);
         if self.info.role == ROLE_SERVER {
             self.g.serving.entry(self.info.id).or_default().push(ctx.clone());
         } else if let Some(key) = self.pair() {
@@ -922,6 +928,7 @@ impl Correlator {
                 req: Stream::new(Side::Request),
                 resp: Stream::new(Side::Response),
                 book: Book::default(),
+                pg: None,
             }),
         );
     }
@@ -939,6 +946,9 @@ impl Correlator {
         };
         let last = conn.req.last_ns().max(conn.resp.last_ns());
         let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
+        if let Some(pg) = conn.pg.as_mut() {
+            pg.close(at, &mut sink);
+        }
         conn.req.finish(&mut sink);
         conn.resp.finish(&mut sink);
         // A response cut short by the close ends at the last byte seen; requests that never got
@@ -992,10 +1002,50 @@ impl Correlator {
             Some(c) if c.info.id.generation == d.conn.generation => c,
             _ => return,
         };
+        let ingress = d.direction == DIR_INGRESS;
+        // A client's write may show PostgreSQL: before HTTP gave up on the connection, or after
+        // (a connection open before tracing began may first be seen mid-result).
+        if conn.pg.is_none()
+            && conn.info.role == ROLE_CLIENT
+            && !ingress
+            && !conn.book.had_http
+            && let Some(opening) = crate::protocol::postgres::detect(payload, d.len)
+        {
+            conn.pg = Some(Box::new(postgres::Session::new(opening)));
+            conn.book.ignored = false;
+            self.shared.stats.pg.conns += 1;
+        }
+        if let Some(pg) = conn.pg.as_mut() {
+            if pg.encrypted() {
+                return;
+            }
+            let end_ns = self.clock.wall_ns(d.header.ts_ns);
+            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
+            if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
+                let dropped = pg.reset();
+                if d.flags & DATA_FLAG_AFTER_LOSS != 0 {
+                    sink.g.stats.lost_gap += dropped;
+                } else {
+                    sink.g.stats.unsampled_gap += dropped;
+                }
+            }
+            let gap = u64::from(d.len.saturating_sub(d.captured));
+            if ingress {
+                pg.read(payload, gap, end_ns, &mut sink);
+            } else {
+                let meta = Meta {
+                    start_ns: self.clock.wall_ns(d.enter_ns),
+                    tid: d.header.pid_tgid as u32,
+                    thread_ctx: d.thread_ctx,
+                    kctx: d.ctx,
+                };
+                pg.write(payload, gap, meta, &mut sink);
+            }
+            return;
+        }
         if conn.book.ignored || conn.req.stopped() {
             return;
         }
-        let ingress = d.direction == DIR_INGRESS;
         let side = match (conn.info.role, ingress) {
             (ROLE_SERVER, true) | (ROLE_CLIENT, false) => Side::Request,
             _ => Side::Response,

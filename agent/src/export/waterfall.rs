@@ -13,12 +13,16 @@ use crate::{
 
 const BAR: usize = 40;
 
-/// The label shown for a span: method and path (server) or method and URL (client).
+/// The label shown for a span: method and path (server), method and URL (client), or the
+/// sanitized statement (database client).
 pub fn operation(s: &SpanRecord) -> String {
     let get = |k: &str| match s.attr(k) {
         Some(Value::Str(v)) => Some(v.as_ref()),
         _ => None,
     };
+    if let Some(text) = get("db.query.text") {
+        return format!("SQL {text}");
+    }
     match s.kind {
         Kind::Server => format!("{} {}", s.name, get("url.path").unwrap_or("")),
         Kind::Client => {
@@ -226,5 +230,16 @@ mod tests {
         assert!(lines[2].contains(&"█".repeat(BAR)));
         // recs: 1600 ms minus 100 ms of child time.
         assert!(lines[6].contains("recs GET /recommendations spends 1500.0 ms"), "{text}");
+    }
+
+    #[test]
+    fn a_database_call_shows_its_statement() {
+        let query = SpanRecord {
+            kind: Kind::Client,
+            name: "SELECT users".into(),
+            attributes: vec![("db.query.text", Value::Str("SELECT name FROM users WHERE id = ?".into()))],
+            ..SpanRecord::for_test([9; 16], 1, None)
+        };
+        assert_eq!(operation(&query), "SQL SELECT name FROM users WHERE id = ?");
     }
 }

@@ -1,0 +1,407 @@
+//! PostgreSQL client connections → database client spans.
+//!
+//! One span per statement the application runs: a simple query (`Q`, which may hold several
+//! statements) from the write that sent it to the `ReadyForQuery` that ends it; an extended-query
+//! execution (`E`) from its write to its `CommandComplete` (or error). Prepared statements are
+//! remembered by name (their text arrives once, in `Parse`) and sanitized once. The parent is
+//! decided as for an HTTP client request: the request the writing thread was serving.
+//!
+//! When bytes the capture cap left out hid where the server's messages start (a large result),
+//! the statements waiting end when the connection's turn comes back to the client (its next
+//! write), at the last byte read: the time is exact, only the row count and error code are
+//! unknown. Connections whose traffic is encrypted (the server accepted an SSL or GSS request)
+//! are counted and left alone.
+use std::{collections::VecDeque, sync::Arc};
+
+use super::{
+    ConnSink, Info, SpanCtx, peer_address,
+    span::{Kind, SpanRecord, Value},
+    stream::Meta,
+};
+use crate::protocol::{
+    postgres::{
+        self, CANCEL_REQUEST, ENCRYPTION_REPLY, End, Framer, GSSENC_REQUEST, Message, Opening, SSL_REQUEST,
+        UNTYPED,
+    },
+    sql,
+};
+
+/// Statements waiting for their outcome on one connection (a pipelining client's depth).
+pub(super) const MAX_OPS: usize = 64;
+/// Prepared statements remembered per connection (named ones; the unnamed is kept apart).
+const MAX_STATEMENTS: usize = 256;
+
+/// A statement's text as spans show it, shared by every execution of it.
+#[derive(Debug)]
+struct Statement {
+    query: sql::Query,
+}
+
+impl Statement {
+    fn parse(text: &[u8]) -> Arc<Statement> {
+        Arc::new(Statement { query: sql::sanitize(text) })
+    }
+}
+
+/// A statement sent, waiting for its outcome.
+#[derive(Debug)]
+struct Op {
+    stmt: Option<Arc<Statement>>,
+    /// A simple query: it ends at `ReadyForQuery` (its statements may complete several commands).
+    simple: bool,
+    meta: Meta,
+    ctx: SpanCtx,
+    /// SQLSTATE of the error it ended with.
+    error: Option<String>,
+    rows: Option<i64>,
+}
+
+/// Counters of PostgreSQL connections.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct PgStats {
+    /// Client connections recognised as PostgreSQL.
+    pub conns: u64,
+    /// Of those, encrypted (SSL/GSS accepted): not traced further.
+    pub encrypted: u64,
+    /// Statements that ended without their outcome seen (the server's messages were not all
+    /// captured): their span ends at the last byte read, without rows or error code.
+    pub unframed: u64,
+    /// Statements the server skipped after an earlier one in the same batch failed: no span.
+    pub skipped: u64,
+    /// Statements dropped because too many waited on one connection.
+    pub overflow: u64,
+}
+
+impl PgStats {
+    /// The counters by name, as the summary and the metrics page report them.
+    pub fn counts(&self) -> [(&'static str, u64); 5] {
+        [
+            ("conns", self.conns),
+            ("encrypted", self.encrypted),
+            ("unframed", self.unframed),
+            ("skipped", self.skipped),
+            ("overflow", self.overflow),
+        ]
+    }
+}
+
+/// One PostgreSQL client connection's protocol state.
+#[derive(Debug)]
+pub(super) struct Session {
+    tx: Framer,
+    rx: Framer,
+    database: Option<Arc<str>>,
+    unnamed: Option<Arc<Statement>>,
+    statements: super::HashMap<Vec<u8>, Arc<Statement>>,
+    /// The statement bound to the unnamed portal (the one drivers execute).
+    portal: Option<Arc<Statement>>,
+    ops: VecDeque<Op>,
+    encrypted: bool,
+    /// When the last byte from the server was read.
+    last_rx_ns: u64,
+}
+
+impl Session {
+    pub(super) fn new(opening: Opening) -> Session {
+        Session {
+            tx: Framer::new(End::Frontend, opening == Opening::Startup),
+            rx: Framer::new(End::Backend, false),
+            database: None,
+            unnamed: None,
+            statements: super::HashMap::default(),
+            portal: None,
+            ops: VecDeque::new(),
+            encrypted: false,
+            last_rx_ns: 0,
+        }
+    }
+
+    /// Statements waiting for their outcome.
+    #[cfg(test)]
+    pub(super) fn waiting(&self) -> usize {
+        self.ops.len()
+    }
+
+    /// Whether its traffic is encrypted (nothing more to read).
+    pub(super) fn encrypted(&self) -> bool {
+        self.encrypted
+    }
+
+    /// The client wrote (`data` captured, then `gap` bytes not).
+    pub(super) fn write(&mut self, data: &[u8], gap: u64, meta: Meta, sink: &mut ConnSink<'_>) {
+        if self.rx.lost() {
+            // The server's turn is over: whatever it answered ended by its last byte.
+            self.end_unframed(sink);
+        }
+        if !self.rx.at_start() {
+            self.rx.resync();
+        }
+        let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
+        // Messages are collected first: handling one needs the sink, which the framer's
+        // callback cannot borrow along with the framer.
+        self.tx.feed(data, gap, &mut |m: Message<'_>| msgs.push((m.kind, m.body.to_vec())));
+        for (kind, body) in msgs {
+            self.frontend(kind, &body, meta, sink);
+        }
+    }
+
+    /// The client read (`data` captured, then `gap` bytes not) at `end_ns`.
+    pub(super) fn read(&mut self, data: &[u8], gap: u64, end_ns: u64, sink: &mut ConnSink<'_>) {
+        self.last_rx_ns = end_ns;
+        if !self.tx.at_start() {
+            // The client's turn is over, so was its message (a length that said otherwise was
+            // not one): its next write starts a message.
+            self.tx.resync();
+        }
+        if self.rx.lost() {
+            // A whole read that ends with ReadyForQuery ends the statements waiting (whose
+            // outcome was in the bytes not captured) and starts the framing again.
+            if gap == 0 && ends_with_ready(data) {
+                self.end_unframed(sink);
+                self.rx.resync();
+            }
+            return;
+        }
+        let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
+        self.rx.feed(data, gap, &mut |m: Message<'_>| {
+            // Data rows are most of a result and tell nothing a span shows.
+            if m.kind != b'D' {
+                msgs.push((m.kind, m.body.to_vec()));
+            }
+        });
+        for (kind, body) in msgs {
+            self.backend(kind, &body, end_ns, sink);
+        }
+    }
+
+    fn frontend(&mut self, kind: u8, body: &[u8], meta: Meta, sink: &mut ConnSink<'_>) {
+        match kind {
+            UNTYPED if body.len() >= 4 => {
+                let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
+                if code == SSL_REQUEST || code == GSSENC_REQUEST {
+                    self.rx.expect_untyped();
+                    self.tx.expect_untyped();
+                } else if code != CANCEL_REQUEST {
+                    self.startup(body);
+                }
+            }
+            b'Q' => {
+                let (text, _) = postgres::cstr(body);
+                let stmt = Statement::parse(text);
+                self.push(Some(stmt), true, meta, sink);
+            }
+            b'P' => {
+                let (name, rest) = postgres::cstr(body);
+                let (text, _) = postgres::cstr(rest);
+                let stmt = Statement::parse(text);
+                if name.is_empty() {
+                    self.unnamed = Some(stmt);
+                } else if self.statements.len() < MAX_STATEMENTS || self.statements.contains_key(name) {
+                    self.statements.insert(name.to_vec(), stmt);
+                }
+            }
+            b'B' => {
+                let (portal, rest) = postgres::cstr(body);
+                let (name, _) = postgres::cstr(rest);
+                if portal.is_empty() {
+                    self.portal = if name.is_empty() {
+                        self.unnamed.clone()
+                    } else {
+                        self.statements.get(name).cloned()
+                    };
+                }
+            }
+            b'E' => {
+                let (portal, _) = postgres::cstr(body);
+                let stmt = if portal.is_empty() { self.portal.clone() } else { None };
+                self.push(stmt, false, meta, sink);
+            }
+            b'C' if body.first() == Some(&b'S') => {
+                // Close of a prepared statement.
+                let (name, _) = postgres::cstr(&body[1..]);
+                self.statements.remove(name);
+            }
+            _ => {}
+        }
+    }
+
+    fn startup(&mut self, body: &[u8]) {
+        let params = postgres::startup_params(body);
+        let get = |key: &[u8]| params.iter().find(|(k, _)| *k == key).map(|(_, v)| *v);
+        // A connection without a database parameter uses the user's name.
+        if let Some(db) = get(b"database").or_else(|| get(b"user")).filter(|d| !d.is_empty()) {
+            self.database = Some(String::from_utf8_lossy(db).into());
+        }
+    }
+
+    fn push(&mut self, stmt: Option<Arc<Statement>>, simple: bool, meta: Meta, sink: &mut ConnSink<'_>) {
+        if self.ops.len() >= MAX_OPS {
+            self.ops.pop_front();
+            sink.g.stats.pg.overflow += 1;
+        }
+        let ctx = sink.new_ctx(&[], None, &meta);
+        self.ops.push_back(Op { stmt, simple, meta, ctx, error: None, rows: None });
+    }
+
+    fn backend(&mut self, kind: u8, body: &[u8], end_ns: u64, sink: &mut ConnSink<'_>) {
+        match kind {
+            ENCRYPTION_REPLY if body.first().is_some_and(|&b| b == b'S' || b == b'G') => {
+                self.encrypted = true;
+                sink.g.stats.pg.encrypted += 1;
+            }
+            b'C' | b'I' | b's' => {
+                let rows = if kind == b'C' { postgres::returned_rows(body) } else { None };
+                match self.ops.front_mut() {
+                    Some(op) if op.simple => op.rows = rows.or(op.rows),
+                    Some(_) => {
+                        if let Some(mut op) = self.ops.pop_front() {
+                            op.rows = rows;
+                            self.finish(op, end_ns, sink);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            b'E' => {
+                let code = postgres::error_code(body).map(|c| String::from_utf8_lossy(c).into_owned());
+                match self.ops.front_mut() {
+                    Some(op) if op.simple => op.error = code.or_else(|| Some("error".into())),
+                    Some(_) => {
+                        if let Some(mut op) = self.ops.pop_front() {
+                            op.error = code.or_else(|| Some("error".into()));
+                            self.finish(op, end_ns, sink);
+                        }
+                    }
+                    None => {}
+                }
+            }
+            b'Z' => {
+                if self.ops.front().is_some_and(|op| op.simple)
+                    && let Some(op) = self.ops.pop_front()
+                {
+                    self.finish(op, end_ns, sink);
+                }
+                // Executions still waiting at the end of their batch were skipped after an
+                // error: they never ran. (A later batch's are behind a simple query or none.)
+                while self.ops.front().is_some_and(|op| !op.simple) {
+                    self.ops.pop_front();
+                    sink.g.stats.pg.skipped += 1;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    /// The server's messages were not all seen: every statement waiting ends at its last byte.
+    fn end_unframed(&mut self, sink: &mut ConnSink<'_>) {
+        while let Some(op) = self.ops.pop_front() {
+            sink.g.stats.pg.unframed += 1;
+            let end = self.last_rx_ns;
+            self.finish(op, end, sink);
+        }
+    }
+
+    /// Events were lost or left out: what was waiting cannot be told apart from what follows.
+    pub(super) fn reset(&mut self) -> u64 {
+        let dropped = self.ops.len() as u64;
+        self.ops.clear();
+        self.tx.resync();
+        self.rx.resync();
+        dropped
+    }
+
+    /// The connection closed at `at` (0: unknown): statements still waiting end there, as
+    /// errors when the server never answered after they were sent.
+    pub(super) fn close(&mut self, at: u64, sink: &mut ConnSink<'_>) {
+        while let Some(mut op) = self.ops.pop_front() {
+            let answered = self.last_rx_ns >= op.meta.start_ns && self.last_rx_ns != 0;
+            let end = if answered { self.last_rx_ns } else { at.max(self.last_rx_ns) };
+            if !answered {
+                sink.g.stats.no_response += 1;
+                op.error = Some("no_response".into());
+            }
+            self.finish(op, end, sink);
+        }
+    }
+
+    fn finish(&self, op: Op, end_ns: u64, sink: &mut ConnSink<'_>) {
+        let span = build_span(sink.info, self.database.as_ref(), op, end_ns);
+        sink.g.out.push(span);
+        sink.g.stats.spans += 1;
+    }
+}
+
+/// Whether a read's bytes end with a whole `ReadyForQuery` message.
+fn ends_with_ready(data: &[u8]) -> bool {
+    data.len() >= 6 && {
+        let z = &data[data.len() - 6..];
+        z[..5] == [b'Z', 0, 0, 0, 5] && matches!(z[5], b'I' | b'T' | b'E')
+    }
+}
+
+/// The span of one statement, named and described as the OpenTelemetry database semantic
+/// conventions ask: `{operation} {table}`, else the operation, the database, or the system.
+fn build_span(info: &Info, database: Option<&Arc<str>>, op: Op, end_ns: u64) -> SpanRecord {
+    let query = op.stmt.as_ref().map(|s| &s.query);
+    let operation = query.and_then(|q| q.operation.clone());
+    let collection = query.and_then(|q| q.collection.clone());
+    let name = match (&operation, &collection, database) {
+        (Some(o), Some(c), _) => format!("{o} {c}").into(),
+        (Some(o), None, _) => o.clone().into(),
+        (None, _, Some(db)) => super::span::Text::Shared(db.clone()),
+        _ => "postgresql".into(),
+    };
+    let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(12);
+    attrs.push(("db.system.name", Value::Str("postgresql".into())));
+    if let Some(db) = database {
+        attrs.push(("db.namespace", Value::Str(super::span::Text::Shared(db.clone()))));
+    }
+    if let Some(o) = operation {
+        attrs.push(("db.operation.name", Value::Str(o.into())));
+    }
+    if let Some(c) = collection {
+        attrs.push(("db.collection.name", Value::Str(c.into())));
+    }
+    if let Some(q) = query {
+        attrs.push(("db.query.text", Value::Str(q.text.clone().into())));
+    }
+    if let Some(rows) = op.rows {
+        attrs.push(("db.response.returned_rows", Value::Int(rows)));
+    }
+    if let Some(code) = &op.error
+        && code != "no_response"
+    {
+        attrs.push(("db.response.status_code", Value::Str(code.clone().into())));
+    }
+    if let Some(peer) = info.remote {
+        attrs.push(("server.address", peer_address(info)));
+        attrs.push(("server.port", Value::Int(i64::from(peer.port()))));
+        attrs.push(("network.peer.address", peer_address(info)));
+        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
+    }
+    if let Some(code) = &op.error {
+        attrs.push(("error.type", Value::Str(code.clone().into())));
+    }
+    let link = op.ctx.link;
+    if link == super::span::Link::Unlinked {
+        attrs.push(("tracewire.link", Value::Str("unlinked".into())));
+    }
+    SpanRecord {
+        links: op.ctx.links,
+        trace_id: op.ctx.trace_id,
+        span_id: op.ctx.span_id,
+        parent_id: op.ctx.parent_id,
+        parent_remote: op.ctx.parent_remote,
+        flags: op.ctx.flags,
+        trace_state: op.ctx.trace_state,
+        kind: Kind::Client,
+        name,
+        start_ns: op.meta.start_ns,
+        end_ns: end_ns.max(op.meta.start_ns),
+        pid: info.id.tgid,
+        tid: op.meta.tid,
+        error: op.error.is_some(),
+        attributes: attrs,
+        link,
+    }
+}
