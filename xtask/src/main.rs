@@ -12,6 +12,7 @@ use std::{
 use anyhow::{Context as _, Result, bail};
 
 mod bench;
+mod database;
 mod empty_prog;
 mod load;
 use clap::{Parser, Subcommand};
@@ -253,7 +254,22 @@ enum Lang {
 }
 
 /// Starts one demo service; returns it and its port.
-fn service(name: &str, lang: Lang, work_ms: u64, downstreams: &[String]) -> Result<(Guard, u16)> {
+/// The queries the demo's Python services run: Cart reads the cart; Recommendation's work is a
+/// slow query (the database sleeps the request's work time, standing in for a scan that misses
+/// an index).
+const CART_SQL: &str = "SELECT p.name, p.price, c.qty FROM cart_items c JOIN products p ON p.id = c.product_id \
+     WHERE c.cart_id = 42";
+const RECOMMENDATION_SQL: &str = "SELECT v.product_id, count(*) FROM views v, pg_sleep(%(work)s) \
+     WHERE v.user_id = 42 GROUP BY v.product_id ORDER BY count(*) DESC LIMIT 5";
+
+/// Starts one demo service; `sql`: a query it runs in `db` per request (Python services).
+fn service(
+    name: &str,
+    lang: Lang,
+    work_ms: u64,
+    downstreams: &[String],
+    sql: Option<(&database::Database, &str)>,
+) -> Result<(Guard, u16)> {
     let demo = root().join("xtask/demo");
     let mut cmd = match lang {
         Lang::Python => {
@@ -273,6 +289,9 @@ fn service(name: &str, lang: Lang, work_ms: u64, downstreams: &[String]) -> Resu
             c
         }
     };
+    if let Some((db, sql)) = sql {
+        cmd.env("DEMO_PG", format!("{} {} {}", db.port, db.user, db.name)).env("DEMO_SQL", sql);
+    }
     let mut child = cmd
         .arg(work_ms.to_string())
         .args(downstreams)
@@ -299,25 +318,29 @@ fn demo(requests: u32, slow_ms: u64, check: bool, keep_running: bool) -> Result<
     // The assignment's six services. The gateway fans out; Cart calls Pricing; Recommendation
     // calls Product, then works slowly on its own.
     const PRODUCT_MS: u64 = 120;
+    // Cart and Recommendation keep their data in PostgreSQL.
+    let db = database::Database::start()?;
     // Leaves in Node.js and Java, the services that call others in Python (thread per request).
-    let (pricing, pricing_port) = service("pricing-service", Lang::Node, 180, &[])?;
-    let (cart, cart_port) = service("cart-service", Lang::Python, 100, &[url(pricing_port, "/price")])?;
-    let (product, product_port) = service("product-service", Lang::Java, PRODUCT_MS, &[])?;
+    let (pricing, pricing_port) = service("pricing-service", Lang::Node, 180, &[], None)?;
+    let (cart, cart_port) =
+        service("cart-service", Lang::Python, 100, &[url(pricing_port, "/price")], Some((&db, CART_SQL)))?;
+    let (product, product_port) = service("product-service", Lang::Java, PRODUCT_MS, &[], None)?;
     let rec_work = slow_ms.saturating_sub(PRODUCT_MS);
     let (recommendation, rec_port) = service(
         "recommendation-service",
         Lang::Python,
         rec_work,
         &[url(product_port, "/products?related=42")],
+        Some((&db, RECOMMENDATION_SQL)),
     )?;
-    let (user, user_port) = service("user-service", Lang::Node, 60, &[])?;
+    let (user, user_port) = service("user-service", Lang::Node, 60, &[], None)?;
     let downstreams = [
         url(user_port, "/user/42"),
         url(product_port, "/products?page=1"),
         url(rec_port, "/recommendations/42"),
         url(cart_port, "/cart/42"),
     ];
-    let (gateway, gateway_port) = service("api-gateway", Lang::Python, 40, &downstreams)?;
+    let (gateway, gateway_port) = service("api-gateway", Lang::Python, 40, &downstreams, None)?;
     let services = [&gateway, &user, &product, &recommendation, &cart, &pricing];
     let pids: Vec<String> = services.iter().map(|g| g.0.id().to_string()).collect();
     println!(
@@ -417,6 +440,8 @@ struct DemoSpan {
     start: u64,
     end: u64,
     path: String,
+    /// `db.query.text` (database client spans).
+    query: String,
 }
 
 fn read_spans(path: &Path) -> Result<Vec<DemoSpan>> {
@@ -456,6 +481,7 @@ fn read_spans(path: &Path) -> Result<Vec<DemoSpan>> {
                         start: num(&sp["startTimeUnixNano"]),
                         end: num(&sp["endTimeUnixNano"]),
                         path,
+                        query: attr("db.query.text"),
                     });
                 }
             }
@@ -488,8 +514,26 @@ fn check_demo(traces: &Path, printed: &[String], requests: u32) -> Result<()> {
         ("pricing-service", "cart-service"),
     ];
     for (trace, t) in &by_trace {
-        if t.len() < 12 {
-            bail!("trace {trace} has {} spans, expected at least 12", t.len());
+        if t.len() < 14 {
+            bail!("trace {trace} has {} spans, expected at least 14", t.len());
+        }
+        // The two queries, as client spans of their services (their parents are checked with
+        // every client span's below), with their literals taken out.
+        for (svc, sanitized) in [
+            (
+                "cart-service",
+                "SELECT p.name, p.price, c.qty FROM cart_items c JOIN products p ON p.id = c.product_id WHERE c.cart_id = ?",
+            ),
+            (
+                "recommendation-service",
+                "SELECT v.product_id, count(*) FROM views v, pg_sleep(?) WHERE v.user_id = ? GROUP BY v.product_id ORDER BY count(*) DESC LIMIT ?",
+            ),
+        ] {
+            if !t.iter().any(|s| s.service == svc && s.kind == 3 && s.query == sanitized) {
+                let queries: Vec<&str> =
+                    t.iter().map(|s| s.query.as_str()).filter(|q| !q.is_empty()).collect();
+                bail!("trace {trace}: no query span of {svc} reading {sanitized:?}, found {queries:?}");
+            }
         }
         let roots: Vec<&DemoSpan> = t.iter().filter(|s| s.parent.is_empty()).collect();
         if roots.len() != 1
@@ -546,11 +590,13 @@ fn check_demo(traces: &Path, printed: &[String], requests: u32) -> Result<()> {
             share * 100.0
         );
     }
-    let verdicts = printed.iter().filter(|l| l.contains("slowest: recommendation-service")).count();
+    // The bottleneck named: Recommendation's slow query.
+    let verdicts =
+        printed.iter().filter(|l| l.contains("slowest: recommendation-service SQL SELECT")).count();
     let page_traces = printed.iter().filter(|l| l.starts_with("trace ")).count();
     if verdicts != requests as usize || page_traces != requests as usize {
         bail!(
-            "expected {requests} waterfalls each naming recommendation-service, saw {page_traces} traces and {verdicts} such verdicts"
+            "expected {requests} waterfalls each naming recommendation-service's query, saw {page_traces} traces and {verdicts} such verdicts"
         );
     }
     Ok(())

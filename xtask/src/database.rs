@@ -1,0 +1,110 @@
+//! The demo's database: a throwaway PostgreSQL server on 127.0.0.1, with the shop's tables.
+use std::{
+    path::{Path, PathBuf},
+    process::{Child, Command, Stdio},
+    time::{Duration, Instant},
+};
+
+use anyhow::{Context as _, Result, bail};
+
+/// Debian's PostgreSQL server binaries (`postgresql-15`, installed by `cargo xtask setup`).
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// The shop: products, carts, and the product views recommendations are computed from.
+const SCHEMA: &str = "CREATE TABLE products (id int PRIMARY KEY, name text, price numeric); \
+     INSERT INTO products SELECT i, 'product ' || i, 9.99 + i FROM generate_series(1, 100) i; \
+     CREATE TABLE cart_items (cart_id int, product_id int REFERENCES products, qty int); \
+     CREATE INDEX ON cart_items (cart_id); \
+     INSERT INTO cart_items VALUES (42, 7, 1), (42, 13, 2); \
+     CREATE TABLE views (user_id int, product_id int); \
+     INSERT INTO views SELECT i % 1000, i % 100 + 1 FROM generate_series(1, 20000) i;";
+
+/// A running server; stopped (fast shutdown) and its directory removed when dropped.
+pub struct Database {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+    pub user: &'static str,
+    pub name: &'static str,
+}
+
+/// `program` from [`PG_BIN`], run as the `postgres` user (the server refuses root).
+fn as_postgres(program: &str) -> Command {
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--reuid", "postgres", "--regid", "postgres", "--clear-groups", "--"])
+        .arg(Path::new(PG_BIN).join(program));
+    cmd
+}
+
+fn check(cmd: &mut Command, what: &str) -> Result<()> {
+    let out = cmd.output().with_context(|| format!("running {what}"))?;
+    if !out.status.success() {
+        bail!("{what} failed: {}", String::from_utf8_lossy(&out.stderr).trim());
+    }
+    Ok(())
+}
+
+impl Database {
+    /// Starts a server on a free port and creates the shop's database.
+    pub fn start() -> Result<Database> {
+        // Under the system's temporary directory: the server's user must reach it, which a
+        // clone under a private home directory would not allow.
+        let dir = std::env::temp_dir().join(format!("tracewire-demo-pg-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        check(Command::new("chown").arg("postgres:postgres").arg(&dir), "chown")?;
+        let data = dir.join("data");
+        check(
+            as_postgres("initdb")
+                .args(["--auth=trust", "--username=shop", "--encoding=UTF8", "--no-sync", "-D"])
+                .arg(&data),
+            "initdb",
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = as_postgres("postgres")
+            .arg("-D")
+            .arg(&data)
+            .args(["-p", &port.to_string(), "-k"])
+            .arg(&dir)
+            .args(["-c", "listen_addresses=127.0.0.1", "-c", "fsync=off", "-c", "ssl=off"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting postgres")?;
+        let db = Database { child, dir, port, user: "shop", name: "shop" };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while !Command::new("pg_isready")
+            .args(["-q", "-h", "127.0.0.1", "-p", &port.to_string()])
+            .status()
+            .is_ok_and(|s| s.success())
+        {
+            if Instant::now() > deadline {
+                bail!("PostgreSQL did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        db.psql("postgres", "CREATE DATABASE shop")?;
+        db.psql("shop", SCHEMA)?;
+        Ok(db)
+    }
+
+    fn psql(&self, database: &str, sql: &str) -> Result<()> {
+        check(
+            Command::new("psql")
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", self.user, "-p"])
+                .arg(self.port.to_string())
+                .args(["-d", database, "-c", sql]),
+            "psql",
+        )
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        // SIGINT: fast shutdown (SIGTERM waits for every client to leave).
+        // SAFETY: a signal to our own child.
+        unsafe { crate::libc_kill(self.child.id() as i32, 2) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
