@@ -8,7 +8,7 @@
 //! Nothing here is a test: the numbers are printed and written to target/bench/report.json.
 use std::{
     fs,
-    io::{BufRead as _, BufReader},
+    io::{BufRead as _, BufReader, Write as _},
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
     time::{Duration, Instant},
@@ -455,6 +455,86 @@ fn bpf_stats_of(select: impl Fn(&str) -> bool) -> (u64, u64) {
         }
     }
     (ns, cnt)
+}
+
+/// R19: what tracewire costs a PostgreSQL client.
+struct DbCost {
+    /// pgbench's transactions per second: without, with, without.
+    tps: [f64; 3],
+    transactions: u64,
+    spans: u64,
+    agent_cpu_per_m: f64,
+}
+
+/// pgbench's select-only transactions (one prepared statement each: Bind, Execute, Sync and
+/// their answers) against a local server, A/B/A; in the B run the agent watches pgbench from
+/// its first connection (a shell it watches, which then becomes pgbench) and exports.
+fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
+    let db = crate::database::Database::start()?;
+    let pgbench = crate::database::Database::pgbench();
+    let init =
+        Command::new(&pgbench).args(db.client_args()).args(["-i", "-q", "-s", "1", db.name]).output()?;
+    if !init.status.success() {
+        bail!("pgbench -i: {}", String::from_utf8_lossy(&init.stderr));
+    }
+    let secs = secs.to_string();
+    let run_args: Vec<String> = db
+        .client_args()
+        .into_iter()
+        .chain(["-n", "-S", "-M", "prepared", "-c", "4", "-j", "2", "-T", &secs, db.name].map(str::to_string))
+        .collect();
+    // tps and transactions from pgbench's report.
+    let parse = |out: &std::process::Output| -> Result<(f64, u64)> {
+        let text = String::from_utf8_lossy(&out.stdout);
+        if !out.status.success() {
+            bail!("pgbench: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let field = |prefix: &str| {
+            text.lines().find_map(|l| l.trim().strip_prefix(prefix)).and_then(|v| v.split_whitespace().next())
+        };
+        let tps = field("tps = ").and_then(|v| v.parse().ok()).context("pgbench printed no tps")?;
+        let n = field("number of transactions actually processed: ")
+            .and_then(|v| v.split('/').next()?.parse().ok())
+            .context("pgbench printed no transaction count")?;
+        Ok((tps, n))
+    };
+    let (base1, _) = parse(&Command::new(&pgbench).args(&run_args).output()?)?;
+    let mut shell = Command::new("sh")
+        .args(["-c", "read _ && exec \"$0\" \"$@\""])
+        .arg(&pgbench)
+        .args(&run_args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let shell_pid = shell.id().to_string();
+    let args = [
+        "run",
+        "--pid",
+        &shell_pid,
+        "--print",
+        "none",
+        "--status-interval",
+        "0",
+        "--otlp-endpoint",
+        sink,
+        "--otlp-protocol",
+        "http/protobuf",
+    ];
+    let (mut agent, lines) = start_agent(tracewire, &args)?;
+    let cpu0 = cpu_seconds(agent.0.id());
+    shell.stdin.take().context("shell stdin")?.write_all(b"go\n")?;
+    let (with, transactions) = parse(&shell.wait_with_output()?)?;
+    let cpu1 = cpu_seconds(agent.0.id());
+    stop(&mut agent);
+    let spans = summary_of(&lines)["spans"].as_u64().unwrap_or(0);
+    let (base2, _) = parse(&Command::new(&pgbench).args(&run_args).output()?)?;
+    Ok(DbCost {
+        tps: [base1, with, base2],
+        transactions,
+        spans,
+        agent_cpu_per_m: (cpu1 - cpu0) / transactions.max(1) as f64 * 1e6,
+    })
 }
 
 /// Starts the agent and waits until it has attached.
@@ -958,6 +1038,13 @@ pub fn bench(quick: bool) -> Result<()> {
     let (_, go2) = wrk(leaf.port, secs)?;
     println!("bench: Go net/http: {go0:.0} / {go1:.0} / {go2:.0} req/s (without/with/without)");
 
+    // R19: a PostgreSQL client.
+    let db_cost = database_cost(&tracewire, &sink, secs)?;
+    println!(
+        "bench: pgbench select-only: {:.0} / {:.0} / {:.0} tps (without/with/without)",
+        db_cost.tps[0], db_cost.tps[1], db_cost.tps[2]
+    );
+
     // R15: what a response's size costs. The same programs, nginx's 4 and 64 KiB files (head
     // and body in one writev) and a Go server's 4 KiB body (written with its head, flat).
     let mut sizes = Vec::new();
@@ -1368,6 +1455,28 @@ pub fn bench(quick: bool) -> Result<()> {
                      its RSS ({:.1} MiB at peak in R10), which counts the ring's pages as well (mapped into it)",
                     largest.join(", "),
                     r10_rss as f64 / 1024.0
+                ),
+            )
+        },
+        {
+            let base = (db_cost.tps[0] + db_cost.tps[2]) / 2.0;
+            row(
+                "R19",
+                "PostgreSQL client: transactions/s with ÷ without (pgbench)",
+                db_cost.tps[1] / base.max(1.0),
+                "1 span/stmt",
+                // One statement per transaction, plus pgbench's own setup queries.
+                db_cost.spans >= db_cost.transactions && db_cost.spans <= db_cost.transactions + 16,
+                &format!(
+                    "pgbench -S -M prepared -c 4 -j 2 -T {secs} against a local PostgreSQL 15 (one prepared SELECT \
+                     per transaction), exporting: {:.0} vs {:.0}/{:.0} tps; {} spans for {} transactions; agent \
+                     {:.2} CPU-s per M statements",
+                    db_cost.tps[1],
+                    db_cost.tps[0],
+                    db_cost.tps[2],
+                    db_cost.spans,
+                    db_cost.transactions,
+                    db_cost.agent_cpu_per_m
                 ),
             )
         },

@@ -88,11 +88,21 @@ impl Database {
         Ok(db)
     }
 
+    /// Where a client connects: host, port and user options (psql's and pgbench's).
+    pub fn client_args(&self) -> Vec<String> {
+        ["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", self.user].map(str::to_string).to_vec()
+    }
+
+    /// pgbench, from Debian's server binaries.
+    pub fn pgbench() -> PathBuf {
+        Path::new(PG_BIN).join("pgbench")
+    }
+
     fn psql(&self, database: &str, sql: &str) -> Result<()> {
         check(
             Command::new("psql")
-                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1", "-h", "127.0.0.1", "-U", self.user, "-p"])
-                .arg(self.port.to_string())
+                .args(["-X", "-q", "-v", "ON_ERROR_STOP=1"])
+                .args(self.client_args())
                 .args(["-d", database, "-c", sql]),
             "psql",
         )

@@ -30,6 +30,9 @@ use crate::protocol::{
 pub(super) const MAX_OPS: usize = 64;
 /// Prepared statements remembered per connection (named ones; the unnamed is kept apart).
 const MAX_STATEMENTS: usize = 256;
+/// Prepared statements remembered over all connections: a statement's sanitized text is up to
+/// [`sql::MAX_TEXT`] bytes, so this bounds them to a few MiB (typical statements are a tenth).
+pub(super) const MAX_STATEMENTS_TOTAL: usize = 4096;
 
 /// A statement's text as spans show it, shared by every execution of it.
 #[derive(Debug)]
@@ -70,17 +73,23 @@ pub struct PgStats {
     pub skipped: u64,
     /// Statements dropped because too many waited on one connection.
     pub overflow: u64,
+    /// Prepared statements not remembered (too many on the connection or on the node): their
+    /// executions' spans have no text.
+    pub statements_full: u64,
+    /// Prepared statements remembered now, over all connections.
+    pub statements: u64,
 }
 
 impl PgStats {
     /// The counters by name, as the summary and the metrics page report them.
-    pub fn counts(&self) -> [(&'static str, u64); 5] {
+    pub fn counts(&self) -> [(&'static str, u64); 6] {
         [
             ("conns", self.conns),
             ("encrypted", self.encrypted),
             ("unframed", self.unframed),
             ("skipped", self.skipped),
             ("overflow", self.overflow),
+            ("statements_full", self.statements_full),
         ]
     }
 }
@@ -194,10 +203,18 @@ impl Session {
                 let (name, rest) = postgres::cstr(body);
                 let (text, _) = postgres::cstr(rest);
                 let stmt = Statement::parse(text);
+                let pg = &mut sink.g.stats.pg;
                 if name.is_empty() {
                     self.unnamed = Some(stmt);
-                } else if self.statements.len() < MAX_STATEMENTS || self.statements.contains_key(name) {
+                } else if let Some(old) = self.statements.get_mut(name) {
+                    *old = stmt;
+                } else if self.statements.len() < MAX_STATEMENTS
+                    && (pg.statements as usize) < MAX_STATEMENTS_TOTAL
+                {
                     self.statements.insert(name.to_vec(), stmt);
+                    pg.statements += 1;
+                } else {
+                    pg.statements_full += 1;
                 }
             }
             b'B' => {
@@ -219,7 +236,9 @@ impl Session {
             b'C' if body.first() == Some(&b'S') => {
                 // Close of a prepared statement.
                 let (name, _) = postgres::cstr(&body[1..]);
-                self.statements.remove(name);
+                if self.statements.remove(name).is_some() {
+                    sink.g.stats.pg.statements -= 1;
+                }
             }
             _ => {}
         }
@@ -313,6 +332,8 @@ impl Session {
     /// The connection closed at `at` (0: unknown): statements still waiting end there, as
     /// errors when the server never answered after they were sent.
     pub(super) fn close(&mut self, at: u64, sink: &mut ConnSink<'_>) {
+        sink.g.stats.pg.statements -= self.statements.len() as u64;
+        self.statements.clear();
         while let Some(mut op) = self.ops.pop_front() {
             let answered = self.last_rx_ns >= op.meta.start_ns && self.last_rx_ns != 0;
             let end = if answered { self.last_rx_ns } else { at.max(self.last_rx_ns) };

@@ -518,3 +518,54 @@ fn random_postgres_traffic_never_panics_and_every_statement_ends() {
     );
     assert_eq!(c.stats().pg.conns, 1);
 }
+
+/// Prepared statements are remembered up to a bound per connection and over all of them;
+/// those beyond are counted, and a closed connection gives its share back.
+#[test]
+fn prepared_statements_are_bounded_per_connection_and_in_all() {
+    let mut c = Correlator::new(Clock::with_offset(0), 64);
+    let addr = encode_sockaddr(&"127.0.0.1:5432".parse().unwrap());
+    let conns = 20u32;
+    for fd in 0..conns {
+        let conn = ConnId { tgid: 1, fd, generation: 1 };
+        c.on_event(&Event::Conn(ConnEvent {
+            header: EventHeader { kind: EventKind::ConnOpen as u32, cpu: 0, ts_ns: 0, pid_tgid: 1 << 32 },
+            conn,
+            role: ROLE_CLIENT,
+            flags: 0,
+            _pad: [0; 2],
+            listener_fd: 0,
+            local: addr,
+            remote: addr,
+        }));
+        for i in 0..300 {
+            let body = format!("s{i}\0SELECT {i}\0\0\0");
+            let mut msg = vec![b'P'];
+            msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
+            msg.extend_from_slice(body.as_bytes());
+            msg.extend_from_slice(b"S\0\0\0\x04");
+            let ev = DataEvent {
+                header: EventHeader { kind: EventKind::Data as u32, cpu: 0, ts_ns: i, pid_tgid: 1 << 32 },
+                conn,
+                enter_ns: i,
+                thread_ctx: ConnId::default(),
+                len: msg.len() as u32,
+                captured: msg.len() as u32,
+                direction: DIR_EGRESS,
+                syscall: 1,
+                flags: 0,
+                role: ROLE_CLIENT,
+                _pad: 0,
+                _pad2: 0,
+                ctx: TraceCtx::default(),
+            };
+            c.on_event(&Event::Data(ev, &msg));
+        }
+    }
+    let pg = c.stats().pg;
+    assert_eq!(pg.conns, u64::from(conns));
+    assert_eq!(pg.statements as usize, super::postgres::MAX_STATEMENTS_TOTAL);
+    assert_eq!(pg.statements + pg.statements_full, u64::from(conns) * 300);
+    c.close_all();
+    assert_eq!(c.stats().pg.statements, 0);
+}
