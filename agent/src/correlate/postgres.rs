@@ -15,7 +15,7 @@ use std::{collections::VecDeque, sync::Arc};
 
 use super::{
     ConnSink, Info, SpanCtx, peer_address,
-    span::{Kind, SpanRecord, Value},
+    span::{Kind, SpanRecord, Text, Value},
     stream::Meta,
 };
 use crate::protocol::{
@@ -34,15 +34,31 @@ const MAX_STATEMENTS: usize = 256;
 /// [`sql::MAX_TEXT`] bytes, so this bounds them to a few MiB (typical statements are a tenth).
 pub(super) const MAX_STATEMENTS_TOTAL: usize = 4096;
 
-/// A statement's text as spans show it, shared by every execution of it.
+/// A statement as spans show it, made once and shared by every execution of it (a prepared
+/// statement runs many times): its strings are shared, not copied, into each span.
 #[derive(Debug)]
 struct Statement {
-    query: sql::Query,
+    text: Arc<str>,
+    operation: Option<Arc<str>>,
+    collection: Option<Arc<str>>,
+    /// `{operation} {table}`, or the operation (None: neither is known).
+    name: Option<Arc<str>>,
 }
 
 impl Statement {
     fn parse(text: &[u8]) -> Arc<Statement> {
-        Arc::new(Statement { query: sql::sanitize(text) })
+        let q = sql::sanitize(text);
+        let name = match (&q.operation, &q.collection) {
+            (Some(o), Some(c)) => Some(format!("{o} {c}").into()),
+            (Some(o), None) => Some(o.as_str().into()),
+            _ => None,
+        };
+        Arc::new(Statement {
+            text: q.text.into(),
+            operation: q.operation.map(Into::into),
+            collection: q.collection.map(Into::into),
+            name,
+        })
     }
 }
 
@@ -94,11 +110,17 @@ impl PgStats {
     }
 }
 
-/// One PostgreSQL client connection's protocol state.
+/// One PostgreSQL client connection's protocol state: its two directions' framing, and what
+/// the messages said (kept apart so that a framer can hand each message straight to it).
 #[derive(Debug)]
 pub(super) struct Session {
     tx: Framer,
     rx: Framer,
+    st: State,
+}
+
+#[derive(Debug)]
+struct State {
     database: Option<Arc<str>>,
     unnamed: Option<Arc<Statement>>,
     statements: super::HashMap<Vec<u8>, Arc<Statement>>,
@@ -106,6 +128,9 @@ pub(super) struct Session {
     portal: Option<Arc<Statement>>,
     ops: VecDeque<Op>,
     encrypted: bool,
+    /// The client asked for encryption: the server's next byte is its one-byte answer, and
+    /// the client's next message is untyped again.
+    encryption_asked: bool,
     /// When the last byte from the server was read.
     last_rx_ns: u64,
 }
@@ -115,81 +140,91 @@ impl Session {
         Session {
             tx: Framer::new(End::Frontend, opening == Opening::Startup),
             rx: Framer::new(End::Backend, false),
-            database: None,
-            unnamed: None,
-            statements: super::HashMap::default(),
-            portal: None,
-            ops: VecDeque::new(),
-            encrypted: false,
-            last_rx_ns: 0,
+            st: State {
+                database: None,
+                unnamed: None,
+                statements: super::HashMap::default(),
+                portal: None,
+                ops: VecDeque::new(),
+                encrypted: false,
+                encryption_asked: false,
+                last_rx_ns: 0,
+            },
         }
     }
 
     /// Statements waiting for their outcome.
     #[cfg(test)]
     pub(super) fn waiting(&self) -> usize {
-        self.ops.len()
+        self.st.ops.len()
     }
 
     /// Whether its traffic is encrypted (nothing more to read).
     pub(super) fn encrypted(&self) -> bool {
-        self.encrypted
+        self.st.encrypted
     }
 
     /// The client wrote (`data` captured, then `gap` bytes not).
     pub(super) fn write(&mut self, data: &[u8], gap: u64, meta: Meta, sink: &mut ConnSink<'_>) {
-        if self.rx.lost() {
+        let Session { tx, rx, st } = self;
+        if rx.lost() {
             // The server's turn is over: whatever it answered ended by its last byte.
-            self.end_unframed(sink);
+            st.end_unframed(sink);
         }
-        if !self.rx.at_start() {
-            self.rx.resync();
+        if !rx.at_start() {
+            rx.resync();
         }
-        let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
-        // Messages are collected first: handling one needs the sink, which the framer's
-        // callback cannot borrow along with the framer.
-        self.tx.feed(data, gap, &mut |m: Message<'_>| msgs.push((m.kind, m.body.to_vec())));
-        for (kind, body) in msgs {
-            self.frontend(kind, &body, meta, sink);
+        tx.feed(data, gap, &mut |m: Message<'_>| st.frontend(m.kind, m.body, meta, sink));
+        if std::mem::take(&mut st.encryption_asked) {
+            rx.expect_untyped();
+            tx.expect_untyped();
         }
     }
 
     /// The client read (`data` captured, then `gap` bytes not) at `end_ns`.
     pub(super) fn read(&mut self, data: &[u8], gap: u64, end_ns: u64, sink: &mut ConnSink<'_>) {
-        self.last_rx_ns = end_ns;
-        if !self.tx.at_start() {
+        let Session { tx, rx, st } = self;
+        st.last_rx_ns = end_ns;
+        if !tx.at_start() {
             // The client's turn is over, so was its message (a length that said otherwise was
             // not one): its next write starts a message.
-            self.tx.resync();
+            tx.resync();
         }
-        if self.rx.lost() {
+        if rx.lost() {
             // A whole read that ends with ReadyForQuery ends the statements waiting (whose
             // outcome was in the bytes not captured) and starts the framing again.
             if gap == 0 && ends_with_ready(data) {
-                self.end_unframed(sink);
-                self.rx.resync();
+                st.end_unframed(sink);
+                rx.resync();
             }
             return;
         }
-        let mut msgs: Vec<(u8, Vec<u8>)> = Vec::new();
-        self.rx.feed(data, gap, &mut |m: Message<'_>| {
-            // Data rows are most of a result and tell nothing a span shows.
-            if m.kind != b'D' {
-                msgs.push((m.kind, m.body.to_vec()));
-            }
-        });
-        for (kind, body) in msgs {
-            self.backend(kind, &body, end_ns, sink);
-        }
+        rx.feed(data, gap, &mut |m: Message<'_>| st.backend(m.kind, m.body, end_ns, sink));
     }
 
+    /// Events were lost or left out: what was waiting cannot be told apart from what follows.
+    pub(super) fn reset(&mut self) -> u64 {
+        let dropped = self.st.ops.len() as u64;
+        self.st.ops.clear();
+        self.tx.resync();
+        self.rx.resync();
+        dropped
+    }
+
+    /// The connection closed at `at` (0: unknown): statements still waiting end there, as
+    /// errors when the server never answered after they were sent.
+    pub(super) fn close(&mut self, at: u64, sink: &mut ConnSink<'_>) {
+        self.st.close(at, sink);
+    }
+}
+
+impl State {
     fn frontend(&mut self, kind: u8, body: &[u8], meta: Meta, sink: &mut ConnSink<'_>) {
         match kind {
             UNTYPED if body.len() >= 4 => {
                 let code = u32::from_be_bytes([body[0], body[1], body[2], body[3]]);
                 if code == SSL_REQUEST || code == GSSENC_REQUEST {
-                    self.rx.expect_untyped();
-                    self.tx.expect_untyped();
+                    self.encryption_asked = true;
                 } else if code != CANCEL_REQUEST {
                     self.startup(body);
                 }
@@ -320,18 +355,7 @@ impl Session {
         }
     }
 
-    /// Events were lost or left out: what was waiting cannot be told apart from what follows.
-    pub(super) fn reset(&mut self) -> u64 {
-        let dropped = self.ops.len() as u64;
-        self.ops.clear();
-        self.tx.resync();
-        self.rx.resync();
-        dropped
-    }
-
-    /// The connection closed at `at` (0: unknown): statements still waiting end there, as
-    /// errors when the server never answered after they were sent.
-    pub(super) fn close(&mut self, at: u64, sink: &mut ConnSink<'_>) {
+    fn close(&mut self, at: u64, sink: &mut ConnSink<'_>) {
         sink.g.stats.pg.statements -= self.statements.len() as u64;
         self.statements.clear();
         while let Some(mut op) = self.ops.pop_front() {
@@ -363,28 +387,25 @@ fn ends_with_ready(data: &[u8]) -> bool {
 /// The span of one statement, named and described as the OpenTelemetry database semantic
 /// conventions ask: `{operation} {table}`, else the operation, the database, or the system.
 fn build_span(info: &Info, database: Option<&Arc<str>>, op: Op, end_ns: u64) -> SpanRecord {
-    let query = op.stmt.as_ref().map(|s| &s.query);
-    let operation = query.and_then(|q| q.operation.clone());
-    let collection = query.and_then(|q| q.collection.clone());
-    let name = match (&operation, &collection, database) {
-        (Some(o), Some(c), _) => format!("{o} {c}").into(),
-        (Some(o), None, _) => o.clone().into(),
-        (None, _, Some(db)) => super::span::Text::Shared(db.clone()),
-        _ => "postgresql".into(),
+    let shared = |t: &Arc<str>| Text::Shared(t.clone());
+    let stmt = op.stmt.as_deref();
+    let name = match (stmt.and_then(|s| s.name.as_ref()), database) {
+        (Some(n), _) | (None, Some(n)) => shared(n),
+        (None, None) => "postgresql".into(),
     };
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(12);
     attrs.push(("db.system.name", Value::Str("postgresql".into())));
     if let Some(db) = database {
-        attrs.push(("db.namespace", Value::Str(super::span::Text::Shared(db.clone()))));
+        attrs.push(("db.namespace", Value::Str(shared(db))));
     }
-    if let Some(o) = operation {
-        attrs.push(("db.operation.name", Value::Str(o.into())));
-    }
-    if let Some(c) = collection {
-        attrs.push(("db.collection.name", Value::Str(c.into())));
-    }
-    if let Some(q) = query {
-        attrs.push(("db.query.text", Value::Str(q.text.clone().into())));
+    if let Some(s) = stmt {
+        if let Some(o) = &s.operation {
+            attrs.push(("db.operation.name", Value::Str(shared(o))));
+        }
+        if let Some(c) = &s.collection {
+            attrs.push(("db.collection.name", Value::Str(shared(c))));
+        }
+        attrs.push(("db.query.text", Value::Str(shared(&s.text))));
     }
     if let Some(rows) = op.rows {
         attrs.push(("db.response.returned_rows", Value::Int(rows)));

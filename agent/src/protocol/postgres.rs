@@ -29,9 +29,21 @@ pub const KEEP: usize = 16 * 1024;
 const MAX_LEN: u32 = 1 << 30;
 
 /// Types of messages a client sends.
-const FRONTEND: &[u8] = b"BCdcfDEHFPpQSX";
+const FRONTEND: [bool; 256] = type_table(b"BCdcfDEHFPpQSX");
 /// Types of messages a server sends.
-const BACKEND: &[u8] = b"R23CGHWdcDIEVvnNAtSKsZT1";
+const BACKEND: [bool; 256] = type_table(b"R23CGHWdcDIEVvnNAtSKsZT1");
+
+/// A lookup table of message types: every message's header is checked against one, and a
+/// search of the list per message was a visible share of a statement's cost.
+const fn type_table(types: &[u8]) -> [bool; 256] {
+    let mut t = [false; 256];
+    let mut i = 0;
+    while i < types.len() {
+        t[types[i] as usize] = true;
+        i += 1;
+    }
+    t
+}
 
 /// Which end's messages a [`Framer`] reads.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,10 +98,10 @@ pub fn detect(payload: &[u8], len: u32) -> Option<Opening> {
             return Some(Opening::Established);
         }
         let Some(header) = payload.get(at as usize..at as usize + 5) else {
-            return (FRONTEND.contains(&payload[at as usize])).then_some(Opening::Established);
+            return FRONTEND[usize::from(payload[at as usize])].then_some(Opening::Established);
         };
         let size = be32(&header[1..])?;
-        if !FRONTEND.contains(&header[0]) || !(4..MAX_LEN).contains(&size) {
+        if !FRONTEND[usize::from(header[0])] || !(4..MAX_LEN).contains(&size) {
             return None;
         }
         at += 1 + u64::from(size);
@@ -228,10 +240,10 @@ impl Framer {
         let (kind, len) =
             if self.untyped { (None, be32(b)?) } else { (Some(*b.first()?), be32(b.get(1..)?)?) };
         let types = match self.end {
-            End::Frontend => FRONTEND,
-            End::Backend => BACKEND,
+            End::Frontend => &FRONTEND,
+            End::Backend => &BACKEND,
         };
-        let valid = kind.is_none_or(|k| types.contains(&k)) && (4..MAX_LEN).contains(&len);
+        let valid = kind.is_none_or(|k| types[usize::from(k)]) && (4..MAX_LEN).contains(&len);
         valid.then_some(len)
     }
 
@@ -265,10 +277,16 @@ impl Framer {
 
 /// A C string at the start of `b`, and what follows it.
 pub fn cstr(b: &[u8]) -> (&[u8], &[u8]) {
-    match b.iter().position(|&c| c == 0) {
-        Some(p) => (&b[..p], &b[p + 1..]),
-        None => (b, &[]),
+    // A plain loop: these strings are short (names, often empty), where a call into memchr
+    // costs more than the search.
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == 0 {
+            return (&b[..i], &b[i + 1..]);
+        }
+        i += 1;
     }
+    (b, &[])
 }
 
 /// The `(name, value)` parameters of a startup message's content (after its version).
@@ -305,12 +323,13 @@ pub fn error_code(body: &[u8]) -> Option<&[u8]> {
 /// `FETCH 3`, `COPY 3` out...): its last word.
 pub fn returned_rows(tag: &[u8]) -> Option<i64> {
     let (tag, _) = cstr(tag);
-    let s = std::str::from_utf8(tag).ok()?;
-    let (command, count) = s.rsplit_once(' ')?;
-    if !matches!(command, "SELECT" | "FETCH" | "MOVE" | "COPY") {
+    let space = tag.iter().rposition(|&c| c == b' ')?;
+    let (command, count) = (&tag[..space], &tag[space + 1..]);
+    if !matches!(command, b"SELECT" | b"FETCH" | b"MOVE" | b"COPY") || count.is_empty() || count.len() > 18 {
         return None;
     }
-    count.parse().ok()
+    // Digits only (at most 18: no overflow), as the server writes them.
+    count.iter().try_fold(0i64, |n, &d| d.is_ascii_digit().then(|| n * 10 + i64::from(d - b'0')))
 }
 
 #[cfg(test)]
