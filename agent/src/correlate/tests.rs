@@ -447,15 +447,10 @@ fn peer_address_text_is_shared_and_bounded() {
     assert_eq!(&*text.of(a), "10.0.0.7");
 }
 
-/// A PostgreSQL connection fed messages of every type with random contents, lengths, cuts and
-/// uncaptured gaps in both directions: never a panic, never more statements waiting than the
-/// bound, and every one of them ends when the connection does.
-#[test]
-fn random_postgres_traffic_never_panics_and_every_statement_ends() {
-    let mut rng = fastrand::Rng::with_seed(7);
-    let mut c = Correlator::new(Clock::with_offset(0), 16);
+/// Opens client connection `fd` of process 1 to 127.0.0.1:5432.
+fn open_pg_client(c: &mut Correlator, fd: u32) -> ConnId {
     let addr = encode_sockaddr(&"127.0.0.1:5432".parse().unwrap());
-    let conn = ConnId { tgid: 1, fd: 3, generation: 1 };
+    let conn = ConnId { tgid: 1, fd, generation: 1 };
     c.on_event(&Event::Conn(ConnEvent {
         header: EventHeader { kind: EventKind::ConnOpen as u32, cpu: 0, ts_ns: 0, pid_tgid: 1 << 32 },
         conn,
@@ -466,25 +461,38 @@ fn random_postgres_traffic_never_panics_and_every_statement_ends() {
         local: addr,
         remote: addr,
     }));
-    let data = |c: &mut Correlator, ts: u64, ingress: bool, payload: &[u8], len: u32| {
-        let ev = DataEvent {
-            header: EventHeader { kind: EventKind::Data as u32, cpu: 0, ts_ns: ts, pid_tgid: 1 << 32 },
-            conn,
-            enter_ns: ts,
-            thread_ctx: ConnId::default(),
-            len,
-            captured: payload.len() as u32,
-            direction: if ingress { DIR_INGRESS } else { DIR_EGRESS },
-            syscall: 1,
-            flags: 0,
-            role: ROLE_CLIENT,
-            _pad: 0,
-            _pad2: 0,
-            ctx: TraceCtx::default(),
-        };
-        c.on_event(&Event::Data(ev, payload));
+    conn
+}
+
+/// `payload` captured of a `len`-byte read (`ingress`) or write on client connection `conn`.
+fn client_data(c: &mut Correlator, conn: ConnId, ts: u64, ingress: bool, payload: &[u8], len: u32) {
+    let ev = DataEvent {
+        header: EventHeader { kind: EventKind::Data as u32, cpu: 0, ts_ns: ts, pid_tgid: 1 << 32 },
+        conn,
+        enter_ns: ts,
+        thread_ctx: ConnId::default(),
+        len,
+        captured: payload.len() as u32,
+        direction: if ingress { DIR_INGRESS } else { DIR_EGRESS },
+        syscall: 1,
+        flags: 0,
+        role: ROLE_CLIENT,
+        _pad: 0,
+        _pad2: 0,
+        ctx: TraceCtx::default(),
     };
-    data(&mut c, 1, false, b"Q\0\0\0\x0dSELECT 1\0", 14);
+    c.on_event(&Event::Data(ev, payload));
+}
+
+/// A PostgreSQL connection fed messages of every type with random contents, lengths, cuts and
+/// uncaptured gaps in both directions: never a panic, never more statements waiting than the
+/// bound, and every one of them ends when the connection does.
+#[test]
+fn random_postgres_traffic_never_panics_and_every_statement_ends() {
+    let mut rng = fastrand::Rng::with_seed(7);
+    let mut c = Correlator::new(Clock::with_offset(0), 16);
+    let conn = open_pg_client(&mut c, 3);
+    client_data(&mut c, conn, 1, false, b"Q\0\0\0\x0dSELECT 1\0", 14);
     let mut spans = c.take_spans().len();
     for i in 2..20_000u64 {
         let ingress = rng.bool();
@@ -500,7 +508,7 @@ fn random_postgres_traffic_never_panics_and_every_statement_ends() {
         }
         let total = payload.len() as u32 + if rng.u8(..) < 30 { rng.u32(0..200) } else { 0 };
         payload.truncate(rng.usize(payload.len() / 2..=payload.len()));
-        data(&mut c, i, ingress, &payload, total.max(payload.len() as u32));
+        client_data(&mut c, conn, i, ingress, &payload, total.max(payload.len() as u32));
         spans += c.take_spans().len();
         let waiting = c.conns.get(&(1, 3)).and_then(|k| k.pg.as_ref()).map_or(0, |pg| pg.waiting());
         assert!(waiting <= super::postgres::MAX_OPS, "{waiting} statements waiting");
@@ -524,42 +532,16 @@ fn random_postgres_traffic_never_panics_and_every_statement_ends() {
 #[test]
 fn prepared_statements_are_bounded_per_connection_and_in_all() {
     let mut c = Correlator::new(Clock::with_offset(0), 64);
-    let addr = encode_sockaddr(&"127.0.0.1:5432".parse().unwrap());
     let conns = 20u32;
     for fd in 0..conns {
-        let conn = ConnId { tgid: 1, fd, generation: 1 };
-        c.on_event(&Event::Conn(ConnEvent {
-            header: EventHeader { kind: EventKind::ConnOpen as u32, cpu: 0, ts_ns: 0, pid_tgid: 1 << 32 },
-            conn,
-            role: ROLE_CLIENT,
-            flags: 0,
-            _pad: [0; 2],
-            listener_fd: 0,
-            local: addr,
-            remote: addr,
-        }));
+        let conn = open_pg_client(&mut c, fd);
         for i in 0..300 {
             let body = format!("s{i}\0SELECT {i}\0\0\0");
             let mut msg = vec![b'P'];
             msg.extend_from_slice(&(body.len() as u32 + 4).to_be_bytes());
             msg.extend_from_slice(body.as_bytes());
             msg.extend_from_slice(b"S\0\0\0\x04");
-            let ev = DataEvent {
-                header: EventHeader { kind: EventKind::Data as u32, cpu: 0, ts_ns: i, pid_tgid: 1 << 32 },
-                conn,
-                enter_ns: i,
-                thread_ctx: ConnId::default(),
-                len: msg.len() as u32,
-                captured: msg.len() as u32,
-                direction: DIR_EGRESS,
-                syscall: 1,
-                flags: 0,
-                role: ROLE_CLIENT,
-                _pad: 0,
-                _pad2: 0,
-                ctx: TraceCtx::default(),
-            };
-            c.on_event(&Event::Data(ev, &msg));
+            client_data(&mut c, conn, i, false, &msg, msg.len() as u32);
         }
     }
     let pg = c.stats().pg;
