@@ -100,6 +100,15 @@ pub struct CorrelateStats {
 }
 
 impl CorrelateStats {
+    /// `dropped` requests abandoned at an event flagged after a loss or after unsampled bytes.
+    fn count_gap(&mut self, flags: u16, dropped: u64) {
+        if flags & DATA_FLAG_AFTER_LOSS != 0 {
+            self.lost_gap += dropped;
+        } else {
+            self.unsampled_gap += dropped;
+        }
+    }
+
     /// The scalar counters by name, as the summary and the metrics page report them.
     pub fn counts(&self) -> [(&'static str, u64); 16] {
         [
@@ -770,27 +779,46 @@ fn build_span(
     if let Some(e) = &error_type {
         attrs.push(("error.type", Value::Str(e.clone().into())));
     }
-    let link = p.ctx.link;
-    if link == Link::Unlinked {
-        attrs.push(("tracewire.link", Value::Str("unlinked".into())));
-    }
-    SpanRecord {
-        links: p.ctx.links.clone(),
-        trace_id: p.ctx.trace_id,
-        span_id: p.ctx.span_id,
-        parent_id: p.ctx.parent_id,
-        parent_remote: p.ctx.parent_remote,
-        flags: p.ctx.flags,
-        trace_state: p.ctx.trace_state,
-        kind,
-        name,
-        start_ns: p.meta.start_ns,
-        end_ns: end_ns.max(p.meta.start_ns),
-        pid: info.id.tgid,
-        tid: p.meta.tid,
-        error: error_type.is_some(),
-        attributes: attrs,
-        link,
+    let error = error_type.is_some();
+    p.ctx.record(kind, name, info.id.tgid, &p.meta, end_ns, error, attrs)
+}
+
+impl SpanCtx {
+    /// The span record of a request with this context, whatever its protocol: an unlinked
+    /// client span says so in an attribute.
+    #[allow(clippy::too_many_arguments)]
+    #[inline(always)]
+    fn record(
+        self,
+        kind: Kind,
+        name: Text,
+        pid: u32,
+        meta: &Meta,
+        end_ns: u64,
+        error: bool,
+        mut attributes: Vec<(&'static str, Value)>,
+    ) -> SpanRecord {
+        if self.link == Link::Unlinked {
+            attributes.push(("tracewire.link", Value::Str("unlinked".into())));
+        }
+        SpanRecord {
+            links: self.links,
+            trace_id: self.trace_id,
+            span_id: self.span_id,
+            parent_id: self.parent_id,
+            parent_remote: self.parent_remote,
+            flags: self.flags,
+            trace_state: self.trace_state,
+            kind,
+            name,
+            start_ns: meta.start_ns,
+            end_ns: end_ns.max(meta.start_ns),
+            pid,
+            tid: meta.tid,
+            error,
+            attributes,
+            link: self.link,
+        }
     }
 }
 
@@ -1003,6 +1031,10 @@ impl Correlator {
             _ => return,
         };
         let ingress = d.direction == DIR_INGRESS;
+        let end_ns = self.clock.wall_ns(d.header.ts_ns);
+        let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
+        let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx, kctx: d.ctx };
+        let gap = u64::from(d.len.saturating_sub(d.captured));
         // A client's write may show PostgreSQL: before HTTP gave up on the connection, or after
         // (a connection open before tracing began may first be seen mid-result).
         if conn.pg.is_none()
@@ -1019,26 +1051,13 @@ impl Correlator {
             if pg.encrypted() {
                 return;
             }
-            let end_ns = self.clock.wall_ns(d.header.ts_ns);
-            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
             if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
-                let dropped = pg.reset();
-                if d.flags & DATA_FLAG_AFTER_LOSS != 0 {
-                    sink.g.stats.lost_gap += dropped;
-                } else {
-                    sink.g.stats.unsampled_gap += dropped;
-                }
+                self.shared.stats.count_gap(d.flags, pg.reset());
             }
-            let gap = u64::from(d.len.saturating_sub(d.captured));
+            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
             if ingress {
                 pg.read(payload, gap, end_ns, &mut sink);
             } else {
-                let meta = Meta {
-                    start_ns: self.clock.wall_ns(d.enter_ns),
-                    tid: d.header.pid_tgid as u32,
-                    thread_ctx: d.thread_ctx,
-                    kctx: d.ctx,
-                };
                 pg.write(payload, gap, meta, &mut sink);
             }
             return;
@@ -1050,21 +1069,13 @@ impl Correlator {
             (ROLE_SERVER, true) | (ROLE_CLIENT, false) => Side::Request,
             _ => Side::Response,
         };
-        let end_ns = self.clock.wall_ns(d.header.ts_ns);
-        let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
-        let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx, kctx: d.ctx };
-        let gap = u64::from(d.len.saturating_sub(d.captured));
         if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
             // Unsampled requests were left out, or an event was lost: what was in progress
             // cannot complete.
             conn.req.reset();
             conn.resp.reset();
             let dropped = (conn.book.pending.len() + usize::from(conn.book.current.is_some())) as u64;
-            if d.flags & DATA_FLAG_AFTER_LOSS != 0 {
-                self.shared.stats.lost_gap += dropped;
-            } else {
-                self.shared.stats.unsampled_gap += dropped;
-            }
+            self.shared.stats.count_gap(d.flags, dropped);
             let current = conn.book.current.take().map(|(p, _)| p);
             for p in std::iter::from_fn(|| conn.book.pending.pop_front()).chain(current) {
                 if let Some(list) = self.shared.serving.get_mut(&conn.info.id) {

@@ -70,9 +70,17 @@ struct Op {
     simple: bool,
     meta: Meta,
     ctx: SpanCtx,
-    /// SQLSTATE of the error it ended with.
-    error: Option<String>,
+    failure: Option<Failure>,
     rows: Option<i64>,
+}
+
+/// How a statement failed.
+#[derive(Debug)]
+enum Failure {
+    /// The server's error, by SQLSTATE (`error` when the response had none).
+    Sqlstate(String),
+    /// The connection closed before the server answered.
+    NoResponse,
 }
 
 /// Counters of PostgreSQL connections.
@@ -294,7 +302,7 @@ impl State {
             sink.g.stats.pg.overflow += 1;
         }
         let ctx = sink.new_ctx(&[], None, &meta);
-        self.ops.push_back(Op { stmt, simple, meta, ctx, error: None, rows: None });
+        self.ops.push_back(Op { stmt, simple, meta, ctx, failure: None, rows: None });
     }
 
     fn backend(&mut self, kind: u8, body: &[u8], end_ns: u64, sink: &mut ConnSink<'_>) {
@@ -305,29 +313,12 @@ impl State {
             }
             b'C' | b'I' | b's' => {
                 let rows = if kind == b'C' { postgres::returned_rows(body) } else { None };
-                match self.ops.front_mut() {
-                    Some(op) if op.simple => op.rows = rows.or(op.rows),
-                    Some(_) => {
-                        if let Some(mut op) = self.ops.pop_front() {
-                            op.rows = rows;
-                            self.finish(op, end_ns, sink);
-                        }
-                    }
-                    None => {}
-                }
+                self.outcome(end_ns, sink, |op| op.rows = rows.or(op.rows));
             }
             b'E' => {
-                let code = postgres::error_code(body).map(|c| String::from_utf8_lossy(c).into_owned());
-                match self.ops.front_mut() {
-                    Some(op) if op.simple => op.error = code.or_else(|| Some("error".into())),
-                    Some(_) => {
-                        if let Some(mut op) = self.ops.pop_front() {
-                            op.error = code.or_else(|| Some("error".into()));
-                            self.finish(op, end_ns, sink);
-                        }
-                    }
-                    None => {}
-                }
+                let code = postgres::error_code(body)
+                    .map_or_else(|| "error".to_string(), |c| String::from_utf8_lossy(c).into_owned());
+                self.outcome(end_ns, sink, |op| op.failure = Some(Failure::Sqlstate(code)));
             }
             b'Z' => {
                 if self.ops.front().is_some_and(|op| op.simple)
@@ -343,6 +334,21 @@ impl State {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// The first waiting statement's outcome arrived (`record` notes it): an execution ends
+    /// here, a simple query goes on to its `ReadyForQuery` (its statements may complete several
+    /// commands).
+    fn outcome(&mut self, end_ns: u64, sink: &mut ConnSink<'_>, record: impl FnOnce(&mut Op)) {
+        let Some(op) = self.ops.front_mut() else {
+            return;
+        };
+        record(op);
+        if !op.simple
+            && let Some(op) = self.ops.pop_front()
+        {
+            self.finish(op, end_ns, sink);
         }
     }
 
@@ -363,7 +369,7 @@ impl State {
             let end = if answered { self.last_rx_ns } else { at.max(self.last_rx_ns) };
             if !answered {
                 sink.g.stats.no_response += 1;
-                op.error = Some("no_response".into());
+                op.failure = Some(Failure::NoResponse);
             }
             self.finish(op, end, sink);
         }
@@ -410,9 +416,7 @@ fn build_span(info: &Info, database: Option<&Arc<str>>, op: Op, end_ns: u64) -> 
     if let Some(rows) = op.rows {
         attrs.push(("db.response.returned_rows", Value::Int(rows)));
     }
-    if let Some(code) = &op.error
-        && code != "no_response"
-    {
+    if let Some(Failure::Sqlstate(code)) = &op.failure {
         attrs.push(("db.response.status_code", Value::Str(code.clone().into())));
     }
     if let Some(peer) = info.remote {
@@ -421,29 +425,14 @@ fn build_span(info: &Info, database: Option<&Arc<str>>, op: Op, end_ns: u64) -> 
         attrs.push(("network.peer.address", peer_address(info)));
         attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
     }
-    if let Some(code) = &op.error {
-        attrs.push(("error.type", Value::Str(code.clone().into())));
+    let error_type = match &op.failure {
+        Some(Failure::Sqlstate(code)) => Some(Text::from(code.clone())),
+        Some(Failure::NoResponse) => Some("no_response".into()),
+        None => None,
+    };
+    let error = error_type.is_some();
+    if let Some(e) = error_type {
+        attrs.push(("error.type", Value::Str(e)));
     }
-    let link = op.ctx.link;
-    if link == super::span::Link::Unlinked {
-        attrs.push(("tracewire.link", Value::Str("unlinked".into())));
-    }
-    SpanRecord {
-        links: op.ctx.links,
-        trace_id: op.ctx.trace_id,
-        span_id: op.ctx.span_id,
-        parent_id: op.ctx.parent_id,
-        parent_remote: op.ctx.parent_remote,
-        flags: op.ctx.flags,
-        trace_state: op.ctx.trace_state,
-        kind: Kind::Client,
-        name,
-        start_ns: op.meta.start_ns,
-        end_ns: end_ns.max(op.meta.start_ns),
-        pid: info.id.tgid,
-        tid: op.meta.tid,
-        error: op.error.is_some(),
-        attributes: attrs,
-        link,
-    }
+    op.ctx.record(Kind::Client, name, info.id.tgid, &op.meta, end_ns, error, attrs)
 }
