@@ -1391,3 +1391,126 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
     assert!(summary["postgres"]["conns"].as_u64() >= Some(3), "{summary}");
     drop(service);
 }
+
+/// A self-signed certificate for localhost and its key, as PEM files in `dir`.
+fn tls_files(dir: &std::path::Path) -> (String, String) {
+    let cert = rcgen::generate_simple_self_signed(vec!["localhost".to_string()]).unwrap();
+    let (c, k) = (dir.join("cert.pem"), dir.join("key.pem"));
+    fs::write(&c, cert.cert.pem()).unwrap();
+    fs::write(&k, cert.signing_key.serialize_pem()).unwrap();
+    (c.display().to_string(), k.display().to_string())
+}
+
+/// A hop of tests/peers/hop.py serving HTTPS with `cert`/`key` on 127.0.0.1, calling `next`
+/// (https, verified with `cert`). `wait`: it loads OpenSSL only when told to (see hop.py).
+fn tls_hop((cert, key): &(String, String), next: Option<&str>, wait: bool) -> Peer {
+    let mut cmd = Command::new("python3");
+    cmd.arg(repo().join("tests/peers/hop.py")).args(["127.0.0.1", &free_port().to_string()]);
+    cmd.args(next).env("HOP_TLS_CERT", cert).env("HOP_TLS_KEY", key).env("HOP_TLS_CA", cert);
+    if wait {
+        cmd.env("HOP_WAIT", "1");
+    }
+    Peer::spawn(&mut cmd)
+}
+
+fn port_of(p: &mut Peer) -> u16 {
+    p.expect("port ")[5..].trim().parse().unwrap()
+}
+
+#[test]
+fn tls_connections_are_read_in_plain_text_through_openssl() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls_files(dir.path());
+    let mut leaf = tls_hop(&files, None, false);
+    let leaf_port = port_of(&mut leaf);
+    let mut mid = tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")), false);
+    let mid_port = port_of(&mut mid);
+    // A service that maps OpenSSL only after the agent started: its library is found when it
+    // listens.
+    let mut late = tls_hop(&files, None, true);
+    late.expect("waiting");
+    let rx = Receiver::start(vec![]);
+    let mut agent = RunAgent::start(
+        &rx.endpoint(),
+        &[
+            "--pid",
+            &mid.pid().to_string(),
+            "--pid",
+            &leaf.pid().to_string(),
+            "--pid",
+            &late.pid().to_string(),
+        ],
+    );
+    late.send("go");
+    let late_port = port_of(&mut late);
+    agent.wait_line(&format!("pid {} loaded a TLS library", late.pid()));
+    let ids = ["tls1", "tls2", "tls3"];
+    for id in ids {
+        curl(&format!("https://localhost:{mid_port}/hop/{id}?api_key=zz-secret-zz"), &["--cacert", &files.0]);
+    }
+    curl(&format!("https://localhost:{late_port}/hop/late1"), &["--cacert", &files.0]);
+    let summary = agent.stop();
+    let spans: Vec<_> = rx.spans().into_iter().map(|(_, s)| s).collect();
+    let all: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!("{} kind={} {:?} {:?}", s.name, s.kind, attr_str(s, "url.path"), attr_str(s, "url.full"))
+        })
+        .collect();
+    // Bodies and secrets stay out: the query value is redacted wherever the request appears.
+    for s in &spans {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!v.contains("zz-secret-zz"), "{}: {v}", kv.key);
+        }
+    }
+    let server = |id: &str, port: u16| {
+        spans
+            .iter()
+            .find(|s| {
+                s.kind == 2
+                    && attr_str(s, "url.path").as_deref() == Some(&format!("/hop/{id}"))
+                    && attr_int(s, "server.port") == Some(i64::from(port))
+            })
+            .unwrap_or_else(|| panic!("no server span for {id} on {port}: {all:#?}\n{summary}"))
+    };
+    for id in ids {
+        let (m, l) = (server(id, mid_port), server(id, leaf_port));
+        let call = spans
+            .iter()
+            .find(|s| {
+                s.kind == 3
+                    && attr_str(s, "url.full").as_deref()
+                        == Some(&format!("https://localhost:{leaf_port}/hop/{id}?api_key=REDACTED"))
+            })
+            .unwrap_or_else(|| panic!("no client span for {id}: {all:#?}\n{summary}"));
+        for s in [m, l] {
+            assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
+            assert_eq!(attr_str(s, "url.query").as_deref(), Some("api_key=REDACTED"), "{id}");
+            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
+        }
+        // The call is a child of the request it was made for (its thread), and the server it
+        // reached is the call's child (the TCP option rides under TLS): one trace.
+        assert_eq!(call.parent_span_id, m.span_id, "{id}: {all:#?}");
+        assert_eq!(l.parent_span_id, call.span_id, "{id}: {all:#?}");
+        assert!(m.trace_id == call.trace_id && call.trace_id == l.trace_id, "{id}");
+        assert!(
+            m.start_time_unix_nano <= call.start_time_unix_nano
+                && call.end_time_unix_nano <= m.end_time_unix_nano
+        );
+    }
+    let late_span = server("late1", late_port);
+    assert_eq!(attr_str(late_span, "url.scheme").as_deref(), Some("https"));
+    assert_eq!(spans.len(), ids.len() * 3 + 1, "{all:#?}\n{summary}");
+    assert_eq!(summary["tls_followed"], 3, "{summary}");
+    assert_eq!(summary["tls_not_followed"], 0, "{summary}");
+    // Every connection was read in plain text: curl's to the middle and the late service, the
+    // middle's to the leaf (both ends).
+    assert_eq!(summary["http"]["tls_conns"], 10, "{summary}");
+    assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["tls_calls_full"], 0, "{summary}");
+    assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
+}

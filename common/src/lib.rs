@@ -44,6 +44,10 @@ pub mod maps {
     pub const TCP_RX: &str = "TCP_RX";
     /// Go programs whose net/http calls are linked through goroutines, keyed by tgid.
     pub const GO_PROCS: &str = "GO_PROCS";
+    /// TLS library calls in flight, keyed by pid_tgid.
+    pub const TLS_CALLS: &str = "TLS_CALLS";
+    /// The socket each TLS session of a process moves its bytes on, keyed by [`crate::TlsKey`].
+    pub const TLS_FDS: &str = "TLS_FDS";
 }
 
 /// Default number of connections tracked at once in the kernel.
@@ -192,6 +196,57 @@ pub const WATCH_GO: u8 = 4;
 /// when one opens, by the agent for those found in /proc). Only a client's send needs the send
 /// hook's work at its start; a process that only serves skips it.
 pub const WATCH_CLIENTS: u8 = 8;
+/// [`maps::WATCHED`] value bit: the agent put uprobes on the process's TLS library (OpenSSL's
+/// `SSL_read`/`SSL_write`...). The socket hooks then check whether a call on a connection is
+/// made inside one (its bytes are ciphertext, and the plaintext is reported from the library's
+/// return instead); other processes never look.
+pub const WATCH_TLS: u8 = 16;
+
+/// TLS sessions (`SSL *`) whose socket is remembered at once, over all processes.
+pub const MAX_TLS_SESSIONS: u32 = 16_384;
+
+/// [`TlsCall::kind`]: `SSL_read` / `SSL_read_ex`.
+pub const TLS_READ: u8 = 1;
+/// [`TlsCall::kind`]: `SSL_write` / `SSL_write_ex`.
+pub const TLS_WRITE: u8 = 2;
+/// [`TlsCall::kind`]: `SSL_do_handshake` (also inside `SSL_connect` / `SSL_accept`).
+pub const TLS_HANDSHAKE: u8 = 3;
+/// [`TlsCall::fd`] before a socket call inside the library call named it.
+pub const TLS_NO_FD: u32 = u32::MAX;
+
+/// A TLS library call in flight on one thread (value of [`maps::TLS_CALLS`]): its arguments
+/// from the entry, and the socket the kernel saw it move bytes on.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TlsCall {
+    /// The session (`SSL *`).
+    pub ssl: u64,
+    /// The caller's plaintext buffer.
+    pub buf: u64,
+    /// `SSL_read_ex` / `SSL_write_ex`: where the library stores the byte count (the return
+    /// value is 1 or 0); 0 when the return value is the count.
+    pub len_ptr: u64,
+    /// The fd of the socket a socket call made inside this call used ([`TLS_NO_FD`] before one).
+    pub fd: u32,
+    /// `TLS_*`.
+    pub kind: u8,
+    /// Reserved.
+    pub _pad: [u8; 3],
+}
+const _: () = assert!(size_of::<TlsCall>() == 32);
+
+/// Key of [`maps::TLS_FDS`]: a session of a process.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub struct TlsKey {
+    /// The session (`SSL *`).
+    pub ssl: u64,
+    /// Its process.
+    pub tgid: u32,
+    /// Reserved.
+    pub _pad: u32,
+}
+const _: () = assert!(size_of::<TlsKey>() == 16);
 
 /// Goroutines remembered at once, per map (the goroutine serving a request, the request an
 /// outgoing call belongs to, the goroutine writing it).
@@ -409,8 +464,14 @@ pub struct ConnState {
     /// client span starts there), 0 between sends. Kept with the connection rather than the
     /// thread: a server's response then needs no per-thread entry at all.
     pub send_ns: u64,
+    /// 1 once the connection's bytes were seen moved by a TLS library call (see [`WATCH_TLS`]):
+    /// its socket calls carry ciphertext and are not reported; the library's calls report the
+    /// plaintext ([`DATA_FLAG_TLS`]).
+    pub tls: u8,
+    /// Reserved.
+    pub _pad: [u8; 7],
 }
-const _: () = assert!(size_of::<ConnState>() == 160);
+const _: () = assert!(size_of::<ConnState>() == 168);
 
 /// Where a turn's trace context came from ([`TraceCtx::origin`]).
 pub const CTX_NONE: u8 = 0;
@@ -573,6 +634,10 @@ pub enum Syscall {
     Sendmsg = 8,
     /// sendfile(2): bytes counted, payload never copied (it is file content).
     Sendfile = 9,
+    /// `SSL_read` / `SSL_read_ex`: a TLS connection's plaintext.
+    SslRead = 10,
+    /// `SSL_write` / `SSL_write_ex`: a TLS connection's plaintext.
+    SslWrite = 11,
     /// accept(2)
     Accept = 20,
     /// accept4(2)
@@ -596,6 +661,8 @@ impl TryFrom<u8> for Syscall {
             7 => Self::Recvmsg,
             8 => Self::Sendmsg,
             9 => Self::Sendfile,
+            10 => Self::SslRead,
+            11 => Self::SslWrite,
             20 => Self::Accept,
             21 => Self::Accept4,
             22 => Self::Connect,
@@ -631,6 +698,9 @@ pub const GAP_OPEN_LOST: u8 = 4;
 /// never exported, and copying them twice (into the event, then into the ring buffer) was most
 /// of a large message's cost.
 pub const DATA_FLAG_BODY_SKIPPED: u16 = 16;
+/// Plaintext of a TLS connection, as the TLS library's call (`SSL_read`, `SSL_write`...)
+/// returned it: the socket's own bytes are ciphertext and are not reported.
+pub const DATA_FLAG_TLS: u16 = 64;
 /// Calls that move fewer bytes than this are copied whole: copying costs less than the checks.
 pub const BODY_SKIP_MIN: u64 = 256;
 
@@ -766,10 +836,19 @@ pub enum Counter {
     /// with a body ([`ConnState::in_body`]). The next message after the other side has spoken
     /// is not: what it costs shows here.
     BodyChecks = 31,
+    /// TLS library calls (`SSL_read`, `SSL_write`...) not followed because [`maps::TLS_CALLS`]
+    /// was full: their plaintext is not reported.
+    TlsCallsFull = 32,
+    /// TLS library calls that moved plaintext on a socket the kernel could not name (the
+    /// library's first call on it moved no socket bytes, a connection not tracked): not reported.
+    TlsNoConn = 33,
+    /// Socket calls of TLS connections (ciphertext), left unreported: their plaintext is reported
+    /// from the library's calls.
+    TlsCiphertext = 34,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 32;
+pub const COUNTER_COUNT: u32 = 35;
 
 impl Counter {
     /// All counters, in index order.
@@ -806,6 +885,9 @@ impl Counter {
         Counter::RingBytes,
         Counter::BodySkipped,
         Counter::BodyChecks,
+        Counter::TlsCallsFull,
+        Counter::TlsNoConn,
+        Counter::TlsCiphertext,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -843,6 +925,9 @@ impl Counter {
             Counter::BodySkipped => "body_skipped",
             Counter::BodyChecks => "body_checks",
             Counter::RingBytes => "ring_bytes",
+            Counter::TlsCallsFull => "tls_calls_full",
+            Counter::TlsNoConn => "tls_no_conn",
+            Counter::TlsCiphertext => "tls_ciphertext",
         }
     }
 }
@@ -888,6 +973,8 @@ mod user {
     unsafe impl aya::Pod for ConnId {}
     unsafe impl aya::Pod for TcpCtxEntry {}
     unsafe impl aya::Pod for GoProc {}
+    unsafe impl aya::Pod for TlsCall {}
+    unsafe impl aya::Pod for TlsKey {}
 }
 
 #[cfg(test)]

@@ -7,7 +7,7 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, COUNTER_COUNT, CallParent, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, GoKey, GoProc,
     ListenerState, MAX_ACTIVE, MAX_CGROUPS, MAX_GOROUTINES, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX,
-    SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx,
+    MAX_TLS_SESSIONS, SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx, TlsCall, TlsKey,
 };
 
 #[map]
@@ -171,3 +171,13 @@ pub static NGX_PEER: LruHashMap<u32, u64> = LruHashMap::with_max_entries(MAX_ACT
 /// connection's entry, and close() of the fd removes it.
 #[map]
 pub static NGX_TIES: LruHashMap<u64, CallParent> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
+/// TLS library calls in flight, one per thread at most (see `tls`): written at the call's entry,
+/// named a socket by the socket hooks inside it, taken at its return.
+#[map]
+pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_ACTIVE, 0);
+
+/// The socket fd each TLS session of a process moved bytes on last: a read the library answers
+/// from what it had buffered makes no socket call to name it.
+#[map]
+pub static TLS_FDS: LruHashMap<TlsKey, u32> = LruHashMap::with_max_entries(MAX_TLS_SESSIONS, 0);

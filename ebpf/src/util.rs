@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, CallParent, Config, ConnId, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6,
     ListenerState, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_CLIENTS, WATCH_GO,
-    WATCH_HANDOFF, WATCH_SELECTED,
+    WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -182,11 +182,11 @@ pub fn set_handoff(tgid: u32) {
 }
 
 /// A new program runs in `tgid`: what was learned about the old one's runtime (its threads
-/// hand requests around, it is Go) no longer holds. Only the selection (and whether it has
-/// client connections, which may outlive the exec) stays.
+/// hand requests around, it is Go, its TLS library is probed) no longer holds. Only the
+/// selection (and whether it has client connections, which may outlive the exec) stays.
 #[inline(always)]
 pub fn new_program(tgid: u32) {
-    clear_bits(tgid, WATCH_HANDOFF | WATCH_GO);
+    clear_bits(tgid, WATCH_HANDOFF | WATCH_GO | WATCH_TLS);
 }
 
 /// Removes `$key` from hash map `$map` when it is there. A lookup takes no lock; a removal takes

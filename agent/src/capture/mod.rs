@@ -35,7 +35,7 @@ use tracewire_common::{
     CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, COUNTER_COUNT,
     Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc,
     ListenerState, MAX_PAYLOAD, ROLE_CLIENT, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_CLIENTS,
-    WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED, fd_key, maps,
+    WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -164,6 +164,8 @@ pub struct Capture {
 struct Followed {
     /// False when uprobes are off (configuration) or their programs did not load.
     on: bool,
+    /// False when uprobes are off or the TLS programs did not load.
+    tls_on: bool,
     /// Go binaries: what each is, or why its calls are not followed.
     go: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
     /// The probes of each followed Go process.
@@ -173,6 +175,11 @@ struct Followed {
     go_pending: std::collections::HashMap<u32, runtime::GoAncestry>,
     /// nginx binaries: followed, or why not.
     nginx: std::collections::HashMap<(u64, u64), Result<(), String>>,
+    /// Files inspected for a TLS library's API (executables, `libssl`): what was found, or why
+    /// not.
+    tls: std::collections::HashMap<(u64, u64), Result<runtime::TlsLibrary, String>>,
+    /// The TLS probes of each followed process.
+    tls_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
 }
 
 /// Distinct binaries whose functions get uprobes; beyond it, their calls stay unlinked.
@@ -187,18 +194,34 @@ const NGINX_PROGRAMS: [&str; 4] =
 
 const GO_PROGRAMS: [&str; 3] = ["go_round_trip", "go_request_write", "go_new_goroutine"];
 
-/// Loads the uprobe programs (they are attached per binary, see [`Capture::follow_go`] and
-/// [`Capture::follow_nginx`]). A kernel that refuses them leaves those calls unlinked, and says
-/// so.
-fn load_uprobe_programs(ebpf: &mut Ebpf) -> bool {
-    for name in GO_PROGRAMS.into_iter().chain(NGINX_PROGRAMS) {
+/// The TLS uprobe programs (see the kernel's `tls` probes and [`runtime::TLS_FUNCTIONS`]).
+const TLS_PROGRAMS: [&str; 8] = [
+    "ssl_read",
+    "ssl_read_ex",
+    "ssl_write",
+    "ssl_write_ex",
+    "ssl_handshake",
+    "ssl_read_ret",
+    "ssl_write_ret",
+    "ssl_handshake_ret",
+];
+/// Processes whose TLS library is followed at once.
+pub const MAX_TLS_PROCESSES: usize = 4096;
+/// Files inspected for a TLS library at most (executables and libraries, by device and inode).
+const MAX_TLS_FILES: usize = 1024;
+
+/// Loads the uprobe programs `names` (they are attached per binary, see [`Capture::follow_go`],
+/// [`Capture::follow_nginx`] and [`Capture::follow_tls`]). A kernel that refuses them leaves
+/// what they follow unfollowed, and says so (`what`).
+fn load_uprobe_programs(ebpf: &mut Ebpf, names: &[&'static str], what: &str) -> bool {
+    for &name in names {
         let loaded = match ebpf.program_mut(name).map(<&mut UProbe>::try_from) {
             Some(Ok(p)) => p.load().map_err(|e| e.to_string()),
             Some(Err(e)) => Err(e.to_string()),
             None => Err("missing from the object".into()),
         };
         if let Err(e) = loaded {
-            warn!("calls are not followed through Go or nginx: uprobe program {name}: {e}");
+            warn!("{what}: uprobe program {name}: {e}");
             return false;
         }
     }
@@ -436,8 +459,17 @@ impl Capture {
         } else {
             inject::InjectState::Off
         };
-        let followed =
-            Followed { on: options.uprobes && load_uprobe_programs(&mut ebpf), ..Followed::default() };
+        let followed = Followed {
+            on: options.uprobes
+                && load_uprobe_programs(
+                    &mut ebpf,
+                    &[GO_PROGRAMS.as_slice(), NGINX_PROGRAMS.as_slice()].concat(),
+                    "calls are not followed through Go or nginx",
+                ),
+            tls_on: options.uprobes
+                && load_uprobe_programs(&mut ebpf, &TLS_PROGRAMS, "TLS connections are not read"),
+            ..Followed::default()
+        };
         debug!("attached {attached} programs");
 
         let take =
@@ -649,6 +681,75 @@ impl Capture {
             self.followed.nginx.insert(key, found);
         }
         self.followed.nginx.get(&key).cloned().unwrap_or_else(|| Err("not inspected".into()))
+    }
+
+    /// Follows the plaintext of `tgid`'s TLS connections: uprobes on the OpenSSL API of its
+    /// executable (a static build) or of the `libssl` it maps, scoped to the process. Returns
+    /// the file probed, `None` when the process maps no TLS library (yet: one loaded later is
+    /// found by a later call), or why it cannot be followed.
+    ///
+    /// The caller forgets the pid's earlier program first ([`Capture::forget_tls`]).
+    pub fn follow_tls(&mut self, tgid: u32) -> Result<Option<PathBuf>, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        if !self.followed.tls_on {
+            return Err("uprobes off".into());
+        }
+        if self.followed.tls_links.contains_key(&tgid) {
+            return Ok(None);
+        }
+        if self.followed.tls_links.len() >= MAX_TLS_PROCESSES {
+            return Err(format!("already following {MAX_TLS_PROCESSES} processes' TLS libraries"));
+        }
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
+        let mut failed = None;
+        for (i, file) in runtime::tls_candidates(tgid).into_iter().enumerate() {
+            let Ok(meta) = std::fs::metadata(&file) else { continue };
+            let key = (meta.dev(), meta.ino());
+            if !self.followed.tls.contains_key(&key) {
+                if self.followed.tls.len() >= MAX_TLS_FILES {
+                    return Err(format!("already inspected {MAX_TLS_FILES} files for TLS libraries"));
+                }
+                self.followed.tls.insert(key, runtime::inspect_tls(&file));
+            }
+            let lib = match self.followed.tls.get(&key) {
+                Some(Ok(lib)) => lib.clone(),
+                // The executable (the first candidate) most often has no TLS library in it.
+                Some(Err(why)) if i > 0 => {
+                    failed = Some(format!("{}: {why}", file.display()));
+                    continue;
+                }
+                _ => continue,
+            };
+            let mut links = Vec::with_capacity(lib.functions.len() * 2);
+            for (programs, offset) in lib.functions {
+                for name in programs {
+                    match self.attach_uprobe(name, &file, offset, scope) {
+                        Ok(link) => links.push((name, link)),
+                        Err(e) => {
+                            self.detach_uprobes(links);
+                            return Err(e);
+                        }
+                    }
+                }
+            }
+            self.followed.tls_links.insert(tgid, links);
+            self.watched.set(tgid, WATCH_TLS).map_err(|e| e.to_string())?;
+            return Ok(Some(file));
+        }
+        failed.map_or(Ok(None), Err)
+    }
+
+    /// Whether `tgid`'s TLS library is followed.
+    pub fn follows_tls(&self, tgid: u32) -> bool {
+        self.followed.tls_links.contains_key(&tgid)
+    }
+
+    /// Detaches `tgid`'s TLS probes (it exited or exec'd).
+    pub fn forget_tls(&mut self, tgid: u32) {
+        if let Some(links) = self.followed.tls_links.remove(&tgid) {
+            self.detach_uprobes(links);
+            let _ = self.watched.clear(tgid, WATCH_TLS);
+        }
     }
 
     /// `tgid`'s executable and its (device, inode), if uprobes may follow one more binary.

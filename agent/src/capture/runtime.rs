@@ -12,7 +12,12 @@
 //! that it needs, per binary: the register ABI (Go 1.18+, whose build info says its version),
 //! the file offsets of two net/http functions (from the symbol table), and where `runtime.g`
 //! keeps the goroutine id (from the DWARF the Go linker writes by default).
-use std::{borrow::Cow, fs::File, io::Read as _, path::Path};
+use std::{
+    borrow::Cow,
+    fs::File,
+    io::Read as _,
+    path::{Path, PathBuf},
+};
 
 use object::{CompressionFormat, Object as _, ObjectSection as _, ObjectSymbol as _, ReadCache, ReadRef};
 
@@ -128,6 +133,82 @@ pub fn inspect_nginx(path: &Path) -> Result<NginxBinary, String> {
         (Some(upstream_init), Some(connect_peer)) => Ok(NginxBinary { upstream_init, connect_peer }),
         _ => Err(format!("{NGX_UPSTREAM_INIT} or {NGX_CONNECT_PEER} not among its symbols")),
     }
+}
+
+/// The OpenSSL API functions a TLS library's plaintext is read at (see the kernel's `tls`
+/// probes), with the uprobe programs their entry and return take. The `_ex` forms (OpenSSL
+/// 1.1.1+) are optional; the rest must all be there.
+pub const TLS_FUNCTIONS: [(&str, [&str; 2], bool); 5] = [
+    ("SSL_read", ["ssl_read", "ssl_read_ret"], true),
+    ("SSL_write", ["ssl_write", "ssl_write_ret"], true),
+    ("SSL_do_handshake", ["ssl_handshake", "ssl_handshake_ret"], true),
+    ("SSL_read_ex", ["ssl_read_ex", "ssl_read_ret"], false),
+    ("SSL_write_ex", ["ssl_write_ex", "ssl_write_ret"], false),
+];
+
+/// A TLS library's probed functions: (uprobe programs, file offset).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsLibrary {
+    /// The functions found, with the programs their entry and return take.
+    pub functions: Vec<([&'static str; 2], u64)>,
+}
+
+/// The files a process maps that may hold OpenSSL's API: its executable (a static build, such as
+/// Node's) and any `libssl` shared library, as paths through `/proc/<pid>/root` (so that a
+/// container's own files are the ones inspected).
+pub fn tls_candidates(pid: u32) -> Vec<PathBuf> {
+    let mut out = vec![PathBuf::from(format!("/proc/{pid}/exe"))];
+    let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
+        return out;
+    };
+    for line in maps.lines() {
+        // address perms offset dev inode path
+        let mut fields = line.split_ascii_whitespace();
+        let (Some(perms), Some(path)) = (fields.nth(1), fields.nth(3)) else {
+            continue;
+        };
+        let is_libssl = Path::new(path)
+            .file_name()
+            .and_then(|n| n.to_str())
+            .is_some_and(|n| n.starts_with("libssl.so") || n.starts_with("libssl-"));
+        if is_libssl && perms.contains('x') {
+            let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
+            if !out.contains(&p) {
+                out.push(p);
+            }
+        }
+    }
+    out
+}
+
+/// Inspects a file for OpenSSL's API: the file offsets of the functions to probe, or why not.
+pub fn inspect_tls(path: &Path) -> Result<TlsLibrary, String> {
+    let file = File::open(path).map_err(|e| format!("open: {e}"))?;
+    let cache = ReadCache::new(file);
+    let obj = object::File::parse(&cache).map_err(|e| format!("not an ELF file: {e}"))?;
+    let mut found: [Option<u64>; TLS_FUNCTIONS.len()] = [None; TLS_FUNCTIONS.len()];
+    for sym in obj.dynamic_symbols().chain(obj.symbols()) {
+        if sym.kind() != object::SymbolKind::Text || sym.is_undefined() {
+            continue;
+        }
+        let Ok(name) = sym.name() else { continue };
+        // Versioned names (`SSL_read@@OPENSSL_3.0.0`) in some symbol tables.
+        let name = name.split('@').next().unwrap_or(name);
+        if let Some(i) = TLS_FUNCTIONS.iter().position(|(f, _, _)| *f == name)
+            && found[i].is_none()
+        {
+            found[i] = file_offset(&obj, &sym);
+        }
+    }
+    let mut functions = Vec::new();
+    for ((name, program, required), offset) in TLS_FUNCTIONS.iter().zip(found) {
+        match offset {
+            Some(o) => functions.push((*program, o)),
+            None if *required => return Err(format!("{name} not among its symbols")),
+            None => {}
+        }
+    }
+    Ok(TlsLibrary { functions })
 }
 
 /// Where a function symbol's code is in the file (uprobes are placed by file offset).

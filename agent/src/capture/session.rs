@@ -8,7 +8,7 @@ use std::{
     time::Duration,
 };
 
-use log::{debug, warn};
+use log::{debug, info, warn};
 use tracewire_common::{
     CONN_FLAG_ENTRY_LEFT, CONN_FLAG_LOCAL_PARTIAL, CONN_FLAG_PREEXISTING, CONN_FLAG_UNVERIFIED, ConnEvent,
     ConnId, ConnState, EventHeader, EventKind, ROLE_LISTENER, SockAddr,
@@ -52,6 +52,10 @@ pub struct SessionStats {
     pub nginx_followed: u64,
     /// nginx processes whose upstream requests are not followed (symbols not found...).
     pub nginx_not_followed: u64,
+    /// Processes whose TLS connections' plaintext is read from their TLS library.
+    pub tls_followed: u64,
+    /// Processes with a TLS library that cannot be followed (symbols not found, uprobes refused).
+    pub tls_not_followed: u64,
     /// Processes not selected because their pid is beyond the selection array (kernel.pid_max
     /// raised after the agent started).
     pub pids_beyond_max: u64,
@@ -75,7 +79,21 @@ pub struct Session {
     go_checked: std::time::Instant,
     /// A runtime that could not be followed was reported.
     warned_not_followed: bool,
+    /// Selected processes whose TLS library was not found (or could not be followed): when to
+    /// look again, and the step after that. A library loaded after the process started (Python
+    /// imports `ssl` when a module needs it) is found at one of the process's next connections.
+    /// Bounded ([`TLS_PENDING_MAX`]).
+    tls_next: HashMap<u32, (std::time::Instant, Duration), foldhash::fast::RandomState>,
 }
+
+/// The first wait before a process's maps are read again for a TLS library; it doubles up to
+/// [`TLS_RECHECK_MAX`] (reading a process's maps costs ~0.1 ms).
+const TLS_RECHECK_FIRST: Duration = Duration::from_millis(100);
+const TLS_RECHECK_MAX: Duration = Duration::from_secs(30);
+/// A process whose TLS library cannot be followed is not looked at again for this long.
+const TLS_RECHECK_FAILED: Duration = Duration::from_secs(3600);
+/// Processes waiting for a TLS library to be looked for again, at most.
+const TLS_PENDING_MAX: usize = 16_384;
 
 /// How often Go processes are checked for their first net/http call (from which on their
 /// goroutine creation is followed).
@@ -137,6 +155,7 @@ impl Session {
             batch: RecordBatch::default(),
             go_checked: std::time::Instant::now(),
             warned_not_followed: false,
+            tls_next: HashMap::default(),
         };
         match &s.selection {
             Selection::All => {
@@ -246,11 +265,14 @@ impl Session {
     fn control(&mut self, ev: &mut Event<'_>) -> Result<bool, CaptureError> {
         match ev {
             Event::Conn(c) => match EventKind::try_from(c.header.kind) {
-                Ok(EventKind::Listen) if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 => {
-                    self.fill(c);
-                    if c.flags & CONN_FLAG_LOCAL_PARTIAL == 0 {
-                        self.capture.insert_listener(c.conn.tgid, c.conn.fd, c.local)?;
+                Ok(EventKind::Listen) => {
+                    if c.flags & CONN_FLAG_LOCAL_PARTIAL != 0 {
+                        self.fill(c);
+                        if c.flags & CONN_FLAG_LOCAL_PARTIAL == 0 {
+                            self.capture.insert_listener(c.conn.tgid, c.conn.fd, c.local)?;
+                        }
                     }
+                    self.recheck_tls(c.conn.tgid);
                 }
                 Ok(EventKind::ConnOpen) => {
                     if c.flags & CONN_FLAG_UNVERIFIED != 0 && !self.verify(c)? {
@@ -260,6 +282,7 @@ impl Session {
                         self.fill(c);
                     }
                     self.remember(*c);
+                    self.recheck_tls(c.conn.tgid);
                 }
                 Ok(EventKind::ConnAddr) => {
                     let Some(open) = self.open.get_mut(&(c.conn.tgid, c.conn.fd)) else {
@@ -330,6 +353,8 @@ impl Session {
                     });
                     self.capture.remove_listeners_of(p.pid);
                     self.capture.forget_go(p.pid);
+                    self.capture.forget_tls(p.pid);
+                    self.tls_next.remove(&p.pid);
                     self.stats.open_conns = self.open.len() as u64;
                 }
                 _ => {}
@@ -353,6 +378,9 @@ impl Session {
     fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
         // An exec replaced whatever ran before (the kernel cleared its runtime bits).
         self.capture.forget_go(pid);
+        self.capture.forget_tls(pid);
+        self.tls_next.remove(&pid);
+        self.check_tls(pid);
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if runtime::looks_like_nginx(&exe) {
             match self.capture.follow_nginx(pid) {
@@ -386,6 +414,52 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Follows `pid`'s TLS library, if it maps one; if not, looks again at its next listen or
+    /// connection, then at ones further and further apart ([`Session::recheck_tls`]).
+    fn check_tls(&mut self, pid: u32) {
+        let now = std::time::Instant::now();
+        let (due, step) = match self.capture.follow_tls(pid) {
+            Ok(Some(file)) => {
+                if self.tls_next.remove(&pid).is_some() {
+                    info!(
+                        "pid {pid} loaded a TLS library: its TLS connections are read in plain text through {}",
+                        file.display()
+                    );
+                } else {
+                    debug!("pid {pid}: TLS connections read in plain text through {}", file.display());
+                }
+                self.stats.tls_followed += 1;
+                return;
+            }
+            Ok(None) => match self.tls_next.get(&pid) {
+                Some((_, step)) => (now + *step, (*step * 2).min(TLS_RECHECK_MAX)),
+                // A library is often loaded just after the process starts (by the dynamic
+                // loader after an exec, by an import): its first listen or connection looks.
+                None => (now, TLS_RECHECK_FIRST),
+            },
+            Err(why) => {
+                self.not_followed(format!("pid {pid}: TLS connections stay unread: {why}"));
+                self.stats.tls_not_followed += 1;
+                (now + TLS_RECHECK_FAILED, TLS_RECHECK_FAILED)
+            }
+        };
+        if self.tls_next.len() < TLS_PENDING_MAX || self.tls_next.contains_key(&pid) {
+            self.tls_next.insert(pid, (due, step));
+        }
+    }
+
+    /// `pid` listened or opened a connection: its TLS library is looked for again if it is due.
+    fn recheck_tls(&mut self, pid: u32) {
+        match self.tls_next.get(&pid) {
+            Some((due, _)) if std::time::Instant::now() >= *due => self.check_tls(pid),
+            // A process forked from a followed one: probes are per process.
+            None if !self.capture.follows_tls(pid) && self.tls_next.len() < TLS_PENDING_MAX => {
+                self.check_tls(pid)
+            }
+            _ => {}
+        }
     }
 
     /// Whether a change to the kernel's selection array was made. A pid beyond the array (pid_max

@@ -92,6 +92,8 @@ fn syscall_name(s: u8) -> &'static str {
         Ok(Syscall::Recvmsg) => "recvmsg",
         Ok(Syscall::Sendmsg) => "sendmsg",
         Ok(Syscall::Sendfile) => "sendfile",
+        Ok(Syscall::SslRead) => "SSL_read",
+        Ok(Syscall::SslWrite) => "SSL_write",
         Ok(Syscall::Accept) => "accept",
         Ok(Syscall::Accept4) => "accept4",
         Ok(Syscall::Connect) => "connect",

@@ -346,6 +346,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "go_not_followed": session.stats().go_not_followed,
             "nginx_followed": session.stats().nginx_followed,
             "nginx_not_followed": session.stats().nginx_not_followed,
+            "tls_followed": session.stats().tls_followed,
+            "tls_not_followed": session.stats().tls_not_followed,
             "own_connections_skipped": own.skipped,
             "pids_beyond_max": session.stats().pids_beyond_max,
         })

@@ -29,8 +29,8 @@ use span::{Kind, Link, SpanRecord, Text, Value};
 use stream::{Meta, Side, Sink, Stream};
 use tracewire_common::{
     CTX_AMBIGUOUS, CTX_GOROUTINE, CTX_NONE, CTX_ROOT, CTX_TCP, CTX_THREAD, CTX_UPSTREAM, ConnEvent, ConnId,
-    DATA_FLAG_AFTER_LOSS, DATA_FLAG_AFTER_SKIP, DIR_INGRESS, DataEvent, EventKind, ROLE_CLIENT, ROLE_SERVER,
-    SockAddr, TraceCtx,
+    DATA_FLAG_AFTER_LOSS, DATA_FLAG_AFTER_SKIP, DATA_FLAG_TLS, DIR_INGRESS, DataEvent, EventKind,
+    ROLE_CLIENT, ROLE_SERVER, SockAddr, TraceCtx,
 };
 
 use crate::{
@@ -59,6 +59,8 @@ pub struct CorrelateStats {
     pub invalid: BTreeMap<&'static str, u64>,
     /// Connections recognised as not HTTP and skipped.
     pub non_http_conns: u64,
+    /// Connections read in plain text through their TLS library.
+    pub tls_conns: u64,
     /// Responses with no request seen (tracing started mid-exchange).
     pub unpaired_responses: u64,
     /// Requests dropped because too many waited for responses on one connection.
@@ -110,9 +112,10 @@ impl CorrelateStats {
     }
 
     /// The scalar counters by name, as the summary and the metrics page report them.
-    pub fn counts(&self) -> [(&'static str, u64); 16] {
+    pub fn counts(&self) -> [(&'static str, u64); 17] {
         [
             ("non_http_conns", self.non_http_conns),
+            ("tls_conns", self.tls_conns),
             ("unpaired_responses", self.unpaired_responses),
             ("no_response", self.no_response),
             ("pending_overflow", self.pending_overflow),
@@ -185,11 +188,13 @@ struct Info {
     peer_ip: Option<std::sync::Arc<str>>,
     /// Same-node pairing key.
     pair: Option<PairKey>,
+    /// Its bytes come from a TLS library in plain text (`https`).
+    tls: bool,
 }
 
 impl Info {
     fn new(id: ConnId, role: u8, local: &SockAddr, remote: &SockAddr, text: &mut IpText) -> Info {
-        let mut info = Info { id, role, local: None, remote: None, peer_ip: None, pair: None };
+        let mut info = Info { id, role, local: None, remote: None, peer_ip: None, pair: None, tls: false };
         info.set_addrs(local, remote, text);
         info
     }
@@ -702,6 +707,7 @@ fn build_span(
         route::Named::None => base.into(),
     };
     let (local, remote) = (info.local, info.remote);
+    let default_port = if info.tls { 443 } else { 80 };
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
     attrs.push(("http.request.method", Value::Str(method.into())));
     if method == "_OTHER" {
@@ -717,7 +723,7 @@ fn build_span(
     // A server span needs the Host header for nothing else: its string becomes the attribute.
     let host = if kind == Kind::Server { p.head.host.take() } else { p.head.host.clone() };
     let (server_address, server_port) = match host {
-        Some(h) => host_port(h, 80),
+        Some(h) => host_port(h, default_port),
         None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
     };
     if !server_address.is_empty() {
@@ -740,7 +746,7 @@ fn build_span(
                 path.to_string()
             };
             attrs.push(("url.path", Value::Str(path.into())));
-            attrs.push(("url.scheme", Value::Str("http".into())));
+            attrs.push(("url.scheme", Value::Str(if info.tls { "https" } else { "http" }.into())));
             if let Some(q) = &query {
                 attrs.push(("url.query", Value::Str(q.clone().into())));
             }
@@ -754,7 +760,7 @@ fn build_span(
         }
         Kind::Client => {
             let authority = p.head.host.clone().unwrap_or_else(|| match remote {
-                Some(a) if a.port() == 80 => a.ip().to_string(),
+                Some(a) if a.port() == default_port => a.ip().to_string(),
                 Some(a) => a.to_string(),
                 None => String::new(),
             });
@@ -762,7 +768,8 @@ fn build_span(
                 let (abs_path, _) = http1::split_target(&p.head.target);
                 abs_path.to_string()
             } else {
-                format!("http://{authority}{path}")
+                let scheme = if info.tls { "https" } else { "http" };
+                format!("{scheme}://{authority}{path}")
             };
             let full = match &query {
                 Some(q) => format!("{full}?{q}"),
@@ -1035,6 +1042,22 @@ impl Correlator {
         let start_ns = if ingress { end_ns } else { self.clock.wall_ns(d.enter_ns) };
         let meta = Meta { start_ns, tid: d.header.pid_tgid as u32, thread_ctx: d.thread_ctx, kctx: d.ctx };
         let gap = u64::from(d.len.saturating_sub(d.captured));
+        if d.flags & DATA_FLAG_TLS != 0 && !conn.info.tls {
+            conn.info.tls = true;
+            self.shared.stats.tls_conns += 1;
+            match conn.pg.as_mut() {
+                // PostgreSQL asks for encryption in plain text; the startup message follows in
+                // the session, read now from the library.
+                Some(pg) => pg.decrypted(),
+                // Anything seen before was ciphertext (the connection began before its process's
+                // library was probed): the plain text starts afresh.
+                None => {
+                    conn.req = Stream::new(Side::Request);
+                    conn.resp = Stream::new(Side::Response);
+                    conn.book = Book::default();
+                }
+            }
+        }
         // A client's write may show PostgreSQL: before HTTP gave up on the connection, or after
         // (a connection open before tracing began may first be seen mid-result).
         if conn.pg.is_none()

@@ -172,6 +172,11 @@ impl Session {
         self.st.encrypted
     }
 
+    /// The encrypted connection is read in plain text from here on (its TLS library is probed).
+    pub(super) fn decrypted(&mut self) {
+        self.st.encrypted = false;
+    }
+
     /// The client wrote (`data` captured, then `gap` bytes not).
     pub(super) fn write(&mut self, data: &[u8], gap: u64, meta: Meta, sink: &mut ConnSink<'_>) {
         let Session { tx, rx, st } = self;

@@ -293,6 +293,9 @@ fn golden_recordings() -> std::io::Result<()> {
         if stats.pg.conns != 0 {
             let _ = writeln!(actual, "# postgres: {:?}", stats.pg);
         }
+        if stats.tls_conns != 0 {
+            let _ = writeln!(actual, "# tls: conns={}", stats.tls_conns);
+        }
         c.close_all();
         assert!(c.shared.serving.is_empty(), "{}: in-flight lists after every close", events.display());
         let expected_path = events.with_extension("spans");

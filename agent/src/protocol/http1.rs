@@ -366,6 +366,53 @@ const SENSITIVE_PARAMS: &[&str] = &[
     "jwt",
 ];
 
+/// Words that make a query parameter sensitive wherever they appear in its name
+/// (`card_token`, `userPassword`, `x-api-key`, `session.id`).
+const SENSITIVE_WORDS: &[&str] = &[
+    "token",
+    "secret",
+    "password",
+    "passwd",
+    "pwd",
+    "auth",
+    "authorization",
+    "signature",
+    "sig",
+    "credential",
+    "credentials",
+    "session",
+    "sessionid",
+    "jwt",
+    "apikey",
+    "key",
+];
+
+/// Whether a query parameter's value is redacted: its name is a known credential parameter, or
+/// one of its words (split at `_`, `-`, `.` and lower-to-upper case changes) is a
+/// [`SENSITIVE_WORDS`] entry.
+fn sensitive_param(name: &str) -> bool {
+    if SENSITIVE_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(name)) {
+        return true;
+    }
+    let b = name.as_bytes();
+    let mut start = 0;
+    for i in 0..=b.len() {
+        let boundary = i == b.len()
+            || matches!(b[i], b'_' | b'-' | b'.')
+            || (i > 0 && b[i].is_ascii_uppercase() && b[i - 1].is_ascii_lowercase());
+        if !boundary {
+            continue;
+        }
+        // Boundaries are ASCII bytes: char boundaries.
+        let word = &name[start..i];
+        if !word.is_empty() && SENSITIVE_WORDS.iter().any(|w| w.eq_ignore_ascii_case(word)) {
+            return true;
+        }
+        start = if i < b.len() && b[i].is_ascii_uppercase() { i } else { i + 1 };
+    }
+    false
+}
+
 /// Splits a target into (path, query) and redacts sensitive query values.
 pub fn split_target(target: &str) -> (&str, Option<String>) {
     // '?' is ASCII: its byte index is a char boundary.
@@ -376,7 +423,7 @@ pub fn split_target(target: &str) -> (&str, Option<String>) {
     let query = query.map(|q| {
         q.split('&')
             .map(|pair| match pair.split_once('=') {
-                Some((k, _)) if SENSITIVE_PARAMS.iter().any(|s| s.eq_ignore_ascii_case(k)) => {
+                Some((k, _)) if sensitive_param(k) => {
                     format!("{k}=REDACTED")
                 }
                 _ => pair.to_string(),
@@ -533,6 +580,17 @@ mod tests {
             ("/p", Some("a=1&token=REDACTED&SIG=REDACTED".to_string()))
         );
         assert_eq!(split_target("/p"), ("/p", None));
+        // A credential word anywhere in the name.
+        assert_eq!(
+            split_target("/p?card_token=1&userPassword=2&x-api-key=3&session.id=4&monkey=5&sort=6&keyboard=7"),
+            (
+                "/p",
+                Some(
+                    "card_token=REDACTED&userPassword=REDACTED&x-api-key=REDACTED&session.id=REDACTED&monkey=5&sort=6&keyboard=7"
+                        .to_string()
+                )
+            )
+        );
         assert_eq!(split_target("/p?"), ("/p", Some(String::new())));
         assert_eq!(split_target("/é?q=ü?"), ("/é", Some("q=ü?".to_string())));
     }

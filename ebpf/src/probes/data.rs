@@ -33,8 +33,9 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
     DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
-    DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST, GAP_OPEN_LOST,
-    GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx, fd_key,
+    DATA_FLAG_TLS, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST,
+    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx,
+    WATCH_TLS, fd_key,
 };
 
 use super::{
@@ -43,8 +44,8 @@ use super::{
     golang::{goroutine_reg, serving},
 };
 use crate::{
-    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX},
-    util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, zeroed},
+    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX, TLS_CALLS},
+    util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, watch_bits, zeroed},
 };
 
 const HDR: usize = core::mem::size_of::<DataEvent>();
@@ -53,7 +54,7 @@ const HDR: usize = core::mem::size_of::<DataEvent>();
 /// catches reused fds and opens accepted ones), or by fd alone (the syscall hooks, a send's
 /// exit). An entry its socket's close left dead (generation 0) is no connection.
 #[inline(always)]
-fn conn_of(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
+pub(crate) fn conn_of(id: u64, fd: u32, sk: u64) -> Option<*mut ConnState> {
     if sk != 0 {
         return conn_of_socket(id, fd, sk);
     }
@@ -148,7 +149,7 @@ fn exit(id: u64, call: ActiveCall, r: i64, direction: u8, layout: Layout, sk: u6
     let Some(conn_ptr) = conn_of(id, call.fd, sk) else {
         return; // not a connection (or closed by another thread meanwhile)
     };
-    report(id, call, r as u64, direction, layout, sk, conn_ptr, g);
+    report(id, call, r as u64, direction, layout, sk, conn_ptr, g, Source::Socket);
 }
 
 /// A call on `fd` that moved no bytes (end of stream, reset) may be the one its socket closed in.
@@ -158,6 +159,67 @@ fn closed_without_bytes(id: u64, fd: u32) {
     if let Some(p) = CONNS.get_ptr_mut(key) {
         end_if_closing(id, key, p);
     }
+}
+
+/// Where a reported call's bytes come from.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Source {
+    /// A socket call, which may carry a TLS connection's ciphertext.
+    Socket,
+    /// A socket call already found to carry plaintext.
+    SocketChecked,
+    /// A TLS library call's plaintext (see `tls`).
+    Tls,
+}
+
+/// Whether a socket call on `conn` carries ciphertext: the connection is TLS, or the call is
+/// made inside a TLS library call of a process whose library is probed (which names the
+/// library call's socket). Such calls are counted and not reported.
+#[inline(always)]
+fn ciphertext(id: u64, fd: u32, conn: &mut ConnState) -> bool {
+    if watch_bits((id >> 32) as u32) & WATCH_TLS != 0
+        && let Some(call) = TLS_CALLS.get_ptr_mut(&id)
+    {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe { (*call).fd = fd };
+        conn.tls = 1;
+    }
+    if conn.tls == 0 {
+        return false;
+    }
+    count(Counter::TlsCiphertext);
+    true
+}
+
+/// Reports the plaintext a TLS library call moved on `fd` (see `tls`).
+#[inline(always)]
+pub(crate) fn report_tls(id: u64, fd: u32, buf: u64, moved: u64, direction: u8) {
+    let Some(conn_ptr) = conn_of(id, fd, 0) else {
+        count(Counter::TlsNoConn);
+        return;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let conn = unsafe { &mut *conn_ptr };
+    conn.tls = 1;
+    // A client's request turn began when its first ciphertext left (`tcp_sendmsg_locked`, or
+    // the syscall hooks' entry), which minted its context; the socket hooks also noted when.
+    let mut enter_ns = 0;
+    if direction == DIR_EGRESS && conn.role == ROLE_CLIENT {
+        enter_ns = conn.send_ns;
+        conn.send_ns = 0;
+    }
+    let call = ActiveCall {
+        ptr: buf,
+        enter_ns,
+        fd,
+        count: 0,
+        syscall: if direction == DIR_EGRESS { Syscall::SslWrite } else { Syscall::SslRead } as u8,
+        is_tcp: 1,
+        _pad: [0; 6],
+        addr: zeroed(),
+        local: zeroed(),
+    };
+    report(id, call, moved, direction, Layout::Flat, 0, conn_ptr, 0, Source::Tls);
 }
 
 /// Reports the `moved` bytes of a call on connection `conn_ptr`.
@@ -172,6 +234,7 @@ fn report(
     sk: u64,
     conn_ptr: *mut ConnState,
     g: u64,
+    source: Source,
 ) {
     let tgid = (id >> 32) as u32;
     // SAFETY: map value pointer, valid for this run.
@@ -182,6 +245,9 @@ fn report(
     }
     if conn.gap & GAP_OPEN_LOST != 0 {
         reopen(id, call.fd, conn);
+    }
+    if source == Source::Socket && ciphertext(id, call.fd, conn) {
+        return;
     }
     let cfg = config();
     // SAFETY: helper without arguments.
@@ -242,7 +308,7 @@ fn report(
         cap = MAX_PAYLOAD as u64;
     }
     let want = if moved < cap { moved } else { cap };
-    let mut flags: u16 = 0;
+    let mut flags: u16 = if source == Source::Tls { DATA_FLAG_TLS } else { 0 };
     let at = buf.as_mut_ptr() as *mut DataEvent;
     // The size is compared as read back from map memory, which the verifier does not track:
     // comparing `moved` itself would split every way through the copy below in two.
@@ -907,9 +973,14 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
     if conn.generation == 0 || conn.skaddr != sk {
         return 0;
     }
+    let r: i32 = ctx.arg(1);
+    // A TLS connection's request has not been reported yet: its send start stays for the
+    // plaintext (see `tls`).
+    if r > 0 && ciphertext(id, fd as u32, conn) {
+        return 0;
+    }
     let enter_ns = conn.send_ns;
     conn.send_ns = 0;
-    let r: i32 = ctx.arg(1);
     if r <= 0 {
         count(Counter::DataNoBytes);
         // A call that would block ran no socket state change.
@@ -918,7 +989,8 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
         }
         return 0;
     }
-    report(id, call_of(&c, [fd, ptr, cnt], enter_ns), r as u64, DIR_EGRESS, c.layout, 0, conn_ptr, g);
+    let call = call_of(&c, [fd, ptr, cnt], enter_ns);
+    report(id, call, r as u64, DIR_EGRESS, c.layout, 0, conn_ptr, g, Source::SocketChecked);
     0
 }
 

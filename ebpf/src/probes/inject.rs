@@ -54,7 +54,8 @@ fn inject(ctx: &SkMsgContext) {
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
-    if state.role != ROLE_CLIENT || state.skaddr != sk || state.generation == 0 {
+    // A TLS connection's bytes are ciphertext: nothing to insert into.
+    if state.role != ROLE_CLIENT || state.skaddr != sk || state.generation == 0 || state.tls != 0 {
         return;
     }
     let id = bpf_get_current_pid_tgid();
