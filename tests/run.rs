@@ -1407,6 +1407,7 @@ fn tls_hop((cert, key): &(String, String), next: Option<&str>, wait: bool) -> Pe
     let mut cmd = Command::new("python3");
     cmd.arg(repo().join("tests/peers/hop.py")).args(["127.0.0.1", &free_port().to_string()]);
     cmd.args(next).env("HOP_TLS_CERT", cert).env("HOP_TLS_KEY", key).env("HOP_TLS_CA", cert);
+    cmd.env("OTEL_SERVICE_NAME", "tls-hop");
     if wait {
         cmd.env("HOP_WAIT", "1");
     }
@@ -1513,4 +1514,67 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
     assert_eq!(summary["kernel"]["tls_calls_full"], 0, "{summary}");
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
+}
+
+#[test]
+fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls_files(dir.path());
+    let mut leaf = tls_hop(&files, None, false);
+    let leaf_port = port_of(&mut leaf);
+    let port = free_port();
+    let (cert, key) = &files;
+    let conf = nginx_conf_with(
+        dir.path(),
+        &format!("upstream leaf {{ server 127.0.0.1:{leaf_port}; keepalive 8; }}"),
+        &format!("127.0.0.1:{port} ssl"),
+        false,
+        &format!(
+            "ssl_certificate {cert}; ssl_certificate_key {key}; location / {{ proxy_pass https://leaf; \
+             proxy_http_version 1.1; proxy_set_header Connection \"\"; proxy_ssl_verify off; }}"
+        ),
+    );
+    let nginx = Peer::spawn(Command::new("nginx").arg("-c").arg(&conf).arg("-e").arg("stderr"));
+    wait_listening(port, "nginx");
+    let rx = Receiver::start(vec![]);
+    let agent =
+        RunAgent::start(&rx.endpoint(), &["--pid", &nginx.pid().to_string(), "--pid", &leaf.pid().to_string()]);
+    let ids: Vec<String> = (0..6).map(|i| format!("ngtls{i}")).collect();
+    for id in &ids {
+        curl(&format!("https://localhost:{port}/hop/{id}"), &["--cacert", cert]);
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    type Span = opentelemetry_proto::tonic::trace::v1::Span;
+    let of = |svc: &str, kind: i32| -> std::collections::HashMap<String, &Span> {
+        spans
+            .iter()
+            .filter(|(v, s)| v == svc && s.kind == kind)
+            .filter_map(|(_, s)| Some((rid(s)?, s)))
+            .collect()
+    };
+    let (servers, clients, leaves) = (of("nginx", 2), of("nginx", 3), of("tls-hop", 2));
+    let names: Vec<String> = spans.iter().map(|(v, s)| format!("{v} {} {}", s.kind, s.name)).collect();
+    assert_eq!(
+        (servers.len(), clients.len(), leaves.len()),
+        (ids.len(), ids.len(), ids.len()),
+        "{names:#?}\n{summary}"
+    );
+    for id in &ids {
+        let (server, client, leaf) = (servers[id], clients[id], leaves[id]);
+        assert_eq!(attr_str(server, "url.scheme").as_deref(), Some("https"), "{id}");
+        assert_eq!(attr_str(leaf, "url.scheme").as_deref(), Some("https"), "{id}");
+        assert!(attr_str(client, "url.full").is_some_and(|u| u.starts_with("https://")), "{id}");
+        // nginx's worker serves many requests on one thread: the upstream probes tie the call to
+        // its request, and the leaf joins through the TCP option under TLS.
+        assert_eq!(client.parent_span_id, server.span_id, "{id}: {summary}");
+        assert_eq!(leaf.parent_span_id, client.span_id, "{id}: {summary}");
+        assert_eq!(leaf.trace_id, server.trace_id, "{id}");
+    }
+    // The master, its worker (probed on its own: probes are per process) and the leaf.
+    assert_eq!(summary["tls_followed"], 3, "{summary}");
+    assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
 }
