@@ -1539,8 +1539,10 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
     let nginx = Peer::spawn(Command::new("nginx").arg("-c").arg(&conf).arg("-e").arg("stderr"));
     wait_listening(port, "nginx");
     let rx = Receiver::start(vec![]);
-    let agent =
-        RunAgent::start(&rx.endpoint(), &["--pid", &nginx.pid().to_string(), "--pid", &leaf.pid().to_string()]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &nginx.pid().to_string(), "--pid", &leaf.pid().to_string()],
+    );
     let ids: Vec<String> = (0..6).map(|i| format!("ngtls{i}")).collect();
     for id in &ids {
         curl(&format!("https://localhost:{port}/hop/{id}"), &["--cacert", cert]);

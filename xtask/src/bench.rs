@@ -232,6 +232,8 @@ struct Nginx {
     _guard: Guard,
     pid: u32,
     port: u16,
+    /// The same `return 200` over HTTPS (R20).
+    tls_port: u16,
     dir: PathBuf,
 }
 
@@ -239,7 +241,20 @@ fn start_nginx() -> Result<Nginx> {
     let dir = root().join("target/bench/nginx");
     fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let tls_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let d = dir.display();
+    // R20's certificate: self-signed, made by the openssl command `cargo xtask setup` installs.
+    let cert = Command::new("openssl")
+        .args(["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=localhost"])
+        .arg("-keyout")
+        .arg(dir.join("key.pem"))
+        .arg("-out")
+        .arg(dir.join("cert.pem"))
+        .output()
+        .context("running openssl req")?;
+    if !cert.status.success() {
+        bail!("openssl req: {}", String::from_utf8_lossy(&cert.stderr));
+    }
     fs::write(
         dir.join("nginx.conf"),
         format!(
@@ -248,7 +263,9 @@ fn start_nginx() -> Result<Nginx> {
              http {{ access_log off; keepalive_requests 10000000; client_body_temp_path {d}; proxy_temp_path {d};\n\
              fastcgi_temp_path {d}; uwsgi_temp_path {d}; scgi_temp_path {d};\n\
              server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }}\n\
-             location /files/ {{ sendfile off; root {d}; }} }} }}\n"
+             location /files/ {{ sendfile off; root {d}; }} }}\n\
+             server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
+             location / {{ return 200 \"ok\\n\"; }} }} }}\n"
         ),
     )?;
     // R15's files: nginx without sendfile writes each as head and body in one writev (a 64 KiB
@@ -271,7 +288,7 @@ fn start_nginx() -> Result<Nginx> {
         }
         std::thread::yield_now();
     }
-    Ok(Nginx { _guard: Guard(child), pid, port, dir })
+    Ok(Nginx { _guard: Guard(child), pid, port, tls_port, dir })
 }
 
 /// A Go net/http service (tests/peers/hop.go): answers `ok`, or first calls `next` over pooled
@@ -333,10 +350,15 @@ fn wrk_path(port: u16, path: &str, secs: u64) -> Result<(u64, f64)> {
 
 /// wrk's totals for requests of `path`, with `extra` arguments.
 fn wrk_args(port: u16, path: &str, secs: u64, extra: &[&str]) -> Result<(u64, f64)> {
+    wrk_url(&format!("http://127.0.0.1:{port}{path}"), secs, extra)
+}
+
+/// wrk's totals for requests of `url`, with `extra` arguments.
+fn wrk_url(url: &str, secs: u64, extra: &[&str]) -> Result<(u64, f64)> {
     let out = Command::new("wrk")
         .args(["-t", "1", "-c", "8", "-d", &format!("{secs}s")])
         .args(extra)
-        .arg(format!("http://127.0.0.1:{port}{path}"))
+        .arg(url)
         .output()
         .context("running wrk")?;
     let text = String::from_utf8_lossy(&out.stdout);
@@ -534,6 +556,54 @@ fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
         transactions,
         spans,
         agent_cpu_per_m: (cpu1 - cpu0) / transactions.max(1) as f64 * 1e6,
+    })
+}
+
+/// R20: what reading TLS costs an HTTPS server.
+struct TlsCost {
+    /// wrk's requests per second: without, with, without the agent (exporting).
+    rps: [f64; 3],
+    requests: u64,
+    spans: u64,
+    /// Agent CPU-s (user+sys) per million requests, in the run with the agent.
+    agent_cpu_per_m: f64,
+    /// BPF ns per request net of bpf_stats' own cost, and program runs per request (the uprobe
+    /// traps themselves are not in it: they show in the throughput).
+    bpf_ns: f64,
+    runs: f64,
+}
+
+/// R20 against nginx's HTTPS server (keep-alive connections: one handshake each): A/B/A with
+/// the agent watching nginx (its libssl probed), then a run with bpf_stats on.
+fn tls_cost(tracewire: &Path, nginx: &Nginx, args: &[&str], secs: u64, empty_run_ns: f64) -> Result<TlsCost> {
+    let url = format!("https://127.0.0.1:{}/", nginx.tls_port);
+    let (_, base1) = wrk_url(&url, secs, &[])?;
+    let (mut agent, lines) = start_agent(tracewire, args)?;
+    let agent_pid = agent.0.id();
+    let cpu0 = cpu_seconds(agent_pid);
+    let measured = wrk_url(&url, secs, &[]);
+    let cpu = cpu_seconds(agent_pid) - cpu0;
+    stop(&mut agent);
+    let (requests, with) = measured?;
+    let summary = summary_of(&lines);
+    let spans = summary["spans"].as_u64().unwrap_or(0);
+    let (_, base2) = wrk_url(&url, secs, &[])?;
+    let (mut agent, _) = start_agent(tracewire, args)?;
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
+    let before = bpf_stats();
+    let stats = wrk_url(&url, secs, &[]);
+    let after = bpf_stats();
+    let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
+    stop(&mut agent);
+    let run = StatsRun { before, after, requests: stats?.0 };
+    let (bpf_ns, runs) = run.per_request(empty_run_ns);
+    Ok(TlsCost {
+        rps: [base1, with, base2],
+        requests,
+        spans,
+        agent_cpu_per_m: cpu / requests.max(1) as f64 * 1e6,
+        bpf_ns,
+        runs,
     })
 }
 
@@ -1045,6 +1115,13 @@ pub fn bench(quick: bool) -> Result<()> {
         db_cost.tps[0], db_cost.tps[1], db_cost.tps[2]
     );
 
+    // R20: an HTTPS server, its plain text read through its TLS library.
+    let tls = tls_cost(&tracewire, &nginx, &exporting, secs, calibration.empty_run_ns)?;
+    println!(
+        "bench: nginx HTTPS: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs)",
+        tls.rps[0], tls.rps[1], tls.rps[2], tls.bpf_ns, tls.runs
+    );
+
     // R15: what a response's size costs. The same programs, nginx's 4 and 64 KiB files (head
     // and body in one writev) and a Go server's 4 KiB body (written with its head, flat).
     let mut sizes = Vec::new();
@@ -1477,6 +1554,31 @@ pub fn bench(quick: bool) -> Result<()> {
                     db_cost.spans,
                     db_cost.transactions,
                     db_cost.agent_cpu_per_m
+                ),
+            )
+        },
+        {
+            let base = (tls.rps[0] + tls.rps[2]) / 2.0;
+            row(
+                "R20",
+                "HTTPS server: requests/s with ÷ without (nginx, OpenSSL)",
+                tls.rps[1] / base.max(1.0),
+                "1 span/req",
+                // As for R8: wrk does not count the requests in flight when it stops.
+                tls.spans >= tls.requests && tls.spans <= tls.requests + 8,
+                &format!(
+                    "nginx return-200 over TLS 1.3 (keep-alive, one handshake per connection), wrk -t1 -c8 \
+                     -d{secs}s, the agent reading nginx's libssl (uprobes on the functions SSL_read and SSL_write \
+                     call, and their returns), exporting: {:.0} vs {:.0}/{:.0} req/s; {} spans for {} requests; agent \
+                     {:.2} CPU-s per M requests; BPF {:.0} ns per request ({:.1} program runs) besides the uprobe traps",
+                    tls.rps[1],
+                    tls.rps[0],
+                    tls.rps[2],
+                    tls.spans,
+                    tls.requests,
+                    tls.agent_cpu_per_m,
+                    tls.bpf_ns,
+                    tls.runs
                 ),
             )
         },

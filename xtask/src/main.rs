@@ -90,6 +90,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     // A real PostgreSQL server and pgbench, for the database client spans.
     ("/usr/lib/postgresql/15/bin/postgres", "postgresql-15"),
     ("pg_isready", "postgresql-client-15"),
+    // Certificates for the HTTPS benchmark.
+    ("openssl", "openssl"),
 ];
 
 /// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), and psycopg2
