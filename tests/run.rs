@@ -877,6 +877,15 @@ fn rid(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<String> {
     p.split("/hop/").nth(1).map(str::to_string)
 }
 
+/// `svc`'s spans of `kind`, by their request id ([`rid`]).
+fn by_rid<'a>(
+    spans: &'a [(String, opentelemetry_proto::tonic::trace::v1::Span)],
+    svc: &str,
+    kind: i32,
+) -> std::collections::HashMap<String, &'a opentelemetry_proto::tonic::trace::v1::Span> {
+    spans.iter().filter(|(v, s)| v == svc && s.kind == kind).filter_map(|(_, s)| Some((rid(s)?, s))).collect()
+}
+
 /// A Go service (net/http, goroutines on any thread) whose handler calls a leaf once itself and
 /// twice from goroutines it starts, over pooled keep-alive connections, under 16 concurrent
 /// clients: every call is the child of the request that made it, and none is left unlinked.
@@ -1017,14 +1026,7 @@ fn nginx_upstream_requests_are_children_of_their_client_request() {
     let ids = drive_load(&format!("http://127.0.0.1:{port}/hop/"), "n", 16, 8);
     let summary = agent.stop();
     let spans = rx.spans();
-    type Span = opentelemetry_proto::tonic::trace::v1::Span;
-    let of = |svc: &str, kind: i32| -> std::collections::HashMap<String, &Span> {
-        spans
-            .iter()
-            .filter(|(v, s)| v == svc && s.kind == kind)
-            .filter_map(|(_, s)| Some((rid(s)?, s)))
-            .collect()
-    };
+    let of = |svc: &str, kind: i32| by_rid(&spans, svc, kind);
     let (servers, clients, leaves) = (of("nginx", 2), of("nginx", 3), of("go-leaf", 2));
     assert_eq!((servers.len(), clients.len(), leaves.len()), (ids.len(), ids.len(), ids.len()), "{summary}");
     for id in &ids {
@@ -1549,14 +1551,7 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
     }
     let summary = agent.stop();
     let spans = rx.spans();
-    type Span = opentelemetry_proto::tonic::trace::v1::Span;
-    let of = |svc: &str, kind: i32| -> std::collections::HashMap<String, &Span> {
-        spans
-            .iter()
-            .filter(|(v, s)| v == svc && s.kind == kind)
-            .filter_map(|(_, s)| Some((rid(s)?, s)))
-            .collect()
-    };
+    let of = |svc: &str, kind: i32| by_rid(&spans, svc, kind);
     let (servers, clients, leaves) = (of("nginx", 2), of("nginx", 3), of("tls-hop", 2));
     let names: Vec<String> = spans.iter().map(|(v, s)| format!("{v} {} {}", s.kind, s.name)).collect();
     assert_eq!(

@@ -196,10 +196,11 @@ pub const WATCH_GO: u8 = 4;
 /// when one opens, by the agent for those found in /proc). Only a client's send needs the send
 /// hook's work at its start; a process that only serves skips it.
 pub const WATCH_CLIENTS: u8 = 8;
-/// [`maps::WATCHED`] value bit: the agent put uprobes on the process's TLS library (OpenSSL's
-/// `SSL_read`/`SSL_write`...). The socket hooks then check whether a call on a connection is
-/// made inside one (its bytes are ciphertext, and the plaintext is reported from the library's
-/// return instead); other processes never look.
+/// [`maps::WATCHED`] value bit: the process called into its TLS library, whose functions
+/// (OpenSSL's `SSL_read`/`SSL_write`...) the agent probes; set by the kernel at the first call.
+/// The socket hooks then check whether a call on a connection is made inside one (its bytes are
+/// ciphertext, and the plaintext is reported from the library's return instead); other
+/// processes never look.
 pub const WATCH_TLS: u8 = 16;
 
 /// TLS sessions (`SSL *`) whose socket is remembered at once, over all processes.

@@ -98,6 +98,17 @@ pub fn set_clients(tgid: u32) {
     }
 }
 
+/// Records that `tgid` made a call into its probed TLS library (once: the bit is checked first).
+/// Set by the library's first call rather than when the probes are placed: a process that maps
+/// the library and never calls it (nginx serving plain HTTP) keeps the socket hooks' TLS check
+/// to a bit test.
+#[inline(always)]
+pub fn set_tls(tgid: u32) {
+    if watch_bits(tgid) & WATCH_TLS == 0 {
+        set_bits(tgid, WATCH_TLS);
+    }
+}
+
 /// `tgid`'s byte in [`WATCHED`] (eight processes to a value; byte k of a little- or big-endian
 /// value is at address + k either way, and userspace indexes the mapped bytes by tgid).
 #[inline(always)]

@@ -732,8 +732,8 @@ impl Capture {
                     }
                 }
             }
+            // The kernel marks the process (WATCH_TLS) at its first call into the library.
             self.followed.tls_links.insert(tgid, links);
-            self.watched.set(tgid, WATCH_TLS).map_err(|e| e.to_string())?;
             return Ok(Some(file));
         }
         failed.map_or(Ok(None), Err)

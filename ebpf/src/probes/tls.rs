@@ -3,11 +3,13 @@
 //!
 //! A TLS connection's socket calls carry ciphertext. The agent puts uprobes on `SSL_read`,
 //! `SSL_write`, their `_ex` forms and `SSL_do_handshake` in the selected processes that map the
-//! library, and marks them ([`WATCH_TLS`]). An entry probe remembers the call (session, buffer)
-//! for its thread; a socket call made inside it names the connection (the socket hooks see the
-//! fd in the registers) and marks the connection TLS: its socket calls are not reported from
-//! then on. The return probe reports the plaintext as the connection's data, through the same
-//! path socket calls take (turns, trace context, body counting), flagged [`DATA_FLAG_TLS`].
+//! library (or on the internal functions `SSL_read_ex`/`SSL_write_ex` call, see the agent's
+//! `runtime`); a process's first call into it marks the process ([`WATCH_TLS`]). An entry probe
+//! remembers the call (session, buffer) for its thread; a socket call made inside it names the
+//! connection (the socket hooks see the fd in the registers) and marks the connection TLS: its
+//! socket calls are not reported from then on. The return probe reports the plaintext as the
+//! connection's data, through the same path socket calls take (turns, trace context, body
+//! counting), flagged [`DATA_FLAG_TLS`].
 //!
 //! A session's socket is remembered ([`TLS_FDS`]) for the calls the library answers from what it
 //! had already read, which make no socket call. A session is named by its first handshake or
@@ -30,16 +32,18 @@ use tracewire_common::{DATA_FLAG_TLS, WATCH_TLS};
 use super::data::{conn_of, report_tls};
 use crate::{
     maps::{TLS_CALLS, TLS_FDS},
-    util::{count, is_watched},
+    util::{count, is_watched, set_tls},
 };
 
 /// Remembers a library call of a selected thread until it returns.
 #[inline(always)]
 fn enter(ctx: &ProbeContext, kind: u8, ex: bool) {
     let id = bpf_get_current_pid_tgid();
-    if !is_watched((id >> 32) as u32) {
+    let tgid = (id >> 32) as u32;
+    if !is_watched(tgid) {
         return;
     }
+    set_tls(tgid);
     let call = TlsCall {
         ssl: ctx.arg(0).unwrap_or(0),
         buf: if kind == TLS_HANDSHAKE { 0 } else { ctx.arg(1).unwrap_or(0) },
