@@ -533,7 +533,7 @@ fn fork_per_connection_server_is_traced_in_the_child_that_serves() {
         return; // the syscall path ties a connection to the process that accepted it
     }
     let mut server = Peer::python("http_server.py", &["127.0.0.1", "fork"]);
-    let port: u16 = server.expect("port ")[5..].trim().parse().expect("port number");
+    let port: u16 = server.port();
     let spid = server.pid();
     let mut agent = Agent::start(&["--pid", &spid.to_string()]);
     for n in [100, 2000] {
@@ -962,7 +962,7 @@ fn cgroup_selection_follows_exec() {
         repo().join("tests/peers/http_server.py").display()
     );
     let mut server = Peer::spawn(Command::new("sh").args(["-c", &script]));
-    let port: u16 = server.expect("port ")[5..].trim().parse().unwrap();
+    let port: u16 = server.port();
     let sizes = curl(&format!("http://127.0.0.1:{port}/"), &[]);
     let pid = server.pid();
     agent.wait_for("close", EVENT_TIMEOUT, |e| e["type"] == "conn_close" && e["pid"] == pid);

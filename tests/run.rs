@@ -117,7 +117,7 @@ fn node_server_spans_over_otlp() {
     let _g = serial();
     require_root();
     let mut server = Peer::spawn(Command::new("node").arg(repo().join("tests/peers/node_server.js")));
-    let port: u16 = server.expect("port ")[5..].trim().parse().unwrap();
+    let port: u16 = server.port();
     check_server(server.pid(), port, "node_server");
 }
 
@@ -711,7 +711,7 @@ fn an_sdk_instrumented_service_and_the_agent_make_one_trace() {
     // The gateway runs the official OpenTelemetry SDK and propagates traceparent itself; the
     // agent traces the two uninstrumented services behind it.
     let mut gw = Peer::python("sdk_gateway.py", &[&rx.url(), &format!("http://127.0.0.1:{mid_port}")]);
-    let gw_port: u16 = gw.expect("port ")[5..].trim().parse().unwrap();
+    let gw_port: u16 = gw.port();
     let agent = RunAgent::start(
         &rx.url(),
         &[
@@ -1297,7 +1297,7 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
     bench(&["-i", "-q", "-s", "1"]);
     // The service connects before tracing starts: its connection is seen mid-stream.
     let mut service = Peer::python("db_server.py", &[&pg.port.to_string(), "app", "shop"]);
-    let port: u16 = service.expect("port ")[5..].trim().parse().unwrap();
+    let port: u16 = service.port();
     // pgbench, from its first connection: a shell the agent watches, which becomes pgbench
     // (an exec keeps a watched process watched) when told to.
     const TRANSACTIONS: usize = 20;
@@ -1416,10 +1416,6 @@ fn tls_hop((cert, key): &(String, String), next: Option<&str>, wait: bool) -> Pe
     Peer::spawn(&mut cmd)
 }
 
-fn port_of(p: &mut Peer) -> u16 {
-    p.expect("port ")[5..].trim().parse().unwrap()
-}
-
 #[test]
 fn tls_connections_are_read_in_plain_text_through_openssl() {
     let _g = serial();
@@ -1427,9 +1423,9 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     let dir = tempfile::tempdir().unwrap();
     let files = tls_files(dir.path());
     let mut leaf = tls_hop(&files, None, false);
-    let leaf_port = port_of(&mut leaf);
+    let leaf_port = leaf.port();
     let mut mid = tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")), false);
-    let mid_port = port_of(&mut mid);
+    let mid_port = mid.port();
     // A service that maps OpenSSL only after the agent started: its library is found when it
     // listens.
     let mut late = tls_hop(&files, None, true);
@@ -1447,7 +1443,7 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
         ],
     );
     late.send("go");
-    let late_port = port_of(&mut late);
+    let late_port = late.port();
     agent.wait_line(&format!("pid {} loaded a TLS library", late.pid()));
     let ids = ["tls1", "tls2", "tls3"];
     for id in ids {
@@ -1525,7 +1521,7 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
     let dir = tempfile::tempdir().unwrap();
     let files = tls_files(dir.path());
     let mut leaf = tls_hop(&files, None, false);
-    let leaf_port = port_of(&mut leaf);
+    let leaf_port = leaf.port();
     let port = free_port();
     let (cert, key) = &files;
     let conf = nginx_conf_with(

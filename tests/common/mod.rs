@@ -249,6 +249,11 @@ impl Peer {
         line
     }
 
+    /// The port the peer printed it listens on (its next line, `port N`).
+    pub fn port(&mut self) -> u16 {
+        self.expect("port ")[5..].trim().parse().expect("port number")
+    }
+
     pub fn send(&mut self, line: &str) {
         let stdin = self.stdin.as_mut().expect("stdin");
         writeln!(stdin, "{line}").expect("write to peer");

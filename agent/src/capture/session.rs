@@ -353,8 +353,7 @@ impl Session {
                     });
                     self.capture.remove_listeners_of(p.pid);
                     self.capture.forget_go(p.pid);
-                    self.capture.forget_tls(p.pid);
-                    self.tls_next.remove(&p.pid);
+                    self.forget_tls(p.pid);
                     self.stats.open_conns = self.open.len() as u64;
                 }
                 _ => {}
@@ -378,8 +377,7 @@ impl Session {
     fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
         // An exec replaced whatever ran before (the kernel cleared its runtime bits).
         self.capture.forget_go(pid);
-        self.capture.forget_tls(pid);
-        self.tls_next.remove(&pid);
+        self.forget_tls(pid);
         self.check_tls(pid);
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if runtime::looks_like_nginx(&exe) {
@@ -414,6 +412,12 @@ impl Session {
             }
         }
         Ok(())
+    }
+
+    /// Forgets `pid`'s TLS probes and when its library was to be looked for (it exited or exec'd).
+    fn forget_tls(&mut self, pid: u32) {
+        self.capture.forget_tls(pid);
+        self.tls_next.remove(&pid);
     }
 
     /// Follows `pid`'s TLS library, if it maps one; if not, looks again at its next listen or

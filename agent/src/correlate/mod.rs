@@ -707,7 +707,7 @@ fn build_span(
         route::Named::None => base.into(),
     };
     let (local, remote) = (info.local, info.remote);
-    let default_port = if info.tls { 443 } else { 80 };
+    let (scheme, default_port) = if info.tls { ("https", 443) } else { ("http", 80) };
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
     attrs.push(("http.request.method", Value::Str(method.into())));
     if method == "_OTHER" {
@@ -746,7 +746,7 @@ fn build_span(
                 path.to_string()
             };
             attrs.push(("url.path", Value::Str(path.into())));
-            attrs.push(("url.scheme", Value::Str(if info.tls { "https" } else { "http" }.into())));
+            attrs.push(("url.scheme", Value::Str(scheme.into())));
             if let Some(q) = &query {
                 attrs.push(("url.query", Value::Str(q.clone().into())));
             }
@@ -768,7 +768,6 @@ fn build_span(
                 let (abs_path, _) = http1::split_target(&p.head.target);
                 abs_path.to_string()
             } else {
-                let scheme = if info.tls { "https" } else { "http" };
                 format!("{scheme}://{authority}{path}")
             };
             let full = match &query {
