@@ -1516,6 +1516,17 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
 
 #[test]
 fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text() {
+    nginx_tls(false);
+}
+
+/// The same with HTTP/2 negotiated (ALPN) between curl and nginx: each request is a stream of
+/// one HTTP/2 connection read in plain text, and nginx still calls its upstream for it.
+#[test]
+fn nginx_serving_http2_over_tls_is_read_in_plain_text() {
+    nginx_tls(true);
+}
+
+fn nginx_tls(h2: bool) {
     let _g = serial();
     require_root();
     let dir = tempfile::tempdir().unwrap();
@@ -1527,7 +1538,7 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
     let conf = nginx_conf_with(
         dir.path(),
         &format!("upstream leaf {{ server 127.0.0.1:{leaf_port}; keepalive 8; }}"),
-        &format!("127.0.0.1:{port} ssl"),
+        &format!("127.0.0.1:{port} ssl{}", if h2 { " http2" } else { "" }),
         false,
         &format!(
             "ssl_certificate {cert}; ssl_certificate_key {key}; location / {{ proxy_pass https://leaf; \
@@ -1542,8 +1553,9 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
         &["--pid", &nginx.pid().to_string(), "--pid", &leaf.pid().to_string()],
     );
     let ids: Vec<String> = (0..6).map(|i| format!("ngtls{i}")).collect();
+    let version = if h2 { "--http2" } else { "--http1.1" };
     for id in &ids {
-        curl(&format!("https://localhost:{port}/hop/{id}"), &["--cacert", cert]);
+        curl(&format!("https://localhost:{port}/hop/{id}"), &["--cacert", cert, version]);
     }
     let summary = agent.stop();
     let spans = rx.spans();
@@ -1558,6 +1570,9 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
     for id in &ids {
         let (server, client, leaf) = (servers[id], clients[id], leaves[id]);
         assert_eq!(attr_str(server, "url.scheme").as_deref(), Some("https"), "{id}");
+        let expected = if h2 { "2" } else { "1.1" };
+        assert_eq!(attr_str(server, "network.protocol.version").as_deref(), Some(expected), "{id}");
+        assert_eq!(attr_int(server, "http.response.status_code"), Some(200), "{id}");
         assert_eq!(attr_str(leaf, "url.scheme").as_deref(), Some("https"), "{id}");
         assert!(attr_str(client, "url.full").is_some_and(|u| u.starts_with("https://")), "{id}");
         // nginx's worker serves many requests on one thread: the upstream probes tie the call to
@@ -1568,6 +1583,188 @@ fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text
     }
     // The master, its worker (probed on its own: probes are per process) and the leaf.
     assert_eq!(summary["tls_followed"], 3, "{summary}");
+    // One HTTP/2 connection per curl, each recognised from its preface and read to its end.
+    let h2_conns = if h2 { ids.len() } else { 0 };
+    assert_eq!(summary["http2"]["conns"], h2_conns, "{summary}");
+    assert_eq!(summary["http2"]["lost"], 0, "{summary}");
     assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
     assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
+}
+
+/// A Node service speaking HTTP/2 in clear text (prior knowledge): `tests/peers/h2hop.js`.
+fn h2_hop(name: &str, next: Option<&str>) -> (Peer, u16) {
+    let mut cmd = Command::new("node");
+    cmd.arg(repo().join("tests/peers/h2hop.js")).args(["127.0.0.1", "0"]);
+    cmd.args(next).env("OTEL_SERVICE_NAME", name);
+    let mut p = Peer::spawn(&mut cmd);
+    let port = p.port();
+    (p, port)
+}
+
+/// curl over cleartext HTTP/2 (prior knowledge): the status code.
+fn curl_h2c(url: &str) -> u16 {
+    let out = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2-prior-knowledge", url])
+        .output()
+        .expect("run curl");
+    let text = String::from_utf8_lossy(&out.stdout).to_string();
+    let (code, version) = text.split_once(' ').unwrap_or_default();
+    assert_eq!(version, "2", "curl {url}: {text}");
+    code.parse().unwrap_or_else(|_| panic!("curl {url}: {text}"))
+}
+
+/// The gRPC status a span carries.
+fn grpc_status(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<i64> {
+    attr_int(s, "rpc.grpc.status_code")
+}
+
+/// HTTP/2 in clear text between unmodified Node services (the core http2 module, one event
+/// loop): curl's requests to a front service, which calls a back one with gRPC-shaped calls on
+/// one session it keeps open. Every stream is a span; the call is the child of the request it
+/// was made for (the event loop serves one at a time here), and the back's span the call's
+/// child through the TCP option, whose contexts the settings exchanged around the first call
+/// leave alone. A failing call carries its gRPC status to both ends.
+#[test]
+fn http2_and_grpc_between_node_services_make_one_trace_per_request() {
+    let _g = serial();
+    require_root();
+    let (back, back_port) = h2_hop("h2-back", None);
+    let (front, front_port) = h2_hop("h2-front", Some(&format!("http://127.0.0.1:{back_port}")));
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &front.pid().to_string(), "--pid", &back.pid().to_string()],
+    );
+    let ids = ["h2a", "h2b", "h2cfail", "h2d"];
+    for id in ids {
+        let code = curl_h2c(&format!("http://127.0.0.1:{front_port}/hop/{id}?token=zz-secret-zz"));
+        assert_eq!(code, if id.contains("fail") { 502 } else { 200 }, "{id}");
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let names: Vec<String> = spans.iter().map(|(v, s)| format!("{v} {} {}", s.kind, s.name)).collect();
+    let servers = by_rid(&spans, "h2-front", 2);
+    let calls: Vec<_> =
+        spans.iter().filter(|(v, s)| v == "h2-front" && s.kind == 3).map(|(_, s)| s).collect();
+    let backs: Vec<_> = spans.iter().filter(|(v, s)| v == "h2-back" && s.kind == 2).map(|(_, s)| s).collect();
+    assert_eq!((servers.len(), calls.len(), backs.len()), (4, 4, 4), "{names:#?}\n{summary}");
+    assert_eq!(spans.len(), 12, "{names:#?}");
+    for id in ids {
+        let failed = id.contains("fail");
+        let server = servers[id];
+        assert_eq!(attr_str(server, "network.protocol.version").as_deref(), Some("2"), "{id}");
+        assert_eq!(attr_str(server, "url.query").as_deref(), Some("token=REDACTED"), "{id}");
+        assert_eq!(
+            attr_int(server, "http.response.status_code"),
+            Some(if failed { 502 } else { 200 }),
+            "{id}"
+        );
+        let call = calls
+            .iter()
+            .find(|c| c.parent_span_id == server.span_id)
+            .unwrap_or_else(|| panic!("{id}: no call under the request: {names:#?}\n{summary}"));
+        let back = backs
+            .iter()
+            .find(|b| b.parent_span_id == call.span_id)
+            .unwrap_or_else(|| panic!("{id}: no back span under the call: {names:#?}\n{summary}"));
+        assert!(server.trace_id == call.trace_id && call.trace_id == back.trace_id, "{id}");
+        let status = if failed { 14 } else { 0 };
+        for s in [call, back] {
+            assert_eq!(s.name, "hop.Hop/Call", "{id}");
+            assert_eq!(attr_str(s, "rpc.system").as_deref(), Some("grpc"), "{id}");
+            assert_eq!(attr_str(s, "rpc.service").as_deref(), Some("hop.Hop"), "{id}");
+            assert_eq!(attr_str(s, "rpc.method").as_deref(), Some("Call"), "{id}");
+            assert_eq!(grpc_status(s), Some(status), "{id}");
+            assert_eq!(attr_str(s, "error.type").as_deref(), failed.then_some("UNAVAILABLE"), "{id}");
+        }
+        assert!(
+            server.start_time_unix_nano <= call.start_time_unix_nano
+                && call.start_time_unix_nano <= back.start_time_unix_nano
+                && back.end_time_unix_nano <= call.end_time_unix_nano
+                && call.end_time_unix_nano <= server.end_time_unix_nano,
+            "{id}: not nested in time"
+        );
+    }
+    // curl's four connections, the front's session to the back (both ends): read whole.
+    assert_eq!(summary["http2"]["conns"], 6, "{summary}");
+    assert_eq!(summary["http2"]["grpc"], 8, "{summary}");
+    assert_eq!(summary["http2"]["lost"], 0, "{summary}");
+    assert_eq!(summary["http"]["kernel_ctx_differs"], 0, "{summary}");
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+}
+
+/// gRPC between services on gRPC's C core (grpcio, Python): a front service's handler calls a
+/// back one on a channel it keeps open. Its writes gather two dozen buffers (frame headers,
+/// header blocks and messages apart), all copied. Every call is a span at both ends with its
+/// gRPC status, and the back's span is the call's child from the very first call of the
+/// channel (the TCP option; the settings exchange does not count as requests).
+#[test]
+fn grpc_calls_between_grpcio_services_are_rpc_spans_with_their_status() {
+    let _g = serial();
+    require_root();
+    let grpc_peer = |name: &str, args: &[&str]| {
+        let mut cmd = Command::new("python3");
+        cmd.arg(repo().join("tests/peers/grpc_peer.py")).args(args).env("OTEL_SERVICE_NAME", name);
+        Peer::spawn(&mut cmd)
+    };
+    let mut back = grpc_peer("grpc-back", &["serve", "0"]);
+    let back_port = back.port();
+    let mut front = grpc_peer("grpc-front", &["serve", "0", &format!("127.0.0.1:{back_port}")]);
+    let front_port = front.port();
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &front.pid().to_string(), "--pid", &back.pid().to_string()],
+    );
+    let ids = ["g1", "g2", "g3fail", "g4"];
+    let out = Command::new("python3")
+        .arg(repo().join("tests/peers/grpc_peer.py"))
+        .args(["call", &format!("127.0.0.1:{front_port}")])
+        .args(ids)
+        .output()
+        .expect("run the gRPC client");
+    let said = String::from_utf8_lossy(&out.stdout).to_string();
+    // The back's UNAVAILABLE fails the front's handler: the caller sees UNKNOWN.
+    assert_eq!(said, "g1 OK\ng2 OK\ng3fail UNKNOWN\ng4 OK\n");
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let names: Vec<String> =
+        spans.iter().map(|(v, s)| format!("{v} {} {} {:?}", s.kind, s.name, grpc_status(s))).collect();
+    let of = |svc: &str, kind: i32| -> Vec<&opentelemetry_proto::tonic::trace::v1::Span> {
+        spans.iter().filter(|(v, s)| v == svc && s.kind == kind).map(|(_, s)| s).collect()
+    };
+    let (served, calls, backs) = (of("grpc-front", 2), of("grpc-front", 3), of("grpc-back", 2));
+    assert_eq!((served.len(), calls.len(), backs.len()), (4, 4, 4), "{names:#?}\n{summary}");
+    let statuses = |v: &[&opentelemetry_proto::tonic::trace::v1::Span]| {
+        let mut s: Vec<i64> = v.iter().filter_map(|s| grpc_status(s)).collect();
+        s.sort_unstable();
+        s
+    };
+    assert_eq!(statuses(&served), [0, 0, 0, 2], "{names:#?}");
+    assert_eq!(statuses(&calls), [0, 0, 0, 14], "{names:#?}");
+    for s in &served {
+        assert_eq!(s.name, "shop.Cart/GetCart");
+        assert_eq!(attr_str(s, "rpc.method").as_deref(), Some("GetCart"));
+        // UNKNOWN is a server error in the semantic conventions.
+        let error = (grpc_status(s) == Some(2)).then_some("UNKNOWN");
+        assert_eq!(attr_str(s, "error.type").as_deref(), error, "{names:#?}");
+    }
+    for call in &calls {
+        assert_eq!(call.name, "shop.Pricing/Quote");
+        assert_eq!(attr_int(call, "server.port"), Some(i64::from(back_port)));
+        let back = backs
+            .iter()
+            .find(|b| b.parent_span_id == call.span_id)
+            .unwrap_or_else(|| panic!("no back span under a call: {names:#?}\n{summary}"));
+        assert_eq!(back.trace_id, call.trace_id);
+        assert_eq!(back.name, "shop.Pricing/Quote");
+        assert_eq!(grpc_status(back), grpc_status(call));
+        let error = (grpc_status(call) == Some(14)).then_some("UNAVAILABLE");
+        assert_eq!(attr_str(call, "error.type").as_deref(), error);
+        assert_eq!(attr_str(back, "error.type").as_deref(), error);
+    }
+    // The caller's connection to the front, the front's channel to the back (both ends).
+    assert_eq!(summary["http2"]["conns"], 3, "{summary}");
+    assert_eq!(summary["http2"]["lost"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["truncated"], 0, "{summary}");
 }

@@ -74,7 +74,7 @@ pub const DEFAULT_PAYLOAD: u32 = 4_096;
 /// so that a masked offset plus a masked length is always in bounds).
 pub const SCRATCH_BYTES: usize = size_of::<DataEvent>() + 2 * MAX_PAYLOAD;
 /// iovecs gathered per readv/writev/recvmsg/sendmsg call; later ones are counted, not copied.
-pub const MAX_IOVECS: usize = 12;
+pub const MAX_IOVECS: usize = 64;
 
 /// Key of per-process fd maps: tgid in the high half, fd in the low half.
 #[inline(always)]
@@ -469,8 +469,12 @@ pub struct ConnState {
     /// its socket calls carry ciphertext and are not reported; the library's calls report the
     /// plaintext ([`DATA_FLAG_TLS`]).
     pub tls: u8,
+    /// 1 once the connection's client sent the HTTP/2 preface: its bytes are frames whose header
+    /// blocks share a compression table, so none may be left out (no body skipping, no
+    /// unsampled turns) and turns are not requests.
+    pub h2: u8,
     /// Reserved.
-    pub _pad: [u8; 7],
+    pub _pad: [u8; 6],
 }
 const _: () = assert!(size_of::<ConnState>() == 168);
 

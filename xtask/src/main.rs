@@ -94,12 +94,14 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("openssl", "openssl"),
 ];
 
-/// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), and psycopg2
-/// (libpq, the usual PostgreSQL driver) for a service backed by a database.
+/// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), psycopg2
+/// (libpq, the usual PostgreSQL driver) for a service backed by a database, and grpcio (gRPC's
+/// C core) for gRPC services.
 const PYPI_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
     "psycopg2-binary==2.9.13",
+    "grpcio==1.84.0",
 ];
 
 fn main() -> Result<()> {
@@ -195,16 +197,16 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // The official OpenTelemetry Python SDK, for the test where an instrumented service and the
-    // agent share one trace; psycopg2, for the service backed by PostgreSQL.
+    // agent share one trace; psycopg2, for the service backed by PostgreSQL; grpcio, for gRPC.
     let sdk = Command::new("python3")
-        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, psycopg2"])
+        .args(["-c", "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, psycopg2, grpc"])
         .stderr(Stdio::null())
         .status()
         .is_ok_and(|s| s.success());
     if sdk {
-        println!("setup: OpenTelemetry Python SDK and psycopg2 present");
+        println!("setup: OpenTelemetry Python SDK, psycopg2 and grpcio present");
     } else {
-        println!("setup: installing the OpenTelemetry Python SDK and psycopg2");
+        println!("setup: installing the OpenTelemetry Python SDK, psycopg2 and grpcio");
         run(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(PYPI_PACKAGES))?;
     }
     // nginx starts itself on install on Debian; the tests run their own instances.

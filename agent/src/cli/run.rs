@@ -328,6 +328,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     http_json.insert("invalid".into(), json!(stats.invalid));
     let postgres_json: serde_json::Map<String, serde_json::Value> =
         stats.pg.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let http2_json: serde_json::Map<String, serde_json::Value> =
+        stats.h2.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     eprintln!(
         "tracewire: summary {}",
         json!({
@@ -337,6 +339,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "otlp": otlp_json,
             "json_written": summary.json_written,
             "http": http_json,
+            "http2": http2_json,
             "postgres": postgres_json,
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
@@ -406,6 +409,15 @@ fn metrics_page(
         "What the PostgreSQL correlation saw, by kind (conns, encrypted, unframed...).",
     );
     for (kind, v) in stats.pg.counts() {
+        p.sample(name, &[("kind", kind)], v as f64);
+    }
+    let name = "tracewire_http2_events_total";
+    p.family(
+        name,
+        "counter",
+        "What the HTTP/2 and gRPC correlation saw, by kind (conns, grpc, lost, resets...).",
+    );
+    for (kind, v) in stats.h2.counts() {
         p.sample(name, &[("kind", kind)], v as f64);
     }
     let name = "tracewire_invalid_messages_total";

@@ -11,6 +11,7 @@
 //! thread-per-request servers); otherwise a new trace. Where the serving request is ambiguous the
 //! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
 pub mod fifo;
+pub mod http2;
 pub mod postgres;
 pub mod route;
 pub mod span;
@@ -99,6 +100,8 @@ pub struct CorrelateStats {
     pub kernel_ctx_differs: u64,
     /// PostgreSQL client connections.
     pub pg: postgres::PgStats,
+    /// HTTP/2 connections.
+    pub h2: http2::H2Stats,
 }
 
 impl CorrelateStats {
@@ -190,11 +193,14 @@ struct Info {
     pair: Option<PairKey>,
     /// Its bytes come from a TLS library in plain text (`https`).
     tls: bool,
+    /// It carries HTTP/2.
+    h2: bool,
 }
 
 impl Info {
     fn new(id: ConnId, role: u8, local: &SockAddr, remote: &SockAddr, text: &mut IpText) -> Info {
-        let mut info = Info { id, role, local: None, remote: None, peer_ip: None, pair: None, tls: false };
+        let mut info =
+            Info { id, role, local: None, remote: None, peer_ip: None, pair: None, tls: false, h2: false };
         info.set_addrs(local, remote, text);
         info
     }
@@ -276,6 +282,8 @@ struct Conn {
     book: Book,
     /// A PostgreSQL client connection's protocol state (its bytes skip the HTTP streams).
     pg: Option<Box<postgres::Session>>,
+    /// An HTTP/2 connection's protocol state (its bytes skip the HTTP/1 streams).
+    h2: Option<Box<http2::Session>>,
 }
 
 /// Server requests in flight, by server connection: what a client span made by a thread serving
@@ -565,15 +573,33 @@ impl ConnSink<'_> {
         }
     }
 
-    fn finish_exchange(&mut self, p: Box<Pending>, resp: Option<&ResponseHead>, end_ns: u64) {
-        // A request answered without its other end appearing has no traced peer: forget it.
+    /// A request is in flight: a server's is what calls its thread makes may take as their
+    /// parent, a client's waits for its server end on this node (same-node pairing).
+    fn begin(&mut self, ctx: &SpanCtx) {
+        if self.info.role == ROLE_SERVER {
+            self.g.serving.entry(self.info.id).or_default().push(ctx.clone());
+        } else if let Some(key) = self.pair() {
+            match self.g.peers.servers.get_mut(&key).and_then(VecDeque::pop_front) {
+                // The server end read this request first: re-parent its span.
+                Some((span_id, conn)) => {
+                    self.g.stats.paired_same_node += 1;
+                    self.g.peers.fixups.push((conn, span_id, ctx.clone()));
+                }
+                None => push_bounded(self.g.peers.clients.entry(key).or_default(), ctx.clone()),
+            }
+        }
+    }
+
+    /// A request is over (answered, or dropped): no longer a parent, nor waiting for its other
+    /// end (one answered without it appearing has no traced peer).
+    fn forget(&mut self, ctx: &SpanCtx) {
         if let Some(key) = self.pair() {
             if self.info.role == ROLE_SERVER {
                 if let Some(q) = self.g.peers.servers.get_mut(&key) {
-                    q.retain(|(id, _)| *id != p.ctx.span_id);
+                    q.retain(|(id, _)| *id != ctx.span_id);
                 }
             } else if let Some(q) = self.g.peers.clients.get_mut(&key) {
-                q.retain(|c| c.span_id != p.ctx.span_id);
+                q.retain(|c| c.span_id != ctx.span_id);
             }
         }
         // An emptied list stays until its connection closes (see `Correlator::close`): the
@@ -581,8 +607,12 @@ impl ConnSink<'_> {
         if self.info.role == ROLE_SERVER
             && let Some(list) = self.g.serving.get_mut(&self.info.id)
         {
-            list.retain(|c| c.span_id != p.ctx.span_id);
+            list.retain(|c| c.span_id != ctx.span_id);
         }
+    }
+
+    fn finish_exchange(&mut self, p: Box<Pending>, resp: Option<&ResponseHead>, end_ns: u64) {
+        self.forget(&p.ctx);
         if resp.is_none() {
             self.g.stats.no_response += 1;
         }
@@ -596,18 +626,7 @@ impl Sink for ConnSink<'_> {
         self.book.had_http = true;
         let framing = http1::request_framing(&head);
         let ctx = self.new_ctx(&head.traceparent, head.tracestate.as_deref(), &meta);
-        if self.info.role == ROLE_SERVER {
-            self.g.serving.entry(self.info.id).or_default().push(ctx.clone());
-        } else if let Some(key) = self.pair() {
-            match self.g.peers.servers.get_mut(&key).and_then(VecDeque::pop_front) {
-                // The server end read this request first: re-parent its span.
-                Some((span_id, conn)) => {
-                    self.g.stats.paired_same_node += 1;
-                    self.g.peers.fixups.push((conn, span_id, ctx.clone()));
-                }
-                None => push_bounded(self.g.peers.clients.entry(key).or_default(), ctx.clone()),
-            }
-        }
+        self.begin(&ctx);
         if self.book.pending.len() >= MAX_PENDING
             && let Some(old) = self.book.pending.pop_front()
         {
@@ -717,7 +736,11 @@ fn build_span(
     if let Some(s) = status {
         attrs.push(("http.response.status_code", Value::Int(i64::from(s))));
     }
-    let version = if resp.map_or(p.head.minor, |r| r.minor) == 0 { "1.0" } else { "1.1" };
+    let version = match resp.map_or(p.head.minor, |r| r.minor) {
+        _ if info.h2 => "2",
+        0 => "1.0",
+        _ => "1.1",
+    };
     attrs.push(("network.protocol.version", Value::Str(version.into())));
     let server_side: Option<SocketAddr> = if kind == Kind::Server { local } else { remote };
     // A server span needs the Host header for nothing else: its string becomes the attribute.
@@ -963,6 +986,7 @@ impl Correlator {
                 resp: Stream::new(Side::Response),
                 book: Book::default(),
                 pg: None,
+                h2: None,
             }),
         );
     }
@@ -982,6 +1006,9 @@ impl Correlator {
         let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
         if let Some(pg) = conn.pg.as_mut() {
             pg.close(at, &mut sink);
+        }
+        if let Some(h2) = conn.h2.as_mut() {
+            h2.close(last.max(at), &mut sink);
         }
         conn.req.finish(&mut sink);
         conn.resp.finish(&mut sink);
@@ -1024,6 +1051,9 @@ impl Correlator {
             if let Some((p, _)) = conn.book.current.as_mut() {
                 fix(&mut p.ctx);
             }
+            if let Some(h2) = conn.h2.as_mut() {
+                h2.contexts().for_each(fix);
+            }
             if let Some(list) = self.shared.serving.get_mut(&conn.info.id) {
                 list.iter_mut().for_each(fix);
             }
@@ -1056,6 +1086,36 @@ impl Correlator {
                     conn.book = Book::default();
                 }
             }
+        }
+        let request_side = (conn.info.role == ROLE_SERVER) == ingress;
+        // HTTP/2 from its client's preface (prior knowledge in clear text, or TLS that
+        // negotiated it, read in plain text), or a server's that comes first.
+        if conn.h2.is_none()
+            && conn.pg.is_none()
+            && !conn.book.had_http
+            && if request_side {
+                crate::protocol::http2::starts_preface(payload)
+            } else {
+                conn.info.role == ROLE_SERVER && crate::protocol::http2::starts_server_preface(payload)
+            }
+        {
+            conn.h2 = Some(Box::new(http2::Session::new()));
+            conn.info.h2 = true;
+            conn.book.ignored = false;
+            self.shared.stats.h2.conns += 1;
+        }
+        if let Some(h2) = conn.h2.as_mut() {
+            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
+            if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
+                let dropped = h2.lose("h2_gap", &mut sink);
+                self.shared.stats.count_gap(d.flags, dropped);
+                return;
+            }
+            h2.feed(request_side, payload, gap, meta, end_ns, &mut sink);
+            if !self.shared.peers.fixups.is_empty() {
+                self.apply_fixups();
+            }
+            return;
         }
         // A client's write may show PostgreSQL: before HTTP gave up on the connection, or after
         // (a connection open before tracing began may first be seen mid-result).

@@ -1,4 +1,4 @@
-//! Golden tests: recorded event streams (`agent/testdata/http1/*.events`) → expected spans
+//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,postgres}/*.events`) → expected spans
 //! (`*.spans`). Run with `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate
 //! change, then review the diff.
 //!
@@ -250,7 +250,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
 #[test]
 fn golden_recordings() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut entries: Vec<PathBuf> = ["http1", "postgres"]
+    let mut entries: Vec<PathBuf> = ["http1", "http2", "postgres"]
         .iter()
         .flat_map(|d| fs::read_dir(root.join(d)).unwrap_or_else(|e| panic!("testdata/{d}: {e}")))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -292,6 +292,9 @@ fn golden_recordings() -> std::io::Result<()> {
         );
         if stats.pg.conns != 0 {
             let _ = writeln!(actual, "# postgres: {:?}", stats.pg);
+        }
+        if stats.h2.conns != 0 {
+            let _ = writeln!(actual, "# h2: {:?}", stats.h2);
         }
         if stats.tls_conns != 0 {
             let _ = writeln!(actual, "# tls: conns={}", stats.tls_conns);

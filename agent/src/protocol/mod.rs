@@ -1,5 +1,6 @@
 //! Layer-7 parsing: pure functions over byte slices, no I/O, no aya.
 pub mod http1;
+pub mod http2;
 pub mod postgres;
 pub mod sql;
 pub mod traceparent;

@@ -134,10 +134,11 @@ fn continued(cfg: &Config, ctx: &mut TraceCtx) {
 }
 
 /// Applies the sampling decision of the turn that starts: an unsampled request is not reported
-/// (when configured so), and the next reported event says bytes were left out.
+/// (when configured so), and the next reported event says bytes were left out. An HTTP/2
+/// connection's turns are not requests, and every byte of its header blocks is needed.
 #[inline(always)]
 fn decide_reporting(cfg: &Config, state: &mut ConnState) {
-    if cfg.flags & CFG_SKIP_UNSAMPLED != 0 && state.ctx.trace_flags & 1 == 0 {
+    if cfg.flags & CFG_SKIP_UNSAMPLED != 0 && state.ctx.trace_flags & 1 == 0 && state.h2 == 0 {
         state.skip = 1;
         state.gap |= GAP_UNSAMPLED;
         count(Counter::SampledOut);

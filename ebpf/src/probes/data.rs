@@ -81,7 +81,10 @@ fn enter(
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
     let client_write = direction == DIR_EGRESS && state.role == ROLE_CLIENT;
-    if client_write && state.turn != DIR_EGRESS {
+    if client_write
+        && state.turn != DIR_EGRESS
+        && (state.h2 == 0 || !h2_write_control_only(syscall as u8, ptr, u64::from(count_arg)))
+    {
         client_turn(id, fd as u32, state);
     }
     // Only a client's write needs its start (a client span starts there); every other event
@@ -290,10 +293,29 @@ fn report(
         {
             thread_ctx = t.conn;
         }
-    } else if conn.role == ROLE_SERVER && direction == DIR_EGRESS && conn.turn != DIR_EGRESS {
+    } else if conn.role == ROLE_SERVER
+        && direction == DIR_EGRESS
+        && conn.turn != DIR_EGRESS
+        && (conn.h2 == 0 || !h2_control_only(layout, call.ptr, call.count as u64, moved))
+    {
         server_turn_end(conn, &conn_id, Some(tid));
     }
-    let starts_request = conn.role == ROLE_SERVER && direction == DIR_INGRESS && conn.turn != DIR_INGRESS;
+    // An HTTP/2 server may read a client's next request before writing anything (the client's
+    // settings acknowledgement, then its first request): a context from another client span
+    // than the turn's shows a new request.
+    let h2_next = conn.h2 != 0
+        && conn.turn == DIR_INGRESS
+        && conn.rx_valid != 0
+        && conn.rx.span_id != conn.ctx.parent_id;
+    let starts_request = conn.role == ROLE_SERVER
+        && direction == DIR_INGRESS
+        && (conn.turn != DIR_INGRESS || h2_next)
+        && (conn.h2 == 0 || !h2_control_only(layout, call.ptr, call.count as u64, moved));
+    if starts_request && h2_next {
+        // The turn before it ends here (not at a write: no thread wrote its response).
+        server_turn_end(conn, &conn_id, None);
+        conn.rx_valid = 1;
+    }
     if conn.role == ROLE_SERVER && direction == DIR_INGRESS && !starts_request {
         // More of the request: the goroutine reading it serves it (Go programs only).
         serving(tgid, &conn_id, &conn.ctx, g);
@@ -438,6 +460,15 @@ fn body_after(conn: &mut ConnState, bit: u8, buf: &[u8]) {
         conn.in_body |= bit;
         return;
     }
+    // The HTTP/2 preface looks like a head (capitals, then an empty line), but what follows it
+    // is frames, never a body to count.
+    if captured >= 8 && starts_preface(buf) {
+        conn.h2 = 1;
+    }
+    if conn.h2 != 0 {
+        conn.in_body &= !bit;
+        return;
+    }
     if captured == 0 {
         return;
     }
@@ -454,39 +485,99 @@ fn body_after(conn: &mut ConnState, bit: u8, buf: &[u8]) {
     }
 }
 
+/// The first buffer of a call (read from user memory for gathered ones), when it holds at least
+/// `min` bytes: its address, its length (`u64::MAX` for a flat call: the call's own) and the
+/// call's number of buffers.
+#[inline(always)]
+fn first_buffer(layout: Layout, ptr: u64, count: u64, min: u64) -> Option<(u64, u64, u64)> {
+    let (mut iov, mut n) = (ptr, count);
+    match layout {
+        Layout::Flat => return Some((ptr, u64::MAX, 1)),
+        Layout::None => return None,
+        Layout::Iovec => {}
+        Layout::Msghdr => {
+            // SAFETY: user pointers are validated by the helper.
+            match unsafe {
+                (
+                    aya_ebpf::helpers::bpf_probe_read_user((ptr + 16) as *const u64),
+                    aya_ebpf::helpers::bpf_probe_read_user((ptr + 24) as *const u64),
+                )
+            } {
+                (Ok(i), Ok(c)) => (iov, n) = (i, c),
+                _ => return None,
+            }
+        }
+    }
+    // SAFETY: user pointer validated by the helper.
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const [u64; 2]) } {
+        Ok([base, len]) if n > 0 && len >= min => Some((base, len, n)),
+        _ => None,
+    }
+}
+
 /// Whether a call inside a body goes on with it: its first bytes (read from user memory) start
 /// neither a chunk size nor a message. Only a call of at least [`BODY_SKIP_MIN`] bytes is asked.
 #[inline(always)]
 fn continues_body(layout: Layout, ptr: u64, count: u64) -> bool {
     self::count(Counter::BodyChecks);
-    let (mut iov, mut n) = (ptr, count);
-    if layout == Layout::Msghdr {
-        // SAFETY: user pointers are validated by the helper.
-        match unsafe {
-            (
-                aya_ebpf::helpers::bpf_probe_read_user((ptr + 16) as *const u64),
-                aya_ebpf::helpers::bpf_probe_read_user((ptr + 24) as *const u64),
-            )
-        } {
-            (Ok(i), Ok(c)) => (iov, n) = (i, c),
-            _ => return false,
-        }
-    }
-    let data = if layout == Layout::Flat {
-        ptr
-    } else {
-        // SAFETY: user pointer validated by the helper.
-        match unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const [u64; 2]) } {
-            // The first buffer must hold the bytes looked at.
-            Ok([base, len]) if n > 0 && len >= 8 => base,
-            _ => return false,
-        }
+    let Some((data, _, _)) = first_buffer(layout, ptr, count, 8) else {
+        return false;
     };
     // SAFETY: user pointer validated by the helper.
     match unsafe { aya_ebpf::helpers::bpf_probe_read_user(data as *const [u8; 8]) } {
         Ok(b) => !could_start_chunk_or_message(b),
         Err(_) => false,
     }
+}
+
+/// [`h2_control_only`] for a write the syscall hooks saw enter (`count`: its length, or its
+/// number of buffers).
+#[inline(always)]
+fn h2_write_control_only(syscall: u8, ptr: u64, count: u64) -> bool {
+    match data_call_of(syscall) {
+        Some(c) => {
+            h2_control_only(c.layout, ptr, count, if c.layout == Layout::Flat { count } else { u64::MAX })
+        }
+        None => false,
+    }
+}
+
+/// Frames of a call looked at by [`h2_control_only`].
+const H2_FRAMES: u64 = 4;
+
+/// Whether an HTTP/2 call of `size` bytes holds nothing but frames that speak for the
+/// connection, not a request (SETTINGS, PING, WINDOW_UPDATE): it neither starts nor ends a turn.
+/// Peers exchange them at any time (settings and their acknowledgement around the first
+/// request, flow control, pings), and were they turns, a client's would mint a context that
+/// the TCP option carries to the server, whose next request would take it as its parent. Looks
+/// at the first [`H2_FRAMES`] frames of the call's first buffer; anything else counts as a turn.
+/// `moved`: the call's bytes (`u64::MAX` when not known).
+#[inline(always)]
+fn h2_control_only(layout: Layout, ptr: u64, count: u64, moved: u64) -> bool {
+    let Some((data, len, n)) = first_buffer(layout, ptr, count, 9) else {
+        return false;
+    };
+    // Frames beyond the first buffer are not looked at: the call is control only when that
+    // buffer holds all of it.
+    let (size, whole) = if len < moved { (len, n == 1) } else { (moved, true) };
+    let mut off = 0u64;
+    let mut i = 0;
+    while i < H2_FRAMES {
+        // SAFETY: user pointer validated by the helper.
+        let Ok(h) = (unsafe { aya_ebpf::helpers::bpf_probe_read_user((data + off) as *const [u8; 4]) })
+        else {
+            return false;
+        };
+        if !matches!(h[3], 4 | 6 | 8) {
+            return false;
+        }
+        off += 9 + ((h[0] as u64) << 16 | (h[1] as u64) << 8 | h[2] as u64);
+        if off >= size {
+            return whole;
+        }
+        i += 1;
+    }
+    false
 }
 
 /// Copies a trace context between map values word by word: as a plain struct copy the compiler
@@ -612,7 +703,15 @@ fn head_end(buf: &[u8]) -> usize {
 /// Gathers up to `want` bytes across an iovec array. Returns bytes copied.
 #[inline(always)]
 fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, direction: u8, flags: &mut u16) -> u64 {
-    let mut off: u64 = 0;
+    // The offset so far lives in map memory (the event's `enter_ns`, written after the copy),
+    // which the verifier does not track: every way through an iteration then ends in the same
+    // state, and it walks the loop once per iteration instead of once per combination of the
+    // earlier iterations' branches (which put gRPC's 24-buffer writes out of reach).
+    // SAFETY: the scratch slot starts with room for a DataEvent; the field and the one after it
+    // (`thread_ctx`) are 8-aligned.
+    let slot = unsafe { buf.as_mut_ptr().add(core::mem::offset_of!(DataEvent, enter_ns)) as *mut u64 };
+    // SAFETY: as above.
+    unsafe { core::ptr::write_volatile(slot, 0) };
     let mut i: u64 = 0;
     // The first two entries in one read: a response is typically written as head + body, and
     // every user-memory read costs tens of ns.
@@ -628,6 +727,8 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, direction: u8, fla
         }
     }
     while i < MAX_IOVECS as u64 {
+        // SAFETY: as above.
+        let off = unsafe { core::ptr::read_volatile(slot) };
         if i >= iovcnt || off >= want {
             break;
         }
@@ -653,9 +754,14 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, direction: u8, fla
         if n > room {
             n = room;
         }
-        if n > MAX_PAYLOAD as u64 {
-            n = MAX_PAYLOAD as u64;
-        }
+        // Bounded again as read back from map memory: the compiler cannot fold this check into
+        // the ones above, whose bounds the verifier no longer sees with the offset untracked.
+        // SAFETY: the slot after the offset's, also written after the copy.
+        let n = unsafe {
+            core::ptr::write_volatile(slot.add(1), n);
+            core::ptr::read_volatile(slot.add(1))
+        };
+        let n = if n > MAX_PAYLOAD as u64 { MAX_PAYLOAD as u64 } else { n };
         // Masked offset < MAX_PAYLOAD and n <= MAX_PAYLOAD: always inside HDR + 2 * MAX_PAYLOAD.
         let at = (off & (MAX_PAYLOAD as u64 - 1)) as usize;
         if n > 0 {
@@ -668,9 +774,12 @@ fn copy_iov(buf: &mut [u8], iov: u64, iovcnt: u64, want: u64, direction: u8, fla
                 break;
             }
         }
-        off += n;
+        // SAFETY: as above.
+        unsafe { core::ptr::write_volatile(slot, off + n) };
         i += 1;
     }
+    // SAFETY: as above.
+    let off = unsafe { core::ptr::read_volatile(slot) };
     if i == MAX_IOVECS as u64 && iovcnt > MAX_IOVECS as u64 && off < want {
         *flags |= DATA_FLAG_IOV_OVERFLOW;
     }
@@ -688,7 +797,10 @@ fn head_then_body(buf: &[u8], head: u64, first: [u64; 4], flags: &mut u16) -> bo
         return false;
     }
     // SAFETY: the payload starts after the header.
-    if !unsafe { *buf.as_ptr().add(HDR) }.is_ascii_uppercase() || !ends_with_empty_line(buf, head) {
+    if !unsafe { *buf.as_ptr().add(HDR) }.is_ascii_uppercase()
+        || !ends_with_empty_line(buf, head)
+        || starts_preface(buf)
+    {
         return false;
     }
     // SAFETY: user pointer validated by the helper; the buffer has at least BODY_SKIP_MIN bytes.
@@ -700,6 +812,13 @@ fn head_then_body(buf: &[u8], head: u64, first: [u64; 4], flags: &mut u16) -> bo
     }
     *flags |= DATA_FLAG_BODY_SKIPPED;
     true
+}
+
+/// Whether the payload (8 bytes or more copied) starts with the HTTP/2 client preface.
+#[inline(always)]
+fn starts_preface(buf: &[u8]) -> bool {
+    // SAFETY: the scratch buffer holds HDR + 2 * MAX_PAYLOAD bytes.
+    unsafe { core::ptr::read_unaligned(buf.as_ptr().add(HDR) as *const [u8; 8]) == *b"PRI * HT" }
 }
 
 /// Whether the first `n` (4 or more) payload bytes end with the empty line that ends a head.
@@ -926,13 +1045,13 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     if !is_watched_client((id >> 32) as u32) {
         return 0;
     }
-    let Some((nr, [fd, _, _])) = current_syscall() else {
+    let Some((nr, [fd, arg1, arg2])) = current_syscall() else {
         return 0;
     };
-    match data_call(nr) {
-        Some(c) if c.direction == DIR_EGRESS => {}
+    let layout = match data_call(nr) {
+        Some(c) if c.direction == DIR_EGRESS => c.layout,
         _ => return 0,
-    }
+    };
     // Args: sk, msghdr, skb, size_goal.
     let Some(conn) = conn_of(id, fd as u32, ctx.arg(0)) else {
         count(Counter::SendUntracked);
@@ -943,7 +1062,8 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     if state.role != ROLE_CLIENT || state.send_ns != 0 {
         return 0; // a response, or a later chunk of this call
     }
-    if state.turn != DIR_EGRESS {
+    let moved = if layout == Layout::Flat { arg2 } else { u64::MAX };
+    if state.turn != DIR_EGRESS && (state.h2 == 0 || !h2_control_only(layout, arg1, arg2, moved)) {
         client_turn(id, fd as u32, state);
     }
     state.send_ns = now();

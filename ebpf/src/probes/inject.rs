@@ -54,8 +54,15 @@ fn inject(ctx: &SkMsgContext) {
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
-    // A TLS connection's bytes are ciphertext: nothing to insert into.
-    if state.role != ROLE_CLIENT || state.skaddr != sk || state.generation == 0 || state.tls != 0 {
+    // A TLS connection's bytes are ciphertext: nothing to insert into. An HTTP/2 connection's
+    // headers are compressed (and its requests' turns are decided by the send hooks, which see
+    // its control frames).
+    if state.role != ROLE_CLIENT
+        || state.skaddr != sk
+        || state.generation == 0
+        || state.tls != 0
+        || state.h2 != 0
+    {
         return;
     }
     let id = bpf_get_current_pid_tgid();
