@@ -557,3 +557,150 @@ fn prepared_statements_are_bounded_per_connection_and_in_all() {
     c.close_all();
     assert_eq!(c.stats().pg.statements, 0);
 }
+
+/// A payload in the golden format's quoted form.
+fn escape(payload: &[u8]) -> String {
+    let mut s = String::with_capacity(payload.len());
+    for &b in payload {
+        match b {
+            b'\r' => s.push_str("\\r"),
+            b'\n' => s.push_str("\\n"),
+            b'\\' => s.push_str("\\\\"),
+            b'"' => s.push_str("\\\""),
+            0x20..=0x7e => s.push(b as char),
+            _ => {
+                let _ = write!(s, "\\x{b:02x}");
+            }
+        }
+    }
+    s
+}
+
+/// A recording (`tracewire capture --record FILE`) in the golden event format, its times counted
+/// from 1000 ns: how a capture of real traffic becomes a golden file.
+fn recording_as_events(records: &[Vec<u8>]) -> String {
+    let mut out = String::new();
+    let mut first = None;
+    let mut t = |ts: u64| 1000 + ts.saturating_sub(*first.get_or_insert(ts));
+    let addr = |a: &SockAddr| {
+        crate::events::socket_addr(a).map_or_else(|| "0.0.0.0:0".to_string(), |s| s.to_string())
+    };
+    for rec in records {
+        let Ok(ev) = crate::events::decode::decode(rec) else { continue };
+        match ev {
+            Event::Conn(c) => match EventKind::try_from(c.header.kind) {
+                Ok(EventKind::ConnOpen) if c.role == ROLE_SERVER || c.role == ROLE_CLIENT => {
+                    let role = if c.role == ROLE_SERVER { "server" } else { "client" };
+                    let (pid, fd) = (c.conn.tgid, c.conn.fd);
+                    let _ = writeln!(out, "open {role} {pid} {fd} {} {}", addr(&c.local), addr(&c.remote));
+                }
+                Ok(EventKind::ConnClose) => {
+                    let _ = writeln!(out, "close {} {} t={}", c.conn.tgid, c.conn.fd, t(c.header.ts_ns));
+                }
+                _ => {}
+            },
+            Event::Data(d, payload) => {
+                let dir = if d.direction == DIR_INGRESS { "in" } else { "out" };
+                let pid = d.conn.tgid;
+                let mut line = format!(
+                    "{dir} {pid} {} t={} tid={}",
+                    d.conn.fd,
+                    t(d.header.ts_ns),
+                    d.header.pid_tgid as u32
+                );
+                if d.len as usize != payload.len() {
+                    let _ = write!(line, " len={}", d.len);
+                }
+                if d.thread_ctx.generation != 0 && d.thread_ctx.tgid == pid {
+                    let _ = write!(line, " ctx={}", d.thread_ctx.fd);
+                }
+                let k = d.ctx;
+                let origin = match k.origin {
+                    CTX_ROOT => Some("root"),
+                    CTX_HEADER => Some("header"),
+                    CTX_TCP => Some("tcp"),
+                    CTX_THREAD => Some("thread"),
+                    CTX_AMBIGUOUS => Some("ambiguous"),
+                    CTX_GOROUTINE => Some("goroutine"),
+                    CTX_UPSTREAM => Some("upstream"),
+                    _ => None,
+                };
+                if let Some(o) = origin {
+                    let (tr, sp, pa) = (hex(&k.trace_id), hex(&k.span_id), hex(&k.parent_id));
+                    let _ = write!(line, " k={o}:{tr}:{sp}:{pa}:{:02x}", k.trace_flags);
+                }
+                if d.flags != 0 {
+                    let _ = write!(line, " flags={}", d.flags);
+                }
+                let _ = writeln!(out, "{line} \"{}\"", escape(payload));
+            }
+            Event::Proc(p) => {
+                if EventKind::try_from(p.header.kind) == Ok(EventKind::Exit) {
+                    let _ = writeln!(out, "exit {}", p.pid);
+                }
+            }
+        }
+    }
+    out
+}
+
+/// `RECORDING=FILE cargo test --lib recording_to_golden_events -- --ignored --nocapture` prints
+/// a recording in the golden event format.
+#[test]
+#[ignore = "a tool: converts the recording named by $RECORDING"]
+fn recording_to_golden_events() -> std::io::Result<()> {
+    let path = std::env::var_os("RECORDING").map(PathBuf::from).expect("RECORDING=FILE");
+    print!("{}", recording_as_events(&crate::events::record::read_all(&path)?));
+    Ok(())
+}
+
+#[test]
+fn a_recording_converted_to_golden_events_replays_to_the_same_spans() {
+    // Records as the kernel writes them: an HTTP/1 exchange with a binary byte in its body.
+    let conn = ConnId { tgid: 9, fd: 4, generation: 3 };
+    let header = |kind: EventKind, ts: u64| EventHeader {
+        kind: kind as u32,
+        cpu: 0,
+        ts_ns: ts,
+        pid_tgid: 9 << 32 | 9,
+    };
+    let open = ConnEvent {
+        header: header(EventKind::ConnOpen, 50_000),
+        conn,
+        role: ROLE_SERVER,
+        flags: 0,
+        _pad: [0; 2],
+        listener_fd: 0,
+        local: encode_sockaddr(&"127.0.0.1:80".parse().unwrap()),
+        remote: encode_sockaddr(&"127.0.0.1:5000".parse().unwrap()),
+    };
+    let data = |ts: u64, direction: u8, payload: &[u8]| {
+        let ev = DataEvent {
+            header: header(EventKind::Data, ts),
+            conn,
+            enter_ns: ts,
+            thread_ctx: ConnId::default(),
+            len: payload.len() as u32 + 10,
+            captured: payload.len() as u32,
+            direction,
+            syscall: Syscall::Read as u8,
+            flags: 0,
+            role: ROLE_SERVER,
+            _pad: 0,
+            _pad2: 0,
+            ctx: kernel_ctx("root:0af7651916cd43dd8448eb211c80319c:b7ad6b7169203331"),
+        };
+        crate::events::decode::encode::encode(&Event::Data(ev, payload))
+    };
+    let records = vec![
+        crate::events::decode::encode::encode(&Event::Conn(open)),
+        data(60_000, DIR_INGRESS, b"POST /x HTTP/1.1\r\nContent-Length: 12\r\n\r\n\"q\"\x00"),
+        data(70_000, DIR_EGRESS, b"HTTP/1.1 204 No Content\r\n\r\n"),
+    ];
+    let text = recording_as_events(&records);
+    assert!(text.contains("t=11000") && text.contains("\\\"q\\\"\\x00") && text.contains("len="), "{text}");
+    let (spans, _) = replay(&text);
+    assert_eq!(spans.len(), 1, "{text}");
+    assert_eq!(spans[0].span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
+    assert_eq!((spans[0].start_ns, spans[0].end_ns), (1_000, 11_000));
+}
