@@ -1768,3 +1768,55 @@ fn grpc_calls_between_grpcio_services_are_rpc_spans_with_their_status() {
     assert_eq!(summary["http2"]["lost"], 0, "{summary}");
     assert_eq!(summary["kernel"]["truncated"], 0, "{summary}");
 }
+
+/// nginx serving cleartext HTTP/2 to h2load: 4 connections with 10 streams in flight on each,
+/// answered in any order, every other one a 404. Every stream is exactly one span with its
+/// status; nothing drops and no connection is given up.
+#[test]
+fn nginx_serving_h2c_under_h2load_makes_one_span_per_stream() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let conf = nginx_conf_on(
+        dir.path(),
+        &format!("127.0.0.1:{port} http2"),
+        false,
+        "keepalive_requests 1000000; location / { return 200 \"ok\\n\"; } location /missing { return 404; }",
+    );
+    let nginx = Peer::spawn(Command::new("nginx").arg("-c").arg(&conf).arg("-e").arg("stderr"));
+    wait_listening(port, "nginx");
+    let rx = Receiver::start(vec![]);
+    // As in the wrk test: the queue holds the whole run (drops at default sizes are the bench's).
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--otlp-queue-spans", "1000000", "--pid", &nginx.pid().to_string()],
+    );
+    let n = 20_000;
+    let out = Command::new("h2load")
+        .args(["-t", "1", "-c", "4", "-m", "10", "-n", &n.to_string()])
+        .arg(format!("http://127.0.0.1:{port}/ok?session=zz-secret-zz"))
+        .arg(format!("http://127.0.0.1:{port}/missing"))
+        .output()
+        .expect("h2load");
+    let load = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(load.contains(&format!("requests: {n} total, {n} started, {n} done")), "{load}");
+    assert!(load.contains(&format!("status codes: {} 2xx, 0 3xx, {} 4xx", n / 2, n / 2)), "{load}");
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let status = |code: i64| {
+        spans.iter().filter(|(_, s)| attr_int(s, "http.response.status_code") == Some(code)).count()
+    };
+    assert_eq!(spans.len(), n, "{summary}\n{load}");
+    assert_eq!((status(200), status(404)), (n / 2, n / 2), "{summary}");
+    for (_, s) in &spans {
+        assert_eq!(attr_str(s, "network.protocol.version").as_deref(), Some("2"));
+        assert!(attr_str(s, "url.query").is_none_or(|q| q == "session=REDACTED"));
+    }
+    assert_eq!(summary["http2"]["conns"], 4, "{summary}");
+    assert_eq!(summary["http2"]["lost"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["ring_full"], 0, "{summary}");
+    assert_eq!(summary["otlp"]["dropped"], serde_json::json!({}), "{summary}");
+    assert_eq!(summary["otlp"]["produced"], summary["otlp"]["exported"], "{summary}");
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+}

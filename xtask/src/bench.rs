@@ -234,6 +234,8 @@ struct Nginx {
     port: u16,
     /// The same `return 200` over HTTPS (R20).
     tls_port: u16,
+    /// The same over cleartext HTTP/2 (R21).
+    h2_port: u16,
     dir: PathBuf,
 }
 
@@ -242,6 +244,7 @@ fn start_nginx() -> Result<Nginx> {
     fs::create_dir_all(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let tls_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let h2_port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let d = dir.display();
     // R20's certificate: self-signed, made by the openssl command `cargo xtask setup` installs.
     let cert = Command::new("openssl")
@@ -265,7 +268,8 @@ fn start_nginx() -> Result<Nginx> {
              server {{ listen 127.0.0.1:{port}; location / {{ return 200 \"ok\\n\"; }}\n\
              location /files/ {{ sendfile off; root {d}; }} }}\n\
              server {{ listen 127.0.0.1:{tls_port} ssl; ssl_certificate {d}/cert.pem; ssl_certificate_key {d}/key.pem;\n\
-             location / {{ return 200 \"ok\\n\"; }} }} }}\n"
+             location / {{ return 200 \"ok\\n\"; }} }}\n\
+             server {{ listen 127.0.0.1:{h2_port} http2; location / {{ return 200 \"ok\\n\"; }} }} }}\n"
         ),
     )?;
     // R15's files: nginx without sendfile writes each as head and body in one writev (a 64 KiB
@@ -288,7 +292,7 @@ fn start_nginx() -> Result<Nginx> {
         }
         std::thread::yield_now();
     }
-    Ok(Nginx { _guard: Guard(child), pid, port, tls_port, dir })
+    Ok(Nginx { _guard: Guard(child), pid, port, tls_port, h2_port, dir })
 }
 
 /// A Go net/http service (tests/peers/hop.go): answers `ok`, or first calls `next` over pooled
@@ -375,6 +379,32 @@ fn wrk_url(url: &str, secs: u64, extra: &[&str]) -> Result<(u64, f64)> {
         .and_then(|n| n.parse().ok())
         .with_context(|| format!("unexpected wrk output: {text}"))?;
     Ok((requests, rps))
+}
+
+/// h2load's streams over cleartext HTTP/2 (prior knowledge): 8 connections, 10 streams in
+/// flight on each, for `secs`. Returns (requests completed, requests per second).
+fn h2load(url: &str, secs: u64) -> Result<(u64, f64)> {
+    let out = Command::new("h2load")
+        .args(["-t", "1", "-c", "8", "-m", "10", "-D", &secs.to_string()])
+        .arg(url)
+        .output()
+        .context("running h2load")?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    // "finished in 10.00s, 21807.43 req/s, 1.44MB/s" and "requests: N total, N started, N done, ..."
+    let rps = text
+        .lines()
+        .find_map(|l| l.strip_prefix("finished in "))
+        .and_then(|l| l.split(", ").nth(1))
+        .and_then(|r| r.strip_suffix(" req/s"))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected h2load output: {text}"))?;
+    let done = text
+        .lines()
+        .find_map(|l| l.strip_prefix("requests: "))
+        .and_then(|l| l.split(", ").find_map(|f| f.strip_suffix(" done")))
+        .and_then(|n| n.parse().ok())
+        .with_context(|| format!("unexpected h2load output: {text}"))?;
+    Ok((done, rps))
 }
 
 /// The machine's CPU time so far, (idle + iowait, total), in clock ticks (/proc/stat's first line).
@@ -559,9 +589,9 @@ fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
     })
 }
 
-/// R20: what reading TLS costs an HTTPS server.
-struct TlsCost {
-    /// wrk's requests per second: without, with, without the agent (exporting).
+/// R20 and R21: what tracing costs a server under a load generator (HTTPS, HTTP/2).
+struct ServerCost {
+    /// Requests per second: without, with, without the agent (exporting).
     rps: [f64; 3],
     requests: u64,
     spans: u64,
@@ -573,31 +603,33 @@ struct TlsCost {
     runs: f64,
 }
 
-/// R20 against nginx's HTTPS server (keep-alive connections: one handshake each): A/B/A with
-/// the agent watching nginx (its libssl probed), then a run with bpf_stats on.
-fn tls_cost(tracewire: &Path, nginx: &Nginx, args: &[&str], secs: u64, empty_run_ns: f64) -> Result<TlsCost> {
-    let url = format!("https://127.0.0.1:{}/", nginx.tls_port);
-    let (_, base1) = wrk_url(&url, secs, &[])?;
+/// A load generator's run: (requests completed, requests per second).
+type Load<'a> = &'a dyn Fn() -> Result<(u64, f64)>;
+
+/// R20 and R21 against one of nginx's servers: A/B/A with the agent watching nginx, then a run
+/// with bpf_stats on.
+fn server_cost(tracewire: &Path, load: Load<'_>, args: &[&str], empty_run_ns: f64) -> Result<ServerCost> {
+    let (_, base1) = load()?;
     let (mut agent, lines) = start_agent(tracewire, args)?;
     let agent_pid = agent.0.id();
     let cpu0 = cpu_seconds(agent_pid);
-    let measured = wrk_url(&url, secs, &[]);
+    let measured = load();
     let cpu = cpu_seconds(agent_pid) - cpu0;
     stop(&mut agent);
     let (requests, with) = measured?;
     let summary = summary_of(&lines);
     let spans = summary["spans"].as_u64().unwrap_or(0);
-    let (_, base2) = wrk_url(&url, secs, &[])?;
+    let (_, base2) = load()?;
     let (mut agent, _) = start_agent(tracewire, args)?;
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "1");
     let before = bpf_stats();
-    let stats = wrk_url(&url, secs, &[]);
+    let stats = load();
     let after = bpf_stats();
     let _ = fs::write("/proc/sys/kernel/bpf_stats_enabled", "0");
     stop(&mut agent);
     let run = StatsRun { before, after, requests: stats?.0 };
     let (bpf_ns, runs) = run.per_request(empty_run_ns);
-    Ok(TlsCost {
+    Ok(ServerCost {
         rps: [base1, with, base2],
         requests,
         spans,
@@ -1116,10 +1148,18 @@ pub fn bench(quick: bool) -> Result<()> {
     );
 
     // R20: an HTTPS server, its plain text read through its TLS library.
-    let tls = tls_cost(&tracewire, &nginx, &exporting, secs, calibration.empty_run_ns)?;
+    let https = format!("https://127.0.0.1:{}/", nginx.tls_port);
+    let tls = server_cost(&tracewire, &|| wrk_url(&https, secs, &[]), &exporting, calibration.empty_run_ns)?;
     println!(
         "bench: nginx HTTPS: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs)",
         tls.rps[0], tls.rps[1], tls.rps[2], tls.bpf_ns, tls.runs
+    );
+    // R21: an HTTP/2 server, ten streams at a time on each connection.
+    let h2c = format!("http://127.0.0.1:{}/", nginx.h2_port);
+    let h2 = server_cost(&tracewire, &|| h2load(&h2c, secs), &exporting, calibration.empty_run_ns)?;
+    println!(
+        "bench: nginx HTTP/2: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs)",
+        h2.rps[0], h2.rps[1], h2.rps[2], h2.bpf_ns, h2.runs
     );
 
     // R15: what a response's size costs. The same programs, nginx's 4 and 64 KiB files (head
@@ -1579,6 +1619,30 @@ pub fn bench(quick: bool) -> Result<()> {
                     tls.agent_cpu_per_m,
                     tls.bpf_ns,
                     tls.runs
+                ),
+            )
+        },
+        {
+            let base = (h2.rps[0] + h2.rps[2]) / 2.0;
+            row(
+                "R21",
+                "HTTP/2 server: requests/s with ÷ without (nginx h2c)",
+                h2.rps[1] / base.max(1.0),
+                "1 span/req",
+                // h2load stops with up to 80 streams in flight (8 connections x 10).
+                h2.spans >= h2.requests && h2.spans <= h2.requests + 80,
+                &format!(
+                    "nginx return-200 over cleartext HTTP/2 (prior knowledge), h2load -t1 -c8 -m10 -D{secs}: 8 \
+                     connections with 10 streams in flight each, exporting: {:.0} vs {:.0}/{:.0} req/s; {} spans for {} \
+                     requests; agent {:.2} CPU-s per M requests; BPF {:.0} ns per request ({:.1} program runs)",
+                    h2.rps[1],
+                    h2.rps[0],
+                    h2.rps[2],
+                    h2.spans,
+                    h2.requests,
+                    h2.agent_cpu_per_m,
+                    h2.bpf_ns,
+                    h2.runs
                 ),
             )
         },

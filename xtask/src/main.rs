@@ -92,6 +92,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("pg_isready", "postgresql-client-15"),
     // Certificates for the HTTPS benchmark.
     ("openssl", "openssl"),
+    // An HTTP/2 load generator (h2load), for the HTTP/2 benchmark and test.
+    ("h2load", "nghttp2-client"),
 ];
 
 /// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), psycopg2

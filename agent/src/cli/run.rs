@@ -397,28 +397,28 @@ fn metrics_page(
     for c in Counter::ALL {
         p.sample(name, &[("counter", c.name())], k[c as usize] as f64);
     }
-    let name = "tracewire_http_events_total";
-    p.family(name, "counter", "What the HTTP correlation saw, by kind.");
-    for (kind, v) in stats.counts().into_iter().chain([("own_connections_skipped", counts.own_skipped)]) {
-        p.sample(name, &[("kind", kind)], v as f64);
-    }
-    let name = "tracewire_postgres_events_total";
-    p.family(
-        name,
-        "counter",
-        "What the PostgreSQL correlation saw, by kind (conns, encrypted, unframed...).",
-    );
-    for (kind, v) in stats.pg.counts() {
-        p.sample(name, &[("kind", kind)], v as f64);
-    }
-    let name = "tracewire_http2_events_total";
-    p.family(
-        name,
-        "counter",
-        "What the HTTP/2 and gRPC correlation saw, by kind (conns, grpc, lost, resets...).",
-    );
-    for (kind, v) in stats.h2.counts() {
-        p.sample(name, &[("kind", kind)], v as f64);
+    let by_kind = [
+        (
+            "tracewire_http_events_total",
+            "What the HTTP correlation saw, by kind.",
+            stats.counts().into_iter().chain([("own_connections_skipped", counts.own_skipped)]).collect(),
+        ),
+        (
+            "tracewire_postgres_events_total",
+            "What the PostgreSQL correlation saw, by kind (conns, encrypted, unframed...).",
+            stats.pg.counts().to_vec(),
+        ),
+        (
+            "tracewire_http2_events_total",
+            "What the HTTP/2 and gRPC correlation saw, by kind (conns, grpc, lost, resets...).",
+            stats.h2.counts().to_vec(),
+        ),
+    ];
+    for (name, help, kinds) in by_kind {
+        p.family(name, "counter", help);
+        for (kind, v) in kinds {
+            p.sample(name, &[("kind", kind)], v as f64);
+        }
     }
     let name = "tracewire_invalid_messages_total";
     p.family(name, "counter", "Bytes that did not parse as HTTP, by reason.");
