@@ -1820,3 +1820,80 @@ fn nginx_serving_h2c_under_h2load_makes_one_span_per_stream() {
     assert_eq!(summary["otlp"]["produced"], summary["otlp"]["exported"], "{summary}");
     assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
 }
+
+/// nginx proxying HTTP/2 over TLS to another nginx serving HTTP/2 over TLS (`grpc_pass
+/// grpcs://`): the proxy is an HTTP/2 client whose settings and flow-control writes leave as
+/// ciphertext. They are told from requests by the plaintext `SSL_write` was handed, so the
+/// context the TCP option carries is the request's: the upstream server's span is the call's
+/// child, and the call the request's.
+#[test]
+fn nginx_proxying_http2_over_tls_to_an_http2_server_makes_one_trace_per_request() {
+    let _g = serial();
+    require_root();
+    let (front_dir, leaf_dir) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    let files = tls_files(front_dir.path());
+    let (cert, key) = &files;
+    let (port, leaf_port) = (free_port(), free_port());
+    let tls = format!("ssl_certificate {cert}; ssl_certificate_key {key};");
+    let leaf_conf = nginx_conf_on(
+        leaf_dir.path(),
+        &format!("127.0.0.1:{leaf_port} ssl http2"),
+        false,
+        &format!("{tls} location / {{ return 200 \"ok\\n\"; }}"),
+    );
+    let front_conf = nginx_conf_on(
+        front_dir.path(),
+        &format!("127.0.0.1:{port} ssl http2"),
+        false,
+        &format!("{tls} location / {{ grpc_pass grpcs://127.0.0.1:{leaf_port}; grpc_ssl_verify off; }}"),
+    );
+    let leaf = Peer::spawn(Command::new("nginx").arg("-c").arg(&leaf_conf).arg("-e").arg("stderr"));
+    let front = Peer::spawn(Command::new("nginx").arg("-c").arg(&front_conf).arg("-e").arg("stderr"));
+    wait_listening(port, "nginx");
+    wait_listening(leaf_port, "the upstream nginx");
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &front.pid().to_string(), "--pid", &leaf.pid().to_string()],
+    );
+    let ids: Vec<String> = (0..5).map(|i| format!("ngh2{i}")).collect();
+    for id in &ids {
+        curl(&format!("https://localhost:{port}/hop/{id}"), &["--cacert", cert, "--http2"]);
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let names: Vec<String> = spans
+        .iter()
+        .map(|(v, s)| {
+            format!(
+                "{v} {} {} {:?} {:?}",
+                s.kind,
+                s.name,
+                attr_str(s, "url.path"),
+                attr_int(s, "server.port")
+            )
+        })
+        .collect();
+    let clients = by_rid(&spans, "nginx", 3);
+    let servers: Vec<_> = spans.iter().filter(|(_, s)| s.kind == 2).map(|(_, s)| s).collect();
+    assert_eq!((clients.len(), servers.len()), (ids.len(), 2 * ids.len()), "{names:#?}\n{summary}");
+    for id in &ids {
+        let path = format!("/hop/{id}");
+        // The front's span and the upstream's: the one the call's span is the parent of.
+        let (front, leaf): (Vec<_>, Vec<_>) = servers
+            .iter()
+            .filter(|s| attr_str(s, "url.path") == Some(path.clone()))
+            .partition(|s| s.parent_span_id.is_empty());
+        let call = clients[id];
+        assert_eq!((front.len(), leaf.len()), (1, 1), "{id}: {names:#?}\n{summary}");
+        let (front, leaf) = (front[0], leaf[0]);
+        for s in [front, leaf, call] {
+            assert_eq!(attr_str(s, "network.protocol.version").as_deref(), Some("2"), "{id}");
+        }
+        assert_eq!(call.parent_span_id, front.span_id, "{id}: {names:#?}\n{summary}");
+        assert_eq!(leaf.parent_span_id, call.span_id, "{id}: {names:#?}\n{summary}");
+        assert!(front.trace_id == call.trace_id && call.trace_id == leaf.trace_id, "{id}");
+    }
+    assert_eq!(summary["http2"]["lost"], 0, "{summary}");
+    assert_eq!(summary["http"]["kernel_ctx_differs"], 0, "{summary}");
+}

@@ -233,8 +233,10 @@ pub struct TlsCall {
     pub kind: u8,
     /// Reserved.
     pub _pad: [u8; 3],
+    /// The bytes a write hands the library (its `num` argument; 0 for reads and handshakes).
+    pub num: u64,
 }
-const _: () = assert!(size_of::<TlsCall>() == 32);
+const _: () = assert!(size_of::<TlsCall>() == 40);
 
 /// Key of [`maps::TLS_FDS`]: a session of a process.
 #[repr(C)]

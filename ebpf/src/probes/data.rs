@@ -34,8 +34,8 @@ use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
     DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
     DATA_FLAG_TLS, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST,
-    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TraceCtx,
-    WATCH_TLS, fd_key,
+    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TLS_WRITE,
+    TraceCtx, WATCH_TLS, fd_key,
 };
 
 use super::{
@@ -83,7 +83,7 @@ fn enter(
     let client_write = direction == DIR_EGRESS && state.role == ROLE_CLIENT;
     if client_write
         && state.turn != DIR_EGRESS
-        && (state.h2 == 0 || !h2_write_control_only(syscall as u8, ptr, u64::from(count_arg)))
+        && !h2_control_write(id, state, syscall as u8, ptr, u64::from(count_arg))
     {
         client_turn(id, fd as u32, state);
     }
@@ -530,13 +530,32 @@ fn continues_body(layout: Layout, ptr: u64, count: u64) -> bool {
     }
 }
 
-/// [`h2_control_only`] for a write the syscall hooks saw enter (`count`: its length, or its
+/// Whether a client's send on HTTP/2 connection `state` holds only control frames (see
+/// [`h2_control_only`]): its own bytes, or on a TLS connection, whose send is ciphertext, the
+/// plaintext its thread is handing the library (`SSL_write`'s buffer).
+#[inline(always)]
+fn h2_control_send(id: u64, state: &ConnState, layout: Layout, ptr: u64, count: u64, moved: u64) -> bool {
+    if state.h2 == 0 {
+        return false;
+    }
+    if state.tls == 0 {
+        return h2_control_only(layout, ptr, count, moved);
+    }
+    // SAFETY: copied out of the map.
+    match unsafe { TLS_CALLS.get(&id) } {
+        Some(c) if c.kind == TLS_WRITE && c.num != 0 => h2_control_only(Layout::Flat, c.buf, 0, c.num),
+        _ => false,
+    }
+}
+
+/// [`h2_control_send`] for a write the syscall hooks saw enter (`count`: its length, or its
 /// number of buffers).
 #[inline(always)]
-fn h2_write_control_only(syscall: u8, ptr: u64, count: u64) -> bool {
+fn h2_control_write(id: u64, state: &ConnState, syscall: u8, ptr: u64, count: u64) -> bool {
     match data_call_of(syscall) {
         Some(c) => {
-            h2_control_only(c.layout, ptr, count, if c.layout == Layout::Flat { count } else { u64::MAX })
+            let moved = if c.layout == Layout::Flat { count } else { u64::MAX };
+            h2_control_send(id, state, c.layout, ptr, count, moved)
         }
         None => false,
     }
@@ -1063,7 +1082,7 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
         return 0; // a response, or a later chunk of this call
     }
     let moved = if layout == Layout::Flat { arg2 } else { u64::MAX };
-    if state.turn != DIR_EGRESS && (state.h2 == 0 || !h2_control_only(layout, arg1, arg2, moved)) {
+    if state.turn != DIR_EGRESS && !h2_control_send(id, state, layout, arg1, arg2, moved) {
         client_turn(id, fd as u32, state);
     }
     state.send_ns = now();

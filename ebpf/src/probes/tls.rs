@@ -51,6 +51,8 @@ fn enter(ctx: &ProbeContext, kind: u8, ex: bool) {
         fd: TLS_NO_FD,
         kind,
         _pad: [0; 3],
+        // SSL_write's `int num` and SSL_write_ex's `size_t num` alike: the third argument.
+        num: if kind == TLS_WRITE { ctx.arg::<u64>(2).unwrap_or(0) & 0xffff_ffff } else { 0 },
     };
     if TLS_CALLS.insert(&id, &call, 0).is_err() {
         count(Counter::TlsCallsFull);
