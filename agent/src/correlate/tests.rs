@@ -704,3 +704,82 @@ fn a_recording_converted_to_golden_events_replays_to_the_same_spans() {
     assert_eq!(spans[0].span_id, [0xb7, 0xad, 0x6b, 0x71, 0x69, 0x20, 0x33, 0x31]);
     assert_eq!((spans[0].start_ns, spans[0].end_ns), (1_000, 11_000));
 }
+
+#[test]
+fn random_http2_frames_never_panic_and_every_stream_ends_once() {
+    // Connections that open with the preface, then carry frames of every type with random
+    // flags, streams and payloads (valid header blocks among them), in both directions.
+    let mut rng = fastrand::Rng::with_seed(9);
+    let local = encode_sockaddr(&"127.0.0.1:50051".parse().unwrap());
+    let block =
+        [&[0x83, 0x86, 0x44, 0x05, b'/', b'a', b'.', b'B', b'/', 0x5f, 0x10][..], b"application/grpc"]
+            .concat();
+    let mut total = 0;
+    for round in 0..200u32 {
+        let mut c = Correlator::new(Clock::with_offset(0), 16);
+        let role = if round % 2 == 0 { ROLE_SERVER } else { ROLE_CLIENT };
+        let conn = ConnId { tgid: 1, fd: 3, generation: 1 };
+        c.on_event(&Event::Conn(ConnEvent {
+            header: EventHeader { kind: EventKind::ConnOpen as u32, cpu: 0, ts_ns: 0, pid_tgid: 1 << 32 },
+            conn,
+            role,
+            flags: 0,
+            _pad: [0; 2],
+            listener_fd: 0,
+            local,
+            remote: local,
+        }));
+        let data = |c: &mut Correlator, i: u64, ingress: bool, payload: &[u8], extra: u32| {
+            let ev = DataEvent {
+                header: EventHeader { kind: EventKind::Data as u32, cpu: 0, ts_ns: i, pid_tgid: 1 << 32 },
+                conn,
+                enter_ns: i,
+                thread_ctx: ConnId::default(),
+                len: payload.len() as u32 + extra,
+                captured: payload.len() as u32,
+                direction: if ingress { DIR_INGRESS } else { DIR_EGRESS },
+                syscall: 1,
+                flags: 0,
+                role,
+                _pad: 0,
+                _pad2: 0,
+                ctx: TraceCtx::default(),
+            };
+            c.on_event(&Event::Data(ev, payload));
+        };
+        let client_ingress = role == ROLE_SERVER;
+        data(&mut c, 1, client_ingress, crate::protocol::http2::PREFACE, 0);
+        for i in 2..200u64 {
+            let mut frame = Vec::new();
+            // Mostly HEADERS (a valid block), DATA and RST_STREAM; now and then anything.
+            let kind = [0, 0, 1, 1, 1, 3, 4, 6, 8][rng.usize(0..9)];
+            let garbage = rng.u8(0..40) == 0;
+            let kind = if garbage { rng.u8(0..11) } else { kind };
+            let payload: Vec<u8> = match kind {
+                1 if !garbage => block.clone(),
+                3 if !garbage => vec![0, 0, 0, 8],
+                _ => (0..rng.usize(0..24)).map(|_| rng.u8(..)).collect(),
+            };
+            let flags = if garbage { rng.u8(..) & 0x2d } else { 0x4 | (rng.u8(..) & 1) };
+            frame.extend_from_slice(&(payload.len() as u32).to_be_bytes()[1..]);
+            frame.push(kind);
+            frame.push(flags);
+            frame.extend_from_slice(&rng.u32(0..8).to_be_bytes());
+            frame.extend_from_slice(&payload);
+            let extra = if rng.u8(0..50) == 0 { rng.u32(1..20) } else { 0 };
+            data(&mut c, i, rng.bool(), &frame, extra);
+        }
+        c.close_all();
+        let spans = c.take_spans();
+        let mut ids: Vec<[u8; 8]> = spans.iter().map(|s| s.span_id).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), spans.len(), "round {round}: a stream ended twice");
+        assert!(c.shared.serving.is_empty(), "round {round}");
+        let h2 = c.stats().h2;
+        assert_eq!(h2.conns, 1, "round {round}");
+        assert!(h2.lost <= 1, "round {round}");
+        total += spans.len();
+    }
+    assert!(total >= 50, "the frames opened only {total} streams");
+}
