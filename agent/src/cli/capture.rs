@@ -195,6 +195,9 @@ fn data_json(d: &DataEvent, payload: &[u8], clock: &Clock, show_payload: bool) -
         "iov_overflow": d.flags & DATA_FLAG_IOV_OVERFLOW != 0,
         "head": http_head(payload),
     });
+    if let Some(frames) = crate::protocol::http2::describe(payload) {
+        v["h2"] = json!(frames);
+    }
     if d.thread_ctx.generation != 0 {
         v["serving"] = json!({"fd": d.thread_ctx.fd, "gen": d.thread_ctx.generation});
     }
@@ -260,6 +263,9 @@ pub fn event_text(ev: &Event<'_>, clock: &Clock, show_payload: bool) -> String {
             }
             if let Some(head) = http_head(payload) {
                 s.push_str(&format!("  {head}"));
+            }
+            if let Some(frames) = crate::protocol::http2::describe(payload) {
+                s.push_str(&format!("  h2 {frames}"));
             }
             if show_payload {
                 s.push_str(&format!("\n    {:?}", String::from_utf8_lossy(payload)));

@@ -33,6 +33,7 @@ const HEADERS: u8 = 1;
 const RST_STREAM: u8 = 3;
 const SETTINGS: u8 = 4;
 const PUSH_PROMISE: u8 = 5;
+const PING: u8 = 6;
 const GOAWAY: u8 = 7;
 const CONTINUATION: u8 = 9;
 
@@ -68,6 +69,51 @@ pub fn starts_server_preface(payload: &[u8]) -> bool {
         }
         _ => false,
     }
+}
+
+/// The frames a read or write holds, named (`SETTINGS HEADERS#1 DATA#1+end`), when it is a run of
+/// HTTP/2 frames from its first byte (the preface allowed first): for `tracewire capture`.
+pub fn describe(payload: &[u8]) -> Option<String> {
+    const NAMES: [&str; 10] = [
+        "DATA",
+        "HEADERS",
+        "PRIORITY",
+        "RST_STREAM",
+        "SETTINGS",
+        "PUSH_PROMISE",
+        "PING",
+        "GOAWAY",
+        "WINDOW_UPDATE",
+        "CONTINUATION",
+    ];
+    let mut parts: Vec<String> = Vec::new();
+    let mut p = payload;
+    if let Some(rest) = p.strip_prefix(&PREFACE[..]) {
+        parts.push("preface".into());
+        p = rest;
+    }
+    while !p.is_empty() {
+        if parts.len() == 8 {
+            parts.push("...".into());
+            break;
+        }
+        let [l0, l1, l2, kind, flags, s0, s1, s2, s3, ..] = *p else {
+            return None;
+        };
+        let name = NAMES.get(kind as usize)?;
+        let stream = u32::from_be_bytes([s0, s1, s2, s3]) & 0x7fff_ffff;
+        let mut part = if stream != 0 { format!("{name}#{stream}") } else { name.to_string() };
+        if flags & END_STREAM != 0 && matches!(kind, DATA | HEADERS) {
+            part.push_str("+end");
+        } else if flags & 1 != 0 && matches!(kind, SETTINGS | PING) {
+            part.push_str("+ack");
+        }
+        parts.push(part);
+        let len = u32::from_be_bytes([0, l0, l1, l2]) as usize;
+        // The last frame may go on beyond the bytes captured.
+        p = p.get(FRAME_HEADER + len..).unwrap_or_default();
+    }
+    (!parts.is_empty()).then(|| parts.join(" "))
 }
 
 /// What a direction's frames say, in order.
@@ -586,6 +632,18 @@ mod tests {
                 }
             });
         }
+    }
+
+    #[test]
+    fn captures_name_their_frames() {
+        let mut w = PREFACE.to_vec();
+        w.extend(frame(SETTINGS, 0, 0, &[]));
+        w.extend(frame(HEADERS, END_HEADERS | END_STREAM, 1, &[0x82]));
+        w.extend(frame(DATA, 0, 3, &[0; 100])[..20].iter());
+        assert_eq!(describe(&w).as_deref(), Some("preface SETTINGS HEADERS#1+end DATA#3"));
+        assert_eq!(describe(&frame(SETTINGS, 1, 0, &[])).as_deref(), Some("SETTINGS+ack"));
+        assert_eq!(describe(b"GET / HTTP/1.1\r\n\r\n"), None);
+        assert_eq!(describe(&[0, 0, 0, 4]), None, "a cut frame header");
     }
 
     #[test]
