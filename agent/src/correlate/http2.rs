@@ -13,7 +13,7 @@
 //! header block, events lost or left out) cannot be decoded any more: the connection's streams
 //! in flight are dropped and counted, and the connection is left alone from there.
 use super::{
-    ConnSink, Info, Pending, host_port, peer_address,
+    ConnSink, Info, Pending, peer_address, push_endpoints,
     span::{Kind, SpanRecord, Text, Value},
     stream::Meta,
 };
@@ -327,22 +327,9 @@ fn grpc_span(info: &Info, s: Exchange, end_ns: u64) -> SpanRecord {
     }
     attrs.push(("network.protocol.name", Value::Str("http".into())));
     attrs.push(("network.protocol.version", Value::Str("2".into())));
-    let default_port = if info.tls { 443 } else { 80 };
-    let server_side = if server { info.local } else { info.remote };
-    let (address, port) = match head.host {
-        Some(h) => host_port(h, default_port),
-        None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
-    };
-    if !address.is_empty() {
-        attrs.push(("server.address", Value::Str(address.into())));
-        attrs.push(("server.port", Value::Int(i64::from(port))));
-    }
-    if let Some(peer) = info.remote {
-        attrs.push(("network.peer.address", peer_address(info)));
-        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
-        if server {
-            attrs.push(("client.address", peer_address(info)));
-        }
+    push_endpoints(&mut attrs, info, head.host, if info.tls { 443 } else { 80 });
+    if server && info.remote.is_some() {
+        attrs.push(("client.address", peer_address(info)));
     }
     let error_type = match (s.grpc_status, s.status) {
         (Some(code), _) if (server && http2::grpc_server_error(code)) || (!server && code != 0) => {

@@ -709,6 +709,29 @@ fn peer_address(info: &Info) -> Value {
     Value::Str(info.peer_ip.clone().map_or(Text::Static(""), Text::Shared))
 }
 
+/// `server.address`/`server.port` (the request's host, else the server end's address) and
+/// `network.peer.address`/`port`: what every span of a connection says about its two ends.
+fn push_endpoints(
+    attrs: &mut Vec<(&'static str, Value)>,
+    info: &Info,
+    host: Option<String>,
+    default_port: u16,
+) {
+    let server_side = if info.role == ROLE_SERVER { info.local } else { info.remote };
+    let (address, port) = match host {
+        Some(h) => host_port(h, default_port),
+        None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
+    };
+    if !address.is_empty() {
+        attrs.push(("server.address", Value::Str(address.into())));
+        attrs.push(("server.port", Value::Int(i64::from(port))));
+    }
+    if let Some(peer) = info.remote {
+        attrs.push(("network.peer.address", peer_address(info)));
+        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
+    }
+}
+
 fn build_span(
     info: &Info,
     mut p: Box<Pending>,
@@ -725,7 +748,7 @@ fn build_span(
         route::Named::Route(r) | route::Named::Heuristic(r) => format!("{base} {r}").into(),
         route::Named::None => base.into(),
     };
-    let (local, remote) = (info.local, info.remote);
+    let remote = info.remote;
     let (scheme, default_port) = if info.tls { ("https", 443) } else { ("http", 80) };
     let mut attrs: Vec<(&'static str, Value)> = Vec::with_capacity(14);
     attrs.push(("http.request.method", Value::Str(method.into())));
@@ -742,21 +765,9 @@ fn build_span(
         _ => "1.1",
     };
     attrs.push(("network.protocol.version", Value::Str(version.into())));
-    let server_side: Option<SocketAddr> = if kind == Kind::Server { local } else { remote };
     // A server span needs the Host header for nothing else: its string becomes the attribute.
     let host = if kind == Kind::Server { p.head.host.take() } else { p.head.host.clone() };
-    let (server_address, server_port) = match host {
-        Some(h) => host_port(h, default_port),
-        None => server_side.map_or((String::new(), 0), |a| (a.ip().to_string(), a.port())),
-    };
-    if !server_address.is_empty() {
-        attrs.push(("server.address", Value::Str(server_address.into())));
-        attrs.push(("server.port", Value::Int(i64::from(server_port))));
-    }
-    if let Some(peer) = remote {
-        attrs.push(("network.peer.address", peer_address(info)));
-        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
-    }
+    push_endpoints(&mut attrs, info, host, default_port);
     match kind {
         Kind::Server => {
             if let route::Named::Route(r) = &named {
