@@ -1514,6 +1514,105 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
 }
 
+/// Go services talking HTTPS with crypto/tls (no OpenSSL): a Go front calls a Go leaf over a
+/// pooled TLS connection for each request, served over HTTP/1.1 and over HTTP/2 (ALPN). Every
+/// request, call and leaf request is read in plain text, each call is the child of the request
+/// its goroutine serves (the connection under the *tls.Conn is tied at roundTrip), and the leaf
+/// joins the trace (TCP option under TLS).
+#[test]
+fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    let bin = tracewire::capture::runtime::inspect_go(&go_bin).expect("a followable Go binary");
+    let tls = bin.tls.as_ref().expect("crypto/tls followed");
+    // Every probe sits on an instruction the kernel emulates: the stack check's branch (jbe), or
+    // Read's call of runtime.memmove.
+    let code = fs::read(&go_bin).unwrap();
+    for off in [tls.write, tls.read].into_iter().chain(tls.handshakes.iter().copied()) {
+        let op = &code[off as usize..off as usize + 2];
+        assert!(op[0] == 0x76 || op == [0x0f, 0x86], "{off:#x}: {op:02x?}");
+    }
+    assert_eq!(code[tls.read_copy as usize], 0xe8, "{tls:?}");
+    // Both roles are in the binary (it serves and calls), and tls.Conn's conn comes first.
+    assert_eq!((tls.handshakes.len(), tls.tls_conn), (2, 0), "{tls:?}");
+    assert!(tls.tls_itab > 0, "{tls:?}");
+
+    let files = tls_files(dir.path());
+    let go_hop = |name: &str, next: Option<String>| {
+        let mut cmd = Command::new(&go_bin);
+        cmd.args(["127.0.0.1", &free_port().to_string()]).args(next);
+        cmd.env("OTEL_SERVICE_NAME", name).env("HOP_TLS_CERT", &files.0).env("HOP_TLS_KEY", &files.1);
+        cmd.env("HOP_TLS_CA", &files.0).env("HOP_KEEPALIVE", "1");
+        let mut peer = Peer::spawn(&mut cmd);
+        let port = peer.port();
+        (peer, port)
+    };
+    let (leaf, leaf_port) = go_hop("go-tls-leaf", None);
+    let (front, front_port) = go_hop("go-tls", Some(format!("https://localhost:{leaf_port}")));
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &front.pid().to_string(), "--pid", &leaf.pid().to_string()],
+    );
+    let h1: Vec<String> = (0..6).map(|i| format!("gotls{i}")).collect();
+    let h2: Vec<String> = (0..3).map(|i| format!("gotlsh2{i}")).collect();
+    for id in &h1 {
+        curl(
+            &format!("https://localhost:{front_port}/hop/{id}?token=zz-secret-zz"),
+            &["--cacert", &files.0, "--http1.1"],
+        );
+    }
+    for id in &h2 {
+        curl(&format!("https://localhost:{front_port}/hop/{id}"), &["--cacert", &files.0, "--http2"]);
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let names: Vec<String> = spans.iter().map(|(v, s)| format!("{v} {} {}", s.kind, s.name)).collect();
+    for (_, s) in &spans {
+        for kv in &s.attributes {
+            assert!(!format!("{:?}", kv.value).contains("zz-secret-zz"), "{}", kv.key);
+        }
+    }
+    let (servers, calls, leaves) =
+        (by_rid(&spans, "go-tls", 2), by_rid(&spans, "go-tls", 3), by_rid(&spans, "go-tls-leaf", 2));
+    let n = h1.len() + h2.len();
+    assert_eq!((servers.len(), calls.len(), leaves.len()), (n, n, n), "{names:#?}\n{summary}");
+    assert_eq!(spans.len(), 3 * n, "{names:#?}\n{summary}");
+    for id in h1.iter().chain(&h2) {
+        let (s, c, l) = (servers[id], calls[id], leaves[id]);
+        assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
+        assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
+        assert_eq!(attr_str(c, "url.full"), Some(format!("https://localhost:{leaf_port}/hop/{id}")), "{id}");
+        assert_eq!(attr_int(l, "http.response.status_code"), Some(200), "{id}");
+        // The leaf's request is the call's child (TCP option), over HTTP/1.1 pooled connections.
+        assert_eq!((&l.parent_span_id, &l.trace_id), (&c.span_id, &c.trace_id), "{id}: {names:#?}");
+    }
+    for id in &h1 {
+        let (s, c) = (servers[id], calls[id]);
+        assert_eq!(attr_str(s, "url.query").as_deref(), Some("token=REDACTED"), "{id}");
+        // The call is its request's child, followed from the serving goroutine.
+        assert_eq!(
+            (&c.parent_span_id, &c.trace_id),
+            (&s.span_id, &s.trace_id),
+            "{id}: {names:#?}\n{summary}"
+        );
+        assert!(
+            s.start_time_unix_nano <= c.start_time_unix_nano && c.end_time_unix_nano <= s.end_time_unix_nano
+        );
+    }
+    for id in &h2 {
+        assert_eq!(attr_str(servers[id], "network.protocol.version").as_deref(), Some("2"), "{id}");
+    }
+    assert_eq!(summary["go_tls_followed"], 2, "{summary}");
+    assert_eq!(summary["http2"]["conns"], h2.len(), "{summary}");
+    assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
+    assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
+    assert_eq!(summary["kernel"]["go_linked"], h1.len(), "{summary}");
+}
+
 #[test]
 fn nginx_terminating_tls_and_calling_its_upstream_over_tls_is_read_in_plain_text() {
     nginx_tls(false);

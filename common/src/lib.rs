@@ -202,6 +202,17 @@ pub const WATCH_CLIENTS: u8 = 8;
 /// ciphertext, and the plaintext is reported from the library's return instead); other
 /// processes never look.
 pub const WATCH_TLS: u8 = 16;
+/// [`maps::WATCHED`] value bit: a Go program whose `crypto/tls` connections the uprobes follow;
+/// set by the kernel at the first handshake it sees start. The socket hooks then check whether a
+/// connection's first bytes are a handshake's ([`maps::GO_TLS_HANDSHAKES`]).
+pub const WATCH_GO_TLS: u8 = 32;
+
+/// [`ConnState::tls`]: the connection's bytes are ciphertext, its plaintext is reported from the
+/// TLS library's calls.
+pub const TLS_ON: u8 = 1;
+/// [`ConnState::tls`]: a Go `crypto/tls` handshake started on the connection; its first
+/// plaintext starts afresh (the handshake's own segments took turns, see `report_tls`).
+pub const TLS_HANDSHAKING: u8 = 2;
 
 /// TLS sessions (`SSL *`) whose socket is remembered at once, over all processes.
 pub const MAX_TLS_SESSIONS: u32 = 16_384;
@@ -281,8 +292,15 @@ pub struct GoProc {
     /// this one is a TCP connection, and its fd can be read. 0 when unknown: the call is then
     /// handed to the transport's writer goroutine through `(*Request).write` instead.
     pub tcp_itab: u64,
+    /// Offset of `conn` (the `net.Conn` under the TLS) in `crypto/tls.Conn`.
+    pub tls_conn: u32,
+    /// 1 when the program's `crypto/tls` connections are followed (see the kernel's `gotls`).
+    pub tls: u32,
+    /// Address of the `*crypto/tls.Conn` → `net.Conn` itab: a `persistConn.conn` with this one
+    /// is a TLS connection, whose fd is read through its `conn`. 0 when unknown.
+    pub tls_itab: u64,
 }
-const _: () = assert!(size_of::<GoProc>() == 40);
+const _: () = assert!(size_of::<GoProc>() == 56);
 
 /// A goroutine (or a request object) of one process: the key of the goroutine maps.
 #[repr(C)]
@@ -467,9 +485,10 @@ pub struct ConnState {
     /// client span starts there), 0 between sends. Kept with the connection rather than the
     /// thread: a server's response then needs no per-thread entry at all.
     pub send_ns: u64,
-    /// 1 once the connection's bytes were seen moved by a TLS library call (see [`WATCH_TLS`]):
-    /// its socket calls carry ciphertext and are not reported; the library's calls report the
-    /// plaintext ([`DATA_FLAG_TLS`]).
+    /// [`TLS_ON`] once the connection's bytes were seen moved by a TLS library call (see
+    /// [`WATCH_TLS`]): its socket calls carry ciphertext and are not reported; the library's
+    /// calls report the plaintext ([`DATA_FLAG_TLS`]). [`TLS_HANDSHAKING`] from a Go handshake's
+    /// first bytes to its first plaintext.
     pub tls: u8,
     /// 1 once the connection's client sent the HTTP/2 preface: its bytes are frames whose header
     /// blocks share a compression table, so none may be left out (no body skipping, no

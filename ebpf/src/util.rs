@@ -9,7 +9,7 @@ use aya_ebpf::{
 use tracewire_common::{
     ActiveCall, CallParent, Config, ConnId, Counter, DEFAULT_PAYLOAD, EventHeader, FAMILY_V4, FAMILY_V6,
     ListenerState, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, SockOffsets, WATCH_CLIENTS, WATCH_GO,
-    WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS,
+    WATCH_GO_TLS, WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS,
 };
 
 use crate::maps::{COUNTERS, EVENTS, WATCHED};
@@ -104,8 +104,14 @@ pub fn set_clients(tgid: u32) {
 /// to a bit test.
 #[inline(always)]
 pub fn set_tls(tgid: u32) {
-    if watch_bits(tgid) & WATCH_TLS == 0 {
-        set_bits(tgid, WATCH_TLS);
+    set_once(tgid, WATCH_TLS);
+}
+
+/// Sets `bit` in `tgid`'s byte unless it is set already (a read instead of an atomic write).
+#[inline(always)]
+pub fn set_once(tgid: u32, bit: u8) {
+    if watch_bits(tgid) & bit == 0 {
+        set_bits(tgid, bit);
     }
 }
 
@@ -197,7 +203,7 @@ pub fn set_handoff(tgid: u32) {
 /// selection (and whether it has client connections, which may outlive the exec) stays.
 #[inline(always)]
 pub fn new_program(tgid: u32) {
-    clear_bits(tgid, WATCH_HANDOFF | WATCH_GO | WATCH_TLS);
+    clear_bits(tgid, WATCH_HANDOFF | WATCH_GO | WATCH_TLS | WATCH_GO_TLS);
 }
 
 /// Removes `$key` from hash map `$map` when it is there. A lookup takes no lock; a removal takes

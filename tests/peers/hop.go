@@ -6,9 +6,14 @@
 // waiting for all. HOP_KEEPALIVE=1: calls reuse pooled connections (a fresh one each otherwise,
 // like the other hops). HOP_BODY=n: the answer is n bytes ("j"s) with a Content-Length instead,
 // or chunked with HOP_CHUNKED=1 (net/http chunks what exceeds its buffer without a length).
+// HOP_TLS_CERT/HOP_TLS_KEY: serve HTTPS with these PEM files (HTTP/2 offered, as net/http does);
+// HOP_TLS_CA: trust this PEM certificate for https calls (made over HTTP/1.1, net/http's choice
+// with a TLS configuration of one's own; HOP_H2=1 asks for HTTP/2).
 package main
 
 import (
+	"crypto/tls"
+	"crypto/x509"
 	"fmt"
 	"io"
 	"net"
@@ -29,7 +34,19 @@ func main() {
 	bodySize, _ := strconv.Atoi(os.Getenv("HOP_BODY"))
 	chunked := os.Getenv("HOP_CHUNKED") == "1"
 	body := []byte(strings.Repeat("j", bodySize))
-	client := &http.Client{Transport: &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 128}}
+	transport := &http.Transport{DisableKeepAlives: !keepAlive, MaxIdleConnsPerHost: 128}
+	if ca := os.Getenv("HOP_TLS_CA"); ca != "" {
+		pem, err := os.ReadFile(ca)
+		if err != nil {
+			fmt.Fprintln(os.Stderr, err)
+			os.Exit(1)
+		}
+		roots := x509.NewCertPool()
+		roots.AppendCertsFromPEM(pem)
+		transport.TLSClientConfig = &tls.Config{RootCAs: roots}
+		transport.ForceAttemptHTTP2 = os.Getenv("HOP_H2") == "1"
+	}
+	client := &http.Client{Transport: transport}
 	call := func(rid string) bool {
 		resp, err := client.Get(next + "/hop/" + rid)
 		if err != nil {
@@ -78,5 +95,10 @@ func main() {
 		os.Exit(1)
 	}
 	fmt.Printf("port %d\n", ln.Addr().(*net.TCPAddr).Port)
-	http.Serve(ln, nil)
+	if cert := os.Getenv("HOP_TLS_CERT"); cert != "" {
+		err = http.ServeTLS(ln, nil, cert, os.Getenv("HOP_TLS_KEY"))
+	} else {
+		err = http.Serve(ln, nil)
+	}
+	fmt.Fprintln(os.Stderr, err)
 }

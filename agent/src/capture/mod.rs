@@ -35,7 +35,7 @@ use tracewire_common::{
     CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, COUNTER_COUNT,
     Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc,
     ListenerState, MAX_PAYLOAD, ROLE_CLIENT, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_CLIENTS,
-    WATCH_GO, WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS, fd_key, maps,
+    WATCH_GO, WATCH_GO_TLS, WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS, fd_key, maps,
 };
 
 pub use select::Selection;
@@ -166,6 +166,8 @@ struct Followed {
     on: bool,
     /// False when uprobes are off or the TLS programs did not load.
     tls_on: bool,
+    /// False when uprobes are off or the Go `crypto/tls` programs did not load.
+    go_tls_on: bool,
     /// Go binaries: what each is, or why its calls are not followed.
     go: std::collections::HashMap<(u64, u64), Result<runtime::GoBinary, String>>,
     /// The probes of each followed Go process.
@@ -193,6 +195,10 @@ const NGINX_PROGRAMS: [&str; 4] =
     ["ngx_upstream_init", "ngx_upstream_init_ret", "ngx_connect_peer", "ngx_connect_peer_ret"];
 
 const GO_PROGRAMS: [&str; 3] = ["go_round_trip", "go_request_write", "go_new_goroutine"];
+
+/// The `crypto/tls` uprobe programs (see the kernel's `gotls` probes): handshake, write, read,
+/// and the read's copy of its plaintext.
+const GO_TLS_PROGRAMS: [&str; 4] = ["go_tls_handshake", "go_tls_write", "go_tls_read", "go_tls_read_copy"];
 
 /// The TLS uprobe programs (see the kernel's `tls` probes and [`runtime::TLS_FUNCTIONS`]).
 const TLS_PROGRAMS: [&str; 8] = [
@@ -468,6 +474,8 @@ impl Capture {
                 ),
             tls_on: options.uprobes
                 && load_uprobe_programs(&mut ebpf, &TLS_PROGRAMS, "TLS connections are not read"),
+            go_tls_on: options.uprobes
+                && load_uprobe_programs(&mut ebpf, &GO_TLS_PROGRAMS, "Go's TLS connections are not read"),
             ..Followed::default()
         };
         debug!("attached {attached} programs");
@@ -619,13 +627,14 @@ impl Capture {
 
     /// Follows the net/http calls of Go program `tgid` through its goroutines: uprobes on its
     /// binary (once per binary), and the kernel told where its runtime keeps goroutine ids.
-    /// Returns the Go version when followed, or why not.
+    /// Its `crypto/tls` connections' plaintext is read too where the binary allows. Returns the
+    /// Go version when followed and why its TLS is not read (`None`: it is), or why not followed.
     ///
     /// The probes are scoped to the process: another process running the same binary that is
     /// not selected never stops on them.
     ///
     /// The caller forgets the pid's earlier program first ([`Capture::forget_go`]).
-    pub fn follow_go(&mut self, tgid: u32) -> Result<String, String> {
+    pub fn follow_go(&mut self, tgid: u32) -> Result<(String, Option<String>), String> {
         let (exe, key) = self.followable(tgid)?;
         let mut bin = match self.followed.go.entry(key).or_insert_with(|| runtime::inspect_go(&exe)) {
             Ok(bin) => bin.clone(),
@@ -633,6 +642,9 @@ impl Capture {
         };
         if self.followed.go_links.len() >= MAX_GO_PROCESSES {
             return Err(format!("already following {MAX_GO_PROCESSES} Go processes"));
+        }
+        if !self.followed.go_tls_on && bin.tls.is_ok() {
+            bin.tls = Err("its programs did not load".into());
         }
         let links = self.attach_go(tgid, &exe, &bin)?;
         self.followed.go_links.insert(tgid, links);
@@ -647,17 +659,21 @@ impl Capture {
             .and_then(|m| HashMap::try_from(m).map_err(|_| "GO_PROCS: wrong map type"))?;
         // Ancestry offsets stay 0 (off) until goroutine creation is followed.
         let fd = bin.conn_fd;
+        let tls = bin.tls.as_ref().ok();
         let proc = GoProc {
             goid_offset: bin.goid_offset,
             pc_conn: fd.map_or(0, |f| f.pc_conn),
             tcp_fd: fd.map_or(0, |f| f.tcp_fd),
             netfd_sysfd: fd.map_or(0, |f| f.netfd_sysfd),
             tcp_itab: fd.map_or(0, |f| f.tcp_itab),
+            tls_conn: tls.map_or(0, |t| t.tls_conn),
+            tls: u32::from(tls.is_some()),
+            tls_itab: tls.map_or(0, |t| t.tls_itab),
             ..GoProc::default()
         };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
         self.watched.set(tgid, WATCH_GO).map_err(|e| e.to_string())?;
-        Ok(bin.version)
+        Ok((bin.version, bin.tls.err()))
     }
 
     /// Follows nginx program `tgid`'s upstream requests to the client requests they are made
@@ -779,7 +795,14 @@ impl Capture {
         let mut links = Vec::new();
         // Where roundTrip reads the connection's fd, the writer goroutine need not be followed.
         let writes = if bin.conn_fd.is_some() { None } else { Some((GO_PROGRAMS[1], bin.request_write)) };
-        for (name, offset) in std::iter::once((GO_PROGRAMS[0], bin.round_trip)).chain(writes) {
+        let mut probes: Vec<(&'static str, u64)> =
+            std::iter::once((GO_PROGRAMS[0], bin.round_trip)).chain(writes).collect();
+        if let Ok(tls) = &bin.tls {
+            let [handshake, write, read, read_copy] = GO_TLS_PROGRAMS;
+            probes.extend(tls.handshakes.iter().map(|&o| (handshake, o)));
+            probes.extend([(write, tls.write), (read, tls.read), (read_copy, tls.read_copy)]);
+        }
+        for (name, offset) in probes {
             match self.attach_uprobe(name, exe, offset, scope) {
                 Ok(link) => links.push((name, link)),
                 Err(e) => {
@@ -875,6 +898,7 @@ impl Capture {
         {
             let _ = procs.remove(&tgid);
         }
+        let _ = self.watched.clear(tgid, WATCH_GO | WATCH_GO_TLS);
     }
 
     /// Whether `tgid` is selected (always true when every process is traced).

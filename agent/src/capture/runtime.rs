@@ -60,6 +60,37 @@ pub struct GoBinary {
     /// How `roundTrip` finds the fd of the connection a call goes out on, when the binary has
     /// it (DWARF, a fixed load address): then [`GO_REQUEST_WRITE`] is not probed.
     pub conn_fd: Option<GoConnFd>,
+    /// Where its `crypto/tls` connections' plaintext is read, or why it is not.
+    pub tls: Result<GoTls, String>,
+}
+
+/// The `crypto/tls` functions whose plaintext the kernel reads (see the kernel's `gotls`).
+pub const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
+pub const GO_TLS_READ: &str = "crypto/tls.(*Conn).Read";
+pub const GO_TLS_HANDSHAKES: [&str; 2] =
+    ["crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake"];
+/// The function `(*Conn).Read` copies the plaintext out with.
+const GO_MEMMOVE: &str = "runtime.memmove";
+/// The itab of `*crypto/tls.Conn` as a `net.Conn` (prefix as for [`TCP_CONN_ITABS`]).
+const TLS_CONN_ITABS: [&str; 2] = ["go.itab.*crypto/tls.Conn,net.Conn", "go:itab.*crypto/tls.Conn,net.Conn"];
+
+/// Where a Go binary's `crypto/tls` plaintext is read: probe offsets in the file, every one on
+/// an instruction the kernel emulates.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct GoTls {
+    /// [`GO_TLS_WRITE`]'s stack-check branch.
+    pub write: u64,
+    /// [`GO_TLS_READ`]'s stack-check branch.
+    pub read: u64,
+    /// The call of `runtime.memmove` in [`GO_TLS_READ`] that copies the plaintext out.
+    pub read_copy: u64,
+    /// The stack-check branches of the [`GO_TLS_HANDSHAKES`] the binary has.
+    pub handshakes: Vec<u64>,
+    /// Offset of `conn` in `crypto/tls.Conn`.
+    pub tls_conn: u32,
+    /// Address of the `*crypto/tls.Conn` → `net.Conn` itab (0: not in the binary, and calls over
+    /// TLS stay unlinked).
+    pub tls_itab: u64,
 }
 
 /// The way from a `*persistConn` to its socket's fd (see the kernel's `conn_fd`).
@@ -302,6 +333,18 @@ fn stack_check_branch<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>, sym: &objec
     }
 }
 
+/// The file offset of a Go function's stack-check branch (see [`stack_check_branch`]), when its
+/// prologue is the one expected: a probe there costs no single step.
+fn emulated_entry<'d, R: ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    sym: &object::Symbol<'d, '_, R>,
+) -> Option<u64> {
+    match stack_check_branch(obj, sym) {
+        0 => None,
+        branch => Some(file_offset(obj, sym)? + branch),
+    }
+}
+
 /// Inspects a Go executable: `Ok` when its calls can be followed, `Err` saying why not.
 pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let file = File::open(path).map_err(|e| format!("open: {e}"))?;
@@ -321,13 +364,36 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let version = build_version(info.data().map_err(|e| e.to_string())?)
         .ok_or("built before Go 1.18 (register ABI and build info format unknown)")?;
     let (mut round_trip, mut request_write, mut new_goroutine, mut tcp_itab) = (None, None, None, None);
+    let (mut tls_write, mut tls_read, mut read_copy, mut memmove, mut tls_itab) = (None, None, None, None, 0);
+    let mut handshakes = Vec::new();
     for sym in obj.symbols() {
         let slot = match sym.name() {
             Ok(GO_ROUND_TRIP) => &mut round_trip,
             Ok(GO_REQUEST_WRITE) => &mut request_write,
             Ok(GO_NEW_GOROUTINE) => &mut new_goroutine,
+            Ok(GO_TLS_WRITE) => {
+                tls_write = emulated_entry(&obj, &sym);
+                continue;
+            }
+            Ok(GO_TLS_READ) => {
+                tls_read = emulated_entry(&obj, &sym);
+                read_copy = Some((sym.address(), sym.size(), sym.section_index()));
+                continue;
+            }
+            Ok(GO_MEMMOVE) => {
+                memmove = Some(sym.address());
+                continue;
+            }
+            Ok(name) if GO_TLS_HANDSHAKES.contains(&name) => {
+                handshakes.extend(emulated_entry(&obj, &sym));
+                continue;
+            }
             Ok(name) if TCP_CONN_ITABS.contains(&name) => {
                 tcp_itab = Some(sym.address());
+                continue;
+            }
+            Ok(name) if TLS_CONN_ITABS.contains(&name) => {
+                tls_itab = sym.address();
                 continue;
             }
             _ => continue,
@@ -350,6 +416,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
         ("net.conn", "fd"),
         ("net.netFD", "pfd"),
         ("internal/poll.FD", "Sysfd"),
+        ("crypto/tls.Conn", "conn"),
     ];
     let found = dwarf_members(&obj, &wanted);
     let goid_offset = match found[0] {
@@ -375,8 +442,57 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
         }
         _ => None,
     };
-    Ok(GoBinary { version, goid_offset, round_trip, request_write, ancestry, conn_fd })
+    let tls = match (conn_fd, tls_write, tls_read, read_copy, memmove, found[9]) {
+        (None, ..) => {
+            Err("the fd under a connection is not known (no DWARF, or position-independent)".into())
+        }
+        (_, _, _, None, ..) => Err("no crypto/tls in the binary".into()),
+        (_, None, ..) | (_, _, None, ..) => Err("crypto/tls's prologues not recognised".into()),
+        (_, _, _, _, None, _) | (_, _, _, _, _, None) => {
+            Err("runtime.memmove or tls.Conn's layout not found".into())
+        }
+        (Some(_), Some(write), Some(read), Some(read_sym), Some(memmove), Some(tls_conn)) => {
+            match calls_to(&obj, read_sym, memmove)[..] {
+                [read_copy] => Ok(GoTls { write, read, read_copy, handshakes, tls_conn, tls_itab }),
+                ref calls => Err(format!("{GO_TLS_READ} calls {GO_MEMMOVE} {} times, not once", calls.len())),
+            }
+        }
+    };
+    Ok(GoBinary { version, goid_offset, round_trip, request_write, ancestry, conn_fd, tls })
 }
+
+/// File offsets of the `call rel32` instructions in function `sym` whose target is `target`
+/// (x86-64). Bytes are not decoded one instruction at a time: an `e8` inside another
+/// instruction whose next four bytes happen to reach exactly `target` is not expected, and a
+/// count other than the one wanted makes the caller give up.
+fn calls_to<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>, function: FunctionAt, target: u64) -> Vec<u64> {
+    let (address, size, section) = function;
+    let mut out = Vec::new();
+    if obj.architecture() != object::Architecture::X86_64 {
+        return out;
+    }
+    let Some(sec) = section.and_then(|i| obj.section_by_index(i).ok()) else {
+        return out;
+    };
+    let (Some(code), Some((file_off, _))) = (sec.data_range(address, size).ok().flatten(), sec.file_range())
+    else {
+        return out;
+    };
+    for (i, w) in code.windows(5).enumerate() {
+        if w[0] != 0xe8 {
+            continue;
+        }
+        let next = address + i as u64 + 5;
+        let rel = i64::from(i32::from_le_bytes([w[1], w[2], w[3], w[4]]));
+        if next.checked_add_signed(rel) == Some(target) {
+            out.push(address + i as u64 - sec.address() + file_off);
+        }
+    }
+    out
+}
+
+/// A function symbol's address, size and section.
+type FunctionAt = (u64, u64, Option<object::SectionIndex>);
 
 /// The Go version in a `.go.buildinfo` section of the Go 1.18+ format (flag bit 2: strings
 /// inline, each a uvarint length and its bytes, after a 32-byte header).

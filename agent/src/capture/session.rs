@@ -48,6 +48,8 @@ pub struct SessionStats {
     pub go_followed: u64,
     /// Go programs whose calls are not followed (old Go, stripped, no net/http client...).
     pub go_not_followed: u64,
+    /// Followed Go programs whose `crypto/tls` connections are read in plain text.
+    pub go_tls_followed: u64,
     /// nginx processes whose upstream requests the kernel follows.
     pub nginx_followed: u64,
     /// nginx processes whose upstream requests are not followed (symbols not found...).
@@ -399,11 +401,20 @@ impl Session {
             let handoff = self.capture.set_handoff(pid);
             self.applied(handoff)?;
             match self.capture.follow_go(pid) {
-                Ok(version) => {
+                Ok((version, tls)) => {
                     debug!(
                         "pid {pid} is a Go program ({version}): net/http calls followed through goroutines"
                     );
                     self.stats.go_followed += 1;
+                    match tls {
+                        None => {
+                            debug!("pid {pid}: crypto/tls connections read in plain text");
+                            self.stats.go_tls_followed += 1;
+                        }
+                        Some(why) => {
+                            self.not_followed(format!("pid {pid}: Go TLS connections not read: {why}"))
+                        }
+                    }
                 }
                 Err(why) => {
                     self.not_followed(format!("pid {pid} is a Go program whose calls stay unlinked: {why}"));

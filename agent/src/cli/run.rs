@@ -347,6 +347,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "handoff_runtimes": session.stats().handoff_runtimes,
             "go_followed": session.stats().go_followed,
             "go_not_followed": session.stats().go_not_followed,
+            "go_tls_followed": session.stats().go_tls_followed,
             "nginx_followed": session.stats().nginx_followed,
             "nginx_not_followed": session.stats().nginx_not_followed,
             "tls_followed": session.stats().tls_followed,

@@ -34,8 +34,8 @@ use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
     DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
     DATA_FLAG_TLS, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST,
-    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall, TLS_WRITE,
-    TraceCtx, WATCH_TLS, fd_key,
+    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall,
+    TLS_HANDSHAKING, TLS_ON, TLS_WRITE, TraceCtx, WATCH_GO_TLS, WATCH_TLS, fd_key,
 };
 
 use super::{
@@ -44,7 +44,7 @@ use super::{
     golang::{goroutine_reg, serving},
 };
 use crate::{
-    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX, TLS_CALLS},
+    maps::{ACTIVE, CONNS, GO_TLS_HANDSHAKES, SCRATCH, THREAD_CTX, TLS_CALLS},
     util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, watch_bits, zeroed},
 };
 
@@ -175,23 +175,46 @@ enum Source {
     Tls,
 }
 
-/// Whether a socket call on `conn` carries ciphertext: the connection is TLS, or the call is
-/// made inside a TLS library call of a process whose library is probed (which names the
-/// library call's socket). Such calls are counted and not reported.
+/// Whether a socket call on `conn` carries ciphertext: the connection is TLS, the call is made
+/// inside a TLS library call of a process whose library is probed (which names the library
+/// call's socket), or it is the first on a socket a Go handshake started on (see `gotls`). Such
+/// calls are counted and not reported.
 #[inline(always)]
 fn ciphertext(id: u64, fd: u32, conn: &mut ConnState) -> bool {
-    if watch_bits((id >> 32) as u32) & WATCH_TLS != 0
+    let tgid = (id >> 32) as u32;
+    let bits = watch_bits(tgid);
+    if bits & WATCH_TLS != 0
         && let Some(call) = TLS_CALLS.get_ptr_mut(&id)
     {
         // SAFETY: map value pointer, valid for this run.
         unsafe { (*call).fd = fd };
-        conn.tls = 1;
+        conn.tls = TLS_ON;
+    }
+    if conn.tls == 0 && bits & WATCH_GO_TLS != 0 {
+        let key = fd_key(tgid, fd);
+        // SAFETY: a lookup only.
+        if unsafe { GO_TLS_HANDSHAKES.get(&key) }.is_some() {
+            let _ = GO_TLS_HANDSHAKES.remove(&key);
+            conn.tls = TLS_HANDSHAKING;
+        }
     }
     if conn.tls == 0 {
         return false;
     }
     count(Counter::TlsCiphertext);
     true
+}
+
+/// A TLS connection's plaintext is about to be reported: after a Go handshake, whose segments
+/// took turns as ciphertext (a client's minted a context), the first plaintext starts afresh, as
+/// `SSL_do_handshake`'s return makes it for OpenSSL.
+#[inline(always)]
+fn plaintext_starts(conn: &mut ConnState) {
+    if conn.tls == TLS_HANDSHAKING {
+        conn.turn = 0;
+        conn.send_ns = 0;
+    }
+    conn.tls = TLS_ON;
 }
 
 /// Reports the plaintext a TLS library call moved on `fd` (see `tls`).
@@ -203,7 +226,7 @@ pub(crate) fn report_tls(id: u64, fd: u32, buf: u64, moved: u64, direction: u8) 
     };
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
-    conn.tls = 1;
+    plaintext_starts(conn);
     // A client's request turn began when its first ciphertext left (`tcp_sendmsg_locked`, or
     // the syscall hooks' entry), which minted its context; the socket hooks also noted when.
     let mut enter_ns = 0;
@@ -211,7 +234,66 @@ pub(crate) fn report_tls(id: u64, fd: u32, buf: u64, moved: u64, direction: u8) 
         enter_ns = conn.send_ns;
         conn.send_ns = 0;
     }
-    let call = ActiveCall {
+    report(
+        id,
+        tls_call(fd, buf, enter_ns, direction),
+        moved,
+        direction,
+        Layout::Flat,
+        0,
+        conn_ptr,
+        0,
+        Source::Tls,
+    );
+}
+
+/// Reports the plaintext a Go program hands `crypto/tls` to write on `fd`, before it is
+/// encrypted (see `gotls`): a client's request turn starts here, in time for the TCP option
+/// of its first segment.
+#[inline(always)]
+pub(crate) fn report_tls_write(id: u64, fd: u32, buf: u64, len: u64) {
+    let enter_ns = tls_write_starts(id, fd, buf, len);
+    if enter_ns != u64::MAX {
+        report_tls_written(id, fd, buf, len, enter_ns);
+    }
+}
+
+/// The connection's side of a plaintext write of `len` bytes at `buf` about to start: a client's
+/// request turn starts, unless the write goes on with one or holds only HTTP/2 control frames.
+/// Returns when the write started (0: a server's, stamped when reported), `u64::MAX` when `fd`
+/// is no connection. Its own function, as is the report: `client_turn`'s frame and the report's
+/// do not fit the BPF stack in one call chain.
+#[inline(never)]
+fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64) -> u64 {
+    let Some(conn_ptr) = conn_of(id, fd, 0) else {
+        count(Counter::TlsNoConn);
+        return u64::MAX;
+    };
+    // SAFETY: map value pointer, valid for this run.
+    let conn = unsafe { &mut *conn_ptr };
+    plaintext_starts(conn);
+    if conn.role != ROLE_CLIENT {
+        return 0;
+    }
+    if conn.turn != DIR_EGRESS && !(conn.h2 != 0 && h2_control_only(Layout::Flat, buf, 0, len)) {
+        client_turn(id, fd, conn);
+    }
+    now()
+}
+
+/// Reports a plaintext write that started at `enter_ns` (see [`report_tls_write`]).
+#[inline(never)]
+fn report_tls_written(id: u64, fd: u32, buf: u64, len: u64, enter_ns: u64) {
+    if let Some(conn_ptr) = conn_of(id, fd, 0) {
+        let call = tls_call(fd, buf, enter_ns, DIR_EGRESS);
+        report(id, call, len, DIR_EGRESS, Layout::Flat, 0, conn_ptr, 0, Source::Tls);
+    }
+}
+
+/// The call record of a TLS library call's plaintext.
+#[inline(always)]
+fn tls_call(fd: u32, buf: u64, enter_ns: u64, direction: u8) -> ActiveCall {
+    ActiveCall {
         ptr: buf,
         enter_ns,
         fd,
@@ -221,8 +303,7 @@ pub(crate) fn report_tls(id: u64, fd: u32, buf: u64, moved: u64, direction: u8) 
         _pad: [0; 6],
         addr: zeroed(),
         local: zeroed(),
-    };
-    report(id, call, moved, direction, Layout::Flat, 0, conn_ptr, 0, Source::Tls);
+    }
 }
 
 /// Reports the `moved` bytes of a call on connection `conn_ptr`.

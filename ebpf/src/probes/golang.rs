@@ -47,21 +47,23 @@ use crate::{
 
 /// Where the Go ABI keeps things in the saved user registers (`struct pt_regs`).
 #[cfg(bpf_target_arch = "x86_64")]
-mod abi {
+pub(crate) mod abi {
     /// r14: the current goroutine's `g`.
     pub const G: usize = 8;
-    /// rax, rbx: the first two integer arguments.
+    /// rax, rbx, rcx: the first three integer arguments.
     pub const ARG0: usize = 80;
     pub const ARG1: usize = 40;
+    pub const ARG2: usize = 88;
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
-mod abi {
+pub(crate) mod abi {
     /// x28: the current goroutine's `g`.
     pub const G: usize = 28 * 8;
-    /// x0, x1: the first two integer arguments.
+    /// x0, x1, x2: the first three integer arguments.
     pub const ARG0: usize = 0;
     pub const ARG1: usize = 8;
+    pub const ARG2: usize = 16;
 }
 
 /// The process's Go runtime facts, when the uprobes follow it.
@@ -107,7 +109,7 @@ fn current_goroutine(proc: &GoProc) -> Option<(u64, u64)> {
 
 /// The process a uprobe fired in and its runtime facts, when it is selected and followed.
 #[inline(always)]
-fn followed_process() -> Option<(u32, GoProc)> {
+pub(crate) fn followed_process() -> Option<(u32, GoProc)> {
     let tgid = (bpf_get_current_pid_tgid() >> 32) as u32;
     if !is_watched(tgid) {
         return None;
@@ -117,14 +119,14 @@ fn followed_process() -> Option<(u32, GoProc)> {
 
 /// A register saved at the uprobe.
 #[inline(always)]
-fn reg(ctx: &ProbeContext, at: usize) -> u64 {
+pub(crate) fn reg(ctx: &ProbeContext, at: usize) -> u64 {
     // SAFETY: `at` is a constant offset inside the context's `pt_regs`.
     unsafe { core::ptr::read_unaligned((ctx.regs as *const u8).add(at) as *const u64) }
 }
 
 /// The key of goroutine (or request object) `addr` of process `tgid`.
 #[inline(always)]
-fn key(tgid: u32, addr: u64) -> GoKey {
+pub(crate) fn key(tgid: u32, addr: u64) -> GoKey {
     GoKey { tgid, _pad: 0, addr }
 }
 
@@ -255,8 +257,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let mut p: CallParent = zeroed();
     let linked = request_of(tgid, g, goid, &mut p);
     if proc.tcp_itab != 0 {
-        // The connection itself is tied; a conn that is not a *net.TCPConn (TLS) carries no
-        // bytes the kernel could read anyway.
+        // The connection itself is tied (a *net.TCPConn, or the one under a *tls.Conn).
         if let Some(fd) = conn_fd(&proc, reg(&ctx, abi::ARG0)) {
             tie(&GO_TIES, &fd_key(tgid, fd), linked.then_some(&p));
         }
@@ -286,14 +287,24 @@ fn tie<K>(ties: &LruHashMap<K, CallParent>, k: &K, p: Option<&CallParent>) {
     }
 }
 
-/// The fd of persistent connection `pc`'s socket: `pc.conn` is a `net.Conn` interface (itab,
-/// data); when its itab is the `*net.TCPConn` one, data points at the TCPConn, whose `netFD`
-/// holds the fd.
+/// The fd of persistent connection `pc`'s socket (its `conn`, see [`net_conn_fd`]).
 #[inline(always)]
 fn conn_fd(proc: &GoProc, pc: u64) -> Option<u32> {
+    net_conn_fd(proc, pc + proc.pc_conn as u64, true)
+}
+
+/// The fd of the socket under the `net.Conn` interface (itab, data) at `at`: when its itab is the
+/// `*net.TCPConn` one, data points at the TCPConn, whose `netFD` holds the fd; when it is the
+/// `*tls.Conn` one (`tls`: followed one level down), the TLS connection's own `conn` is looked
+/// at the same way.
+#[inline(always)]
+pub(crate) fn net_conn_fd(proc: &GoProc, at: u64, tls: bool) -> Option<u32> {
     // SAFETY: user memory, read through the checked helper.
     unsafe {
-        let [itab, data] = bpf_probe_read_user((pc + proc.pc_conn as u64) as *const [u64; 2]).ok()?;
+        let [mut itab, mut data] = bpf_probe_read_user(at as *const [u64; 2]).ok()?;
+        if tls && itab == proc.tls_itab && itab != 0 {
+            [itab, data] = bpf_probe_read_user((data + proc.tls_conn as u64) as *const [u64; 2]).ok()?;
+        }
         if itab != proc.tcp_itab {
             return None;
         }
