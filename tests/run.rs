@@ -1518,7 +1518,8 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
 /// pooled TLS connection for each request, served over HTTP/1.1 and over HTTP/2 (ALPN). Every
 /// request, call and leaf request is read in plain text, each call is the child of the request
 /// its goroutine serves (the connection under the *tls.Conn is tied at roundTrip), and the leaf
-/// joins the trace (TCP option under TLS).
+/// joins the trace (TCP option under TLS). A pooled connection opened before tracewire, whose
+/// reads were blocked from before, is read whole too.
 #[test]
 fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     let _g = serial();
@@ -1551,11 +1552,17 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     };
     let (leaf, leaf_port) = go_hop("go-tls-leaf", None);
     let (front, front_port) = go_hop("go-tls", Some(format!("https://localhost:{leaf_port}")));
+    // Another front calls the leaf once before tracewire starts: its pooled connection's
+    // handshake goes unseen, and both ends' reads are blocked from before.
+    let (early, early_port) = go_hop("go-tls-early", Some(format!("https://localhost:{leaf_port}")));
+    curl(&format!("https://localhost:{early_port}/hop/warmup"), &["--cacert", &files.0]);
     let rx = Receiver::start(vec![]);
-    let agent = RunAgent::start(
-        &rx.endpoint(),
-        &["--pid", &front.pid().to_string(), "--pid", &leaf.pid().to_string()],
-    );
+    let pids = [&front, &leaf, &early].map(|p| p.pid().to_string());
+    let agent = RunAgent::start(&rx.endpoint(), &["--pid", &pids[0], "--pid", &pids[1], "--pid", &pids[2]]);
+    let late: Vec<String> = (0..4).map(|i| format!("early{i}")).collect();
+    for id in &late {
+        curl(&format!("https://localhost:{early_port}/hop/{id}"), &["--cacert", &files.0, "--http1.1"]);
+    }
     let h1: Vec<String> = (0..6).map(|i| format!("gotls{i}")).collect();
     let h2: Vec<String> = (0..3).map(|i| format!("gotlsh2{i}")).collect();
     for id in &h1 {
@@ -1578,8 +1585,8 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     let (servers, calls, leaves) =
         (by_rid(&spans, "go-tls", 2), by_rid(&spans, "go-tls", 3), by_rid(&spans, "go-tls-leaf", 2));
     let n = h1.len() + h2.len();
-    assert_eq!((servers.len(), calls.len(), leaves.len()), (n, n, n), "{names:#?}\n{summary}");
-    assert_eq!(spans.len(), 3 * n, "{names:#?}\n{summary}");
+    let front_leaves = h1.iter().chain(&h2).filter(|id| leaves.contains_key(*id)).count();
+    assert_eq!((servers.len(), calls.len(), front_leaves), (n, n, n), "{names:#?}\n{summary}");
     for id in h1.iter().chain(&h2) {
         let (s, c, l) = (servers[id], calls[id], leaves[id]);
         assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
@@ -1605,12 +1612,31 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     for id in &h2 {
         assert_eq!(attr_str(servers[id], "network.protocol.version").as_deref(), Some("2"), "{id}");
     }
-    assert_eq!(summary["go_tls_followed"], 2, "{summary}");
+    // The connection opened before: its reads blocked from before tracewire are named by the
+    // socket read under them, and a first read from the middle of its TLS session is known by
+    // its record header: all of it is read, at both ends.
+    let (early_servers, early_calls) = (by_rid(&spans, "go-tls-early", 2), by_rid(&spans, "go-tls-early", 3));
+    assert_eq!(early_servers.len(), late.len(), "{names:#?}\n{summary}");
+    for id in &late {
+        let (s, c, l) = (early_servers[id], early_calls.get(id), leaves.get(id));
+        let c = c.unwrap_or_else(|| panic!("{id}: no call: {names:#?}\n{summary}"));
+        assert_eq!(
+            (&c.parent_span_id, &c.trace_id),
+            (&s.span_id, &s.trace_id),
+            "{id}: {names:#?}\n{summary}"
+        );
+        assert_eq!(attr_int(c, "http.response.status_code"), Some(200), "{id}");
+        let l = l.unwrap_or_else(|| panic!("{id}: no leaf request: {names:#?}\n{summary}"));
+        assert_eq!(attr_str(l, "url.scheme").as_deref(), Some("https"), "{id}");
+    }
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
+    assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+    assert_eq!(summary["http"]["no_response"], 0, "{summary}");
+    assert_eq!(summary["go_tls_followed"], 3, "{summary}");
     assert_eq!(summary["http2"]["conns"], h2.len(), "{summary}");
     assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
-    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
-    assert_eq!(summary["kernel"]["go_linked"], h1.len(), "{summary}");
+    assert_eq!(summary["kernel"]["go_linked"], h1.len() + late.len(), "{summary}");
 }
 
 #[test]

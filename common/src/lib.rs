@@ -202,9 +202,10 @@ pub const WATCH_CLIENTS: u8 = 8;
 /// ciphertext, and the plaintext is reported from the library's return instead); other
 /// processes never look.
 pub const WATCH_TLS: u8 = 16;
-/// [`maps::WATCHED`] value bit: a Go program whose `crypto/tls` connections the uprobes follow;
-/// set by the kernel at the first handshake it sees start. The socket hooks then check whether a
-/// connection's first bytes are a handshake's ([`maps::GO_TLS_HANDSHAKES`]).
+/// [`maps::WATCHED`] value bit: a Go program whose `crypto/tls` connections the uprobes follow
+/// (set by userspace). The socket hooks then check whether a connection's first bytes read are a
+/// TLS record (a server's handshake, a session begun before tracewire started), and note which
+/// goroutine reads a TLS connection's ciphertext.
 pub const WATCH_GO_TLS: u8 = 32;
 
 /// [`ConnState::tls`]: the connection's bytes are ciphertext, its plaintext is reported from the

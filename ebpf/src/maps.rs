@@ -187,9 +187,3 @@ pub static TLS_FDS: LruHashMap<TlsKey, u32> = LruHashMap::with_max_entries(MAX_T
 /// fails before the copy leaves its entry, which the goroutine's next read rewrites.
 #[map]
 pub static GO_TLS_READS: LruHashMap<GoKey, u32> = LruHashMap::with_max_entries(MAX_GOROUTINES, 0);
-
-/// Go `crypto/tls`: sockets (by `fd_key`) whose handshake started and whose bytes no socket call
-/// has moved since: the first one marks its connection TLS (see `data::ciphertext`). A server's
-/// connection is only opened at its first read, after the handshake began.
-#[map]
-pub static GO_TLS_HANDSHAKES: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);

@@ -104,14 +104,8 @@ pub fn set_clients(tgid: u32) {
 /// to a bit test.
 #[inline(always)]
 pub fn set_tls(tgid: u32) {
-    set_once(tgid, WATCH_TLS);
-}
-
-/// Sets `bit` in `tgid`'s byte unless it is set already (a read instead of an atomic write).
-#[inline(always)]
-pub fn set_once(tgid: u32, bit: u8) {
-    if watch_bits(tgid) & bit == 0 {
-        set_bits(tgid, bit);
+    if watch_bits(tgid) & WATCH_TLS == 0 {
+        set_bits(tgid, WATCH_TLS);
     }
 }
 

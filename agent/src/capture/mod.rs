@@ -672,7 +672,8 @@ impl Capture {
             ..GoProc::default()
         };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
-        self.watched.set(tgid, WATCH_GO).map_err(|e| e.to_string())?;
+        let bits = if tls.is_some() { WATCH_GO | WATCH_GO_TLS } else { WATCH_GO };
+        self.watched.set(tgid, bits).map_err(|e| e.to_string())?;
         Ok((bin.version, bin.tls.err()))
     }
 

@@ -34,7 +34,7 @@ use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
     DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
     DATA_FLAG_TLS, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST,
-    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall,
+    GAP_OPEN_LOST, GAP_UNSAMPLED, GoKey, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall,
     TLS_HANDSHAKING, TLS_ON, TLS_WRITE, TraceCtx, WATCH_GO_TLS, WATCH_TLS, fd_key,
 };
 
@@ -44,7 +44,7 @@ use super::{
     golang::{goroutine_reg, serving},
 };
 use crate::{
-    maps::{ACTIVE, CONNS, GO_TLS_HANDSHAKES, SCRATCH, THREAD_CTX, TLS_CALLS},
+    maps::{ACTIVE, CONNS, GO_TLS_READS, SCRATCH, THREAD_CTX, TLS_CALLS},
     util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, watch_bits, zeroed},
 };
 
@@ -175,34 +175,77 @@ enum Source {
     Tls,
 }
 
-/// Whether a socket call on `conn` carries ciphertext: the connection is TLS, the call is made
+/// Whether a socket call on `conn` carries ciphertext: the connection is TLS, or the call is made
 /// inside a TLS library call of a process whose library is probed (which names the library
-/// call's socket), or it is the first on a socket a Go handshake started on (see `gotls`). Such
-/// calls are counted and not reported.
+/// call's socket). Such calls are counted and not reported.
 #[inline(always)]
 fn ciphertext(id: u64, fd: u32, conn: &mut ConnState) -> bool {
-    let tgid = (id >> 32) as u32;
-    let bits = watch_bits(tgid);
-    if bits & WATCH_TLS != 0
+    if watch_bits((id >> 32) as u32) & WATCH_TLS != 0
         && let Some(call) = TLS_CALLS.get_ptr_mut(&id)
     {
         // SAFETY: map value pointer, valid for this run.
         unsafe { (*call).fd = fd };
         conn.tls = TLS_ON;
     }
-    if conn.tls == 0 && bits & WATCH_GO_TLS != 0 {
-        let key = fd_key(tgid, fd);
-        // SAFETY: a lookup only.
-        if unsafe { GO_TLS_HANDSHAKES.get(&key) }.is_some() {
-            let _ = GO_TLS_HANDSHAKES.remove(&key);
-            conn.tls = TLS_HANDSHAKING;
-        }
-    }
     if conn.tls == 0 {
         return false;
     }
     count(Counter::TlsCiphertext);
     true
+}
+
+/// A Go program is about to use connection `fd` through `crypto/tls` (see `gotls`): marked TLS
+/// before its ciphertext moves, unless it was already. A connection not open yet (a server's,
+/// opened at its first read) is marked by that read, which starts with a TLS record.
+#[inline(always)]
+pub(crate) fn tls_conn_starts(id: u64, fd: u32) {
+    if let Some(conn) = conn_of(id, fd, 0) {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe {
+            if (*conn).tls == 0 {
+                (*conn).tls = TLS_HANDSHAKING;
+            }
+        }
+    }
+}
+
+/// Whether the bytes at `ptr` start a TLS record (content type 20 to 23, version 3.x): what a
+/// connection carries when its first bytes seen are from the middle of a TLS session. Plain
+/// text never starts so (the types are control characters).
+#[inline(never)]
+fn tls_record(ptr: u64) -> bool {
+    // SAFETY: user memory, read through the checked helper.
+    match unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 3]) } {
+        Ok([t, 3, v]) => (20..=23).contains(&t) && v <= 4,
+        _ => false,
+    }
+}
+
+/// A Go program's goroutine read ciphertext from TLS connection `fd`: the `crypto/tls` read it
+/// is in copies the plaintext out next, and that copy is reported as `fd`'s (see `gotls`).
+/// Names the connection for reads whose entry went unseen (a read that began before tracewire
+/// started, blocked on an idle pooled connection). `g`: the goroutine register the thread
+/// entered the kernel with (0: read here).
+#[inline(never)]
+fn go_tls_socket_read(tgid: u32, fd: u32, g: u64) {
+    let g = if g != 0 {
+        g
+    } else {
+        // SAFETY: helpers on the current task; the register block is BTF-typed.
+        let regs = unsafe { bpf_task_pt_regs(bpf_get_current_task_btf()) } as *const u8;
+        if regs.is_null() {
+            return;
+        }
+        goroutine_reg(regs)
+    };
+    let k = GoKey { tgid, _pad: 0, addr: g };
+    match GO_TLS_READS.get_ptr_mut(&k) {
+        // SAFETY: map value pointer, valid for this run.
+        Some(p) => unsafe { *p = fd },
+        None => {
+            let _ = GO_TLS_READS.insert(&k, &fd, 0);
+        }
+    }
 }
 
 /// A TLS connection's plaintext is about to be reported: after a Go handshake, whose segments
@@ -330,8 +373,20 @@ fn report(
     if conn.gap & GAP_OPEN_LOST != 0 {
         reopen(id, call.fd, conn);
     }
-    if source == Source::Socket && ciphertext(id, call.fd, conn) {
-        return;
+    if source == Source::Socket {
+        let go_tls = watch_bits(tgid) & WATCH_GO_TLS != 0;
+        if go_tls && conn.tls == 0 && conn.turn == 0 && layout == Layout::Flat && tls_record(call.ptr) {
+            // The first bytes of a Go program's connection are a TLS record: a server's
+            // handshake (its connection opens at this read), or a connection open before
+            // tracewire, in the middle of its session.
+            conn.tls = TLS_HANDSHAKING;
+        }
+        if ciphertext(id, call.fd, conn) {
+            if go_tls && direction == DIR_INGRESS {
+                go_tls_socket_read(tgid, call.fd, g);
+            }
+            return;
+        }
     }
     let cfg = config();
     // SAFETY: helper without arguments.

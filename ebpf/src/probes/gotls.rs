@@ -14,24 +14,27 @@
 //!   option of its first segment.
 //! - `(*Conn).Read(b)`: the entry notes the connection for the goroutine ([`go_tls_read`]); the
 //!   plaintext is reported where `Read` copies it out of the connection's decrypted input into
-//!   `b`, at its one call of `runtime.memmove(b, input, n)` ([`go_tls_read_copy`]).
-//! - `(*Conn).clientHandshake` / `serverHandshake`: the connection's socket is noted before its
-//!   first handshake bytes move ([`go_tls_handshake`]): the socket hooks mark it TLS at its first
-//!   call (a server's connection is only opened then), and its ciphertext is not reported.
+//!   `b`, at its one call of `runtime.memmove(b, input, n)` ([`go_tls_read_copy`]). A socket read
+//!   of ciphertext notes its connection for its goroutine too (see `data`): a read that began
+//!   before tracewire started (blocked on an idle pooled connection) is named that way.
+//! - `(*Conn).clientHandshake` / `serverHandshake`: the connection is marked TLS before its first
+//!   handshake bytes move ([`go_tls_handshake`]), and its ciphertext is not reported. A server's
+//!   connection is only opened at its first read, the client's hello: the socket hooks mark a
+//!   connection of such a program TLS when its first bytes are a TLS record, which also catches
+//!   connections open before tracewire, in the middle of their session ([`WATCH_GO_TLS`]).
 //!
 //! A connection is named by the fd of the `*net.TCPConn` under the `*tls.Conn` (see
 //! `golang::net_conn_fd`); one over anything else is not followed.
 use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
-use tracewire_common::{Counter, DIR_INGRESS, GoProc, WATCH_GO_TLS, fd_key};
+#[cfg(doc)]
+use tracewire_common::WATCH_GO_TLS;
+use tracewire_common::{Counter, DIR_INGRESS, GoProc};
 
 use super::{
-    data::{report_tls, report_tls_write},
+    data::{report_tls, report_tls_write, tls_conn_starts},
     golang::{abi, followed_process, key, net_conn_fd, reg},
 };
-use crate::{
-    maps::{GO_TLS_HANDSHAKES, GO_TLS_READS},
-    util::{count, set_once},
-};
+use crate::{maps::GO_TLS_READS, util::count};
 
 /// The fd of the TCP socket under `*tls.Conn` `c`.
 #[inline(always)]
@@ -46,18 +49,17 @@ fn followed_tls() -> Option<(u32, GoProc)> {
 }
 
 /// `(*Conn).clientHandshake(c, ctx)` / `(*Conn).serverHandshake(c, ctx)`: the handshake of
-/// connection `c` starts.
+/// connection `c` starts; its bytes are ciphertext from the first.
 #[uprobe]
 pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
-    let Some((tgid, proc)) = followed_tls() else {
+    let Some((_, proc)) = followed_tls() else {
         return 0;
     };
     let Some(fd) = tls_fd(&proc, reg(&ctx, abi::ARG0)) else {
         count(Counter::TlsNoConn);
         return 0;
     };
-    set_once(tgid, WATCH_GO_TLS);
-    let _ = GO_TLS_HANDSHAKES.insert(&fd_key(tgid, fd), &1, 0);
+    tls_conn_starts(bpf_get_current_pid_tgid(), fd);
     0
 }
 
@@ -103,6 +105,7 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
         count(Counter::TlsNoConn);
         return 0;
     };
+    tls_conn_starts(bpf_get_current_pid_tgid(), fd);
     let k = key(tgid, reg(&ctx, abi::G));
     // A goroutine reads over and over: its entry is rewritten in place.
     match GO_TLS_READS.get_ptr_mut(&k) {
