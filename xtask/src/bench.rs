@@ -321,11 +321,15 @@ fn build_go_hop() -> Result<PathBuf> {
     Ok(out)
 }
 
-/// A Go hop calling `next`, or answering `ok` (`body` 0) or `body` bytes.
-fn start_go_hop(bin: &Path, next: Option<u16>, body: usize) -> Result<GoHop> {
+/// A Go hop calling `next`, or answering `ok` (`body` 0) or `body` bytes; over HTTPS with the
+/// `cert.pem` and `key.pem` in `tls` when given.
+fn start_go_hop(bin: &Path, next: Option<u16>, body: usize, tls: Option<&Path>) -> Result<GoHop> {
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
     let mut cmd = Command::new(bin);
     cmd.args(["127.0.0.1", &port.to_string()]).env("HOP_KEEPALIVE", "1").env("HOP_BODY", body.to_string());
+    if let Some(dir) = tls {
+        cmd.env("HOP_TLS_CERT", dir.join("cert.pem")).env("HOP_TLS_KEY", dir.join("key.pem"));
+    }
     if let Some(next) = next {
         cmd.arg(format!("http://127.0.0.1:{next}"));
     }
@@ -589,7 +593,7 @@ fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
     })
 }
 
-/// R20 and R21: what tracing costs a server under a load generator (HTTPS, HTTP/2).
+/// R20 to R22: what tracing costs a server under a load generator (HTTPS, HTTP/2).
 struct ServerCost {
     /// Requests per second: without, with, without the agent (exporting).
     rps: [f64; 3],
@@ -633,7 +637,7 @@ impl ServerCost {
 /// A load generator's run: (requests completed, requests per second).
 type Load<'a> = &'a dyn Fn() -> Result<(u64, f64)>;
 
-/// R20 and R21 against one of nginx's servers: A/B/A with the agent watching nginx, then a run
+/// R20 to R22 against a server: A/B/A with the agent watching it, then a run
 /// with bpf_stats on.
 fn server_cost(tracewire: &Path, load: Load<'_>, args: &[&str], empty_run_ns: f64) -> Result<ServerCost> {
     let (_, base1) = load()?;
@@ -1144,7 +1148,7 @@ pub fn bench(quick: bool) -> Result<()> {
 
     // R1 for a small Go net/http server, A/B/A, the agent exporting.
     let go_bin = build_go_hop()?;
-    let leaf = start_go_hop(&go_bin, None, 0)?;
+    let leaf = start_go_hop(&go_bin, None, 0, None)?;
     let leaf_pid = leaf.pid.to_string();
     let go_args = |pids: &[&str], uprobes: bool| -> Vec<String> {
         let mut a: Vec<String> = exporting.iter().map(|s| s.to_string()).collect();
@@ -1189,6 +1193,22 @@ pub fn bench(quick: bool) -> Result<()> {
         h2.rps[0], h2.rps[1], h2.rps[2], h2.bpf_ns, h2.runs
     );
 
+    // R22: a Go HTTPS server, its plain text read through crypto/tls (nginx's certificate).
+    let go_tls_server = start_go_hop(&go_bin, None, 0, Some(&nginx.dir))?;
+    let go_https = format!("https://127.0.0.1:{}/", go_tls_server.port);
+    let go_tls_args = go_args(&[&go_tls_server.pid.to_string()], true);
+    let go_tls = server_cost(
+        &tracewire,
+        &|| wrk_url(&go_https, secs, &[]),
+        &go_tls_args.iter().map(String::as_str).collect::<Vec<_>>(),
+        calibration.empty_run_ns,
+    )?;
+    drop(go_tls_server);
+    println!(
+        "bench: Go HTTPS: {:.0} / {:.0} / {:.0} req/s (without/with/without), BPF {:.0} ns per request ({:.1} runs)",
+        go_tls.rps[0], go_tls.rps[1], go_tls.rps[2], go_tls.bpf_ns, go_tls.runs
+    );
+
     // R15: what a response's size costs. The same programs, nginx's 4 and 64 KiB files (head
     // and body in one writev) and a Go server's 4 KiB body (written with its head, flat).
     let mut sizes = Vec::new();
@@ -1206,7 +1226,7 @@ pub fn bench(quick: bool) -> Result<()> {
         )?);
     }
     {
-        let server = start_go_hop(&go_bin, None, R15_GO_BYTES)?;
+        let server = start_go_hop(&go_bin, None, R15_GO_BYTES, None)?;
         let what = format!("Go {} KiB", R15_GO_BYTES / 1024);
         sizes.push(size_cost(
             &tracewire,
@@ -1250,7 +1270,7 @@ pub fn bench(quick: bool) -> Result<()> {
 
     // What following goroutines costs: a Go service calling a Go leaf once per request, traced
     // with the uprobes and without (then its calls are unlinked), alternating.
-    let front = start_go_hop(&go_bin, Some(leaf.port), 0)?;
+    let front = start_go_hop(&go_bin, Some(leaf.port), 0, None)?;
     let front_pid = front.pid.to_string();
     let chain = |uprobes: bool| -> Result<(f64, Value, u64)> {
         let args = go_args(&[&front_pid, &leaf_pid], uprobes);
@@ -1633,6 +1653,17 @@ pub fn bench(quick: bool) -> Result<()> {
                 "nginx return-200 over TLS 1.3 (keep-alive, one handshake per connection), wrk -t1 -c8 -d{secs}s, \
                  the agent reading nginx's libssl (uprobes on the functions SSL_read and SSL_write call, and their \
                  returns)"
+            ),
+            " besides the uprobe traps",
+        ),
+        go_tls.row(
+            "R22",
+            "HTTPS server: requests/s with ÷ without (Go crypto/tls)",
+            8,
+            &format!(
+                "Go 1.19 net/http answering `ok` over TLS 1.3 (keep-alive), wrk -t1 -c8 -d{secs}s, the agent \
+                 reading crypto/tls (uprobes on the stack checks of Write and Read and on Read's copy of its \
+                 plain text: three emulated probe hits per request)"
             ),
             " besides the uprobe traps",
         ),
