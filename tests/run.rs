@@ -1558,7 +1558,8 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     curl(&format!("https://localhost:{early_port}/hop/warmup"), &["--cacert", &files.0]);
     let rx = Receiver::start(vec![]);
     let pids = [&front, &leaf, &early].map(|p| p.pid().to_string());
-    let agent = RunAgent::start(&rx.endpoint(), &["--pid", &pids[0], "--pid", &pids[1], "--pid", &pids[2]]);
+    let mut agent =
+        RunAgent::start(&rx.endpoint(), &["--pid", &pids[0], "--pid", &pids[1], "--pid", &pids[2]]);
     let late: Vec<String> = (0..4).map(|i| format!("early{i}")).collect();
     for id in &late {
         curl(&format!("https://localhost:{early_port}/hop/{id}"), &["--cacert", &files.0, "--http1.1"]);
@@ -1571,6 +1572,9 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
             &["--cacert", &files.0, "--http1.1"],
         );
     }
+    // The HTTP/2 handlers' goroutines inherit their stream once goroutine creation is followed,
+    // from the front's first call on.
+    agent.wait_line(&format!("pid {} made its first net/http call", front.pid()));
     for id in &h2 {
         curl(&format!("https://localhost:{front_port}/hop/{id}"), &["--cacert", &files.0, "--http2"]);
     }
@@ -1636,7 +1640,98 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     assert_eq!(summary["http2"]["conns"], h2.len(), "{summary}");
     assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
-    assert_eq!(summary["kernel"]["go_linked"], h1.len() + late.len(), "{summary}");
+    // The HTTP/2 streams' calls too: their handlers' goroutines inherit the stream.
+    assert_eq!(summary["kernel"]["go_linked"], h1.len() + h2.len() + late.len(), "{summary}");
+    for id in &h2 {
+        let (s, c) = (servers[id], calls[id]);
+        assert_eq!(
+            (&c.parent_span_id, &c.trace_id),
+            (&s.span_id, &s.trace_id),
+            "{id}: {names:#?}\n{summary}"
+        );
+    }
+}
+
+/// Go services over HTTP/2 (net/http over TLS, `h2` by ALPN): curl asks the front for HTTP/2,
+/// and the front calls its leaf over one pooled HTTP/2 connection. Each call is the child of the
+/// stream its handler serves (the goroutine that starts the handler is noted as serving the
+/// stream; the handler and the transport goroutine that writes the call inherit it), and the
+/// leaf's stream is the call's child (TCP option, a context per request's HEADERS).
+#[test]
+fn go_http2_calls_are_children_of_the_stream_they_serve() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let go_bin = build_go_hop(dir.path());
+    let bin = tracewire::capture::runtime::inspect_go(&go_bin).expect("a followable Go binary");
+    let tls = bin.tls.as_ref().expect("crypto/tls followed");
+    let (headers, conn_at) = tls.h2_server.expect("net/http's HTTP/2 server followed");
+    let code = fs::read(&go_bin).unwrap();
+    let op = &code[headers as usize..headers as usize + 2];
+    assert!(op[0] == 0x76 || op == [0x0f, 0x86], "{headers:#x}: {op:02x?}");
+    assert!(conn_at > 0, "{tls:?}");
+
+    let files = tls_files(dir.path());
+    let go_hop = |name: &str, next: Option<String>| {
+        let mut cmd = Command::new(&go_bin);
+        cmd.args(["127.0.0.1", &free_port().to_string()]).args(next);
+        cmd.env("OTEL_SERVICE_NAME", name).env("HOP_TLS_CERT", &files.0).env("HOP_TLS_KEY", &files.1);
+        cmd.env("HOP_TLS_CA", &files.0).env("HOP_KEEPALIVE", "1").env("HOP_H2", "1");
+        let mut peer = Peer::spawn(&mut cmd);
+        let port = peer.port();
+        (peer, port)
+    };
+    let (leaf, leaf_port) = go_hop("go-h2-leaf", None);
+    let (front, front_port) = go_hop("go-h2", Some(format!("https://localhost:{leaf_port}")));
+    let rx = Receiver::start(vec![]);
+    let mut agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &front.pid().to_string(), "--pid", &leaf.pid().to_string()],
+    );
+    // Goroutine creation is followed from the program's first HTTP/2 stream on: a first request
+    // makes it (and is left out below).
+    let get = |id: &str| {
+        curl(&format!("https://localhost:{front_port}/hop/{id}"), &["--cacert", &files.0, "--http2"])
+    };
+    get("warmup");
+    agent.wait_line(&format!("pid {} made its first net/http call", front.pid()));
+    let ids: Vec<String> = (0..5).map(|i| format!("goh2x{i}")).collect();
+    for id in &ids {
+        get(id);
+    }
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let names: Vec<String> =
+        spans.iter().map(|(v, s)| format!("{v} {} {} {:?}", s.kind, s.name, rid(s))).collect();
+    let (servers, calls, leaves) =
+        (by_rid(&spans, "go-h2", 2), by_rid(&spans, "go-h2", 3), by_rid(&spans, "go-h2-leaf", 2));
+    for id in &ids {
+        let found = (servers.get(id), calls.get(id), leaves.get(id));
+        let (Some(s), Some(c), Some(l)) = found else {
+            panic!("{id}: {found:?}: {names:#?}\n{summary}");
+        };
+        for span in [s, c, l] {
+            assert_eq!(
+                attr_str(span, "network.protocol.version").as_deref(),
+                Some("2"),
+                "{id}: {}",
+                span.name
+            );
+            assert_eq!(attr_int(span, "http.response.status_code"), Some(200), "{id}: {}", span.name);
+        }
+        assert_eq!(
+            (&c.parent_span_id, &c.trace_id),
+            (&s.span_id, &s.trace_id),
+            "{id}: {names:#?}\n{summary}"
+        );
+        assert_eq!(
+            (&l.parent_span_id, &l.trace_id),
+            (&c.span_id, &c.trace_id),
+            "{id}: {names:#?}\n{summary}"
+        );
+    }
+    assert_eq!(summary["http2"]["lost"], 0, "{summary}");
+    assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
 }
 
 #[test]

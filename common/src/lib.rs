@@ -300,8 +300,13 @@ pub struct GoProc {
     /// Address of the `*crypto/tls.Conn` → `net.Conn` itab: a `persistConn.conn` with this one
     /// is a TLS connection, whose fd is read through its `conn`. 0 when unknown.
     pub tls_itab: u64,
+    /// Offset of `conn` (a `net.Conn`) in `net/http.http2serverConn`; 0 when its HTTP/2 server
+    /// is not followed (see the kernel's `go_h2_headers`).
+    pub h2_conn: u32,
+    /// Reserved.
+    pub _pad: u32,
 }
-const _: () = assert!(size_of::<GoProc>() == 56);
+const _: () = assert!(size_of::<GoProc>() == 64);
 
 /// A goroutine (or a request object) of one process: the key of the goroutine maps.
 #[repr(C)]

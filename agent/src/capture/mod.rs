@@ -197,8 +197,9 @@ const NGINX_PROGRAMS: [&str; 4] =
 const GO_PROGRAMS: [&str; 3] = ["go_round_trip", "go_request_write", "go_new_goroutine"];
 
 /// The `crypto/tls` uprobe programs (see the kernel's `gotls` probes): handshake, write, read,
-/// and the read's copy of its plaintext.
-const GO_TLS_PROGRAMS: [&str; 4] = ["go_tls_handshake", "go_tls_write", "go_tls_read", "go_tls_read_copy"];
+/// the read's copy of its plaintext; and the HTTP/2 server's stream start (`go_h2_headers`).
+const GO_TLS_PROGRAMS: [&str; 5] =
+    ["go_tls_handshake", "go_tls_write", "go_tls_read", "go_tls_read_copy", "go_h2_headers"];
 
 /// The TLS uprobe programs (see the kernel's `tls` probes and [`runtime::TLS_FUNCTIONS`]).
 const TLS_PROGRAMS: [&str; 8] = [
@@ -669,6 +670,7 @@ impl Capture {
             tls_conn: tls.map_or(0, |t| t.tls_conn),
             tls: u32::from(tls.is_some()),
             tls_itab: tls.map_or(0, |t| t.tls_itab),
+            h2_conn: tls.and_then(|t| t.h2_server).map_or(0, |(_, off)| off),
             ..GoProc::default()
         };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
@@ -799,9 +801,10 @@ impl Capture {
         let mut probes: Vec<(&'static str, u64)> =
             std::iter::once((GO_PROGRAMS[0], bin.round_trip)).chain(writes).collect();
         if let Ok(tls) = &bin.tls {
-            let [handshake, write, read, read_copy] = GO_TLS_PROGRAMS;
+            let [handshake, write, read, read_copy, h2_headers] = GO_TLS_PROGRAMS;
             probes.extend(tls.handshakes.iter().map(|&o| (handshake, o)));
             probes.extend([(write, tls.write), (read, tls.read), (read_copy, tls.read_copy)]);
+            probes.extend(tls.h2_server.map(|(o, _)| (h2_headers, o)));
         }
         for (name, offset) in probes {
             match self.attach_uprobe(name, exe, offset, scope) {

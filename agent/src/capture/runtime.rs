@@ -69,6 +69,8 @@ pub const GO_TLS_WRITE: &str = "crypto/tls.(*Conn).Write";
 pub const GO_TLS_READ: &str = "crypto/tls.(*Conn).Read";
 pub const GO_TLS_HANDSHAKES: [&str; 2] =
     ["crypto/tls.(*Conn).clientHandshake", "crypto/tls.(*Conn).serverHandshake"];
+/// net/http's HTTP/2 server starts a stream's handler here (see the kernel's `go_h2_headers`).
+pub const GO_H2_PROCESS_HEADERS: &str = "net/http.(*http2serverConn).processHeaders";
 /// The function `(*Conn).Read` copies the plaintext out with.
 const GO_MEMMOVE: &str = "runtime.memmove";
 /// The itab of `*crypto/tls.Conn` as a `net.Conn` (prefix as for [`TCP_CONN_ITABS`]).
@@ -91,6 +93,9 @@ pub struct GoTls {
     /// Address of the `*crypto/tls.Conn` → `net.Conn` itab (0: not in the binary, and calls over
     /// TLS stay unlinked).
     pub tls_itab: u64,
+    /// net/http's HTTP/2 server (over TLS): [`GO_H2_PROCESS_HEADERS`]'s stack-check branch and
+    /// the offset of `conn` in `http2serverConn`, when the binary has both.
+    pub h2_server: Option<(u64, u32)>,
 }
 
 /// The way from a `*persistConn` to its socket's fd (see the kernel's `conn_fd`).
@@ -366,6 +371,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let (mut round_trip, mut request_write, mut new_goroutine, mut tcp_itab) = (None, None, None, None);
     let (mut tls_write, mut tls_read, mut read_copy, mut memmove, mut tls_itab) = (None, None, None, None, 0);
     let mut handshakes = Vec::new();
+    let mut h2_headers = None;
     for sym in obj.symbols() {
         let slot = match sym.name() {
             Ok(GO_ROUND_TRIP) => &mut round_trip,
@@ -378,6 +384,10 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
             Ok(GO_TLS_READ) => {
                 tls_read = emulated_entry(&obj, &sym);
                 read_copy = Some((sym.address(), sym.size(), sym.section_index()));
+                continue;
+            }
+            Ok(GO_H2_PROCESS_HEADERS) => {
+                h2_headers = emulated_entry(&obj, &sym);
                 continue;
             }
             Ok(GO_MEMMOVE) => {
@@ -417,6 +427,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
         ("net.netFD", "pfd"),
         ("internal/poll.FD", "Sysfd"),
         ("crypto/tls.Conn", "conn"),
+        ("net/http.http2serverConn", "conn"),
     ];
     let found = dwarf_members(&obj, &wanted);
     let goid_offset = match found[0] {
@@ -453,7 +464,11 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
         }
         (Some(_), Some(write), Some(read), Some(read_sym), Some(memmove), Some(tls_conn)) => {
             match calls_to(&obj, read_sym, memmove)[..] {
-                [read_copy] => Ok(GoTls { write, read, read_copy, handshakes, tls_conn, tls_itab }),
+                [read_copy] => {
+                    // A conn at offset 0 is told apart from none by the kernel: never at 0 here.
+                    let h2_server = h2_headers.zip(found[10]).filter(|(_, off)| *off != 0);
+                    Ok(GoTls { write, read, read_copy, handshakes, tls_conn, tls_itab, h2_server })
+                }
                 ref calls => Err(format!("{GO_TLS_READ} calls {GO_MEMMOVE} {} times, not once", calls.len())),
             }
         }

@@ -318,10 +318,25 @@ fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64) -> u64 {
     if conn.role != ROLE_CLIENT {
         return 0;
     }
-    if conn.turn != DIR_EGRESS && !(conn.h2 != 0 && h2_control_only(Layout::Flat, buf, 0, len)) {
+    let starts = if conn.h2 == 0 {
+        conn.turn != DIR_EGRESS
+    } else {
+        // Each stream's request is a call of its own, whoever wrote last: a write that starts
+        // with a HEADERS frame starts one (its context then rides its segments).
+        h2_starts_with_headers(buf)
+            || (conn.turn != DIR_EGRESS && !h2_control_only(Layout::Flat, buf, 0, len))
+    };
+    if starts {
         client_turn(id, fd, conn);
     }
     now()
+}
+
+/// Whether an HTTP/2 client's plaintext at `buf` starts with a HEADERS frame (type 1: a request).
+#[inline(always)]
+pub(crate) fn h2_starts_with_headers(buf: u64) -> bool {
+    // SAFETY: user memory, read through the checked helper.
+    matches!(unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 3) as *const u8) }, Ok(1))
 }
 
 /// Reports a plaintext write that started at `enter_ns` (see [`report_tls_write`]).

@@ -37,11 +37,17 @@ use aya_ebpf::{
     maps::LruHashMap,
     programs::ProbeContext,
 };
-use tracewire_common::{CallParent, ConnId, Counter, GoKey, GoProc, TraceCtx, WATCH_GO, fd_key};
+use tracewire_common::{
+    CallParent, ConnId, Counter, DIR_INGRESS, GoKey, GoProc, ROLE_CLIENT, ROLE_SERVER, TraceCtx, WATCH_GO,
+    fd_key,
+};
 
-use super::context::{parent_of, still_open, take_tie};
+use super::{
+    context::{parent_of, still_open, take_tie},
+    data::h2_starts_with_headers,
+};
 use crate::{
-    maps::{GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS},
+    maps::{CONNS, GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS},
     util::{count, is_watched, watch_bits, zeroed},
 };
 
@@ -244,12 +250,7 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
     let Some((tgid, proc)) = followed_process() else {
         return 0;
     };
-    if proc.calls == 0
-        && let Some(p) = GO_PROCS.get_ptr_mut(&tgid)
-    {
-        // SAFETY: map value pointer, valid for this run.
-        unsafe { (*p).calls = 1 };
-    }
+    note_calls(tgid, &proc);
     let g = reg(&ctx, abi::G);
     let Some(goid) = goid(&proc, g) else {
         return 0;
@@ -269,6 +270,77 @@ pub fn go_round_trip(ctx: ProbeContext) -> u32 {
         return 0;
     };
     tie(&GO_REQS, &key(tgid, req), linked.then_some(&p));
+    0
+}
+
+/// The program makes net/http calls: userspace starts following its goroutine creation (see
+/// [`GoProc::calls`]).
+#[inline(always)]
+fn note_calls(tgid: u32, proc: &GoProc) {
+    if proc.calls == 0
+        && let Some(p) = GO_PROCS.get_ptr_mut(&tgid)
+    {
+        // SAFETY: map value pointer, valid for this run.
+        unsafe { (*p).calls = 1 };
+    }
+}
+
+/// Goroutine `g` of `tgid` is about to write `buf` on client connection `fd` through
+/// `crypto/tls`. An HTTP/2 connection carries the calls of many goroutines at once, and no
+/// `persistConn.roundTrip` ties them: net/http's HTTP/2 transport writes each request from a
+/// goroutine the calling one starts for it (`clientStream.doRequest`), which inherited the
+/// caller's request when it was created. A write that starts with a request's HEADERS frame is
+/// tied to that goroutine's request, and the call it starts (see `data`) takes it. Such a call
+/// also starts the following of goroutine creation, as a first HTTP/1 call does.
+#[inline(never)]
+pub(crate) fn h2_call(tgid: u32, fd: u32, g: u64, buf: u64) {
+    let k = fd_key(tgid, fd);
+    // SAFETY: a field copied out of the map.
+    if unsafe { CONNS.get(&k) }.is_none_or(|c| c.h2 == 0 || c.role != ROLE_CLIENT) {
+        return;
+    }
+    if !h2_starts_with_headers(buf) {
+        return;
+    }
+    let Some(proc) = go_proc(tgid) else {
+        return;
+    };
+    note_calls(tgid, &proc);
+    let Some(goid) = goid(&proc, g) else {
+        return;
+    };
+    let mut p: CallParent = zeroed();
+    let linked = request_of(tgid, g, goid, &mut p);
+    tie(&GO_TIES, &k, linked.then_some(&p));
+}
+
+/// `net/http.(*http2serverConn).processHeaders(sc, f)`, on the goroutine that serves HTTP/2
+/// connection `sc`, for a stream's request headers the connection's reader goroutine read: it
+/// starts the stream's handler on a goroutine of its own (`go sc.runHandler`), which inherits
+/// what this goroutine serves. The reader read the request, so the connection's turn is the
+/// request's; the serving goroutine is noted as serving it (and checked as every parent is: a
+/// turn another stream's request or a response ended is not linked to).
+#[uprobe]
+pub fn go_h2_headers(ctx: ProbeContext) -> u32 {
+    let Some((tgid, proc)) = followed_process() else {
+        return 0;
+    };
+    if proc.h2_conn == 0 {
+        return 0;
+    }
+    note_calls(tgid, &proc);
+    let Some(fd) = net_conn_fd(&proc, reg(&ctx, abi::ARG0) + proc.h2_conn as u64, true) else {
+        return 0;
+    };
+    // SAFETY: copied out of the map.
+    let Some(conn) = (unsafe { CONNS.get(&fd_key(tgid, fd)) }).copied() else {
+        return 0;
+    };
+    if conn.generation == 0 || conn.role != ROLE_SERVER || conn.turn != DIR_INGRESS {
+        return 0;
+    }
+    let id = ConnId { tgid, fd, generation: conn.generation };
+    serving(tgid, &id, &conn.ctx, reg(&ctx, abi::G));
     0
 }
 

@@ -32,7 +32,7 @@ use tracewire_common::{Counter, DIR_INGRESS, GoProc};
 
 use super::{
     data::{report_tls, report_tls_write, tls_conn_starts},
-    golang::{abi, followed_process, key, net_conn_fd, reg},
+    golang::{abi, followed_process, h2_call, key, net_conn_fd, reg},
 };
 use crate::{maps::GO_TLS_READS, util::count};
 
@@ -72,7 +72,9 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     }
     let fd = followed_fd(reg(&ctx, abi::ARG0));
     if fd <= u64::from(u32::MAX) {
-        report_tls_write(bpf_get_current_pid_tgid(), fd as u32, reg(&ctx, abi::ARG1), len);
+        let (id, buf) = (bpf_get_current_pid_tgid(), reg(&ctx, abi::ARG1));
+        h2_call((id >> 32) as u32, fd as u32, reg(&ctx, abi::G), buf);
+        report_tls_write(id, fd as u32, buf, len);
     }
     0
 }
