@@ -12,9 +12,11 @@
 //! changes the direction's HPACK table. A direction whose bytes were not all seen (a gap in a
 //! header block, events lost or left out) cannot be decoded any more: the connection's streams
 //! in flight are dropped and counted, and the connection is left alone from there.
+use tracewire_common::CTX_TCP;
+
 use super::{
     ConnSink, Info, Pending, peer_address, push_endpoints,
-    span::{Kind, SpanRecord, Text, Value},
+    span::{Kind, Link, SpanRecord, Text, Value},
     stream::Meta,
 };
 use crate::protocol::{
@@ -43,11 +45,14 @@ pub struct H2Stats {
     pub unpaired: u64,
     /// Streams dropped because too many were in flight on one connection.
     pub overflow: u64,
+    /// Server streams whose parent from the TCP option was dropped: the kernel read their
+    /// request with others in one turn, and the option it kept was the last segment's.
+    pub tcp_ambiguous: u64,
 }
 
 impl H2Stats {
     /// The counters by name, as the summary and the metrics page report them.
-    pub fn counts(&self) -> [(&'static str, u64); 7] {
+    pub fn counts(&self) -> [(&'static str, u64); 8] {
         [
             ("conns", self.conns),
             ("grpc", self.grpc),
@@ -56,6 +61,7 @@ impl H2Stats {
             ("resets", self.resets),
             ("unpaired", self.unpaired),
             ("overflow", self.overflow),
+            ("tcp_ambiguous", self.tcp_ambiguous),
         ]
     }
 }
@@ -270,6 +276,22 @@ fn open(stream: u32, f: Fields, streams: &mut Vec<Exchange>, meta: &Meta, sink: 
         ..RequestHead::default()
     };
     let ctx = sink.new_ctx(&head.traceparent, head.tracestate.as_deref(), meta);
+    // A server turn the kernel read several requests in: the TCP option it took its parent
+    // from is the last segment's, so the stream that took the turn's context may have another
+    // stream's call as its parent. Neither is linked through it (the stream keeps the trace id
+    // its handler's calls went out with).
+    if meta.kctx.origin == CTX_TCP
+        && ctx.span_id != meta.kctx.span_id
+        && let Some(first) = streams.iter_mut().find(|s| s.req.ctx.span_id == meta.kctx.span_id)
+        && first.req.ctx.parent_remote
+        && first.req.ctx.parent_id == Some(meta.kctx.parent_id)
+    {
+        first.req.ctx.parent_id = None;
+        first.req.ctx.parent_remote = false;
+        first.req.ctx.link = Link::Unlinked;
+        sink.g.stats.h2.tcp_ambiguous += 1;
+        sink.g.stats.linked_tcp = sink.g.stats.linked_tcp.saturating_sub(1);
+    }
     sink.begin(&ctx);
     if streams.len() >= MAX_STREAMS {
         let old = streams.remove(0);
