@@ -1514,6 +1514,24 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
 }
 
+/// A service of tests/peers/hop.go serving HTTPS with `cert`/`key` on 127.0.0.1 as `name`, calling
+/// `next` over pooled connections (HTTP/2 when `h2`, else HTTP/1.1) that trust `cert`.
+fn go_tls_hop(
+    go_bin: &std::path::Path,
+    (cert, key): &(String, String),
+    name: &str,
+    next: Option<String>,
+    h2: bool,
+) -> (Peer, u16) {
+    let mut cmd = Command::new(go_bin);
+    cmd.args(["127.0.0.1", &free_port().to_string()]).args(next);
+    cmd.env("OTEL_SERVICE_NAME", name).env("HOP_TLS_CERT", cert).env("HOP_TLS_KEY", key);
+    cmd.env("HOP_TLS_CA", cert).env("HOP_KEEPALIVE", "1").env("HOP_H2", if h2 { "1" } else { "0" });
+    let mut peer = Peer::spawn(&mut cmd);
+    let port = peer.port();
+    (peer, port)
+}
+
 /// Go services talking HTTPS with crypto/tls (no OpenSSL): a Go front calls a Go leaf over a
 /// pooled TLS connection for each request, served over HTTP/1.1 and over HTTP/2 (ALPN). Every
 /// request, call and leaf request is read in plain text, each call is the child of the request
@@ -1541,15 +1559,7 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
     assert!(tls.tls_itab > 0, "{tls:?}");
 
     let files = tls_files(dir.path());
-    let go_hop = |name: &str, next: Option<String>| {
-        let mut cmd = Command::new(&go_bin);
-        cmd.args(["127.0.0.1", &free_port().to_string()]).args(next);
-        cmd.env("OTEL_SERVICE_NAME", name).env("HOP_TLS_CERT", &files.0).env("HOP_TLS_KEY", &files.1);
-        cmd.env("HOP_TLS_CA", &files.0).env("HOP_KEEPALIVE", "1");
-        let mut peer = Peer::spawn(&mut cmd);
-        let port = peer.port();
-        (peer, port)
-    };
+    let go_hop = |name: &str, next: Option<String>| go_tls_hop(&go_bin, &files, name, next, false);
     let (leaf, leaf_port) = go_hop("go-tls-leaf", None);
     let (front, front_port) = go_hop("go-tls", Some(format!("https://localhost:{leaf_port}")));
     // Another front calls the leaf once before tracewire starts: its pooled connection's
@@ -1672,15 +1682,7 @@ fn go_http2_calls_are_children_of_the_stream_they_serve() {
     assert!(conn_at > 0, "{tls:?}");
 
     let files = tls_files(dir.path());
-    let go_hop = |name: &str, next: Option<String>| {
-        let mut cmd = Command::new(&go_bin);
-        cmd.args(["127.0.0.1", &free_port().to_string()]).args(next);
-        cmd.env("OTEL_SERVICE_NAME", name).env("HOP_TLS_CERT", &files.0).env("HOP_TLS_KEY", &files.1);
-        cmd.env("HOP_TLS_CA", &files.0).env("HOP_KEEPALIVE", "1").env("HOP_H2", "1");
-        let mut peer = Peer::spawn(&mut cmd);
-        let port = peer.port();
-        (peer, port)
-    };
+    let go_hop = |name: &str, next: Option<String>| go_tls_hop(&go_bin, &files, name, next, true);
     let (leaf, leaf_port) = go_hop("go-h2-leaf", None);
     let (front, front_port) = go_hop("go-h2", Some(format!("https://localhost:{leaf_port}")));
     let rx = Receiver::start(vec![]);
@@ -1747,15 +1749,7 @@ fn go_http2_streams_in_flight_at_once_are_never_misparented() {
     let dir = tempfile::tempdir().unwrap();
     let go_bin = build_go_hop(dir.path());
     let files = tls_files(dir.path());
-    let go_hop = |name: &str, next: Option<String>| {
-        let mut cmd = Command::new(&go_bin);
-        cmd.args(["127.0.0.1", &free_port().to_string()]).args(next);
-        cmd.env("OTEL_SERVICE_NAME", name).env("HOP_TLS_CERT", &files.0).env("HOP_TLS_KEY", &files.1);
-        cmd.env("HOP_TLS_CA", &files.0).env("HOP_KEEPALIVE", "1").env("HOP_H2", "1");
-        let mut peer = Peer::spawn(&mut cmd);
-        let port = peer.port();
-        (peer, port)
-    };
+    let go_hop = |name: &str, next: Option<String>| go_tls_hop(&go_bin, &files, name, next, true);
     let (leaf, leaf_port) = go_hop("go-h2-leaf", None);
     let (front, front_port) = go_hop("go-h2", Some(format!("https://localhost:{leaf_port}")));
     let rx = Receiver::start(vec![]);

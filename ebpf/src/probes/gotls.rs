@@ -52,14 +52,10 @@ fn followed_tls() -> Option<(u32, GoProc)> {
 /// connection `c` starts; its bytes are ciphertext from the first.
 #[uprobe]
 pub fn go_tls_handshake(ctx: ProbeContext) -> u32 {
-    let Some((_, proc)) = followed_tls() else {
-        return 0;
-    };
-    let Some(fd) = tls_fd(&proc, reg(&ctx, abi::ARG0)) else {
-        count(Counter::TlsNoConn);
-        return 0;
-    };
-    tls_conn_starts(bpf_get_current_pid_tgid(), fd);
+    let fd = followed_fd(reg(&ctx, abi::ARG0));
+    if fd <= u64::from(u32::MAX) {
+        tls_conn_starts(bpf_get_current_pid_tgid(), fd as u32);
+    }
     0
 }
 
@@ -100,15 +96,14 @@ fn followed_fd(c: u64) -> u64 {
 /// copy, [`go_tls_read_copy`]). The goroutine may move to another thread meanwhile: it is the key.
 #[uprobe]
 pub fn go_tls_read(ctx: ProbeContext) -> u32 {
-    let Some((tgid, proc)) = followed_tls() else {
+    let fd = followed_fd(reg(&ctx, abi::ARG0));
+    if fd > u64::from(u32::MAX) {
         return 0;
-    };
-    let Some(fd) = tls_fd(&proc, reg(&ctx, abi::ARG0)) else {
-        count(Counter::TlsNoConn);
-        return 0;
-    };
-    tls_conn_starts(bpf_get_current_pid_tgid(), fd);
-    let k = key(tgid, reg(&ctx, abi::G));
+    }
+    let fd = fd as u32;
+    let id = bpf_get_current_pid_tgid();
+    tls_conn_starts(id, fd);
+    let k = key((id >> 32) as u32, reg(&ctx, abi::G));
     // A goroutine reads over and over: its entry is rewritten in place.
     match GO_TLS_READS.get_ptr_mut(&k) {
         // SAFETY: map value pointer, valid for this run.
