@@ -1554,6 +1554,9 @@ fn go_tls_connections_are_read_in_plain_text_through_crypto_tls() {
         assert!(op[0] == 0x76 || op == [0x0f, 0x86], "{off:#x}: {op:02x?}");
     }
     assert_eq!(code[tls.read_copy as usize], 0xe8, "{tls:?}");
+    // Read keeps its receiver in its spill slot (Go 1.19: a 0x68-byte frame, the slot above the
+    // return address), read at the copy: its entry is not probed.
+    assert_eq!(tls.read_conn_at, Some(0x70), "{tls:?}");
     // Both roles are in the binary (it serves and calls), and tls.Conn's conn comes first.
     assert_eq!((tls.handshakes.len(), tls.tls_conn), (2, 0), "{tls:?}");
     assert!(tls.tls_itab > 0, "{tls:?}");

@@ -303,8 +303,10 @@ pub struct GoProc {
     /// Offset of `conn` (a `net.Conn`) in `net/http.http2serverConn`; 0 when its HTTP/2 server
     /// is not followed (see the kernel's `go_h2_headers`).
     pub h2_conn: u32,
-    /// Reserved.
-    pub _pad: u32,
+    /// Where `crypto/tls.(*Conn).Read` keeps its receiver for the whole call, relative to the
+    /// stack pointer inside it (its argument spill slot); 0 when not known, and then its entry
+    /// is probed to note the connection (see the kernel's `gotls`).
+    pub read_conn_at: u32,
 }
 const _: () = assert!(size_of::<GoProc>() == 64);
 

@@ -671,6 +671,7 @@ impl Capture {
             tls: u32::from(tls.is_some()),
             tls_itab: tls.map_or(0, |t| t.tls_itab),
             h2_conn: tls.and_then(|t| t.h2_server).map_or(0, |(_, off)| off),
+            read_conn_at: tls.and_then(|t| t.read_conn_at).unwrap_or(0),
             ..GoProc::default()
         };
         procs.insert(tgid, proc, 0).map_err(|e| e.to_string())?;
@@ -803,7 +804,11 @@ impl Capture {
         if let Ok(tls) = &bin.tls {
             let [handshake, write, read, read_copy, h2_headers] = GO_TLS_PROGRAMS;
             probes.extend(tls.handshakes.iter().map(|&o| (handshake, o)));
-            probes.extend([(write, tls.write), (read, tls.read), (read_copy, tls.read_copy)]);
+            probes.extend([(write, tls.write), (read_copy, tls.read_copy)]);
+            // Read's entry only where its receiver is not found on its stack at the copy.
+            if tls.read_conn_at.is_none() {
+                probes.push((read, tls.read));
+            }
             probes.extend(tls.h2_server.map(|(o, _)| (h2_headers, o)));
         }
         for (name, offset) in probes {

@@ -84,6 +84,9 @@ pub struct GoTls {
     pub write: u64,
     /// [`GO_TLS_READ`]'s stack-check branch.
     pub read: u64,
+    /// Where [`GO_TLS_READ`] spills its receiver, relative to the stack pointer in its body
+    /// (see [`receiver_spill`]): then its entry needs no probe.
+    pub read_conn_at: Option<u32>,
     /// The call of `runtime.memmove` in [`GO_TLS_READ`] that copies the plaintext out.
     pub read_copy: u64,
     /// The stack-check branches of the [`GO_TLS_HANDSHAKES`] the binary has.
@@ -338,6 +341,39 @@ fn stack_check_branch<'d, R: ReadRef<'d>>(obj: &object::File<'d, R>, sym: &objec
     }
 }
 
+/// Where a Go method keeps its receiver for the whole call, relative to the stack pointer in its
+/// body (x86-64): the register ABI gives every argument a spill slot in the caller's frame, just
+/// above the return address, and a method that needs its receiver after a call stores it there
+/// in its prologue (`mov [rsp+frame+8], rax` right after `sub rsp, frame`), and Go moves no stack
+/// pointer within a body. `None` unless the prologue is exactly that: stack check, frame, spill
+/// among its first stores.
+fn receiver_spill<'d, R: ReadRef<'d>>(
+    obj: &object::File<'d, R>,
+    sym: &object::Symbol<'d, '_, R>,
+) -> Option<u32> {
+    let branch = stack_check_branch(obj, sym);
+    if branch == 0 {
+        return None;
+    }
+    let sec = obj.section_by_index(sym.section_index()?).ok()?;
+    let code = sec.data_range(sym.address(), 112).ok().flatten()?;
+    // The branch (jbe rel8 or rel32), then the frame.
+    let at = branch as usize + if code.get(branch as usize) == Some(&0x76) { 2 } else { 6 };
+    let (frame, body) = match code.get(at..)? {
+        [0x48, 0x83, 0xec, n, rest @ ..] => (u32::from(*n), rest),
+        [0x48, 0x81, 0xec, a, b, c, d, rest @ ..] => (u32::from_le_bytes([*a, *b, *c, *d]), rest),
+        _ => return None,
+    };
+    let slot = frame.checked_add(8)?;
+    let store: Vec<u8> = match u8::try_from(slot) {
+        Ok(d) if d < 0x80 => vec![0x48, 0x89, 0x44, 0x24, d],
+        _ => [&[0x48, 0x89, 0x84, 0x24][..], &slot.to_le_bytes()].concat(),
+    };
+    // Before the body's first call: the prologue's stores.
+    let prologue = &body[..body.iter().position(|&b| b == 0xe8).unwrap_or(body.len())];
+    prologue.windows(store.len()).any(|w| w == store.as_slice()).then_some(slot)
+}
+
 /// The file offset of a Go function's stack-check branch (see [`stack_check_branch`]), when its
 /// prologue is the one expected: a probe there costs no single step.
 fn emulated_entry<'d, R: ReadRef<'d>>(
@@ -372,6 +408,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
     let (mut tls_write, mut tls_read, mut read_copy, mut memmove, mut tls_itab) = (None, None, None, None, 0);
     let mut handshakes = Vec::new();
     let mut h2_headers = None;
+    let mut read_conn_at = None;
     for sym in obj.symbols() {
         let slot = match sym.name() {
             Ok(GO_ROUND_TRIP) => &mut round_trip,
@@ -383,6 +420,7 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
             }
             Ok(GO_TLS_READ) => {
                 tls_read = emulated_entry(&obj, &sym);
+                read_conn_at = receiver_spill(&obj, &sym);
                 read_copy = Some((sym.address(), sym.size(), sym.section_index()));
                 continue;
             }
@@ -467,7 +505,16 @@ pub fn inspect_go(path: &Path) -> Result<GoBinary, String> {
                 [read_copy] => {
                     // A conn at offset 0 is told apart from none by the kernel: never at 0 here.
                     let h2_server = h2_headers.zip(found[10]).filter(|(_, off)| *off != 0);
-                    Ok(GoTls { write, read, read_copy, handshakes, tls_conn, tls_itab, h2_server })
+                    Ok(GoTls {
+                        write,
+                        read,
+                        read_conn_at,
+                        read_copy,
+                        handshakes,
+                        tls_conn,
+                        tls_itab,
+                        h2_server,
+                    })
                 }
                 ref calls => Err(format!("{GO_TLS_READ} calls {GO_MEMMOVE} {} times, not once", calls.len())),
             }

@@ -60,6 +60,8 @@ pub(crate) mod abi {
     pub const ARG0: usize = 80;
     pub const ARG1: usize = 40;
     pub const ARG2: usize = 88;
+    /// rsp.
+    pub const SP: usize = 152;
 }
 
 #[cfg(bpf_target_arch = "aarch64")]
@@ -70,6 +72,8 @@ pub(crate) mod abi {
     pub const ARG0: usize = 0;
     pub const ARG1: usize = 8;
     pub const ARG2: usize = 16;
+    /// sp.
+    pub const SP: usize = 31 * 8;
 }
 
 /// The process's Go runtime facts, when the uprobes follow it.

@@ -12,11 +12,14 @@
 //! - `(*Conn).Write(b)`: the plaintext is whole at the entry, and reported there, before it is
 //!   encrypted ([`go_tls_write`]). A client's request turn starts there, in time for the TCP
 //!   option of its first segment.
-//! - `(*Conn).Read(b)`: the entry notes the connection for the goroutine ([`go_tls_read`]); the
-//!   plaintext is reported where `Read` copies it out of the connection's decrypted input into
-//!   `b`, at its one call of `runtime.memmove(b, input, n)` ([`go_tls_read_copy`]). A socket read
-//!   of ciphertext notes its connection for its goroutine too (see `data`): a read that began
-//!   before tracewire started (blocked on an idle pooled connection) is named that way.
+//! - `(*Conn).Read(b)`: the plaintext is reported where `Read` copies it out of the connection's
+//!   decrypted input into `b`, at its one call of `runtime.memmove(b, input, n)`
+//!   ([`go_tls_read_copy`]). The connection is the receiver, which `Read` keeps in its argument
+//!   spill slot on its stack for the whole call (where the agent found the spill in its
+//!   prologue); otherwise the entry notes the connection for the goroutine ([`go_tls_read`]): a
+//!   probe hit more per read. A socket read of ciphertext notes its connection for its goroutine
+//!   too (see `data`): a read that began before tracewire started (blocked on an idle pooled
+//!   connection) is named that way.
 //! - `(*Conn).clientHandshake` / `serverHandshake`: the connection is marked TLS before its first
 //!   handshake bytes move ([`go_tls_handshake`]), and its ciphertext is not reported. A server's
 //!   connection is only opened at its first read, the client's hello: the socket hooks mark a
@@ -25,7 +28,11 @@
 //!
 //! A connection is named by the fd of the `*net.TCPConn` under the `*tls.Conn` (see
 //! `golang::net_conn_fd`); one over anything else is not followed.
-use aya_ebpf::{helpers::bpf_get_current_pid_tgid, macros::uprobe, programs::ProbeContext};
+use aya_ebpf::{
+    helpers::{bpf_get_current_pid_tgid, bpf_probe_read_user},
+    macros::uprobe,
+    programs::ProbeContext,
+};
 #[cfg(doc)]
 use tracewire_common::WATCH_GO_TLS;
 use tracewire_common::{Counter, DIR_INGRESS, GoProc};
@@ -119,14 +126,30 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
 /// what the read returns.
 #[uprobe]
 pub fn go_tls_read_copy(ctx: ProbeContext) -> u32 {
-    let Some((tgid, _)) = followed_tls() else {
+    let Some((tgid, proc)) = followed_tls() else {
         return 0;
     };
-    let k = key(tgid, reg(&ctx, abi::G));
-    // SAFETY: copied out of the map.
-    let Some(fd) = (unsafe { GO_TLS_READS.get(&k) }).copied() else {
-        count(Counter::TlsNoConn);
-        return 0;
+    let fd = if proc.read_conn_at != 0 {
+        // The receiver, from Read's argument spill slot: no entry probe needed.
+        // SAFETY: user memory, read through the checked helper.
+        let c = unsafe { bpf_probe_read_user((reg(&ctx, abi::SP) + proc.read_conn_at as u64) as *const u64) };
+        match c.ok().and_then(|c| tls_fd(&proc, c)) {
+            Some(fd) => fd,
+            None => {
+                count(Counter::TlsNoConn);
+                return 0;
+            }
+        }
+    } else {
+        let k = key(tgid, reg(&ctx, abi::G));
+        // SAFETY: copied out of the map.
+        match unsafe { GO_TLS_READS.get(&k) } {
+            Some(fd) => *fd,
+            None => {
+                count(Counter::TlsNoConn);
+                return 0;
+            }
+        }
     };
     let n = reg(&ctx, abi::ARG2);
     if n > 0 {
