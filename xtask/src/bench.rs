@@ -1662,9 +1662,8 @@ pub fn bench(quick: bool) -> Result<()> {
             8,
             &format!(
                 "Go 1.19 net/http answering `ok` over TLS 1.3 (keep-alive), wrk -t1 -c8 -d{secs}s, the agent \
-                 reading crypto/tls (uprobes on Write's stack check and on Read's copy of its plain text, all \
-                 emulated: three hits per request, net/http's background read taking each request's \
-                 first byte on its own)"
+                 reading crypto/tls (uprobes on Write's stack check and on Read's copy of its plain text, both \
+                 emulated: two hits per request)"
             ),
             " besides the uprobe traps",
         ),
