@@ -34,17 +34,18 @@ use tracewire_common::{
     ActiveCall, BODY_SKIP_MIN, CFG_SOCKET_LIFECYCLE, ConnId, ConnState, Counter, DATA_FLAG_AFTER_LOSS,
     DATA_FLAG_AFTER_SKIP, DATA_FLAG_BODY_SKIPPED, DATA_FLAG_COPY_FAILED, DATA_FLAG_IOV_OVERFLOW,
     DATA_FLAG_TLS, DATA_FLAG_TRUNCATED, DIR_EGRESS, DIR_INGRESS, DataEvent, EventKind, GAP_LOST,
-    GAP_OPEN_LOST, GAP_UNSAMPLED, GoKey, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall,
+    GAP_OPEN_LOST, GAP_UNSAMPLED, MAX_IOVECS, MAX_PAYLOAD, ROLE_CLIENT, ROLE_SERVER, Syscall,
     TLS_HANDSHAKING, TLS_ON, TLS_WRITE, TraceCtx, WATCH_GO_TLS, WATCH_TLS, fd_key,
 };
 
 use super::{
     conn::{conn_of_socket, end_if_closing, reopen, socket_read_prelude},
     context::{client_turn, server_turn, server_turn_end},
-    golang::{goroutine_reg, serving},
+    golang::{goroutine_reg, h2_call, serving},
+    gotls::note_tls_read,
 };
 use crate::{
-    maps::{ACTIVE, CONNS, GO_TLS_READS, SCRATCH, THREAD_CTX, TLS_CALLS},
+    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX, TLS_CALLS},
     util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, watch_bits, zeroed},
 };
 
@@ -238,14 +239,7 @@ fn go_tls_socket_read(tgid: u32, fd: u32, g: u64) {
         }
         goroutine_reg(regs)
     };
-    let k = GoKey { tgid, _pad: 0, addr: g };
-    match GO_TLS_READS.get_ptr_mut(&k) {
-        // SAFETY: map value pointer, valid for this run.
-        Some(p) => unsafe { *p = fd },
-        None => {
-            let _ = GO_TLS_READS.insert(&k, &fd, 0);
-        }
-    }
+    note_tls_read(tgid, g, fd);
 }
 
 /// A TLS connection's plaintext is about to be reported: after a Go handshake, whose segments
@@ -320,11 +314,14 @@ fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64) -> u64 {
     }
     let starts = if conn.h2 == 0 {
         conn.turn != DIR_EGRESS
-    } else {
+    } else if h2_starts_with_headers(buf) {
         // Each stream's request is a call of its own, whoever wrote last: a write that starts
-        // with a HEADERS frame starts one (its context then rides its segments).
-        h2_starts_with_headers(buf)
-            || (conn.turn != DIR_EGRESS && !h2_control_only(Layout::Flat, buf, 0, len))
+        // with a HEADERS frame starts one (its context then rides its segments), for the
+        // request of the goroutine writing it.
+        h2_call((id >> 32) as u32, fd);
+        true
+    } else {
+        conn.turn != DIR_EGRESS && !h2_control_only(Layout::Flat, buf, 0, len)
     };
     if starts {
         client_turn(id, fd, conn);
@@ -334,7 +331,7 @@ fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64) -> u64 {
 
 /// Whether an HTTP/2 client's plaintext at `buf` starts with a HEADERS frame (type 1: a request).
 #[inline(always)]
-pub(crate) fn h2_starts_with_headers(buf: u64) -> bool {
+fn h2_starts_with_headers(buf: u64) -> bool {
     // SAFETY: user memory, read through the checked helper.
     matches!(unsafe { aya_ebpf::helpers::bpf_probe_read_user((buf + 3) as *const u8) }, Ok(1))
 }

@@ -38,14 +38,10 @@ use aya_ebpf::{
     programs::ProbeContext,
 };
 use tracewire_common::{
-    CallParent, ConnId, Counter, DIR_INGRESS, GoKey, GoProc, ROLE_CLIENT, ROLE_SERVER, TraceCtx, WATCH_GO,
-    fd_key,
+    CallParent, ConnId, Counter, DIR_INGRESS, GoKey, GoProc, ROLE_SERVER, TraceCtx, WATCH_GO, fd_key,
 };
 
-use super::{
-    context::{parent_of, still_open, take_tie},
-    data::h2_starts_with_headers,
-};
+use super::context::{parent_of, still_open, take_tie};
 use crate::{
     maps::{CONNS, GO_ANCESTRY, GO_PROCS, GO_REQS, GO_SERVING, GO_TIES, GO_WRITERS},
     util::{count, is_watched, watch_bits, zeroed},
@@ -289,33 +285,25 @@ fn note_calls(tgid: u32, proc: &GoProc) {
     }
 }
 
-/// Goroutine `g` of `tgid` is about to write `buf` on client connection `fd` through
-/// `crypto/tls`. An HTTP/2 connection carries the calls of many goroutines at once, and no
-/// `persistConn.roundTrip` ties them: net/http's HTTP/2 transport writes each request from a
-/// goroutine the calling one starts for it (`clientStream.doRequest`), which inherited the
-/// caller's request when it was created. A write that starts with a request's HEADERS frame is
-/// tied to that goroutine's request, and the call it starts (see `data`) takes it. Such a call
-/// also starts the following of goroutine creation, as a first HTTP/1 call does.
+/// The current goroutine of `tgid` is about to write a request's HEADERS frame on HTTP/2 client
+/// connection `fd` through `crypto/tls` (see `data`). An HTTP/2 connection carries the calls of
+/// many goroutines at once, and no `persistConn.roundTrip` ties them: net/http's HTTP/2
+/// transport writes each request from a goroutine the calling one starts for it
+/// (`clientStream.doRequest`), which inherited the caller's request when it was created. The
+/// write is tied to that goroutine's request, and the call it starts takes it. Such a call also
+/// starts the following of goroutine creation, as a first HTTP/1 call does.
 #[inline(never)]
-pub(crate) fn h2_call(tgid: u32, fd: u32, g: u64, buf: u64) {
-    let k = fd_key(tgid, fd);
-    // SAFETY: a field copied out of the map.
-    if unsafe { CONNS.get(&k) }.is_none_or(|c| c.h2 == 0 || c.role != ROLE_CLIENT) {
-        return;
-    }
-    if !h2_starts_with_headers(buf) {
-        return;
-    }
+pub(crate) fn h2_call(tgid: u32, fd: u32) {
     let Some(proc) = go_proc(tgid) else {
         return;
     };
     note_calls(tgid, &proc);
-    let Some(goid) = goid(&proc, g) else {
+    let Some((g, goid)) = current_goroutine(&proc) else {
         return;
     };
     let mut p: CallParent = zeroed();
     let linked = request_of(tgid, g, goid, &mut p);
-    tie(&GO_TIES, &k, linked.then_some(&p));
+    tie(&GO_TIES, &fd_key(tgid, fd), linked.then_some(&p));
 }
 
 /// `net/http.(*http2serverConn).processHeaders(sc, f)`, on the goroutine that serves HTTP/2

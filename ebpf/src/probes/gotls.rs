@@ -39,7 +39,7 @@ use tracewire_common::{Counter, DIR_INGRESS, GoProc};
 
 use super::{
     data::{report_tls, report_tls_write, tls_conn_starts},
-    golang::{abi, followed_process, h2_call, key, net_conn_fd, reg},
+    golang::{abi, followed_process, key, net_conn_fd, reg},
 };
 use crate::{maps::GO_TLS_READS, util::count};
 
@@ -75,9 +75,7 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     }
     let fd = followed_fd(reg(&ctx, abi::ARG0));
     if fd <= u64::from(u32::MAX) {
-        let (id, buf) = (bpf_get_current_pid_tgid(), reg(&ctx, abi::ARG1));
-        h2_call((id >> 32) as u32, fd as u32, reg(&ctx, abi::G), buf);
-        report_tls_write(id, fd as u32, buf, len);
+        report_tls_write(bpf_get_current_pid_tgid(), fd as u32, reg(&ctx, abi::ARG1), len);
     }
     0
 }
@@ -110,7 +108,14 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
     let fd = fd as u32;
     let id = bpf_get_current_pid_tgid();
     tls_conn_starts(id, fd);
-    let k = key((id >> 32) as u32, reg(&ctx, abi::G));
+    note_tls_read((id >> 32) as u32, reg(&ctx, abi::G), fd);
+    0
+}
+
+/// Goroutine `g` of `tgid` reads from TLS connection `fd`: the read's copy is `fd`'s.
+#[inline(always)]
+pub(crate) fn note_tls_read(tgid: u32, g: u64, fd: u32) {
+    let k = key(tgid, g);
     // A goroutine reads over and over: its entry is rewritten in place.
     match GO_TLS_READS.get_ptr_mut(&k) {
         // SAFETY: map value pointer, valid for this run.
@@ -119,7 +124,6 @@ pub fn go_tls_read(ctx: ProbeContext) -> u32 {
             let _ = GO_TLS_READS.insert(&k, &fd, 0);
         }
     }
-    0
 }
 
 /// `runtime.memmove(b, input, n)` inside `(*Conn).Read`: `n` bytes of plaintext at `input` are
