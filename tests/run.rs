@@ -1514,6 +1514,96 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
 }
 
+/// A hop of tests/peers/hop.js serving HTTPS with `cert`/`key` on 127.0.0.1, calling `next`
+/// (https, trusting `cert`).
+fn node_tls_hop((cert, key): &(String, String), next: Option<&str>) -> Peer {
+    let mut cmd = Command::new("node");
+    cmd.arg(repo().join("tests/peers/hop.js")).args(["127.0.0.1", &free_port().to_string()]);
+    cmd.args(next).env("HOP_TLS_CERT", cert).env("HOP_TLS_KEY", key).env("HOP_TLS_CA", cert);
+    Peer::spawn(&mut cmd)
+}
+
+/// Node.js runs OpenSSL over memory buffers: its event loop reads and writes the ciphertext
+/// itself, outside any library call, so no socket call inside `SSL_read`/`SSL_write` names the
+/// session's connection. The connection is named by the ciphertext its thread read just before
+/// the call; a client's request turn starts at `SSL_write`'s return, before its ciphertext
+/// leaves, so the TCP option carries the call's context to the next service.
+#[test]
+fn node_tls_over_memory_buffers_is_read_in_plain_text() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls_files(dir.path());
+    let mut leaf = node_tls_hop(&files, None);
+    let leaf_port = leaf.port();
+    let mut mid = node_tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")));
+    let mid_port = mid.port();
+    let rx = Receiver::start(vec![]);
+    let agent =
+        RunAgent::start(&rx.endpoint(), &["--pid", &mid.pid().to_string(), "--pid", &leaf.pid().to_string()]);
+    let ids = ["n1", "n2", "n3", "n4"];
+    for id in ids {
+        curl(&format!("https://localhost:{mid_port}/hop/{id}?api_key=zz-secret-zz"), &["--cacert", &files.0]);
+    }
+    let summary = agent.stop();
+    let spans: Vec<_> = rx.spans().into_iter().map(|(_, s)| s).collect();
+    let all: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!("{} kind={} {:?} {:?}", s.name, s.kind, attr_str(s, "url.path"), attr_str(s, "url.full"))
+        })
+        .collect();
+    for s in &spans {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!v.contains("zz-secret-zz"), "{}: {v}", kv.key);
+        }
+    }
+    let server = |id: &str, port: u16| {
+        spans
+            .iter()
+            .find(|s| {
+                s.kind == 2
+                    && attr_str(s, "url.path").as_deref() == Some(&format!("/hop/{id}"))
+                    && attr_int(s, "server.port") == Some(i64::from(port))
+            })
+            .unwrap_or_else(|| panic!("no server span for {id} on {port}: {all:#?}\n{summary}"))
+    };
+    for id in ids {
+        let (m, l) = (server(id, mid_port), server(id, leaf_port));
+        let call = spans
+            .iter()
+            .find(|s| {
+                s.kind == 3
+                    && attr_str(s, "url.full").as_deref()
+                        == Some(&format!("https://localhost:{leaf_port}/hop/{id}?api_key=REDACTED"))
+            })
+            .unwrap_or_else(|| panic!("no client span for {id}: {all:#?}\n{summary}"));
+        for s in [m, l, call] {
+            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
+        }
+        assert_eq!(attr_str(m, "url.scheme").as_deref(), Some("https"), "{id}");
+        assert_eq!(attr_str(l, "url.scheme").as_deref(), Some("https"), "{id}");
+        // The call is a child of the request its event loop was serving, and the server it
+        // reached is the call's child: one trace.
+        assert_eq!(call.parent_span_id, m.span_id, "{id}: {all:#?}");
+        assert_eq!(l.parent_span_id, call.span_id, "{id}: {all:#?}");
+        assert!(m.trace_id == call.trace_id && call.trace_id == l.trace_id, "{id}");
+        assert!(
+            m.start_time_unix_nano <= call.start_time_unix_nano
+                && call.end_time_unix_nano <= m.end_time_unix_nano
+        );
+    }
+    assert_eq!(spans.len(), ids.len() * 3, "{all:#?}\n{summary}");
+    assert_eq!(summary["tls_followed"], 2, "{summary}");
+    // Every connection was read in plain text (curl's to the middle, the middle's to the leaf at
+    // both ends), and none of the ciphertext reached userspace.
+    assert_eq!(summary["http"]["tls_conns"], 3 * ids.len(), "{summary}");
+    assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
+    assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
+}
+
 /// A service of tests/peers/hop.go serving HTTPS with `cert`/`key` on 127.0.0.1 as `name`, calling
 /// `next` over pooled connections (HTTP/2 when `h2`, else HTTP/1.1) that trust `cert`.
 fn go_tls_hop(

@@ -502,8 +502,12 @@ pub struct ConnState {
     /// blocks share a compression table, so none may be left out (no body skipping, no
     /// unsampled turns) and turns are not requests.
     pub h2: u8,
+    /// 1 once the connection's first bytes seen were looked at for a TLS record: a connection
+    /// whose bytes are ciphertext from the first (a TLS library over memory buffers, one that is
+    /// not probed) is marked [`TLS_HANDSHAKING`] there, and its socket calls are not reported.
+    pub looked: u8,
     /// Reserved.
-    pub _pad: [u8; 6],
+    pub _pad: [u8; 5],
 }
 const _: () = assert!(size_of::<ConnState>() == 168);
 

@@ -182,6 +182,14 @@ pub static TLS_CALLS: HashMap<u64, TlsCall> = HashMap::with_max_entries(MAX_ACTI
 #[map]
 pub static TLS_FDS: LruHashMap<TlsKey, u32> = LruHashMap::with_max_entries(MAX_TLS_SESSIONS, 0);
 
+/// The TLS connection each thread last read ciphertext from outside a TLS library call, until
+/// the thread's next library call takes it: a library fed through memory buffers (Node.js,
+/// Python's asyncio) makes no socket call of its own, and its program hands the bytes it read to
+/// the session that owns the socket right away, on the same thread (see `tls`). LRU: a thread
+/// that exits leaves its entry.
+#[map]
+pub static TLS_READS: LruHashMap<u64, u32> = LruHashMap::with_max_entries(MAX_ACTIVE, 0);
+
 /// Go `crypto/tls`: the socket fd of the `Conn` each goroutine is reading from, from the read's
 /// entry to the copy of its plaintext into the caller's buffer (see `gotls`). LRU: a read that
 /// fails before the copy leaves its entry, which the goroutine's next read rewrites.

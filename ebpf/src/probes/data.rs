@@ -45,7 +45,7 @@ use super::{
     gotls::note_tls_read,
 };
 use crate::{
-    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX, TLS_CALLS},
+    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX, TLS_CALLS, TLS_READS},
     util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, watch_bits, zeroed},
 };
 
@@ -178,21 +178,58 @@ enum Source {
 
 /// Whether a socket call on `conn` carries ciphertext: the connection is TLS, or the call is made
 /// inside a TLS library call of a process whose library is probed (which names the library
-/// call's socket). Such calls are counted and not reported.
+/// call's socket). Such calls are counted and not reported. A TLS connection's read outside any
+/// library call, in such a process, is a library fed through memory buffers: the thread hands
+/// what it read to the connection's session next, whose call this read names (see `tls`).
 #[inline(always)]
-fn ciphertext(id: u64, fd: u32, conn: &mut ConnState) -> bool {
-    if watch_bits((id >> 32) as u32) & WATCH_TLS != 0
-        && let Some(call) = TLS_CALLS.get_ptr_mut(&id)
-    {
-        // SAFETY: map value pointer, valid for this run.
-        unsafe { (*call).fd = fd };
-        conn.tls = TLS_ON;
+fn ciphertext(id: u64, fd: u32, conn: &mut ConnState, direction: u8) -> bool {
+    if watch_bits((id >> 32) as u32) & WATCH_TLS != 0 {
+        if let Some(call) = TLS_CALLS.get_ptr_mut(&id) {
+            // SAFETY: map value pointer, valid for this run.
+            unsafe { (*call).fd = fd };
+            conn.tls = TLS_ON;
+        } else if conn.tls != 0 && direction == DIR_INGRESS && TLS_READS.insert(&id, &fd, 0).is_err() {
+            count(Counter::TlsCallsFull);
+        }
     }
     if conn.tls == 0 {
         return false;
     }
     count(Counter::TlsCiphertext);
     true
+}
+
+/// The first bytes seen on a connection (`ptr`, laid out as `layout`): a TLS record shows bytes
+/// that are ciphertext from the first, which no library call named (a server's handshake, whose
+/// connection opens at this read; a library fed through memory buffers; one tracewire does not
+/// probe; a connection open before tracewire, in the middle of its session). The connection is
+/// marked TLS and its socket calls are not reported.
+#[inline(never)]
+fn first_bytes(conn: &mut ConnState, layout: Layout, ptr: u64) {
+    conn.looked = 1;
+    if conn.tls != 0 {
+        return;
+    }
+    // SAFETY (reads below): user memory, read through the checked helper.
+    let iov = match layout {
+        Layout::Flat => {
+            if tls_record(ptr) {
+                conn.tls = TLS_HANDSHAKING;
+            }
+            return;
+        }
+        Layout::Iovec => ptr,
+        Layout::Msghdr => match unsafe { aya_ebpf::helpers::bpf_probe_read_user((ptr + 16) as *const u64) } {
+            Ok(iov) => iov,
+            Err(_) => return,
+        },
+        Layout::None => return,
+    };
+    if let Ok(base) = unsafe { aya_ebpf::helpers::bpf_probe_read_user(iov as *const u64) }
+        && tls_record(base)
+    {
+        conn.tls = TLS_HANDSHAKING;
+    }
 }
 
 /// A Go program is about to use connection `fd` through `crypto/tls` (see `gotls`): marked TLS
@@ -213,7 +250,7 @@ pub(crate) fn tls_conn_starts(id: u64, fd: u32) {
 /// Whether the bytes at `ptr` start a TLS record (content type 20 to 23, version 3.x): what a
 /// connection carries when its first bytes seen are from the middle of a TLS session. Plain
 /// text never starts so (the types are control characters).
-#[inline(never)]
+#[inline(always)]
 fn tls_record(ptr: u64) -> bool {
     // SAFETY: user memory, read through the checked helper.
     match unsafe { aya_ebpf::helpers::bpf_probe_read_user(ptr as *const [u8; 3]) } {
@@ -288,8 +325,8 @@ pub(crate) fn report_tls(id: u64, fd: u32, buf: u64, moved: u64, direction: u8) 
 /// encrypted (see `gotls`): a client's request turn starts here, in time for the TCP option
 /// of its first segment.
 #[inline(always)]
-pub(crate) fn report_tls_write(id: u64, fd: u32, buf: u64, len: u64) {
-    let enter_ns = tls_write_starts(id, fd, buf, len);
+pub(crate) fn report_tls_write(id: u64, fd: u32, buf: u64, len: u64, handshake_turn: bool) {
+    let enter_ns = tls_write_starts(id, fd, buf, len, handshake_turn);
     if enter_ns != u64::MAX {
         report_tls_written(id, fd, buf, len, enter_ns);
     }
@@ -298,16 +335,22 @@ pub(crate) fn report_tls_write(id: u64, fd: u32, buf: u64, len: u64) {
 /// The connection's side of a plaintext write of `len` bytes at `buf` about to start: a client's
 /// request turn starts, unless the write goes on with one or holds only HTTP/2 control frames.
 /// Returns when the write started (0: a server's, stamped when reported), `u64::MAX` when `fd`
-/// is no connection. Its own function, as is the report: `client_turn`'s frame and the report's
-/// do not fit the BPF stack in one call chain.
+/// is no connection. `handshake_turn`: a client's first request keeps the turn its handshake's
+/// first segment started (its context rode the handshake's segments, which the server may take
+/// it from: a library over memory buffers writes the request's ciphertext with the handshake's
+/// last flight). Its own function, as is the report: `client_turn`'s frame and the report's do
+/// not fit the BPF stack in one call chain.
 #[inline(never)]
-fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64) -> u64 {
+fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64, handshake_turn: bool) -> u64 {
     let Some(conn_ptr) = conn_of(id, fd, 0) else {
         count(Counter::TlsNoConn);
         return u64::MAX;
     };
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
+    if handshake_turn && conn.tls == TLS_HANDSHAKING && conn.role == ROLE_CLIENT && conn.turn == DIR_EGRESS {
+        conn.tls = TLS_ON;
+    }
     plaintext_starts(conn);
     if conn.role != ROLE_CLIENT {
         return 0;
@@ -321,12 +364,19 @@ fn tls_write_starts(id: u64, fd: u32, buf: u64, len: u64) -> u64 {
         h2_call((id >> 32) as u32, fd);
         true
     } else {
-        conn.turn != DIR_EGRESS && !h2_control_only(Layout::Flat, buf, 0, len)
+        conn.turn != DIR_EGRESS && !h2_control_plaintext(buf, len)
     };
     if starts {
         client_turn(id, fd, conn);
     }
     now()
+}
+
+/// [`h2_control_only`] for a plaintext write of `len` bytes at `buf`. Its own function: the
+/// frames it reads take stack that `client_turn`, called after it, needs.
+#[inline(never)]
+fn h2_control_plaintext(buf: u64, len: u64) -> bool {
+    h2_control_only(Layout::Flat, buf, 0, len)
 }
 
 /// Whether an HTTP/2 client's plaintext at `buf` starts with a HEADERS frame (type 1: a request).
@@ -386,15 +436,11 @@ fn report(
         reopen(id, call.fd, conn);
     }
     if source == Source::Socket {
-        let go_tls = watch_bits(tgid) & WATCH_GO_TLS != 0;
-        if go_tls && conn.tls == 0 && conn.turn == 0 && layout == Layout::Flat && tls_record(call.ptr) {
-            // The first bytes of a Go program's connection are a TLS record: a server's
-            // handshake (its connection opens at this read), or a connection open before
-            // tracewire, in the middle of its session.
-            conn.tls = TLS_HANDSHAKING;
+        if conn.looked == 0 {
+            first_bytes(conn, layout, call.ptr);
         }
-        if ciphertext(id, call.fd, conn) {
-            if go_tls && direction == DIR_INGRESS {
+        if ciphertext(id, call.fd, conn, direction) {
+            if direction == DIR_INGRESS && watch_bits(tgid) & WATCH_GO_TLS != 0 {
                 go_tls_socket_read(tgid, call.fd, g);
             }
             return;
@@ -1261,10 +1307,15 @@ pub fn sock_send_length(ctx: RawTracePointContext) -> i32 {
         return 0;
     }
     let r: i32 = ctx.arg(1);
-    // A TLS connection's request has not been reported yet: its send start stays for the
-    // plaintext (see `tls`).
-    if r > 0 && ciphertext(id, fd as u32, conn) {
-        return 0;
+    if r > 0 {
+        if conn.looked == 0 {
+            first_bytes(conn, c.layout, ptr);
+        }
+        // A TLS connection's request has not been reported yet: its send start stays for the
+        // plaintext (see `tls`).
+        if ciphertext(id, fd as u32, conn, DIR_EGRESS) {
+            return 0;
+        }
     }
     let enter_ns = conn.send_ns;
     conn.send_ns = 0;

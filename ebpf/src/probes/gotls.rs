@@ -75,7 +75,7 @@ pub fn go_tls_write(ctx: ProbeContext) -> u32 {
     }
     let fd = followed_fd(reg(&ctx, abi::ARG0));
     if fd <= u64::from(u32::MAX) {
-        report_tls_write(bpf_get_current_pid_tgid(), fd as u32, reg(&ctx, abi::ARG1), len);
+        report_tls_write(bpf_get_current_pid_tgid(), fd as u32, reg(&ctx, abi::ARG1), len, false);
     }
     0
 }

@@ -29,9 +29,9 @@ use tracewire_common::{
 #[cfg(doc)]
 use tracewire_common::{DATA_FLAG_TLS, WATCH_TLS};
 
-use super::data::{conn_of, report_tls};
+use super::data::{conn_of, report_tls, report_tls_write};
 use crate::{
-    maps::{TLS_CALLS, TLS_FDS},
+    maps::{TLS_CALLS, TLS_FDS, TLS_READS},
     util::{count, is_watched, set_tls},
 };
 
@@ -100,26 +100,43 @@ pub fn ssl_handshake(ctx: ProbeContext) -> u32 {
 /// stack.
 #[uretprobe]
 pub fn ssl_read_ret(ctx: RetProbeContext) -> u32 {
-    if let Some((id, fd, buf, moved)) = returned(&ctx) {
+    // A read that returned nothing (a handshake step, no record complete yet) moved no plaintext:
+    // the connection's handshake is not over for it.
+    if let Some((id, fd, buf, moved, _)) = returned(&ctx)
+        && moved > 0
+    {
         report_tls(id, fd, buf, moved, DIR_INGRESS);
     }
     0
 }
 
-/// `SSL_write` / `SSL_write_ex` returned.
+/// `SSL_write` / `SSL_write_ex` returned. A write that made no socket call of its own fed a
+/// memory buffer: its ciphertext leaves after it, so a client's request turn starts here, in time
+/// for the TCP option of its first segment, as a Go write's does at its entry.
 #[uretprobe]
 pub fn ssl_write_ret(ctx: RetProbeContext) -> u32 {
-    if let Some((id, fd, buf, moved)) = returned(&ctx) {
-        report_tls(id, fd, buf, moved, DIR_EGRESS);
+    if let Some((id, fd, buf, moved, named)) = returned(&ctx) {
+        if named {
+            report_sent(id, fd, buf, moved);
+        } else if moved > 0 {
+            report_tls_write(id, fd, buf, moved, true);
+        }
     }
     0
+}
+
+/// Reports a write whose socket call named its connection. Its own function: the report's frame
+/// and a memory-buffer write's client turn do not fit the BPF stack in one call chain.
+#[inline(never)]
+fn report_sent(id: u64, fd: u32, buf: u64, moved: u64) {
+    report_tls(id, fd, buf, moved, DIR_EGRESS);
 }
 
 /// `SSL_do_handshake` returned: the handshake's turn is over, and the request written next
 /// starts one of its own.
 #[uretprobe]
 pub fn ssl_handshake_ret(ctx: RetProbeContext) -> u32 {
-    let Some((id, fd, _, _)) = returned(&ctx) else {
+    let Some((id, fd, _, _, _)) = returned(&ctx) else {
         return 0;
     };
     if let Some(conn) = conn_of(id, fd, 0) {
@@ -133,21 +150,44 @@ pub fn ssl_handshake_ret(ctx: RetProbeContext) -> u32 {
 }
 
 /// The call of the current thread that returned: (pid_tgid, its socket's fd, its buffer, the
-/// bytes it moved), when the thread is selected and the call's socket is known. A handshake
-/// moves no plaintext (0).
+/// bytes it moved, whether a socket call inside it named the socket), when the thread is
+/// selected and the call's socket is known. A handshake moves no plaintext (0).
 #[inline(always)]
-fn returned(ctx: &RetProbeContext) -> Option<(u64, u32, u64, u64)> {
+fn returned(ctx: &RetProbeContext) -> Option<(u64, u32, u64, u64, bool)> {
+    let mut r = Returned { id: 0, buf: 0, moved: 0, fd: 0, named: 0 };
+    if !call_returned(i64::from(ctx.ret::<i32>()), &mut r) {
+        return None;
+    }
+    Some((r.id, r.fd, r.buf, r.moved, r.named != 0))
+}
+
+/// What [`returned`] finds, written into its caller's frame.
+#[repr(C)]
+struct Returned {
+    id: u64,
+    buf: u64,
+    moved: u64,
+    fd: u32,
+    named: u32,
+}
+
+/// [`returned`], for the call that returned `rc`. Its own function, which fills `out`: a return
+/// probe's frame then holds little more than `out`, and a memory-buffer write's client turn
+/// (`client_turn`'s frame, the largest) fits the BPF stack behind it.
+#[inline(never)]
+fn call_returned(rc: i64, out: &mut Returned) -> bool {
     let id = bpf_get_current_pid_tgid();
     let tgid = (id >> 32) as u32;
     if !is_watched(tgid) {
-        return None;
+        return false;
     }
-    let p = TLS_CALLS.get_ptr(&id)?;
+    let Some(p) = TLS_CALLS.get_ptr(&id) else {
+        return false;
+    };
     // SAFETY: map value pointer, valid for this run; read before the entry is removed.
     let (ssl, buf, len_ptr, call_fd, kind) =
         unsafe { ((*p).ssl, (*p).buf, (*p).len_ptr, (*p).fd, (*p).kind) };
     let _ = TLS_CALLS.remove(&id);
-    let rc = i64::from(ctx.ret::<i32>());
     let moved: u64 = if rc <= 0 || kind == TLS_HANDSHAKE {
         0
     } else if len_ptr != 0 {
@@ -157,18 +197,37 @@ fn returned(ctx: &RetProbeContext) -> Option<(u64, u32, u64, u64)> {
         rc as u64
     };
     let key = TlsKey { ssl, tgid, _pad: 0 };
+    *out = Returned { id, buf, moved, fd: call_fd, named: 0 };
     if call_fd != TLS_NO_FD {
         let _ = TLS_FDS.insert(&key, &call_fd, 0);
-        return Some((id, call_fd, buf, moved));
+        out.named = 1;
+        return true;
+    }
+    // A library fed through memory buffers: a call right after this thread read a TLS
+    // connection's ciphertext is that connection's session's (its program hands the bytes over
+    // at once, and may first retry a write the handshake held back, as Node's does), which names
+    // a session new to this address too. A write to a known session keeps it: a thread may write
+    // to one session after reading another's bytes.
+    // SAFETY: copied out of the map.
+    if (kind != TLS_WRITE || unsafe { TLS_FDS.get(&key) }.is_none())
+        && let Some(fd) = unsafe { TLS_READS.get(&id) }.copied()
+    {
+        let _ = TLS_READS.remove(&id);
+        let _ = TLS_FDS.insert(&key, &fd, 0);
+        out.fd = fd;
+        return true;
     }
     // SAFETY: copied out of the map.
     match unsafe { TLS_FDS.get(&key) }.copied() {
-        Some(fd) => Some((id, fd, buf, moved)),
+        Some(fd) => {
+            out.fd = fd;
+            true
+        }
         None => {
             if moved > 0 {
                 count(Counter::TlsNoConn);
             }
-            None
+            false
         }
     }
 }
