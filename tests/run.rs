@@ -1416,6 +1416,77 @@ fn tls_hop((cert, key): &(String, String), next: Option<&str>, wait: bool) -> Pe
     Peer::spawn(&mut cmd)
 }
 
+/// The server span of request `/hop/{id}` on `port`.
+fn find_server_span<'a>(
+    spans: &'a [opentelemetry_proto::tonic::trace::v1::Span],
+    id: &str,
+    port: u16,
+    all: &[String],
+    summary: &serde_json::Value,
+) -> &'a opentelemetry_proto::tonic::trace::v1::Span {
+    spans
+        .iter()
+        .find(|s| {
+            s.kind == 2
+                && attr_str(s, "url.path").as_deref() == Some(&format!("/hop/{id}"))
+                && attr_int(s, "server.port") == Some(i64::from(port))
+        })
+        .unwrap_or_else(|| panic!("no server span for {id} on {port}: {all:#?}\n{summary}"))
+}
+
+/// Checks the traces of HTTPS requests `/hop/{id}?api_key=...` sent to a middle service on
+/// `mid_port` that calls a leaf on `leaf_port` over HTTPS: for each id, the middle's server
+/// span, its call and the leaf's server span make one trace, each the parent of the next, with
+/// the query redacted everywhere. Returns the spans' one-line descriptions (for messages).
+fn tls_chains(
+    spans: &[opentelemetry_proto::tonic::trace::v1::Span],
+    summary: &serde_json::Value,
+    ids: &[&str],
+    mid_port: u16,
+    leaf_port: u16,
+) -> Vec<String> {
+    let all: Vec<String> = spans
+        .iter()
+        .map(|s| {
+            format!("{} kind={} {:?} {:?}", s.name, s.kind, attr_str(s, "url.path"), attr_str(s, "url.full"))
+        })
+        .collect();
+    // Bodies and secrets stay out: the query value is redacted wherever the request appears.
+    for s in spans {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!v.contains("zz-secret-zz"), "{}: {v}", kv.key);
+        }
+    }
+    for &id in ids {
+        let m = find_server_span(spans, id, mid_port, &all, summary);
+        let l = find_server_span(spans, id, leaf_port, &all, summary);
+        let call = spans
+            .iter()
+            .find(|s| {
+                s.kind == 3
+                    && attr_str(s, "url.full").as_deref()
+                        == Some(&format!("https://localhost:{leaf_port}/hop/{id}?api_key=REDACTED"))
+            })
+            .unwrap_or_else(|| panic!("no client span for {id}: {all:#?}\n{summary}"));
+        for s in [m, l] {
+            assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
+            assert_eq!(attr_str(s, "url.query").as_deref(), Some("api_key=REDACTED"), "{id}");
+            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
+        }
+        // The call is a child of the request it was made for (its thread), and the server it
+        // reached is the call's child (the TCP option rides under TLS): one trace.
+        assert_eq!(call.parent_span_id, m.span_id, "{id}: {all:#?}");
+        assert_eq!(l.parent_span_id, call.span_id, "{id}: {all:#?}");
+        assert!(m.trace_id == call.trace_id && call.trace_id == l.trace_id, "{id}");
+        assert!(
+            m.start_time_unix_nano <= call.start_time_unix_nano
+                && call.end_time_unix_nano <= m.end_time_unix_nano
+        );
+    }
+    all
+}
+
 #[test]
 fn tls_connections_are_read_in_plain_text_through_openssl() {
     let _g = serial();
@@ -1452,55 +1523,8 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     curl(&format!("https://localhost:{late_port}/hop/late1"), &["--cacert", &files.0]);
     let summary = agent.stop();
     let spans: Vec<_> = rx.spans().into_iter().map(|(_, s)| s).collect();
-    let all: Vec<String> = spans
-        .iter()
-        .map(|s| {
-            format!("{} kind={} {:?} {:?}", s.name, s.kind, attr_str(s, "url.path"), attr_str(s, "url.full"))
-        })
-        .collect();
-    // Bodies and secrets stay out: the query value is redacted wherever the request appears.
-    for s in &spans {
-        for kv in &s.attributes {
-            let v = format!("{:?}", kv.value);
-            assert!(!v.contains("zz-secret-zz"), "{}: {v}", kv.key);
-        }
-    }
-    let server = |id: &str, port: u16| {
-        spans
-            .iter()
-            .find(|s| {
-                s.kind == 2
-                    && attr_str(s, "url.path").as_deref() == Some(&format!("/hop/{id}"))
-                    && attr_int(s, "server.port") == Some(i64::from(port))
-            })
-            .unwrap_or_else(|| panic!("no server span for {id} on {port}: {all:#?}\n{summary}"))
-    };
-    for id in ids {
-        let (m, l) = (server(id, mid_port), server(id, leaf_port));
-        let call = spans
-            .iter()
-            .find(|s| {
-                s.kind == 3
-                    && attr_str(s, "url.full").as_deref()
-                        == Some(&format!("https://localhost:{leaf_port}/hop/{id}?api_key=REDACTED"))
-            })
-            .unwrap_or_else(|| panic!("no client span for {id}: {all:#?}\n{summary}"));
-        for s in [m, l] {
-            assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
-            assert_eq!(attr_str(s, "url.query").as_deref(), Some("api_key=REDACTED"), "{id}");
-            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
-        }
-        // The call is a child of the request it was made for (its thread), and the server it
-        // reached is the call's child (the TCP option rides under TLS): one trace.
-        assert_eq!(call.parent_span_id, m.span_id, "{id}: {all:#?}");
-        assert_eq!(l.parent_span_id, call.span_id, "{id}: {all:#?}");
-        assert!(m.trace_id == call.trace_id && call.trace_id == l.trace_id, "{id}");
-        assert!(
-            m.start_time_unix_nano <= call.start_time_unix_nano
-                && call.end_time_unix_nano <= m.end_time_unix_nano
-        );
-    }
-    let late_span = server("late1", late_port);
+    let all = tls_chains(&spans, &summary, &ids, mid_port, leaf_port);
+    let late_span = find_server_span(&spans, "late1", late_port, &all, &summary);
     assert_eq!(attr_str(late_span, "url.scheme").as_deref(), Some("https"));
     assert_eq!(spans.len(), ids.len() * 3 + 1, "{all:#?}\n{summary}");
     assert_eq!(summary["tls_followed"], 3, "{summary}");
@@ -1523,13 +1547,13 @@ fn node_tls_hop((cert, key): &(String, String), next: Option<&str>) -> Peer {
     Peer::spawn(&mut cmd)
 }
 
-/// Node.js runs OpenSSL over memory buffers: its event loop reads and writes the ciphertext
-/// itself, outside any library call, so no socket call inside `SSL_read`/`SSL_write` names the
+/// Node.js and Python's asyncio run OpenSSL over memory buffers: the event loop reads and writes
+/// the ciphertext itself, outside any library call, so no socket call inside `SSL_read`/`SSL_write` names the
 /// session's connection. The connection is named by the ciphertext its thread read just before
 /// the call; a client's request turn starts at `SSL_write`'s return, before its ciphertext
 /// leaves, so the TCP option carries the call's context to the next service.
 #[test]
-fn node_tls_over_memory_buffers_is_read_in_plain_text() {
+fn tls_over_memory_buffers_is_read_in_plain_text_node_and_asyncio() {
     let _g = serial();
     require_root();
     let dir = tempfile::tempdir().unwrap();
@@ -1538,67 +1562,41 @@ fn node_tls_over_memory_buffers_is_read_in_plain_text() {
     let leaf_port = leaf.port();
     let mut mid = node_tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")));
     let mid_port = mid.port();
+    let mut aio = Peer::spawn(
+        Command::new("python3")
+            .arg(repo().join("tests/peers/async_tls.py"))
+            .args(["127.0.0.1", &free_port().to_string()])
+            .env("HOP_TLS_CERT", &files.0)
+            .env("HOP_TLS_KEY", &files.1),
+    );
+    let aio_port = aio.port();
     let rx = Receiver::start(vec![]);
-    let agent =
-        RunAgent::start(&rx.endpoint(), &["--pid", &mid.pid().to_string(), "--pid", &leaf.pid().to_string()]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &mid.pid().to_string(), "--pid", &leaf.pid().to_string(), "--pid", &aio.pid().to_string()],
+    );
     let ids = ["n1", "n2", "n3", "n4"];
     for id in ids {
         curl(&format!("https://localhost:{mid_port}/hop/{id}?api_key=zz-secret-zz"), &["--cacert", &files.0]);
     }
+    // asyncio's SSL protocol, on the same kind of event loop.
+    let aio_ids = ["a1", "a2"];
+    for id in aio_ids {
+        curl(&format!("https://localhost:{aio_port}/hop/{id}?api_key=zz-secret-zz"), &["--cacert", &files.0]);
+    }
     let summary = agent.stop();
     let spans: Vec<_> = rx.spans().into_iter().map(|(_, s)| s).collect();
-    let all: Vec<String> = spans
-        .iter()
-        .map(|s| {
-            format!("{} kind={} {:?} {:?}", s.name, s.kind, attr_str(s, "url.path"), attr_str(s, "url.full"))
-        })
-        .collect();
-    for s in &spans {
-        for kv in &s.attributes {
-            let v = format!("{:?}", kv.value);
-            assert!(!v.contains("zz-secret-zz"), "{}: {v}", kv.key);
-        }
+    let all = tls_chains(&spans, &summary, &ids, mid_port, leaf_port);
+    for id in aio_ids {
+        let s = find_server_span(&spans, id, aio_port, &all, &summary);
+        assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
+        assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
     }
-    let server = |id: &str, port: u16| {
-        spans
-            .iter()
-            .find(|s| {
-                s.kind == 2
-                    && attr_str(s, "url.path").as_deref() == Some(&format!("/hop/{id}"))
-                    && attr_int(s, "server.port") == Some(i64::from(port))
-            })
-            .unwrap_or_else(|| panic!("no server span for {id} on {port}: {all:#?}\n{summary}"))
-    };
-    for id in ids {
-        let (m, l) = (server(id, mid_port), server(id, leaf_port));
-        let call = spans
-            .iter()
-            .find(|s| {
-                s.kind == 3
-                    && attr_str(s, "url.full").as_deref()
-                        == Some(&format!("https://localhost:{leaf_port}/hop/{id}?api_key=REDACTED"))
-            })
-            .unwrap_or_else(|| panic!("no client span for {id}: {all:#?}\n{summary}"));
-        for s in [m, l, call] {
-            assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
-        }
-        assert_eq!(attr_str(m, "url.scheme").as_deref(), Some("https"), "{id}");
-        assert_eq!(attr_str(l, "url.scheme").as_deref(), Some("https"), "{id}");
-        // The call is a child of the request its event loop was serving, and the server it
-        // reached is the call's child: one trace.
-        assert_eq!(call.parent_span_id, m.span_id, "{id}: {all:#?}");
-        assert_eq!(l.parent_span_id, call.span_id, "{id}: {all:#?}");
-        assert!(m.trace_id == call.trace_id && call.trace_id == l.trace_id, "{id}");
-        assert!(
-            m.start_time_unix_nano <= call.start_time_unix_nano
-                && call.end_time_unix_nano <= m.end_time_unix_nano
-        );
-    }
-    assert_eq!(spans.len(), ids.len() * 3, "{all:#?}\n{summary}");
-    assert_eq!(summary["tls_followed"], 2, "{summary}");
+    assert_eq!(spans.len(), ids.len() * 3 + aio_ids.len(), "{all:#?}\n{summary}");
+    assert_eq!(summary["tls_followed"], 3, "{summary}");
     // Every connection was read in plain text (curl's to the middle, the middle's to the leaf at
     // both ends), and none of the ciphertext reached userspace.
-    assert_eq!(summary["http"]["tls_conns"], 3 * ids.len(), "{summary}");
+    assert_eq!(summary["http"]["tls_conns"], 3 * ids.len() + aio_ids.len(), "{summary}");
     assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
     assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
