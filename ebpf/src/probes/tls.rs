@@ -15,6 +15,13 @@
 //! had already read, which make no socket call. A session is named by its first handshake or
 //! data call that moves socket bytes; until then its calls are counted ([`Counter::TlsNoConn`]).
 //!
+//! A program that feeds the library through memory buffers (Node.js, Python's asyncio) moves the
+//! ciphertext itself, outside the library's calls, so none of them makes a socket call. Its
+//! thread hands what it read to the session right away: a TLS connection's read outside a library
+//! call notes the connection for the thread ([`TLS_READS`]), and the thread's next call names its
+//! session by it (see `data::first_bytes` for how such a connection is known to be TLS). Its
+//! writes' ciphertext leaves after `SSL_write` returns: a client's request turn starts there.
+//!
 //! A client's request starts where its first ciphertext segment is queued (the send hook mints its
 //! context there, in time for the TCP option), as for plain text. The handshake's own segments
 //! start a turn too; its return ends it, so that the request written next is a turn of its own.
