@@ -1301,15 +1301,27 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
     // pgbench, from its first connection: a shell the agent watches, which becomes pgbench
     // (an exec keeps a watched process watched) when told to.
     const TRANSACTIONS: usize = 20;
-    let mut load = Command::new("sh")
-        .args(["-c", "read _ && exec \"$0\" \"$@\""])
-        .arg(std::path::Path::new(PG_BIN).join("pgbench"))
-        .args(["-h", "127.0.0.1", "-U", "app", "-p", &pg.port.to_string()])
-        .args(["-n", "-S", "-M", "prepared", "-c", "1", "-t", &TRANSACTIONS.to_string(), "shop"])
-        .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .spawn()
-        .expect("sh");
+    let (pg_port, transactions) = (pg.port.to_string(), TRANSACTIONS.to_string());
+    let mut load = held(
+        std::path::Path::new(PG_BIN).join("pgbench"),
+        &[
+            "-h",
+            "127.0.0.1",
+            "-U",
+            "app",
+            "-p",
+            &pg_port,
+            "-n",
+            "-S",
+            "-M",
+            "prepared",
+            "-c",
+            "1",
+            "-t",
+            &transactions,
+            "shop",
+        ],
+    );
     let rx = Receiver::start(vec![]);
     let agent = RunAgent::start(
         &rx.endpoint(),
@@ -1319,10 +1331,7 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
     assert_eq!(http_get(&format!("{base}/user?email=alice%40example.com")), (200, "Alice".to_string()));
     assert_eq!(http_get(&format!("{base}/missing")), (500, "42P01".to_string()));
     assert_eq!(http_get(&format!("{base}/fresh")), (200, "2".to_string()));
-    {
-        use std::io::Write as _;
-        load.stdin.take().expect("stdin").write_all(b"go\n").expect("start pgbench");
-    }
+    release(&mut load);
     assert!(load.wait().expect("pgbench").success(), "pgbench failed");
     let summary = agent.stop();
     let spans = rx.spans();
@@ -1391,6 +1400,132 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
     assert_eq!(summary["postgres"]["unframed"], 0, "{summary}");
     // The service's two, pgbench's (it checks the scale on a connection of its own first).
     assert!(summary["postgres"]["conns"].as_u64() >= Some(3), "{summary}");
+    drop(service);
+}
+
+/// A service backed by Redis through redis-py, and redis-benchmark pipelining: each command the
+/// service sends while serving a request is a client span of that request, named by the Redis
+/// conventions, with every key and value taken out of its text; a pipeline written at once is a
+/// batch; an error reply is an error span with its prefix; a value larger than the capture cap
+/// is skipped by its length, not lost.
+#[test]
+fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
+    let _g = serial();
+    require_root();
+    let redis = Redis::start();
+    // The service connects before tracing starts: its connection is seen mid-stream.
+    let mut service = Peer::python("cache_server.py", &[&redis.port.to_string()]);
+    let port: u16 = service.port();
+    // redis-benchmark, from its first connection: one client, ten commands a write.
+    const REQUESTS: usize = 100;
+    const PIPELINE: usize = 10;
+    let (redis_port, requests, pipeline) =
+        (redis.port.to_string(), REQUESTS.to_string(), PIPELINE.to_string());
+    let mut load = held(
+        "redis-benchmark",
+        &["-p", &redis_port, "-c", "1", "-n", &requests, "-P", &pipeline, "-t", "set,get", "-q"],
+    );
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &service.pid().to_string(), "--pid", &load.id().to_string()],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http_get(&format!("{base}/cart?user=7")), (200, "cart".to_string()));
+    assert_eq!(http_get(&format!("{base}/wrong")), (500, "ResponseError".to_string()));
+    assert_eq!(http_get(&format!("{base}/big")), (200, "100000".to_string()));
+    assert_eq!(http_get(&format!("{base}/burst")), (200, String::new()));
+    assert_eq!(http_get(&format!("{base}/fresh")), (200, String::new()));
+    release(&mut load);
+    assert!(load.wait().expect("redis-benchmark").success(), "redis-benchmark failed");
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let all: Vec<String> = spans
+        .iter()
+        .map(|(svc, s)| {
+            format!("{svc}: {} {:?} {:?}", s.name, attr_str(s, "url.path"), attr_str(s, "db.query.text"))
+        })
+        .collect();
+    // Privacy: the keys and values the service used are in no exported span.
+    for (_, s) in &spans {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!v.contains("4111") && !v.contains("cart:7") && !v.contains("xxxx"), "{}: {v}", kv.key);
+        }
+    }
+    let children_of = |path: &str| {
+        let parent = spans
+            .iter()
+            .map(|(_, s)| s)
+            .find(|s| s.kind == 2 && attr_str(s, "url.path").as_deref() == Some(path))
+            .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"));
+        let mut children: Vec<_> = spans
+            .iter()
+            .map(|(_, s)| s)
+            .filter(|s| s.kind == 3 && s.parent_span_id == parent.span_id)
+            .collect();
+        children.sort_by_key(|s| s.start_time_unix_nano);
+        for c in &children {
+            assert_eq!(c.trace_id, parent.trace_id);
+            assert!(
+                parent.start_time_unix_nano <= c.start_time_unix_nano
+                    && c.end_time_unix_nano <= parent.end_time_unix_nano,
+                "{path}: {} inside its request",
+                c.name
+            );
+            assert_eq!(attr_str(c, "db.system.name").as_deref(), Some("redis"));
+            assert_eq!(attr_int(c, "server.port"), Some(i64::from(redis.port)));
+        }
+        children
+    };
+    let text =
+        |s: &opentelemetry_proto::tonic::trace::v1::Span| attr_str(s, "db.query.text").unwrap_or_default();
+    let ok = |s: &opentelemetry_proto::tonic::trace::v1::Span| s.status.as_ref().map_or(0, |st| st.code) != 2;
+
+    let cart = children_of("/cart");
+    assert_eq!(cart.len(), 2, "{all:#?}");
+    assert_eq!((cart[0].name.as_str(), text(cart[0]).as_str()), ("GET", "GET ?"));
+    assert_eq!(attr_str(cart[0], "db.operation.name").as_deref(), Some("GET"));
+    assert_eq!(cart[1].name, "BATCH");
+    assert_eq!(text(cart[1]), "MULTI; HSET ? ? ? ? ?; EXPIRE ? ?; EXEC");
+    assert_eq!(attr_int(cart[1], "db.operation.batch.size"), Some(4));
+    assert!(ok(cart[0]) && ok(cart[1]));
+
+    let wrong = children_of("/wrong");
+    assert_eq!(wrong.len(), 1, "{all:#?}");
+    assert_eq!((wrong[0].name.as_str(), text(wrong[0]).as_str()), ("HGET", "HGET ? ?"));
+    assert_eq!(attr_str(wrong[0], "db.response.status_code").as_deref(), Some("WRONGTYPE"));
+    assert_eq!(attr_str(wrong[0], "error.type").as_deref(), Some("WRONGTYPE"));
+    assert!(!ok(wrong[0]), "an error span");
+
+    // The 100,000-byte reply: one span, which ends when its last byte is read.
+    let big = children_of("/big");
+    assert_eq!(big.len(), 1, "{all:#?}");
+    assert_eq!(text(big[0]), "GET ?");
+
+    let burst = children_of("/burst");
+    assert_eq!(burst.len(), 3, "{all:#?}");
+    for b in &burst {
+        assert_eq!((b.name.as_str(), text(b).as_str()), ("BATCH INCRBY", "INCRBY ? ?; INCRBY ? ?"));
+        assert_eq!(attr_int(b, "db.operation.batch.size"), Some(2));
+    }
+
+    // A connection opened while tracing: it selects database 2, which later spans name.
+    let fresh = children_of("/fresh");
+    let select = fresh.iter().position(|s| s.name == "SELECT").unwrap_or_else(|| panic!("{all:#?}"));
+    let get = fresh.last().unwrap_or_else(|| panic!("{all:#?}"));
+    assert!(select < fresh.len() - 1 && get.name == "GET", "{all:#?}");
+    assert_eq!(attr_str(get, "db.namespace").as_deref(), Some("2"));
+
+    // redis-benchmark: every write of ten commands is one batch.
+    for name in ["BATCH SET", "BATCH GET"] {
+        let batches: Vec<_> = spans.iter().map(|(_, s)| s).filter(|s| s.name == name).collect();
+        assert_eq!(batches.len(), REQUESTS / PIPELINE, "{name}: {all:#?}\n{summary}");
+        assert!(batches.iter().all(|s| attr_int(s, "db.operation.batch.size") == Some(PIPELINE as i64)));
+    }
+    assert_eq!(summary["redis"]["unframed"], 0, "{summary}");
+    assert_eq!(summary["redis"]["unpaired"], 0, "{summary}");
+    assert!(summary["redis"]["conns"].as_u64() >= Some(3), "{summary}");
     drop(service);
 }
 

@@ -454,6 +454,64 @@ pub fn drive_load_with(
     ids
 }
 
+/// `program` started held: a shell the agent can be told to watch, which becomes `program`
+/// (an exec keeps a watched process watched) when [`release`]d, so the agent sees it from its
+/// first connection.
+pub fn held(program: impl AsRef<std::ffi::OsStr>, args: &[&str]) -> Child {
+    Command::new("sh")
+        .args(["-c", "read _ && exec \"$0\" \"$@\""])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("sh")
+}
+
+/// Lets a [`held`] program start.
+pub fn release(child: &mut Child) {
+    use std::io::Write as _;
+    child.stdin.take().expect("stdin of a held program").write_all(b"go\n").expect("release");
+}
+
+/// A throwaway Redis server on 127.0.0.1 (nothing persisted); stopped when dropped.
+pub struct Redis {
+    child: Child,
+    pub port: u16,
+}
+
+impl Redis {
+    pub fn start() -> Redis {
+        let port = free_port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn redis-server (Debian's redis-server, installed by `cargo xtask setup`)");
+        let redis = Redis { child, port };
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while redis.cli(&["PING"]).is_none_or(|out| out.trim() != "PONG") {
+            assert!(Instant::now() < deadline, "redis-server did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        redis
+    }
+
+    /// Runs one command with redis-cli; its output, when it ran.
+    pub fn cli(&self, args: &[&str]) -> Option<String> {
+        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
+        out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+}
+
+impl Drop for Redis {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// Debian's PostgreSQL server binaries.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 

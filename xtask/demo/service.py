@@ -7,6 +7,9 @@ downstream in turn over plain HTTP/1.1 (urllib: no trace headers are sent), then
 With DEMO_PG="PORT USER DATABASE" and DEMO_SQL set, each request also runs DEMO_SQL in that
 PostgreSQL database (psycopg2, one connection opened at start). A query that takes a %(work)s
 parameter is the request's work: it is passed WORK_MS in seconds, and nothing else waits.
+
+With DEMO_REDIS="PORT", each request first looks its session up in that Redis server (redis-py,
+one client whose connection pool the request threads share).
 """
 import json
 import os
@@ -27,9 +30,17 @@ if SQL:
     port, user, database = os.environ["DEMO_PG"].split()
     DB = psycopg2.connect(host="127.0.0.1", port=int(port), user=user, dbname=database, sslmode="disable")
     DB.autocommit = True
+CACHE = None
+if os.environ.get("DEMO_REDIS"):
+    import redis
+
+    CACHE = redis.Redis(host="127.0.0.1", port=int(os.environ["DEMO_REDIS"]))
+    CACHE.ping()
 
 
 def work():
+    if CACHE is not None:
+        CACHE.get("session:42")
     in_query = SQL is not None and "%(work)s" in SQL
     if not in_query:
         time.sleep(WORK_MS / 1000)

@@ -1,4 +1,5 @@
-//! The demo's database: a throwaway PostgreSQL server on 127.0.0.1, with the shop's tables.
+//! The demo's data stores: a throwaway PostgreSQL server on 127.0.0.1 with the shop's tables,
+//! and a Redis server for the gateway's sessions.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -116,5 +117,45 @@ impl Drop for Database {
         unsafe { crate::libc_kill(self.child.id() as i32, 2) };
         let _ = self.child.wait();
         let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
+
+/// A throwaway Redis server on 127.0.0.1 (nothing persisted); stopped when dropped.
+pub struct Cache {
+    child: Child,
+    pub port: u16,
+}
+
+impl Cache {
+    pub fn start() -> Result<Cache> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("redis-server")
+            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting redis-server")?;
+        let cache = Cache { child, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // The gateway's session, which every page load looks up.
+        while check(
+            Command::new("redis-cli").args(["-p", &port.to_string(), "SET", "session:42", "user=42"]),
+            "redis-cli",
+        )
+        .is_err()
+        {
+            if Instant::now() > deadline {
+                bail!("Redis did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        Ok(cache)
+    }
+}
+
+impl Drop for Cache {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -328,6 +328,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     http_json.insert("invalid".into(), json!(stats.invalid));
     let postgres_json: serde_json::Map<String, serde_json::Value> =
         stats.pg.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let redis_json: serde_json::Map<String, serde_json::Value> =
+        stats.redis.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let http2_json: serde_json::Map<String, serde_json::Value> =
         stats.h2.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     eprintln!(
@@ -341,6 +343,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "http": http_json,
             "http2": http2_json,
             "postgres": postgres_json,
+            "redis": redis_json,
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
             "data_unknown_conn": session.stats().data_unknown_conn,
@@ -408,6 +411,11 @@ fn metrics_page(
             "tracewire_postgres_events_total",
             "What the PostgreSQL correlation saw, by kind (conns, encrypted, unframed...).",
             stats.pg.counts().to_vec(),
+        ),
+        (
+            "tracewire_redis_events_total",
+            "What the Redis correlation saw, by kind (conns, unframed, unpaired, subscribed...).",
+            stats.redis.counts().to_vec(),
         ),
         (
             "tracewire_http2_events_total",

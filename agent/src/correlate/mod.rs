@@ -13,6 +13,7 @@
 pub mod fifo;
 pub mod http2;
 pub mod postgres;
+mod redis;
 pub mod route;
 pub mod span;
 pub mod stream;
@@ -100,6 +101,8 @@ pub struct CorrelateStats {
     pub kernel_ctx_differs: u64,
     /// PostgreSQL client connections.
     pub pg: postgres::PgStats,
+    /// Redis client connections.
+    pub redis: redis::RedisStats,
     /// HTTP/2 connections.
     pub h2: http2::H2Stats,
 }
@@ -282,6 +285,8 @@ struct Conn {
     book: Book,
     /// A PostgreSQL client connection's protocol state (its bytes skip the HTTP streams).
     pg: Option<Box<postgres::Session>>,
+    /// A Redis client connection's protocol state (its bytes skip the HTTP streams).
+    redis: Option<Box<redis::Session>>,
     /// An HTTP/2 connection's protocol state (its bytes skip the HTTP/1 streams).
     h2: Option<Box<http2::Session>>,
 }
@@ -709,6 +714,17 @@ fn peer_address(info: &Info) -> Value {
     Value::Str(info.peer_ip.clone().map_or(Text::Static(""), Text::Shared))
 }
 
+/// A database client span's `server.*` and `network.peer.*`: the server end of its connection
+/// (a database protocol names no host of its own).
+fn push_db_server(attrs: &mut Vec<(&'static str, Value)>, info: &Info) {
+    if let Some(peer) = info.remote {
+        attrs.push(("server.address", peer_address(info)));
+        attrs.push(("server.port", Value::Int(i64::from(peer.port()))));
+        attrs.push(("network.peer.address", peer_address(info)));
+        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
+    }
+}
+
 /// `server.address`/`server.port` (the request's host, else the server end's address) and
 /// `network.peer.address`/`port`: what every span of a connection says about its two ends.
 fn push_endpoints(
@@ -997,6 +1013,7 @@ impl Correlator {
                 resp: Stream::new(Side::Response),
                 book: Book::default(),
                 pg: None,
+                redis: None,
                 h2: None,
             }),
         );
@@ -1017,6 +1034,9 @@ impl Correlator {
         let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
         if let Some(pg) = conn.pg.as_mut() {
             pg.close(at, &mut sink);
+        }
+        if let Some(redis) = conn.redis.as_mut() {
+            redis.close(at, &mut sink);
         }
         if let Some(h2) = conn.h2.as_mut() {
             h2.close(last.max(at), &mut sink);
@@ -1103,6 +1123,7 @@ impl Correlator {
         // negotiated it, read in plain text), or a server's that comes first.
         if conn.h2.is_none()
             && conn.pg.is_none()
+            && conn.redis.is_none()
             && !conn.book.had_http
             && if request_side {
                 crate::protocol::http2::starts_preface(payload)
@@ -1131,6 +1152,7 @@ impl Correlator {
         // A client's write may show PostgreSQL: before HTTP gave up on the connection, or after
         // (a connection open before tracing began may first be seen mid-result).
         if conn.pg.is_none()
+            && conn.redis.is_none()
             && conn.info.role == ROLE_CLIENT
             && !ingress
             && !conn.book.had_http
@@ -1139,6 +1161,30 @@ impl Correlator {
             conn.pg = Some(Box::new(postgres::Session::new(opening)));
             conn.book.ignored = false;
             self.shared.stats.pg.conns += 1;
+        }
+        // Or Redis, from any write of commands (a client connects once and keeps its connections).
+        if conn.redis.is_none()
+            && conn.pg.is_none()
+            && conn.info.role == ROLE_CLIENT
+            && !ingress
+            && !conn.book.had_http
+            && crate::protocol::redis::detect(payload)
+        {
+            conn.redis = Some(Box::new(redis::Session::new()));
+            conn.book.ignored = false;
+            self.shared.stats.redis.conns += 1;
+        }
+        if let Some(redis) = conn.redis.as_mut() {
+            if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
+                self.shared.stats.count_gap(d.flags, redis.reset());
+            }
+            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
+            if ingress {
+                redis.read(payload, gap, end_ns, &mut sink);
+            } else {
+                redis.write(payload, gap, meta, &mut sink);
+            }
+            return;
         }
         if let Some(pg) = conn.pg.as_mut() {
             if pg.encrypted() {

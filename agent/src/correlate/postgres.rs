@@ -14,7 +14,7 @@
 use std::{collections::VecDeque, sync::Arc};
 
 use super::{
-    ConnSink, Info, SpanCtx, peer_address,
+    ConnSink, Info, SpanCtx, push_db_server,
     span::{Kind, SpanRecord, Text, Value},
     stream::Meta,
 };
@@ -424,12 +424,7 @@ fn build_span(info: &Info, database: Option<&Arc<str>>, op: Op, end_ns: u64) -> 
     if let Some(Failure::Sqlstate(code)) = &op.failure {
         attrs.push(("db.response.status_code", Value::Str(code.clone().into())));
     }
-    if let Some(peer) = info.remote {
-        attrs.push(("server.address", peer_address(info)));
-        attrs.push(("server.port", Value::Int(i64::from(peer.port()))));
-        attrs.push(("network.peer.address", peer_address(info)));
-        attrs.push(("network.peer.port", Value::Int(i64::from(peer.port()))));
-    }
+    push_db_server(&mut attrs, info);
     let error_type = match &op.failure {
         Some(Failure::Sqlstate(code)) => Some(Text::from(code.clone())),
         Some(Failure::NoResponse) => Some("no_response".into()),

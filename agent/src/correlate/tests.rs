@@ -1,4 +1,4 @@
-//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,postgres}/*.events`) → expected spans
+//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,postgres,redis}/*.events`) → expected spans
 //! (`*.spans`). Run with `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate
 //! change, then review the diff.
 //!
@@ -250,7 +250,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
 #[test]
 fn golden_recordings() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut entries: Vec<PathBuf> = ["http1", "http2", "postgres"]
+    let mut entries: Vec<PathBuf> = ["http1", "http2", "postgres", "redis"]
         .iter()
         .flat_map(|d| fs::read_dir(root.join(d)).unwrap_or_else(|e| panic!("testdata/{d}: {e}")))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -292,6 +292,9 @@ fn golden_recordings() -> std::io::Result<()> {
         );
         if stats.pg.conns != 0 {
             let _ = writeln!(actual, "# postgres: {:?}", stats.pg);
+        }
+        if stats.redis.conns != 0 {
+            let _ = writeln!(actual, "# redis: {:?}", stats.redis);
         }
         if stats.h2.conns != 0 {
             let _ = writeln!(actual, "# h2: {:?}", stats.h2);
@@ -531,6 +534,67 @@ fn random_postgres_traffic_never_panics_and_every_statement_ends() {
         c.stats()
     );
     assert_eq!(c.stats().pg.conns, 1);
+}
+
+/// A Redis connection fed commands and replies of every type with random contents, cuts,
+/// uncaptured gaps and bytes that are not RESP, in both directions: never a panic, never more
+/// operations waiting than the bound, and every one of them ends when the connection does.
+#[test]
+fn random_redis_traffic_never_panics_and_every_operation_ends() {
+    let mut rng = fastrand::Rng::with_seed(11);
+    let mut c = Correlator::new(Clock::with_offset(0), 16);
+    let conn = open_pg_client(&mut c, 3);
+    client_data(&mut c, conn, 1, false, b"*1\r\n$4\r\nPING\r\n", 14);
+    let mut spans = c.take_spans().len();
+    let value = |rng: &mut fastrand::Rng, out: &mut Vec<u8>| {
+        let kinds: &[u8] = b"+-:$*_,#(!=%~>|";
+        let kind = kinds[rng.usize(..kinds.len())];
+        out.push(kind);
+        match kind {
+            b'$' | b'!' | b'=' => {
+                let body: Vec<u8> = (0..rng.usize(0..20)).map(|_| rng.u8(..)).collect();
+                out.extend(format!("{}\r\n", body.len()).as_bytes());
+                out.extend(&body);
+                out.extend(b"\r\n");
+            }
+            b'*' | b'%' | b'~' | b'>' | b'|' => out.extend(format!("{}\r\n:1\r\n", rng.u8(..4)).as_bytes()),
+            _ => out.extend(b"ERR x\r\n"),
+        }
+    };
+    for i in 2..20_000u64 {
+        let ingress = rng.bool();
+        let mut payload = Vec::new();
+        for _ in 0..rng.usize(1..4) {
+            if ingress {
+                value(&mut rng, &mut payload);
+            } else {
+                let n = rng.usize(1..4);
+                payload.extend(format!("*{n}\r\n$3\r\nGET\r\n").as_bytes());
+                for _ in 1..n {
+                    payload.extend(b"$2\r\nk1\r\n");
+                }
+            }
+            // Now and then bytes that are not RESP.
+            if rng.u8(..) < 8 {
+                payload.extend((0..rng.usize(1..8)).map(|_| rng.u8(..)));
+            }
+        }
+        let total = payload.len() as u32 + if rng.u8(..) < 30 { rng.u32(0..200) } else { 0 };
+        payload.truncate(rng.usize(payload.len() / 2..=payload.len()));
+        client_data(&mut c, conn, i, ingress, &payload, total.max(payload.len() as u32));
+        spans += c.take_spans().len();
+        let waiting = c.conns.get(&(1, 3)).and_then(|k| k.redis.as_ref()).map_or(0, |r| r.waiting());
+        assert!(waiting <= super::redis::MAX_OPS, "{waiting} operations waiting");
+    }
+    let waiting = c.conns.get(&(1, 3)).and_then(|k| k.redis.as_ref()).map_or(0, |r| r.waiting());
+    c.close_all();
+    let at_close = c.take_spans().len();
+    assert_eq!(at_close, waiting, "every waiting operation ends at the close");
+    spans += at_close;
+    let r = c.stats().redis;
+    assert!(spans > 1000, "the operations that completed made spans ({spans}): {r:?}");
+    assert_eq!(r.conns, 1);
+    assert!(r.unframed > 0 && r.unpaired > 0, "the random bytes lost the framing at times: {r:?}");
 }
 
 /// Prepared statements are remembered up to a bound per connection and over all of them;

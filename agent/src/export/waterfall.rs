@@ -14,14 +14,15 @@ use crate::{
 const BAR: usize = 40;
 
 /// The label shown for a span: method and path (server), method and URL (client), or the
-/// sanitized statement (database client).
+/// sanitized statement or command (database client).
 pub fn operation(s: &SpanRecord) -> String {
     let get = |k: &str| match s.attr(k) {
         Some(Value::Str(v)) => Some(v.as_ref()),
         _ => None,
     };
     if let Some(text) = get("db.query.text") {
-        return format!("SQL {text}");
+        let system = if get("db.system.name") == Some("redis") { "REDIS" } else { "SQL" };
+        return format!("{system} {text}");
     }
     match s.kind {
         Kind::Server => format!("{} {}", s.name, get("url.path").unwrap_or("")),

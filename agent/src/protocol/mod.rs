@@ -3,5 +3,6 @@ pub mod hpack;
 pub mod http1;
 pub mod http2;
 pub mod postgres;
+pub mod redis;
 pub mod sql;
 pub mod traceparent;
