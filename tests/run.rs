@@ -12,6 +12,7 @@ use std::{
 };
 
 use common::*;
+use opentelemetry_proto::tonic::trace::v1::Span;
 use receiver::{HttpReceiver, Receiver, attr_int, attr_str};
 use serde_json::Value;
 
@@ -1270,6 +1271,51 @@ fn a_pid_beyond_the_pid_max_the_agent_started_with_is_counted_not_fatal() {
     assert_eq!(summary["pids_beyond_max"], 1, "{summary}");
 }
 
+/// A span described on one line (service, name, path, statement), for messages.
+fn describe_spans(spans: &[(String, Span)]) -> Vec<String> {
+    spans
+        .iter()
+        .map(|(svc, s)| {
+            format!("{svc}: {} {:?} {:?}", s.name, attr_str(s, "url.path"), attr_str(s, "db.query.text"))
+        })
+        .collect()
+}
+
+/// Privacy: none of `secrets` is in any attribute of a database span.
+fn assert_db_spans_hide(spans: &[(String, Span)], secrets: &[&str]) {
+    for (_, s) in spans.iter().filter(|(_, s)| attr_str(s, "db.system.name").is_some()) {
+        for kv in &s.attributes {
+            let v = format!("{:?}", kv.value);
+            assert!(!secrets.iter().any(|x| v.contains(x)), "{}: {v}", kv.key);
+        }
+    }
+}
+
+/// The client spans the server span of `path` (to the database on `db_port`) made, in the order
+/// they started; each in its trace and inside it.
+fn db_children<'a>(spans: &'a [(String, Span)], path: &str, db_port: u16, summary: &Value) -> Vec<&'a Span> {
+    let all = describe_spans(spans);
+    let parent = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.kind == 2 && attr_str(s, "url.path").as_deref() == Some(path))
+        .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"));
+    let mut children: Vec<&Span> =
+        spans.iter().map(|(_, s)| s).filter(|s| s.kind == 3 && s.parent_span_id == parent.span_id).collect();
+    children.sort_by_key(|s| s.start_time_unix_nano);
+    for c in &children {
+        assert_eq!(c.trace_id, parent.trace_id);
+        assert!(
+            parent.start_time_unix_nano <= c.start_time_unix_nano
+                && c.end_time_unix_nano <= parent.end_time_unix_nano,
+            "{path}: {} inside its request",
+            c.name
+        );
+        assert_eq!(attr_int(c, "server.port"), Some(i64::from(db_port)));
+    }
+    children
+}
+
 /// A service backed by PostgreSQL through libpq (psycopg2): each query it runs while serving a
 /// request is a client span of that request, named and described by the database conventions,
 /// with every literal taken out of its text; a failing query is an error span with its SQLSTATE.
@@ -1335,10 +1381,7 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
     assert!(load.wait().expect("pgbench").success(), "pgbench failed");
     let summary = agent.stop();
     let spans = rx.spans();
-    let desc = |s: &opentelemetry_proto::tonic::trace::v1::Span| {
-        format!("{} {:?} {:?}", s.name, attr_str(s, "url.path"), attr_str(s, "db.query.text"))
-    };
-    let all: Vec<String> = spans.iter().map(|(svc, s)| format!("{svc}: {}", desc(s))).collect();
+    let all = describe_spans(&spans);
     // Privacy: the value the service looked up is in no exported span.
     for (_, s) in &spans {
         for kv in &s.attributes {
@@ -1346,29 +1389,16 @@ fn postgres_queries_are_client_spans_of_their_request_without_literals() {
             assert!(!v.contains("alice@example.com"), "{}: {v}", kv.key);
         }
     }
-    let server = |path: &str| {
-        spans
+    let query_of = |path: &str| {
+        let parent = spans
             .iter()
             .map(|(_, s)| s)
             .find(|s| s.kind == 2 && attr_str(s, "url.path").as_deref() == Some(path))
-            .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"))
-    };
-    let query_of = |path: &str| {
-        let parent = server(path);
-        let children: Vec<_> = spans
-            .iter()
-            .map(|(_, s)| s)
-            .filter(|s| s.kind == 3 && s.parent_span_id == parent.span_id)
-            .collect();
+            .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"));
+        let children = db_children(&spans, path, pg.port, &summary);
         assert_eq!(children.len(), 1, "{path}: one query: {all:#?}\n{summary}");
         let q = children[0];
-        assert_eq!(q.trace_id, parent.trace_id);
-        assert!(
-            parent.start_time_unix_nano <= q.start_time_unix_nano
-                && q.end_time_unix_nano <= parent.end_time_unix_nano
-        );
         assert_eq!(attr_str(q, "db.system.name").as_deref(), Some("postgresql"));
-        assert_eq!(attr_int(q, "server.port"), Some(i64::from(pg.port)));
         (parent, q)
     };
     let (_, user) = query_of("/user");
@@ -1440,41 +1470,13 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
     assert!(load.wait().expect("redis-benchmark").success(), "redis-benchmark failed");
     let summary = agent.stop();
     let spans = rx.spans();
-    let all: Vec<String> = spans
-        .iter()
-        .map(|(svc, s)| {
-            format!("{svc}: {} {:?} {:?}", s.name, attr_str(s, "url.path"), attr_str(s, "db.query.text"))
-        })
-        .collect();
-    // Privacy: the keys and values the service used are in no exported span.
-    for (_, s) in &spans {
-        for kv in &s.attributes {
-            let v = format!("{:?}", kv.value);
-            assert!(!v.contains("4111") && !v.contains("cart:7") && !v.contains("xxxx"), "{}: {v}", kv.key);
-        }
-    }
+    let all = describe_spans(&spans);
+    // Privacy: the keys and values the service used are in no span.
+    assert_db_spans_hide(&spans, &["4111", "cart:7", "xxxx"]);
     let children_of = |path: &str| {
-        let parent = spans
-            .iter()
-            .map(|(_, s)| s)
-            .find(|s| s.kind == 2 && attr_str(s, "url.path").as_deref() == Some(path))
-            .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"));
-        let mut children: Vec<_> = spans
-            .iter()
-            .map(|(_, s)| s)
-            .filter(|s| s.kind == 3 && s.parent_span_id == parent.span_id)
-            .collect();
-        children.sort_by_key(|s| s.start_time_unix_nano);
+        let children = db_children(&spans, path, redis.port, &summary);
         for c in &children {
-            assert_eq!(c.trace_id, parent.trace_id);
-            assert!(
-                parent.start_time_unix_nano <= c.start_time_unix_nano
-                    && c.end_time_unix_nano <= parent.end_time_unix_nano,
-                "{path}: {} inside its request",
-                c.name
-            );
             assert_eq!(attr_str(c, "db.system.name").as_deref(), Some("redis"));
-            assert_eq!(attr_int(c, "server.port"), Some(i64::from(redis.port)));
         }
         children
     };
@@ -1526,6 +1528,94 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
     assert_eq!(summary["redis"]["unframed"], 0, "{summary}");
     assert_eq!(summary["redis"]["unpaired"], 0, "{summary}");
     assert!(summary["redis"]["conns"].as_u64() >= Some(3), "{summary}");
+    drop(service);
+}
+
+/// A service backed by MariaDB through mysql-connector-python, and the `mariadb` command-line
+/// client (libmariadb): each statement is a client span of the request it serves, named by the
+/// database conventions, with every literal taken out of its text; a prepared statement's
+/// executions carry the text it was prepared with; an error is an error span with its number;
+/// a result larger than the capture cap counts its rows; a connection seen from its greeting
+/// names the server (`mariadb`) and the database.
+#[test]
+fn mysql_statements_are_client_spans_of_their_request_without_literals() {
+    let _g = serial();
+    require_root();
+    let db = MariaDb::start();
+    db.sql("", "CREATE DATABASE shop");
+    db.sql(
+        "shop",
+        "CREATE TABLE users (id int PRIMARY KEY, email varchar(64), name varchar(64)); \
+         INSERT INTO users VALUES (1, 'alice@example.com', 'Alice'), (2, 'bob@example.com', 'Bob'); \
+         CREATE TABLE products (sku varchar(16) PRIMARY KEY, price decimal(8,2)); \
+         INSERT INTO products VALUES ('A1', 9.99); \
+         CREATE TABLE numbers (id int PRIMARY KEY, email varchar(64)); \
+         INSERT INTO numbers SELECT seq, concat('user', seq, '@example.com') FROM seq_1_to_2000",
+    );
+    // The service connects before tracing starts: its connection is seen mid-stream.
+    let mut service = Peer::python("mysql_server.py", &[&db.port.to_string(), "app", "shop"]);
+    let port: u16 = service.port();
+    let mut args = db.client_args("shop");
+    args.extend(["-e".to_string(), "SELECT name FROM users WHERE email = 'bob@example.com'".to_string()]);
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut cli = held("mariadb", &args);
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &service.pid().to_string(), "--pid", &cli.id().to_string()],
+    );
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http_get(&format!("{base}/user?email=alice%40example.com")), (200, "Alice".to_string()));
+    assert_eq!(http_get(&format!("{base}/price?sku=A1")), (200, "9.99".to_string()));
+    assert_eq!(http_get(&format!("{base}/price?sku=B2")), (200, String::new()));
+    assert_eq!(http_get(&format!("{base}/missing")), (500, "1146".to_string()));
+    assert_eq!(http_get(&format!("{base}/many")), (200, "2000".to_string()));
+    assert_eq!(http_get(&format!("{base}/fresh")), (200, "2".to_string()));
+    release(&mut cli);
+    assert!(cli.wait().expect("mariadb").success(), "mariadb failed");
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let all = describe_spans(&spans);
+    // Privacy: the values the statements used, and the rows they read, are in no span.
+    assert_db_spans_hide(&spans, &["example.com", "A1"]);
+    let statements_of = |path: &str| db_children(&spans, path, db.port, &summary);
+    let text =
+        |s: &opentelemetry_proto::tonic::trace::v1::Span| attr_str(s, "db.query.text").unwrap_or_default();
+    fn with_text<'a>(children: &[&'a Span], t: &str) -> Option<&'a Span> {
+        children.iter().copied().find(|s| attr_str(s, "db.query.text").as_deref() == Some(t))
+    }
+    let find = |path: &str, t: &str| {
+        with_text(&statements_of(path), t).unwrap_or_else(|| panic!("{path}: no {t:?}: {all:#?}"))
+    };
+    let user = find("/user", "SELECT name FROM users WHERE email = ?");
+    assert_eq!(user.name, "SELECT users");
+    assert_eq!(attr_str(user, "db.operation.name").as_deref(), Some("SELECT"));
+    assert_eq!(attr_str(user, "db.collection.name").as_deref(), Some("users"));
+    assert_eq!(attr_int(user, "db.response.returned_rows"), Some(1));
+    // The prepared statement: prepared in the first request, its text on both executions.
+    let price = find("/price", "SELECT price FROM products WHERE sku = ?");
+    assert_eq!(price.name, "SELECT products");
+    let executions =
+        spans.iter().filter(|(_, s)| text(s) == "SELECT price FROM products WHERE sku = ?").count();
+    assert_eq!(executions, 2, "{all:#?}");
+    let missing = find("/missing", "SELECT * FROM nope WHERE id = ?");
+    assert_eq!(attr_str(missing, "db.response.status_code").as_deref(), Some("1146"));
+    assert_eq!(attr_str(missing, "error.type").as_deref(), Some("1146"));
+    assert_eq!(missing.status.as_ref().map(|s| s.code), Some(2), "an error span");
+    let many = find("/many", "SELECT id, email FROM numbers");
+    assert_eq!(attr_int(many, "db.response.returned_rows"), Some(2000));
+    // Connections seen from their greeting: the server and the database are named.
+    let fresh = find("/fresh", "SELECT count(*) FROM users");
+    assert_eq!(attr_str(fresh, "db.system.name").as_deref(), Some("mariadb"));
+    assert_eq!(attr_str(fresh, "db.namespace").as_deref(), Some("shop"));
+    let bob = spans
+        .iter()
+        .find(|(_, s)| text(s) == "SELECT name FROM users WHERE email = ?" && s.parent_span_id.is_empty())
+        .unwrap_or_else(|| panic!("the mariadb client's statement: {all:#?}"));
+    assert_eq!(attr_str(&bob.1, "db.system.name").as_deref(), Some("mariadb"));
+    assert_eq!(attr_str(&bob.1, "db.namespace").as_deref(), Some("shop"));
+    assert_eq!(summary["mysql"]["unframed"], 0, "{summary}");
+    assert!(summary["mysql"]["conns"].as_u64() >= Some(3), "{summary}");
     drop(service);
 }
 

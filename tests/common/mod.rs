@@ -512,6 +512,90 @@ impl Drop for Redis {
     }
 }
 
+/// A throwaway MariaDB server on 127.0.0.1 in a directory of its own, without grant tables
+/// (any user connects, as `app` does); stopped and removed when dropped.
+pub struct MariaDb {
+    child: Child,
+    _dir: tempfile::TempDir,
+    pub port: u16,
+}
+
+impl MariaDb {
+    pub fn start() -> MariaDb {
+        let dir = tempfile::Builder::new().prefix("tw-mariadb").tempdir().expect("tempdir");
+        let data = dir.path().join("data");
+        let out = Command::new("mariadb-install-db")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-test-db",
+                "--auth-root-authentication-method=normal",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .output()
+            .expect("mariadb-install-db (Debian's mariadb-server, installed by `cargo xtask setup`)");
+        assert!(out.status.success(), "mariadb-install-db: {}", String::from_utf8_lossy(&out.stderr));
+        let port = free_port();
+        let child = Command::new("/usr/sbin/mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--bind-address=127.0.0.1",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.path().join("sock").display()))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn mariadbd");
+        let db = MariaDb { child, _dir: dir, port };
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while db.try_sql("", "SELECT 1").is_err() {
+            assert!(Instant::now() < deadline, "mariadbd did not start");
+            thread::sleep(Duration::from_millis(50));
+        }
+        db
+    }
+
+    /// The `mariadb` client's arguments to reach it as `app`, in `database` (none if empty).
+    pub fn client_args(&self, database: &str) -> Vec<String> {
+        let mut args: Vec<String> =
+            ["--no-defaults", "-h", "127.0.0.1", "-u", "app", "-P"].iter().map(|s| s.to_string()).collect();
+        args.push(self.port.to_string());
+        if !database.is_empty() {
+            args.push(database.to_string());
+        }
+        args
+    }
+
+    fn try_sql(&self, database: &str, sql: &str) -> Result<(), String> {
+        let out = Command::new("mariadb")
+            .args(self.client_args(database))
+            .args(["-e", sql])
+            .output()
+            .map_err(|e| e.to_string())?;
+        if out.status.success() { Ok(()) } else { Err(String::from_utf8_lossy(&out.stderr).into_owned()) }
+    }
+
+    /// Runs `sql` with the `mariadb` client in `database`.
+    pub fn sql(&self, database: &str, sql: &str) {
+        if let Err(e) = self.try_sql(database, sql) {
+            panic!("mariadb {sql}: {e}");
+        }
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child.
+        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
+        let _ = self.child.wait();
+    }
+}
+
 /// Debian's PostgreSQL server binaries.
 pub const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 

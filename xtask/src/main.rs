@@ -92,6 +92,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("pg_isready", "postgresql-client-15"),
     // A real Redis server, redis-cli and redis-benchmark, for the Redis client spans.
     ("redis-server", "redis-server"),
+    // A real MariaDB server and its client, for the MySQL client spans.
+    ("mariadbd", "mariadb-server"),
     // Certificates for the HTTPS benchmark.
     ("openssl", "openssl"),
     // An HTTP/2 load generator (h2load), for the HTTP/2 benchmark and test.
@@ -100,13 +102,15 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 /// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), psycopg2
 /// (libpq, the usual PostgreSQL driver) for a service backed by a database, grpcio (gRPC's
-/// C core) for gRPC services, and redis-py for a service backed by Redis.
+/// C core) for gRPC services, redis-py for a service backed by Redis, and mysql-connector-python
+/// (its pure-Python protocol) for one backed by MySQL.
 const PYPI_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
     "psycopg2-binary==2.9.13",
     "grpcio==1.84.0",
     "redis==8.1.0",
+    "mysql-connector-python==26.10.0",
 ];
 
 fn main() -> Result<()> {
@@ -213,9 +217,9 @@ fn setup() -> Result<()> {
         .status()
         .is_ok_and(|s| s.success());
     if sdk {
-        println!("setup: OpenTelemetry Python SDK, psycopg2, grpcio and redis-py present");
+        println!("setup: OpenTelemetry Python SDK and the database and gRPC drivers present");
     } else {
-        println!("setup: installing the OpenTelemetry Python SDK, psycopg2, grpcio and redis-py");
+        println!("setup: installing the OpenTelemetry Python SDK and the database and gRPC drivers");
         run(Command::new("python3").args(["-m", "pip", "install", "-q"]).args(PYPI_PACKAGES))?;
     }
     // nginx starts itself on install on Debian; the tests run their own instances.

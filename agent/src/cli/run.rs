@@ -328,6 +328,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     http_json.insert("invalid".into(), json!(stats.invalid));
     let postgres_json: serde_json::Map<String, serde_json::Value> =
         stats.pg.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let mysql_json: serde_json::Map<String, serde_json::Value> =
+        stats.mysql.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let redis_json: serde_json::Map<String, serde_json::Value> =
         stats.redis.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let http2_json: serde_json::Map<String, serde_json::Value> =
@@ -344,6 +346,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "http2": http2_json,
             "postgres": postgres_json,
             "redis": redis_json,
+            "mysql": mysql_json,
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
             "data_unknown_conn": session.stats().data_unknown_conn,
@@ -411,6 +414,11 @@ fn metrics_page(
             "tracewire_postgres_events_total",
             "What the PostgreSQL correlation saw, by kind (conns, encrypted, unframed...).",
             stats.pg.counts().to_vec(),
+        ),
+        (
+            "tracewire_mysql_events_total",
+            "What the MySQL and MariaDB correlation saw, by kind (conns, encrypted, unframed...).",
+            stats.mysql.counts().to_vec(),
         ),
         (
             "tracewire_redis_events_total",

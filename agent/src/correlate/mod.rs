@@ -12,10 +12,12 @@
 //! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
 pub mod fifo;
 pub mod http2;
+mod mysql;
 pub mod postgres;
 mod redis;
 pub mod route;
 pub mod span;
+mod statement;
 pub mod stream;
 
 use std::{
@@ -103,6 +105,8 @@ pub struct CorrelateStats {
     pub pg: postgres::PgStats,
     /// Redis client connections.
     pub redis: redis::RedisStats,
+    /// MySQL and MariaDB client connections.
+    pub mysql: mysql::MysqlStats,
     /// HTTP/2 connections.
     pub h2: http2::H2Stats,
 }
@@ -287,6 +291,8 @@ struct Conn {
     pg: Option<Box<postgres::Session>>,
     /// A Redis client connection's protocol state (its bytes skip the HTTP streams).
     redis: Option<Box<redis::Session>>,
+    /// A MySQL client connection's protocol state (its bytes skip the HTTP streams).
+    mysql: Option<Box<mysql::Session>>,
     /// An HTTP/2 connection's protocol state (its bytes skip the HTTP/1 streams).
     h2: Option<Box<http2::Session>>,
 }
@@ -367,7 +373,13 @@ struct Shared {
     stats: CorrelateStats,
     out: Vec<SpanRecord>,
     rng: fastrand::Rng,
+    /// MySQL servers whose greeting said which they are (`mariadb`, `mysql`), by address: what
+    /// connections open before tracing began, which showed no greeting, are named by.
+    mysql_servers: HashMap<AddrKey, &'static str>,
 }
+
+/// Most MySQL servers remembered by address.
+const MAX_MYSQL_SERVERS: usize = 1024;
 
 struct ConnSink<'a> {
     info: &'a Info,
@@ -1014,6 +1026,7 @@ impl Correlator {
                 book: Book::default(),
                 pg: None,
                 redis: None,
+                mysql: None,
                 h2: None,
             }),
         );
@@ -1037,6 +1050,9 @@ impl Correlator {
         }
         if let Some(redis) = conn.redis.as_mut() {
             redis.close(at, &mut sink);
+        }
+        if let Some(mysql) = conn.mysql.as_mut() {
+            mysql.close(at, &mut sink);
         }
         if let Some(h2) = conn.h2.as_mut() {
             h2.close(last.max(at), &mut sink);
@@ -1105,13 +1121,14 @@ impl Correlator {
         if d.flags & DATA_FLAG_TLS != 0 && !conn.info.tls {
             conn.info.tls = true;
             self.shared.stats.tls_conns += 1;
-            match conn.pg.as_mut() {
-                // PostgreSQL asks for encryption in plain text; the startup message follows in
-                // the session, read now from the library.
-                Some(pg) => pg.decrypted(),
+            match (conn.pg.as_mut(), conn.mysql.as_mut()) {
+                // PostgreSQL and MySQL ask for encryption in plain text; the startup message
+                // follows in the session, read now from the library.
+                (Some(pg), _) => pg.decrypted(),
+                (_, Some(mysql)) => mysql.decrypted(),
                 // Anything seen before was ciphertext (the connection began before its process's
                 // library was probed): the plain text starts afresh.
-                None => {
+                (None, None) => {
                     conn.req = Stream::new(Side::Request);
                     conn.resp = Stream::new(Side::Response);
                     conn.book = Book::default();
@@ -1124,6 +1141,7 @@ impl Correlator {
         if conn.h2.is_none()
             && conn.pg.is_none()
             && conn.redis.is_none()
+            && conn.mysql.is_none()
             && !conn.book.had_http
             && if request_side {
                 crate::protocol::http2::starts_preface(payload)
@@ -1153,6 +1171,7 @@ impl Correlator {
         // (a connection open before tracing began may first be seen mid-result).
         if conn.pg.is_none()
             && conn.redis.is_none()
+            && conn.mysql.is_none()
             && conn.info.role == ROLE_CLIENT
             && !ingress
             && !conn.book.had_http
@@ -1165,6 +1184,7 @@ impl Correlator {
         // Or Redis, from any write of commands (a client connects once and keeps its connections).
         if conn.redis.is_none()
             && conn.pg.is_none()
+            && conn.mysql.is_none()
             && conn.info.role == ROLE_CLIENT
             && !ingress
             && !conn.book.had_http
@@ -1183,6 +1203,54 @@ impl Correlator {
                 redis.read(payload, gap, end_ns, &mut sink);
             } else {
                 redis.write(payload, gap, meta, &mut sink);
+            }
+            return;
+        }
+        // Or MySQL: from the server's greeting (the client reads first), or from a write of one
+        // command on a connection that was already open.
+        if conn.mysql.is_none()
+            && conn.pg.is_none()
+            && conn.redis.is_none()
+            && conn.info.role == ROLE_CLIENT
+            && !conn.book.had_http
+        {
+            use crate::protocol::mysql::{is_command, is_greeting, is_greeting_header};
+            let whole = d.captured == d.len;
+            let opening = if !ingress {
+                is_command(payload, d.len).then_some(mysql::Opening::Established)
+            } else if whole && is_greeting(payload) {
+                Some(mysql::Opening::Greeting)
+            } else {
+                // A connection's first bytes read, four of them: the greeting's header, if the
+                // next read is its body (the session says).
+                (whole && conn.book.strikes == 0 && is_greeting_header(payload))
+                    .then_some(mysql::Opening::GreetingHeader)
+            };
+            if let Some(opening) = opening {
+                conn.mysql = Some(Box::new(mysql::Session::new(opening)));
+                conn.book.ignored = false;
+                if opening == mysql::Opening::Established {
+                    // A greeting is counted when the session has read it.
+                    self.shared.stats.mysql.conns += 1;
+                }
+            }
+        }
+        if let Some(mysql) = conn.mysql.as_mut() {
+            if mysql.encrypted() {
+                return;
+            }
+            if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
+                self.shared.stats.count_gap(d.flags, mysql.reset());
+            }
+            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
+            if ingress {
+                mysql.read(payload, gap, end_ns, &mut sink);
+                if mysql.rejected() {
+                    // What followed a greeting's header was no greeting: not MySQL.
+                    conn.mysql = None;
+                }
+            } else {
+                mysql.write(payload, gap, meta, &mut sink);
             }
             return;
         }

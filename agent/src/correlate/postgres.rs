@@ -16,6 +16,7 @@ use std::{collections::VecDeque, sync::Arc};
 use super::{
     ConnSink, Info, SpanCtx, push_db_server,
     span::{Kind, SpanRecord, Text, Value},
+    statement::Statement,
     stream::Meta,
 };
 use crate::protocol::{
@@ -33,34 +34,6 @@ const MAX_STATEMENTS: usize = 256;
 /// Prepared statements remembered over all connections: a statement's sanitized text is up to
 /// [`sql::MAX_TEXT`] bytes, so this bounds them to a few MiB (typical statements are a tenth).
 pub(super) const MAX_STATEMENTS_TOTAL: usize = 4096;
-
-/// A statement as spans show it, made once and shared by every execution of it (a prepared
-/// statement runs many times): its strings are shared, not copied, into each span.
-#[derive(Debug)]
-struct Statement {
-    text: Arc<str>,
-    operation: Option<Arc<str>>,
-    collection: Option<Arc<str>>,
-    /// `{operation} {table}`, or the operation (None: neither is known).
-    name: Option<Arc<str>>,
-}
-
-impl Statement {
-    fn parse(text: &[u8]) -> Arc<Statement> {
-        let q = sql::sanitize(text);
-        let name = match (&q.operation, &q.collection) {
-            (Some(o), Some(c)) => Some(format!("{o} {c}").into()),
-            (Some(o), None) => Some(o.as_str().into()),
-            _ => None,
-        };
-        Arc::new(Statement {
-            text: q.text.into(),
-            operation: q.operation.map(Into::into),
-            collection: q.collection.map(Into::into),
-            name,
-        })
-    }
-}
 
 /// A statement sent, waiting for its outcome.
 #[derive(Debug)]
@@ -244,13 +217,13 @@ impl State {
             }
             b'Q' => {
                 let (text, _) = postgres::cstr(body);
-                let stmt = Statement::parse(text);
+                let stmt = Statement::parse(text, sql::Dialect::Postgres);
                 self.push(Some(stmt), true, meta, sink);
             }
             b'P' => {
                 let (name, rest) = postgres::cstr(body);
                 let (text, _) = postgres::cstr(rest);
-                let stmt = Statement::parse(text);
+                let stmt = Statement::parse(text, sql::Dialect::Postgres);
                 let pg = &mut sink.g.stats.pg;
                 if name.is_empty() {
                     self.unnamed = Some(stmt);
@@ -410,13 +383,7 @@ fn build_span(info: &Info, database: Option<&Arc<str>>, op: Op, end_ns: u64) -> 
         attrs.push(("db.namespace", Value::Str(shared(db))));
     }
     if let Some(s) = stmt {
-        if let Some(o) = &s.operation {
-            attrs.push(("db.operation.name", Value::Str(shared(o))));
-        }
-        if let Some(c) = &s.collection {
-            attrs.push(("db.collection.name", Value::Str(shared(c))));
-        }
-        attrs.push(("db.query.text", Value::Str(shared(&s.text))));
+        s.push_attrs(&mut attrs);
     }
     if let Some(rows) = op.rows {
         attrs.push(("db.response.returned_rows", Value::Int(rows)));

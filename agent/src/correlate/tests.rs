@@ -1,4 +1,4 @@
-//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,postgres,redis}/*.events`) → expected spans
+//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,mysql,postgres,redis}/*.events`) → expected spans
 //! (`*.spans`). Run with `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate
 //! change, then review the diff.
 //!
@@ -17,7 +17,7 @@ use tracewire_common::{
 };
 
 use super::{
-    Correlator, IpText,
+    Conn, Correlator, IpText,
     span::{Kind, Link, SpanRecord, Value, hex},
 };
 use crate::events::{Event, clock::Clock, encode_sockaddr};
@@ -250,7 +250,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
 #[test]
 fn golden_recordings() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut entries: Vec<PathBuf> = ["http1", "http2", "postgres", "redis"]
+    let mut entries: Vec<PathBuf> = ["http1", "http2", "mysql", "postgres", "redis"]
         .iter()
         .flat_map(|d| fs::read_dir(root.join(d)).unwrap_or_else(|e| panic!("testdata/{d}: {e}")))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -292,6 +292,9 @@ fn golden_recordings() -> std::io::Result<()> {
         );
         if stats.pg.conns != 0 {
             let _ = writeln!(actual, "# postgres: {:?}", stats.pg);
+        }
+        if stats.mysql.conns != 0 {
+            let _ = writeln!(actual, "# mysql: {:?}", stats.mysql);
         }
         if stats.redis.conns != 0 {
             let _ = writeln!(actual, "# redis: {:?}", stats.redis);
@@ -457,7 +460,7 @@ fn peer_address_text_is_shared_and_bounded() {
 }
 
 /// Opens client connection `fd` of process 1 to 127.0.0.1:5432.
-fn open_pg_client(c: &mut Correlator, fd: u32) -> ConnId {
+fn open_client(c: &mut Correlator, fd: u32) -> ConnId {
     let addr = encode_sockaddr(&"127.0.0.1:5432".parse().unwrap());
     let conn = ConnId { tgid: 1, fd, generation: 1 };
     c.on_event(&Event::Conn(ConnEvent {
@@ -493,88 +496,30 @@ fn client_data(c: &mut Correlator, conn: ConnId, ts: u64, ingress: bool, payload
     c.on_event(&Event::Data(ev, payload));
 }
 
-/// A PostgreSQL connection fed messages of every type with random contents, lengths, cuts and
-/// uncaptured gaps in both directions: never a panic, never more statements waiting than the
-/// bound, and every one of them ends when the connection does.
-#[test]
-fn random_postgres_traffic_never_panics_and_every_statement_ends() {
-    let mut rng = fastrand::Rng::with_seed(7);
+/// Feeds one client connection 20,000 random reads and writes (`message(rng, ingress)` makes
+/// each one's bytes; they are then cut short and given uncaptured gaps at random), after a first
+/// write `opening`. Never a panic, never more operations waiting than `bound` (`waiting` counts
+/// them), and every one of them ends when the connection does. Returns the correlator and the
+/// spans made.
+fn random_client_traffic(
+    seed: u64,
+    opening: &[u8],
+    mut message: impl FnMut(&mut fastrand::Rng, bool, &mut Vec<u8>),
+    waiting: impl Fn(&Conn) -> usize,
+    bound: usize,
+) -> (Correlator, usize) {
+    let mut rng = fastrand::Rng::with_seed(seed);
     let mut c = Correlator::new(Clock::with_offset(0), 16);
-    let conn = open_pg_client(&mut c, 3);
-    client_data(&mut c, conn, 1, false, b"Q\0\0\0\x0dSELECT 1\0", 14);
+    let conn = open_client(&mut c, 3);
+    client_data(&mut c, conn, 1, false, opening, opening.len() as u32);
     let mut spans = c.take_spans().len();
+    let waiting_now = |c: &Correlator| c.conns.get(&(1, 3)).map_or(0, |k| waiting(k));
     for i in 2..20_000u64 {
         let ingress = rng.bool();
         let mut payload = Vec::new();
         for _ in 0..rng.usize(1..4) {
-            let kinds: &[u8] = if ingress { b"CEZIsDT12nR" } else { b"QPBESCXd" };
-            payload.push(kinds[rng.usize(..kinds.len())]);
-            let body: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
-            // Now and then a length that lies.
-            let len = if rng.u8(..) < 8 { rng.u32(..) } else { body.len() as u32 + 4 };
-            payload.extend_from_slice(&len.to_be_bytes());
-            payload.extend_from_slice(&body);
-        }
-        let total = payload.len() as u32 + if rng.u8(..) < 30 { rng.u32(0..200) } else { 0 };
-        payload.truncate(rng.usize(payload.len() / 2..=payload.len()));
-        client_data(&mut c, conn, i, ingress, &payload, total.max(payload.len() as u32));
-        spans += c.take_spans().len();
-        let waiting = c.conns.get(&(1, 3)).and_then(|k| k.pg.as_ref()).map_or(0, |pg| pg.waiting());
-        assert!(waiting <= super::postgres::MAX_OPS, "{waiting} statements waiting");
-    }
-    let waiting = c.conns.get(&(1, 3)).and_then(|k| k.pg.as_ref()).map_or(0, |pg| pg.waiting());
-    c.close_all();
-    let at_close = c.take_spans().len();
-    assert_eq!(at_close, waiting, "every waiting statement ends at the close");
-    spans += at_close;
-    assert!(
-        spans > 1000,
-        "the statements that completed made spans ({spans}): {:?} {:?}",
-        c.stats().pg,
-        c.stats()
-    );
-    assert_eq!(c.stats().pg.conns, 1);
-}
-
-/// A Redis connection fed commands and replies of every type with random contents, cuts,
-/// uncaptured gaps and bytes that are not RESP, in both directions: never a panic, never more
-/// operations waiting than the bound, and every one of them ends when the connection does.
-#[test]
-fn random_redis_traffic_never_panics_and_every_operation_ends() {
-    let mut rng = fastrand::Rng::with_seed(11);
-    let mut c = Correlator::new(Clock::with_offset(0), 16);
-    let conn = open_pg_client(&mut c, 3);
-    client_data(&mut c, conn, 1, false, b"*1\r\n$4\r\nPING\r\n", 14);
-    let mut spans = c.take_spans().len();
-    let value = |rng: &mut fastrand::Rng, out: &mut Vec<u8>| {
-        let kinds: &[u8] = b"+-:$*_,#(!=%~>|";
-        let kind = kinds[rng.usize(..kinds.len())];
-        out.push(kind);
-        match kind {
-            b'$' | b'!' | b'=' => {
-                let body: Vec<u8> = (0..rng.usize(0..20)).map(|_| rng.u8(..)).collect();
-                out.extend(format!("{}\r\n", body.len()).as_bytes());
-                out.extend(&body);
-                out.extend(b"\r\n");
-            }
-            b'*' | b'%' | b'~' | b'>' | b'|' => out.extend(format!("{}\r\n:1\r\n", rng.u8(..4)).as_bytes()),
-            _ => out.extend(b"ERR x\r\n"),
-        }
-    };
-    for i in 2..20_000u64 {
-        let ingress = rng.bool();
-        let mut payload = Vec::new();
-        for _ in 0..rng.usize(1..4) {
-            if ingress {
-                value(&mut rng, &mut payload);
-            } else {
-                let n = rng.usize(1..4);
-                payload.extend(format!("*{n}\r\n$3\r\nGET\r\n").as_bytes());
-                for _ in 1..n {
-                    payload.extend(b"$2\r\nk1\r\n");
-                }
-            }
-            // Now and then bytes that are not RESP.
+            message(&mut rng, ingress, &mut payload);
+            // Now and then bytes of no protocol.
             if rng.u8(..) < 8 {
                 payload.extend((0..rng.usize(1..8)).map(|_| rng.u8(..)));
             }
@@ -583,18 +528,113 @@ fn random_redis_traffic_never_panics_and_every_operation_ends() {
         payload.truncate(rng.usize(payload.len() / 2..=payload.len()));
         client_data(&mut c, conn, i, ingress, &payload, total.max(payload.len() as u32));
         spans += c.take_spans().len();
-        let waiting = c.conns.get(&(1, 3)).and_then(|k| k.redis.as_ref()).map_or(0, |r| r.waiting());
-        assert!(waiting <= super::redis::MAX_OPS, "{waiting} operations waiting");
+        let waiting = waiting_now(&c);
+        assert!(waiting <= bound, "{waiting} operations waiting");
     }
-    let waiting = c.conns.get(&(1, 3)).and_then(|k| k.redis.as_ref()).map_or(0, |r| r.waiting());
+    let waiting = waiting_now(&c);
     c.close_all();
     let at_close = c.take_spans().len();
     assert_eq!(at_close, waiting, "every waiting operation ends at the close");
-    spans += at_close;
+    (c, spans + at_close)
+}
+
+/// PostgreSQL messages of every type with random contents and lengths, some of which lie.
+#[test]
+fn random_postgres_traffic_never_panics_and_every_statement_ends() {
+    let (c, spans) = random_client_traffic(
+        7,
+        b"Q\0\0\0\x0dSELECT 1\0",
+        |rng, ingress, out| {
+            let kinds: &[u8] = if ingress { b"CEZIsDT12nR" } else { b"QPBESCXd" };
+            out.push(kinds[rng.usize(..kinds.len())]);
+            let body: Vec<u8> = (0..rng.usize(0..40)).map(|_| rng.u8(..)).collect();
+            let len = if rng.u8(..) < 8 { rng.u32(..) } else { body.len() as u32 + 4 };
+            out.extend_from_slice(&len.to_be_bytes());
+            out.extend_from_slice(&body);
+        },
+        |k| k.pg.as_ref().map_or(0, |pg| pg.waiting()),
+        super::postgres::MAX_OPS,
+    );
+    assert!(spans > 1000, "the statements that completed made spans ({spans}): {:?}", c.stats().pg);
+    assert_eq!(c.stats().pg.conns, 1);
+}
+
+/// Redis commands, and replies of every RESP type with random contents.
+#[test]
+fn random_redis_traffic_never_panics_and_every_operation_ends() {
+    let (c, spans) = random_client_traffic(
+        11,
+        b"*1\r\n$4\r\nPING\r\n",
+        |rng, ingress, out| {
+            if !ingress {
+                let n = rng.usize(1..4);
+                out.extend(format!("*{n}\r\n$3\r\nGET\r\n").as_bytes());
+                for _ in 1..n {
+                    out.extend(b"$2\r\nk1\r\n");
+                }
+                return;
+            }
+            let kinds: &[u8] = b"+-:$*_,#(!=%~>|";
+            let kind = kinds[rng.usize(..kinds.len())];
+            out.push(kind);
+            match kind {
+                b'$' | b'!' | b'=' => {
+                    let body: Vec<u8> = (0..rng.usize(0..20)).map(|_| rng.u8(..)).collect();
+                    out.extend(format!("{}\r\n", body.len()).as_bytes());
+                    out.extend(&body);
+                    out.extend(b"\r\n");
+                }
+                b'*' | b'%' | b'~' | b'>' | b'|' => {
+                    out.extend(format!("{}\r\n:1\r\n", rng.u8(..4)).as_bytes())
+                }
+                _ => out.extend(b"ERR x\r\n"),
+            }
+        },
+        |k| k.redis.as_ref().map_or(0, |r| r.waiting()),
+        super::redis::MAX_OPS,
+    );
     let r = c.stats().redis;
     assert!(spans > 1000, "the operations that completed made spans ({spans}): {r:?}");
     assert_eq!(r.conns, 1);
     assert!(r.unframed > 0 && r.unpaired > 0, "the random bytes lost the framing at times: {r:?}");
+}
+
+/// MySQL commands, and response packets of every kind (OK, ERR, EOF, column counts, rows) with
+/// random contents and sequence numbers, some of whose lengths lie.
+#[test]
+fn random_mysql_traffic_never_panics_and_every_statement_ends() {
+    let (c, spans) = random_client_traffic(
+        13,
+        b"\x09\0\0\0\x03SELECT 1",
+        |rng, ingress, out| {
+            let body: Vec<u8> = if ingress {
+                let first: &[u8] = &[0x00, 0xff, 0xfe, 0x01, 0x02, 0x03, 0xfb];
+                let mut b = vec![first[rng.usize(..first.len())]];
+                b.extend((0..rng.usize(0..12)).map(|_| rng.u8(..)));
+                b
+            } else {
+                let commands: &[&[u8]] = &[
+                    b"\x03SELECT a FROM t",
+                    b"\x16SELECT ?",
+                    b"\x17\x01\0\0\0\0\x01\0\0\0",
+                    b"\x0e",
+                    b"\x19\x01\0\0\0",
+                    b"\x02db",
+                ];
+                commands[rng.usize(..commands.len())].to_vec()
+            };
+            let len = if rng.u8(..) < 8 { rng.u32(..1 << 24) } else { body.len() as u32 };
+            out.extend_from_slice(&len.to_le_bytes()[..3]);
+            out.push(if ingress { rng.u8(1..6) } else { 0 });
+            out.extend_from_slice(&body);
+        },
+        |k| k.mysql.as_ref().map_or(0, |m| m.waiting()),
+        1,
+    );
+    let m = c.stats().mysql;
+    assert!(spans > 1000, "the statements that completed made spans ({spans}): {m:?}");
+    assert_eq!(m.conns, 1);
+    assert!(m.unframed > 0, "the random bytes lost the framing at times: {m:?}");
 }
 
 /// Prepared statements are remembered up to a bound per connection and over all of them;
@@ -604,7 +644,7 @@ fn prepared_statements_are_bounded_per_connection_and_in_all() {
     let mut c = Correlator::new(Clock::with_offset(0), 64);
     let conns = 20u32;
     for fd in 0..conns {
-        let conn = open_pg_client(&mut c, fd);
+        let conn = open_client(&mut c, fd);
         for i in 0..300 {
             let body = format!("s{i}\0SELECT {i}\0\0\0");
             let mut msg = vec![b'P'];

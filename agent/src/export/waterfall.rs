@@ -20,9 +20,13 @@ pub fn operation(s: &SpanRecord) -> String {
         Some(Value::Str(v)) => Some(v.as_ref()),
         _ => None,
     };
-    if let Some(text) = get("db.query.text") {
-        let system = if get("db.system.name") == Some("redis") { "REDIS" } else { "SQL" };
-        return format!("{system} {text}");
+    if let Some(system) = get("db.system.name") {
+        let prefix = if system == "redis" { "REDIS" } else { "SQL" };
+        // A statement whose text was not seen (prepared before tracing began) shows its name.
+        return match get("db.query.text") {
+            Some(text) => format!("{prefix} {text}"),
+            None => format!("{prefix} {}", s.name),
+        };
     }
     match s.kind {
         Kind::Server => format!("{} {}", s.name, get("url.path").unwrap_or("")),
@@ -238,9 +242,30 @@ mod tests {
         let query = SpanRecord {
             kind: Kind::Client,
             name: "SELECT users".into(),
-            attributes: vec![("db.query.text", Value::Str("SELECT name FROM users WHERE id = ?".into()))],
+            attributes: vec![
+                ("db.system.name", Value::Str("postgresql".into())),
+                ("db.query.text", Value::Str("SELECT name FROM users WHERE id = ?".into())),
+            ],
             ..SpanRecord::for_test([9; 16], 1, None)
         };
         assert_eq!(operation(&query), "SQL SELECT name FROM users WHERE id = ?");
+        let command = SpanRecord {
+            kind: Kind::Client,
+            name: "GET".into(),
+            attributes: vec![
+                ("db.system.name", Value::Str("redis".into())),
+                ("db.query.text", Value::Str("GET ?".into())),
+            ],
+            ..SpanRecord::for_test([9; 16], 2, None)
+        };
+        assert_eq!(operation(&command), "REDIS GET ?");
+        // An execution of a statement prepared before tracing began: no text, its name.
+        let unseen = SpanRecord {
+            kind: Kind::Client,
+            name: "shop".into(),
+            attributes: vec![("db.system.name", Value::Str("mariadb".into()))],
+            ..SpanRecord::for_test([9; 16], 3, None)
+        };
+        assert_eq!(operation(&unseen), "SQL shop");
     }
 }

@@ -102,8 +102,25 @@ fn is_ident(c: u8) -> bool {
     is_ident_start(c) || c.is_ascii_digit() || c == b'$'
 }
 
-/// Sanitizes `sql` (as captured: possibly cut short, possibly not UTF-8).
+/// Whose lexical rules a text follows.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Dialect {
+    /// PostgreSQL: `"..."` names an identifier; backslashes escape only in `E'...'`.
+    Postgres,
+    /// MySQL and MariaDB: `"..."` is a string (as `'...'`, both with backslash escapes),
+    /// `` `...` `` names an identifier, `#` starts a comment.
+    MySql,
+}
+
+/// Sanitizes PostgreSQL's `sql` (as captured: possibly cut short, possibly not UTF-8).
 pub fn sanitize(sql: &[u8]) -> Query {
+    sanitize_as(sql, Dialect::Postgres)
+}
+
+/// Sanitizes `sql` read by `dialect`'s rules. Where the rules are unsure (a server mode that
+/// changes them), the reading that takes more text for a literal is chosen.
+pub fn sanitize_as(sql: &[u8], dialect: Dialect) -> Query {
+    let mysql = dialect == Dialect::MySql;
     let mut out: Vec<u8> = Vec::with_capacity(sql.len().min(MAX_TEXT) + 3);
     let mut tokens: Vec<Token> = Vec::new();
     // Whitespace or a comment since the last token: one space before the next.
@@ -118,7 +135,7 @@ pub fn sanitize(sql: &[u8]) -> Query {
             i += 1;
             continue;
         }
-        if c == b'-' && sql.get(i + 1) == Some(&b'-') {
+        if (c == b'-' && sql.get(i + 1) == Some(&b'-')) || (mysql && c == b'#') {
             // Comment to the end of the line (sqlcommenter tags and hints may carry values).
             i = sql[i..].iter().position(|&b| b == b'\n').map_or(n, |p| i + p + 1);
             space = true;
@@ -129,7 +146,7 @@ pub fn sanitize(sql: &[u8]) -> Query {
             space = true;
             continue;
         }
-        let (token, next) = scan(sql, i);
+        let (token, next) = scan(sql, i, mysql);
         let piece = match token {
             Token::Word(a, b) | Token::Quoted(a, b) => &sql[a..b],
             Token::Literal => b"?",
@@ -160,14 +177,19 @@ pub fn sanitize(sql: &[u8]) -> Query {
 }
 
 /// The token starting at `i` (not whitespace or a comment) and where the next one may start.
-fn scan(sql: &[u8], i: usize) -> (Token, usize) {
+fn scan(sql: &[u8], i: usize, mysql: bool) -> (Token, usize) {
     let n = sql.len();
     let c = sql[i];
     let next = sql.get(i + 1).copied();
     match c {
+        b'\'' | b'"' if mysql => (Token::Literal, skip_quoted(sql, i + 1, c, true)),
+        b'`' if mysql => {
+            let end = skip_quoted(sql, i + 1, b'`', false);
+            (Token::Quoted(i, end), end)
+        }
         b'\'' => (Token::Literal, skip_string(sql, i + 1, false)),
         b'"' => {
-            let end = skip_quoted_ident(sql, i + 1);
+            let end = skip_quoted(sql, i + 1, b'"', false);
             (Token::Quoted(i, end), end)
         }
         // E'...' (backslash escapes), B'...', X'...', N'...': one literal with its prefix.
@@ -205,29 +227,20 @@ fn scan(sql: &[u8], i: usize) -> (Token, usize) {
 /// After a string's opening quote at `from - 1`: where it ends (after its closing quote), or the
 /// end of the input. `''` is a quote inside; with `backslash`, so is `\'`.
 fn skip_string(sql: &[u8], from: usize, backslash: bool) -> usize {
+    skip_quoted(sql, from, b'\'', backslash)
+}
+
+/// After an opening `quote` at `from - 1`: where the quoted text ends (after its closing quote),
+/// or the end of the input. A doubled quote is one inside; with `backslash`, so is an escaped one.
+fn skip_quoted(sql: &[u8], from: usize, quote: u8, backslash: bool) -> usize {
     let mut i = from;
     while i < sql.len() {
         match sql[i] {
             b'\\' if backslash => i += 2,
-            b'\'' if sql.get(i + 1) == Some(&b'\'') => i += 2,
-            b'\'' => return i + 1,
+            c if c == quote && sql.get(i + 1) == Some(&quote) => i += 2,
+            c if c == quote => return i + 1,
             _ => i += 1,
         }
-    }
-    sql.len()
-}
-
-fn skip_quoted_ident(sql: &[u8], from: usize) -> usize {
-    let mut i = from;
-    while i < sql.len() {
-        if sql[i] == b'"' {
-            if sql.get(i + 1) == Some(&b'"') {
-                i += 2;
-                continue;
-            }
-            return i + 1;
-        }
-        i += 1;
     }
     sql.len()
 }
@@ -345,6 +358,28 @@ fn table(sql: &[u8], tokens: &[Token]) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn mysql_strings_in_double_quotes_with_backslashes_are_literals() {
+        let q = sanitize_as(
+            br#"SELECT `name`, "x" FROM `shop`.`users` WHERE email = "alice@example.com" AND note = 'it\'s' # card 4111
+            AND id IN (1, 0x1F, X'AB') /* 4111 */"#,
+            Dialect::MySql,
+        );
+        assert_eq!(
+            q.text,
+            "SELECT `name`, ? FROM `shop`.`users` WHERE email = ? AND note = ? AND id IN (?, ?, ?)"
+        );
+        assert_eq!(q.operation.as_deref(), Some("SELECT"));
+        assert_eq!(q.collection.as_deref(), Some("`shop`.`users`"));
+        // PostgreSQL reads the same quotes as an identifier: the dialect matters.
+        assert_eq!(sanitize(br#"SELECT "x" FROM t"#).text, r#"SELECT "x" FROM t"#);
+        // A backslash before the closing quote does not end the string early.
+        assert_eq!(
+            sanitize_as(br#"SELECT 'a\\' FROM t WHERE b = "c\\""#, Dialect::MySql).text,
+            "SELECT ? FROM t WHERE b = ?"
+        );
+    }
 
     fn text(sql: &str) -> String {
         sanitize(sql.as_bytes()).text

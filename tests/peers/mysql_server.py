@@ -1,0 +1,92 @@
+"""An HTTP service backed by MySQL or MariaDB through mysql-connector-python (its pure-Python
+protocol), as an uninstrumented service would be: one connection opened at start and shared by
+the handler threads, and one opened per request on /fresh. Prints "port N" once listening.
+
+Usage: mysql_server.py PORT USER DATABASE
+
+  GET /user?email=E  SELECT by email (the driver puts the value into the query text) -> 200 name
+  GET /price?sku=S   a prepared statement (COM_STMT_PREPARE once, then COM_STMT_EXECUTE) -> 200
+  GET /missing       a query on a table that does not exist -> 500 errno
+  GET /many          a result of 2,000 rows (larger than the capture cap) -> 200 count
+  GET /fresh         a new connection (its handshake names the database), a count, closed -> 200
+"""
+import sys
+import threading
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from urllib.parse import parse_qs, urlparse
+
+import mysql.connector
+
+PORT, USER, DATABASE = int(sys.argv[1]), sys.argv[2], sys.argv[3]
+
+
+def connect():
+    return mysql.connector.connect(
+        host="127.0.0.1", port=PORT, user=USER, database=DATABASE, use_pure=True, ssl_disabled=True, autocommit=True
+    )
+
+
+shared = connect()
+lock = threading.Lock()
+prepared = shared.cursor(prepared=True)
+
+
+class Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+
+    def reply(self, status, body):
+        data = body.encode()
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self):
+        url = urlparse(self.path)
+        args = parse_qs(url.query)
+        try:
+            if url.path == "/user":
+                with lock:
+                    cur = shared.cursor()
+                    cur.execute("SELECT name FROM users WHERE email = %s", (args["email"][0],))
+                    row = cur.fetchone()
+                    cur.close()
+                self.reply(200, row[0] if row else "")
+            elif url.path == "/price":
+                with lock:
+                    prepared.execute("SELECT price FROM products WHERE sku = ?", (args["sku"][0],))
+                    row = prepared.fetchone()
+                self.reply(200, str(row[0]) if row else "")
+            elif url.path == "/missing":
+                with lock:
+                    cur = shared.cursor()
+                    cur.execute("SELECT * FROM nope WHERE id = %s", (42,))
+                    cur.fetchall()
+                self.reply(200, "")
+            elif url.path == "/many":
+                with lock:
+                    cur = shared.cursor()
+                    cur.execute("SELECT id, email FROM numbers")
+                    n = len(cur.fetchall())
+                    cur.close()
+                self.reply(200, str(n))
+            elif url.path == "/fresh":
+                conn = connect()
+                cur = conn.cursor()
+                cur.execute("SELECT count(*) FROM users")
+                n = cur.fetchone()[0]
+                cur.close()
+                conn.close()
+                self.reply(200, str(n))
+            else:
+                self.reply(404, "")
+        except mysql.connector.Error as e:
+            self.reply(500, str(e.errno))
+
+    def log_message(self, *args):
+        pass
+
+
+server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+print(f"port {server.server_address[1]}", flush=True)
+server.serve_forever()
