@@ -513,18 +513,91 @@ fn bpf_stats_of(select: impl Fn(&str) -> bool) -> (u64, u64) {
     (ns, cnt)
 }
 
-/// R19: what tracewire costs a PostgreSQL client.
+/// R19, R23, R24: what tracewire costs a database client.
 struct DbCost {
-    /// pgbench's transactions per second: without, with, without.
+    /// The client's operations per second: without, with, without.
     tps: [f64; 3],
+    /// Operations in the traced run.
     transactions: u64,
     spans: u64,
     agent_cpu_per_m: f64,
 }
 
-/// pgbench's select-only transactions (one prepared statement each: Bind, Execute, Sync and
-/// their answers) against a local server, A/B/A; in the B run the agent watches pgbench from
-/// its first connection (a shell it watches, which then becomes pgbench) and exports.
+/// A client's rate and operations from its report.
+type ParseReport = dyn Fn(&std::process::Output) -> Result<(f64, u64)>;
+
+/// A database client's load, A/B/A: `program` with `args`, its report read by `parse`; in the
+/// B run the agent watches the client from its first connection (a shell it watches, which then
+/// becomes the client) and exports.
+fn client_cost(
+    tracewire: &Path,
+    sink: &str,
+    program: &Path,
+    args: &[String],
+    parse: &ParseReport,
+) -> Result<DbCost> {
+    let run = || -> Result<(f64, u64)> { parse(&Command::new(program).args(args).output()?) };
+    let base1 = run()?.0;
+    let mut shell = Command::new("sh")
+        .args(["-c", "read _ && exec \"$0\" \"$@\""])
+        .arg(program)
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let shell_pid = shell.id().to_string();
+    let agent_args = [
+        "run",
+        "--pid",
+        &shell_pid,
+        "--print",
+        "none",
+        "--status-interval",
+        "0",
+        "--otlp-endpoint",
+        sink,
+        "--otlp-protocol",
+        "http/protobuf",
+    ];
+    let (mut agent, lines) = start_agent(tracewire, &agent_args)?;
+    let cpu0 = cpu_seconds(agent.0.id());
+    shell.stdin.take().context("shell stdin")?.write_all(b"go\n")?;
+    let (with, transactions) = parse(&shell.wait_with_output()?)?;
+    let cpu1 = cpu_seconds(agent.0.id());
+    stop(&mut agent);
+    let spans = summary_of(&lines)["spans"].as_u64().unwrap_or(0);
+    let base2 = run()?.0;
+    Ok(DbCost {
+        tps: [base1, with, base2],
+        transactions,
+        spans,
+        agent_cpu_per_m: (cpu1 - cpu0) / transactions.max(1) as f64 * 1e6,
+    })
+}
+
+impl DbCost {
+    /// The report's row: `units` names the rate, the operations and what a span is one of. One
+    /// span per operation, plus a few of the client's own setup statements.
+    fn row(&self, id: &str, measure: &str, target: &str, setup: &str, units: (&str, &str, &str)) -> Value {
+        let (rate, ops, per) = units;
+        let base = (self.tps[0] + self.tps[2]) / 2.0;
+        row(
+            id,
+            measure,
+            self.tps[1] / base.max(1.0),
+            target,
+            self.spans >= self.transactions && self.spans <= self.transactions + 16,
+            &format!(
+                "{setup}, exporting: {:.0} vs {:.0}/{:.0} {rate}; {} spans for {} {ops}; agent {:.2} CPU-s per M {per}",
+                self.tps[1], self.tps[0], self.tps[2], self.spans, self.transactions, self.agent_cpu_per_m
+            ),
+        )
+    }
+}
+
+/// R19: pgbench's select-only transactions (one prepared statement each: Bind, Execute, Sync
+/// and their answers) against a local PostgreSQL.
 fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
     let db = crate::database::Database::start()?;
     let pgbench = crate::database::Database::pgbench();
@@ -554,43 +627,76 @@ fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
             .context("pgbench printed no transaction count")?;
         Ok((tps, n))
     };
-    let (base1, _) = parse(&Command::new(&pgbench).args(&run_args).output()?)?;
-    let mut shell = Command::new("sh")
-        .args(["-c", "read _ && exec \"$0\" \"$@\""])
-        .arg(&pgbench)
-        .args(&run_args)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let shell_pid = shell.id().to_string();
-    let args = [
-        "run",
-        "--pid",
-        &shell_pid,
-        "--print",
-        "none",
-        "--status-interval",
-        "0",
-        "--otlp-endpoint",
-        sink,
-        "--otlp-protocol",
-        "http/protobuf",
-    ];
-    let (mut agent, lines) = start_agent(tracewire, &args)?;
-    let cpu0 = cpu_seconds(agent.0.id());
-    shell.stdin.take().context("shell stdin")?.write_all(b"go\n")?;
-    let (with, transactions) = parse(&shell.wait_with_output()?)?;
-    let cpu1 = cpu_seconds(agent.0.id());
-    stop(&mut agent);
-    let spans = summary_of(&lines)["spans"].as_u64().unwrap_or(0);
-    let (base2, _) = parse(&Command::new(&pgbench).args(&run_args).output()?)?;
-    Ok(DbCost {
-        tps: [base1, with, base2],
-        transactions,
-        spans,
-        agent_cpu_per_m: (cpu1 - cpu0) / transactions.max(1) as f64 * 1e6,
-    })
+    client_cost(tracewire, sink, &pgbench, &run_args, &parse)
+}
+
+/// R24: mariadb-slap's queries (one text query each, four connections) against a local
+/// MariaDB, after a run that warms the server up; the queries are counted by the server.
+fn mysql_cost(tracewire: &Path, sink: &str, queries: u64) -> Result<DbCost> {
+    let db = std::sync::Arc::new(crate::database::MariaDb::start()?);
+    let args: Vec<String> = db
+        .client_args()
+        .into_iter()
+        .chain(
+            [
+                "--create-schema=slap",
+                "--delimiter=;",
+                "--create=CREATE TABLE t (id int PRIMARY KEY, name varchar(32)); INSERT INTO t VALUES (1, 'a')",
+                "--query=SELECT name FROM t WHERE id = 1",
+                "--concurrency=4",
+                "--iterations=1",
+            ]
+            .map(str::to_string),
+        )
+        .chain([format!("--number-of-queries={queries}")])
+        .collect();
+    let warm = Command::new("mariadb-slap").args(&args).output()?;
+    if !warm.status.success() {
+        bail!("mariadb-slap: {}", String::from_utf8_lossy(&warm.stderr));
+    }
+    let before = std::cell::Cell::new(db.selects()?);
+    let server = db.clone();
+    // "Average number of seconds to run all queries: 1.234 seconds": the rate; the SELECTs the
+    // server ran, the operations (the schema's statements around them make a few spans more).
+    let parse = move |out: &std::process::Output| -> Result<(f64, u64)> {
+        if !out.status.success() {
+            bail!("mariadb-slap: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let secs: f64 = text
+            .lines()
+            .find_map(|l| l.trim().strip_prefix("Average number of seconds to run all queries: "))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+            .context("mariadb-slap printed no time")?;
+        let now = server.selects()?;
+        Ok((queries as f64 / secs.max(1e-6), now.saturating_sub(before.replace(now))))
+    };
+    client_cost(tracewire, sink, Path::new("mariadb-slap"), &args, &parse)
+}
+
+/// R23: redis-benchmark's GETs, one command a write from four connections, against a local
+/// Redis.
+fn redis_cost(tracewire: &Path, sink: &str, requests: u64) -> Result<DbCost> {
+    let cache = crate::database::Cache::start()?;
+    let args: Vec<String> = ["-p", &cache.port.to_string(), "-c", "4", "-P", "1", "-t", "get", "--csv", "-n"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([requests.to_string()])
+        .collect();
+    // "GET","60790.27",... : the rate; the requests are the ones asked for.
+    let parse = move |out: &std::process::Output| -> Result<(f64, u64)> {
+        if !out.status.success() {
+            bail!("redis-benchmark: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        let rps = text
+            .lines()
+            .find_map(|l| l.strip_prefix("\"GET\",\""))
+            .and_then(|r| r.split('"').next()?.parse().ok())
+            .context("redis-benchmark printed no GET rate")?;
+        Ok((rps, requests))
+    };
+    client_cost(tracewire, sink, Path::new("redis-benchmark"), &args, &parse)
 }
 
 /// R20 to R22: what tracing costs a server under a load generator (HTTPS, HTTP/2).
@@ -1178,6 +1284,22 @@ pub fn bench(quick: bool) -> Result<()> {
         db_cost.tps[0], db_cost.tps[1], db_cost.tps[2]
     );
 
+    // R23: a Redis client.
+    let redis_requests: u64 = if quick { 20_000 } else { 200_000 };
+    let redis = redis_cost(&tracewire, &sink, redis_requests)?;
+    println!(
+        "bench: redis-benchmark GET: {:.0} / {:.0} / {:.0} requests/s (without/with/without)",
+        redis.tps[0], redis.tps[1], redis.tps[2]
+    );
+
+    // R24: a MySQL client.
+    let mysql_queries: u64 = if quick { 60_000 } else { 400_000 };
+    let mysql = mysql_cost(&tracewire, &sink, mysql_queries)?;
+    println!(
+        "bench: mariadb-slap: {:.0} / {:.0} / {:.0} queries/s (without/with/without)",
+        mysql.tps[0], mysql.tps[1], mysql.tps[2]
+    );
+
     // R20: an HTTPS server, its plain text read through its TLS library.
     let https = format!("https://127.0.0.1:{}/", nginx.tls_port);
     let tls = server_cost(&tracewire, &|| wrk_url(&https, secs, &[]), &exporting, calibration.empty_run_ns)?;
@@ -1622,28 +1744,16 @@ pub fn bench(quick: bool) -> Result<()> {
                 ),
             )
         },
-        {
-            let base = (db_cost.tps[0] + db_cost.tps[2]) / 2.0;
-            row(
-                "R19",
-                "PostgreSQL client: transactions/s with ÷ without (pgbench)",
-                db_cost.tps[1] / base.max(1.0),
-                "1 span/stmt",
-                // One statement per transaction, plus pgbench's own setup queries.
-                db_cost.spans >= db_cost.transactions && db_cost.spans <= db_cost.transactions + 16,
-                &format!(
-                    "pgbench -S -M prepared -c 4 -j 2 -T {secs} against a local PostgreSQL 15 (one prepared SELECT \
-                     per transaction), exporting: {:.0} vs {:.0}/{:.0} tps; {} spans for {} transactions; agent \
-                     {:.2} CPU-s per M statements",
-                    db_cost.tps[1],
-                    db_cost.tps[0],
-                    db_cost.tps[2],
-                    db_cost.spans,
-                    db_cost.transactions,
-                    db_cost.agent_cpu_per_m
-                ),
-            )
-        },
+        db_cost.row(
+            "R19",
+            "PostgreSQL client: transactions/s with ÷ without (pgbench)",
+            "1 span/stmt",
+            &format!(
+                "pgbench -S -M prepared -c 4 -j 2 -T {secs} against a local PostgreSQL 15 (one prepared SELECT per \
+                 transaction)"
+            ),
+            ("tps", "transactions", "statements"),
+        ),
         // As for R8: wrk does not count the requests in flight when it stops.
         tls.row(
             "R20",
@@ -1677,6 +1787,26 @@ pub fn bench(quick: bool) -> Result<()> {
                  connections with 10 streams in flight each"
             ),
             "",
+        ),
+        redis.row(
+            "R23",
+            "Redis client: requests/s with ÷ without (redis-benchmark)",
+            "1 span/cmd",
+            &format!(
+                "redis-benchmark -t get -c 4 -P 1 -n {redis_requests} against a local Redis 7.0 (one GET a write, \
+                 so one span each)"
+            ),
+            ("req/s", "requests", "commands"),
+        ),
+        mysql.row(
+            "R24",
+            "MySQL client: queries/s with ÷ without (mariadb-slap)",
+            "1 span/stmt",
+            &format!(
+                "mariadb-slap --concurrency=4 --number-of-queries={mysql_queries} against a local MariaDB 10.11 (one \
+                 text SELECT a query, counted by the server's Com_select; after a warm-up run)"
+            ),
+            ("queries/s", "SELECTs", "statements"),
         ),
     ];
     println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");

@@ -1,5 +1,5 @@
-//! The demo's data stores: a throwaway PostgreSQL server on 127.0.0.1 with the shop's tables,
-//! and a Redis server for the gateway's sessions.
+//! Data stores on 127.0.0.1 for the demo and the benchmark: a throwaway PostgreSQL server with
+//! the shop's tables, a Redis server for the gateway's sessions, and a MariaDB server.
 use std::{
     path::{Path, PathBuf},
     process::{Child, Command, Stdio},
@@ -157,5 +157,89 @@ impl Drop for Cache {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+    }
+}
+
+/// A throwaway MariaDB server without grant tables (any user connects); stopped and its
+/// directory removed when dropped.
+pub struct MariaDb {
+    child: Child,
+    dir: PathBuf,
+    pub port: u16,
+}
+
+impl MariaDb {
+    pub fn start() -> Result<MariaDb> {
+        let dir = std::env::temp_dir().join(format!("tracewire-mariadb-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&dir);
+        std::fs::create_dir_all(&dir)?;
+        let data = dir.join("data");
+        check(
+            Command::new("mariadb-install-db")
+                .args([
+                    "--no-defaults",
+                    "--user=root",
+                    "--skip-test-db",
+                    "--auth-root-authentication-method=normal",
+                ])
+                .arg(format!("--datadir={}", data.display())),
+            "mariadb-install-db",
+        )?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+        let child = Command::new("/usr/sbin/mariadbd")
+            .args([
+                "--no-defaults",
+                "--user=root",
+                "--skip-grant-tables",
+                "--skip-log-bin",
+                "--bind-address=127.0.0.1",
+            ])
+            .arg(format!("--datadir={}", data.display()))
+            .arg(format!("--socket={}", dir.join("sock").display()))
+            .arg(format!("--port={port}"))
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .context("starting mariadbd")?;
+        let db = MariaDb { child, dir, port };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while db.selects().is_err() {
+            if Instant::now() > deadline {
+                bail!("MariaDB did not start within 30 s");
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        Ok(db)
+    }
+
+    /// Where a client connects: host, port and user options (the mariadb client's and
+    /// mariadb-slap's).
+    pub fn client_args(&self) -> Vec<String> {
+        ["--no-defaults", "-h", "127.0.0.1", "-u", "app", "-P", &self.port.to_string()]
+            .map(str::to_string)
+            .to_vec()
+    }
+
+    /// The SELECT statements the server has run so far (its `Com_select` status).
+    pub fn selects(&self) -> Result<u64> {
+        let out = Command::new("mariadb")
+            .args(self.client_args())
+            .args(["-N", "-B", "-e", "SHOW GLOBAL STATUS LIKE 'Com_select'"])
+            .output()
+            .context("running mariadb")?;
+        if !out.status.success() {
+            bail!("mariadb: {}", String::from_utf8_lossy(&out.stderr).trim());
+        }
+        let text = String::from_utf8_lossy(&out.stdout);
+        text.split_whitespace().nth(1).and_then(|n| n.parse().ok()).context("no Com_select status")
+    }
+}
+
+impl Drop for MariaDb {
+    fn drop(&mut self) {
+        // SAFETY: a signal to our own child.
+        unsafe { crate::libc_kill(self.child.id() as i32, 15) };
+        let _ = self.child.wait();
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
