@@ -1443,6 +1443,13 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
     let _g = serial();
     require_root();
     let redis = Redis::start();
+    // A server that speaks TLS, and redis-cli (OpenSSL) held until tracing starts.
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_files(dir.path());
+    let secure = Redis::start_tls(&cert, &key);
+    let mut cli_args = secure.cli_args();
+    cli_args.extend(["SET", "session", "s3cret"].map(str::to_string));
+    let mut cli = held("redis-cli", &cli_args.iter().map(String::as_str).collect::<Vec<_>>());
     // The service connects before tracing starts: its connection is seen mid-stream.
     let mut service = Peer::python("cache_server.py", &[&redis.port.to_string()]);
     let port: u16 = service.port();
@@ -1458,8 +1465,17 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
     let rx = Receiver::start(vec![]);
     let agent = RunAgent::start(
         &rx.endpoint(),
-        &["--pid", &service.pid().to_string(), "--pid", &load.id().to_string()],
+        &[
+            "--pid",
+            &service.pid().to_string(),
+            "--pid",
+            &load.id().to_string(),
+            "--pid",
+            &cli.id().to_string(),
+        ],
     );
+    release(&mut cli);
+    assert!(cli.wait().expect("redis-cli").success(), "redis-cli failed");
     let base = format!("http://127.0.0.1:{port}");
     assert_eq!(http_get(&format!("{base}/cart?user=7")), (200, "cart".to_string()));
     assert_eq!(http_get(&format!("{base}/wrong")), (500, "ResponseError".to_string()));
@@ -1472,7 +1488,7 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
     let spans = rx.spans();
     let all = describe_spans(&spans);
     // Privacy: the keys and values the service used are in no span.
-    assert_db_spans_hide(&spans, &["4111", "cart:7", "xxxx"]);
+    assert_db_spans_hide(&spans, &["4111", "cart:7", "xxxx", "s3cret"]);
     let children_of = |path: &str| {
         let children = db_children(&spans, path, redis.port, &summary);
         for c in &children {
@@ -1525,6 +1541,14 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
         assert_eq!(batches.len(), REQUESTS / PIPELINE, "{name}: {all:#?}\n{summary}");
         assert!(batches.iter().all(|s| attr_int(s, "db.operation.batch.size") == Some(PIPELINE as i64)));
     }
+    // redis-cli over TLS: read in plain text through its OpenSSL.
+    let set = spans
+        .iter()
+        .map(|(_, s)| s)
+        .find(|s| s.name == "SET" && attr_int(s, "server.port") == Some(i64::from(secure.port)))
+        .unwrap_or_else(|| panic!("redis-cli's SET over TLS: {all:#?}\n{summary}"));
+    assert_eq!(text(set), "SET ? ?");
+    assert!(summary["http"]["tls_conns"].as_u64() >= Some(1), "{summary}");
     assert_eq!(summary["redis"]["unframed"], 0, "{summary}");
     assert_eq!(summary["redis"]["unpaired"], 0, "{summary}");
     assert!(summary["redis"]["conns"].as_u64() >= Some(3), "{summary}");
@@ -1536,12 +1560,14 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
 /// database conventions, with every literal taken out of its text; a prepared statement's
 /// executions carry the text it was prepared with; an error is an error span with its number;
 /// a result larger than the capture cap counts its rows; a connection seen from its greeting
-/// names the server (`mariadb`) and the database.
+/// names the server (`mariadb`) and the database, in plain text or over TLS.
 #[test]
 fn mysql_statements_are_client_spans_of_their_request_without_literals() {
     let _g = serial();
     require_root();
-    let db = MariaDb::start();
+    let dir = tempfile::tempdir().unwrap();
+    let (cert, key) = tls_files(dir.path());
+    let db = MariaDb::start(&cert, &key);
     db.sql("", "CREATE DATABASE shop");
     db.sql(
         "shop",
@@ -1571,6 +1597,7 @@ fn mysql_statements_are_client_spans_of_their_request_without_literals() {
     assert_eq!(http_get(&format!("{base}/missing")), (500, "1146".to_string()));
     assert_eq!(http_get(&format!("{base}/many")), (200, "2000".to_string()));
     assert_eq!(http_get(&format!("{base}/fresh")), (200, "2".to_string()));
+    assert_eq!(http_get(&format!("{base}/secure")), (200, "2".to_string()));
     release(&mut cli);
     assert!(cli.wait().expect("mariadb").success(), "mariadb failed");
     let summary = agent.stop();
@@ -1605,9 +1632,14 @@ fn mysql_statements_are_client_spans_of_their_request_without_literals() {
     let many = find("/many", "SELECT id, email FROM numbers");
     assert_eq!(attr_int(many, "db.response.returned_rows"), Some(2000));
     // Connections seen from their greeting: the server and the database are named.
-    let fresh = find("/fresh", "SELECT count(*) FROM users");
-    assert_eq!(attr_str(fresh, "db.system.name").as_deref(), Some("mariadb"));
-    assert_eq!(attr_str(fresh, "db.namespace").as_deref(), Some("shop"));
+    // Over TLS too: the handshake after the SSL request is read in plain text (Python's OpenSSL).
+    for path in ["/fresh", "/secure"] {
+        let fresh = find(path, "SELECT count(*) FROM users");
+        assert_eq!(attr_str(fresh, "db.system.name").as_deref(), Some("mariadb"), "{path}");
+        assert_eq!(attr_str(fresh, "db.namespace").as_deref(), Some("shop"), "{path}");
+    }
+    assert!(summary["mysql"]["encrypted"].as_u64() >= Some(1), "{summary}");
+    assert!(summary["http"]["tls_conns"].as_u64() >= Some(1), "{summary}");
     let bob = spans
         .iter()
         .find(|(_, s)| text(s) == "SELECT name FROM users WHERE email = ?" && s.parent_span_id.is_empty())

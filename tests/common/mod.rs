@@ -478,18 +478,35 @@ pub fn release(child: &mut Child) {
 pub struct Redis {
     child: Child,
     pub port: u16,
+    tls: bool,
 }
 
 impl Redis {
     pub fn start() -> Redis {
-        let port = free_port();
-        let child = Command::new("redis-server")
-            .args(["--bind", "127.0.0.1", "--port", &port.to_string(), "--save", "", "--appendonly", "no"])
+        Redis::start_with(None)
+    }
+
+    /// A server that speaks only TLS, with the PEM files `cert` and `key`.
+    pub fn start_tls(cert: &str, key: &str) -> Redis {
+        Redis::start_with(Some((cert, key)))
+    }
+
+    fn start_with(tls: Option<(&str, &str)>) -> Redis {
+        let port = free_port().to_string();
+        let mut cmd = Command::new("redis-server");
+        cmd.args(["--bind", "127.0.0.1", "--save", "", "--appendonly", "no"]);
+        match tls {
+            None => cmd.args(["--port", &port]),
+            Some((cert, key)) => cmd
+                .args(["--port", "0", "--tls-port", &port, "--tls-auth-clients", "no"])
+                .args(["--tls-cert-file", cert, "--tls-key-file", key]),
+        };
+        let child = cmd
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .expect("spawn redis-server (Debian's redis-server, installed by `cargo xtask setup`)");
-        let redis = Redis { child, port };
+        let redis = Redis { child, port: port.parse().expect("a port"), tls: tls.is_some() };
         let deadline = Instant::now() + EVENT_TIMEOUT;
         while redis.cli(&["PING"]).is_none_or(|out| out.trim() != "PONG") {
             assert!(Instant::now() < deadline, "redis-server did not start");
@@ -498,9 +515,18 @@ impl Redis {
         redis
     }
 
+    /// redis-cli's arguments to reach it.
+    pub fn cli_args(&self) -> Vec<String> {
+        let mut args = vec!["-p".to_string(), self.port.to_string()];
+        if self.tls {
+            args.extend(["--tls".to_string(), "--insecure".to_string()]);
+        }
+        args
+    }
+
     /// Runs one command with redis-cli; its output, when it ran.
     pub fn cli(&self, args: &[&str]) -> Option<String> {
-        let out = Command::new("redis-cli").args(["-p", &self.port.to_string()]).args(args).output().ok()?;
+        let out = Command::new("redis-cli").args(self.cli_args()).args(args).output().ok()?;
         out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
     }
 }
@@ -513,7 +539,8 @@ impl Drop for Redis {
 }
 
 /// A throwaway MariaDB server on 127.0.0.1 in a directory of its own, without grant tables
-/// (any user connects, as `app` does); stopped and removed when dropped.
+/// (any user connects, as `app` does), offering TLS with the PEM files `cert` and `key`;
+/// stopped and removed when dropped.
 pub struct MariaDb {
     child: Child,
     _dir: tempfile::TempDir,
@@ -521,7 +548,7 @@ pub struct MariaDb {
 }
 
 impl MariaDb {
-    pub fn start() -> MariaDb {
+    pub fn start(cert: &str, key: &str) -> MariaDb {
         let dir = tempfile::Builder::new().prefix("tw-mariadb").tempdir().expect("tempdir");
         let data = dir.path().join("data");
         let out = Command::new("mariadb-install-db")
@@ -547,6 +574,8 @@ impl MariaDb {
             .arg(format!("--datadir={}", data.display()))
             .arg(format!("--socket={}", dir.path().join("sock").display()))
             .arg(format!("--port={port}"))
+            .arg(format!("--ssl-cert={cert}"))
+            .arg(format!("--ssl-key={key}"))
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -9,6 +9,7 @@ Usage: mysql_server.py PORT USER DATABASE
   GET /missing       a query on a table that does not exist -> 500 errno
   GET /many          a result of 2,000 rows (larger than the capture cap) -> 200 count
   GET /fresh         a new connection (its handshake names the database), a count, closed -> 200
+  GET /secure        the same over TLS (the server's certificate not checked) -> 200
 """
 import sys
 import threading
@@ -20,9 +21,13 @@ import mysql.connector
 PORT, USER, DATABASE = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
 
-def connect():
+def connect(tls=False):
+    if tls:
+        options = {"ssl_verify_cert": False}
+    else:
+        options = {"ssl_disabled": True}
     return mysql.connector.connect(
-        host="127.0.0.1", port=PORT, user=USER, database=DATABASE, use_pure=True, ssl_disabled=True, autocommit=True
+        host="127.0.0.1", port=PORT, user=USER, database=DATABASE, use_pure=True, autocommit=True, **options
     )
 
 
@@ -70,8 +75,8 @@ class Handler(BaseHTTPRequestHandler):
                     n = len(cur.fetchall())
                     cur.close()
                 self.reply(200, str(n))
-            elif url.path == "/fresh":
-                conn = connect()
+            elif url.path in ("/fresh", "/secure"):
+                conn = connect(tls=url.path == "/secure")
                 cur = conn.cursor()
                 cur.execute("SELECT count(*) FROM users")
                 n = cur.fetchone()[0]
