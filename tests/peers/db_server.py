@@ -10,10 +10,9 @@ Usage: db_server.py PG_PORT USER DATABASE
 """
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import psycopg2
+from backed import serve
 
 PG_PORT, USER, DATABASE = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
@@ -28,45 +27,24 @@ shared = connect()
 lock = threading.Lock()
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def reply(self, status, body):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        url = urlparse(self.path)
-        try:
-            if url.path == "/user":
-                email = parse_qs(url.query)["email"][0]
-                with lock, shared.cursor() as cur:
-                    cur.execute("SELECT name FROM users WHERE email = %s", (email,))
-                    row = cur.fetchone()
-                self.reply(200, row[0] if row else "")
-            elif url.path == "/missing":
-                with lock, shared.cursor() as cur:
-                    cur.execute("SELECT * FROM nope WHERE id = %s", (42,))
-                self.reply(200, "")
-            elif url.path == "/fresh":
-                conn = connect()
-                with conn.cursor() as cur:
-                    cur.execute("SELECT count(*) FROM users")
-                    n = cur.fetchone()[0]
-                conn.close()
-                self.reply(200, str(n))
-            else:
-                self.reply(404, "")
-        except psycopg2.Error as e:
-            self.reply(500, e.pgcode or "error")
-
-    def log_message(self, *args):
-        pass
+def route(path, args):
+    if path == "/user":
+        with lock, shared.cursor() as cur:
+            cur.execute("SELECT name FROM users WHERE email = %s", (args["email"][0],))
+            row = cur.fetchone()
+        return 200, row[0] if row else ""
+    if path == "/missing":
+        with lock, shared.cursor() as cur:
+            cur.execute("SELECT * FROM nope WHERE id = %s", (42,))
+        return 200, ""
+    if path == "/fresh":
+        conn = connect()
+        with conn.cursor() as cur:
+            cur.execute("SELECT count(*) FROM users")
+            n = cur.fetchone()[0]
+        conn.close()
+        return 200, str(n)
+    return 404, ""
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-print(f"port {server.server_address[1]}", flush=True)
-server.serve_forever()
+serve(route, psycopg2.Error, lambda e: e.pgcode or "error")

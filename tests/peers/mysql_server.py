@@ -13,10 +13,9 @@ Usage: mysql_server.py PORT USER DATABASE
 """
 import sys
 import threading
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-from urllib.parse import parse_qs, urlparse
 
 import mysql.connector
+from backed import serve
 
 PORT, USER, DATABASE = int(sys.argv[1]), sys.argv[2], sys.argv[3]
 
@@ -36,62 +35,41 @@ lock = threading.Lock()
 prepared = shared.cursor(prepared=True)
 
 
-class Handler(BaseHTTPRequestHandler):
-    protocol_version = "HTTP/1.1"
-
-    def reply(self, status, body):
-        data = body.encode()
-        self.send_response(status)
-        self.send_header("Content-Length", str(len(data)))
-        self.end_headers()
-        self.wfile.write(data)
-
-    def do_GET(self):
-        url = urlparse(self.path)
-        args = parse_qs(url.query)
-        try:
-            if url.path == "/user":
-                with lock:
-                    cur = shared.cursor()
-                    cur.execute("SELECT name FROM users WHERE email = %s", (args["email"][0],))
-                    row = cur.fetchone()
-                    cur.close()
-                self.reply(200, row[0] if row else "")
-            elif url.path == "/price":
-                with lock:
-                    prepared.execute("SELECT price FROM products WHERE sku = ?", (args["sku"][0],))
-                    row = prepared.fetchone()
-                self.reply(200, str(row[0]) if row else "")
-            elif url.path == "/missing":
-                with lock:
-                    cur = shared.cursor()
-                    cur.execute("SELECT * FROM nope WHERE id = %s", (42,))
-                    cur.fetchall()
-                self.reply(200, "")
-            elif url.path == "/many":
-                with lock:
-                    cur = shared.cursor()
-                    cur.execute("SELECT id, email FROM numbers")
-                    n = len(cur.fetchall())
-                    cur.close()
-                self.reply(200, str(n))
-            elif url.path in ("/fresh", "/secure"):
-                conn = connect(tls=url.path == "/secure")
-                cur = conn.cursor()
-                cur.execute("SELECT count(*) FROM users")
-                n = cur.fetchone()[0]
-                cur.close()
-                conn.close()
-                self.reply(200, str(n))
-            else:
-                self.reply(404, "")
-        except mysql.connector.Error as e:
-            self.reply(500, str(e.errno))
-
-    def log_message(self, *args):
-        pass
+def route(path, args):
+    if path == "/user":
+        with lock:
+            cur = shared.cursor()
+            cur.execute("SELECT name FROM users WHERE email = %s", (args["email"][0],))
+            row = cur.fetchone()
+            cur.close()
+        return 200, row[0] if row else ""
+    if path == "/price":
+        with lock:
+            prepared.execute("SELECT price FROM products WHERE sku = ?", (args["sku"][0],))
+            row = prepared.fetchone()
+        return 200, str(row[0]) if row else ""
+    if path == "/missing":
+        with lock:
+            cur = shared.cursor()
+            cur.execute("SELECT * FROM nope WHERE id = %s", (42,))
+            cur.fetchall()
+        return 200, ""
+    if path == "/many":
+        with lock:
+            cur = shared.cursor()
+            cur.execute("SELECT id, email FROM numbers")
+            n = len(cur.fetchall())
+            cur.close()
+        return 200, str(n)
+    if path in ("/fresh", "/secure"):
+        conn = connect(tls=path == "/secure")
+        cur = conn.cursor()
+        cur.execute("SELECT count(*) FROM users")
+        n = cur.fetchone()[0]
+        cur.close()
+        conn.close()
+        return 200, str(n)
+    return 404, ""
 
 
-server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-print(f"port {server.server_address[1]}", flush=True)
-server.serve_forever()
+serve(route, mysql.connector.Error, lambda e: str(e.errno))
