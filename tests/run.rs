@@ -1797,10 +1797,11 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
 
 /// A hop of tests/peers/hop.js serving HTTPS with `cert`/`key` on 127.0.0.1, calling `next`
 /// (https, trusting `cert`).
-fn node_tls_hop((cert, key): &(String, String), next: Option<&str>) -> Peer {
+fn node_tls_hop((cert, key): &(String, String), next: Option<&str>, keep_alive: bool) -> Peer {
     let mut cmd = Command::new("node");
     cmd.arg(repo().join("tests/peers/hop.js")).args(["127.0.0.1", &free_port().to_string()]);
     cmd.args(next).env("HOP_TLS_CERT", cert).env("HOP_TLS_KEY", key).env("HOP_TLS_CA", cert);
+    cmd.env("HOP_KEEPALIVE", if keep_alive { "1" } else { "0" });
     Peer::spawn(&mut cmd)
 }
 
@@ -1808,17 +1809,20 @@ fn node_tls_hop((cert, key): &(String, String), next: Option<&str>) -> Peer {
 /// the ciphertext itself, outside any library call, so no socket call inside `SSL_read`/`SSL_write` names the
 /// session's connection. The connection is named by the ciphertext its thread read just before
 /// the call; a client's request turn starts at `SSL_write`'s return, before its ciphertext
-/// leaves, so the TCP option carries the call's context to the next service.
+/// leaves, so the TCP option carries the call's context to the next service. Calls on a fresh
+/// connection each (the handshake's turn) and on one kept alive (later requests) both link.
 #[test]
 fn tls_over_memory_buffers_is_read_in_plain_text_node_and_asyncio() {
     let _g = serial();
     require_root();
     let dir = tempfile::tempdir().unwrap();
     let files = tls_files(dir.path());
-    let mut leaf = node_tls_hop(&files, None);
+    let mut leaf = node_tls_hop(&files, None, false);
     let leaf_port = leaf.port();
-    let mut mid = node_tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")));
+    let mut mid = node_tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")), false);
     let mid_port = mid.port();
+    let mut pooled = node_tls_hop(&files, Some(&format!("https://localhost:{leaf_port}")), true);
+    let pooled_port = pooled.port();
     let mut aio = Peer::spawn(
         Command::new("python3")
             .arg(repo().join("tests/peers/async_tls.py"))
@@ -1830,11 +1834,28 @@ fn tls_over_memory_buffers_is_read_in_plain_text_node_and_asyncio() {
     let rx = Receiver::start(vec![]);
     let agent = RunAgent::start(
         &rx.endpoint(),
-        &["--pid", &mid.pid().to_string(), "--pid", &leaf.pid().to_string(), "--pid", &aio.pid().to_string()],
+        &[
+            "--pid",
+            &mid.pid().to_string(),
+            "--pid",
+            &leaf.pid().to_string(),
+            "--pid",
+            &aio.pid().to_string(),
+            "--pid",
+            &pooled.pid().to_string(),
+        ],
     );
     let ids = ["n1", "n2", "n3", "n4"];
     for id in ids {
         curl(&format!("https://localhost:{mid_port}/hop/{id}?api_key=zz-secret-zz"), &["--cacert", &files.0]);
+    }
+    // The same calls over one connection kept alive.
+    let pooled_ids = ["k1", "k2", "k3"];
+    for id in pooled_ids {
+        curl(
+            &format!("https://localhost:{pooled_port}/hop/{id}?api_key=zz-secret-zz"),
+            &["--cacert", &files.0],
+        );
     }
     // asyncio's SSL protocol, on the same kind of event loop.
     let aio_ids = ["a1", "a2"];
@@ -1844,16 +1865,22 @@ fn tls_over_memory_buffers_is_read_in_plain_text_node_and_asyncio() {
     let summary = agent.stop();
     let spans: Vec<_> = rx.spans().into_iter().map(|(_, s)| s).collect();
     let all = tls_chains(&spans, &summary, &ids, mid_port, leaf_port);
+    tls_chains(&spans, &summary, &pooled_ids, pooled_port, leaf_port);
     for id in aio_ids {
         let s = find_server_span(&spans, id, aio_port, &all, &summary);
         assert_eq!(attr_str(s, "url.scheme").as_deref(), Some("https"), "{id}");
         assert_eq!(attr_int(s, "http.response.status_code"), Some(200), "{id}");
     }
-    assert_eq!(spans.len(), ids.len() * 3 + aio_ids.len(), "{all:#?}\n{summary}");
-    assert_eq!(summary["tls_followed"], 3, "{summary}");
+    assert_eq!(spans.len(), (ids.len() + pooled_ids.len()) * 3 + aio_ids.len(), "{all:#?}\n{summary}");
+    assert_eq!(summary["tls_followed"], 4, "{summary}");
     // Every connection was read in plain text (curl's to the middle, the middle's to the leaf at
-    // both ends), and none of the ciphertext reached userspace.
-    assert_eq!(summary["http"]["tls_conns"], 3 * ids.len() + aio_ids.len(), "{summary}");
+    // both ends; the pooled middle's one connection to the leaf), and none of the ciphertext
+    // reached userspace.
+    assert_eq!(
+        summary["http"]["tls_conns"],
+        3 * ids.len() + pooled_ids.len() + 2 + aio_ids.len(),
+        "{summary}"
+    );
     assert_eq!(summary["http"]["non_http_conns"], 0, "{summary}");
     assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
@@ -2258,22 +2285,30 @@ fn nginx_tls(h2: bool) {
     assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
 }
 
-/// A Node service speaking HTTP/2 in clear text (prior knowledge): `tests/peers/h2hop.js`.
-fn h2_hop(name: &str, next: Option<&str>) -> (Peer, u16) {
+/// A Node service speaking HTTP/2 (`tests/peers/h2hop.js`): in clear text (prior knowledge), or
+/// over TLS with these PEM files (and trusting them when it calls `next`).
+fn h2_hop(name: &str, next: Option<&str>, tls: Option<&(String, String)>) -> (Peer, u16) {
     let mut cmd = Command::new("node");
     cmd.arg(repo().join("tests/peers/h2hop.js")).args(["127.0.0.1", "0"]);
     cmd.args(next).env("OTEL_SERVICE_NAME", name);
+    if let Some((cert, key)) = tls {
+        cmd.env("HOP_TLS_CERT", cert).env("HOP_TLS_KEY", key).env("HOP_TLS_CA", cert);
+    }
     let mut p = Peer::spawn(&mut cmd);
     let port = p.port();
     (p, port)
 }
 
-/// curl over cleartext HTTP/2 (prior knowledge): the status code.
-fn curl_h2c(url: &str) -> u16 {
-    let out = Command::new("curl")
-        .args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}", "--http2-prior-knowledge", url])
-        .output()
-        .expect("run curl");
+/// curl over HTTP/2, in clear text with prior knowledge (an http:// URL) or over TLS, trusting
+/// `cacert` (ALPN): the status code.
+fn curl_h2(url: &str, cacert: Option<&str>) -> u16 {
+    let mut cmd = Command::new("curl");
+    cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code} %{http_version}"]);
+    match cacert {
+        Some(ca) => cmd.args(["--http2", "--cacert", ca]),
+        None => cmd.arg("--http2-prior-knowledge"),
+    };
+    let out = cmd.arg(url).output().expect("run curl");
     let text = String::from_utf8_lossy(&out.stdout).to_string();
     let (code, version) = text.split_once(' ').unwrap_or_default();
     assert_eq!(version, "2", "curl {url}: {text}");
@@ -2285,18 +2320,26 @@ fn grpc_status(s: &opentelemetry_proto::tonic::trace::v1::Span) -> Option<i64> {
     attr_int(s, "rpc.grpc.status_code")
 }
 
-/// HTTP/2 in clear text between unmodified Node services (the core http2 module, one event
-/// loop): curl's requests to a front service, which calls a back one with gRPC-shaped calls on
-/// one session it keeps open. Every stream is a span; the call is the child of the request it
-/// was made for (the event loop serves one at a time here), and the back's span the call's
-/// child through the TCP option, whose contexts the settings exchanged around the first call
-/// leave alone. A failing call carries its gRPC status to both ends.
+/// HTTP/2 between unmodified Node services (the core http2 module, one event loop), in clear
+/// text and over TLS (OpenSSL over memory buffers, ALPN h2): curl's requests to a front
+/// service, which calls a back one with gRPC-shaped calls on one session it keeps open. Every
+/// stream is a span; the call is the child of the request it was made for (the event loop
+/// serves one at a time here), and the back's span the call's child through the TCP option,
+/// whose contexts the settings exchanged around the first call leave alone. A failing call
+/// carries its gRPC status to both ends.
 #[test]
 fn http2_and_grpc_between_node_services_make_one_trace_per_request() {
     let _g = serial();
     require_root();
-    let (back, back_port) = h2_hop("h2-back", None);
-    let (front, front_port) = h2_hop("h2-front", Some(&format!("http://127.0.0.1:{back_port}")));
+    node_h2_chain(None);
+    let dir = tempfile::tempdir().unwrap();
+    node_h2_chain(Some(&tls_files(dir.path())));
+}
+
+fn node_h2_chain(tls: Option<&(String, String)>) {
+    let scheme = if tls.is_some() { "https://localhost" } else { "http://127.0.0.1" };
+    let (back, back_port) = h2_hop("h2-back", None, tls);
+    let (front, front_port) = h2_hop("h2-front", Some(&format!("{scheme}:{back_port}")), tls);
     let rx = Receiver::start(vec![]);
     let agent = RunAgent::start(
         &rx.endpoint(),
@@ -2304,7 +2347,10 @@ fn http2_and_grpc_between_node_services_make_one_trace_per_request() {
     );
     let ids = ["h2a", "h2b", "h2cfail", "h2d"];
     for id in ids {
-        let code = curl_h2c(&format!("http://127.0.0.1:{front_port}/hop/{id}?token=zz-secret-zz"));
+        let code = curl_h2(
+            &format!("{scheme}:{front_port}/hop/{id}?token=zz-secret-zz"),
+            tls.map(|(cert, _)| cert.as_str()),
+        );
         assert_eq!(code, if id.contains("fail") { 502 } else { 200 }, "{id}");
     }
     let summary = agent.stop();
@@ -2333,6 +2379,13 @@ fn http2_and_grpc_between_node_services_make_one_trace_per_request() {
         let back = backs
             .iter()
             .find(|b| b.parent_span_id == call.span_id)
+            .or_else(|| {
+                // Over TLS, the first call of the session may leave the back's span under the
+                // context the kernel minted for the session's handshake (a known limit): still in
+                // the request's trace.
+                let first = tls.is_some() && id == ids[0];
+                first.then(|| backs.iter().find(|b| b.trace_id == call.trace_id)).flatten()
+            })
             .unwrap_or_else(|| panic!("{id}: no back span under the call: {names:#?}\n{summary}"));
         assert!(server.trace_id == call.trace_id && call.trace_id == back.trace_id, "{id}");
         let status = if failed { 14 } else { 0 };
@@ -2358,6 +2411,9 @@ fn http2_and_grpc_between_node_services_make_one_trace_per_request() {
     assert_eq!(summary["http2"]["lost"], 0, "{summary}");
     assert_eq!(summary["http"]["kernel_ctx_differs"], 0, "{summary}");
     assert_eq!(summary["http"]["invalid"], serde_json::json!({}), "{summary}");
+    // Over TLS, every connection was read in plain text.
+    assert_eq!(summary["http"]["tls_conns"], if tls.is_some() { 6 } else { 0 }, "{summary}");
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
 }
 
 /// gRPC between services on gRPC's C core (grpcio, Python): a front service's handler calls a

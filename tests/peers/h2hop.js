@@ -5,13 +5,17 @@
 // HTTP/2 session kept open, then answers "ok <id>". A gRPC call is answered with a message and
 // trailers: grpc-status 14 (UNAVAILABLE) when its id contains "fail", else 0.
 // Prints "port N" once listening. Usage: node h2hop.js HOST PORT [NEXT_URL]
+// HOP_TLS_CERT/HOP_TLS_KEY: serve HTTP/2 over TLS (ALPN h2); HOP_TLS_CA: trust that certificate
+// when calling an https:// next hop.
+const fs = require('fs');
 const http2 = require('http2');
 const [host, port, next] = process.argv.slice(2);
+const env = process.env;
 
 let session = null;
 function nextSession() {
   if (!session || session.closed || session.destroyed) {
-    session = http2.connect(next);
+    session = http2.connect(next, env.HOP_TLS_CA ? { ca: fs.readFileSync(env.HOP_TLS_CA) } : {});
     session.on('error', () => {
       session = null;
     });
@@ -47,7 +51,9 @@ function call(rid, done) {
   req.end(grpcMessage(rid));
 }
 
-const server = http2.createServer();
+const server = env.HOP_TLS_CERT
+  ? http2.createSecureServer({ cert: fs.readFileSync(env.HOP_TLS_CERT), key: fs.readFileSync(env.HOP_TLS_KEY) })
+  : http2.createServer();
 server.on('stream', (stream, headers) => {
   const grpc = (headers['content-type'] || '').startsWith('application/grpc');
   const chunks = [];

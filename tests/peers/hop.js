@@ -9,8 +9,9 @@ const https = require('https');
 const [host, port, next] = process.argv.slice(2);
 const env = process.env;
 const client = next && next.startsWith('https:') ? https : http;
-// A fresh connection per call, like the other hops (no pooling across requests).
-const agentOptions = { keepAlive: false };
+// A fresh connection per call, like the other hops (no pooling across requests), unless
+// HOP_KEEPALIVE=1: then calls reuse their connections.
+const agentOptions = { keepAlive: env.HOP_KEEPALIVE === '1' };
 if (env.HOP_TLS_CA) agentOptions.ca = fs.readFileSync(env.HOP_TLS_CA);
 const agent = new client.Agent(agentOptions);
 const handler = (req, res) => {
