@@ -2376,18 +2376,23 @@ fn node_h2_chain(tls: Option<&(String, String)>) {
             .iter()
             .find(|c| c.parent_span_id == server.span_id)
             .unwrap_or_else(|| panic!("{id}: no call under the request: {names:#?}\n{summary}"));
+        // Over TLS, the first call of a new session is not always linked (a known limit, see
+        // the README: the back's span may take a context minted for the session's handshake, or
+        // none): its back span is then the one that ran inside it.
+        let may_be_unlinked = tls.is_some() && id == ids[0];
+        let inside = |b: &&&Span| {
+            call.start_time_unix_nano <= b.start_time_unix_nano
+                && b.end_time_unix_nano <= call.end_time_unix_nano
+        };
         let back = backs
             .iter()
             .find(|b| b.parent_span_id == call.span_id)
-            .or_else(|| {
-                // Over TLS, the first call of the session may leave the back's span under the
-                // context the kernel minted for the session's handshake (a known limit): still in
-                // the request's trace.
-                let first = tls.is_some() && id == ids[0];
-                first.then(|| backs.iter().find(|b| b.trace_id == call.trace_id)).flatten()
-            })
+            .or_else(|| may_be_unlinked.then(|| backs.iter().find(inside)).flatten())
             .unwrap_or_else(|| panic!("{id}: no back span under the call: {names:#?}\n{summary}"));
-        assert!(server.trace_id == call.trace_id && call.trace_id == back.trace_id, "{id}");
+        assert_eq!(server.trace_id, call.trace_id, "{id}");
+        if back.parent_span_id == call.span_id {
+            assert_eq!(call.trace_id, back.trace_id, "{id}");
+        }
         let status = if failed { 14 } else { 0 };
         for s in [call, back] {
             assert_eq!(s.name, "hop.Hop/Call", "{id}");
