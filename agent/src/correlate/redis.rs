@@ -80,8 +80,11 @@ struct Op {
     /// Commands begun (each is owed a reply).
     commands: u32,
     replies: u32,
-    /// The commands' names, upper case, as far as they were seen.
-    names: Vec<String>,
+    /// The first command's name, upper case.
+    first: Option<String>,
+    /// Commands whose name was seen, and whether all of them were the first's.
+    named: u32,
+    same: bool,
     text: String,
     /// The first error reply's prefix (`ERR`, `WRONGTYPE`...).
     error: Option<String>,
@@ -90,14 +93,28 @@ struct Op {
 }
 
 impl Op {
-    fn command(&mut self, v: &redis::Value) {
+    /// A command of the write; returns whether it subscribes (the server sends messages after it).
+    fn command(&mut self, v: &redis::Value) -> bool {
         let Some(name) = redis::command_name(v.first.bytes()) else {
-            return;
+            return false;
         };
-        if !self.text.is_empty() {
-            if self.text.len() >= sql::MAX_TEXT {
-                return;
+        self.named += 1;
+        match &self.first {
+            None => self.first = Some(name.clone()),
+            Some(first) => self.same &= *first == name,
+        }
+        if name == "SELECT" {
+            let index = v.second.bytes();
+            if !index.is_empty() && index.len() <= 5 && index.iter().all(u8::is_ascii_digit) {
+                self.select = Some(String::from_utf8_lossy(index).into());
             }
+        }
+        let subscribes = SUBSCRIBING.contains(&name.as_str());
+        // The text up to its bound (a pipeline of thousands of commands is cut, not its count).
+        if self.text.len() >= sql::MAX_TEXT {
+            return subscribes;
+        }
+        if !self.text.is_empty() {
             self.text.push_str("; ");
         }
         self.text.push_str(&name);
@@ -114,13 +131,7 @@ impl Op {
         if args > MAX_ARGS_SHOWN {
             self.text.push_str(" …");
         }
-        if name == "SELECT" {
-            let index = v.second.bytes();
-            if !index.is_empty() && index.len() <= 5 && index.iter().all(u8::is_ascii_digit) {
-                self.select = Some(String::from_utf8_lossy(index).into());
-            }
-        }
-        self.names.push(name);
+        subscribes
     }
 }
 
@@ -198,11 +209,10 @@ impl Session {
                 }
             }
             Event::End(v) => {
-                if let Some(op) = st.ops.back_mut() {
-                    op.command(v);
-                    if op.names.last().is_some_and(|n| SUBSCRIBING.contains(&n.as_str())) {
-                        st.subscribing = true;
-                    }
+                if let Some(op) = st.ops.back_mut()
+                    && op.command(v)
+                {
+                    st.subscribing = true;
                 }
             }
         });
@@ -276,7 +286,9 @@ impl State {
             ctx,
             commands: 0,
             replies: 0,
-            names: Vec::new(),
+            first: None,
+            named: 0,
+            same: true,
             text: String::new(),
             error: None,
             select: None,
@@ -325,12 +337,10 @@ impl State {
 /// The span of one operation, named and described as the OpenTelemetry Redis conventions ask.
 fn build_span(info: &Info, namespace: Option<&Arc<str>>, op: Op, end_ns: u64) -> SpanRecord {
     let batch = op.commands > 1;
-    let operation: Option<String> = match op.names.first() {
+    let operation: Option<String> = match op.first {
         None => None,
-        Some(first) if !batch => Some(first.clone()),
-        Some(first) if op.names.len() == op.commands as usize && op.names.iter().all(|n| n == first) => {
-            Some(format!("BATCH {first}"))
-        }
+        Some(first) if !batch => Some(first),
+        Some(first) if op.named == op.commands && op.same => Some(format!("BATCH {first}")),
         Some(_) => Some("BATCH".into()),
     };
     let name: Text = operation.clone().map_or(Text::Static("redis"), Text::from);

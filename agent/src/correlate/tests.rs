@@ -637,6 +637,26 @@ fn random_mysql_traffic_never_panics_and_every_statement_ends() {
     assert!(m.unframed > 0, "the random bytes lost the framing at times: {m:?}");
 }
 
+/// A pipeline of a thousand commands in one write is one batch span, named by its commands
+/// whatever the bound on its text.
+#[test]
+fn a_long_redis_pipeline_is_one_batch_named_by_all_its_commands() {
+    let mut c = Correlator::new(Clock::with_offset(0), 16);
+    let conn = open_client(&mut c, 3);
+    let write: Vec<u8> =
+        (0..1000).flat_map(|i| format!("*2\r\n$3\r\nGET\r\n$5\r\nk{i:04}\r\n").into_bytes()).collect();
+    client_data(&mut c, conn, 1, false, &write, write.len() as u32);
+    let replies = b"$1\r\nv\r\n".repeat(1000);
+    client_data(&mut c, conn, 2, true, &replies, replies.len() as u32);
+    let spans = c.take_spans();
+    assert_eq!(spans.len(), 1);
+    let s = &spans[0];
+    assert_eq!(s.name.to_string(), "BATCH GET");
+    assert!(matches!(s.attr("db.operation.batch.size"), Some(Value::Int(1000))));
+    let Some(Value::Str(text)) = s.attr("db.query.text") else { panic!("no text") };
+    assert!(text.len() <= crate::protocol::sql::MAX_TEXT + 16 && text.starts_with("GET ?; GET ?"), "{text}");
+}
+
 /// Prepared statements are remembered up to a bound per connection and over all of them;
 /// those beyond are counted, and a closed connection gives its share back.
 #[test]
