@@ -2,13 +2,14 @@
 client whose connection pool the handler threads share, on database 2. Prints "port N" once
 listening.
 
-Usage: cache_server.py REDIS_PORT
+Usage: cache_server.py REDIS_PORT [TLS_PORT]
 
   GET /cart?user=U   GET cart:U; on a miss, a pipeline (MULTI, HSET, EXPIRE, EXEC) -> 200
   GET /wrong         HGET on a string key: the server answers WRONGTYPE -> 500
   GET /big           GET of a 100,000-byte value (larger than the capture cap) -> 200 length
   GET /burst         three pipelines without a transaction, each one write -> 200
   GET /fresh         a new connection (it selects database 2), a GET, closed -> 200
+  GET /secure        a new connection over TLS to the server on TLS_PORT, a SET, closed -> 200
 """
 import sys
 
@@ -16,6 +17,7 @@ import redis
 from backed import serve
 
 REDIS_PORT = int(sys.argv[1])
+TLS_PORT = int(sys.argv[2]) if len(sys.argv) > 2 else None
 db = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=2)
 db.set("big", b"x" * 100_000)
 db.set("plain", "a string")
@@ -41,6 +43,11 @@ def route(path, args):
                 p.incr(f"n:{i}")
                 p.incr(f"n:{i}")
                 p.execute()
+        return 200, ""
+    if path == "/secure":
+        secure = redis.Redis(host="localhost", port=TLS_PORT, ssl=True, ssl_cert_reqs="none")
+        secure.set("session", "s3cret")
+        secure.close()
         return 200, ""
     if path == "/fresh":
         fresh = redis.Redis(host="127.0.0.1", port=REDIS_PORT, db=2)
