@@ -516,7 +516,7 @@ impl Redis {
     }
 
     /// redis-cli's arguments to reach it.
-    pub fn cli_args(&self) -> Vec<String> {
+    fn cli_args(&self) -> Vec<String> {
         let mut args = vec!["-p".to_string(), self.port.to_string()];
         if self.tls {
             args.extend(["--tls".to_string(), "--insecure".to_string()]);

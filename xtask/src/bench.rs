@@ -524,7 +524,7 @@ struct DbCost {
 }
 
 /// A client's rate and operations from its report.
-type ParseReport = dyn Fn(&std::process::Output) -> Result<(f64, u64)>;
+type ParseReport<'a> = dyn Fn(&std::process::Output) -> Result<(f64, u64)> + 'a;
 
 /// A database client's load, A/B/A: `program` with `args`, its report read by `parse`; in the
 /// B run the agent watches the client from its first connection (a shell it watches, which then
@@ -534,7 +534,7 @@ fn client_cost(
     sink: &str,
     program: &Path,
     args: &[String],
-    parse: &ParseReport,
+    parse: &ParseReport<'_>,
 ) -> Result<DbCost> {
     let run = || -> Result<(f64, u64)> { parse(&Command::new(program).args(args).output()?) };
     let base1 = run()?.0;
@@ -633,7 +633,7 @@ fn database_cost(tracewire: &Path, sink: &str, secs: u64) -> Result<DbCost> {
 /// R24: mariadb-slap's queries (one text query each, four connections) against a local
 /// MariaDB, after a run that warms the server up; the queries are counted by the server.
 fn mysql_cost(tracewire: &Path, sink: &str, queries: u64) -> Result<DbCost> {
-    let db = std::sync::Arc::new(crate::database::MariaDb::start()?);
+    let db = crate::database::MariaDb::start()?;
     let args: Vec<String> = db
         .client_args()
         .into_iter()
@@ -655,10 +655,9 @@ fn mysql_cost(tracewire: &Path, sink: &str, queries: u64) -> Result<DbCost> {
         bail!("mariadb-slap: {}", String::from_utf8_lossy(&warm.stderr));
     }
     let before = std::cell::Cell::new(db.selects()?);
-    let server = db.clone();
     // "Average number of seconds to run all queries: 1.234 seconds": the rate; the SELECTs the
     // server ran, the operations (the schema's statements around them make a few spans more).
-    let parse = move |out: &std::process::Output| -> Result<(f64, u64)> {
+    let parse = |out: &std::process::Output| -> Result<(f64, u64)> {
         if !out.status.success() {
             bail!("mariadb-slap: {}", String::from_utf8_lossy(&out.stderr));
         }
@@ -668,7 +667,7 @@ fn mysql_cost(tracewire: &Path, sink: &str, queries: u64) -> Result<DbCost> {
             .find_map(|l| l.trim().strip_prefix("Average number of seconds to run all queries: "))
             .and_then(|v| v.split_whitespace().next()?.parse().ok())
             .context("mariadb-slap printed no time")?;
-        let now = server.selects()?;
+        let now = db.selects()?;
         Ok((queries as f64 / secs.max(1e-6), now.saturating_sub(before.replace(now))))
     };
     client_cost(tracewire, sink, Path::new("mariadb-slap"), &args, &parse)

@@ -287,14 +287,123 @@ struct Conn {
     req: Stream,
     resp: Stream,
     book: Book,
-    /// A PostgreSQL client connection's protocol state (its bytes skip the HTTP streams).
-    pg: Option<Box<postgres::Session>>,
-    /// A Redis client connection's protocol state (its bytes skip the HTTP streams).
-    redis: Option<Box<redis::Session>>,
-    /// A MySQL client connection's protocol state (its bytes skip the HTTP streams).
-    mysql: Option<Box<mysql::Session>>,
+    /// A database client connection's protocol state (its bytes skip the HTTP streams).
+    db: Option<Database>,
     /// An HTTP/2 connection's protocol state (its bytes skip the HTTP/1 streams).
     h2: Option<Box<http2::Session>>,
+}
+
+/// The database protocol a client connection speaks, and its state.
+enum Database {
+    Postgres(Box<postgres::Session>),
+    Redis(Box<redis::Session>),
+    Mysql(Box<mysql::Session>),
+}
+
+impl Database {
+    /// Its traffic is encrypted and not read (the server accepted TLS, no library probed).
+    fn encrypted(&self) -> bool {
+        match self {
+            Database::Postgres(s) => s.encrypted(),
+            Database::Mysql(s) => s.encrypted(),
+            Database::Redis(_) => false,
+        }
+    }
+
+    /// The connection is read in plain text from here on (its TLS library is probed).
+    fn decrypted(&mut self) {
+        match self {
+            Database::Postgres(s) => s.decrypted(),
+            Database::Mysql(s) => s.decrypted(),
+            Database::Redis(_) => {}
+        }
+    }
+
+    /// What it waited for is lost; returns the operations dropped.
+    fn reset(&mut self) -> u64 {
+        match self {
+            Database::Postgres(s) => s.reset(),
+            Database::Redis(s) => s.reset(),
+            Database::Mysql(s) => s.reset(),
+        }
+    }
+
+    fn read(&mut self, data: &[u8], gap: u64, end_ns: u64, sink: &mut ConnSink<'_>) {
+        match self {
+            Database::Postgres(s) => s.read(data, gap, end_ns, sink),
+            Database::Redis(s) => s.read(data, gap, end_ns, sink),
+            Database::Mysql(s) => s.read(data, gap, end_ns, sink),
+        }
+    }
+
+    fn write(&mut self, data: &[u8], gap: u64, meta: Meta, sink: &mut ConnSink<'_>) {
+        match self {
+            Database::Postgres(s) => s.write(data, gap, meta, sink),
+            Database::Redis(s) => s.write(data, gap, meta, sink),
+            Database::Mysql(s) => s.write(data, gap, meta, sink),
+        }
+    }
+
+    fn close(&mut self, at: u64, sink: &mut ConnSink<'_>) {
+        match self {
+            Database::Postgres(s) => s.close(at, sink),
+            Database::Redis(s) => s.close(at, sink),
+            Database::Mysql(s) => s.close(at, sink),
+        }
+    }
+
+    /// What looked like the start of this protocol was not (a MySQL greeting's header followed
+    /// by something else).
+    fn rejected(&self) -> bool {
+        matches!(self, Database::Mysql(s) if s.rejected())
+    }
+
+    /// Operations waiting for their answers.
+    #[cfg(test)]
+    fn waiting(&self) -> usize {
+        match self {
+            Database::Postgres(s) => s.waiting(),
+            Database::Redis(s) => s.waiting(),
+            Database::Mysql(s) => s.waiting(),
+        }
+    }
+}
+
+/// A client connection's bytes that show a database protocol: PostgreSQL or Redis from a
+/// client's write, MySQL from a server's greeting (read whole, or its header alone) or a write of
+/// one command. Counts the connection (a MySQL greeting when the session has read it).
+fn detect_database(
+    d: &DataEvent,
+    payload: &[u8],
+    stats: &mut CorrelateStats,
+    first_read: bool,
+) -> Option<Database> {
+    use crate::protocol::{mysql as my, postgres as pg, redis as rd};
+    let ingress = d.direction == DIR_INGRESS;
+    let whole = d.captured == d.len;
+    if ingress {
+        let opening = if whole && my::is_greeting(payload) {
+            mysql::Opening::Greeting
+        } else if whole && first_read && my::is_greeting_header(payload) {
+            mysql::Opening::GreetingHeader
+        } else {
+            return None;
+        };
+        return Some(Database::Mysql(Box::new(mysql::Session::new(opening))));
+    }
+    if let Some(opening) = pg::detect(payload, d.len) {
+        stats.pg.conns += 1;
+        return Some(Database::Postgres(Box::new(postgres::Session::new(opening))));
+    }
+    if rd::detect(payload) {
+        stats.redis.conns += 1;
+        return Some(Database::Redis(Box::new(redis::Session::new())));
+    }
+    if my::is_command(payload, d.len) {
+        stats.mysql.conns += 1;
+        return Some(Database::Mysql(Box::new(mysql::Session::new(mysql::Opening::Established))));
+    }
+    None
 }
 
 /// Server requests in flight, by server connection: what a client span made by a thread serving
@@ -1024,9 +1133,7 @@ impl Correlator {
                 req: Stream::new(Side::Request),
                 resp: Stream::new(Side::Response),
                 book: Book::default(),
-                pg: None,
-                redis: None,
-                mysql: None,
+                db: None,
                 h2: None,
             }),
         );
@@ -1045,14 +1152,8 @@ impl Correlator {
         };
         let last = conn.req.last_ns().max(conn.resp.last_ns());
         let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
-        if let Some(pg) = conn.pg.as_mut() {
-            pg.close(at, &mut sink);
-        }
-        if let Some(redis) = conn.redis.as_mut() {
-            redis.close(at, &mut sink);
-        }
-        if let Some(mysql) = conn.mysql.as_mut() {
-            mysql.close(at, &mut sink);
+        if let Some(db) = conn.db.as_mut() {
+            db.close(at, &mut sink);
         }
         if let Some(h2) = conn.h2.as_mut() {
             h2.close(last.max(at), &mut sink);
@@ -1121,14 +1222,13 @@ impl Correlator {
         if d.flags & DATA_FLAG_TLS != 0 && !conn.info.tls {
             conn.info.tls = true;
             self.shared.stats.tls_conns += 1;
-            match (conn.pg.as_mut(), conn.mysql.as_mut()) {
+            match conn.db.as_mut() {
                 // PostgreSQL and MySQL ask for encryption in plain text; the startup message
                 // follows in the session, read now from the library.
-                (Some(pg), _) => pg.decrypted(),
-                (_, Some(mysql)) => mysql.decrypted(),
+                Some(db) => db.decrypted(),
                 // Anything seen before was ciphertext (the connection began before its process's
                 // library was probed): the plain text starts afresh.
-                (None, None) => {
+                None => {
                     conn.req = Stream::new(Side::Request);
                     conn.resp = Stream::new(Side::Response);
                     conn.book = Book::default();
@@ -1139,9 +1239,7 @@ impl Correlator {
         // HTTP/2 from its client's preface (prior knowledge in clear text, or TLS that
         // negotiated it, read in plain text), or a server's that comes first.
         if conn.h2.is_none()
-            && conn.pg.is_none()
-            && conn.redis.is_none()
-            && conn.mysql.is_none()
+            && conn.db.is_none()
             && !conn.book.had_http
             && if request_side {
                 crate::protocol::http2::starts_preface(payload)
@@ -1167,105 +1265,32 @@ impl Correlator {
             }
             return;
         }
-        // A client's write may show PostgreSQL: before HTTP gave up on the connection, or after
-        // (a connection open before tracing began may first be seen mid-result).
-        if conn.pg.is_none()
-            && conn.redis.is_none()
-            && conn.mysql.is_none()
+        // A client connection's bytes may show a database protocol: before HTTP gave up on the
+        // connection, or after (a connection open before tracing began may first be seen
+        // mid-result; clients keep their database connections).
+        if conn.db.is_none()
             && conn.info.role == ROLE_CLIENT
-            && !ingress
             && !conn.book.had_http
-            && let Some(opening) = crate::protocol::postgres::detect(payload, d.len)
+            && let Some(db) = detect_database(d, payload, &mut self.shared.stats, conn.book.strikes == 0)
         {
-            conn.pg = Some(Box::new(postgres::Session::new(opening)));
+            conn.db = Some(db);
             conn.book.ignored = false;
-            self.shared.stats.pg.conns += 1;
         }
-        // Or Redis, from any write of commands (a client connects once and keeps its connections).
-        if conn.redis.is_none()
-            && conn.pg.is_none()
-            && conn.mysql.is_none()
-            && conn.info.role == ROLE_CLIENT
-            && !ingress
-            && !conn.book.had_http
-            && crate::protocol::redis::detect(payload)
-        {
-            conn.redis = Some(Box::new(redis::Session::new()));
-            conn.book.ignored = false;
-            self.shared.stats.redis.conns += 1;
-        }
-        if let Some(redis) = conn.redis.as_mut() {
-            if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
-                self.shared.stats.count_gap(d.flags, redis.reset());
-            }
-            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
-            if ingress {
-                redis.read(payload, gap, end_ns, &mut sink);
-            } else {
-                redis.write(payload, gap, meta, &mut sink);
-            }
-            return;
-        }
-        // Or MySQL: from the server's greeting (the client reads first), or from a write of one
-        // command on a connection that was already open.
-        if conn.mysql.is_none()
-            && conn.pg.is_none()
-            && conn.redis.is_none()
-            && conn.info.role == ROLE_CLIENT
-            && !conn.book.had_http
-        {
-            use crate::protocol::mysql::{is_command, is_greeting, is_greeting_header};
-            let whole = d.captured == d.len;
-            let opening = if !ingress {
-                is_command(payload, d.len).then_some(mysql::Opening::Established)
-            } else if whole && is_greeting(payload) {
-                Some(mysql::Opening::Greeting)
-            } else {
-                // A connection's first bytes read, four of them: the greeting's header, if the
-                // next read is its body (the session says).
-                (whole && conn.book.strikes == 0 && is_greeting_header(payload))
-                    .then_some(mysql::Opening::GreetingHeader)
-            };
-            if let Some(opening) = opening {
-                conn.mysql = Some(Box::new(mysql::Session::new(opening)));
-                conn.book.ignored = false;
-                if opening == mysql::Opening::Established {
-                    // A greeting is counted when the session has read it.
-                    self.shared.stats.mysql.conns += 1;
-                }
-            }
-        }
-        if let Some(mysql) = conn.mysql.as_mut() {
-            if mysql.encrypted() {
+        if let Some(db) = conn.db.as_mut() {
+            if db.encrypted() {
                 return;
             }
             if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
-                self.shared.stats.count_gap(d.flags, mysql.reset());
+                self.shared.stats.count_gap(d.flags, db.reset());
             }
             let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
             if ingress {
-                mysql.read(payload, gap, end_ns, &mut sink);
-                if mysql.rejected() {
-                    // What followed a greeting's header was no greeting: not MySQL.
-                    conn.mysql = None;
-                }
+                db.read(payload, gap, end_ns, &mut sink);
             } else {
-                mysql.write(payload, gap, meta, &mut sink);
+                db.write(payload, gap, meta, &mut sink);
             }
-            return;
-        }
-        if let Some(pg) = conn.pg.as_mut() {
-            if pg.encrypted() {
-                return;
-            }
-            if d.flags & (DATA_FLAG_AFTER_SKIP | DATA_FLAG_AFTER_LOSS) != 0 {
-                self.shared.stats.count_gap(d.flags, pg.reset());
-            }
-            let mut sink = ConnSink { info: &conn.info, book: &mut conn.book, g: &mut self.shared };
-            if ingress {
-                pg.read(payload, gap, end_ns, &mut sink);
-            } else {
-                pg.write(payload, gap, meta, &mut sink);
+            if db.rejected() {
+                conn.db = None;
             }
             return;
         }

@@ -80,8 +80,8 @@ struct Op {
     /// Commands begun (each is owed a reply).
     commands: u32,
     replies: u32,
-    /// The first command's name, upper case.
-    first: Option<String>,
+    /// The first command's name.
+    first: Option<redis::Name>,
     /// Commands whose name was seen, and whether all of them were the first's.
     named: u32,
     same: bool,
@@ -99,17 +99,17 @@ impl Op {
             return false;
         };
         self.named += 1;
-        match &self.first {
-            None => self.first = Some(name.clone()),
-            Some(first) => self.same &= *first == name,
+        match self.first {
+            None => self.first = Some(name),
+            Some(first) => self.same &= first == name,
         }
-        if name == "SELECT" {
+        if &*name == "SELECT" {
             let index = v.second.bytes();
             if !index.is_empty() && index.len() <= 5 && index.iter().all(u8::is_ascii_digit) {
                 self.select = Some(String::from_utf8_lossy(index).into());
             }
         }
-        let subscribes = SUBSCRIBING.contains(&name.as_str());
+        let subscribes = SUBSCRIBING.contains(&&*name);
         // The text up to its bound (a pipeline of thousands of commands is cut, not its count).
         if self.text.len() >= sql::MAX_TEXT {
             return subscribes;
@@ -119,7 +119,7 @@ impl Op {
         }
         self.text.push_str(&name);
         let mut args = v.count - 1;
-        if CONTAINERS.contains(&name.as_str())
+        if CONTAINERS.contains(&&*name)
             && let Some(sub) = redis::command_name(v.second.bytes())
         {
             let _ = write!(self.text, " {sub}");
@@ -337,10 +337,11 @@ impl State {
 /// The span of one operation, named and described as the OpenTelemetry Redis conventions ask.
 fn build_span(info: &Info, namespace: Option<&Arc<str>>, op: Op, end_ns: u64) -> SpanRecord {
     let batch = op.commands > 1;
-    let operation: Option<String> = match op.first {
+    // Shared by the span's name and its attribute.
+    let operation: Option<Arc<str>> = match op.first {
         None => None,
-        Some(first) if !batch => Some(first),
-        Some(first) if op.named == op.commands && op.same => Some(format!("BATCH {first}")),
+        Some(first) if !batch => Some((*first).into()),
+        Some(first) if op.named == op.commands && op.same => Some(format!("BATCH {first}").into()),
         Some(_) => Some("BATCH".into()),
     };
     let name: Text = operation.clone().map_or(Text::Static("redis"), Text::from);

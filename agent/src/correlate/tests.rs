@@ -17,7 +17,7 @@ use tracewire_common::{
 };
 
 use super::{
-    Conn, Correlator, IpText,
+    Correlator, IpText,
     span::{Kind, Link, SpanRecord, Value, hex},
 };
 use crate::events::{Event, clock::Clock, encode_sockaddr};
@@ -498,14 +498,13 @@ fn client_data(c: &mut Correlator, conn: ConnId, ts: u64, ingress: bool, payload
 
 /// Feeds one client connection 20,000 random reads and writes (`message(rng, ingress)` makes
 /// each one's bytes; they are then cut short and given uncaptured gaps at random), after a first
-/// write `opening`. Never a panic, never more operations waiting than `bound` (`waiting` counts
-/// them), and every one of them ends when the connection does. Returns the correlator and the
-/// spans made.
+/// write `opening` (which shows the protocol). Never a panic, never more operations waiting
+/// than `bound`, and every one of them ends when the connection does. Returns the correlator and
+/// the spans made.
 fn random_client_traffic(
     seed: u64,
     opening: &[u8],
     mut message: impl FnMut(&mut fastrand::Rng, bool, &mut Vec<u8>),
-    waiting: impl Fn(&Conn) -> usize,
     bound: usize,
 ) -> (Correlator, usize) {
     let mut rng = fastrand::Rng::with_seed(seed);
@@ -513,7 +512,8 @@ fn random_client_traffic(
     let conn = open_client(&mut c, 3);
     client_data(&mut c, conn, 1, false, opening, opening.len() as u32);
     let mut spans = c.take_spans().len();
-    let waiting_now = |c: &Correlator| c.conns.get(&(1, 3)).map_or(0, |k| waiting(k));
+    let waiting_now =
+        |c: &Correlator| c.conns.get(&(1, 3)).and_then(|k| k.db.as_ref()).map_or(0, |db| db.waiting());
     for i in 2..20_000u64 {
         let ingress = rng.bool();
         let mut payload = Vec::new();
@@ -552,7 +552,6 @@ fn random_postgres_traffic_never_panics_and_every_statement_ends() {
             out.extend_from_slice(&len.to_be_bytes());
             out.extend_from_slice(&body);
         },
-        |k| k.pg.as_ref().map_or(0, |pg| pg.waiting()),
         super::postgres::MAX_OPS,
     );
     assert!(spans > 1000, "the statements that completed made spans ({spans}): {:?}", c.stats().pg);
@@ -590,7 +589,6 @@ fn random_redis_traffic_never_panics_and_every_operation_ends() {
                 _ => out.extend(b"ERR x\r\n"),
             }
         },
-        |k| k.redis.as_ref().map_or(0, |r| r.waiting()),
         super::redis::MAX_OPS,
     );
     let r = c.stats().redis;
@@ -628,7 +626,6 @@ fn random_mysql_traffic_never_panics_and_every_statement_ends() {
             out.push(if ingress { rng.u8(1..6) } else { 0 });
             out.extend_from_slice(&body);
         },
-        |k| k.mysql.as_ref().map_or(0, |m| m.waiting()),
         1,
     );
     let m = c.stats().mysql;

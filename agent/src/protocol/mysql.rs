@@ -23,8 +23,6 @@ pub const COM_STMT_EXECUTE: u8 = 0x17;
 pub const COM_STMT_SEND_LONG_DATA: u8 = 0x18;
 /// `COM_STMT_CLOSE`: a prepared statement dropped (no response).
 pub const COM_STMT_CLOSE: u8 = 0x19;
-/// `COM_STMT_RESET`.
-pub const COM_STMT_RESET: u8 = 0x1a;
 
 /// Capability: the client sends the database it connects to.
 pub const CLIENT_CONNECT_WITH_DB: u32 = 0x0000_0008;

@@ -377,9 +377,44 @@ pub fn detect(payload: &[u8]) -> bool {
         && (rest.len() == len || rest[len..].starts_with(b"\r"))
 }
 
+/// A command's name, upper case, held in place: one is read for every command, and comparing
+/// or copying it costs no allocation.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct Name {
+    buf: [u8; MAX_NAME],
+    len: u8,
+}
+
+impl std::ops::Deref for Name {
+    type Target = str;
+
+    fn deref(&self) -> &str {
+        // Letters, digits and `._-|` only (see `is_name`), upper-cased: ASCII.
+        std::str::from_utf8(&self.buf[..usize::from(self.len)]).unwrap_or_default()
+    }
+}
+
+impl std::fmt::Display for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+impl std::fmt::Debug for Name {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:?}", &**self)
+    }
+}
+
 /// A command's name as spans show it: upper case (clients send either).
-pub fn command_name(bytes: &[u8]) -> Option<String> {
-    (bytes.len() <= MAX_NAME && is_name(bytes)).then(|| String::from_utf8_lossy(bytes).to_ascii_uppercase())
+pub fn command_name(bytes: &[u8]) -> Option<Name> {
+    if bytes.len() > MAX_NAME || !is_name(bytes) {
+        return None;
+    }
+    let mut name = Name { buf: [0; MAX_NAME], len: bytes.len() as u8 };
+    name.buf[..bytes.len()].copy_from_slice(bytes);
+    name.buf.make_ascii_uppercase();
+    Some(name)
 }
 
 fn is_name(b: &[u8]) -> bool {
