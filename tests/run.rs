@@ -1567,13 +1567,10 @@ fn mysql_statements_are_client_spans_of_their_request_without_literals() {
     // The service connects before tracing starts: its connection is seen mid-stream.
     let mut service = Peer::python("mysql_server.py", &[&db.port.to_string(), "app", "shop"]);
     let port: u16 = service.port();
-    // The mariadb client in plain text: it would take TLS when offered, and its OpenSSL, mapped
-    // when it execs, may be probed only after its one statement went by (a library loaded by a
-    // process's first connection is read from its next request on; TLS is /secure's part).
+    // The mariadb client takes TLS (the server offers it) on its one connection, as soon as it
+    // starts: selected before its exec, it is probed on the host's OpenSSL before it maps it.
     let mut args = db.client_args("shop");
-    args.extend(
-        ["--skip-ssl", "-e", "SELECT name FROM users WHERE email = 'bob@example.com'"].map(str::to_string),
-    );
+    args.extend(["-e", "SELECT name FROM users WHERE email = 'bob@example.com'"].map(str::to_string));
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let mut cli = held("mariadb", &args);
     let rx = Receiver::start(vec![]);
@@ -1629,7 +1626,8 @@ fn mysql_statements_are_client_spans_of_their_request_without_literals() {
         assert_eq!(attr_str(fresh, "db.system.name").as_deref(), Some("mariadb"), "{path}");
         assert_eq!(attr_str(fresh, "db.namespace").as_deref(), Some("shop"), "{path}");
     }
-    assert!(summary["mysql"]["encrypted"].as_u64() >= Some(1), "{summary}");
+    // /secure's connection and the client's.
+    assert!(summary["mysql"]["encrypted"].as_u64() >= Some(2), "{summary}");
     assert!(summary["http"]["tls_conns"].as_u64() >= Some(1), "{summary}");
     let bob = spans
         .iter()
@@ -1784,6 +1782,77 @@ fn tls_connections_are_read_in_plain_text_through_openssl() {
     assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
     assert_eq!(summary["kernel"]["tls_calls_full"], 0, "{summary}");
     assert!(summary["kernel"]["tls_ciphertext"].as_u64() > Some(0), "{summary}");
+}
+
+/// The client span of `url` and the server span it reached (its child, the same trace).
+fn tls_call_and_server<'a>(
+    spans: &'a [Span],
+    url: &str,
+    path: &str,
+    summary: &Value,
+) -> (&'a Span, &'a Span) {
+    let all: Vec<String> =
+        spans.iter().map(|s| format!("{} kind={} {:?}", s.name, s.kind, attr_str(s, "url.full"))).collect();
+    let call = spans
+        .iter()
+        .find(|s| s.kind == 3 && attr_str(s, "url.full").as_deref() == Some(url))
+        .unwrap_or_else(|| panic!("no client span for {url}: {all:#?}\n{summary}"));
+    let server = spans
+        .iter()
+        .find(|s| s.kind == 2 && attr_str(s, "url.path").as_deref() == Some(path))
+        .unwrap_or_else(|| panic!("no server span for {path}: {all:#?}\n{summary}"));
+    assert_eq!(server.parent_span_id, call.span_id, "{url}: {all:#?}");
+    assert_eq!(server.trace_id, call.trace_id, "{url}");
+    (call, server)
+}
+
+/// A client that starts and makes its TLS call at once (curl in a job, a database client) is
+/// read from its first call, before the agent has even read its exec: with every process traced,
+/// the host's OpenSSL is probed for all of them from the start; with processes selected, a
+/// selected one is probed on the host's libraries before its exec maps them.
+#[test]
+fn tls_clients_are_read_from_their_first_call() {
+    let _g = serial();
+    require_root();
+    let dir = tempfile::tempdir().unwrap();
+    let files = tls_files(dir.path());
+    // Node has OpenSSL in its executable: no process here maps the host's libssl before curl.
+    let mut leaf = node_tls_hop(&files, None, false);
+    let leaf_port = leaf.port();
+    let base = format!("https://localhost:{leaf_port}/hop");
+
+    // Every process traced (those talking to the leaf's port): three curls, each a new process.
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(&rx.endpoint(), &["--port", &leaf_port.to_string()]);
+    let ids = ["first1", "first2", "first3"];
+    for id in ids {
+        curl(&format!("{base}/{id}"), &["--cacert", &files.0]);
+    }
+    let summary = agent.stop();
+    let spans: Vec<Span> = rx.spans().into_iter().map(|(_, s)| s).collect();
+    for id in ids {
+        let (_, server) =
+            tls_call_and_server(&spans, &format!("{base}/{id}"), &format!("/hop/{id}"), &summary);
+        assert_eq!(attr_str(server, "url.scheme").as_deref(), Some("https"), "{id}");
+        assert_eq!(attr_int(server, "http.response.status_code"), Some(200), "{id}");
+    }
+    assert_eq!(spans.len(), ids.len() * 2, "{summary}");
+
+    // One process selected, which execs curl once the agent runs.
+    let url = format!("{base}/held1");
+    let mut client = held("curl", &["-s", "-o", "/dev/null", "--cacert", &files.0, &url]);
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &client.id().to_string(), "--pid", &leaf.pid().to_string()],
+    );
+    release(&mut client);
+    assert!(client.wait().expect("curl").success(), "curl failed");
+    let summary = agent.stop();
+    let spans: Vec<Span> = rx.spans().into_iter().map(|(_, s)| s).collect();
+    tls_call_and_server(&spans, &url, "/hop/held1", &summary);
+    assert_eq!(summary["kernel"]["tls_no_conn"], 0, "{summary}");
+    drop(leaf);
 }
 
 /// A hop of tests/peers/hop.js serving HTTPS with `cert`/`key` on 127.0.0.1, calling `next`

@@ -179,10 +179,46 @@ struct Followed {
     nginx: std::collections::HashMap<(u64, u64), Result<(), String>>,
     /// Files inspected for a TLS library's API (executables, `libssl`): what was found, or why
     /// not.
-    tls: std::collections::HashMap<(u64, u64), Result<runtime::TlsLibrary, String>>,
-    /// The TLS probes of each followed process.
-    tls_links: std::collections::HashMap<u32, Vec<(&'static str, UProbeLinkId)>>,
+    tls: std::collections::HashMap<runtime::FileKey, Result<runtime::TlsLibrary, String>>,
+    /// How TLS library probes are scoped (see [`TlsScope`]).
+    tls_scope: TlsScope,
+    /// [`TlsScope::PerFile`]: the probes of each TLS library file, for every process.
+    tls_files: std::collections::HashMap<runtime::FileKey, Vec<(&'static str, UProbeLinkId)>>,
+    /// The processes whose TLS library is (or may be) probed, and their own probes.
+    tls_procs: std::collections::HashMap<u32, ProcTls>,
+    /// Where TLS libraries were found, as paths inside a process's root (the host's libraries,
+    /// those mapped by processes since): a selected process is probed on the ones its root has
+    /// from its exec on (see [`Capture::prepare_tls`]). At most [`MAX_KNOWN_TLS_PATHS`].
+    tls_known: Vec<PathBuf>,
 }
+
+/// How the probes on a TLS library are scoped.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+enum TlsScope {
+    /// Every process is selected: each library file is probed once, for every process that maps
+    /// it, now or later. A process that starts and makes its TLS connection at once is read from
+    /// its first call when its library was known before (the host's are from the start).
+    PerFile,
+    /// Some processes are selected: each is probed on its own, so that the others never stop on
+    /// the probes (a uprobe's stop costs microseconds). A selected process is probed on the known
+    /// libraries from its exec, before it maps them.
+    #[default]
+    PerProcess,
+}
+
+/// A process's TLS probes.
+#[derive(Default)]
+struct ProcTls {
+    /// Probes of this process alone ([`TlsScope::PerProcess`]).
+    links: Vec<(&'static str, UProbeLinkId)>,
+    /// The files they sit on (as `stat` names them).
+    files: Vec<runtime::FileKey>,
+    /// Whether a file it maps is probed (not only one it may map).
+    mapped: bool,
+}
+
+/// Paths of TLS libraries remembered for the processes to come.
+const MAX_KNOWN_TLS_PATHS: usize = 16;
 
 /// Distinct binaries whose functions get uprobes; beyond it, their calls stay unlinked.
 pub const MAX_FOLLOWED_BINARIES: usize = 64;
@@ -477,6 +513,11 @@ impl Capture {
                 && load_uprobe_programs(&mut ebpf, &TLS_PROGRAMS, "TLS connections are not read"),
             go_tls_on: options.uprobes
                 && load_uprobe_programs(&mut ebpf, &GO_TLS_PROGRAMS, "Go's TLS connections are not read"),
+            tls_scope: if matches!(options.selection, Selection::All) {
+                TlsScope::PerFile
+            } else {
+                TlsScope::PerProcess
+            },
             ..Followed::default()
         };
         debug!("attached {attached} programs");
@@ -516,7 +557,7 @@ impl Capture {
         }
         crate::alloc::running();
         let skip_unsampled = config.flags & CFG_SKIP_UNSAMPLED != 0;
-        Ok(Capture {
+        let mut capture = Capture {
             ring,
             counters,
             watched,
@@ -530,7 +571,9 @@ impl Capture {
             skip_unsampled,
             followed,
             ebpf,
-        })
+        };
+        capture.probe_host_tls();
+        Ok(capture)
     }
 
     /// Whether the kernel leaves unsampled requests unreported.
@@ -703,71 +746,231 @@ impl Capture {
         self.followed.nginx.get(&key).cloned().unwrap_or_else(|| Err("not inspected".into()))
     }
 
+    /// Probes the host's TLS libraries before any process maps them (see
+    /// [`runtime::system_tls_libraries`]): every process to come when all are selected, each
+    /// selected process from its exec on otherwise ([`Capture::prepare_tls`]).
+    fn probe_host_tls(&mut self) {
+        if !self.followed.tls_on {
+            return;
+        }
+        // The host's root is the first process's (the agent's own in a container is its image);
+        // where that one is closed to the agent (another user namespace's), the agent's root.
+        let host = Path::new("/proc/1/root");
+        let root = if std::fs::read_dir(host).is_ok() { host } else { Path::new("/") };
+        let mut probed = Vec::new();
+        for lib in runtime::system_tls_libraries(root) {
+            let Ok(found) = self.inspected_tls(&lib) else { continue };
+            self.know_tls_path(&lib.in_root);
+            if self.followed.tls_scope == TlsScope::PerFile
+                && let Some(key) = lib.key
+            {
+                match self.probe_tls_file(key, &lib.path, &found) {
+                    Ok(()) => probed.push(lib.in_root.display().to_string()),
+                    Err(why) => warn!("{}: TLS library not probed: {why}", lib.in_root.display()),
+                }
+            }
+        }
+        if !probed.is_empty() {
+            info!(
+                "the host's TLS libraries are read for every process from its first call: {}",
+                probed.join(", ")
+            );
+        }
+    }
+
     /// Follows the plaintext of `tgid`'s TLS connections: uprobes on the OpenSSL API of its
-    /// executable (a static build) or of the `libssl` it maps, scoped to the process. Returns
-    /// the file probed, `None` when the process maps no TLS library (yet: one loaded later is
-    /// found by a later call), or why it cannot be followed.
-    ///
-    /// The caller forgets the pid's earlier program first ([`Capture::forget_tls`]).
+    /// executable (a static build) or of the `libssl` it maps ([`TlsScope`] says for which
+    /// processes). Returns the file probed, `None` when the process maps no TLS library (yet:
+    /// one loaded later is found by a later call), or why it cannot be followed.
     pub fn follow_tls(&mut self, tgid: u32) -> Result<Option<PathBuf>, String> {
-        use std::os::unix::fs::MetadataExt as _;
         if !self.followed.tls_on {
             return Err("uprobes off".into());
         }
-        if self.followed.tls_links.contains_key(&tgid) {
+        if self.follows_tls(tgid) {
             return Ok(None);
         }
-        if self.followed.tls_links.len() >= MAX_TLS_PROCESSES {
-            return Err(format!("already following {MAX_TLS_PROCESSES} processes' TLS libraries"));
-        }
-        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
         let mut failed = None;
         for (i, file) in runtime::tls_candidates(tgid).into_iter().enumerate() {
-            let Ok(meta) = std::fs::metadata(&file) else { continue };
-            let key = (meta.dev(), meta.ino());
-            if !self.followed.tls.contains_key(&key) {
-                if self.followed.tls.len() >= MAX_TLS_FILES {
-                    return Err(format!("already inspected {MAX_TLS_FILES} files for TLS libraries"));
-                }
-                self.followed.tls.insert(key, runtime::inspect_tls(&file));
-            }
-            let lib = match self.followed.tls.get(&key) {
-                Some(Ok(lib)) => lib.clone(),
+            let lib = match self.inspected_tls(&file) {
+                Ok(lib) => lib,
                 // The executable (the first candidate) most often has no TLS library in it.
-                Some(Err(why)) if i > 0 => {
-                    failed = Some(format!("{}: {why}", file.display()));
+                Err(why) if i > 0 => {
+                    failed = Some(format!("{}: {why}", file.path.display()));
                     continue;
                 }
-                _ => continue,
+                Err(_) => continue,
             };
-            let mut links = Vec::with_capacity(lib.functions.len() * 2);
-            for (programs, offset) in lib.functions {
-                for name in programs {
-                    match self.attach_uprobe(name, &file, offset, scope) {
-                        Ok(link) => links.push((name, link)),
-                        Err(e) => {
-                            self.detach_uprobes(links);
-                            return Err(e);
-                        }
-                    }
-                }
+            if i > 0 {
+                self.know_tls_path(&file.in_root);
             }
+            self.probe_tls_for(tgid, &file, &lib)?;
             // The kernel marks the process (WATCH_TLS) at its first call into the library.
-            self.followed.tls_links.insert(tgid, links);
-            return Ok(Some(file));
+            if let Some(p) = self.followed.tls_procs.get_mut(&tgid) {
+                p.mapped = true;
+            }
+            return Ok(Some(file.path));
         }
         failed.map_or(Ok(None), Err)
     }
 
-    /// Whether `tgid`'s TLS library is followed.
-    pub fn follows_tls(&self, tgid: u32) -> bool {
-        self.followed.tls_links.contains_key(&tgid)
+    /// Probes a selected process that has just started (or exec'd) on the TLS libraries known so
+    /// far that its root holds, before it maps one: the dynamic loader maps `libssl` and the
+    /// program may make its first TLS call before the agent has read the exec, let alone the
+    /// mapping (the kernel puts the breakpoints in as the file is mapped). Probes per process
+    /// only; with [`TlsScope::PerFile`] the files are probed for every process already.
+    pub fn prepare_tls(&mut self, tgid: u32) {
+        if !self.followed.tls_on || self.followed.tls_scope == TlsScope::PerFile {
+            return;
+        }
+        for in_root in self.followed.tls_known.clone() {
+            let file = runtime::TlsCandidate {
+                path: PathBuf::from(format!("/proc/{tgid}/root{}", in_root.display())),
+                in_root,
+                key: None,
+            };
+            let Ok(lib) = self.inspected_tls(&file) else { continue };
+            if let Err(why) = self.probe_tls_for(tgid, &file, &lib) {
+                debug!("pid {tgid}: {} not probed ahead: {why}", file.in_root.display());
+                return;
+            }
+        }
     }
 
-    /// Detaches `tgid`'s TLS probes (it exited or exec'd).
+    /// What `file` holds of OpenSSL's API (inspected once per file), or why not.
+    fn inspected_tls(&mut self, file: &runtime::TlsCandidate) -> Result<runtime::TlsLibrary, String> {
+        use std::os::unix::fs::MetadataExt as _;
+        let key = match file.key {
+            Some(key) => key,
+            None => {
+                let meta = std::fs::metadata(&file.path).map_err(|e| e.to_string())?;
+                (meta.dev(), meta.ino())
+            }
+        };
+        if !self.followed.tls.contains_key(&key) {
+            if self.followed.tls.len() >= MAX_TLS_FILES {
+                return Err(format!("already inspected {MAX_TLS_FILES} files for TLS libraries"));
+            }
+            self.followed.tls.insert(key, runtime::inspect_tls(&file.path));
+        }
+        self.followed.tls.get(&key).cloned().unwrap_or_else(|| Err("not inspected".into()))
+    }
+
+    /// Remembers where a TLS library was found, for the processes to come.
+    fn know_tls_path(&mut self, in_root: &Path) {
+        let known = &mut self.followed.tls_known;
+        if !known.iter().any(|p| p == in_root) && known.len() < MAX_KNOWN_TLS_PATHS {
+            known.push(in_root.to_path_buf());
+        }
+    }
+
+    /// Probes `file` (holding `lib`) for `tgid`, as the scope says: the file for every process
+    /// (once), or for this process (once per file).
+    fn probe_tls_for(
+        &mut self,
+        tgid: u32,
+        file: &runtime::TlsCandidate,
+        lib: &runtime::TlsLibrary,
+    ) -> Result<(), String> {
+        match (self.followed.tls_scope, file.key) {
+            (TlsScope::PerFile, Some(key)) => {
+                self.probe_tls_file(key, &file.path, lib)?;
+                self.followed.tls_procs.entry(tgid).or_default();
+                return Ok(());
+            }
+            // A file whose inode a uprobe lands on is unknown: probed for this process alone.
+            (TlsScope::PerFile, None) | (TlsScope::PerProcess, _) => {}
+        }
+        // By the inode its path names (the same through /lib and /usr/lib, or an overlay), not
+        // the one it maps: a file probed ahead is probed once.
+        let key = {
+            use std::os::unix::fs::MetadataExt as _;
+            let meta = std::fs::metadata(&file.path).map_err(|e| format!("{}: {e}", file.path.display()))?;
+            (meta.dev(), meta.ino())
+        };
+        if self.followed.tls_procs.get(&tgid).is_some_and(|p| p.files.contains(&key)) {
+            return Ok(());
+        }
+        if !self.followed.tls_procs.contains_key(&tgid) && self.followed.tls_procs.len() >= MAX_TLS_PROCESSES
+        {
+            return Err(format!("already following {MAX_TLS_PROCESSES} processes' TLS libraries"));
+        }
+        let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
+        let links = self.attach_tls(&file.path, lib, scope)?;
+        let proc = self.followed.tls_procs.entry(tgid).or_default();
+        proc.links.extend(links);
+        proc.files.push(key);
+        Ok(())
+    }
+
+    /// Probes a TLS library file for every process (once).
+    fn probe_tls_file(
+        &mut self,
+        key: runtime::FileKey,
+        path: &Path,
+        lib: &runtime::TlsLibrary,
+    ) -> Result<(), String> {
+        if self.followed.tls_files.contains_key(&key) {
+            return Ok(());
+        }
+        if self.followed.tls_files.len() >= MAX_TLS_FILES {
+            return Err(format!("already probing {MAX_TLS_FILES} TLS library files"));
+        }
+        let links = self.attach_tls(path, lib, UProbeScope::AllProcesses)?;
+        self.followed.tls_files.insert(key, links);
+        Ok(())
+    }
+
+    /// Puts the TLS programs on `lib`'s functions in `path`; all or none.
+    fn attach_tls(
+        &mut self,
+        path: &Path,
+        lib: &runtime::TlsLibrary,
+        scope: UProbeScope,
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+        let probes = lib.functions.iter().flat_map(|&(programs, offset)| programs.map(|name| (name, offset)));
+        self.attach_all(path, probes, scope)
+    }
+
+    /// Puts each program on its offset in `path`; all or none (those attached before a failure
+    /// are detached).
+    fn attach_all(
+        &mut self,
+        path: &Path,
+        probes: impl IntoIterator<Item = (&'static str, u64)>,
+        scope: UProbeScope,
+    ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
+        let mut links = Vec::new();
+        for (name, offset) in probes {
+            match self.attach_uprobe(name, path, offset, scope) {
+                Ok(link) => links.push((name, link)),
+                Err(e) => {
+                    self.detach_uprobes(links);
+                    return Err(e);
+                }
+            }
+        }
+        Ok(links)
+    }
+
+    /// Whether a TLS library `tgid` maps is probed for it.
+    pub fn follows_tls(&self, tgid: u32) -> bool {
+        self.followed.tls_procs.get(&tgid).is_some_and(|p| p.mapped)
+    }
+
+    /// `tgid` exec'd: the library it mapped is gone with its old image. Its own probes stay: they
+    /// follow the process (not its image), and the new one maps the same libraries more often
+    /// than not (they are on the files its root holds).
+    pub fn exec_tls(&mut self, tgid: u32) {
+        if let Some(p) = self.followed.tls_procs.get_mut(&tgid) {
+            p.mapped = false;
+        }
+        let _ = self.watched.clear(tgid, WATCH_TLS);
+    }
+
+    /// Detaches `tgid`'s TLS probes (it exited, or is no longer selected).
     pub fn forget_tls(&mut self, tgid: u32) {
-        if let Some(links) = self.followed.tls_links.remove(&tgid) {
-            self.detach_uprobes(links);
+        if let Some(p) = self.followed.tls_procs.remove(&tgid) {
+            self.detach_uprobes(p.links);
             let _ = self.watched.clear(tgid, WATCH_TLS);
         }
     }
@@ -796,7 +999,6 @@ impl Capture {
         bin: &runtime::GoBinary,
     ) -> Result<Vec<(&'static str, UProbeLinkId)>, String> {
         let scope = UProbeScope::OneProcess(std::num::NonZeroU32::new(tgid).ok_or("pid 0")?);
-        let mut links = Vec::new();
         // Where roundTrip reads the connection's fd, the writer goroutine need not be followed.
         let writes = if bin.conn_fd.is_some() { None } else { Some((GO_PROGRAMS[1], bin.request_write)) };
         let mut probes: Vec<(&'static str, u64)> =
@@ -811,16 +1013,7 @@ impl Capture {
             }
             probes.extend(tls.h2_server.map(|(o, _)| (h2_headers, o)));
         }
-        for (name, offset) in probes {
-            match self.attach_uprobe(name, exe, offset, scope) {
-                Ok(link) => links.push((name, link)),
-                Err(e) => {
-                    self.detach_uprobes(links);
-                    return Err(e);
-                }
-            }
-        }
-        Ok(links)
+        self.attach_all(exe, probes, scope)
     }
 
     /// Starts following goroutine creation in the Go processes that made their first net/http

@@ -192,32 +192,132 @@ pub struct TlsLibrary {
     pub functions: Vec<([&'static str; 2], u64)>,
 }
 
+/// A file that may hold OpenSSL's API, as a process sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsCandidate {
+    /// The file through `/proc/<pid>/root` (a container's own file), to open and probe.
+    pub path: PathBuf,
+    /// Its path inside the process's root (`/usr/lib/x86_64-linux-gnu/libssl.so.3`).
+    pub in_root: PathBuf,
+    /// (device, inode) of the file a uprobe on it goes to: as `/proc/<pid>/maps` shows a mapped
+    /// file, which is the file underneath an overlay (a container's image layer, shared by the
+    /// containers of one image). `None` when not known: a file of an overlay not mapped.
+    pub key: Option<FileKey>,
+}
+
+/// A file's (device, inode), comparable with `stat`'s `st_dev` / `st_ino`.
+pub type FileKey = (u64, u64);
+
 /// The files a process maps that may hold OpenSSL's API: its executable (a static build, such as
 /// Node's) and any `libssl` shared library, as paths through `/proc/<pid>/root` (so that a
-/// container's own files are the ones inspected).
-pub fn tls_candidates(pid: u32) -> Vec<PathBuf> {
-    let mut out = vec![PathBuf::from(format!("/proc/{pid}/exe"))];
+/// container's own files are the ones inspected). The executable comes first.
+pub fn tls_candidates(pid: u32) -> Vec<TlsCandidate> {
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
+    let mut out = vec![TlsCandidate {
+        path: PathBuf::from(format!("/proc/{pid}/exe")),
+        in_root: exe.clone(),
+        key: None,
+    }];
     let Ok(maps) = std::fs::read_to_string(format!("/proc/{pid}/maps")) else {
         return out;
     };
     for line in maps.lines() {
         // address perms offset dev inode path
         let mut fields = line.split_ascii_whitespace();
-        let (Some(perms), Some(path)) = (fields.nth(1), fields.nth(3)) else {
+        let (Some(perms), Some(dev), Some(inode), Some(path)) =
+            (fields.nth(1), fields.nth(1), fields.next(), fields.next())
+        else {
             continue;
         };
-        let is_libssl = Path::new(path)
-            .file_name()
-            .and_then(|n| n.to_str())
-            .is_some_and(|n| n.starts_with("libssl.so") || n.starts_with("libssl-"));
-        if is_libssl && perms.contains('x') {
-            let p = PathBuf::from(format!("/proc/{pid}/root{path}"));
-            if !out.contains(&p) {
-                out.push(p);
+        let key = maps_key(dev, inode);
+        if Path::new(path) == exe {
+            if out[0].key.is_none() {
+                out[0].key = key;
             }
+            continue;
+        }
+        if is_libssl(Path::new(path))
+            && perms.contains('x')
+            && !out.iter().any(|c| c.in_root == Path::new(path))
+        {
+            out.push(TlsCandidate {
+                path: PathBuf::from(format!("/proc/{pid}/root{path}")),
+                in_root: PathBuf::from(path),
+                key,
+            });
         }
     }
     out
+}
+
+/// Whether a file's name is a `libssl` shared library's.
+fn is_libssl(path: &Path) -> bool {
+    path.file_name()
+        .and_then(|n| n.to_str())
+        .is_some_and(|n| n.starts_with("libssl.so") || n.starts_with("libssl-"))
+}
+
+/// A `/proc/<pid>/maps` line's device (`fd:01`, hex major:minor) and inode as a [`FileKey`].
+fn maps_key(dev: &str, inode: &str) -> Option<FileKey> {
+    let (major, minor) = dev.split_once(':')?;
+    let (major, minor) = (u32::from_str_radix(major, 16).ok()?, u32::from_str_radix(minor, 16).ok()?);
+    let inode: u64 = inode.parse().ok()?;
+    (inode != 0).then(|| (libc::makedev(major, minor), inode))
+}
+
+/// The host's `libssl` shared libraries (as the node's first process sees its root), one path
+/// per file: in the directories the dynamic loader searches by default and their multiarch
+/// subdirectories. They are probed before any process maps them, so that a process that
+/// starts and makes its TLS connection at once (`curl https://...` in a job) is read from its
+/// first call. Symbolic links to a file already found are left out.
+pub fn system_tls_libraries(root: &Path) -> Vec<TlsCandidate> {
+    use std::os::unix::fs::MetadataExt as _;
+    // /usr first: where /lib links to /usr/lib, a file's name is the one processes map it by.
+    const DIRS: [&str; 5] = ["/usr/lib", "/usr/lib64", "/lib", "/lib64", "/usr/local/lib"];
+    let mut dirs: Vec<PathBuf> = Vec::new();
+    for dir in DIRS {
+        dirs.push(PathBuf::from(dir));
+        let Ok(entries) = std::fs::read_dir(root.join(&dir[1..])) else { continue };
+        // Debian's multiarch directories (x86_64-linux-gnu, aarch64-linux-gnu).
+        dirs.extend(entries.flatten().filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            (name.contains("-linux-") && e.file_type().ok()?.is_dir()).then(|| PathBuf::from(dir).join(name))
+        }));
+    }
+    let mut seen: Vec<FileKey> = Vec::new();
+    let mut out = Vec::new();
+    for dir in dirs {
+        let Ok(entries) = std::fs::read_dir(root.join(dir.strip_prefix("/").unwrap_or(&dir))) else {
+            continue;
+        };
+        let mut names: Vec<PathBuf> = entries.flatten().map(|e| e.path()).filter(|p| is_libssl(p)).collect();
+        // Real files before the links to them (libssl.so.3 before libssl.so).
+        names.sort_by_key(|p| std::fs::symlink_metadata(p).is_ok_and(|m| m.file_type().is_symlink()));
+        for path in names {
+            let Ok(meta) = std::fs::metadata(&path) else { continue };
+            let key = (meta.dev(), meta.ino());
+            if !meta.is_file() || seen.contains(&key) {
+                continue;
+            }
+            seen.push(key);
+            let Some(name) = path.file_name() else { continue };
+            // On an overlay, `stat` names the overlay's inode, not the one a uprobe lands on.
+            let key = (!on_overlay(&path)).then_some(key);
+            out.push(TlsCandidate { in_root: dir.join(name), path, key });
+        }
+    }
+    out
+}
+
+/// Whether `path` is on an overlay file system (a container's root).
+fn on_overlay(path: &Path) -> bool {
+    use std::os::unix::ffi::OsStrExt as _;
+    const OVERLAYFS_SUPER_MAGIC: libc::c_long = 0x794c_7630;
+    let Ok(c) = std::ffi::CString::new(path.as_os_str().as_bytes()) else { return true };
+    // SAFETY: `c` is a NUL-terminated path and `buf` a statfs the call fills.
+    let mut buf: libc::statfs = unsafe { std::mem::zeroed() };
+    // An unknown file system is taken as an overlay: its files are then probed per process only.
+    unsafe { libc::statfs(c.as_ptr(), &mut buf) != 0 || buf.f_type as libc::c_long == OVERLAYFS_SUPER_MAGIC }
 }
 
 /// Inspects a file for OpenSSL's API: the file offsets of the functions to probe, or why not.
@@ -712,6 +812,56 @@ mod tests {
         }
         // A file without OpenSSL's API says so.
         assert!(inspect_tls(Path::new("/proc/self/exe")).is_err());
+    }
+
+    /// The host's libraries are found before any process maps them, once per file, by the name
+    /// processes map them by; a process that maps one names the same (device, inode).
+    #[test]
+    fn host_tls_libraries_are_found_as_processes_map_them() {
+        use std::os::unix::fs::MetadataExt as _;
+        let host = system_tls_libraries(Path::new("/"));
+        let Some(lib) = host.iter().find(|c| c.in_root.ends_with("libssl.so.3")) else {
+            return; // no OpenSSL 3 installed here
+        };
+        let meta = std::fs::metadata(&lib.path).unwrap();
+        assert_eq!(lib.key, Some((meta.dev(), meta.ino())), "{lib:?}");
+        // libssl.so links to libssl.so.3, and /lib to /usr/lib: one entry for the file.
+        let same = host.iter().filter(|c| c.key == lib.key).count();
+        assert_eq!(same, 1, "{host:?}");
+        assert!(host.iter().all(|c| is_libssl(&c.in_root) && c.path.is_file()), "{host:?}");
+        assert!(system_tls_libraries(Path::new("/nonexistent")).is_empty());
+
+        // A Python that imported ssl maps the library: the same file, by the same key.
+        let mut child = std::process::Command::new("python3")
+            .args(["-c", "import ssl, sys; print(flush=True); sys.stdin.read()"])
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .spawn()
+            .expect("python3");
+        let mut line = String::new();
+        std::io::BufRead::read_line(
+            &mut std::io::BufReader::new(child.stdout.as_mut().expect("stdout")),
+            &mut line,
+        )
+        .expect("python3 ready");
+        let found = tls_candidates(child.id());
+        drop(child.stdin.take());
+        let _ = child.wait();
+        assert!(found[0].path.ends_with("exe"), "the executable first: {found:?}");
+        assert!(found[0].key.is_some(), "{found:?}");
+        let mapped = found.iter().find(|c| c.key == lib.key);
+        let mapped = mapped.unwrap_or_else(|| panic!("{lib:?} among {found:?}"));
+        assert_eq!(mapped.in_root, lib.in_root, "{found:?}");
+        assert!(mapped.path.starts_with(format!("/proc/{}/root/", child.id())), "{mapped:?}");
+    }
+
+    #[test]
+    fn maps_devices_are_read_as_stat_names_them() {
+        assert_eq!(maps_key("fd:01", "1234"), Some((libc::makedev(0xfd, 1), 1234)));
+        assert_eq!(maps_key("103:0a", "7"), Some((libc::makedev(0x103, 0xa), 7)));
+        assert_eq!(maps_key("00:00", "0"), None, "anonymous mapping");
+        assert_eq!(maps_key("zz:01", "1"), None);
+        assert_eq!(maps_key("fd01", "1"), None);
     }
 
     #[test]

@@ -335,6 +335,8 @@ impl Session {
                     let watched = self.capture.is_watched(p.pid);
                     if watched {
                         self.check_runtime(p.pid)?;
+                    } else {
+                        self.forget_tls(p.pid);
                     }
                     return Ok(watched);
                 }
@@ -379,7 +381,9 @@ impl Session {
     fn check_runtime(&mut self, pid: u32) -> Result<(), CaptureError> {
         // An exec replaced whatever ran before (the kernel cleared its runtime bits).
         self.capture.forget_go(pid);
-        self.forget_tls(pid);
+        self.capture.exec_tls(pid);
+        self.tls_next.remove(&pid);
+        self.capture.prepare_tls(pid);
         self.check_tls(pid);
         let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap_or_default();
         if runtime::looks_like_nginx(&exe) {
