@@ -1541,6 +1541,78 @@ fn redis_commands_are_client_spans_of_their_request_without_keys_or_values() {
     drop(service);
 }
 
+/// A service backed by memcached through pymemcache: each command is a client span of the
+/// request it serves, named by it, with the values a read found (`db.response.returned_rows`: a
+/// miss is 0) and a server's error as the span's error; commands sent with `noreply` end where
+/// they were written; meta commands in quiet mode and the `mn` after them are one batch. Keys and
+/// values stay out of the spans.
+#[test]
+fn memcached_commands_are_client_spans_of_their_request_without_keys_or_values() {
+    let _g = serial();
+    require_root();
+    let server = Memcached::start();
+    // The service connects (and stores its values) before tracing starts.
+    let mut service = Peer::python("memcache_server.py", &[&server.port.to_string()]);
+    let port: u16 = service.port();
+    let rx = Receiver::start(vec![]);
+    let agent = RunAgent::start(&rx.endpoint(), &["--pid", &service.pid().to_string()]);
+    let base = format!("http://127.0.0.1:{port}");
+    assert_eq!(http_get(&format!("{base}/user?id=7")), (200, String::new()));
+    assert_eq!(http_get(&format!("{base}/many")), (200, "2".to_string()));
+    assert_eq!(http_get(&format!("{base}/big")), (200, "100000".to_string()));
+    assert_eq!(http_get(&format!("{base}/count")), (200, "2".to_string()));
+    assert_eq!(http_get(&format!("{base}/wrong")), (500, "MemcacheClientError".to_string()));
+    assert_eq!(http_get(&format!("{base}/meta")), (200, "VA 2\r\nhi\r\nMN\r\n".to_string()));
+    assert_eq!(http_get(&format!("{base}/fresh")), (200, String::new()));
+    let summary = agent.stop();
+    let spans = rx.spans();
+    let all = describe_spans(&spans);
+    assert_db_spans_hide(&spans, &["user:7", "alice", "xxxx", "mk"]);
+    let children_of = |path: &str| {
+        let children = db_children(&spans, path, server.port, &summary);
+        for c in &children {
+            assert_eq!(attr_str(c, "db.system.name").as_deref(), Some("memcached"), "{all:#?}");
+            assert_eq!(c.name, attr_str(c, "db.operation.name").unwrap_or_default(), "{all:#?}");
+        }
+        children
+    };
+    let rows = |s: &Span| attr_int(s, "db.response.returned_rows");
+    let ok = |s: &Span| s.status.as_ref().map_or(0, |st| st.code) != 2;
+    let names = |c: &[&Span]| c.iter().map(|s| s.name.clone()).collect::<Vec<_>>();
+
+    // A miss, then a set that asks for no reply: it ends where it was written.
+    let user = children_of("/user");
+    assert_eq!(names(&user), ["get", "set"], "{all:#?}");
+    assert_eq!(rows(user[0]), Some(0), "a miss");
+    assert_eq!(rows(user[1]), None);
+    assert_eq!(user[1].start_time_unix_nano, user[1].end_time_unix_nano, "noreply: {all:#?}");
+    let many = children_of("/many");
+    assert_eq!(names(&many), ["get"], "{all:#?}");
+    assert_eq!(rows(many[0]), Some(2), "two of three keys found");
+    // The 100,000-byte value (beyond the capture cap): skipped by its length.
+    let big = children_of("/big");
+    assert_eq!(names(&big), ["get"], "{all:#?}");
+    assert_eq!(rows(big[0]), Some(1));
+    assert_eq!(names(&children_of("/count")), ["set", "incr", "incr"], "{all:#?}");
+    let wrong = children_of("/wrong");
+    assert_eq!(names(&wrong), ["incr"], "{all:#?}");
+    assert_eq!(attr_str(wrong[0], "db.response.status_code").as_deref(), Some("CLIENT_ERROR"));
+    assert_eq!(attr_str(wrong[0], "error.type").as_deref(), Some("CLIENT_ERROR"));
+    assert!(!ok(wrong[0]), "an error span");
+    assert!(user.iter().chain(&many).all(|s| ok(s)));
+    // Quiet meta commands and their mn, in one write: one batch, which found one value.
+    let meta = children_of("/meta");
+    assert_eq!(names(&meta), ["BATCH"], "{all:#?}");
+    assert_eq!(attr_int(meta[0], "db.operation.batch.size"), Some(4));
+    assert_eq!(rows(meta[0]), Some(1));
+    assert_eq!(names(&children_of("/fresh")), ["get"], "{all:#?}");
+    assert_eq!(summary["memcached"]["unframed"], 0, "{summary}");
+    assert_eq!(summary["memcached"]["unpaired"], 0, "{summary}");
+    assert_eq!(summary["memcached"]["rejected"], 0, "{summary}");
+    assert!(summary["memcached"]["conns"].as_u64() >= Some(3), "{summary}");
+    drop(service);
+}
+
 /// A service backed by MariaDB through mysql-connector-python, and the `mariadb` command-line
 /// client (libmariadb): each statement is a client span of the request it serves, named by the
 /// database conventions, with every literal taken out of its text; a prepared statement's

@@ -538,6 +538,47 @@ impl Drop for Redis {
     }
 }
 
+/// A throwaway memcached server on 127.0.0.1; stopped when dropped.
+pub struct Memcached {
+    child: Child,
+    pub port: u16,
+}
+
+impl Memcached {
+    pub fn start() -> Memcached {
+        let port = free_port();
+        let child = Command::new("memcached")
+            .args(["-u", "nobody", "-l", "127.0.0.1", "-p", &port.to_string(), "-U", "0", "-m", "64"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("spawn memcached (Debian's memcached, installed by `cargo xtask setup`)");
+        let server = Memcached { child, port };
+        let deadline = Instant::now() + EVENT_TIMEOUT;
+        while !server.answers() {
+            assert!(Instant::now() < deadline, "memcached did not start");
+            thread::sleep(Duration::from_millis(20));
+        }
+        server
+    }
+
+    /// Whether it answers `version`.
+    fn answers(&self) -> bool {
+        use std::io::{Read as _, Write as _};
+        let Ok(mut s) = std::net::TcpStream::connect(("127.0.0.1", self.port)) else { return false };
+        let mut buf = [0u8; 64];
+        s.write_all(b"version\r\n").is_ok()
+            && s.read(&mut buf).is_ok_and(|n| buf[..n].starts_with(b"VERSION"))
+    }
+}
+
+impl Drop for Memcached {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
 /// A throwaway MariaDB server on 127.0.0.1 in a directory of its own, without grant tables
 /// (any user connects, as `app` does), offering TLS with the PEM files `cert` and `key`;
 /// stopped and removed when dropped.

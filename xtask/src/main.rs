@@ -94,6 +94,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
     ("redis-server", "redis-server"),
     // A real MariaDB server and its client, for the MySQL client spans.
     ("mariadbd", "mariadb-server"),
+    // A real memcached server, for the memcached client spans.
+    ("memcached", "memcached"),
     // Certificates for the HTTPS benchmark.
     ("openssl", "openssl"),
     // An HTTP/2 load generator (h2load), for the HTTP/2 benchmark and test.
@@ -102,8 +104,8 @@ const DEBIAN_PACKAGES: &[(&str, &str)] = &[
 
 /// PyPI packages the tests drive (pinned: the test checks the SDK's own spans), psycopg2
 /// (libpq, the usual PostgreSQL driver) for a service backed by a database, grpcio (gRPC's
-/// C core) for gRPC services, redis-py for a service backed by Redis, and mysql-connector-python
-/// (its pure-Python protocol) for one backed by MySQL.
+/// C core) for gRPC services, redis-py for a service backed by Redis, mysql-connector-python
+/// (its pure-Python protocol) for one backed by MySQL, and pymemcache for one backed by memcached.
 const PYPI_PACKAGES: &[&str] = &[
     "opentelemetry-sdk==1.45.2",
     "opentelemetry-exporter-otlp-proto-http==1.45.2",
@@ -111,6 +113,7 @@ const PYPI_PACKAGES: &[&str] = &[
     "grpcio==1.84.0",
     "redis==8.1.0",
     "mysql-connector-python==26.10.0",
+    "pymemcache==4.0.0",
 ];
 
 fn main() -> Result<()> {
@@ -206,12 +209,13 @@ fn setup() -> Result<()> {
             .env("DEBIAN_FRONTEND", "noninteractive"))?;
     }
     // The official OpenTelemetry Python SDK, for the test where an instrumented service and the
-    // agent share one trace; psycopg2, for the service backed by PostgreSQL; grpcio, for gRPC;
-    // redis-py, for the service backed by Redis.
+    // agent share one trace; the database drivers of the services backed by PostgreSQL, Redis,
+    // MySQL and memcached; grpcio, for gRPC.
     let sdk = Command::new("python3")
         .args([
             "-c",
-            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, psycopg2, grpc, redis",
+            "import opentelemetry.sdk, opentelemetry.exporter.otlp.proto.http, psycopg2, grpc, redis, \
+             mysql.connector, pymemcache",
         ])
         .stderr(Stdio::null())
         .status()

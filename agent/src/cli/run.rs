@@ -332,6 +332,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         stats.mysql.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let redis_json: serde_json::Map<String, serde_json::Value> =
         stats.redis.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let memcached_json: serde_json::Map<String, serde_json::Value> =
+        stats.memcached.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     let http2_json: serde_json::Map<String, serde_json::Value> =
         stats.h2.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     eprintln!(
@@ -346,6 +348,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "http2": http2_json,
             "postgres": postgres_json,
             "redis": redis_json,
+            "memcached": memcached_json,
             "mysql": mysql_json,
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
@@ -424,6 +427,11 @@ fn metrics_page(
             "tracewire_redis_events_total",
             "What the Redis correlation saw, by kind (conns, unframed, unpaired, subscribed...).",
             stats.redis.counts().to_vec(),
+        ),
+        (
+            "tracewire_memcached_events_total",
+            "What the memcached correlation saw, by kind (conns, rejected, unframed, unpaired...).",
+            stats.memcached.counts().to_vec(),
         ),
         (
             "tracewire_http2_events_total",

@@ -12,6 +12,7 @@
 //! client span is not guessed into a parent: it is marked `tracewire.link = unlinked`.
 pub mod fifo;
 pub mod http2;
+mod memcached;
 mod mysql;
 pub mod postgres;
 mod redis;
@@ -105,6 +106,8 @@ pub struct CorrelateStats {
     pub pg: postgres::PgStats,
     /// Redis client connections.
     pub redis: redis::RedisStats,
+    /// Memcached client connections.
+    pub memcached: memcached::MemcachedStats,
     /// MySQL and MariaDB client connections.
     pub mysql: mysql::MysqlStats,
     /// HTTP/2 connections.
@@ -289,6 +292,8 @@ struct Conn {
     book: Book,
     /// A database client connection's protocol state (its bytes skip the HTTP streams).
     db: Option<Database>,
+    /// What looked like a database protocol was not: no other is looked for.
+    not_db: bool,
     /// An HTTP/2 connection's protocol state (its bytes skip the HTTP/1 streams).
     h2: Option<Box<http2::Session>>,
 }
@@ -298,6 +303,7 @@ enum Database {
     Postgres(Box<postgres::Session>),
     Redis(Box<redis::Session>),
     Mysql(Box<mysql::Session>),
+    Memcached(Box<memcached::Session>),
 }
 
 impl Database {
@@ -306,7 +312,7 @@ impl Database {
         match self {
             Database::Postgres(s) => s.encrypted(),
             Database::Mysql(s) => s.encrypted(),
-            Database::Redis(_) => false,
+            Database::Redis(_) | Database::Memcached(_) => false,
         }
     }
 
@@ -315,7 +321,7 @@ impl Database {
         match self {
             Database::Postgres(s) => s.decrypted(),
             Database::Mysql(s) => s.decrypted(),
-            Database::Redis(_) => {}
+            Database::Redis(_) | Database::Memcached(_) => {}
         }
     }
 
@@ -325,6 +331,7 @@ impl Database {
             Database::Postgres(s) => s.reset(),
             Database::Redis(s) => s.reset(),
             Database::Mysql(s) => s.reset(),
+            Database::Memcached(s) => s.reset(),
         }
     }
 
@@ -333,6 +340,7 @@ impl Database {
             Database::Postgres(s) => s.read(data, gap, end_ns, sink),
             Database::Redis(s) => s.read(data, gap, end_ns, sink),
             Database::Mysql(s) => s.read(data, gap, end_ns, sink),
+            Database::Memcached(s) => s.read(data, gap, end_ns, sink),
         }
     }
 
@@ -341,6 +349,7 @@ impl Database {
             Database::Postgres(s) => s.write(data, gap, meta, sink),
             Database::Redis(s) => s.write(data, gap, meta, sink),
             Database::Mysql(s) => s.write(data, gap, meta, sink),
+            Database::Memcached(s) => s.write(data, gap, meta, sink),
         }
     }
 
@@ -349,13 +358,18 @@ impl Database {
             Database::Postgres(s) => s.close(at, sink),
             Database::Redis(s) => s.close(at, sink),
             Database::Mysql(s) => s.close(at, sink),
+            Database::Memcached(s) => s.close(at, sink),
         }
     }
 
     /// What looked like the start of this protocol was not (a MySQL greeting's header followed
-    /// by something else).
+    /// by something else, a memcached command answered by a Redis server).
     fn rejected(&self) -> bool {
-        matches!(self, Database::Mysql(s) if s.rejected())
+        match self {
+            Database::Mysql(s) => s.rejected(),
+            Database::Memcached(s) => s.rejected(),
+            Database::Postgres(_) | Database::Redis(_) => false,
+        }
     }
 
     /// Operations waiting for their answers.
@@ -365,12 +379,13 @@ impl Database {
             Database::Postgres(s) => s.waiting(),
             Database::Redis(s) => s.waiting(),
             Database::Mysql(s) => s.waiting(),
+            Database::Memcached(s) => s.waiting(),
         }
     }
 }
 
-/// A client connection's bytes that show a database protocol: PostgreSQL or Redis from a
-/// client's write, MySQL from a server's greeting (read whole, or its header alone) or a write of
+/// A client connection's bytes that show a database protocol: PostgreSQL, Redis or memcached
+/// from a client's write, MySQL from a server's greeting (read whole, or its header alone) or a write of
 /// one command. Counts the connection (a MySQL greeting when the session has read it).
 fn detect_database(
     d: &DataEvent,
@@ -378,7 +393,7 @@ fn detect_database(
     stats: &mut CorrelateStats,
     first_read: bool,
 ) -> Option<Database> {
-    use crate::protocol::{mysql as my, postgres as pg, redis as rd};
+    use crate::protocol::{memcached as mc, mysql as my, postgres as pg, redis as rd};
     let ingress = d.direction == DIR_INGRESS;
     let whole = d.captured == d.len;
     if ingress {
@@ -398,6 +413,10 @@ fn detect_database(
     if rd::detect(payload) {
         stats.redis.conns += 1;
         return Some(Database::Redis(Box::new(redis::Session::new())));
+    }
+    if mc::detect(payload) {
+        stats.memcached.conns += 1;
+        return Some(Database::Memcached(Box::new(memcached::Session::new())));
     }
     if my::is_command(payload, d.len) {
         stats.mysql.conns += 1;
@@ -1134,6 +1153,7 @@ impl Correlator {
                 resp: Stream::new(Side::Response),
                 book: Book::default(),
                 db: None,
+                not_db: false,
                 h2: None,
             }),
         );
@@ -1271,6 +1291,7 @@ impl Correlator {
         if conn.db.is_none()
             && conn.info.role == ROLE_CLIENT
             && !conn.book.had_http
+            && !conn.not_db
             && let Some(db) = detect_database(d, payload, &mut self.shared.stats, conn.book.strikes == 0)
         {
             conn.db = Some(db);
@@ -1291,6 +1312,7 @@ impl Correlator {
             }
             if db.rejected() {
                 conn.db = None;
+                conn.not_db = true;
             }
             return;
         }

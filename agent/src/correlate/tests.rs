@@ -1,4 +1,4 @@
-//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,mysql,postgres,redis}/*.events`) → expected spans
+//! Golden tests: recorded event streams (`agent/testdata/{http1,http2,memcached,mysql,postgres,redis}/*.events`) → expected spans
 //! (`*.spans`). Run with `UPDATE_GOLDEN=1` to rewrite the expected files after a deliberate
 //! change, then review the diff.
 //!
@@ -250,7 +250,7 @@ pub fn render(spans: &[SpanRecord]) -> String {
 #[test]
 fn golden_recordings() -> std::io::Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("testdata");
-    let mut entries: Vec<PathBuf> = ["http1", "http2", "mysql", "postgres", "redis"]
+    let mut entries: Vec<PathBuf> = ["http1", "http2", "memcached", "mysql", "postgres", "redis"]
         .iter()
         .flat_map(|d| fs::read_dir(root.join(d)).unwrap_or_else(|e| panic!("testdata/{d}: {e}")))
         .filter_map(|e| e.ok().map(|e| e.path()))
@@ -298,6 +298,9 @@ fn golden_recordings() -> std::io::Result<()> {
         }
         if stats.redis.conns != 0 {
             let _ = writeln!(actual, "# redis: {:?}", stats.redis);
+        }
+        if stats.memcached.conns != 0 {
+            let _ = writeln!(actual, "# memcached: {:?}", stats.memcached);
         }
         if stats.h2.conns != 0 {
             let _ = writeln!(actual, "# h2: {:?}", stats.h2);
@@ -595,6 +598,62 @@ fn random_redis_traffic_never_panics_and_every_operation_ends() {
     assert!(spans > 1000, "the operations that completed made spans ({spans}): {r:?}");
     assert_eq!(r.conns, 1);
     assert!(r.unframed > 0 && r.unpaired > 0, "the random bytes lost the framing at times: {r:?}");
+}
+
+/// Memcached commands (classic, noreply, quiet meta, storage with blocks), and response lines of
+/// every kind with values whose declared sizes sometimes lie.
+#[test]
+fn random_memcached_traffic_never_panics_and_every_operation_ends() {
+    let (c, spans) = random_client_traffic(
+        17,
+        b"version\r\n",
+        |rng, ingress, out| {
+            if ingress {
+                let lines: &[&[u8]] = &[
+                    b"END\r\n",
+                    b"STORED\r\n",
+                    b"NOT_FOUND\r\n",
+                    b"42\r\n",
+                    b"HD\r\n",
+                    b"EN\r\n",
+                    b"MN\r\n",
+                    b"STAT pid 1\r\n",
+                    b"SERVER_ERROR out of memory\r\n",
+                    b"CLIENT_ERROR bad\r\n",
+                ];
+                if rng.u8(..) < 80 {
+                    let size = rng.usize(0..30);
+                    let told = if rng.u8(..) < 8 { rng.usize(..1000) } else { size };
+                    let head = if rng.bool() { format!("VALUE k 0 {told}") } else { format!("VA {told} t") };
+                    out.extend(head.as_bytes());
+                    out.extend(b"\r\n");
+                    out.extend((0..size).map(|_| rng.u8(..)));
+                    out.extend(b"\r\n");
+                } else {
+                    out.extend(lines[rng.usize(..lines.len())]);
+                }
+                return;
+            }
+            let commands: &[&[u8]] = &[
+                b"get a\r\n",
+                b"get a b c\r\n",
+                b"set k 0 0 3\r\nabc\r\n",
+                b"set k 0 0 3 noreply\r\nabc\r\n",
+                b"incr n 1\r\n",
+                b"delete k noreply\r\n",
+                b"stats\r\n",
+                b"mg k v q\r\nmg j v q\r\nmn\r\n",
+                b"ms k 2 q\r\nhi\r\nmn\r\n",
+                b"mg k v\r\n",
+            ];
+            out.extend(commands[rng.usize(..commands.len())]);
+        },
+        super::memcached::MAX_OPS,
+    );
+    let m = c.stats().memcached;
+    assert!(spans > 1000, "the operations that completed made spans ({spans}): {m:?}");
+    assert_eq!((m.conns, m.rejected), (1, 0), "{m:?}");
+    assert!(m.unframed > 0 && m.unpaired > 0, "the random bytes lost the framing at times: {m:?}");
 }
 
 /// MySQL commands, and response packets of every kind (OK, ERR, EOF, column counts, rows) with

@@ -21,7 +21,11 @@ pub fn operation(s: &SpanRecord) -> String {
         _ => None,
     };
     if let Some(system) = get("db.system.name") {
-        let prefix = if system == "redis" { "REDIS" } else { "SQL" };
+        let prefix = match system {
+            "redis" => "REDIS",
+            "memcached" => "MEMCACHED",
+            _ => "SQL",
+        };
         // A statement whose text was not seen (prepared before tracing began) shows its name.
         return match get("db.query.text") {
             Some(text) => format!("{prefix} {text}"),
@@ -267,5 +271,12 @@ mod tests {
             ..SpanRecord::for_test([9; 16], 3, None)
         };
         assert_eq!(operation(&unseen), "SQL shop");
+        let get = SpanRecord {
+            kind: Kind::Client,
+            name: "get".into(),
+            attributes: vec![("db.system.name", Value::Str("memcached".into()))],
+            ..SpanRecord::for_test([9; 16], 4, None)
+        };
+        assert_eq!(operation(&get), "MEMCACHED get");
     }
 }

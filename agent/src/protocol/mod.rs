@@ -2,6 +2,7 @@
 pub mod hpack;
 pub mod http1;
 pub mod http2;
+pub mod memcached;
 pub mod mysql;
 pub mod postgres;
 pub mod redis;
