@@ -207,8 +207,7 @@ impl Session {
             return;
         }
         while let Some(mut op) = st.ops.pop_front() {
-            let answered = st.last_rx_ns >= op.meta.start_ns && st.last_rx_ns != 0;
-            let end = if answered { st.last_rx_ns } else { at.max(st.last_rx_ns) };
+            let (end, answered) = super::end_at_close(st.last_rx_ns, op.meta.start_ns, at);
             if !answered {
                 sink.g.stats.no_response += 1;
                 op.error = Some("no_response");

@@ -384,6 +384,14 @@ impl Database {
     }
 }
 
+/// Where a database operation still waiting when its connection closed (at `at`, 0: unknown)
+/// ends, and whether the server answered it: at the last byte read (`last_rx_ns`) if that came
+/// after the operation was sent (`start_ns`), else at the close, unanswered.
+fn end_at_close(last_rx_ns: u64, start_ns: u64, at: u64) -> (u64, bool) {
+    let answered = last_rx_ns >= start_ns && last_rx_ns != 0;
+    (if answered { last_rx_ns } else { at.max(last_rx_ns) }, answered)
+}
+
 /// A client connection's bytes that show a database protocol: PostgreSQL, Redis or memcached
 /// from a client's write, MySQL from a server's greeting (read whole, or its header alone) or a write of
 /// one command. Counts the connection (a MySQL greeting when the session has read it).

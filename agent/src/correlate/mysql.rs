@@ -254,8 +254,7 @@ impl Session {
         sink.g.stats.mysql.statements -= st.statements.len() as u64;
         st.statements.clear();
         if let Some(mut op) = st.op.take() {
-            let answered = st.last_rx_ns >= op.meta.start_ns && st.last_rx_ns != 0;
-            let end = if answered { st.last_rx_ns } else { at.max(st.last_rx_ns) };
+            let (end, answered) = super::end_at_close(st.last_rx_ns, op.meta.start_ns, at);
             if !answered {
                 op.failure = Some(Failure::NoResponse);
                 if matches!(op.command, Command::Statement { .. }) {

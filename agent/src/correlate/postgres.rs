@@ -343,8 +343,7 @@ impl State {
         sink.g.stats.pg.statements -= self.statements.len() as u64;
         self.statements.clear();
         while let Some(mut op) = self.ops.pop_front() {
-            let answered = self.last_rx_ns >= op.meta.start_ns && self.last_rx_ns != 0;
-            let end = if answered { self.last_rx_ns } else { at.max(self.last_rx_ns) };
+            let (end, answered) = super::end_at_close(self.last_rx_ns, op.meta.start_ns, at);
             if !answered {
                 sink.g.stats.no_response += 1;
                 op.failure = Some(Failure::NoResponse);
