@@ -358,3 +358,80 @@ fn http_zstd_bodies_arrive() {
     assert_eq!(rx.span_count(), 30);
     assert!(rx.headers().contains(&("content-encoding".into(), "zstd".into())));
 }
+
+// --- Request metrics ----------------------------------------------------------------------------
+
+/// Request metrics of `spans`, exported once next to them through `protocol`; returns the
+/// accounting (which must reconcile for both signals).
+fn export_metrics(
+    endpoint: String,
+    protocol: Protocol,
+    metrics_endpoint: Option<String>,
+    spans: &[SpanRecord],
+) -> Accounting {
+    use tracewire::export::request_metrics::RequestMetrics;
+    let acct = Arc::new(Mutex::new(Accounting::default()));
+    let cfg = OtlpConfig {
+        endpoint,
+        protocol,
+        metrics_endpoint,
+        backoff_base: Duration::from_millis(10),
+        timeout: Duration::from_secs(1),
+        max_retry_elapsed: Duration::from_secs(1),
+        ..OtlpConfig::default()
+    };
+    let mut exp = OtlpExporter::start(cfg, Arc::clone(&acct)).unwrap();
+    let mut res = resources();
+    let mut m = RequestMetrics::new(100, Duration::from_secs(60));
+    for s in spans {
+        m.record(s, &mut |pid| res.get(pid));
+    }
+    let (request, points) = m.otlp(3_000).expect("points");
+    exp.submit_metrics(&request, points);
+    acct.lock().unwrap().produced += spans.len() as u64;
+    exp.submit(spans.to_vec(), &mut res);
+    exp.shutdown(&mut res, Duration::from_secs(5));
+    let a = acct.lock().unwrap().clone();
+    assert_eq!(a.produced, a.exported + a.dropped_total(), "{a:?}");
+    assert_eq!(a.points.produced, a.points.exported + a.points.dropped, "{a:?}");
+    a
+}
+
+#[test]
+fn request_metrics_go_to_the_metrics_service_and_to_v1_metrics_next_to_the_spans() {
+    let mut spans = spans(7);
+    spans[0].attributes.push(("http.response.status_code", Value::Int(500)));
+    let rx = Receiver::start(vec![]);
+    let a = export_metrics(rx.endpoint(), Protocol::Grpc, Some(rx.endpoint()), &spans);
+    assert_eq!((a.exported, a.points.exported, a.points.dropped), (7, 2, 0), "{a:?}");
+    let mut counts: Vec<u64> = rx.histogram_points().iter().map(|p| p.count).collect();
+    counts.sort_unstable();
+    assert_eq!(counts, [1, 6]);
+    assert!(
+        rx.histogram_points()
+            .iter()
+            .all(|p| p.service == "svc" && p.metric == "http.server.request.duration")
+    );
+
+    let rx = HttpReceiver::start(vec![]);
+    let metrics_url = rx.url().replace("/v1/traces", "/v1/metrics");
+    let a = export_metrics(rx.url(), Protocol::HttpProtobuf, Some(metrics_url), &spans);
+    assert_eq!((a.exported, a.points.exported), (7, 2), "{a:?}");
+    assert_eq!(rx.histogram_points().iter().map(|p| p.count).sum::<u64>(), 7);
+    assert_eq!(rx.span_count(), 7, "metrics are not read as spans");
+}
+
+#[test]
+fn request_metrics_that_cannot_be_sent_are_counted_apart_from_spans() {
+    // A metrics endpoint that answers 404: not retryable, the points are dropped; the spans,
+    // sent to their own path, are all exported.
+    let rx = HttpReceiver::start(vec![]);
+    let nowhere = rx.url().replace("/v1/traces", "/nowhere");
+    let a = export_metrics(rx.url(), Protocol::HttpProtobuf, Some(nowhere), &spans(3));
+    assert_eq!((a.exported, a.dropped_total()), (3, 0), "{a:?}");
+    assert_eq!((a.points.exported, a.points.dropped), (0, 1), "{a:?}");
+    assert!(a.points.last_error.as_deref().is_some_and(|e| e.contains("404")), "{a:?}");
+    // No metrics endpoint: nothing is produced.
+    let a = export_metrics(rx.url(), Protocol::HttpProtobuf, None, &spans(3));
+    assert_eq!(a.points, Default::default());
+}

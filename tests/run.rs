@@ -379,8 +379,14 @@ fn spans_over_otlp_http_protobuf() {
     let summary = agent.stop();
     assert_eq!(rx.span_count(), 10, "{summary}");
     assert_eq!(summary["otlp"]["exported"], 10);
-    // The base endpoint was completed with /v1/traces, as the specification says.
-    assert!(rx.paths().iter().all(|p| p == "/v1/traces"), "{:?}", rx.paths());
+    // The base endpoint was completed with /v1/traces, as the specification says, and with
+    // /v1/metrics for the request metrics (exported at exit: the period is a minute).
+    let paths = rx.paths();
+    assert!(paths.iter().all(|p| p == "/v1/traces" || p == "/v1/metrics"), "{paths:?}");
+    assert!(paths.iter().any(|p| p == "/v1/metrics"), "{paths:?}");
+    let points = rx.histogram_points();
+    assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 10, "{points:?}");
+    assert_eq!(summary["otlp"]["metric_points"]["exported"], points.len(), "{summary}");
 }
 
 #[test]
@@ -1236,6 +1242,115 @@ fn metrics_and_health_are_served_while_tracing() {
     assert_eq!(http_get(&format!("http://{maddr}/nothing-here")).0, 404);
     let summary = agent.stop();
     assert_eq!(summary["spans"], 4, "{summary}");
+}
+
+/// The line of a Prometheus page for `family` whose labels include every one of `labels`.
+fn prom_value(page: &str, family: &str, labels: &[&str]) -> Option<f64> {
+    page.lines()
+        .filter(|l| l.starts_with(&format!("{family}{{")))
+        .find(|l| labels.iter().all(|want| l.contains(want)))
+        .and_then(|l| l.rsplit_once(' '))
+        .and_then(|(_, v)| v.parse().ok())
+}
+
+/// Request metrics: every request is counted, by method, status and route, with its duration,
+/// whatever sampling keeps of its trace (tail sampling keeps none here); on `/metrics` and over
+/// OTLP, periodically and at exit.
+#[test]
+fn request_metrics_count_every_request_whatever_sampling_keeps() {
+    let _g = serial();
+    require_root();
+    let (server, port) = python_server("127.0.0.1");
+    let rx = Receiver::start(vec![]);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_tracewire"));
+    cmd.env("OTEL_METRIC_EXPORT_INTERVAL", "300").args([
+        "run",
+        "--print",
+        "none",
+        "--status-interval",
+        "0",
+        "--otlp-endpoint",
+        &rx.endpoint(),
+        "--otlp-protocol",
+        "grpc",
+        "--pid",
+        &server.pid().to_string(),
+        "--metrics-addr",
+        &maddr,
+        "--route",
+        "/status/{code}",
+        "--tail-ratio",
+        "0",
+    ]);
+    let agent = RunAgent::spawn(cmd);
+    let mut want = vec![];
+    for (path, status, n) in [("/bytes/1", 200, 5), ("/status/404", 404, 3), ("/status/503", 503, 2)] {
+        for _ in 0..n {
+            assert_eq!(http_get(&format!("http://127.0.0.1:{port}{path}")).0, status);
+        }
+        want.push((status, n));
+    }
+    let family = "http_server_request_duration_seconds_count";
+    let status_label = |s: u16| format!("http_response_status_code=\"{s}\"");
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let (_, page) = http_get(&format!("http://{maddr}/metrics"));
+        if want.iter().all(|(s, n)| prom_value(&page, family, &[&status_label(*s)]) == Some(*n as f64)) {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "the page never counted the requests:\n{page}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // Labelled with the service and the conventions' attributes; the route where one matched;
+    // a 5xx is an error; the path of an unrouted request is no label.
+    let common = ["service_name=\"http_server\"", "http_request_method=\"GET\""];
+    let routed = [common[0], common[1], "http_route=\"/status/{code}\"", "error_type=\"503\""];
+    assert_eq!(prom_value(&page, family, &routed), Some(2.0), "{page}");
+    assert!(!page.contains("/bytes/1"), "{page}");
+    assert_eq!(
+        prom_value(
+            &page,
+            "http_server_request_duration_seconds_bucket",
+            &[&status_label(200), "le=\"+Inf\""]
+        ),
+        Some(5.0),
+        "{page}"
+    );
+    assert!(page.contains("tracewire_request_metrics_spans_total{outcome=\"recorded\"} 10"), "{page}");
+    // Exported over OTLP every 300 ms while running (not only at exit).
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while rx.histogram_points().iter().filter(|p| p.metric == "http.server.request.duration").count() < 3 {
+        assert!(Instant::now() < deadline, "no metrics exported while running");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let summary = agent.stop();
+    assert_eq!(summary["spans"], 10, "{summary}");
+    assert_eq!(summary["request_metrics"]["recorded"], 10, "{summary}");
+    assert_eq!(summary["request_metrics"]["overflowed"], 0, "{summary}");
+    // Tail sampling kept no trace: the metrics counted what no exported span shows.
+    assert!(rx.spans().is_empty(), "{summary}");
+    let points = &summary["otlp"]["metric_points"];
+    assert_eq!(points["dropped"], 0, "{summary}");
+    assert_eq!(points["produced"], points["exported"], "{summary}");
+    // The last export, at exit, has every request; cumulative points keep their start.
+    let received = rx.histogram_points();
+    for (status, n) in want {
+        let of_status: Vec<_> = received
+            .iter()
+            .filter(|p| {
+                p.metric == "http.server.request.duration"
+                    && p.attributes.get("http.response.status_code") == Some(&status.to_string())
+            })
+            .collect();
+        let last = of_status.last().expect("points of each status");
+        assert_eq!((last.service.as_str(), last.count, last.bucket_total), ("http_server", n, n), "{last:?}");
+        assert!(
+            of_status.iter().all(|p| p.start_ns == last.start_ns && p.time_ns >= p.start_ns),
+            "{of_status:?}"
+        );
+        assert_eq!(last.attributes.get("http.request.method").map(String::as_str), Some("GET"));
+    }
 }
 
 /// Puts kernel.pid_max back when dropped.

@@ -139,6 +139,8 @@ pub struct Output {
     pub otlp_json: Option<PathBuf>,
     /// Address of the `/metrics` and `/healthz` server.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Request metrics (duration histograms) on `/metrics` and over OTLP (default true).
+    pub request_metrics: Option<bool>,
 }
 
 /// A configuration file that could not be used.
@@ -190,7 +192,7 @@ mod tests {
             "select:\n  exe: [nginx, 'python3*']\n  ports: [8080]\ncapture:\n  payload_cap: 8192\n\
              routes:\n  patterns: ['/users/{id}']\n  heuristic: true\n\
              otlp:\n  endpoint: http://collector:4318\n  headers: {authorization: Bearer x}\n  compression: gzip\n\
-             output:\n  print: none\n",
+             output:\n  print: none\n  request_metrics: false\n",
             "t.yaml",
         )
         .unwrap();
@@ -202,6 +204,7 @@ mod tests {
         assert_eq!(c.otlp.endpoint.as_deref(), Some("http://collector:4318"));
         assert_eq!(c.otlp.headers.get("authorization").map(String::as_str), Some("Bearer x"));
         assert_eq!(c.output.print.as_deref(), Some("none"));
+        assert_eq!(c.output.request_metrics, Some(false));
         assert_eq!(parse("", "e.yaml").unwrap(), FileConfig::default());
     }
 

@@ -141,6 +141,10 @@ struct RunArgs {
     /// /healthz: 503 once the capture loop stalls) on this address, e.g. 127.0.0.1:9464.
     #[arg(long)]
     metrics_addr: Option<std::net::SocketAddr>,
+    /// Do not measure request durations (the http/rpc/db duration histograms on /metrics and
+    /// over OTLP).
+    #[arg(long)]
+    no_request_metrics: bool,
 }
 
 impl RunArgs {
@@ -193,6 +197,11 @@ fn env_first(names: &[&str]) -> Option<String> {
 }
 
 impl RunArgs {
+    /// Whether request durations are measured.
+    fn request_metrics(&self, file: &FileConfig) -> bool {
+        !self.no_request_metrics && file.output.request_metrics.unwrap_or(true)
+    }
+
     fn otlp(&self, file: &FileConfig) -> anyhow::Result<Option<tracewire::export::otlp::OtlpConfig>> {
         use tracewire::export::otlp::{OtlpConfig, Protocol, TlsFiles, parse_headers};
         // The per-signal variable is a full URL; the generic one and the flag are a base that
@@ -277,7 +286,27 @@ impl RunArgs {
                 &file.otlp.client_key,
             ),
         };
+        // Metrics follow the traces unless OTEL_METRICS_EXPORTER says otherwise: the per-signal
+        // variable is a full URL; a base is completed with /v1/metrics, as traces are with
+        // /v1/traces; a full trace URL ending in /v1/traces gives its sibling.
+        let metrics_endpoint = match env_first(&["OTEL_METRICS_EXPORTER"]).as_deref().map(str::trim) {
+            _ if !self.request_metrics(file) => None,
+            Some("none") => None,
+            Some("otlp") | None => match protocol {
+                Protocol::Grpc => Some(endpoint.clone()),
+                Protocol::HttpProtobuf => env_first(&["OTEL_EXPORTER_OTLP_METRICS_ENDPOINT"])
+                    .or_else(|| endpoint.strip_suffix("/v1/traces").map(|base| format!("{base}/v1/metrics"))),
+            },
+            Some(other) => anyhow::bail!("OTEL_METRICS_EXPORTER={other}: use otlp or none"),
+        };
+        if metrics_endpoint.is_none() && protocol == Protocol::HttpProtobuf && self.request_metrics(file) {
+            log::info!(
+                "request metrics are not exported over OTLP: the trace endpoint {endpoint} does not end in \
+                 /v1/traces and OTEL_EXPORTER_OTLP_METRICS_ENDPOINT is unset"
+            );
+        }
         let mut config = OtlpConfig {
+            metrics_endpoint,
             endpoint,
             protocol,
             tls,
@@ -512,6 +541,12 @@ fn run(command: Command, file: &FileConfig) -> anyhow::Result<()> {
                 shutdown_deadline: Duration::from_secs(5),
                 trace_idle: Duration::from_millis(args.trace_idle_ms),
                 metrics_addr: args.metrics_addr.or(file.output.metrics_addr),
+                request_metrics: match args.request_metrics(file) {
+                    false => None,
+                    true => Some(tracewire::cli::run::RequestMetricsConfig::from_env(|name| {
+                        std::env::var(name).ok()
+                    })?),
+                },
             };
             tracewire::cli::run::run(options, out, stop_flag()?)?;
             Ok(())

@@ -5,7 +5,7 @@ Prints "port N" once listening. GET /bytes/N answers with N bytes of body; GET
 sendmsg() of five buffers (head in three pieces, body in two), /gather/HOW/N/2 of two (head,
 body), /gather/HOW/N/2/C of two with a body of N bytes C (by default "a"s then "b"s); GET
 /after-close waits for the client to close its end, then answers "ok" in one write; GET /traceparent
-with the traceparent headers it received, joined by "|"; POST with "<body bytes> " followed by
+with the traceparent headers it received, joined by "|"; GET /status/N with status N; POST with "<body bytes> " followed by
 the same; anything else with "ok". Keep-alive (HTTP/1.1), one thread per connection, or with
 "fork" one child process per connection (the parent accepts, the child serves). Usage:
 http_server.py [HOST] [fork]
@@ -37,6 +37,9 @@ class Handler(BaseHTTPRequestHandler):
             self.after_close()
             return
         body = b"ok\n"
+        if self.path.startswith("/status/"):
+            self.reply(body, int(self.path.split("/")[2]))
+            return
         if self.path.startswith("/bytes/"):
             body = b"x" * int(self.path.split("?")[0].split("/")[2])
         elif self.path == "/traceparent":
@@ -58,8 +61,8 @@ class Handler(BaseHTTPRequestHandler):
         self.connection.sendall(b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\n\r\nok\n")
         self.close_connection = True
 
-    def reply(self, body):
-        self.send_response(200)
+    def reply(self, body, status=200):
+        self.send_response(status)
         self.send_header("Content-Type", "text/plain")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()

@@ -10,6 +10,10 @@ use std::{
 };
 
 use opentelemetry_proto::tonic::{
+    collector::metrics::v1::{
+        ExportMetricsServiceRequest, ExportMetricsServiceResponse,
+        metrics_service_server::{MetricsService, MetricsServiceServer},
+    },
     collector::trace::v1::{
         ExportTracePartialSuccess, ExportTraceServiceRequest, ExportTraceServiceResponse,
         trace_service_server::{TraceService, TraceServiceServer},
@@ -35,12 +39,25 @@ pub enum Answer {
 struct State {
     script: VecDeque<Answer>,
     received: Vec<ExportTraceServiceRequest>,
+    /// Metrics exports (accepted, never scripted).
+    metrics: Vec<ExportMetricsServiceRequest>,
     attempts: u64,
     headers: Vec<(String, String)>,
 }
 
 #[derive(Clone, Default)]
 struct Svc(Arc<Mutex<State>>);
+
+#[tonic::async_trait]
+impl MetricsService for Svc {
+    async fn export(
+        &self,
+        request: Request<ExportMetricsServiceRequest>,
+    ) -> Result<Response<ExportMetricsServiceResponse>, Status> {
+        self.0.lock().unwrap().metrics.push(request.into_inner());
+        Ok(Response::new(ExportMetricsServiceResponse { partial_success: None }))
+    }
+}
 
 #[tonic::async_trait]
 impl TraceService for Svc {
@@ -109,6 +126,7 @@ impl Receiver {
         let rt = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
         let state = Arc::new(Mutex::new(State { script: script.into(), ..State::default() }));
         let svc = Svc(Arc::clone(&state));
+        let metrics_svc = svc.clone();
         let listener = rt.block_on(tokio::net::TcpListener::bind("127.0.0.1:0")).unwrap();
         let addr = listener.local_addr().unwrap();
         rt.spawn(async move {
@@ -120,6 +138,11 @@ impl Receiver {
             builder
                 .add_service(
                     TraceServiceServer::new(svc)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
+                        .accept_compressed(tonic::codec::CompressionEncoding::Zstd),
+                )
+                .add_service(
+                    MetricsServiceServer::new(metrics_svc)
                         .accept_compressed(tonic::codec::CompressionEncoding::Gzip)
                         .accept_compressed(tonic::codec::CompressionEncoding::Zstd),
                 )
@@ -137,6 +160,11 @@ impl Receiver {
     /// Every span received, with its resource's service.name.
     pub fn spans(&self) -> Vec<(String, Span)> {
         spans_of(&self.state.lock().unwrap().received)
+    }
+
+    /// Every histogram point received, with its resource's service.name and its metric's name.
+    pub fn histogram_points(&self) -> Vec<HistogramPoint> {
+        histogram_points_of(&self.state.lock().unwrap().metrics)
     }
 
     /// Whether a span with this `url.path` was received (without copying every span).
@@ -221,6 +249,8 @@ pub enum HttpAnswer {
 struct HttpState {
     script: VecDeque<HttpAnswer>,
     received: Vec<ExportTraceServiceRequest>,
+    /// Posts to /v1/metrics (accepted, never scripted).
+    metrics: Vec<ExportMetricsServiceRequest>,
     attempts: u64,
     paths: Vec<String>,
     headers: Vec<(String, String)>,
@@ -300,6 +330,27 @@ impl HttpReceiver {
                                     "zstd" => zstd::decode_all(&body[..]).unwrap(),
                                     _ => body.to_vec(),
                                 };
+                                if path != "/v1/traces" && path != "/v1/metrics" {
+                                    st.lock().unwrap().paths.push(path);
+                                    return Ok(hyper::Response::builder()
+                                        .status(404)
+                                        .body(Full::new(Bytes::new()))
+                                        .unwrap());
+                                }
+                                if path == "/v1/metrics" {
+                                    let mut s = st.lock().unwrap();
+                                    s.paths.push(path);
+                                    s.metrics
+                                        .push(ExportMetricsServiceRequest::decode(body.as_slice()).unwrap());
+                                    let resp = ExportMetricsServiceResponse { partial_success: None };
+                                    return Ok::<_, std::convert::Infallible>(
+                                        hyper::Response::builder()
+                                            .status(200)
+                                            .header("content-type", "application/x-protobuf")
+                                            .body(Full::new(Bytes::from(resp.encode_to_vec())))
+                                            .unwrap(),
+                                    );
+                                }
                                 let answer = {
                                     let mut s = st.lock().unwrap();
                                     s.attempts += 1;
@@ -370,6 +421,11 @@ impl HttpReceiver {
         spans_of(&self.state.lock().unwrap().received)
     }
 
+    /// Every histogram point received, with its resource's service.name and its metric's name.
+    pub fn histogram_points(&self) -> Vec<HistogramPoint> {
+        histogram_points_of(&self.state.lock().unwrap().metrics)
+    }
+
     pub fn span_count(&self) -> usize {
         let s = self.state.lock().unwrap();
         s.received
@@ -413,6 +469,64 @@ fn spans_of(received: &[ExportTraceServiceRequest]) -> Vec<(String, Span)> {
             for ss in &rs.scope_spans {
                 for sp in &ss.spans {
                     out.push((service.clone(), sp.clone()));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// A histogram data point as received: the resource's service.name, the metric's name, its
+/// attributes as text, and its count.
+#[derive(Debug, Clone)]
+pub struct HistogramPoint {
+    pub service: String,
+    pub metric: String,
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub count: u64,
+    pub bucket_total: u64,
+    pub start_ns: u64,
+    pub time_ns: u64,
+}
+
+fn histogram_points_of(received: &[ExportMetricsServiceRequest]) -> Vec<HistogramPoint> {
+    use opentelemetry_proto::tonic::{common::v1::any_value::Value as V, metrics::v1::metric::Data};
+    let text = |v: &Option<opentelemetry_proto::tonic::common::v1::AnyValue>| match v
+        .as_ref()
+        .and_then(|v| v.value.as_ref())
+    {
+        Some(V::StringValue(s)) => s.clone(),
+        Some(V::IntValue(i)) => i.to_string(),
+        Some(V::BoolValue(b)) => b.to_string(),
+        other => format!("{other:?}"),
+    };
+    let mut out = Vec::new();
+    for req in received {
+        for rm in &req.resource_metrics {
+            let service = rm
+                .resource
+                .as_ref()
+                .and_then(|r| r.attributes.iter().find(|a| a.key == "service.name"))
+                .map(|a| text(&a.value))
+                .unwrap_or_default();
+            for sm in &rm.scope_metrics {
+                for m in &sm.metrics {
+                    let Some(Data::Histogram(h)) = &m.data else { continue };
+                    for p in &h.data_points {
+                        out.push(HistogramPoint {
+                            service: service.clone(),
+                            metric: m.name.clone(),
+                            attributes: p
+                                .attributes
+                                .iter()
+                                .map(|kv| (kv.key.clone(), text(&kv.value)))
+                                .collect(),
+                            count: p.count,
+                            bucket_total: p.bucket_counts.iter().sum(),
+                            start_ns: p.start_time_unix_nano,
+                            time_ns: p.time_unix_nano,
+                        });
+                    }
                 }
             }
         }

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use crate::{
     correlate::Correlator,
     events::{Event, clock::Clock, decode, record},
-    export::encode::EncodedSpans,
+    export::{encode::EncodedSpans, request_metrics::RequestMetrics},
     metadata::{ProcessInfo, Resources},
     sampling::tail::{TailConfig, TailSampler},
 };
@@ -94,6 +94,14 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
     // on a clock that moves 1 ms a batch and decided once idle for 50 ms; then what a held span
     // costs in memory, all held at once.
     let n_tail = all_spans.len();
+    // The request metrics alone over those spans: their time per span (also in every pass below).
+    let started = Instant::now();
+    let mut red = RequestMetrics::new(4096, Duration::from_secs(120));
+    for s in &all_spans {
+        red.record(s, &mut |pid| resources.get(pid));
+    }
+    let red_secs = started.elapsed().as_secs_f64();
+    let red_series = red.series();
     let cfg = TailConfig {
         errors: true,
         latency: Some(Duration::from_millis(500)),
@@ -140,6 +148,7 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
     while passes < min_passes.max(1) || start.elapsed() < min_time {
         let pass_started = Instant::now();
         let mut c = Correlator::new(Clock::with_offset(0), 1 << 16);
+        let mut red = RequestMetrics::new(4096, Duration::from_secs(120));
         let mut batch = EncodedSpans::for_batch(batch_size);
         // As the exporter does: spans encoded as they come, the request framed per batch.
         let mut flush = |batch: &mut EncodedSpans, resources: &mut Resources| {
@@ -159,6 +168,8 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
                 events += 1;
             }
             for s in c.take_spans() {
+                // As the agent does: every span measured, then encoded.
+                red.record(&s, &mut |pid| resources.get(pid));
                 batch.push(&s);
                 if batch.len() >= batch_size {
                     flush(&mut batch, &mut resources);
@@ -167,6 +178,7 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
         }
         c.close_all();
         for s in c.take_spans() {
+            red.record(&s, &mut |pid| resources.get(pid));
             batch.push(&s);
         }
         flush(&mut batch, &mut resources);
@@ -188,6 +200,8 @@ pub fn replay(path: &Path, min_time: Duration, min_passes: u64) -> anyhow::Resul
         "otlp_gzip_bytes_per_span": if gz_spans > 0 { gz_bytes as f64 / gz_spans as f64 } else { 0.0 },
         "batch_spans": batch_size,
         "tail_spans": n_tail,
+        "request_metrics_ns_per_span": if n_tail > 0 { red_secs * 1e9 / n_tail as f64 } else { 0.0 },
+        "request_metrics_series": red_series,
         "tail_traces_kept": tail_kept,
         "tail_ns_per_span": if n_tail > 0 { tail_secs * 1e9 / n_tail as f64 } else { 0.0 },
         "tail_bytes_per_held_span": if held > 0 { rss_held.saturating_sub(rss_after) as f64 / held as f64 } else { 0.0 },

@@ -23,6 +23,7 @@ use crate::{
         json::JsonFile,
         metrics::{Metrics, Page},
         otlp::{OtlpConfig, OtlpExporter},
+        request_metrics::RequestMetrics,
         waterfall::{self, Waterfall},
     },
     metadata::Resources,
@@ -54,6 +55,40 @@ pub struct RunOutput {
     pub trace_idle: Duration,
     /// Serve `/metrics` and `/healthz` here.
     pub metrics_addr: Option<std::net::SocketAddr>,
+    /// Measure request durations (on `/metrics`, and over OTLP when it has a metrics endpoint).
+    pub request_metrics: Option<RequestMetricsConfig>,
+}
+
+/// Request metrics settings.
+#[derive(Debug, Clone)]
+pub struct RequestMetricsConfig {
+    /// Attribute sets held in all; beyond, they go to overflow series.
+    pub max_series: usize,
+    /// How long an exited process's series stay (for the last scrape and export to see them).
+    pub retain: Duration,
+    /// Period of the OTLP export.
+    pub export_interval: Duration,
+}
+
+impl RequestMetricsConfig {
+    /// The defaults, with the export period from `OTEL_METRIC_EXPORT_INTERVAL` (ms, read through
+    /// `var`; 60000 as in the SDKs).
+    pub fn from_env(var: impl Fn(&str) -> Option<String>) -> anyhow::Result<Self> {
+        let export_interval = match var("OTEL_METRIC_EXPORT_INTERVAL").filter(|v| !v.trim().is_empty()) {
+            None => Duration::from_secs(60),
+            Some(v) => match v.trim().parse::<u64>() {
+                Ok(ms) if ms > 0 => Duration::from_millis(ms),
+                _ => anyhow::bail!("OTEL_METRIC_EXPORT_INTERVAL={v}: a positive number of milliseconds"),
+            },
+        };
+        Ok(RequestMetricsConfig {
+            // ~0.4 KiB each: under 2 MiB in all.
+            max_series: 4096,
+            // Two exports, and more than a Prometheus scrape interval.
+            retain: (export_interval * 2).max(Duration::from_secs(120)),
+            export_interval,
+        })
+    }
 }
 
 /// What a run produced, printed as JSON on stderr at exit (`tracewire: summary {...}`).
@@ -227,12 +262,16 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     let mut own = OwnSockets::default();
     let mut sampled_out = 0u64;
     let mut tail = out.tail.clone().map(|cfg| TailSampler::new(cfg, Instant::now()));
+    let mut red = out.request_metrics.as_ref().map(|c| RequestMetrics::new(c.max_series, c.retain));
+    let mut last_metrics_export = Instant::now();
+    let mut last_forget = Instant::now();
     // Polls left once stopping: what the ring holds is read before connections are closed.
     let mut drain = session.drain_polls();
     loop {
         let stopping = stop.load(Ordering::Relaxed) || out.duration.is_some_and(|d| started.elapsed() >= d);
         let timeout = if stopping { Duration::ZERO } else { Duration::from_millis(20) };
         let resources = &mut sinks.resources;
+        let exits_before = exited.len();
         let read = session.poll(timeout, |ev| {
             match ev {
                 Event::Conn(c) if EventKind::try_from(c.header.kind) == Ok(EventKind::ConnOpen) => {
@@ -253,6 +292,16 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             }
             correlator.on_event(ev);
         })?;
+        if let Some(r) = &mut red {
+            let now = Instant::now();
+            for pid in &exited[exits_before..] {
+                r.exited(*pid, now);
+            }
+            if last_forget.elapsed() >= Duration::from_secs(1) {
+                last_forget = now;
+                r.forget_exited(now);
+            }
+        }
         if stopping {
             drain = drain.saturating_sub(1);
         }
@@ -261,6 +310,13 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             correlator.close_all();
         }
         let mut spans = correlator.take_spans();
+        if let Some(r) = &mut red {
+            // Every request counts, whatever sampling keeps of its trace.
+            let resources = &mut sinks.resources;
+            for s in &spans {
+                r.record(s, &mut |pid| resources.get(pid));
+            }
+        }
         // Head sampling: a trace not sampled where it started is not exported anywhere.
         let before = spans.len();
         spans.retain(|s| s.flags & crate::protocol::traceparent::FLAG_SAMPLED != 0);
@@ -278,6 +334,14 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         }
         if let Some(o) = &mut sinks.otlp {
             o.tick(&mut sinks.resources);
+            if let (Some(r), Some(c)) = (&red, &out.request_metrics)
+                && (last_metrics_export.elapsed() >= c.export_interval || last)
+            {
+                last_metrics_export = Instant::now();
+                if let Some((request, points)) = r.otlp(wall_ns()) {
+                    o.submit_metrics(&request, points);
+                }
+            }
         }
         sinks.print_traces(last);
         if let Some(m) = &metrics {
@@ -285,7 +349,14 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
                 last_metrics = Some(Instant::now());
                 let counts = Counts { own_skipped: own.skipped, sampled_out };
-                m.publish(metrics_page(&session, &correlator, &accounting, tail.as_ref(), &counts)?);
+                m.publish(metrics_page(
+                    &session,
+                    &correlator,
+                    &accounting,
+                    tail.as_ref(),
+                    red.as_ref(),
+                    &counts,
+                )?);
             }
         }
         if last {
@@ -321,6 +392,10 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "produced": a.produced, "exported": a.exported, "retries": a.retries,
             "dropped": a.dropped.iter().map(|(r, n)| (r.name(), *n)).collect::<HashMap<_, _>>(),
             "last_error": a.last_error,
+            "metric_points": {
+                "produced": a.points.produced, "exported": a.points.exported, "dropped": a.points.dropped,
+                "last_error": a.points.last_error,
+            },
         })
     });
     let mut http_json: serde_json::Map<String, serde_json::Value> =
@@ -342,6 +417,13 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "spans": summary.spans,
             "sampled_out": sampled_out,
             "tail": summary.tail.as_ref().map(tail_json),
+            "request_metrics": red.as_ref().map(|r| {
+                let s = r.stats();
+                json!({
+                    "recorded": s.recorded, "overflowed": s.overflowed, "not_measured": s.not_measured,
+                    "series": r.series(), "series_forgotten": s.series_forgotten,
+                })
+            }),
             "otlp": otlp_json,
             "json_written": summary.json_written,
             "http": http_json,
@@ -368,6 +450,11 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     Ok(summary)
 }
 
+/// Now, in ns since the Unix epoch.
+fn wall_ns() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
+}
+
 /// Loop-local counts the metrics page shows.
 struct Counts {
     own_skipped: u64,
@@ -380,6 +467,7 @@ fn metrics_page(
     correlator: &Correlator,
     accounting: &Mutex<Accounting>,
     tail: Option<&TailSampler>,
+    red: Option<&RequestMetrics>,
     counts: &Counts,
 ) -> anyhow::Result<String> {
     let mut p = Page::default();
@@ -486,6 +574,37 @@ fn metrics_page(
             "Spans waiting for their trace to finish.",
             t.held() as f64,
         );
+    }
+    {
+        let a = accounting.lock().unwrap_or_else(|e| e.into_inner());
+        let name = "tracewire_otlp_metric_points_total";
+        p.family(
+            name,
+            "counter",
+            "Request-metric data points handed to the OTLP exporter, exported and dropped.",
+        );
+        p.sample(name, &[("outcome", "produced")], a.points.produced as f64);
+        p.sample(name, &[("outcome", "exported")], a.points.exported as f64);
+        p.sample(name, &[("outcome", "dropped")], a.points.dropped as f64);
+    }
+    if let Some(r) = red {
+        let s = r.stats();
+        let name = "tracewire_request_metrics_spans_total";
+        p.family(
+            name,
+            "counter",
+            "Spans measured by the request metrics (overflowed: into an overflow series), or not.",
+        );
+        p.sample(name, &[("outcome", "recorded")], s.recorded as f64);
+        p.sample(name, &[("outcome", "overflowed")], s.overflowed as f64);
+        p.sample(name, &[("outcome", "not_measured")], s.not_measured as f64);
+        p.single(
+            "tracewire_request_metrics_series",
+            "gauge",
+            "Attribute sets the request metrics hold.",
+            r.series() as f64,
+        );
+        r.prometheus(&mut p);
     }
     if let Ok(stat) = procfs::process::Process::myself().and_then(|me| me.stat()) {
         let ticks = procfs::ticks_per_second() as f64;

@@ -6,6 +6,7 @@ pub mod encode;
 pub mod json;
 pub mod metrics;
 pub mod otlp;
+pub mod request_metrics;
 pub mod retry;
 pub mod transform;
 pub mod waterfall;
@@ -54,6 +55,23 @@ pub struct Accounting {
     pub last_error: Option<String>,
     /// Set at shutdown: retries stop at this instant.
     pub shutdown_deadline: Option<Instant>,
+    /// The request metrics' data points, accounted apart from spans.
+    pub points: PointAccounting,
+}
+
+/// Data-point accounting of the request metrics' exports: `produced = exported + dropped` once
+/// nothing is in flight. A point is one series' histogram at one export (cumulative: a dropped
+/// point loses no request, the next export carries its counts).
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+pub struct PointAccounting {
+    /// Points handed to the exporter.
+    pub produced: u64,
+    /// Points the backend accepted.
+    pub exported: u64,
+    /// Points dropped (queue full, refused, retries exhausted, shutdown).
+    pub dropped: u64,
+    /// The last export error.
+    pub last_error: Option<String>,
 }
 
 impl Accounting {

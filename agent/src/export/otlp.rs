@@ -15,7 +15,7 @@ use hyper_util::{
     rt::TokioExecutor,
 };
 use log::warn;
-use opentelemetry_proto::tonic::collector::trace::v1::ExportTraceServiceResponse;
+use opentelemetry_proto::tonic::collector::metrics::v1::ExportMetricsServiceRequest;
 use prost::{Message as _, bytes::BufMut as _};
 use tonic::{
     codec::CompressionEncoding,
@@ -116,6 +116,9 @@ pub struct OtlpConfig {
     pub max_retry_elapsed: Duration,
     /// First backoff step.
     pub backoff_base: Duration,
+    /// Where request metrics go, when they are exported: OTLP/HTTP's full URL (`…/v1/metrics`);
+    /// for gRPC, the trace endpoint (metrics take the same channel).
+    pub metrics_endpoint: Option<String>,
 }
 
 impl Default for OtlpConfig {
@@ -140,6 +143,7 @@ impl Default for OtlpConfig {
             concurrency: 4,
             max_retry_elapsed: Duration::from_secs(30),
             backoff_base: Duration::from_millis(100),
+            metrics_endpoint: None,
         }
     }
 }
@@ -181,17 +185,31 @@ pub fn parse_headers(s: &str) -> Vec<(String, String)> {
     crate::metadata::parse_resource_attributes(s).unwrap_or_default()
 }
 
-struct Batch {
-    /// The encoded `ExportTraceServiceRequest`: encoded once, sent as is by every attempt.
-    request: Bytes,
-    spans: u64,
+/// What a request carries.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Signal {
+    Traces,
+    Metrics,
 }
 
-/// A batch on its way to the exporter thread, which frames it as a request.
-struct Queued {
-    spans: EncodedSpans,
-    /// The resource of every process in the batch.
-    resources: Vec<(u32, Arc<ProcessInfo>)>,
+struct Batch {
+    /// The encoded export request: encoded once, sent as is by every attempt.
+    request: Bytes,
+    /// Spans, or data points.
+    items: u64,
+    signal: Signal,
+}
+
+/// A request on its way to the exporter thread.
+enum Queued {
+    /// Spans, which the exporter thread frames as a request.
+    Spans {
+        spans: EncodedSpans,
+        /// The resource of every process in the batch.
+        resources: Vec<(u32, Arc<ProcessInfo>)>,
+    },
+    /// Request metrics, encoded.
+    Metrics { request: Bytes, points: u64 },
 }
 
 /// Spans encoded into the next request as they are submitted. A request is cut when it holds
@@ -313,12 +331,26 @@ impl OtlpExporter {
             lock(&self.accounting).count_drop(DropReason::Shutdown, n);
             return;
         };
-        if tx.try_send(Queued { spans, resources }).is_err() {
+        if tx.try_send(Queued::Spans { spans, resources }).is_err() {
             let mut a = lock(&self.accounting);
             if a.dropped(DropReason::QueueFull) == 0 {
                 warn!("OTLP export queue full: dropping spans (counted as queue_full)");
             }
             a.count_drop(DropReason::QueueFull, n);
+        }
+    }
+
+    /// Queues an export of request metrics (a no-op without a metrics endpoint). A full queue
+    /// drops it, counted: the next export carries the same cumulative counts.
+    pub fn submit_metrics(&mut self, request: &ExportMetricsServiceRequest, points: u64) {
+        if self.config.metrics_endpoint.is_none() {
+            return;
+        }
+        let mut a = lock(&self.accounting);
+        a.points.produced += points;
+        let queued = Queued::Metrics { request: Bytes::from(request.encode_to_vec()), points };
+        if self.tx.as_ref().is_none_or(|tx| tx.try_send(queued).is_err()) {
+            a.points.dropped += points;
         }
     }
 
@@ -355,7 +387,8 @@ type HttpsClient = HttpClient<HttpsConnector<HttpConnector>, Full<Bytes>>;
 enum Transport {
     Grpc(tonic::client::Grpc<tonic::transport::Channel>),
     // Boxed: the HTTP client is much larger than the gRPC one, and transports are cloned per send.
-    Http(Box<(HttpsClient, hyper::Uri)>),
+    // The URIs of traces and of metrics.
+    Http(Box<(HttpsClient, hyper::Uri, Option<hyper::Uri>)>),
 }
 
 /// The result of one attempt.
@@ -367,7 +400,13 @@ enum Outcome {
 }
 
 impl Transport {
-    async fn attempt(&mut self, cfg: &OtlpConfig, request: &Bytes, timeout: Duration) -> Outcome {
+    async fn attempt(
+        &mut self,
+        cfg: &OtlpConfig,
+        signal: Signal,
+        request: &Bytes,
+        timeout: Duration,
+    ) -> Outcome {
         match self {
             Transport::Grpc(client) => {
                 let mut req = tonic::Request::new(request.clone());
@@ -384,15 +423,16 @@ impl Transport {
                     client
                         .unary(
                             req,
-                            tonic::codegen::http::uri::PathAndQuery::from_static(EXPORT_PATH),
+                            tonic::codegen::http::uri::PathAndQuery::from_static(match signal {
+                                Signal::Traces => EXPORT_PATH,
+                                Signal::Metrics => METRICS_EXPORT_PATH,
+                            }),
                             Encoded,
                         )
                         .await
                 };
                 match sent.await {
-                    Ok(resp) => Outcome::Accepted(
-                        resp.into_inner().partial_success.map_or(0, |p| p.rejected_spans.max(0) as u64),
-                    ),
+                    Ok(resp) => Outcome::Accepted(resp.into_inner().rejected()),
                     Err(status) => {
                         let hint = retry::retry_info(status.details());
                         Outcome::Failed(
@@ -402,13 +442,47 @@ impl Transport {
                     }
                 }
             }
-            Transport::Http(h) => http_attempt(&h.0, &h.1, cfg, request, timeout).await,
+            Transport::Http(h) => {
+                let uri = match signal {
+                    Signal::Traces => &h.1,
+                    Signal::Metrics => match &h.2 {
+                        Some(u) => u,
+                        None => return Outcome::Failed(retry::Verdict::Drop, "no metrics endpoint".into()),
+                    },
+                };
+                http_attempt(&h.0, uri, cfg, request, timeout).await
+            }
         }
     }
 }
 
 /// The OTLP trace export method.
 const EXPORT_PATH: &str = "/opentelemetry.proto.collector.trace.v1.TraceService/Export";
+/// The OTLP metrics export method.
+const METRICS_EXPORT_PATH: &str = "/opentelemetry.proto.collector.metrics.v1.MetricsService/Export";
+
+/// An export response of either signal: every OTLP `Export*ServiceResponse` is field 1, a partial
+/// success whose field 1 counts what was rejected (`rejected_spans`, `rejected_data_points`)
+/// and field 2 says why.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ExportResponse {
+    #[prost(message, optional, tag = "1")]
+    partial_success: Option<PartialSuccess>,
+}
+
+#[derive(Clone, PartialEq, prost::Message)]
+struct PartialSuccess {
+    #[prost(int64, tag = "1")]
+    rejected: i64,
+    #[prost(string, tag = "2")]
+    error_message: String,
+}
+
+impl ExportResponse {
+    fn rejected(&self) -> u64 {
+        self.partial_success.as_ref().map_or(0, |p| p.rejected.max(0) as u64)
+    }
+}
 
 /// A gRPC codec that sends an already encoded request and decodes the response with prost.
 #[derive(Clone, Copy, Default)]
@@ -416,7 +490,7 @@ struct Encoded;
 
 impl tonic::codec::Codec for Encoded {
     type Encode = Bytes;
-    type Decode = ExportTraceServiceResponse;
+    type Decode = ExportResponse;
     type Encoder = Encoded;
     type Decoder = Encoded;
 
@@ -440,14 +514,14 @@ impl tonic::codec::Encoder for Encoded {
 }
 
 impl tonic::codec::Decoder for Encoded {
-    type Item = ExportTraceServiceResponse;
+    type Item = ExportResponse;
     type Error = tonic::Status;
 
     fn decode(
         &mut self,
         src: &mut tonic::codec::DecodeBuf<'_>,
-    ) -> Result<Option<ExportTraceServiceResponse>, tonic::Status> {
-        ExportTraceServiceResponse::decode(src)
+    ) -> Result<Option<ExportResponse>, tonic::Status> {
+        ExportResponse::decode(src)
             .map(Some)
             .map_err(|e| tonic::Status::internal(format!("decoding the export response: {e}")))
     }
@@ -519,11 +593,7 @@ async fn http_attempt(
         _ => Bytes::new(),
     };
     if (200..300).contains(&status) {
-        let rejected = ExportTraceServiceResponse::decode(bytes.as_ref())
-            .ok()
-            .and_then(|r| r.partial_success)
-            .map_or(0, |p| p.rejected_spans.max(0) as u64);
-        return Outcome::Accepted(rejected);
+        return Outcome::Accepted(ExportResponse::decode(bytes.as_ref()).map_or(0, |r| r.rejected()));
     }
     Outcome::Failed(retry::classify_http(status, hint), format!("HTTP {status}"))
 }
@@ -562,7 +632,19 @@ async fn send_loop(
                 .https_or_http()
                 .enable_http1()
                 .build();
-            Transport::Http(Box::new((HttpClient::builder(TokioExecutor::new()).build(connector), uri)))
+            let metrics_uri = match cfg.metrics_endpoint.as_deref().map(str::parse::<hyper::Uri>) {
+                Some(Ok(u)) => Some(u),
+                Some(Err(e)) => {
+                    warn!("OTLP metrics endpoint {:?}: {e}", cfg.metrics_endpoint);
+                    None
+                }
+                None => None,
+            };
+            Transport::Http(Box::new((
+                HttpClient::builder(TokioExecutor::new()).build(connector),
+                uri,
+                metrics_uri,
+            )))
         }
     };
     let permits = Arc::new(tokio::sync::Semaphore::new(cfg.concurrency.max(1)));
@@ -590,16 +672,44 @@ const MAX_REQUEST_BYTES: usize = 3 << 20;
 
 /// A queued batch as the request body every attempt sends.
 fn frame(queued: Queued) -> Batch {
+    let (spans, resources) = match queued {
+        Queued::Spans { spans, resources } => (spans, resources),
+        Queued::Metrics { request, points } => {
+            return Batch { request, items: points, signal: Signal::Metrics };
+        }
+    };
     let mut lookup = |pid: u32| {
-        queued.resources.iter().find(|(p, _)| *p == pid).map(|(_, r)| Arc::clone(r)).unwrap_or_else(|| {
+        resources.iter().find(|(p, _)| *p == pid).map(|(_, r)| Arc::clone(r)).unwrap_or_else(|| {
             Arc::new(ProcessInfo { service_name: format!("pid-{pid}"), attributes: Vec::new(), pid })
         })
     };
-    let spans = queued.spans.len() as u64;
-    Batch { request: queued.spans.into_request(&mut lookup), spans }
+    let items = spans.len() as u64;
+    Batch { request: spans.into_request(&mut lookup), items, signal: Signal::Traces }
 }
 
-/// Sends one batch, retrying per the OTLP rules, and accounts for every span in it.
+/// Accounts for a batch that is done: `exported` of its items were accepted, the rest dropped
+/// for `reason`.
+fn settle(a: &mut Accounting, batch: &Batch, exported: u64, reason: DropReason, error: Option<String>) {
+    let dropped = batch.items - exported;
+    match batch.signal {
+        Signal::Traces => {
+            a.exported += exported;
+            a.count_drop(reason, dropped);
+            if error.is_some() {
+                a.last_error = error;
+            }
+        }
+        Signal::Metrics => {
+            a.points.exported += exported;
+            a.points.dropped += dropped;
+            if error.is_some() {
+                a.points.last_error = error;
+            }
+        }
+    }
+}
+
+/// Sends one batch, retrying per the OTLP rules, and accounts for every item in it.
 async fn send_one(mut transport: Transport, cfg: &OtlpConfig, batch: Batch, accounting: &Mutex<Accounting>) {
     let mut rng = fastrand::Rng::new();
     let started = Instant::now();
@@ -608,16 +718,15 @@ async fn send_one(mut transport: Transport, cfg: &OtlpConfig, batch: Batch, acco
         let deadline = lock(accounting).shutdown_deadline;
         let left = deadline.map(|d| d.saturating_duration_since(Instant::now()));
         if left == Some(Duration::ZERO) {
-            lock(accounting).count_drop(DropReason::Shutdown, batch.spans);
+            settle(&mut lock(accounting), &batch, 0, DropReason::Shutdown, None);
             break;
         }
         let timeout = left.map_or(cfg.timeout, |l| l.min(cfg.timeout));
-        let (verdict, error) = match transport.attempt(cfg, &batch.request, timeout).await {
+        let (verdict, error) = match transport.attempt(cfg, batch.signal, &batch.request, timeout).await {
             Outcome::Accepted(rejected) => {
-                let rejected = rejected.min(batch.spans);
+                let rejected = rejected.min(batch.items);
                 let mut a = lock(accounting);
-                a.exported += batch.spans - rejected;
-                a.count_drop(DropReason::Rejected, rejected);
+                settle(&mut a, &batch, batch.items - rejected, DropReason::Rejected, None);
                 a.requests_ok += 1;
                 break;
             }
@@ -641,14 +750,11 @@ async fn send_one(mut transport: Transport, cfg: &OtlpConfig, batch: Batch, acco
             Some(w) => {
                 let mut a = lock(accounting);
                 let reason = if budget_spent(w) { DropReason::RetryExhausted } else { DropReason::Shutdown };
-                a.count_drop(reason, batch.spans);
-                a.last_error = Some(error);
+                settle(&mut a, &batch, 0, reason, Some(error));
                 break;
             }
             None => {
-                let mut a = lock(accounting);
-                a.count_drop(DropReason::Rejected, batch.spans);
-                a.last_error = Some(error);
+                settle(&mut lock(accounting), &batch, 0, DropReason::Rejected, Some(error));
                 break;
             }
         }
@@ -678,7 +784,7 @@ mod tests {
                 let info =
                     |pid| Arc::new(ProcessInfo { service_name: "s".into(), attributes: Vec::new(), pid });
                 let resources = spans.pids().into_iter().map(|pid| (pid, info(pid))).collect();
-                frame(Queued { spans, resources })
+                frame(Queued::Spans { spans, resources })
             };
             for s in &spans {
                 if let Some(full) = b.push(s) {
@@ -701,7 +807,7 @@ mod tests {
                 .flat_map(|ss| &ss.spans)
                 .map(|s| s.span_id[0])
                 .collect();
-            assert_eq!(ids.len() as u64, r.spans);
+            assert_eq!(ids.len() as u64, r.items);
             ids
         };
         // By size: a request ends with the span that reaches the limit.
@@ -718,7 +824,7 @@ mod tests {
         assert_eq!(ids, (0..40u8).collect::<Vec<_>>(), "every span once");
         // By count.
         let requests = run(16, usize::MAX);
-        assert_eq!(requests.iter().map(|r| r.spans).collect::<Vec<_>>(), [16, 16, 8]);
+        assert_eq!(requests.iter().map(|r| r.items).collect::<Vec<_>>(), [16, 16, 8]);
         // Within a request, a process's spans keep their order.
         let first = decode(&requests[0]);
         assert_eq!(first[..6], [0, 3, 6, 9, 12, 15], "pid 7's spans first, in order");
