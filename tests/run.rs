@@ -719,8 +719,9 @@ fn an_sdk_instrumented_service_and_the_agent_make_one_trace() {
     // agent traces the two uninstrumented services behind it.
     let mut gw = Peer::python("sdk_gateway.py", &[&rx.url(), &format!("http://127.0.0.1:{mid_port}")]);
     let gw_port: u16 = gw.port();
+    // A base endpoint, which the agent completes with /v1/traces (and /v1/metrics).
     let agent = RunAgent::start(
-        &rx.url(),
+        &format!("http://{}", rx.addr),
         &[
             "--otlp-protocol",
             "http/protobuf",
