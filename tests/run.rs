@@ -1354,6 +1354,76 @@ fn request_metrics_count_every_request_whatever_sampling_keeps() {
     }
 }
 
+/// A connection no protocol is read on (a binary protocol, a broker's) is muted in the kernel
+/// once userspace gives up on it: its bytes stop being copied and sent to the agent, while an
+/// HTTP server traced alongside goes on being traced.
+#[test]
+fn a_connection_no_protocol_is_read_on_is_muted_in_the_kernel() {
+    use std::io::{Read as _, Write as _};
+    let _g = serial();
+    require_root();
+    let (http, http_port) = python_server("127.0.0.1");
+    let mut echo = Peer::python("binary_echo.py", &["127.0.0.1"]);
+    let echo_port = echo.port();
+    let rx = Receiver::start(vec![]);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let agent = RunAgent::start(
+        &rx.endpoint(),
+        &["--pid", &http.pid().to_string(), "--pid", &echo.pid().to_string(), "--metrics-addr", &maddr],
+    );
+    for i in 0..3 {
+        curl(&format!("http://127.0.0.1:{http_port}/bytes/{i}"), &[]);
+    }
+    let mut conn = std::net::TcpStream::connect(("127.0.0.1", echo_port)).expect("connect");
+    let mut round_trip = |n: usize| {
+        let mut frame = [0u8; 64];
+        for i in 0..n {
+            frame[0] = 0xfe; // not a request line
+            frame[1] = i as u8;
+            conn.write_all(&frame).unwrap();
+            conn.read_exact(&mut frame).unwrap();
+        }
+    };
+    let page = || http_get(&format!("http://{maddr}/metrics")).1;
+    let kernel = |page: &str, name: &str| {
+        prom_value(page, "tracewire_kernel_events_total", &[&format!("counter=\"{name}\"")]).unwrap_or(-1.0)
+    };
+    // Frames go back and forth until the kernel has muted the connection.
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let before = loop {
+        round_trip(8);
+        let p = page();
+        if kernel(&p, "muted") == 1.0 {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the connection was never muted:\n{p}");
+    };
+    let events_before = kernel(&before, "events_out");
+    // 4000 more calls on the server's side: none is reported.
+    round_trip(2000);
+    for i in 3..6 {
+        curl(&format!("http://127.0.0.1:{http_port}/bytes/{i}"), &[]);
+    }
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let after = loop {
+        let p = page();
+        if p.lines().any(|l| l == "tracewire_spans_total 6") {
+            break p;
+        }
+        assert!(Instant::now() < deadline, "the HTTP server's spans never came:\n{p}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    // The three requests' events (opens, reads, writes, closes) and nothing of the echo's.
+    let added = kernel(&after, "events_out") - events_before;
+    assert!(added < 40.0, "{added} events after muting ({events_before} before):\n{after}");
+    drop(conn);
+    let summary = agent.stop();
+    assert_eq!(summary["spans"], 6, "{summary}");
+    assert_eq!(summary["http"]["non_http_conns"], 1, "{summary}");
+    assert_eq!(summary["http"]["muted_conns"], 1, "{summary}");
+    assert_eq!(summary["kernel"]["muted"], 1, "{summary}");
+}
+
 /// Puts kernel.pid_max back when dropped.
 struct PidMax(u32);
 

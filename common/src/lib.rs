@@ -24,6 +24,8 @@ pub mod maps {
     pub const INJECT_ON: &str = "INJECT_ON";
     /// Listening TCP sockets of watched processes, keyed by [`crate::fd_key`].
     pub const LISTENERS: &str = "LISTENERS";
+    /// Connections userspace reads no protocol on (see [`crate::ConnState::muted`]).
+    pub const MUTED: &str = "MUTED";
     /// Parent tgid of processes forked while watched.
     pub const PARENTS: &str = "PARENTS";
     /// Syscalls in flight (entered, not yet returned), keyed by pid_tgid.
@@ -56,6 +58,9 @@ pub const DEFAULT_MAX_CONNS: u32 = 65_536;
 pub const MAX_LISTENERS: u32 = 8_192;
 /// In-flight syscalls (one per thread at most).
 pub const MAX_ACTIVE: u32 = 16_384;
+/// Connections userspace muted and the kernel has not looked up yet ([`ConnState::muted`]): an
+/// LRU, so the oldest requests are forgotten (their connections go on being reported).
+pub const MAX_MUTED: u32 = 8_192;
 /// Threads whose server context is remembered.
 pub const MAX_THREAD_CTX: u32 = 16_384;
 /// Port filter entries.
@@ -506,8 +511,15 @@ pub struct ConnState {
     /// whose bytes are ciphertext from the first (a TLS library over memory buffers, one that is
     /// not probed) is marked [`TLS_HANDSHAKING`] there, and its socket calls are not reported.
     pub looked: u8,
+    /// 1 once userspace said it reads no protocol on this connection ([`maps::MUTED`] holds its
+    /// generation): its bytes are no longer reported.
+    pub muted: u8,
+    /// Calls reported (wrapping): [`maps::MUTED`] is looked up at the 4th, 8th, ... 128th of
+    /// every 256, so a muted connection stops within twice the calls it took userspace to say so,
+    /// and the others pay a lookup on 6 calls in 256.
+    pub reports: u8,
     /// Reserved.
-    pub _pad: [u8; 5],
+    pub _pad: [u8; 3],
 }
 const _: () = assert!(size_of::<ConnState>() == 168);
 
@@ -883,10 +895,13 @@ pub enum Counter {
     /// Socket calls of TLS connections (ciphertext), left unreported: their plaintext is reported
     /// from the library's calls.
     TlsCiphertext = 34,
+    /// Connections muted: userspace reads no protocol on them (not HTTP, HTTP/2 or a database
+    /// it knows, or a tunnel), so their bytes are no longer copied and reported.
+    Muted = 35,
 }
 
 /// Number of counters.
-pub const COUNTER_COUNT: u32 = 35;
+pub const COUNTER_COUNT: u32 = 36;
 
 impl Counter {
     /// All counters, in index order.
@@ -926,6 +941,7 @@ impl Counter {
         Counter::TlsCallsFull,
         Counter::TlsNoConn,
         Counter::TlsCiphertext,
+        Counter::Muted,
     ];
 
     /// Stable snake_case name used in logs and JSON.
@@ -966,6 +982,7 @@ impl Counter {
             Counter::TlsCallsFull => "tls_calls_full",
             Counter::TlsNoConn => "tls_no_conn",
             Counter::TlsCiphertext => "tls_ciphertext",
+            Counter::Muted => "muted",
         }
     }
 }

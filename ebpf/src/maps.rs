@@ -6,8 +6,8 @@ use aya_ebpf::{
 };
 use tracewire_common::{
     ActiveCall, COUNTER_COUNT, CallParent, ConnState, DEFAULT_MAX_CONNS, DEFAULT_RING_BYTES, GoKey, GoProc,
-    ListenerState, MAX_ACTIVE, MAX_CGROUPS, MAX_GOROUTINES, MAX_LISTENERS, MAX_PORTS, MAX_THREAD_CTX,
-    MAX_TLS_SESSIONS, SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx, TlsCall, TlsKey,
+    ListenerState, MAX_ACTIVE, MAX_CGROUPS, MAX_GOROUTINES, MAX_LISTENERS, MAX_MUTED, MAX_PORTS,
+    MAX_THREAD_CTX, MAX_TLS_SESSIONS, SCRATCH_BYTES, SockAddr, TcpCtxEntry, ThreadCtx, TlsCall, TlsKey,
 };
 
 #[map]
@@ -27,6 +27,12 @@ const BPF_F_MMAPABLE: u32 = 1 << 10;
 
 #[map]
 pub static CONNS: HashMap<u64, ConnState> = HashMap::with_max_entries(DEFAULT_MAX_CONNS, 0);
+
+/// Connections userspace reads no protocol on, by `fd_key`: the generation it gave up on. The
+/// kernel marks the connection [`ConnState::muted`] when it next looks (see
+/// [`ConnState::reports`]) and reports nothing more of it.
+#[map]
+pub static MUTED: LruHashMap<u64, u64> = LruHashMap::with_max_entries(MAX_MUTED, 0);
 
 #[map]
 pub static LISTENERS: HashMap<u64, ListenerState> = HashMap::with_max_entries(MAX_LISTENERS, 0);

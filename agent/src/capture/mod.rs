@@ -33,7 +33,7 @@ pub use error::CaptureError;
 use log::{debug, info, warn};
 use tracewire_common::{
     CFG_INJECT, CFG_PARENT_BASED, CFG_SKIP_UNSAMPLED, CFG_SOCKET_LIFECYCLE, CFG_TCP_OPTION, COUNTER_COUNT,
-    Config, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc,
+    Config, ConnId, ConnState, Counter, DEFAULT_MAX_CONNS, DEFAULT_PAYLOAD, DEFAULT_RING_BYTES, GoProc,
     ListenerState, MAX_PAYLOAD, ROLE_CLIENT, SAMPLE_ALL, SELECT_ALL, SELECT_WATCHED, SockAddr, WATCH_CLIENTS,
     WATCH_GO, WATCH_GO_TLS, WATCH_HANDOFF, WATCH_SELECTED, WATCH_TLS, fd_key, maps,
 };
@@ -1116,6 +1116,18 @@ impl Capture {
             let _ = self.watched.set(tgid, WATCH_CLIENTS);
         }
         self.conns.insert(fd_key(tgid, fd), state, 0).map_err(CaptureError::Map)
+    }
+
+    /// Asks the kernel to report nothing more of these connections: userspace reads no protocol
+    /// on them. Returns how many requests the map took (an LRU: a full one forgets its oldest).
+    pub fn mute(&mut self, conns: &[ConnId]) -> usize {
+        let Some(m) = self.ebpf.map_mut(maps::MUTED) else {
+            return 0;
+        };
+        let Ok(mut muted) = HashMap::<&mut MapData, u64, u64>::try_from(m) else {
+            return 0;
+        };
+        conns.iter().filter(|c| muted.insert(fd_key(c.tgid, c.fd), c.generation, 0).is_ok()).count()
     }
 
     /// Stops tracking a connection (its process exited).

@@ -186,6 +186,14 @@ impl Session {
         self.recorder = Some(recorder);
     }
 
+    /// Mutes connections no span will come of (see `Capture::mute`).
+    pub fn mute(&mut self, conns: &[tracewire_common::ConnId]) {
+        let written = self.capture.mute(conns);
+        if written < conns.len() {
+            debug!("{} of {} connections not muted (map update failed)", conns.len() - written, conns.len());
+        }
+    }
+
     /// The underlying capture.
     pub fn capture(&self) -> &Capture {
         &self.capture

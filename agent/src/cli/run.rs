@@ -309,6 +309,10 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         if last {
             correlator.close_all();
         }
+        let mutes = correlator.take_mutes();
+        if !mutes.is_empty() {
+            session.mute(&mutes);
+        }
         let mut spans = correlator.take_spans();
         if let Some(r) = &mut red {
             // Every request counts, whatever sampling keeps of its trace.

@@ -55,6 +55,14 @@ pub const MAX_PENDING: usize = 64;
 /// Invalid messages before a connection that never carried HTTP is ignored.
 const NON_HTTP_STRIKES: u8 = 2;
 
+/// Events a client connection given up on as not HTTP still gets looked at for a database
+/// protocol (one open before tracing began may first show mid-stream) before it is muted.
+const CLIENT_MUTE_AFTER: u8 = 32;
+
+/// Connections waiting to be muted in the kernel; more are counted (`mute_queue_full`) and go
+/// on being reported.
+const MAX_MUTE_QUEUE: usize = 4096;
+
 /// Counters of the correlator, by reason.
 #[derive(Debug, Default, Clone)]
 pub struct CorrelateStats {
@@ -64,6 +72,10 @@ pub struct CorrelateStats {
     pub invalid: BTreeMap<&'static str, u64>,
     /// Connections recognised as not HTTP and skipped.
     pub non_http_conns: u64,
+    /// Connections handed to the kernel to mute: no protocol read on them (see `take_mutes`).
+    pub muted_conns: u64,
+    /// Connections not muted because the queue to the kernel was full.
+    pub mute_queue_full: u64,
     /// Connections read in plain text through their TLS library.
     pub tls_conns: u64,
     /// Responses with no request seen (tracing started mid-exchange).
@@ -125,9 +137,11 @@ impl CorrelateStats {
     }
 
     /// The scalar counters by name, as the summary and the metrics page report them.
-    pub fn counts(&self) -> [(&'static str, u64); 17] {
+    pub fn counts(&self) -> [(&'static str, u64); 19] {
         [
             ("non_http_conns", self.non_http_conns),
+            ("muted_conns", self.muted_conns),
+            ("mute_queue_full", self.mute_queue_full),
             ("tls_conns", self.tls_conns),
             ("unpaired_responses", self.unpaired_responses),
             ("no_response", self.no_response),
@@ -281,6 +295,10 @@ struct Book {
     had_http: bool,
     strikes: u8,
     ignored: bool,
+    /// Events seen since the connection was ignored (clients: see [`CLIENT_MUTE_AFTER`]).
+    unread: u8,
+    /// Handed to the kernel to mute.
+    muted: bool,
     /// The kernel span id the last request took (each turn's context serves one request).
     kernel_span: Option<[u8; 8]>,
 }
@@ -512,6 +530,8 @@ struct Shared {
     /// MySQL servers whose greeting said which they are (`mariadb`, `mysql`), by address: what
     /// connections open before tracing began, which showed no greeting, are named by.
     mysql_servers: HashMap<AddrKey, &'static str>,
+    /// Connections to mute in the kernel (see [`Correlator::take_mutes`]).
+    mute: Vec<ConnId>,
 }
 
 /// Most MySQL servers remembered by address.
@@ -1096,6 +1116,12 @@ impl Correlator {
         std::mem::replace(&mut self.shared.out, next)
     }
 
+    /// The connections no span will come of (no protocol read on them, tunnels), for the kernel
+    /// to stop reporting (`Capture::mute`).
+    pub fn take_mutes(&mut self) -> Vec<ConnId> {
+        std::mem::take(&mut self.shared.mute)
+    }
+
     /// Open connections.
     pub fn open_conns(&self) -> usize {
         self.conns.len()
@@ -1325,6 +1351,25 @@ impl Correlator {
             return;
         }
         if conn.book.ignored || conn.req.stopped() {
+            // No span will come of this connection: its bytes need not be copied and sent here
+            // (a broker's or a binary protocol's traffic would otherwise fill the ring). A
+            // client's is given a few more events for a database protocol to show.
+            let book = &mut conn.book;
+            book.unread = book.unread.saturating_add(1);
+            if !book.muted
+                && (conn.req.stopped()
+                    || conn.info.role == ROLE_SERVER
+                    || conn.not_db
+                    || book.unread >= CLIENT_MUTE_AFTER)
+            {
+                book.muted = true;
+                if self.shared.mute.len() < MAX_MUTE_QUEUE {
+                    self.shared.mute.push(conn.info.id);
+                    self.shared.stats.muted_conns += 1;
+                } else {
+                    self.shared.stats.mute_queue_full += 1;
+                }
+            }
             return;
         }
         let side = match (conn.info.role, ingress) {

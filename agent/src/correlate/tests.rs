@@ -362,6 +362,40 @@ fn random_bytes_never_panic_and_make_no_spans() {
     }
     assert!(c.take_spans().is_empty());
     assert!(c.stats().non_http_conns <= 1);
+    // A server connection given up on is muted, once.
+    let muted = c.take_mutes();
+    assert_eq!(muted.len() as u64, c.stats().non_http_conns, "{muted:?}");
+    assert_eq!(c.stats().muted_conns, c.stats().non_http_conns);
+}
+
+#[test]
+fn only_connections_no_protocol_is_read_on_are_muted_and_each_once() {
+    let mut c = Correlator::new(Clock::with_offset(0), 16);
+    let (http, binary, redis) = (open_client(&mut c, 3), open_client(&mut c, 4), open_client(&mut c, 5));
+    let mut ts = 1;
+    for _ in 0..100 {
+        ts += 10;
+        client_data(&mut c, http, ts, false, b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", 27);
+        client_data(&mut c, http, ts + 1, true, b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n", 38);
+        client_data(&mut c, redis, ts + 2, false, b"*1\r\n$4\r\nPING\r\n", 14);
+        client_data(&mut c, redis, ts + 3, true, b"+PONG\r\n", 7);
+    }
+    assert_eq!(c.take_mutes(), vec![], "HTTP and Redis are read");
+    // A client's binary protocol: given a few more events to show a database protocol.
+    let frame = [0xfe_u8; 64];
+    let mut muted_at = None;
+    for i in 0..100u64 {
+        client_data(&mut c, binary, ts + 10 + i, i % 2 == 1, &frame, 64);
+        let m = c.take_mutes();
+        if !m.is_empty() {
+            assert_eq!((m, muted_at), (vec![binary], None), "muted once");
+            muted_at = Some(i);
+        }
+    }
+    let at = muted_at.expect("muted");
+    assert!((30..40).contains(&at), "muted at event {at}");
+    assert_eq!((c.stats().non_http_conns, c.stats().muted_conns), (1, 1));
+    assert_eq!(c.take_spans().len(), 200, "the HTTP and Redis exchanges");
 }
 
 #[test]

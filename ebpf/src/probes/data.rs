@@ -45,7 +45,7 @@ use super::{
     gotls::note_tls_read,
 };
 use crate::{
-    maps::{ACTIVE, CONNS, SCRATCH, THREAD_CTX, TLS_CALLS, TLS_READS},
+    maps::{ACTIVE, CONNS, MUTED, SCRATCH, THREAD_CTX, TLS_CALLS, TLS_READS},
     util::{add, config, count, emit_bytes, header, is_watched, is_watched_client, now, watch_bits, zeroed},
 };
 
@@ -428,6 +428,9 @@ fn report(
     let tgid = (id >> 32) as u32;
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
+    if muted(tgid, call.fd, conn) {
+        return;
+    }
     if sk != 0 {
         // Before the scratch buffer is used: this may report the connection's addresses.
         socket_read_prelude(id, call.fd, sk, conn);
@@ -632,6 +635,29 @@ fn report(
         // Lost to a full ring: the connection's next event says so, or userspace would pair a
         // request whose response this was with the next request's response.
         conn.gap = gap | GAP_LOST;
+    }
+}
+
+/// Whether the connection is muted: userspace reads no protocol on it (see [`MUTED`]). Looked
+/// up on a few calls only (see `ConnState::reports`).
+#[inline(always)]
+fn muted(tgid: u32, fd: u32, conn: &mut ConnState) -> bool {
+    if conn.muted != 0 {
+        return true;
+    }
+    let r = conn.reports.wrapping_add(1);
+    conn.reports = r;
+    if r < 4 || r & (r - 1) != 0 {
+        return false;
+    }
+    // SAFETY: copied out of the map value.
+    match unsafe { MUTED.get(&fd_key(tgid, fd)) } {
+        Some(g) if *g == conn.generation => {
+            conn.muted = 1;
+            count(Counter::Muted);
+            true
+        }
+        _ => false,
     }
 }
 
