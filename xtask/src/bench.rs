@@ -698,6 +698,82 @@ fn redis_cost(tracewire: &Path, sink: &str, requests: u64) -> Result<DbCost> {
     client_cost(tracewire, sink, Path::new("redis-benchmark"), &args, &parse)
 }
 
+/// R25: a protocol tracewire does not read, streamed over loopback with every process traced:
+/// what the stream's throughput keeps, and what the agent spends on it once it has muted the
+/// connection.
+struct StreamCost {
+    /// MiB/s: without, with, without the agent.
+    mib_s: [f64; 3],
+    /// Agent CPU-s during the run with it.
+    agent_cpu: f64,
+    /// The kernel's counters of that run: events, payload bytes copied, connections muted.
+    events: u64,
+    copied: u64,
+    muted: u64,
+}
+
+/// Writes `chunks` chunks of 64 KiB of a binary protocol to a reader on loopback, both in this
+/// process; returns MiB/s.
+fn stream_mib_s(chunks: u64) -> Result<f64> {
+    use std::io::{Read as _, Write as _};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let addr = listener.local_addr()?;
+    let reader = std::thread::spawn(move || -> std::io::Result<u64> {
+        let (mut c, _) = listener.accept()?;
+        let mut buf = vec![0u8; 1 << 16];
+        let mut total = 0;
+        loop {
+            match c.read(&mut buf)? {
+                0 => return Ok(total),
+                n => total += n as u64,
+            }
+        }
+    });
+    let chunk = vec![0xfe_u8; 1 << 16];
+    let start = Instant::now();
+    let mut w = std::net::TcpStream::connect(addr)?;
+    for _ in 0..chunks {
+        w.write_all(&chunk)?;
+    }
+    drop(w);
+    let read = reader.join().map_err(|_| anyhow::anyhow!("stream reader panicked"))??;
+    let secs = start.elapsed().as_secs_f64();
+    anyhow::ensure!(read == chunks << 16, "the stream lost bytes: {read}");
+    Ok((chunks * 64) as f64 / 1024.0 / secs)
+}
+
+/// R25 (see [`StreamCost`]): without, with (every process traced, exporting), without.
+fn stream_cost(tracewire: &Path, sink: &str, chunks: u64) -> Result<StreamCost> {
+    let base1 = stream_mib_s(chunks)?;
+    let args = [
+        "run",
+        "--print",
+        "none",
+        "--status-interval",
+        "0",
+        "--otlp-endpoint",
+        sink,
+        "--otlp-protocol",
+        "http/protobuf",
+    ];
+    let (mut agent, lines) = start_agent(tracewire, &args)?;
+    let cpu0 = cpu_seconds(agent.0.id());
+    let with = stream_mib_s(chunks);
+    let agent_cpu = cpu_seconds(agent.0.id()) - cpu0;
+    stop(&mut agent);
+    let with = with?;
+    let summary = summary_of(&lines);
+    let kernel = |k: &str| summary["kernel"][k].as_u64().unwrap_or(0);
+    let base2 = stream_mib_s(chunks)?;
+    Ok(StreamCost {
+        mib_s: [base1, with, base2],
+        agent_cpu,
+        events: kernel("events_out"),
+        copied: kernel("payload_bytes"),
+        muted: kernel("muted"),
+    })
+}
+
 /// R20 to R22: what tracing costs a server under a load generator (HTTPS, HTTP/2).
 struct ServerCost {
     /// Requests per second: without, with, without the agent (exporting).
@@ -1306,6 +1382,14 @@ pub fn bench(quick: bool) -> Result<()> {
         mysql.tps[0], mysql.tps[1], mysql.tps[2]
     );
 
+    // R25: a protocol tracewire does not read, streamed with every process traced.
+    let stream_chunks: u64 = if quick { 8_192 } else { 65_536 };
+    let stream = stream_cost(&tracewire, &sink, stream_chunks)?;
+    println!(
+        "bench: binary stream: {:.0} / {:.0} / {:.0} MiB/s (without/with/without), {} events, {} muted",
+        stream.mib_s[0], stream.mib_s[1], stream.mib_s[2], stream.events, stream.muted
+    );
+
     // R20: an HTTPS server, its plain text read through its TLS library.
     let https = format!("https://127.0.0.1:{}/", nginx.tls_port);
     let tls = server_cost(&tracewire, &|| wrk_url(&https, secs, &[]), &exporting, calibration.empty_run_ns)?;
@@ -1816,6 +1900,26 @@ pub fn bench(quick: bool) -> Result<()> {
                  text SELECT a query, counted by the server's Com_select; after a warm-up run)"
             ),
             ("queries/s", "SELECTs", "statements"),
+        ),
+        row(
+            "R25",
+            "binary stream, all traced: MiB/s with ÷ without",
+            stream.mib_s[1] / ((stream.mib_s[0] + stream.mib_s[2]) / 2.0).max(1e-9),
+            "report",
+            stream.muted >= 1,
+            &format!(
+                "{} MiB in 64 KiB writes of a protocol tracewire does not read, one loopback connection, every process \
+                 traced (no selector), exporting: {:.0} vs {:.0}/{:.0} MiB/s; muted in the kernel once userspace gave \
+                 up on it: {} events and {} KiB copied in all ({} connections muted), agent {:.2} CPU-s",
+                stream_chunks * 64 / 1024,
+                stream.mib_s[1],
+                stream.mib_s[0],
+                stream.mib_s[2],
+                stream.events,
+                stream.copied / 1024,
+                stream.muted,
+                stream.agent_cpu
+            ),
         ),
     ];
     println!("\n{:<4} {:<52} {:>14} {:>12}  {:<5} conditions", "id", "measure", "measured", "target", "pass");
