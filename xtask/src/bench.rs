@@ -547,19 +547,7 @@ fn client_cost(
         .stderr(Stdio::piped())
         .spawn()?;
     let shell_pid = shell.id().to_string();
-    let agent_args = [
-        "run",
-        "--pid",
-        &shell_pid,
-        "--print",
-        "none",
-        "--status-interval",
-        "0",
-        "--otlp-endpoint",
-        sink,
-        "--otlp-protocol",
-        "http/protobuf",
-    ];
+    let agent_args = exporting_run(sink, &["--pid", &shell_pid]);
     let (mut agent, lines) = start_agent(tracewire, &agent_args)?;
     let cpu0 = cpu_seconds(agent.0.id());
     shell.stdin.take().context("shell stdin")?.write_all(b"go\n")?;
@@ -745,18 +733,7 @@ fn stream_mib_s(chunks: u64) -> Result<f64> {
 /// R25 (see [`StreamCost`]): without, with (every process traced, exporting), without.
 fn stream_cost(tracewire: &Path, sink: &str, chunks: u64) -> Result<StreamCost> {
     let base1 = stream_mib_s(chunks)?;
-    let args = [
-        "run",
-        "--print",
-        "none",
-        "--status-interval",
-        "0",
-        "--otlp-endpoint",
-        sink,
-        "--otlp-protocol",
-        "http/protobuf",
-    ];
-    let (mut agent, lines) = start_agent(tracewire, &args)?;
+    let (mut agent, lines) = start_agent(tracewire, &exporting_run(sink, &[]))?;
     let cpu0 = cpu_seconds(agent.0.id());
     let with = stream_mib_s(chunks);
     let agent_cpu = cpu_seconds(agent.0.id()) - cpu0;
@@ -849,6 +826,24 @@ fn server_cost(tracewire: &Path, load: Load<'_>, args: &[&str], empty_run_ns: f6
         bpf_ns,
         runs,
     })
+}
+
+/// `tracewire run` exporting OTLP/HTTP to `sink`, quietly, tracing what `select` selects
+/// (every process when empty).
+fn exporting_run<'a>(sink: &'a str, select: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run"];
+    args.extend_from_slice(select);
+    args.extend([
+        "--print",
+        "none",
+        "--status-interval",
+        "0",
+        "--otlp-endpoint",
+        sink,
+        "--otlp-protocol",
+        "http/protobuf",
+    ]);
+    args
 }
 
 /// Starts the agent and waits until it has attached.
@@ -1169,19 +1164,7 @@ pub fn bench(quick: bool) -> Result<()> {
     let pid = nginx.pid.to_string();
     let (sink_port, sink_bytes) = start_sink()?;
     let sink = format!("http://127.0.0.1:{sink_port}");
-    let exporting = [
-        "run",
-        "--pid",
-        &pid,
-        "--print",
-        "none",
-        "--status-interval",
-        "0",
-        "--otlp-endpoint",
-        &sink,
-        "--otlp-protocol",
-        "http/protobuf",
-    ];
+    let exporting = exporting_run(&sink, &["--pid", &pid]);
     let (mut agent, lines) = start_agent(&tracewire, &exporting)?;
     let agent_pid = agent.0.id();
     let cpu0 = cpu_seconds(agent_pid);

@@ -532,32 +532,38 @@ fn metrics_page(
         ),
     ];
     for (name, help, kinds) in by_kind {
-        p.family(name, "counter", help);
-        for (kind, v) in kinds {
-            p.sample(name, &[("kind", kind)], v as f64);
-        }
+        p.by_label(name, "counter", help, "kind", kinds.into_iter().map(|(k, v)| (k, v as f64)));
     }
-    let name = "tracewire_invalid_messages_total";
-    p.family(name, "counter", "Bytes that did not parse as HTTP, by reason.");
-    for (reason, v) in &stats.invalid {
-        p.sample(name, &[("reason", reason)], *v as f64);
-    }
-    let name = "tracewire_decode_errors_total";
-    p.family(name, "counter", "Ring buffer records that failed to decode, by reason.");
-    for (reason, v) in &session.stats().decode_errors {
-        p.sample(name, &[("reason", reason)], *v as f64);
-    }
+    p.by_label(
+        "tracewire_invalid_messages_total",
+        "counter",
+        "Bytes that did not parse as HTTP, by reason.",
+        "reason",
+        stats.invalid.iter().map(|(r, v)| (*r, *v as f64)),
+    );
+    p.by_label(
+        "tracewire_decode_errors_total",
+        "counter",
+        "Ring buffer records that failed to decode, by reason.",
+        "reason",
+        session.stats().decode_errors.iter().map(|(r, v)| (*r, *v as f64)),
+    );
     {
         let a = accounting.lock().unwrap_or_else(|e| e.into_inner());
-        let name = "tracewire_otlp_spans_total";
-        p.family(name, "counter", "Spans handed to the OTLP exporter, and exported.");
-        p.sample(name, &[("outcome", "produced")], a.produced as f64);
-        p.sample(name, &[("outcome", "exported")], a.exported as f64);
-        let name = "tracewire_otlp_dropped_spans_total";
-        p.family(name, "counter", "Spans the OTLP exporter dropped, by reason.");
-        for (reason, v) in &a.dropped {
-            p.sample(name, &[("reason", reason.name())], *v as f64);
-        }
+        p.by_label(
+            "tracewire_otlp_spans_total",
+            "counter",
+            "Spans handed to the OTLP exporter, and exported.",
+            "outcome",
+            [("produced", a.produced as f64), ("exported", a.exported as f64)],
+        );
+        p.by_label(
+            "tracewire_otlp_dropped_spans_total",
+            "counter",
+            "Spans the OTLP exporter dropped, by reason.",
+            "reason",
+            a.dropped.iter().map(|(r, v)| (r.name(), *v as f64)),
+        );
         p.single("tracewire_otlp_retries_total", "counter", "OTLP export retries.", a.retries as f64);
     }
     if let Some(t) = tail {
@@ -581,27 +587,31 @@ fn metrics_page(
     }
     {
         let a = accounting.lock().unwrap_or_else(|e| e.into_inner());
-        let name = "tracewire_otlp_metric_points_total";
-        p.family(
-            name,
+        p.by_label(
+            "tracewire_otlp_metric_points_total",
             "counter",
             "Request-metric data points handed to the OTLP exporter, exported and dropped.",
+            "outcome",
+            [
+                ("produced", a.points.produced as f64),
+                ("exported", a.points.exported as f64),
+                ("dropped", a.points.dropped as f64),
+            ],
         );
-        p.sample(name, &[("outcome", "produced")], a.points.produced as f64);
-        p.sample(name, &[("outcome", "exported")], a.points.exported as f64);
-        p.sample(name, &[("outcome", "dropped")], a.points.dropped as f64);
     }
     if let Some(r) = red {
         let s = r.stats();
-        let name = "tracewire_request_metrics_spans_total";
-        p.family(
-            name,
+        p.by_label(
+            "tracewire_request_metrics_spans_total",
             "counter",
             "Spans measured by the request metrics (overflowed: into an overflow series), or not.",
+            "outcome",
+            [
+                ("recorded", s.recorded as f64),
+                ("overflowed", s.overflowed as f64),
+                ("not_measured", s.not_measured as f64),
+            ],
         );
-        p.sample(name, &[("outcome", "recorded")], s.recorded as f64);
-        p.sample(name, &[("outcome", "overflowed")], s.overflowed as f64);
-        p.sample(name, &[("outcome", "not_measured")], s.not_measured as f64);
         p.single(
             "tracewire_request_metrics_series",
             "gauge",

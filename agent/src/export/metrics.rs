@@ -134,6 +134,22 @@ impl Page {
         self
     }
 
+    /// A family whose samples differ by one label: (`label` value, sample value) pairs.
+    pub fn by_label<'a>(
+        &mut self,
+        name: &str,
+        kind: &str,
+        help: &str,
+        label: &str,
+        samples: impl IntoIterator<Item = (&'a str, f64)>,
+    ) -> &mut Self {
+        self.family(name, kind, help);
+        for (value, v) in samples {
+            self.sample(name, &[(label, value)], v);
+        }
+        self
+    }
+
     /// A family of one unlabelled sample.
     pub fn single(&mut self, name: &str, kind: &str, help: &str, value: f64) -> &mut Self {
         self.family(name, kind, help).sample(name, &[], value)
