@@ -637,6 +637,17 @@ fn check_demo(traces: &Path, printed: &[String], requests: u32) -> Result<()> {
             "expected {requests} waterfalls each naming recommendation-service's query, saw {page_traces} traces and {verdicts} such verdicts"
         );
     }
+    // The requests table at exit: every page load the gateway served, counted.
+    let served = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("requests measured"))
+        .find(|l| l.trim_start().starts_with("api-gateway") && l.contains(" GET 200 "))
+        .and_then(|l| l.split_whitespace().rev().nth(5)?.parse::<u32>().ok());
+    if served != Some(requests) {
+        bail!(
+            "expected the requests table to count {requests} GET 200 served by api-gateway, saw {served:?}"
+        );
+    }
     Ok(())
 }
 

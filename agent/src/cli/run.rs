@@ -382,6 +382,17 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
     if let Some(o) = sinks.otlp.take() {
         o.shutdown(&mut sinks.resources, out.shutdown_deadline);
     }
+    if out.waterfall
+        && let Some(r) = &red
+    {
+        // After the last traces: what every request did, whatever sampling kept.
+        let table = waterfall::requests_table(r);
+        if !table.is_empty() {
+            let mut stdout = std::io::stdout().lock();
+            let _ = writeln!(stdout, "{table}");
+            let _ = stdout.flush();
+        }
+    }
     eprintln!("{}", status_line(&session, &correlator, &accounting, out.otlp.is_some(), tail.as_ref())?);
     let summary = Summary {
         spans: correlator.stats().spans,

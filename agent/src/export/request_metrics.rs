@@ -369,6 +369,11 @@ impl RequestMetrics {
         self.stats.series_forgotten += forgotten as u64;
     }
 
+    /// The resource of a process with series.
+    pub fn resource(&self, pid: u32) -> Option<&ProcessInfo> {
+        self.processes.get(&pid).map(|p| &*p.resource)
+    }
+
     /// Every series, by process then instrument then creation order.
     pub fn each(&self) -> impl Iterator<Item = (u32, &Series)> {
         let mut pids: Vec<u32> = self.processes.keys().copied().collect();
@@ -505,7 +510,8 @@ impl RequestMetrics {
     }
 }
 
-fn value_text(v: &Value) -> String {
+/// A value as text (an integer in decimal).
+pub fn value_text(v: &Value) -> String {
     match v {
         Value::Str(s) => s.to_string(),
         Value::Int(i) => i.to_string(),

@@ -6,6 +6,7 @@ use std::{
     time::{Duration, Instant},
 };
 
+use super::request_metrics::{Instrument, RequestMetrics, Series, value_text};
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
     sampling::traces::Assembler,
@@ -45,6 +46,106 @@ pub fn operation(s: &SpanRecord) -> String {
 
 fn ms(ns: u64) -> String {
     format!("{:.1} ms", ns as f64 / 1e6)
+}
+
+/// A duration in seconds, in the unit that suits it.
+fn seconds(s: f64) -> String {
+    if s >= 1.0 { format!("{s:.2} s") } else { format!("{:.1} ms", s * 1e3) }
+}
+
+/// What a series of the request metrics measures, as a line of the requests table: method,
+/// route and status (served), method, peer and status (called), the operation (database).
+fn series_label(s: &Series) -> String {
+    if s.overflow {
+        return format!("{} (attribute sets beyond the cap)", s.instrument.name());
+    }
+    let get = |k: &str| s.attributes().find(|(key, _)| *key == k).map(|(_, v)| value_text(v));
+    let or = |k: &str, default: &str| get(k).unwrap_or_else(|| default.to_string());
+    let peer = || match (get("server.address"), get("server.port")) {
+        (Some(a), Some(p)) => format!("{a}:{p}"),
+        (Some(a), None) => a,
+        _ => "?".to_string(),
+    };
+    match s.instrument {
+        Instrument::HttpServer => {
+            let route = get("http.route").map(|r| format!("{r} ")).unwrap_or_default();
+            format!(
+                "{} {route}{}",
+                or("http.request.method", "?"),
+                or("http.response.status_code", "no response")
+            )
+        }
+        Instrument::HttpClient => format!(
+            "{} → {} {}",
+            or("http.request.method", "?"),
+            peer(),
+            or("http.response.status_code", "no response")
+        ),
+        Instrument::RpcServer | Instrument::RpcClient => {
+            let to = if s.instrument == Instrument::RpcClient {
+                format!(" → {}", peer())
+            } else {
+                String::new()
+            };
+            format!(
+                "{}/{}{to} {}",
+                or("rpc.service", "?"),
+                or("rpc.method", "?"),
+                or("rpc.grpc.status_code", "?")
+            )
+        }
+        Instrument::DbClient => {
+            let system = or("db.system.name", "?");
+            let prefix = match system.as_str() {
+                "redis" => "REDIS",
+                "memcached" => "MEMCACHED",
+                _ => "SQL",
+            };
+            let error = get("error.type").map(|e| format!(" {e}")).unwrap_or_default();
+            format!("{prefix} {}{error}", or("db.operation.name", "?"))
+        }
+    }
+}
+
+/// The request metrics as a table: every request measured, by service and what it was, with
+/// its count, errors, mean and longest duration (what sampling kept of the traces does not
+/// matter here). Processes of one service are added up.
+pub fn requests_table(metrics: &RequestMetrics) -> String {
+    // (service, label) -> (count, errors, sum, max)
+    let mut rows: std::collections::BTreeMap<(String, String), (u64, u64, f64, f64)> = Default::default();
+    for (pid, s) in metrics.each() {
+        let service = metrics.resource(pid).map_or_else(|| pid.to_string(), |r| r.service_name.clone());
+        let h = &s.histogram;
+        let row = rows.entry((service, series_label(s))).or_default();
+        row.0 += h.count;
+        if s.attributes().any(|(k, _)| k == "error.type") {
+            row.1 += h.count;
+        }
+        row.2 += h.sum;
+        row.3 = row.3.max(h.max);
+    }
+    if rows.is_empty() {
+        return String::new();
+    }
+    let width = rows.keys().map(|(svc, _)| svc.chars().count()).max().unwrap_or(7).max(7);
+    let label_width = rows.keys().map(|(_, l)| l.chars().count()).max().unwrap_or(8).clamp(8, 64);
+    let mut out =
+        String::from("requests measured (every request seen, whatever sampling kept of its trace)\n");
+    let _ = writeln!(
+        out,
+        "  {:<width$}  {:<label_width$}  {:>8}  {:>6}  {:>9}  {:>9}",
+        "SERVICE", "REQUEST", "COUNT", "ERRORS", "MEAN", "MAX"
+    );
+    for ((service, label), (count, errors, sum, max)) in rows {
+        let label: String = label.chars().take(label_width).collect();
+        let _ = writeln!(
+            out,
+            "  {service:<width$}  {label:<label_width$}  {count:>8}  {errors:>6}  {:>9}  {:>9}",
+            seconds(sum / count.max(1) as f64),
+            seconds(max)
+        );
+    }
+    out
 }
 
 /// Renders one trace. `service` names a span's process.
@@ -278,5 +379,70 @@ mod tests {
             ..SpanRecord::for_test([9; 16], 4, None)
         };
         assert_eq!(operation(&get), "MEMCACHED get");
+    }
+}
+
+#[cfg(test)]
+mod requests_table_tests {
+    use std::{sync::Arc, time::Duration};
+
+    use super::*;
+    use crate::metadata::ProcessInfo;
+
+    fn measured(kind: Kind, pid: u32, ms: u64, attrs: Vec<(&'static str, Value)>) -> SpanRecord {
+        SpanRecord {
+            kind,
+            pid,
+            start_ns: 0,
+            end_ns: ms * 1_000_000,
+            attributes: attrs,
+            ..SpanRecord::for_test([1; 16], 1, None)
+        }
+    }
+
+    #[test]
+    fn the_requests_table_adds_up_each_service_s_requests() {
+        let mut m = RequestMetrics::new(100, Duration::from_secs(60));
+        let mut names = |pid: u32| {
+            Arc::new(ProcessInfo {
+                service_name: if pid == 3 { "db-user".into() } else { "gateway".into() },
+                attributes: vec![],
+                pid,
+            })
+        };
+        let get = |status: i64| {
+            let mut a = vec![
+                ("http.request.method", Value::Str("GET".into())),
+                ("http.response.status_code", Value::Int(status)),
+            ];
+            if status >= 500 {
+                a.push(("error.type", Value::Str("500".into())));
+            }
+            a
+        };
+        // Two processes of one service, added up.
+        m.record(&measured(Kind::Server, 1, 10, get(200)), &mut names);
+        m.record(&measured(Kind::Server, 2, 30, get(200)), &mut names);
+        m.record(&measured(Kind::Server, 2, 2000, get(500)), &mut names);
+        let sql = vec![
+            ("db.system.name", Value::Str("postgresql".into())),
+            ("db.operation.name", Value::Str("SELECT".into())),
+        ];
+        m.record(&measured(Kind::Client, 3, 4, sql), &mut names);
+        let text = requests_table(&m);
+        let lines: Vec<&str> = text.lines().collect();
+        assert!(lines[0].starts_with("requests measured"), "{text}");
+        let row = |service: &str, label: &str| {
+            lines
+                .iter()
+                .find(|l| l.trim_start().starts_with(service) && l.contains(label))
+                .map(|l| l.split_whitespace().rev().take(6).collect::<Vec<_>>())
+                .unwrap_or_else(|| panic!("no {service} {label} in\n{text}"))
+        };
+        // Columns from the right: MAX, its unit, MEAN, its unit, ERRORS, COUNT.
+        assert_eq!(row("gateway", "GET 200"), ["ms", "30.0", "ms", "20.0", "0", "2"]);
+        assert_eq!(row("gateway", "GET 500"), ["s", "2.00", "s", "2.00", "1", "1"]);
+        assert_eq!(row("db-user", "SQL SELECT"), ["ms", "4.0", "ms", "4.0", "0", "1"]);
+        assert_eq!(requests_table(&RequestMetrics::new(1, Duration::from_secs(1))), "");
     }
 }
