@@ -1219,7 +1219,7 @@ fn metrics_and_health_are_served_while_tracing() {
     for i in 0..4 {
         curl(&format!("http://127.0.0.1:{port}/bytes/{i}"), &[]);
     }
-    // The page is rendered once a second: wait for it to show the four spans.
+    // Spans reach the page as the agent reads them: wait for it to show the four.
     let deadline = Instant::now() + Duration::from_secs(15);
     let page = loop {
         let (code, body) = http_get(&format!("http://{maddr}/metrics"));

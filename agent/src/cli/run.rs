@@ -248,7 +248,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         }
         None => None,
     };
-    let mut last_metrics: Option<Instant> = None;
+    let mut rendered = false;
     let mut correlator = Correlator::new(Clock::now(), max_conns)
         .with_routes(out.routes.clone())
         .with_sampler(out.sampler.clone());
@@ -350,8 +350,9 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         sinks.print_traces(last);
         if let Some(m) = &metrics {
             m.beat();
-            if last_metrics.is_none_or(|t| t.elapsed() >= Duration::from_secs(1)) {
-                last_metrics = Some(Instant::now());
+            // Rendered when a scrape asks (and once at start, for one that comes first).
+            if m.wanted() || !rendered {
+                rendered = true;
                 let counts = Counts { own_skipped: own.skipped, sampled_out };
                 m.publish(metrics_page(
                     &session,

@@ -1,14 +1,15 @@
 //! The agent's own health and counters over HTTP, for a liveness probe and a Prometheus scrape:
 //! `GET /healthz` answers 200 while the capture loop turns and 503 once it has stalled, and
 //! `GET /metrics` serves the counters in the Prometheus text format. The server runs on its own
-//! thread; the capture loop only swaps in a rendered page (once a second) and beats.
+//! thread; the capture loop beats, and renders a page when a scrape asks for one (a page with
+//! the request metrics at their cap is ~12 MB, too much to render every second for nobody).
 use std::{
     convert::Infallible,
     fmt::Write as _,
     net::SocketAddr,
     sync::{
         Arc, Mutex,
-        atomic::{AtomicU64, Ordering},
+        atomic::{AtomicBool, AtomicU64, Ordering},
     },
     time::{Duration, SystemTime, UNIX_EPOCH},
 };
@@ -20,12 +21,21 @@ use hyper_util::rt::TokioIo;
 /// A capture loop that has not turned for this long is stalled.
 pub const STALL: Duration = Duration::from_secs(15);
 
+/// Longest a scrape waits for the capture loop to render a fresh page; a stalled loop's last
+/// page is served after it.
+const PAGE_WAIT: Duration = Duration::from_secs(2);
+
 /// What the server shows, written by the capture loop.
 #[derive(Default)]
 pub struct Metrics {
     page: Mutex<String>,
     /// When the capture loop last turned (ms since the epoch).
     beat_ms: AtomicU64,
+    /// A scrape waits for a fresh page.
+    wanted: AtomicBool,
+    /// Pages published so far.
+    published: AtomicU64,
+    fresh: tokio::sync::Notify,
 }
 
 fn now_ms() -> u64 {
@@ -38,22 +48,40 @@ impl Metrics {
         self.beat_ms.store(now_ms(), Ordering::Relaxed);
     }
 
-    /// Replaces the page `/metrics` serves.
+    /// Whether a scrape is waiting for a page (the capture loop renders one only then).
+    pub fn wanted(&self) -> bool {
+        self.wanted.load(Ordering::Acquire)
+    }
+
+    /// Replaces the page `/metrics` serves, and hands it to the scrapes waiting.
     pub fn publish(&self, page: String) {
         *self.page.lock().unwrap_or_else(|e| e.into_inner()) = page;
+        self.wanted.store(false, Ordering::Release);
+        self.published.fetch_add(1, Ordering::AcqRel);
+        self.fresh.notify_waiters();
+    }
+
+    /// A page rendered after this call, or the last one if none comes within [`PAGE_WAIT`].
+    async fn fresh_page(&self) -> String {
+        let seen = self.published.load(Ordering::Acquire);
+        // Created before asking: a publish from now on completes it.
+        let notified = self.fresh.notified();
+        self.wanted.store(true, Ordering::Release);
+        if self.published.load(Ordering::Acquire) == seen {
+            let _ = tokio::time::timeout(PAGE_WAIT, notified).await;
+        }
+        self.page.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn healthy(&self) -> bool {
         now_ms().saturating_sub(self.beat_ms.load(Ordering::Relaxed)) < STALL.as_millis() as u64
     }
 
-    fn answer(&self, path: &str) -> Response<Full<Bytes>> {
+    async fn answer(&self, path: &str) -> Response<Full<Bytes>> {
         let (status, kind, body) = match path {
-            "/metrics" => (
-                StatusCode::OK,
-                "text/plain; version=0.0.4; charset=utf-8",
-                self.page.lock().unwrap_or_else(|e| e.into_inner()).clone(),
-            ),
+            "/metrics" => {
+                (StatusCode::OK, "text/plain; version=0.0.4; charset=utf-8", self.fresh_page().await)
+            }
             "/healthz" if self.healthy() => (StatusCode::OK, "text/plain", "ok\n".to_string()),
             "/healthz" => (
                 StatusCode::SERVICE_UNAVAILABLE,
@@ -90,8 +118,8 @@ pub fn serve(addr: SocketAddr, metrics: Arc<Metrics>) -> std::io::Result<SocketA
                 let m = Arc::clone(&metrics);
                 tokio::spawn(async move {
                     let service = service_fn(move |req: Request<hyper::body::Incoming>| {
-                        let r = m.answer(req.uri().path());
-                        async move { Ok::<_, Infallible>(r) }
+                        let m = Arc::clone(&m);
+                        async move { Ok::<_, Infallible>(m.answer(req.uri().path()).await) }
                     });
                     let _ = hyper::server::conn::http1::Builder::new()
                         .serve_connection(TokioIo::new(stream), service)
@@ -182,12 +210,37 @@ mod tests {
         );
     }
 
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime").block_on(f)
+    }
+
     #[test]
     fn health_follows_the_beat() {
         let m = Metrics::default();
-        assert_eq!(m.answer("/healthz").status(), StatusCode::SERVICE_UNAVAILABLE, "never turned");
+        assert_eq!(block_on(m.answer("/healthz")).status(), StatusCode::SERVICE_UNAVAILABLE, "never turned");
         m.beat();
-        assert_eq!(m.answer("/healthz").status(), StatusCode::OK);
-        assert_eq!(m.answer("/nope").status(), StatusCode::NOT_FOUND);
+        assert_eq!(block_on(m.answer("/healthz")).status(), StatusCode::OK);
+        assert_eq!(block_on(m.answer("/nope")).status(), StatusCode::NOT_FOUND);
+    }
+
+    #[test]
+    fn a_scrape_gets_the_page_rendered_for_it() {
+        let m = Arc::new(Metrics::default());
+        m.publish("old\n".into());
+        assert!(!m.wanted());
+        let renderer = {
+            let m = Arc::clone(&m);
+            // The capture loop: renders once a scrape wants a page.
+            std::thread::spawn(move || {
+                while !m.wanted() {
+                    std::thread::yield_now();
+                }
+                m.publish("fresh\n".into());
+            })
+        };
+        let page = block_on(m.fresh_page());
+        renderer.join().expect("renderer");
+        assert_eq!(page, "fresh\n");
+        assert!(!m.wanted(), "served");
     }
 }
