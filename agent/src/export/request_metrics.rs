@@ -135,20 +135,91 @@ impl Instrument {
         }
     }
 
-    /// The instrument `span` is measured by, if any.
-    pub fn of(span: &SpanRecord) -> Option<Instrument> {
-        let has = |k: &str| span.attributes.iter().any(|(key, _)| *key == k);
-        let by_kind = |server, client| if span.kind == Kind::Server { server } else { client };
-        if has("db.system.name") {
+    /// [`Instrument::keys`] as slots of [`KEYS`].
+    fn slots(self) -> &'static [usize] {
+        match self {
+            Instrument::HttpServer => &[0, 1, 2, 3, 4],
+            Instrument::HttpClient => &[0, 1, 5, 6, 3, 4],
+            Instrument::RpcServer => &[7, 8, 9, 10, 3],
+            Instrument::RpcClient => &[7, 8, 9, 10, 3, 5, 6],
+            Instrument::DbClient => &[11, 12, 13, 14, 15, 3, 5, 6],
+        }
+    }
+
+    /// The instrument a span with these attributes (by slot) and `kind` is measured by, if any.
+    fn decide(found: &[Option<&Value>; KEYS.len()], kind: Kind) -> Option<Instrument> {
+        let by_kind = |server, client| if kind == Kind::Server { server } else { client };
+        if found[11].is_some() {
             Some(Instrument::DbClient)
-        } else if has("rpc.system") {
+        } else if found[7].is_some() {
             Some(by_kind(Instrument::RpcServer, Instrument::RpcClient))
-        } else if has("http.request.method") {
+        } else if found[0].is_some() {
             Some(by_kind(Instrument::HttpServer, Instrument::HttpClient))
         } else {
             None
         }
     }
+
+    /// The instrument `span` is measured by, if any.
+    pub fn of(span: &SpanRecord) -> Option<Instrument> {
+        Instrument::decide(&found(span), span.kind)
+    }
+}
+
+/// Every attribute an instrument is keyed by: `db.system.name` (11), `rpc.system` (7) and
+/// `http.request.method` (0) also decide the instrument.
+const KEYS: [&str; 16] = [
+    "http.request.method",
+    "http.response.status_code",
+    "http.route",
+    "error.type",
+    "network.protocol.version",
+    "server.address",
+    "server.port",
+    "rpc.system",
+    "rpc.service",
+    "rpc.method",
+    "rpc.grpc.status_code",
+    "db.system.name",
+    "db.operation.name",
+    "db.namespace",
+    "db.collection.name",
+    "db.response.status_code",
+];
+
+/// The slot of `key` in [`KEYS`]: a match, which compiles to a switch on the length and one
+/// comparison, where a search of the list would compare each.
+fn slot(key: &str) -> Option<usize> {
+    Some(match key {
+        "http.request.method" => 0,
+        "http.response.status_code" => 1,
+        "http.route" => 2,
+        "error.type" => 3,
+        "network.protocol.version" => 4,
+        "server.address" => 5,
+        "server.port" => 6,
+        "rpc.system" => 7,
+        "rpc.service" => 8,
+        "rpc.method" => 9,
+        "rpc.grpc.status_code" => 10,
+        "db.system.name" => 11,
+        "db.operation.name" => 12,
+        "db.namespace" => 13,
+        "db.collection.name" => 14,
+        "db.response.status_code" => 15,
+        _ => return None,
+    })
+}
+
+/// `span`'s values of [`KEYS`], in one pass over its attributes.
+fn found(span: &SpanRecord) -> [Option<&Value>; KEYS.len()] {
+    let mut found = [None; KEYS.len()];
+    for (k, v) in &span.attributes {
+        if let Some(i) = slot(k) {
+            found[i] = Some(v);
+        }
+    }
+    found
 }
 
 /// Most keys an instrument has.
@@ -219,7 +290,7 @@ struct Process {
     resource: Arc<ProcessInfo>,
     series: Vec<Series>,
     /// Series by (instrument, hash of values): collisions share the list.
-    index: HashMap<(Instrument, u64), SmallVec<[u32; 1]>>,
+    index: HashMap<(Instrument, u64), SmallVec<[u32; 1]>, foldhash::fast::FixedState>,
     exited: Option<Instant>,
 }
 
@@ -239,7 +310,7 @@ pub struct RecorderStats {
 /// The request metrics of every traced process.
 #[derive(Debug)]
 pub struct RequestMetrics {
-    processes: HashMap<u32, Process>,
+    processes: HashMap<u32, Process, foldhash::fast::FixedState>,
     series: usize,
     max_series: usize,
     retain: Duration,
@@ -252,7 +323,7 @@ impl RequestMetrics {
     /// instrument), and an exited process's series for `retain`.
     pub fn new(max_series: usize, retain: Duration) -> Self {
         RequestMetrics {
-            processes: HashMap::new(),
+            processes: HashMap::default(),
             series: 0,
             max_series,
             retain,
@@ -274,14 +345,15 @@ impl RequestMetrics {
     /// Measures `span`; `resource_of` names a process seen for the first time. No allocation
     /// when its series exists.
     pub fn record(&mut self, span: &SpanRecord, resource_of: &mut dyn FnMut(u32) -> Arc<ProcessInfo>) {
-        let Some(instrument) = Instrument::of(span) else {
+        let found = found(span);
+        let Some(instrument) = Instrument::decide(&found, span.kind) else {
             self.stats.not_measured += 1;
             return;
         };
         let mut values: SmallVec<[Option<&Value>; MAX_KEYS]> = SmallVec::new();
         let mut h = self.hasher.build_hasher();
-        for key in instrument.keys() {
-            let v = span.attr(key);
+        for &i in instrument.slots() {
+            let v = found[i];
             match v {
                 None => h.write_u8(0),
                 Some(Value::Int(i)) => {
@@ -300,7 +372,7 @@ impl RequestMetrics {
         let p = self.processes.entry(span.pid).or_insert_with(|| Process {
             resource: resource_of(span.pid),
             series: Vec::new(),
-            index: HashMap::new(),
+            index: HashMap::default(),
             exited: None,
         });
         let same = |s: &Series| !s.overflow && s.values.iter().map(Option::as_ref).eq(values.iter().copied());
@@ -643,6 +715,19 @@ mod tests {
         assert_eq!(m.series(), 1);
         assert_eq!(m.stats().series_forgotten, 1);
         assert!(m.each().all(|(pid, _)| pid == 8));
+    }
+
+    #[test]
+    fn every_instrument_s_keys_have_their_slots() {
+        for i in Instrument::ALL {
+            let by_slot: Vec<&str> = i.slots().iter().map(|&s| KEYS[s]).collect();
+            assert_eq!(by_slot, i.keys(), "{i:?}");
+            assert!(i.keys().len() <= MAX_KEYS);
+        }
+        for (n, k) in KEYS.iter().enumerate() {
+            assert_eq!(slot(k), Some(n));
+        }
+        assert_eq!(slot("url.path"), None);
     }
 
     #[test]
