@@ -20,7 +20,11 @@ use super::{
     Correlator, IpText,
     span::{Kind, Link, SpanRecord, Value, hex},
 };
-use crate::events::{Event, clock::Clock, encode_sockaddr};
+use crate::{
+    events::{Event, clock::Clock, encode_sockaddr},
+    export::{request_metrics::RequestMetrics, waterfall::requests_table},
+    metadata::ProcessInfo,
+};
 
 fn unescape(s: &str) -> Vec<u8> {
     let mut out = Vec::new();
@@ -273,10 +277,11 @@ fn golden_recordings() -> std::io::Result<()> {
         let stats = c.stats();
         let _ = writeln!(
             actual,
-            "# stats: spans={} invalid={:?} non_http_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} linked_goroutine={} linked_upstream={} unlinked={} no_response={} paired_same_node={} linked_tcp={} kernel_ctx_differs={}",
+            "# stats: spans={} invalid={:?} non_http_conns={} muted_conns={} unpaired_responses={} tunnels={} traceparent_valid={} traceparent_invalid={} linked_thread={} linked_goroutine={} linked_upstream={} unlinked={} no_response={} paired_same_node={} linked_tcp={} kernel_ctx_differs={}",
             stats.spans,
             stats.invalid,
             stats.non_http_conns,
+            stats.muted_conns,
             stats.unpaired_responses,
             stats.tunnels,
             stats.traceparent_valid,
@@ -307,6 +312,20 @@ fn golden_recordings() -> std::io::Result<()> {
         }
         if stats.tls_conns != 0 {
             let _ = writeln!(actual, "# tls: conns={}", stats.tls_conns);
+        }
+        // The request metrics of these spans, as the terminal shows them at exit.
+        let mut metrics = RequestMetrics::new(4096, std::time::Duration::from_secs(60));
+        for s in &spans {
+            metrics.record(s, &mut |pid| {
+                std::sync::Arc::new(ProcessInfo {
+                    service_name: format!("pid-{pid}"),
+                    attributes: vec![],
+                    pid,
+                })
+            });
+        }
+        for line in requests_table(&metrics).lines() {
+            let _ = writeln!(actual, "# {line}");
         }
         c.close_all();
         assert!(c.shared.serving.is_empty(), "{}: in-flight lists after every close", events.display());
