@@ -534,6 +534,19 @@ struct Shared {
     mute: Vec<ConnId>,
 }
 
+impl Shared {
+    /// Queues `id` for the kernel to mute (see [`Correlator::take_mutes`]), or counts that the
+    /// queue was full.
+    fn mute(&mut self, id: ConnId) {
+        if self.mute.len() < MAX_MUTE_QUEUE {
+            self.mute.push(id);
+            self.stats.muted_conns += 1;
+        } else {
+            self.stats.mute_queue_full += 1;
+        }
+    }
+}
+
 /// Most MySQL servers remembered by address.
 const MAX_MYSQL_SERVERS: usize = 1024;
 
@@ -851,6 +864,12 @@ impl Sink for ConnSink<'_> {
             if self.book.strikes >= NON_HTTP_STRIKES && !self.book.ignored {
                 self.book.ignored = true;
                 self.g.stats.non_http_conns += 1;
+                // A server reads no other protocol: muted now, not at its next call (which may
+                // never come). A client may still show a database protocol (see `data`).
+                if self.info.role == ROLE_SERVER && !self.book.muted {
+                    self.book.muted = true;
+                    self.g.mute(self.info.id);
+                }
             }
         }
     }
@@ -1363,12 +1382,7 @@ impl Correlator {
                     || book.unread >= CLIENT_MUTE_AFTER)
             {
                 book.muted = true;
-                if self.shared.mute.len() < MAX_MUTE_QUEUE {
-                    self.shared.mute.push(conn.info.id);
-                    self.shared.stats.muted_conns += 1;
-                } else {
-                    self.shared.stats.mute_queue_full += 1;
-                }
+                self.shared.mute(conn.info.id);
             }
             return;
         }

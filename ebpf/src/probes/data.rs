@@ -428,7 +428,9 @@ fn report(
     let tgid = (id >> 32) as u32;
     // SAFETY: map value pointer, valid for this run.
     let conn = unsafe { &mut *conn_ptr };
-    if muted(tgid, call.fd, conn) {
+    // A TLS library's plaintext is always reported: userspace may have given up on the
+    // connection's ciphertext, seen before the library was probed, and reads the plaintext afresh.
+    if source != Source::Tls && muted(tgid, call.fd, conn) {
         return;
     }
     if sk != 0 {
