@@ -1300,8 +1300,8 @@ pub fn tcp_sendmsg_locked(ctx: RawTracePointContext) -> i32 {
     };
     // SAFETY: map value pointer, valid for this run.
     let state = unsafe { &mut *conn };
-    if state.role != ROLE_CLIENT || state.send_ns != 0 {
-        return 0; // a response, or a later chunk of this call
+    if state.role != ROLE_CLIENT || state.send_ns != 0 || state.muted != 0 {
+        return 0; // a response, a later chunk of this call, or a connection no span comes of
     }
     let moved = if layout == Layout::Flat { arg2 } else { u64::MAX };
     if state.turn != DIR_EGRESS && !h2_control_send(id, state, layout, arg1, arg2, moved) {
