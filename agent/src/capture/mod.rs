@@ -217,6 +217,13 @@ struct ProcTls {
     mapped: bool,
 }
 
+/// The file `path` names, as `stat` does (device, inode).
+fn stat_key(path: &Path) -> Result<runtime::FileKey, String> {
+    use std::os::unix::fs::MetadataExt as _;
+    let meta = std::fs::metadata(path).map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok((meta.dev(), meta.ino()))
+}
+
 /// Paths of TLS libraries remembered for the processes to come.
 const MAX_KNOWN_TLS_PATHS: usize = 16;
 
@@ -838,13 +845,9 @@ impl Capture {
 
     /// What `file` holds of OpenSSL's API (inspected once per file), or why not.
     fn inspected_tls(&mut self, file: &runtime::TlsCandidate) -> Result<runtime::TlsLibrary, String> {
-        use std::os::unix::fs::MetadataExt as _;
         let key = match file.key {
             Some(key) => key,
-            None => {
-                let meta = std::fs::metadata(&file.path).map_err(|e| e.to_string())?;
-                (meta.dev(), meta.ino())
-            }
+            None => stat_key(&file.path)?,
         };
         if !self.followed.tls.contains_key(&key) {
             if self.followed.tls.len() >= MAX_TLS_FILES {
@@ -882,11 +885,7 @@ impl Capture {
         }
         // By the inode its path names (the same through /lib and /usr/lib, or an overlay), not
         // the one it maps: a file probed ahead is probed once.
-        let key = {
-            use std::os::unix::fs::MetadataExt as _;
-            let meta = std::fs::metadata(&file.path).map_err(|e| format!("{}: {e}", file.path.display()))?;
-            (meta.dev(), meta.ino())
-        };
+        let key = stat_key(&file.path)?;
         if self.followed.tls_procs.get(&tgid).is_some_and(|p| p.files.contains(&key)) {
             return Ok(());
         }
@@ -977,13 +976,11 @@ impl Capture {
 
     /// `tgid`'s executable and its (device, inode), if uprobes may follow one more binary.
     fn followable(&self, tgid: u32) -> Result<(PathBuf, (u64, u64)), String> {
-        use std::os::unix::fs::MetadataExt as _;
         if !self.followed.on {
             return Err("uprobes off".into());
         }
         let exe = PathBuf::from(format!("/proc/{tgid}/exe"));
-        let meta = std::fs::metadata(&exe).map_err(|e| format!("{}: {e}", exe.display()))?;
-        let key = (meta.dev(), meta.ino());
+        let key = stat_key(&exe)?;
         let known = self.followed.go.contains_key(&key) || self.followed.nginx.contains_key(&key);
         if !known && self.followed.go.len() + self.followed.nginx.len() >= MAX_FOLLOWED_BINARIES {
             return Err(format!("already following {MAX_FOLLOWED_BINARIES} binaries"));

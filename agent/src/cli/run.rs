@@ -339,10 +339,11 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         if let Some(o) = &mut sinks.otlp {
             o.tick(&mut sinks.resources);
             if let (Some(r), Some(c)) = (&red, &out.request_metrics)
+                && o.exports_metrics()
                 && (last_metrics_export.elapsed() >= c.export_interval || last)
             {
                 last_metrics_export = Instant::now();
-                if let Some((request, points)) = r.otlp(wall_ns()) {
+                if let Some((request, points)) = r.otlp(Clock::wall_now_ns()) {
                     o.submit_metrics(&request, points);
                 }
             }
@@ -414,19 +415,8 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             },
         })
     });
-    let mut http_json: serde_json::Map<String, serde_json::Value> =
-        stats.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
+    let mut http_json = counts_json(&stats.counts());
     http_json.insert("invalid".into(), json!(stats.invalid));
-    let postgres_json: serde_json::Map<String, serde_json::Value> =
-        stats.pg.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let mysql_json: serde_json::Map<String, serde_json::Value> =
-        stats.mysql.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let redis_json: serde_json::Map<String, serde_json::Value> =
-        stats.redis.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let memcached_json: serde_json::Map<String, serde_json::Value> =
-        stats.memcached.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
-    let http2_json: serde_json::Map<String, serde_json::Value> =
-        stats.h2.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect();
     eprintln!(
         "tracewire: summary {}",
         json!({
@@ -443,11 +433,11 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             "otlp": otlp_json,
             "json_written": summary.json_written,
             "http": http_json,
-            "http2": http2_json,
-            "postgres": postgres_json,
-            "redis": redis_json,
-            "memcached": memcached_json,
-            "mysql": mysql_json,
+            "http2": counts_json(&stats.h2.counts()),
+            "postgres": counts_json(&stats.pg.counts()),
+            "redis": counts_json(&stats.redis.counts()),
+            "memcached": counts_json(&stats.memcached.counts()),
+            "mysql": counts_json(&stats.mysql.counts()),
             "kernel": Counter::ALL.iter().map(|c| (c.name(), k[*c as usize])).collect::<HashMap<_, _>>(),
             "decode_errors": session.stats().decode_errors,
             "data_unknown_conn": session.stats().data_unknown_conn,
@@ -464,11 +454,6 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         })
     );
     Ok(summary)
-}
-
-/// Now, in ns since the Unix epoch.
-fn wall_ns() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64)
 }
 
 /// Loop-local counts the metrics page shows.
@@ -651,7 +636,12 @@ fn metrics_page(
 }
 
 fn tail_json(s: &TailStats) -> serde_json::Value {
-    s.counts().iter().map(|(k, v)| (k.to_string(), json!(v))).collect::<serde_json::Map<_, _>>().into()
+    counts_json(&s.counts()).into()
+}
+
+/// Named counters as a JSON object, for the summary.
+fn counts_json(counts: &[(&str, u64)]) -> serde_json::Map<String, serde_json::Value> {
+    counts.iter().map(|(k, v)| (k.to_string(), json!(v))).collect()
 }
 
 fn status_line(

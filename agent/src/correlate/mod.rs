@@ -535,9 +535,12 @@ struct Shared {
 }
 
 impl Shared {
-    /// Queues `id` for the kernel to mute (see [`Correlator::take_mutes`]), or counts that the
-    /// queue was full.
-    fn mute(&mut self, id: ConnId) {
+    /// Queues connection `id` (whose book is `book`) for the kernel to mute, once (see
+    /// [`Correlator::take_mutes`]), or counts that the queue was full.
+    fn mute(&mut self, book: &mut Book, id: ConnId) {
+        if std::mem::replace(&mut book.muted, true) {
+            return;
+        }
         if self.mute.len() < MAX_MUTE_QUEUE {
             self.mute.push(id);
             self.stats.muted_conns += 1;
@@ -866,9 +869,8 @@ impl Sink for ConnSink<'_> {
                 self.g.stats.non_http_conns += 1;
                 // A server reads no other protocol: muted now, not at its next call (which may
                 // never come). A client may still show a database protocol (see `data`).
-                if self.info.role == ROLE_SERVER && !self.book.muted {
-                    self.book.muted = true;
-                    self.g.mute(self.info.id);
+                if self.info.role == ROLE_SERVER {
+                    self.g.mute(self.book, self.info.id);
                 }
             }
         }
@@ -1373,16 +1375,13 @@ impl Correlator {
             // No span will come of this connection: its bytes need not be copied and sent here
             // (a broker's or a binary protocol's traffic would otherwise fill the ring). A
             // client's is given a few more events for a database protocol to show.
-            let book = &mut conn.book;
-            book.unread = book.unread.saturating_add(1);
-            if !book.muted
-                && (conn.req.stopped()
-                    || conn.info.role == ROLE_SERVER
-                    || conn.not_db
-                    || book.unread >= CLIENT_MUTE_AFTER)
+            conn.book.unread = conn.book.unread.saturating_add(1);
+            if conn.req.stopped()
+                || conn.info.role == ROLE_SERVER
+                || conn.not_db
+                || conn.book.unread >= CLIENT_MUTE_AFTER
             {
-                book.muted = true;
-                self.shared.mute(conn.info.id);
+                self.shared.mute(&mut conn.book, conn.info.id);
             }
             return;
         }

@@ -54,6 +54,11 @@ impl Clock {
         (mono_ns as i128 + self.offset_ns).clamp(0, u64::MAX as i128) as u64
     }
 
+    /// The current wall-clock time, in ns since the Unix epoch.
+    pub fn wall_now_ns() -> u64 {
+        realtime_ns().clamp(0, u64::MAX as i128) as u64
+    }
+
     /// The current monotonic time, as the kernel sees it.
     pub fn monotonic_now() -> u64 {
         monotonic_ns()

@@ -340,15 +340,21 @@ impl OtlpExporter {
         }
     }
 
+    /// Whether request metrics are exported (there is a metrics endpoint).
+    pub fn exports_metrics(&self) -> bool {
+        self.config.metrics_endpoint.is_some()
+    }
+
     /// Queues an export of request metrics (a no-op without a metrics endpoint). A full queue
     /// drops it, counted: the next export carries the same cumulative counts.
     pub fn submit_metrics(&mut self, request: &ExportMetricsServiceRequest, points: u64) {
-        if self.config.metrics_endpoint.is_none() {
+        if !self.exports_metrics() {
             return;
         }
+        // Encoded before the accounting is locked: the sending tasks settle under that lock.
+        let queued = Queued::Metrics { request: Bytes::from(request.encode_to_vec()), points };
         let mut a = lock(&self.accounting);
         a.points.produced += points;
-        let queued = Queued::Metrics { request: Bytes::from(request.encode_to_vec()), points };
         if self.tx.as_ref().is_none_or(|tx| tx.try_send(queued).is_err()) {
             a.points.dropped += points;
         }

@@ -462,7 +462,6 @@ impl RequestMetrics {
     pub fn prometheus(&self, page: &mut Page) {
         let mut by_instrument: Vec<(u32, &Series)> = self.each().collect();
         by_instrument.sort_by_key(|(_, s)| s.instrument);
-        let mut resources: HashMap<u32, (String, String)> = HashMap::new();
         let mut current = None;
         for (pid, s) in by_instrument {
             let name = s.instrument.prometheus_name();
@@ -470,36 +469,27 @@ impl RequestMetrics {
                 current = Some(s.instrument);
                 page.family(name, "histogram", s.instrument.description());
             }
-            let (service, instance) = resources.entry(pid).or_insert_with(|| {
-                let r = &self.processes[&pid].resource;
-                let instance = r
-                    .attributes
-                    .iter()
-                    .find(|(k, _)| k == "service.instance.id")
-                    .map_or_else(|| pid.to_string(), |(_, v)| v.clone());
-                (r.service_name.clone(), instance)
-            });
+            let r = &self.processes[&pid].resource;
+            let instance =
+                r.attributes.iter().find(|(k, _)| k == "service.instance.id").map(|(_, v)| v.clone());
             let mut labels: Vec<(String, String)> = vec![
-                ("service_name".into(), service.clone()),
-                ("service_instance_id".into(), instance.clone()),
+                ("service_name".into(), r.service_name.clone()),
+                ("service_instance_id".into(), instance.unwrap_or_else(|| pid.to_string())),
             ];
-            for (k, v) in s.attributes() {
-                labels.push((k.replace('.', "_"), value_text(v)));
-            }
+            labels.extend(s.attributes().map(|(k, v)| (k.replace('.', "_"), value_text(v))));
             if s.overflow {
                 labels.push(("otel_metric_overflow".into(), "true".into()));
             }
-            let mut cumulative = 0;
+            let plain: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             let bucket = format!("{name}_bucket");
+            let mut cumulative = 0;
             for (i, n) in s.histogram.buckets.iter().enumerate() {
                 cumulative += n;
                 let le = BOUNDS.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-                let mut with_le: Vec<(&str, &str)> =
-                    labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                let mut with_le = plain.clone();
                 with_le.push(("le", &le));
                 page.sample(&bucket, &with_le, cumulative as f64);
             }
-            let plain: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
             page.sample(&format!("{name}_sum"), &plain, s.histogram.sum);
             page.sample(&format!("{name}_count"), &plain, s.histogram.count as f64);
         }
