@@ -24,6 +24,7 @@ use crate::{
         metrics::{Metrics, Page},
         otlp::{OtlpConfig, OtlpExporter},
         request_metrics::RequestMetrics,
+        service_graph::ServiceGraph,
         waterfall::{self, Waterfall},
     },
     metadata::Resources,
@@ -320,6 +321,9 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
             for s in &spans {
                 r.record(s, &mut |pid| resources.get(pid));
             }
+            if last {
+                r.flush_graph();
+            }
         }
         // Head sampling: a trace not sampled where it started is not exported anywhere.
         let before = spans.len();
@@ -388,12 +392,13 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
         && let Some(r) = &red
     {
         // After the last traces: what every request did, whatever sampling kept.
-        let table = waterfall::requests_table(r);
-        if !table.is_empty() {
-            let mut stdout = std::io::stdout().lock();
-            let _ = writeln!(stdout, "{table}");
-            let _ = stdout.flush();
+        let mut stdout = std::io::stdout().lock();
+        for table in [waterfall::requests_table(r), waterfall::graph_table(r.graph())] {
+            if !table.is_empty() {
+                let _ = writeln!(stdout, "{table}");
+            }
         }
+        let _ = stdout.flush();
     }
     eprintln!("{}", status_line(&session, &correlator, &accounting, out.otlp.is_some(), tail.as_ref())?);
     let summary = Summary {
@@ -428,6 +433,7 @@ pub fn run(options: CaptureOptions, out: RunOutput, stop: Arc<AtomicBool>) -> an
                 json!({
                     "recorded": s.recorded, "overflowed": s.overflowed, "not_measured": s.not_measured,
                     "series": r.series(), "series_forgotten": s.series_forgotten,
+                    "service_graph": graph_json(r.graph()),
                 })
             }),
             "otlp": otlp_json,
@@ -615,6 +621,33 @@ fn metrics_page(
             "Attribute sets the request metrics hold.",
             r.series() as f64,
         );
+        let g = r.graph().stats();
+        p.by_label(
+            "tracewire_service_graph_calls_total",
+            "counter",
+            "Calls the service graph counted, by how their edge was made.",
+            "outcome",
+            [
+                ("paired", g.paired as f64),
+                ("client_unpaired", g.client_unpaired as f64),
+                ("server_unpaired", g.server_unpaired as f64),
+                ("from_user", g.from_user as f64),
+                ("database", g.database as f64),
+            ],
+        );
+        p.by_label(
+            "tracewire_service_graph_limited_total",
+            "counter",
+            "Calls counted in the overflow edge (edge cap reached), or made an edge before their other end could come (pending table full).",
+            "reason",
+            [("overflowed", g.overflowed as f64), ("pending_full", g.pending_full as f64)],
+        );
+        p.single(
+            "tracewire_service_graph_edges",
+            "gauge",
+            "Edges the service graph holds.",
+            r.graph().edges().len() as f64,
+        );
         r.prometheus(&mut p);
     }
     if let Ok(stat) = procfs::process::Process::myself().and_then(|me| me.stat()) {
@@ -633,6 +666,16 @@ fn metrics_page(
         );
     }
     Ok(p.finish())
+}
+
+fn graph_json(g: &ServiceGraph) -> serde_json::Value {
+    let s = g.stats();
+    json!({
+        "edges": g.edges().len(), "pending": g.pending(), "paired": s.paired,
+        "client_unpaired": s.client_unpaired, "server_unpaired": s.server_unpaired,
+        "from_user": s.from_user, "database": s.database, "overflowed": s.overflowed,
+        "pending_full": s.pending_full,
+    })
 }
 
 fn tail_json(s: &TailStats) -> serde_json::Value {

@@ -22,7 +22,10 @@ use super::{
 };
 use crate::{
     events::{Event, clock::Clock, encode_sockaddr},
-    export::{request_metrics::RequestMetrics, waterfall::requests_table},
+    export::{
+        request_metrics::RequestMetrics,
+        waterfall::{graph_table, requests_table},
+    },
     metadata::ProcessInfo,
 };
 
@@ -324,7 +327,8 @@ fn golden_recordings() -> std::io::Result<()> {
                 })
             });
         }
-        for line in requests_table(&metrics).lines() {
+        metrics.flush_graph();
+        for line in requests_table(&metrics).lines().chain(graph_table(metrics.graph()).lines()) {
             let _ = writeln!(actual, "# {line}");
         }
         c.close_all();

@@ -8,6 +8,7 @@ pub mod metrics;
 pub mod otlp;
 pub mod request_metrics;
 pub mod retry;
+pub mod service_graph;
 pub mod transform;
 pub mod waterfall;
 

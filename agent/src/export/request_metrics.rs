@@ -25,10 +25,11 @@ use opentelemetry_proto::tonic::{
         AggregationTemporality, Histogram, HistogramDataPoint, Metric, ResourceMetrics, ScopeMetrics,
         metric::Data,
     },
+    resource::v1::Resource,
 };
 use smallvec::SmallVec;
 
-use super::metrics::Page;
+use super::{metrics::Page, service_graph::ServiceGraph};
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
     metadata::ProcessInfo,
@@ -222,6 +223,11 @@ fn found(span: &SpanRecord) -> [Option<&Value>; KEYS.len()] {
     found
 }
 
+/// How long one end of a call waits for the other before it is taken for an edge to or from a
+/// virtual node: a server span is built when its response is written, its client span when the
+/// response is read, moments later.
+const GRAPH_WAIT: Duration = Duration::from_secs(5);
+
 /// Most keys an instrument has.
 const MAX_KEYS: usize = 8;
 
@@ -252,7 +258,7 @@ impl Default for Durations {
 }
 
 impl Durations {
-    fn record(&mut self, seconds: f64) {
+    pub(crate) fn record(&mut self, seconds: f64) {
         // The first bound at or above the value (a bucket's upper bound is inclusive).
         self.buckets[BOUNDS.partition_point(|b| *b < seconds)] += 1;
         self.count += 1;
@@ -316,6 +322,7 @@ pub struct RequestMetrics {
     retain: Duration,
     hasher: foldhash::fast::FixedState,
     stats: RecorderStats,
+    graph: ServiceGraph,
 }
 
 impl RequestMetrics {
@@ -329,7 +336,19 @@ impl RequestMetrics {
             retain,
             hasher: foldhash::fast::FixedState::with_seed(0x7472_6163_6577_6972),
             stats: RecorderStats::default(),
+            graph: ServiceGraph::new(max_series / 4, max_series, GRAPH_WAIT),
         }
+    }
+
+    /// The service graph, made from the same spans.
+    pub fn graph(&self) -> &ServiceGraph {
+        &self.graph
+    }
+
+    /// Calls still waiting for their other end become edges to or from a virtual node (the
+    /// agent is stopping).
+    pub fn flush_graph(&mut self) {
+        self.graph.flush();
     }
 
     /// Counts.
@@ -375,6 +394,7 @@ impl RequestMetrics {
             index: HashMap::default(),
             exited: None,
         });
+        self.graph.record(span, &p.resource, found[11], found[5], found[6]);
         let same = |s: &Series| !s.overflow && s.values.iter().map(Option::as_ref).eq(values.iter().copied());
         if let Some(i) = p
             .index
@@ -428,6 +448,7 @@ impl RequestMetrics {
 
     /// Forgets the processes that exited at least `retain` before `now`.
     pub fn forget_exited(&mut self, now: Instant) {
+        self.graph.expire(now);
         let retain = self.retain;
         let mut forgotten = 0;
         self.processes.retain(|_, p| {
@@ -481,18 +502,9 @@ impl RequestMetrics {
                 labels.push(("otel_metric_overflow".into(), "true".into()));
             }
             let plain: Vec<(&str, &str)> = labels.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
-            let bucket = format!("{name}_bucket");
-            let mut cumulative = 0;
-            for (i, n) in s.histogram.buckets.iter().enumerate() {
-                cumulative += n;
-                let le = BOUNDS.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
-                let mut with_le = plain.clone();
-                with_le.push(("le", &le));
-                page.sample(&bucket, &with_le, cumulative as f64);
-            }
-            page.sample(&format!("{name}_sum"), &plain, s.histogram.sum);
-            page.sample(&format!("{name}_count"), &plain, s.histogram.count as f64);
+            histogram_samples(page, name, &plain, &s.histogram);
         }
+        self.graph.prometheus(page);
     }
 
     /// The histograms as an OTLP export request (cumulative, one resource per process), with
@@ -523,19 +535,7 @@ impl RequestMetrics {
                                 ..Default::default()
                             });
                         }
-                        let h = &s.histogram;
-                        HistogramDataPoint {
-                            attributes,
-                            start_time_unix_nano: s.start_ns,
-                            time_unix_nano: now_ns.max(s.start_ns),
-                            count: h.count,
-                            sum: Some(h.sum),
-                            bucket_counts: h.buckets.to_vec(),
-                            explicit_bounds: BOUNDS.to_vec(),
-                            min: (h.count > 0).then_some(h.min),
-                            max: (h.count > 0).then_some(h.max),
-                            ..Default::default()
-                        }
+                        histogram_point(attributes, s.start_ns, now_ns, &s.histogram)
                     })
                     .collect();
                 if data_points.is_empty() {
@@ -556,19 +556,80 @@ impl RequestMetrics {
             resource_metrics.push(ResourceMetrics {
                 // The same resource as the process's spans.
                 resource: Some(super::transform::resource(&p.resource)),
-                scope_metrics: vec![ScopeMetrics {
-                    scope: Some(InstrumentationScope {
-                        name: "tracewire".into(),
-                        version: env!("CARGO_PKG_VERSION").into(),
+                scope_metrics: vec![ScopeMetrics { scope: Some(scope()), metrics, ..Default::default() }],
+                ..Default::default()
+            });
+        }
+        let graph = self.graph.otlp(now_ns);
+        if !graph.is_empty() {
+            points += self.graph.points();
+            // Edges join two services: they belong to the node that saw them, not to either.
+            resource_metrics.push(ResourceMetrics {
+                resource: Some(Resource {
+                    attributes: vec![KeyValue {
+                        key: "host.name".into(),
+                        value: Some(AnyValue {
+                            value: Some(any_value::Value::StringValue(
+                                crate::metadata::host_name().to_string(),
+                            )),
+                        }),
                         ..Default::default()
-                    }),
-                    metrics,
+                    }],
+                    ..Default::default()
+                }),
+                scope_metrics: vec![ScopeMetrics {
+                    scope: Some(scope()),
+                    metrics: graph,
                     ..Default::default()
                 }],
                 ..Default::default()
             });
         }
         (points > 0).then_some((ExportMetricsServiceRequest { resource_metrics }, points))
+    }
+}
+
+fn scope() -> InstrumentationScope {
+    InstrumentationScope {
+        name: "tracewire".into(),
+        version: env!("CARGO_PKG_VERSION").into(),
+        ..Default::default()
+    }
+}
+
+/// A histogram's Prometheus samples (`_bucket` per bound, cumulative; `_sum`; `_count`).
+pub(crate) fn histogram_samples(page: &mut Page, name: &str, labels: &[(&str, &str)], h: &Durations) {
+    let bucket = format!("{name}_bucket");
+    let mut cumulative = 0;
+    for (i, n) in h.buckets.iter().enumerate() {
+        cumulative += n;
+        let le = BOUNDS.get(i).map_or_else(|| "+Inf".to_string(), |b| b.to_string());
+        let mut with_le = labels.to_vec();
+        with_le.push(("le", &le));
+        page.sample(&bucket, &with_le, cumulative as f64);
+    }
+    page.sample(&format!("{name}_sum"), labels, h.sum);
+    page.sample(&format!("{name}_count"), labels, h.count as f64);
+}
+
+/// A histogram as a cumulative OTLP data point.
+pub(crate) fn histogram_point(
+    attributes: Vec<KeyValue>,
+    start_ns: u64,
+    now_ns: u64,
+    h: &Durations,
+) -> HistogramDataPoint {
+    HistogramDataPoint {
+        attributes,
+        start_time_unix_nano: start_ns,
+        time_unix_nano: now_ns.max(start_ns),
+        count: h.count,
+        sum: Some(h.sum),
+        bucket_counts: h.buckets.to_vec(),
+        explicit_bounds: BOUNDS.to_vec(),
+        min: (h.count > 0).then_some(h.min),
+        max: (h.count > 0).then_some(h.max),
+        ..Default::default()
     }
 }
 
@@ -773,8 +834,15 @@ mod tests {
         m.record(&http(Kind::Server, 7, 404, 3), &mut resource);
         m.record(&http(Kind::Client, 8, 200, 3), &mut resource);
         let (req, points) = m.otlp(2_000_000_000).expect("a request");
-        assert_eq!(points, 3);
-        assert_eq!(req.resource_metrics.len(), 2);
+        // Three histogram points, then the service graph's: the two served requests came with
+        // no context (one edge from `user`: two counters and the server histogram; the client
+        // span still waits for its server end).
+        assert_eq!(points, 3 + 3);
+        assert_eq!(req.resource_metrics.len(), 3);
+        let graph = &req.resource_metrics[2];
+        let graph_attrs = &graph.resource.as_ref().expect("resource").attributes;
+        assert_eq!(graph_attrs.iter().map(|kv| kv.key.as_str()).collect::<Vec<_>>(), ["host.name"]);
+        assert_eq!(graph.scope_metrics[0].metrics[0].name, "traces_service_graph_request_total");
         let rm = &req.resource_metrics[0];
         let attrs = &rm.resource.as_ref().expect("resource").attributes;
         assert!(attrs.iter().any(|kv| kv.key == "service.name"

@@ -6,7 +6,10 @@ use std::{
     time::{Duration, Instant},
 };
 
-use super::request_metrics::{Instrument, RequestMetrics, Series, value_text};
+use super::{
+    request_metrics::{Durations, Instrument, RequestMetrics, Series, value_text},
+    service_graph::{DIRECT, Edge, ServiceGraph, VIRTUAL_NODE},
+};
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
     sampling::traces::Assembler,
@@ -143,6 +146,57 @@ pub fn requests_table(metrics: &RequestMetrics) -> String {
             "  {service:<width$}  {label:<label_width$}  {count:>8}  {errors:>6}  {:>9}  {:>9}",
             seconds(sum / count.max(1) as f64),
             seconds(max)
+        );
+    }
+    out
+}
+
+/// The service graph as a table: each edge (who called whom), its calls, failures and mean
+/// durations as the client and as the server saw them. Empty when no edge was seen.
+pub fn graph_table(graph: &ServiceGraph) -> String {
+    let edges = graph.edges();
+    if edges.is_empty() {
+        return String::new();
+    }
+    let end = |e: &Edge, name: &str, virtual_end: bool| -> String {
+        if e.overflow {
+            "(edges beyond the cap)".to_string()
+        } else if virtual_end {
+            format!("[{name}]")
+        } else {
+            name.to_string()
+        }
+    };
+    let rows: Vec<(String, String, &Edge)> = edges
+        .iter()
+        .map(|e| {
+            // The end not traced here: the client of a virtual-node edge whose server span was
+            // seen, the server otherwise.
+            let virtual_client = e.connection_type == VIRTUAL_NODE && e.server_seconds.count > 0;
+            let virtual_server = e.connection_type != DIRECT && !virtual_client;
+            (end(e, &e.client, virtual_client), end(e, &e.server, virtual_server), e)
+        })
+        .collect();
+    let cw = rows.iter().map(|(c, _, _)| c.chars().count()).max().unwrap_or(6).clamp(6, 40);
+    let sw = rows.iter().map(|(_, s, _)| s.chars().count()).max().unwrap_or(6).clamp(6, 48);
+    let mean = |d: &Durations| if d.count == 0 { "-".to_string() } else { seconds(d.sum / d.count as f64) };
+    let mut out =
+        String::from("service graph (who calls whom, every call seen; [a name] is not traced here)\n");
+    let _ = writeln!(
+        out,
+        "  {:<cw$}  {:<sw$}  {:>8}  {:>6}  {:>11}  {:>11}",
+        "CLIENT", "SERVER", "CALLS", "FAILED", "CLIENT MEAN", "SERVER MEAN"
+    );
+    for (client, server, e) in rows {
+        let client: String = client.chars().take(cw).collect();
+        let server: String = server.chars().take(sw).collect();
+        let _ = writeln!(
+            out,
+            "  {client:<cw$}  {server:<sw$}  {:>8}  {:>6}  {:>11}  {:>11}",
+            e.requests,
+            e.failed,
+            mean(&e.client_seconds),
+            mean(&e.server_seconds)
         );
     }
     out

@@ -146,6 +146,11 @@ fn node_name() -> &'static NodeName {
     })
 }
 
+/// The node's name (`host.name`).
+pub fn host_name() -> &'static str {
+    &node_name().name
+}
+
 struct NodeName {
     name: String,
     /// Named by Kubernetes (`k8s.node.name` too).

@@ -1,0 +1,727 @@
+//! The service graph: which service calls which, how many calls failed, and how long they took
+//! as the client and as the server saw them. Grafana draws its service graph (and Kiali-style
+//! maps) from these metrics; they are the ones Tempo's metrics generator and the Collector's
+//! `servicegraph` connector derive from spans (`traces_service_graph_request_total`,
+//! `..._failed_total`, `..._server_seconds`, `..._client_seconds`, labels `client`, `server`,
+//! `connection_type`), but made here from every span before sampling, like the request metrics.
+//!
+//! An edge is a client span paired with the server span it caused: the server span's parent is
+//! the client span. Both ends traced on this node make a whole edge (both durations, named by
+//! their services). One end alone, once it has waited [`ServiceGraph::new`]'s `wait` for the
+//! other, makes an edge to a virtual node (`connection_type="virtual_node"`) named by address:
+//! a caller or a server not traced here (on another node, or not selected). A server span no
+//! trace context came with is called by `user`, and a database call's server is the database
+//! (`connection_type="database"`, named `<system> <address>:<port>`).
+//!
+//! Bounded: at most `max_edges` edges (beyond, calls of new edges are counted in one overflow
+//! edge) and `max_pending` halves waiting for their other end each way (beyond, a half is made
+//! an edge to a virtual node at once).
+use std::{
+    collections::HashMap,
+    hash::{BuildHasher as _, Hasher as _},
+    sync::Arc,
+    time::{Duration, Instant},
+};
+
+use opentelemetry_proto::tonic::{
+    common::v1::{AnyValue, KeyValue, any_value},
+    metrics::v1::{
+        AggregationTemporality, Histogram, Metric, NumberDataPoint, Sum, metric::Data, number_data_point,
+    },
+};
+use smallvec::SmallVec;
+
+use super::{
+    metrics::Page,
+    request_metrics::{Durations, histogram_point, histogram_samples},
+};
+use crate::{
+    correlate::span::{Kind, SpanRecord, Value},
+    metadata::ProcessInfo,
+};
+
+/// An edge's end that is a service traced here.
+pub const DIRECT: &str = "";
+/// An end named by address: not traced here.
+pub const VIRTUAL_NODE: &str = "virtual_node";
+/// The server end is a database.
+pub const DATABASE: &str = "database";
+/// The caller of a request that came with no trace context.
+pub const USER: &str = "user";
+
+/// Calls between two services.
+#[derive(Debug, Clone)]
+pub struct Edge {
+    /// The calling service (or virtual node).
+    pub client: Arc<str>,
+    /// The called service (or virtual node).
+    pub server: Arc<str>,
+    /// [`DIRECT`], [`VIRTUAL_NODE`] or [`DATABASE`].
+    pub connection_type: &'static str,
+    /// The overflow edge (edges beyond the cap).
+    pub overflow: bool,
+    /// Calls.
+    pub requests: u64,
+    /// Calls that failed (either end's span is an error).
+    pub failed: u64,
+    /// Durations as the client saw them (calls whose client span was seen).
+    pub client_seconds: Durations,
+    /// Durations as the server saw them (calls whose server span was seen).
+    pub server_seconds: Durations,
+    /// When the edge began (its first call's start), ns since the epoch.
+    pub start_ns: u64,
+}
+
+/// One end of a call, waiting for the other.
+#[derive(Debug)]
+struct Half {
+    service: Arc<str>,
+    /// The other end's address (a virtual node's name if it never comes).
+    peer: Arc<str>,
+    seconds: f64,
+    error: bool,
+    start_ns: u64,
+    since: Instant,
+}
+
+/// What the graph did with the spans it was given.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub struct GraphStats {
+    /// Calls whose two ends were paired.
+    pub paired: u64,
+    /// Client spans whose server end never came (edges to a virtual node).
+    pub client_unpaired: u64,
+    /// Server spans whose client end never came (edges from a virtual node).
+    pub server_unpaired: u64,
+    /// Server spans no trace context came with (edges from `user`).
+    pub from_user: u64,
+    /// Database calls.
+    pub database: u64,
+    /// Calls counted in the overflow edge (the edge cap was reached).
+    pub overflowed: u64,
+    /// Halves made edges at once because the pending table was full.
+    pub pending_full: u64,
+}
+
+/// The edges between the services traced here.
+#[derive(Debug)]
+pub struct ServiceGraph {
+    edges: Vec<Edge>,
+    /// Edges by hash of (client, server, connection type): collisions share the list.
+    index: HashMap<u64, SmallVec<[u32; 1]>, foldhash::fast::FixedState>,
+    overflow: Option<usize>,
+    max_edges: usize,
+    /// Client spans by (trace, own span id), waiting for the server span they caused.
+    clients: HashMap<([u8; 16], [u8; 8]), Half, foldhash::fast::FixedState>,
+    /// Server spans by (trace, parent span id), waiting for the client span that caused them.
+    servers: HashMap<([u8; 16], [u8; 8]), Half, foldhash::fast::FixedState>,
+    max_pending: usize,
+    wait: Duration,
+    /// The last tick: halves are stamped with it (a clock read per span would cost more than
+    /// the pairing).
+    now: Instant,
+    hasher: foldhash::fast::FixedState,
+    stats: GraphStats,
+}
+
+impl ServiceGraph {
+    /// At most `max_edges` edges and `max_pending` halves waiting each way, each for `wait`.
+    pub fn new(max_edges: usize, max_pending: usize, wait: Duration) -> Self {
+        ServiceGraph {
+            edges: Vec::new(),
+            index: HashMap::default(),
+            overflow: None,
+            max_edges,
+            clients: HashMap::default(),
+            servers: HashMap::default(),
+            max_pending,
+            wait,
+            now: Instant::now(),
+            hasher: foldhash::fast::FixedState::with_seed(0x6772_6170_6865_6467),
+            stats: GraphStats::default(),
+        }
+    }
+
+    /// Counts.
+    pub fn stats(&self) -> GraphStats {
+        self.stats
+    }
+
+    /// Every edge, in the order they were first seen (the overflow edge where it began).
+    pub fn edges(&self) -> &[Edge] {
+        &self.edges
+    }
+
+    /// Halves waiting for their other end.
+    pub fn pending(&self) -> usize {
+        self.clients.len() + self.servers.len()
+    }
+
+    /// Takes a request span of `service`'s: `db` is its database system, `server_address` and
+    /// `server_port` where a client span called.
+    pub(crate) fn record(
+        &mut self,
+        span: &SpanRecord,
+        service: &ProcessInfo,
+        db: Option<&Value>,
+        server_address: Option<&Value>,
+        server_port: Option<&Value>,
+    ) {
+        let seconds = span.duration_ns() as f64 / 1e9;
+        match span.kind {
+            Kind::Server => {
+                let Some(parent) = span.parent_id else {
+                    self.stats.from_user += 1;
+                    let server = self.name(&service.service_name);
+                    let e = self.edge(Arc::from(USER), server, VIRTUAL_NODE, span.start_ns);
+                    e.server_seconds.record(seconds);
+                    count(e, span.error);
+                    return;
+                };
+                let key = (span.trace_id, parent);
+                if let Some(client) = self.clients.remove(&key) {
+                    let server = self.name(&service.service_name);
+                    self.stats.paired += 1;
+                    let e = self.edge(client.service, server, DIRECT, client.start_ns);
+                    e.client_seconds.record(client.seconds);
+                    e.server_seconds.record(seconds);
+                    count(e, client.error || span.error);
+                    return;
+                }
+                let peer = span.attr("client.address").or_else(|| span.attr("network.peer.address"));
+                let half = Half {
+                    service: self.name(&service.service_name),
+                    peer: peer.map_or_else(|| Arc::from("unknown"), |v| Arc::from(text(v).as_str())),
+                    seconds,
+                    error: span.error,
+                    start_ns: span.start_ns,
+                    since: self.now,
+                };
+                if self.servers.len() >= self.max_pending {
+                    self.stats.pending_full += 1;
+                    self.unpaired_server(half);
+                } else {
+                    self.servers.insert(key, half);
+                }
+            }
+            Kind::Client => {
+                if let Some(system) = db {
+                    self.stats.database += 1;
+                    let mut name = text(system);
+                    if let Some(a) = server_address {
+                        name = format!("{name} {}", address(a, server_port));
+                    }
+                    let client = self.name(&service.service_name);
+                    let e = self.edge(client, Arc::from(name.as_str()), DATABASE, span.start_ns);
+                    e.client_seconds.record(seconds);
+                    count(e, span.error);
+                    return;
+                }
+                let key = (span.trace_id, span.span_id);
+                let client = self.name(&service.service_name);
+                if let Some(server) = self.servers.remove(&key) {
+                    self.stats.paired += 1;
+                    let e = self.edge(client, server.service, DIRECT, span.start_ns);
+                    e.client_seconds.record(seconds);
+                    e.server_seconds.record(server.seconds);
+                    count(e, span.error || server.error);
+                    return;
+                }
+                let half = Half {
+                    service: client,
+                    peer: server_address
+                        .map_or_else(|| Arc::from("unknown"), |a| Arc::from(address(a, server_port))),
+                    seconds,
+                    error: span.error,
+                    start_ns: span.start_ns,
+                    since: self.now,
+                };
+                if self.clients.len() >= self.max_pending {
+                    self.stats.pending_full += 1;
+                    self.unpaired_client(half);
+                } else {
+                    self.clients.insert(key, half);
+                }
+            }
+        }
+    }
+
+    /// Halves that waited `wait` by `now` become edges to or from a virtual node; `now` stamps
+    /// the halves that come next.
+    pub fn expire(&mut self, now: Instant) {
+        self.now = now;
+        let wait = self.wait;
+        let old = |h: &Half| now.duration_since(h.since) >= wait;
+        self.flush_where(old);
+    }
+
+    /// Every half waiting becomes an edge to or from a virtual node (the agent is stopping).
+    pub fn flush(&mut self) {
+        self.flush_where(|_| true);
+    }
+
+    fn flush_where(&mut self, due: impl Fn(&Half) -> bool) {
+        let mut clients: Vec<Half> = self.clients.extract_if(|_, h| due(h)).map(|(_, h)| h).collect();
+        let mut servers: Vec<Half> = self.servers.extract_if(|_, h| due(h)).map(|(_, h)| h).collect();
+        // In the order the calls started: edges are listed as first seen.
+        clients.sort_by_key(|h| h.start_ns);
+        servers.sort_by_key(|h| h.start_ns);
+        for h in clients {
+            self.unpaired_client(h);
+        }
+        for h in servers {
+            self.unpaired_server(h);
+        }
+    }
+
+    fn unpaired_client(&mut self, h: Half) {
+        self.stats.client_unpaired += 1;
+        let e = self.edge(h.service, h.peer, VIRTUAL_NODE, h.start_ns);
+        e.client_seconds.record(h.seconds);
+        count(e, h.error);
+    }
+
+    fn unpaired_server(&mut self, h: Half) {
+        self.stats.server_unpaired += 1;
+        let e = self.edge(h.peer, h.service, VIRTUAL_NODE, h.start_ns);
+        e.server_seconds.record(h.seconds);
+        count(e, h.error);
+    }
+
+    /// A service's name, shared with the edge it ends up in when that edge exists.
+    fn name(&self, service: &str) -> Arc<str> {
+        Arc::from(service)
+    }
+
+    /// The edge (client, server, type), made when new (or the overflow edge, beyond the cap).
+    fn edge(
+        &mut self,
+        client: Arc<str>,
+        server: Arc<str>,
+        connection_type: &'static str,
+        start_ns: u64,
+    ) -> &mut Edge {
+        let mut h = self.hasher.build_hasher();
+        h.write(client.as_bytes());
+        h.write_u8(0xff);
+        h.write(server.as_bytes());
+        h.write_u8(0xff);
+        h.write(connection_type.as_bytes());
+        let hash = h.finish();
+        let found = self.index.get(&hash).and_then(|ids| {
+            ids.iter().copied().find(|&i| {
+                let e = &self.edges[i as usize];
+                e.client == client && e.server == server && e.connection_type == connection_type
+            })
+        });
+        let i = match found {
+            Some(i) => i as usize,
+            None if self.edges.len() - usize::from(self.overflow.is_some()) >= self.max_edges => {
+                self.stats.overflowed += 1;
+                match self.overflow {
+                    Some(i) => i,
+                    None => {
+                        self.edges.push(new_edge(Arc::from(""), Arc::from(""), DIRECT, true, start_ns));
+                        self.overflow = Some(self.edges.len() - 1);
+                        self.edges.len() - 1
+                    }
+                }
+            }
+            None => {
+                self.edges.push(new_edge(client, server, connection_type, false, start_ns));
+                let i = self.edges.len() - 1;
+                self.index.entry(hash).or_default().push(i as u32);
+                i
+            }
+        };
+        &mut self.edges[i]
+    }
+
+    /// The edges as Prometheus families on `page`.
+    pub fn prometheus(&self, page: &mut Page) {
+        if self.edges.is_empty() {
+            return;
+        }
+        let labelled: Vec<(&Edge, Vec<(&str, &str)>)> = self.edges.iter().map(|e| (e, labels(e))).collect();
+        page.family(
+            "traces_service_graph_request_total",
+            "counter",
+            "Calls between two services (every call seen, before sampling).",
+        );
+        for (e, l) in &labelled {
+            page.sample("traces_service_graph_request_total", l, e.requests as f64);
+        }
+        page.family(
+            "traces_service_graph_request_failed_total",
+            "counter",
+            "Calls between two services that failed.",
+        );
+        for (e, l) in &labelled {
+            page.sample("traces_service_graph_request_failed_total", l, e.failed as f64);
+        }
+        for (name, help, of) in HISTOGRAMS {
+            page.family(name, "histogram", help);
+            for (e, l) in &labelled {
+                let h = of(e);
+                if h.count > 0 {
+                    histogram_samples(page, name, l, h);
+                }
+            }
+        }
+    }
+
+    /// The edges as OTLP metrics (cumulative; empty when there are none).
+    pub fn otlp(&self, now_ns: u64) -> Vec<Metric> {
+        if self.edges.is_empty() {
+            return Vec::new();
+        }
+        let attributes = |e: &Edge| -> Vec<KeyValue> {
+            labels(e)
+                .into_iter()
+                .map(|(k, v)| {
+                    let value = if k == "otel_metric_overflow" {
+                        any_value::Value::BoolValue(true)
+                    } else {
+                        any_value::Value::StringValue(v.to_string())
+                    };
+                    let key = if k == "otel_metric_overflow" { "otel.metric.overflow" } else { k };
+                    KeyValue {
+                        key: key.into(),
+                        value: Some(AnyValue { value: Some(value) }),
+                        ..Default::default()
+                    }
+                })
+                .collect()
+        };
+        let counter = |name: &str, description: &str, of: fn(&Edge) -> u64| Metric {
+            name: name.into(),
+            description: description.into(),
+            unit: "1".into(),
+            data: Some(Data::Sum(Sum {
+                data_points: self
+                    .edges
+                    .iter()
+                    .map(|e| NumberDataPoint {
+                        attributes: attributes(e),
+                        start_time_unix_nano: e.start_ns,
+                        time_unix_nano: now_ns.max(e.start_ns),
+                        value: Some(number_data_point::Value::AsInt(of(e) as i64)),
+                        ..Default::default()
+                    })
+                    .collect(),
+                aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                is_monotonic: true,
+            })),
+            ..Default::default()
+        };
+        let mut metrics = vec![
+            counter("traces_service_graph_request_total", "Calls between two services.", |e| e.requests),
+            counter(
+                "traces_service_graph_request_failed_total",
+                "Calls between two services that failed.",
+                |e| e.failed,
+            ),
+        ];
+        for (name, help, of) in HISTOGRAMS {
+            let data_points: Vec<_> = self
+                .edges
+                .iter()
+                .filter(|e| of(e).count > 0)
+                .map(|e| histogram_point(attributes(e), e.start_ns, now_ns, of(e)))
+                .collect();
+            if data_points.is_empty() {
+                continue;
+            }
+            metrics.push(Metric {
+                name: name.into(),
+                description: help.into(),
+                unit: "s".into(),
+                data: Some(Data::Histogram(Histogram {
+                    data_points,
+                    aggregation_temporality: AggregationTemporality::Cumulative as i32,
+                })),
+                ..Default::default()
+            });
+        }
+        metrics
+    }
+
+    /// Data points [`ServiceGraph::otlp`] makes.
+    pub fn points(&self) -> u64 {
+        let histograms: usize =
+            HISTOGRAMS.iter().map(|(_, _, of)| self.edges.iter().filter(|e| of(e).count > 0).count()).sum();
+        (2 * self.edges.len() + histograms) as u64
+    }
+}
+
+type Of = fn(&Edge) -> &Durations;
+
+/// The two duration histograms: name, description, which durations.
+const HISTOGRAMS: [(&str, &str, Of); 2] = [
+    (
+        "traces_service_graph_request_server_seconds",
+        "Durations of calls between two services as the server saw them.",
+        |e| &e.server_seconds,
+    ),
+    (
+        "traces_service_graph_request_client_seconds",
+        "Durations of calls between two services as the client saw them.",
+        |e| &e.client_seconds,
+    ),
+];
+
+fn labels(e: &Edge) -> Vec<(&str, &str)> {
+    if e.overflow {
+        return vec![("otel_metric_overflow", "true")];
+    }
+    let mut l = vec![("client", &*e.client), ("server", &*e.server)];
+    if !e.connection_type.is_empty() {
+        l.push(("connection_type", e.connection_type));
+    }
+    l
+}
+
+fn new_edge(
+    client: Arc<str>,
+    server: Arc<str>,
+    connection_type: &'static str,
+    overflow: bool,
+    start_ns: u64,
+) -> Edge {
+    Edge {
+        client,
+        server,
+        connection_type,
+        overflow,
+        requests: 0,
+        failed: 0,
+        client_seconds: Durations::default(),
+        server_seconds: Durations::default(),
+        start_ns,
+    }
+}
+
+fn count(e: &mut Edge, error: bool) {
+    e.requests += 1;
+    if error {
+        e.failed += 1;
+    }
+}
+
+fn text(v: &Value) -> String {
+    super::request_metrics::value_text(v)
+}
+
+/// `address:port` (an IPv6 address in brackets), or the address alone.
+fn address(a: &Value, port: Option<&Value>) -> String {
+    let a = text(a);
+    match port {
+        Some(p) if a.contains(':') => format!("[{a}]:{}", text(p)),
+        Some(p) => format!("{a}:{}", text(p)),
+        None => a,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::correlate::span::Text;
+
+    fn process(name: &str) -> ProcessInfo {
+        ProcessInfo { service_name: name.into(), attributes: vec![], pid: 1 }
+    }
+
+    /// A span of `kind` in trace 1: `id`, `parent`, `ms` long, failed or not.
+    fn span(kind: Kind, id: u8, parent: Option<u8>, ms: u64, error: bool) -> SpanRecord {
+        let mut s = SpanRecord::for_test([1; 16], id, parent);
+        s.kind = kind;
+        s.start_ns = 1_000_000_000;
+        s.end_ns = s.start_ns + ms * 1_000_000;
+        s.error = error;
+        s.attributes = vec![("client.address", Value::Str(Text::Static("10.0.0.9")))];
+        s
+    }
+
+    fn addr(s: &'static str) -> Value {
+        Value::Str(Text::Static(s))
+    }
+
+    fn edge<'a>(g: &'a ServiceGraph, client: &str, server: &str) -> &'a Edge {
+        g.edges()
+            .iter()
+            .find(|e| &*e.client == client && &*e.server == server)
+            .unwrap_or_else(|| panic!("no edge {client} -> {server} in {:?}", g.edges()))
+    }
+
+    #[test]
+    fn a_client_span_and_the_server_span_it_caused_make_one_edge_whichever_comes_first() {
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        let (host, port) = (addr("127.0.0.1"), Value::Int(8080));
+        // The server span is built first (its response is written before the client reads it).
+        g.record(&span(Kind::Server, 2, Some(1), 8, false), &process("users"), None, None, None);
+        g.record(
+            &span(Kind::Client, 1, Some(9), 10, false),
+            &process("gateway"),
+            None,
+            Some(&host),
+            Some(&port),
+        );
+        // Then the other way round, and a failure on the server's side.
+        g.record(
+            &span(Kind::Client, 3, Some(9), 30, false),
+            &process("gateway"),
+            None,
+            Some(&host),
+            Some(&port),
+        );
+        g.record(&span(Kind::Server, 4, Some(3), 20, true), &process("users"), None, None, None);
+        assert_eq!(g.pending(), 0);
+        assert_eq!(g.edges().len(), 1);
+        let e = edge(&g, "gateway", "users");
+        assert_eq!((e.requests, e.failed, e.connection_type), (2, 1, DIRECT));
+        assert_eq!((e.client_seconds.count, e.server_seconds.count), (2, 2));
+        assert!((e.client_seconds.sum - 0.040).abs() < 1e-9 && (e.server_seconds.sum - 0.028).abs() < 1e-9);
+        assert_eq!(g.stats().paired, 2);
+    }
+
+    #[test]
+    fn a_call_without_context_comes_from_user_and_a_database_is_a_node_of_its_own() {
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        g.record(&span(Kind::Server, 1, None, 5, false), &process("gateway"), None, None, None);
+        let (pg, host, port) = (addr("postgresql"), addr("127.0.0.1"), Value::Int(5432));
+        g.record(
+            &span(Kind::Client, 2, Some(1), 1, true),
+            &process("gateway"),
+            Some(&pg),
+            Some(&host),
+            Some(&port),
+        );
+        let user = edge(&g, USER, "gateway");
+        assert_eq!((user.requests, user.connection_type, user.server_seconds.count), (1, VIRTUAL_NODE, 1));
+        let db = edge(&g, "gateway", "postgresql 127.0.0.1:5432");
+        assert_eq!(
+            (db.requests, db.failed, db.connection_type, db.client_seconds.count),
+            (1, 1, DATABASE, 1)
+        );
+        assert_eq!((g.stats().from_user, g.stats().database, g.pending()), (1, 1, 0));
+    }
+
+    #[test]
+    fn an_end_whose_other_end_never_comes_is_an_edge_to_a_virtual_node_after_the_wait() {
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        let t = Instant::now();
+        g.expire(t);
+        let (host, port) = (addr("10.0.0.2"), Value::Int(80));
+        g.record(
+            &span(Kind::Client, 1, Some(9), 10, false),
+            &process("gateway"),
+            None,
+            Some(&host),
+            Some(&port),
+        );
+        g.record(&span(Kind::Server, 2, Some(7), 10, false), &process("users"), None, None, None);
+        g.expire(t + Duration::from_secs(4));
+        assert_eq!((g.pending(), g.edges().len()), (2, 0), "not before the wait");
+        g.expire(t + Duration::from_secs(5));
+        assert_eq!(g.pending(), 0);
+        let out = edge(&g, "gateway", "10.0.0.2:80");
+        assert_eq!(
+            (out.connection_type, out.client_seconds.count, out.server_seconds.count),
+            (VIRTUAL_NODE, 1, 0)
+        );
+        let caller = edge(&g, "10.0.0.9", "users");
+        assert_eq!(
+            (caller.connection_type, caller.client_seconds.count, caller.server_seconds.count),
+            (VIRTUAL_NODE, 0, 1)
+        );
+        // At exit every waiting end is taken at once.
+        g.record(
+            &span(Kind::Client, 3, Some(9), 10, false),
+            &process("gateway"),
+            None,
+            Some(&host),
+            Some(&port),
+        );
+        g.flush();
+        assert_eq!((g.pending(), edge(&g, "gateway", "10.0.0.2:80").requests), (0, 2));
+        let s = g.stats();
+        assert_eq!((s.client_unpaired, s.server_unpaired, s.paired), (2, 1, 0));
+    }
+
+    #[test]
+    fn beyond_the_caps_calls_are_still_counted() {
+        let mut g = ServiceGraph::new(2, 1, Duration::from_secs(5));
+        let port = Value::Int(80);
+        let hosts = [addr("a"), addr("b"), addr("c"), addr("d")];
+        for (i, h) in hosts.iter().enumerate() {
+            g.record(
+                &span(Kind::Client, i as u8 + 1, None, 1, false),
+                &process("gw"),
+                None,
+                Some(h),
+                Some(&port),
+            );
+        }
+        // One waits; the others found the pending table full and made their edge at once.
+        assert_eq!((g.pending(), g.stats().pending_full), (1, 3));
+        g.flush();
+        // Two edges, then the overflow edge counts the rest.
+        assert_eq!(g.edges().len(), 3);
+        assert_eq!(g.stats().overflowed, 2);
+        assert_eq!(g.edges().iter().map(|e| e.requests).sum::<u64>(), 4);
+        let overflow = g.edges().iter().find(|e| e.overflow).map(|e| e.requests);
+        assert_eq!(overflow, Some(2));
+    }
+
+    #[test]
+    fn edges_are_served_as_prometheus_text_and_exported_as_otlp() {
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        g.record(&span(Kind::Server, 2, Some(1), 8, false), &process("users"), None, None, None);
+        g.record(&span(Kind::Client, 1, None, 10, true), &process("gateway"), None, None, None);
+        g.record(&span(Kind::Server, 3, None, 12, false), &process("gateway"), None, None, None);
+        let mut page = Page::default();
+        g.prometheus(&mut page);
+        let text = page.finish();
+        assert!(text.contains("# TYPE traces_service_graph_request_total counter"), "{text}");
+        assert!(
+            text.contains(r#"traces_service_graph_request_total{client="gateway",server="users"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"traces_service_graph_request_failed_total{client="gateway",server="users"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(
+                r#"traces_service_graph_request_server_seconds_bucket{client="user",server="gateway",connection_type="virtual_node",le="0.025"} 1"#
+            ),
+            "{text}"
+        );
+        // The user edge has no client side: no client histogram for it.
+        assert!(
+            !text.contains(r#"traces_service_graph_request_client_seconds_count{client="user""#),
+            "{text}"
+        );
+        let metrics = g.otlp(2_000_000_000);
+        let names: Vec<&str> = metrics.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(
+            names,
+            [
+                "traces_service_graph_request_total",
+                "traces_service_graph_request_failed_total",
+                "traces_service_graph_request_server_seconds",
+                "traces_service_graph_request_client_seconds"
+            ]
+        );
+        let points: usize = metrics
+            .iter()
+            .map(|m| match &m.data {
+                Some(Data::Sum(s)) => s.data_points.len(),
+                Some(Data::Histogram(h)) => h.data_points.len(),
+                _ => 0,
+            })
+            .sum();
+        assert_eq!(points as u64, g.points());
+        assert_eq!(g.points(), 2 + 2 + 2 + 1);
+    }
+}
