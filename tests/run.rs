@@ -836,6 +836,55 @@ fn tail_sampling_keeps_failed_and_slow_traces_whole_and_counts_the_rest() {
     assert_eq!(summary["otlp"]["exported"], 9, "{summary}");
 }
 
+/// The service graph of a real chain (middle → leaf, both traced): every call of the middle's is
+/// one edge named by both services, with both ends' durations; every request curl makes comes
+/// from `user`; failures are counted on both edges; no end is left to a virtual node.
+#[test]
+fn the_service_graph_names_both_ends_of_every_call() {
+    let _g = serial();
+    require_root();
+    let rx = Receiver::start(vec![]);
+    let maddr = format!("127.0.0.1:{}", free_port());
+    let chain = traced_chain(&rx.endpoint(), &["--metrics-addr", &maddr]);
+    let ids = ["ok0", "ok1", "ok2", "ok3", "ok4", "fail0", "fail1"];
+    let urls: Vec<String> =
+        ids.iter().map(|id| format!("http://127.0.0.1:{}/hop/{id}", chain.mid_port)).collect();
+    let out = Command::new("curl").args(["-s", "-o", "/dev/null"]).args(&urls).output().expect("curl");
+    assert!(out.status.success());
+    let internal = ["client=\"middle\"", "server=\"leaf\""];
+    let from_user = ["client=\"user\"", "server=\"middle\"", "connection_type=\"virtual_node\""];
+    let total = "traces_service_graph_request_total";
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let page = loop {
+        let (_, page) = http_get(&format!("http://{maddr}/metrics"));
+        if prom_value(&page, total, &internal) == Some(7.0)
+            && prom_value(&page, total, &from_user) == Some(7.0)
+        {
+            break page;
+        }
+        assert!(Instant::now() < deadline, "the graph never counted the calls:\n{page}");
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let failed = "traces_service_graph_request_failed_total";
+    assert_eq!(prom_value(&page, failed, &internal), Some(2.0), "{page}");
+    assert_eq!(prom_value(&page, failed, &from_user), Some(2.0), "{page}");
+    for side in ["server", "client"] {
+        let count = format!("traces_service_graph_request_{side}_seconds_count");
+        assert_eq!(prom_value(&page, &count, &internal), Some(7.0), "{side}: {page}");
+    }
+    // The leaf is named, never taken for a virtual node by its address.
+    assert!(!page.contains(&format!(":{}\"", chain.leaf_port)), "{page}");
+    let summary = chain.agent.stop();
+    let graph = &summary["request_metrics"]["service_graph"];
+    assert_eq!((graph["paired"].as_u64(), graph["from_user"].as_u64()), (Some(7), Some(7)), "{summary}");
+    assert_eq!(
+        (graph["client_unpaired"].as_u64(), graph["server_unpaired"].as_u64()),
+        (Some(0), Some(0)),
+        "{summary}"
+    );
+    assert_eq!(graph["edges"], 2, "{summary}");
+}
+
 /// A chain of tests/peers/hop.py on 127.0.0.1, middle → leaf, and an agent (with `args`)
 /// tracing both.
 struct Chain {

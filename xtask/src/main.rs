@@ -648,6 +648,28 @@ fn check_demo(traces: &Path, printed: &[String], requests: u32) -> Result<()> {
             "expected the requests table to count {requests} GET 200 served by api-gateway, saw {served:?}"
         );
     }
+    // The service graph at exit: each call between two services is one edge named by both, and
+    // each page load comes from `user`.
+    let graph: Vec<Vec<&str>> = printed
+        .iter()
+        .skip_while(|l| !l.starts_with("service graph"))
+        .skip(2)
+        .take_while(|l| l.starts_with("  "))
+        .map(|l| l.split_whitespace().collect())
+        .collect();
+    let edges = callers
+        .iter()
+        .flat_map(|(server, clients)| clients.split('|').map(move |c| (c, *server)))
+        .chain([("[user]", "api-gateway")]);
+    for (client, server) in edges {
+        let calls = graph
+            .iter()
+            .find(|t| t.len() > 2 && t[0] == client && t[1] == server)
+            .and_then(|t| t[2].parse::<u32>().ok());
+        if calls != Some(requests) {
+            bail!("expected the service graph to count {requests} calls {client} → {server}, saw {calls:?}");
+        }
+    }
     Ok(())
 }
 

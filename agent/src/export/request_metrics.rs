@@ -294,6 +294,8 @@ impl Series {
 struct Process {
     /// Read when its first span is measured: its series keep their labels after it exits.
     resource: Arc<ProcessInfo>,
+    /// Its service name, as the service graph shares it.
+    service: Arc<str>,
     series: Vec<Series>,
     /// Series by (instrument, hash of values): collisions share the list.
     index: HashMap<(Instrument, u64), SmallVec<[u32; 1]>, foldhash::fast::FixedState>,
@@ -388,13 +390,17 @@ impl RequestMetrics {
         }
         let hash = h.finish();
         let seconds = span.duration_ns() as f64 / 1e9;
-        let p = self.processes.entry(span.pid).or_insert_with(|| Process {
-            resource: resource_of(span.pid),
-            series: Vec::new(),
-            index: HashMap::default(),
-            exited: None,
+        let p = self.processes.entry(span.pid).or_insert_with(|| {
+            let resource = resource_of(span.pid);
+            Process {
+                service: Arc::from(resource.service_name.as_str()),
+                resource,
+                series: Vec::new(),
+                index: HashMap::default(),
+                exited: None,
+            }
         });
-        self.graph.record(span, &p.resource, found[11], found[5], found[6]);
+        self.graph.record(span, &p.service, found[11], found[5], found[6]);
         let same = |s: &Series| !s.overflow && s.values.iter().map(Option::as_ref).eq(values.iter().copied());
         if let Some(i) = p
             .index

@@ -35,10 +35,7 @@ use super::{
     metrics::Page,
     request_metrics::{Durations, histogram_point, histogram_samples},
 };
-use crate::{
-    correlate::span::{Kind, SpanRecord, Value},
-    metadata::ProcessInfo,
-};
+use crate::correlate::span::{Kind, SpanRecord, Value};
 
 /// An edge's end that is a service traced here.
 pub const DIRECT: &str = "";
@@ -76,8 +73,8 @@ pub struct Edge {
 #[derive(Debug)]
 struct Half {
     service: Arc<str>,
-    /// The other end's address (a virtual node's name if it never comes).
-    peer: Arc<str>,
+    /// The other end's address: a virtual node's name if it never comes (`None`: unknown).
+    peer: Option<Arc<str>>,
     seconds: f64,
     error: bool,
     start_ns: u64,
@@ -162,87 +159,77 @@ impl ServiceGraph {
     pub(crate) fn record(
         &mut self,
         span: &SpanRecord,
-        service: &ProcessInfo,
+        service: &Arc<str>,
         db: Option<&Value>,
         server_address: Option<&Value>,
         server_port: Option<&Value>,
     ) {
-        let seconds = span.duration_ns() as f64 / 1e9;
+        let me = |peer: Option<Arc<str>>| Half {
+            service: Arc::clone(service),
+            peer,
+            seconds: span.duration_ns() as f64 / 1e9,
+            error: span.error,
+            start_ns: span.start_ns,
+            since: self.now,
+        };
         match span.kind {
             Kind::Server => {
                 let Some(parent) = span.parent_id else {
                     self.stats.from_user += 1;
-                    let server = self.name(&service.service_name);
-                    let e = self.edge(Arc::from(USER), server, VIRTUAL_NODE, span.start_ns);
-                    e.server_seconds.record(seconds);
-                    count(e, span.error);
+                    let server = me(Some(Arc::from(USER)));
+                    self.unpaired(server, false);
                     return;
                 };
                 let key = (span.trace_id, parent);
-                if let Some(client) = self.clients.remove(&key) {
-                    let server = self.name(&service.service_name);
-                    self.stats.paired += 1;
-                    let e = self.edge(client.service, server, DIRECT, client.start_ns);
-                    e.client_seconds.record(client.seconds);
-                    e.server_seconds.record(seconds);
-                    count(e, client.error || span.error);
-                    return;
-                }
-                let peer = span.attr("client.address").or_else(|| span.attr("network.peer.address"));
-                let half = Half {
-                    service: self.name(&service.service_name),
-                    peer: peer.map_or_else(|| Arc::from("unknown"), |v| Arc::from(text(v).as_str())),
-                    seconds,
-                    error: span.error,
-                    start_ns: span.start_ns,
-                    since: self.now,
-                };
-                if self.servers.len() >= self.max_pending {
-                    self.stats.pending_full += 1;
-                    self.unpaired_server(half);
-                } else {
-                    self.servers.insert(key, half);
+                match self.clients.remove(&key) {
+                    Some(client) => self.paired(client, me(None)),
+                    None => {
+                        let peer = span.attr("client.address").or_else(|| span.attr("network.peer.address"));
+                        let server = me(peer.map(|v| Arc::from(text(v).as_str())));
+                        self.wait(key, server, false);
+                    }
                 }
             }
             Kind::Client => {
+                let peer = || server_address.map(|a| address(a, server_port));
                 if let Some(system) = db {
                     self.stats.database += 1;
-                    let mut name = text(system);
-                    if let Some(a) = server_address {
-                        name = format!("{name} {}", address(a, server_port));
-                    }
-                    let client = self.name(&service.service_name);
-                    let e = self.edge(client, Arc::from(name.as_str()), DATABASE, span.start_ns);
-                    e.client_seconds.record(seconds);
-                    count(e, span.error);
+                    let name = match peer() {
+                        Some(at) => format!("{} {at}", text(system)),
+                        None => text(system),
+                    };
+                    let (client, db) = (me(None), Arc::from(name.as_str()));
+                    let e = self.edge(client.service, db, DATABASE, client.start_ns);
+                    e.client_seconds.record(client.seconds);
+                    count(e, client.error);
                     return;
                 }
                 let key = (span.trace_id, span.span_id);
-                let client = self.name(&service.service_name);
-                if let Some(server) = self.servers.remove(&key) {
-                    self.stats.paired += 1;
-                    let e = self.edge(client, server.service, DIRECT, span.start_ns);
-                    e.client_seconds.record(seconds);
-                    e.server_seconds.record(server.seconds);
-                    count(e, span.error || server.error);
-                    return;
-                }
-                let half = Half {
-                    service: client,
-                    peer: server_address
-                        .map_or_else(|| Arc::from("unknown"), |a| Arc::from(address(a, server_port))),
-                    seconds,
-                    error: span.error,
-                    start_ns: span.start_ns,
-                    since: self.now,
-                };
-                if self.clients.len() >= self.max_pending {
-                    self.stats.pending_full += 1;
-                    self.unpaired_client(half);
-                } else {
-                    self.clients.insert(key, half);
+                match self.servers.remove(&key) {
+                    Some(server) => self.paired(me(None), server),
+                    None => self.wait(key, me(peer().map(|p| Arc::from(p.as_str()))), true),
                 }
             }
+        }
+    }
+
+    /// A call whose two ends were both seen.
+    fn paired(&mut self, client: Half, server: Half) {
+        self.stats.paired += 1;
+        let e = self.edge(client.service, server.service, DIRECT, client.start_ns);
+        e.client_seconds.record(client.seconds);
+        e.server_seconds.record(server.seconds);
+        count(e, client.error || server.error);
+    }
+
+    /// One end of a call waits for the other (or, with the table full, makes its edge now).
+    fn wait(&mut self, key: ([u8; 16], [u8; 8]), half: Half, client_side: bool) {
+        let table = if client_side { &mut self.clients } else { &mut self.servers };
+        if table.len() >= self.max_pending {
+            self.stats.pending_full += 1;
+            self.unpaired(half, client_side);
+        } else {
+            table.insert(key, half);
         }
     }
 
@@ -267,30 +254,32 @@ impl ServiceGraph {
         clients.sort_by_key(|h| h.start_ns);
         servers.sort_by_key(|h| h.start_ns);
         for h in clients {
-            self.unpaired_client(h);
+            self.unpaired(h, true);
         }
         for h in servers {
-            self.unpaired_server(h);
+            self.unpaired(h, false);
         }
     }
 
-    fn unpaired_client(&mut self, h: Half) {
-        self.stats.client_unpaired += 1;
-        let e = self.edge(h.service, h.peer, VIRTUAL_NODE, h.start_ns);
-        e.client_seconds.record(h.seconds);
+    /// An end whose other end is not traced here: an edge to (a client's) or from (a server's)
+    /// the virtual node its peer names.
+    fn unpaired(&mut self, h: Half, client_side: bool) {
+        let peer = h.peer.unwrap_or_else(|| Arc::from("unknown"));
+        let e = if client_side {
+            self.stats.client_unpaired += 1;
+            self.edge(h.service, peer, VIRTUAL_NODE, h.start_ns)
+        } else {
+            if &*peer != USER {
+                self.stats.server_unpaired += 1;
+            }
+            self.edge(peer, h.service, VIRTUAL_NODE, h.start_ns)
+        };
+        if client_side {
+            e.client_seconds.record(h.seconds);
+        } else {
+            e.server_seconds.record(h.seconds);
+        }
         count(e, h.error);
-    }
-
-    fn unpaired_server(&mut self, h: Half) {
-        self.stats.server_unpaired += 1;
-        let e = self.edge(h.peer, h.service, VIRTUAL_NODE, h.start_ns);
-        e.server_seconds.record(h.seconds);
-        count(e, h.error);
-    }
-
-    /// A service's name, shared with the edge it ends up in when that edge exists.
-    fn name(&self, service: &str) -> Arc<str> {
-        Arc::from(service)
     }
 
     /// The edge (client, server, type), made when new (or the overflow edge, beyond the cap).
@@ -343,21 +332,11 @@ impl ServiceGraph {
             return;
         }
         let labelled: Vec<(&Edge, Vec<(&str, &str)>)> = self.edges.iter().map(|e| (e, labels(e))).collect();
-        page.family(
-            "traces_service_graph_request_total",
-            "counter",
-            "Calls between two services (every call seen, before sampling).",
-        );
-        for (e, l) in &labelled {
-            page.sample("traces_service_graph_request_total", l, e.requests as f64);
-        }
-        page.family(
-            "traces_service_graph_request_failed_total",
-            "counter",
-            "Calls between two services that failed.",
-        );
-        for (e, l) in &labelled {
-            page.sample("traces_service_graph_request_failed_total", l, e.failed as f64);
+        for (name, help, of) in COUNTERS {
+            page.family(name, "counter", help);
+            for (e, l) in &labelled {
+                page.sample(name, l, of(e) as f64);
+            }
         }
         for (name, help, of) in HISTOGRAMS {
             page.family(name, "histogram", help);
@@ -393,7 +372,7 @@ impl ServiceGraph {
                 })
                 .collect()
         };
-        let counter = |name: &str, description: &str, of: fn(&Edge) -> u64| Metric {
+        let counter = |name: &str, description: &str, of: Count| Metric {
             name: name.into(),
             description: description.into(),
             unit: "1".into(),
@@ -414,14 +393,8 @@ impl ServiceGraph {
             })),
             ..Default::default()
         };
-        let mut metrics = vec![
-            counter("traces_service_graph_request_total", "Calls between two services.", |e| e.requests),
-            counter(
-                "traces_service_graph_request_failed_total",
-                "Calls between two services that failed.",
-                |e| e.failed,
-            ),
-        ];
+        let mut metrics: Vec<Metric> =
+            COUNTERS.iter().map(|(name, help, of)| counter(name, help, *of)).collect();
         for (name, help, of) in HISTOGRAMS {
             let data_points: Vec<_> = self
                 .edges
@@ -455,6 +428,21 @@ impl ServiceGraph {
 }
 
 type Of = fn(&Edge) -> &Durations;
+type Count = fn(&Edge) -> u64;
+
+/// The two counters: name, description, which count.
+const COUNTERS: [(&str, &str, Count); 2] = [
+    (
+        "traces_service_graph_request_total",
+        "Calls between two services (every call seen, before sampling).",
+        |e| e.requests,
+    ),
+    (
+        "traces_service_graph_request_failed_total",
+        "Calls between two services that failed (either end's span is an error).",
+        |e| e.failed,
+    ),
+];
 
 /// The two duration histograms: name, description, which durations.
 const HISTOGRAMS: [(&str, &str, Of); 2] = [
@@ -527,8 +515,8 @@ mod tests {
     use super::*;
     use crate::correlate::span::Text;
 
-    fn process(name: &str) -> ProcessInfo {
-        ProcessInfo { service_name: name.into(), attributes: vec![], pid: 1 }
+    fn process(name: &str) -> Arc<str> {
+        Arc::from(name)
     }
 
     /// A span of `kind` in trace 1: `id`, `parent`, `ms` long, failed or not.

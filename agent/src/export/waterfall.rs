@@ -167,8 +167,11 @@ pub fn graph_table(graph: &ServiceGraph) -> String {
             name.to_string()
         }
     };
+    // In the order their first calls started: a page load reads top to bottom.
+    let mut edges: Vec<&Edge> = edges.iter().collect();
+    edges.sort_by_key(|e| e.start_ns);
     let rows: Vec<(String, String, &Edge)> = edges
-        .iter()
+        .into_iter()
         .map(|e| {
             // The end not traced here: the client of a virtual-node edge whose server span was
             // seen, the server otherwise.
