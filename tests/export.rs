@@ -403,21 +403,28 @@ fn request_metrics_go_to_the_metrics_service_and_to_v1_metrics_next_to_the_spans
     spans[0].attributes.push(("http.response.status_code", Value::Int(500)));
     let rx = Receiver::start(vec![]);
     let a = export_metrics(rx.endpoint(), Protocol::Grpc, Some(rx.endpoint()), &spans);
-    assert_eq!((a.exported, a.points.exported, a.points.dropped), (7, 2, 0), "{a:?}");
-    let mut counts: Vec<u64> = rx.histogram_points().iter().map(|p| p.count).collect();
+    // Two histogram points (by status), and the service graph's edge from `user` (the spans
+    // came with no context): its two counters and its server-side histogram.
+    assert_eq!((a.exported, a.points.exported, a.points.dropped), (7, 2 + 3, 0), "{a:?}");
+    let requests = |points: Vec<receiver::HistogramPoint>| -> Vec<receiver::HistogramPoint> {
+        points.into_iter().filter(|p| p.metric == "http.server.request.duration").collect()
+    };
+    let mut counts: Vec<u64> = requests(rx.histogram_points()).iter().map(|p| p.count).collect();
     counts.sort_unstable();
     assert_eq!(counts, [1, 6]);
-    assert!(
-        rx.histogram_points()
-            .iter()
-            .all(|p| p.service == "svc" && p.metric == "http.server.request.duration")
-    );
+    assert!(requests(rx.histogram_points()).iter().all(|p| p.service == "svc"));
+    let graph: Vec<_> = rx
+        .histogram_points()
+        .into_iter()
+        .filter(|p| p.metric == "traces_service_graph_request_server_seconds")
+        .collect();
+    assert_eq!(graph.iter().map(|p| p.count).collect::<Vec<_>>(), [7], "{graph:?}");
 
     let rx = HttpReceiver::start(vec![]);
     let metrics_url = rx.url().replace("/v1/traces", "/v1/metrics");
     let a = export_metrics(rx.url(), Protocol::HttpProtobuf, Some(metrics_url), &spans);
-    assert_eq!((a.exported, a.points.exported), (7, 2), "{a:?}");
-    assert_eq!(rx.histogram_points().iter().map(|p| p.count).sum::<u64>(), 7);
+    assert_eq!((a.exported, a.points.exported), (7, 2 + 3), "{a:?}");
+    assert_eq!(requests(rx.histogram_points()).iter().map(|p| p.count).sum::<u64>(), 7);
     assert_eq!(rx.span_count(), 7, "metrics are not read as spans");
 }
 
@@ -429,7 +436,7 @@ fn request_metrics_that_cannot_be_sent_are_counted_apart_from_spans() {
     let nowhere = rx.url().replace("/v1/traces", "/nowhere");
     let a = export_metrics(rx.url(), Protocol::HttpProtobuf, Some(nowhere), &spans(3));
     assert_eq!((a.exported, a.dropped_total()), (3, 0), "{a:?}");
-    assert_eq!((a.points.exported, a.points.dropped), (0, 1), "{a:?}");
+    assert_eq!((a.points.exported, a.points.dropped), (0, 1 + 3), "{a:?}");
     assert!(a.points.last_error.as_deref().is_some_and(|e| e.contains("404")), "{a:?}");
     // No metrics endpoint: nothing is produced.
     let a = export_metrics(rx.url(), Protocol::HttpProtobuf, None, &spans(3));

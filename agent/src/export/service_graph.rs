@@ -18,6 +18,7 @@
 //! an edge to a virtual node at once).
 use std::{
     collections::HashMap,
+    fmt::Write as _,
     hash::{BuildHasher as _, Hasher as _},
     sync::Arc,
     time::{Duration, Instant},
@@ -119,6 +120,8 @@ pub struct ServiceGraph {
     now: Instant,
     hasher: foldhash::fast::FixedState,
     stats: GraphStats,
+    /// A database node's name, built in place.
+    name: String,
 }
 
 impl ServiceGraph {
@@ -136,6 +139,7 @@ impl ServiceGraph {
             now: Instant::now(),
             hasher: foldhash::fast::FixedState::with_seed(0x6772_6170_6865_6467),
             stats: GraphStats::default(),
+            name: String::new(),
         }
     }
 
@@ -176,8 +180,9 @@ impl ServiceGraph {
             Kind::Server => {
                 let Some(parent) = span.parent_id else {
                     self.stats.from_user += 1;
-                    let server = me(Some(Arc::from(USER)));
-                    self.unpaired(server, false);
+                    let e = self.edge(USER, service, VIRTUAL_NODE, span.start_ns);
+                    e.server_seconds.record(span.duration_ns() as f64 / 1e9);
+                    count(e, span.error);
                     return;
                 };
                 let key = (span.trace_id, parent);
@@ -191,23 +196,34 @@ impl ServiceGraph {
                 }
             }
             Kind::Client => {
-                let peer = || server_address.map(|a| address(a, server_port));
                 if let Some(system) = db {
                     self.stats.database += 1;
-                    let name = match peer() {
-                        Some(at) => format!("{} {at}", text(system)),
-                        None => text(system),
-                    };
-                    let (client, db) = (me(None), Arc::from(name.as_str()));
-                    let e = self.edge(client.service, db, DATABASE, client.start_ns);
-                    e.client_seconds.record(client.seconds);
-                    count(e, client.error);
+                    // Named in a buffer kept between calls: a database's edge exists after its
+                    // first call, and finding it allocates nothing.
+                    let mut name = std::mem::take(&mut self.name);
+                    name.clear();
+                    push_value(&mut name, system);
+                    if let Some(a) = server_address {
+                        name.push(' ');
+                        push_address(&mut name, a, server_port);
+                    }
+                    let e = self.edge(service, &name, DATABASE, span.start_ns);
+                    e.client_seconds.record(span.duration_ns() as f64 / 1e9);
+                    count(e, span.error);
+                    self.name = name;
                     return;
                 }
                 let key = (span.trace_id, span.span_id);
                 match self.servers.remove(&key) {
                     Some(server) => self.paired(me(None), server),
-                    None => self.wait(key, me(peer().map(|p| Arc::from(p.as_str()))), true),
+                    None => {
+                        let peer = server_address.map(|a| {
+                            let mut at = String::new();
+                            push_address(&mut at, a, server_port);
+                            Arc::from(at)
+                        });
+                        self.wait(key, me(peer), true)
+                    }
                 }
             }
         }
@@ -216,7 +232,7 @@ impl ServiceGraph {
     /// A call whose two ends were both seen.
     fn paired(&mut self, client: Half, server: Half) {
         self.stats.paired += 1;
-        let e = self.edge(client.service, server.service, DIRECT, client.start_ns);
+        let e = self.edge(&client.service, &server.service, DIRECT, client.start_ns);
         e.client_seconds.record(client.seconds);
         e.server_seconds.record(server.seconds);
         count(e, client.error || server.error);
@@ -267,12 +283,12 @@ impl ServiceGraph {
         let peer = h.peer.unwrap_or_else(|| Arc::from("unknown"));
         let e = if client_side {
             self.stats.client_unpaired += 1;
-            self.edge(h.service, peer, VIRTUAL_NODE, h.start_ns)
+            self.edge(&h.service, &peer, VIRTUAL_NODE, h.start_ns)
         } else {
             if &*peer != USER {
                 self.stats.server_unpaired += 1;
             }
-            self.edge(peer, h.service, VIRTUAL_NODE, h.start_ns)
+            self.edge(&peer, &h.service, VIRTUAL_NODE, h.start_ns)
         };
         if client_side {
             e.client_seconds.record(h.seconds);
@@ -285,8 +301,8 @@ impl ServiceGraph {
     /// The edge (client, server, type), made when new (or the overflow edge, beyond the cap).
     fn edge(
         &mut self,
-        client: Arc<str>,
-        server: Arc<str>,
+        client: &str,
+        server: &str,
         connection_type: &'static str,
         start_ns: u64,
     ) -> &mut Edge {
@@ -300,7 +316,7 @@ impl ServiceGraph {
         let found = self.index.get(&hash).and_then(|ids| {
             ids.iter().copied().find(|&i| {
                 let e = &self.edges[i as usize];
-                e.client == client && e.server == server && e.connection_type == connection_type
+                &*e.client == client && &*e.server == server && e.connection_type == connection_type
             })
         });
         let i = match found {
@@ -317,7 +333,13 @@ impl ServiceGraph {
                 }
             }
             None => {
-                self.edges.push(new_edge(client, server, connection_type, false, start_ns));
+                self.edges.push(new_edge(
+                    Arc::from(client),
+                    Arc::from(server),
+                    connection_type,
+                    false,
+                    start_ns,
+                ));
                 let i = self.edges.len() - 1;
                 self.index.entry(hash).or_default().push(i as u32);
                 i
@@ -500,13 +522,25 @@ fn text(v: &Value) -> String {
     super::request_metrics::value_text(v)
 }
 
+fn push_value(out: &mut String, v: &Value) {
+    match v {
+        Value::Str(s) => out.push_str(s),
+        Value::Int(i) => {
+            let _ = write!(out, "{i}");
+        }
+    }
+}
+
 /// `address:port` (an IPv6 address in brackets), or the address alone.
-fn address(a: &Value, port: Option<&Value>) -> String {
-    let a = text(a);
-    match port {
-        Some(p) if a.contains(':') => format!("[{a}]:{}", text(p)),
-        Some(p) => format!("{a}:{}", text(p)),
-        None => a,
+fn push_address(out: &mut String, a: &Value, port: Option<&Value>) {
+    let v6 = matches!(a, Value::Str(s) if s.contains(':'));
+    if v6 && port.is_some() {
+        out.push('[');
+    }
+    push_value(out, a);
+    if let Some(p) = port {
+        out.push_str(if v6 { "]:" } else { ":" });
+        push_value(out, p);
     }
 }
 
@@ -591,7 +625,16 @@ mod tests {
             (db.requests, db.failed, db.connection_type, db.client_seconds.count),
             (1, 1, DATABASE, 1)
         );
-        assert_eq!((g.stats().from_user, g.stats().database, g.pending()), (1, 1, 0));
+        let (redis, v6, port) = (addr("redis"), addr("::1"), Value::Int(6379));
+        g.record(
+            &span(Kind::Client, 3, Some(1), 1, false),
+            &process("gateway"),
+            Some(&redis),
+            Some(&v6),
+            Some(&port),
+        );
+        assert_eq!(edge(&g, "gateway", "redis [::1]:6379").requests, 1);
+        assert_eq!((g.stats().from_user, g.stats().database, g.pending()), (1, 2, 0));
     }
 
     #[test]
