@@ -283,6 +283,38 @@ fn a_request_through_two_nodes_and_a_nat_is_one_trace() {
         ];
         assert_eq!(path, expected, "{id}: the tree, leaf to root (kind, service)");
     }
+    // The service graph: a call within a node is one edge named by both services; a call that
+    // crosses is reported by each node's agent as its own end, the far end named by address.
+    // A: the gateway's requests come from `user`; its calls to nginx and Java's to Go leave the
+    // node; Java is called from B (through the NAT).
+    let graph = |s: &serde_json::Value| {
+        let g = &s["request_metrics"]["service_graph"];
+        ["paired", "from_user", "client_unpaired", "server_unpaired"]
+            .map(|k| g[k].as_u64().unwrap_or(u64::MAX))
+    };
+    assert_eq!(graph(&sa), [0, 5, 10, 5], "A: {sa}");
+    // B: nginx calls node-hop on the node; nginx and Go are called from A; node-hop calls Java.
+    assert_eq!(graph(&sb), [5, 0, 5, 10], "B: {sb}");
+    let edge = |metric: &str, client: &str, server: &str| -> u64 {
+        rx.histogram_points()
+            .iter()
+            .filter(|p| {
+                p.metric == metric
+                    && p.attributes.get("client").map(String::as_str) == Some(client)
+                    && p.attributes.get("server").map(String::as_str) == Some(server)
+            })
+            .map(|p| p.count)
+            .max()
+            .unwrap_or(0)
+    };
+    let (client_side, server_side) =
+        ("traces_service_graph_request_client_seconds", "traces_service_graph_request_server_seconds");
+    assert_eq!(edge(client_side, "nginx", "node-hop"), 5);
+    assert_eq!(edge(server_side, "nginx", "node-hop"), 5);
+    assert_eq!(edge(client_side, "gateway", &format!("{B_IP}:{NGINX}")), 5);
+    assert_eq!(edge(server_side, A_IP, "nginx"), 5);
+    assert_eq!(edge(client_side, "java-hop", &format!("{B_IP}:{GO}")), 5);
+    assert_eq!(edge(server_side, A_IP, "go-hop"), 5);
     // Both agents carried context: A wrote options (gateway→nginx, java→leaf), B read them, and
     // the other way round.
     for s in [&sa, &sb] {

@@ -385,8 +385,12 @@ fn spans_over_otlp_http_protobuf() {
     assert!(paths.iter().all(|p| p == "/v1/traces" || p == "/v1/metrics"), "{paths:?}");
     assert!(paths.iter().any(|p| p == "/v1/metrics"), "{paths:?}");
     let points = rx.histogram_points();
-    assert_eq!(points.iter().map(|p| p.count).sum::<u64>(), 10, "{points:?}");
-    assert_eq!(summary["otlp"]["metric_points"]["exported"], points.len(), "{summary}");
+    let of = |metric: &str| points.iter().filter(|p| p.metric == metric).map(|p| p.count).sum::<u64>();
+    assert_eq!(of("http.server.request.duration"), 10, "{points:?}");
+    // The service graph's edge from `user` (curl sends no context), as the server saw it.
+    assert_eq!(of("traces_service_graph_request_server_seconds"), 10, "{points:?}");
+    // Every histogram point, and the edge's two counters.
+    assert_eq!(summary["otlp"]["metric_points"]["exported"], points.len() + 2, "{summary}");
 }
 
 #[test]
