@@ -648,6 +648,12 @@ fn metrics_page(
             "Edges the service graph holds.",
             r.graph().edges().len() as f64,
         );
+        p.single(
+            "tracewire_service_graph_edges_forgotten_total",
+            "counter",
+            "Edges forgotten after 15 minutes without a call.",
+            g.edges_forgotten as f64,
+        );
         r.prometheus(&mut p);
     }
     if let Ok(stat) = procfs::process::Process::myself().and_then(|me| me.stat()) {
@@ -674,7 +680,7 @@ fn graph_json(g: &ServiceGraph) -> serde_json::Value {
         "edges": g.edges().len(), "pending": g.pending(), "paired": s.paired,
         "client_unpaired": s.client_unpaired, "server_unpaired": s.server_unpaired,
         "from_user": s.from_user, "database": s.database, "overflowed": s.overflowed,
-        "pending_full": s.pending_full,
+        "pending_full": s.pending_full, "edges_forgotten": s.edges_forgotten,
     })
 }
 

@@ -228,6 +228,9 @@ fn found(span: &SpanRecord) -> [Option<&Value>; KEYS.len()] {
 /// response is read, moments later.
 const GRAPH_WAIT: Duration = Duration::from_secs(5);
 
+/// How long a service-graph edge is kept without a call.
+const GRAPH_IDLE: Duration = Duration::from_secs(15 * 60);
+
 /// Most keys an instrument has.
 const MAX_KEYS: usize = 8;
 
@@ -338,7 +341,9 @@ impl RequestMetrics {
             retain,
             hasher: foldhash::fast::FixedState::with_seed(0x7472_6163_6577_6972),
             stats: RecorderStats::default(),
-            graph: ServiceGraph::new(max_series / 4, max_series, GRAPH_WAIT),
+            // An edge is forgotten after a quarter of an hour without a call (as Tempo's series
+            // go stale), or the request metrics' own retention if longer.
+            graph: ServiceGraph::new(max_series / 4, max_series, GRAPH_WAIT, retain.max(GRAPH_IDLE)),
         }
     }
 

@@ -68,6 +68,8 @@ pub struct Edge {
     pub server_seconds: Durations,
     /// When the edge began (its first call's start), ns since the epoch.
     pub start_ns: u64,
+    /// The tick of its last call: an edge idle for [`ServiceGraph::new`]'s `idle` is forgotten.
+    pub last_call: Instant,
 }
 
 /// One end of a call, waiting for the other.
@@ -99,6 +101,8 @@ pub struct GraphStats {
     pub overflowed: u64,
     /// Halves made edges at once because the pending table was full.
     pub pending_full: u64,
+    /// Edges forgotten after no call took them for the idle time.
+    pub edges_forgotten: u64,
 }
 
 /// The edges between the services traced here.
@@ -122,11 +126,13 @@ pub struct ServiceGraph {
     stats: GraphStats,
     /// A database node's name, built in place.
     name: String,
+    idle: Duration,
 }
 
 impl ServiceGraph {
-    /// At most `max_edges` edges and `max_pending` halves waiting each way, each for `wait`.
-    pub fn new(max_edges: usize, max_pending: usize, wait: Duration) -> Self {
+    /// At most `max_edges` edges and `max_pending` halves waiting each way, each for `wait`; an
+    /// edge no call took for `idle` is forgotten (a service gone, a peer's address reused).
+    pub fn new(max_edges: usize, max_pending: usize, wait: Duration, idle: Duration) -> Self {
         ServiceGraph {
             edges: Vec::new(),
             index: HashMap::default(),
@@ -140,6 +146,7 @@ impl ServiceGraph {
             hasher: foldhash::fast::FixedState::with_seed(0x6772_6170_6865_6467),
             stats: GraphStats::default(),
             name: String::new(),
+            idle,
         }
     }
 
@@ -249,13 +256,43 @@ impl ServiceGraph {
         }
     }
 
-    /// Halves that waited `wait` by `now` become edges to or from a virtual node; `now` stamps
-    /// the halves that come next.
+    /// Halves that waited `wait` by `now` become edges to or from a virtual node, and edges idle
+    /// for `idle` are forgotten; `now` stamps the halves and calls that come next.
     pub fn expire(&mut self, now: Instant) {
         self.now = now;
         let wait = self.wait;
         let old = |h: &Half| now.duration_since(h.since) >= wait;
         self.flush_where(old);
+        let idle = self.idle;
+        let before = self.edges.len();
+        // Without churn a graph keeps its edges: without this, a long-running agent's graph
+        // would fill with the addresses of peers long gone and count new edges as overflow.
+        self.edges.retain(|e| now.duration_since(e.last_call) < idle);
+        let forgotten = before - self.edges.len();
+        if forgotten > 0 {
+            self.stats.edges_forgotten += forgotten as u64;
+            self.index.clear();
+            self.overflow = None;
+            for i in 0..self.edges.len() {
+                let e = &self.edges[i];
+                if e.overflow {
+                    self.overflow = Some(i);
+                    continue;
+                }
+                let hash = self.hash(&e.client, &e.server, e.connection_type);
+                self.index.entry(hash).or_default().push(i as u32);
+            }
+        }
+    }
+
+    fn hash(&self, client: &str, server: &str, connection_type: &str) -> u64 {
+        let mut h = self.hasher.build_hasher();
+        h.write(client.as_bytes());
+        h.write_u8(0xff);
+        h.write(server.as_bytes());
+        h.write_u8(0xff);
+        h.write(connection_type.as_bytes());
+        h.finish()
     }
 
     /// Every half waiting becomes an edge to or from a virtual node (the agent is stopping).
@@ -306,13 +343,7 @@ impl ServiceGraph {
         connection_type: &'static str,
         start_ns: u64,
     ) -> &mut Edge {
-        let mut h = self.hasher.build_hasher();
-        h.write(client.as_bytes());
-        h.write_u8(0xff);
-        h.write(server.as_bytes());
-        h.write_u8(0xff);
-        h.write(connection_type.as_bytes());
-        let hash = h.finish();
+        let hash = self.hash(client, server, connection_type);
         let found = self.index.get(&hash).and_then(|ids| {
             ids.iter().copied().find(|&i| {
                 let e = &self.edges[i as usize];
@@ -326,7 +357,8 @@ impl ServiceGraph {
                 match self.overflow {
                     Some(i) => i,
                     None => {
-                        self.edges.push(new_edge(Arc::from(""), Arc::from(""), DIRECT, true, start_ns));
+                        let e = new_edge(Arc::from(""), Arc::from(""), DIRECT, true, start_ns, self.now);
+                        self.edges.push(e);
                         self.overflow = Some(self.edges.len() - 1);
                         self.edges.len() - 1
                     }
@@ -339,13 +371,16 @@ impl ServiceGraph {
                     connection_type,
                     false,
                     start_ns,
+                    self.now,
                 ));
                 let i = self.edges.len() - 1;
                 self.index.entry(hash).or_default().push(i as u32);
                 i
             }
         };
-        &mut self.edges[i]
+        let e = &mut self.edges[i];
+        e.last_call = self.now;
+        e
     }
 
     /// The edges as Prometheus families on `page`.
@@ -497,6 +532,7 @@ fn new_edge(
     connection_type: &'static str,
     overflow: bool,
     start_ns: u64,
+    last_call: Instant,
 ) -> Edge {
     Edge {
         client,
@@ -508,6 +544,7 @@ fn new_edge(
         client_seconds: Durations::default(),
         server_seconds: Durations::default(),
         start_ns,
+        last_call,
     }
 }
 
@@ -549,6 +586,8 @@ mod tests {
     use super::*;
     use crate::correlate::span::Text;
 
+    const IDLE: Duration = Duration::from_secs(900);
+
     fn process(name: &str) -> Arc<str> {
         Arc::from(name)
     }
@@ -577,7 +616,7 @@ mod tests {
 
     #[test]
     fn a_client_span_and_the_server_span_it_caused_make_one_edge_whichever_comes_first() {
-        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5), IDLE);
         let (host, port) = (addr("127.0.0.1"), Value::Int(8080));
         // The server span is built first (its response is written before the client reads it).
         g.record(&span(Kind::Server, 2, Some(1), 8, false), &process("users"), None, None, None);
@@ -608,7 +647,7 @@ mod tests {
 
     #[test]
     fn a_call_without_context_comes_from_user_and_a_database_is_a_node_of_its_own() {
-        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5), IDLE);
         g.record(&span(Kind::Server, 1, None, 5, false), &process("gateway"), None, None, None);
         let (pg, host, port) = (addr("postgresql"), addr("127.0.0.1"), Value::Int(5432));
         g.record(
@@ -639,7 +678,7 @@ mod tests {
 
     #[test]
     fn an_end_whose_other_end_never_comes_is_an_edge_to_a_virtual_node_after_the_wait() {
-        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5), IDLE);
         let t = Instant::now();
         g.expire(t);
         let (host, port) = (addr("10.0.0.2"), Value::Int(80));
@@ -681,7 +720,7 @@ mod tests {
 
     #[test]
     fn beyond_the_caps_calls_are_still_counted() {
-        let mut g = ServiceGraph::new(2, 1, Duration::from_secs(5));
+        let mut g = ServiceGraph::new(2, 1, Duration::from_secs(5), IDLE);
         let port = Value::Int(80);
         let hosts = [addr("a"), addr("b"), addr("c"), addr("d")];
         for (i, h) in hosts.iter().enumerate() {
@@ -706,7 +745,7 @@ mod tests {
 
     #[test]
     fn edges_are_served_as_prometheus_text_and_exported_as_otlp() {
-        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5));
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5), IDLE);
         g.record(&span(Kind::Server, 2, Some(1), 8, false), &process("users"), None, None, None);
         g.record(&span(Kind::Client, 1, None, 10, true), &process("gateway"), None, None, None);
         g.record(&span(Kind::Server, 3, None, 12, false), &process("gateway"), None, None, None);
@@ -754,5 +793,34 @@ mod tests {
             .sum();
         assert_eq!(points as u64, g.points());
         assert_eq!(g.points(), 2 + 2 + 2 + 1);
+    }
+
+    #[test]
+    fn an_edge_no_call_took_for_the_idle_time_is_forgotten_and_the_rest_still_count() {
+        let mut g = ServiceGraph::new(10, 10, Duration::from_secs(5), Duration::from_secs(60));
+        let t = Instant::now();
+        g.expire(t);
+        let port = Value::Int(80);
+        let (gone, kept) = (addr("10.0.0.7"), addr("10.0.0.8"));
+        let call = |g: &mut ServiceGraph, id: u8, host: &Value| {
+            g.record(&span(Kind::Client, id, None, 1, false), &process("gw"), None, Some(host), Some(&port));
+            g.flush();
+        };
+        call(&mut g, 1, &gone);
+        call(&mut g, 2, &kept);
+        g.expire(t + Duration::from_secs(30));
+        call(&mut g, 3, &kept);
+        g.expire(t + Duration::from_secs(59));
+        assert_eq!(g.edges().len(), 2);
+        g.expire(t + Duration::from_secs(61));
+        assert_eq!(g.edges().len(), 1, "{:?}", g.edges());
+        assert_eq!(g.stats().edges_forgotten, 1);
+        // The index follows: the kept edge still counts its calls, and the forgotten one starts
+        // afresh when it comes back.
+        call(&mut g, 4, &kept);
+        call(&mut g, 5, &gone);
+        assert_eq!(g.edges().len(), 2);
+        assert_eq!(edge(&g, "gw", "10.0.0.8:80").requests, 3);
+        assert_eq!(edge(&g, "gw", "10.0.0.7:80").requests, 1);
     }
 }
