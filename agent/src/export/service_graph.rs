@@ -38,12 +38,30 @@ use super::{
 };
 use crate::correlate::span::{Kind, SpanRecord, Value};
 
-/// An edge's end that is a service traced here.
-pub const DIRECT: &str = "";
-/// An end named by address: not traced here.
-pub const VIRTUAL_NODE: &str = "virtual_node";
-/// The server end is a database.
-pub const DATABASE: &str = "database";
+/// How an edge's ends were seen (the `connection_type` label).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ConnectionType {
+    /// Both ends are services traced here.
+    Direct,
+    /// One end is named by address: not traced here.
+    VirtualNode,
+    /// The server end is a database.
+    Database,
+}
+
+impl ConnectionType {
+    /// The label's value (none for a direct edge, as Tempo has it).
+    pub fn label(self) -> &'static str {
+        match self {
+            ConnectionType::Direct => "",
+            ConnectionType::VirtualNode => "virtual_node",
+            ConnectionType::Database => "database",
+        }
+    }
+}
+
+use ConnectionType::{Database, Direct, VirtualNode};
+
 /// The caller of a request that came with no trace context.
 pub const USER: &str = "user";
 
@@ -54,8 +72,8 @@ pub struct Edge {
     pub client: Arc<str>,
     /// The called service (or virtual node).
     pub server: Arc<str>,
-    /// [`DIRECT`], [`VIRTUAL_NODE`] or [`DATABASE`].
-    pub connection_type: &'static str,
+    /// How its ends were seen.
+    pub connection_type: ConnectionType,
     /// The overflow edge (edges beyond the cap).
     pub overflow: bool,
     /// Calls.
@@ -187,7 +205,7 @@ impl ServiceGraph {
             Kind::Server => {
                 let Some(parent) = span.parent_id else {
                     self.stats.from_user += 1;
-                    let e = self.edge(USER, service, VIRTUAL_NODE, span.start_ns);
+                    let e = self.edge(USER, service, VirtualNode, span.start_ns);
                     e.server_seconds.record(span.duration_ns() as f64 / 1e9);
                     count(e, span.error);
                     return;
@@ -214,7 +232,7 @@ impl ServiceGraph {
                         name.push(' ');
                         push_address(&mut name, a, server_port);
                     }
-                    let e = self.edge(service, &name, DATABASE, span.start_ns);
+                    let e = self.edge(service, &name, Database, span.start_ns);
                     e.client_seconds.record(span.duration_ns() as f64 / 1e9);
                     count(e, span.error);
                     self.name = name;
@@ -239,7 +257,7 @@ impl ServiceGraph {
     /// A call whose two ends were both seen.
     fn paired(&mut self, client: Half, server: Half) {
         self.stats.paired += 1;
-        let e = self.edge(&client.service, &server.service, DIRECT, client.start_ns);
+        let e = self.edge(&client.service, &server.service, Direct, client.start_ns);
         e.client_seconds.record(client.seconds);
         e.server_seconds.record(server.seconds);
         count(e, client.error || server.error);
@@ -285,13 +303,13 @@ impl ServiceGraph {
         }
     }
 
-    fn hash(&self, client: &str, server: &str, connection_type: &str) -> u64 {
+    fn hash(&self, client: &str, server: &str, connection_type: ConnectionType) -> u64 {
         let mut h = self.hasher.build_hasher();
         h.write(client.as_bytes());
         h.write_u8(0xff);
         h.write(server.as_bytes());
         h.write_u8(0xff);
-        h.write(connection_type.as_bytes());
+        h.write_u8(connection_type as u8);
         h.finish()
     }
 
@@ -320,12 +338,12 @@ impl ServiceGraph {
         let peer = h.peer.unwrap_or_else(|| Arc::from("unknown"));
         let e = if client_side {
             self.stats.client_unpaired += 1;
-            self.edge(&h.service, &peer, VIRTUAL_NODE, h.start_ns)
+            self.edge(&h.service, &peer, VirtualNode, h.start_ns)
         } else {
             if &*peer != USER {
                 self.stats.server_unpaired += 1;
             }
-            self.edge(&peer, &h.service, VIRTUAL_NODE, h.start_ns)
+            self.edge(&peer, &h.service, VirtualNode, h.start_ns)
         };
         if client_side {
             e.client_seconds.record(h.seconds);
@@ -340,14 +358,14 @@ impl ServiceGraph {
         &mut self,
         client: &str,
         server: &str,
-        connection_type: &'static str,
+        connection_type: ConnectionType,
         start_ns: u64,
     ) -> &mut Edge {
         let hash = self.hash(client, server, connection_type);
         let found = self.index.get(&hash).and_then(|ids| {
             ids.iter().copied().find(|&i| {
                 let e = &self.edges[i as usize];
-                &*e.client == client && &*e.server == server && e.connection_type == connection_type
+                e.connection_type == connection_type && &*e.client == client && &*e.server == server
             })
         });
         let i = match found {
@@ -357,7 +375,7 @@ impl ServiceGraph {
                 match self.overflow {
                     Some(i) => i,
                     None => {
-                        let e = new_edge(Arc::from(""), Arc::from(""), DIRECT, true, start_ns, self.now);
+                        let e = new_edge(Arc::from(""), Arc::from(""), Direct, true, start_ns, self.now);
                         self.edges.push(e);
                         self.overflow = Some(self.edges.len() - 1);
                         self.edges.len() - 1
@@ -520,8 +538,8 @@ fn labels(e: &Edge) -> Vec<(&str, &str)> {
         return vec![("otel_metric_overflow", "true")];
     }
     let mut l = vec![("client", &*e.client), ("server", &*e.server)];
-    if !e.connection_type.is_empty() {
-        l.push(("connection_type", e.connection_type));
+    if e.connection_type != Direct {
+        l.push(("connection_type", e.connection_type.label()));
     }
     l
 }
@@ -529,7 +547,7 @@ fn labels(e: &Edge) -> Vec<(&str, &str)> {
 fn new_edge(
     client: Arc<str>,
     server: Arc<str>,
-    connection_type: &'static str,
+    connection_type: ConnectionType,
     overflow: bool,
     start_ns: u64,
     last_call: Instant,
@@ -639,7 +657,7 @@ mod tests {
         assert_eq!(g.pending(), 0);
         assert_eq!(g.edges().len(), 1);
         let e = edge(&g, "gateway", "users");
-        assert_eq!((e.requests, e.failed, e.connection_type), (2, 1, DIRECT));
+        assert_eq!((e.requests, e.failed, e.connection_type), (2, 1, Direct));
         assert_eq!((e.client_seconds.count, e.server_seconds.count), (2, 2));
         assert!((e.client_seconds.sum - 0.040).abs() < 1e-9 && (e.server_seconds.sum - 0.028).abs() < 1e-9);
         assert_eq!(g.stats().paired, 2);
@@ -658,11 +676,11 @@ mod tests {
             Some(&port),
         );
         let user = edge(&g, USER, "gateway");
-        assert_eq!((user.requests, user.connection_type, user.server_seconds.count), (1, VIRTUAL_NODE, 1));
+        assert_eq!((user.requests, user.connection_type, user.server_seconds.count), (1, VirtualNode, 1));
         let db = edge(&g, "gateway", "postgresql 127.0.0.1:5432");
         assert_eq!(
             (db.requests, db.failed, db.connection_type, db.client_seconds.count),
-            (1, 1, DATABASE, 1)
+            (1, 1, Database, 1)
         );
         let (redis, v6, port) = (addr("redis"), addr("::1"), Value::Int(6379));
         g.record(
@@ -697,12 +715,12 @@ mod tests {
         let out = edge(&g, "gateway", "10.0.0.2:80");
         assert_eq!(
             (out.connection_type, out.client_seconds.count, out.server_seconds.count),
-            (VIRTUAL_NODE, 1, 0)
+            (VirtualNode, 1, 0)
         );
         let caller = edge(&g, "10.0.0.9", "users");
         assert_eq!(
             (caller.connection_type, caller.client_seconds.count, caller.server_seconds.count),
-            (VIRTUAL_NODE, 0, 1)
+            (VirtualNode, 0, 1)
         );
         // At exit every waiting end is taken at once.
         g.record(

@@ -8,7 +8,7 @@ use std::{
 
 use super::{
     request_metrics::{Durations, Instrument, RequestMetrics, Series, value_text},
-    service_graph::{DIRECT, Edge, ServiceGraph, VIRTUAL_NODE},
+    service_graph::{ConnectionType, Edge, ServiceGraph},
 };
 use crate::{
     correlate::span::{Kind, SpanRecord, Value},
@@ -175,8 +175,9 @@ pub fn graph_table(graph: &ServiceGraph) -> String {
         .map(|e| {
             // The end not traced here: the client of a virtual-node edge whose server span was
             // seen, the server otherwise.
-            let virtual_client = e.connection_type == VIRTUAL_NODE && e.server_seconds.count > 0;
-            let virtual_server = e.connection_type != DIRECT && !virtual_client;
+            let virtual_client =
+                e.connection_type == ConnectionType::VirtualNode && e.server_seconds.count > 0;
+            let virtual_server = e.connection_type != ConnectionType::Direct && !virtual_client;
             (end(e, &e.client, virtual_client), end(e, &e.server, virtual_server), e)
         })
         .collect();
