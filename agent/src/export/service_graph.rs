@@ -1,6 +1,6 @@
 //! The service graph: which service calls which, how many calls failed, and how long they took
-//! as the client and as the server saw them. Grafana draws its service graph (and Kiali-style
-//! maps) from these metrics; they are the ones Tempo's metrics generator and the Collector's
+//! as the client and as the server saw them. Grafana draws its service graph from these
+//! metrics; they are the ones Tempo's metrics generator and the Collector's
 //! `servicegraph` connector derive from spans (`traces_service_graph_request_total`,
 //! `..._failed_total`, `..._server_seconds`, `..._client_seconds`, labels `client`, `server`,
 //! `connection_type`), but made here from every span before sampling, like the request metrics.
@@ -15,7 +15,7 @@
 //!
 //! Bounded: at most `max_edges` edges (beyond, calls of new edges are counted in one overflow
 //! edge) and `max_pending` halves waiting for their other end each way (beyond, a half is made
-//! an edge to a virtual node at once).
+//! an edge to a virtual node at once); an edge no call took for `idle` is forgotten.
 use std::{
     collections::HashMap,
     fmt::Write as _,
