@@ -31,7 +31,7 @@ use smallvec::SmallVec;
 
 use super::{metrics::Page, service_graph::ServiceGraph};
 use crate::{
-    correlate::span::{Kind, SpanRecord, Value},
+    correlate::span::{Kind, SpanRecord, Text, Value},
     metadata::ProcessInfo,
 };
 
@@ -577,15 +577,10 @@ impl RequestMetrics {
             // Edges join two services: they belong to the node that saw them, not to either.
             resource_metrics.push(ResourceMetrics {
                 resource: Some(Resource {
-                    attributes: vec![KeyValue {
-                        key: "host.name".into(),
-                        value: Some(AnyValue {
-                            value: Some(any_value::Value::StringValue(
-                                crate::metadata::host_name().to_string(),
-                            )),
-                        }),
-                        ..Default::default()
-                    }],
+                    attributes: vec![key_value(
+                        "host.name",
+                        &Value::Str(Text::Static(crate::metadata::host_name())),
+                    )],
                     ..Default::default()
                 }),
                 scope_metrics: vec![ScopeMetrics {

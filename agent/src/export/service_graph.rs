@@ -34,7 +34,7 @@ use smallvec::SmallVec;
 
 use super::{
     metrics::Page,
-    request_metrics::{Durations, histogram_point, histogram_samples},
+    request_metrics::{Durations, histogram_point, histogram_samples, value_text},
 };
 use crate::correlate::span::{Kind, SpanRecord, Value};
 
@@ -215,7 +215,7 @@ impl ServiceGraph {
                     Some(client) => self.paired(client, me(None)),
                     None => {
                         let peer = span.attr("client.address").or_else(|| span.attr("network.peer.address"));
-                        let server = me(peer.map(|v| Arc::from(text(v).as_str())));
+                        let server = me(peer.map(|v| Arc::from(value_text(v))));
                         self.wait(key, server, false);
                     }
                 }
@@ -573,10 +573,6 @@ fn count(e: &mut Edge, error: bool) {
     }
 }
 
-fn text(v: &Value) -> String {
-    super::request_metrics::value_text(v)
-}
-
 fn push_value(out: &mut String, v: &Value) {
     match v {
         Value::Str(s) => out.push_str(s),
@@ -621,6 +617,17 @@ mod tests {
         s
     }
 
+    /// `gateway`'s client span `id` (parent `parent`, `ms` long) calling `host`:`port`.
+    fn call(g: &mut ServiceGraph, id: u8, parent: Option<u8>, ms: u64, host: &Value, port: &Value) {
+        g.record(
+            &span(Kind::Client, id, parent, ms, false),
+            &process("gateway"),
+            None,
+            Some(host),
+            Some(port),
+        );
+    }
+
     fn addr(s: &'static str) -> Value {
         Value::Str(Text::Static(s))
     }
@@ -638,21 +645,9 @@ mod tests {
         let (host, port) = (addr("127.0.0.1"), Value::Int(8080));
         // The server span is built first (its response is written before the client reads it).
         g.record(&span(Kind::Server, 2, Some(1), 8, false), &process("users"), None, None, None);
-        g.record(
-            &span(Kind::Client, 1, Some(9), 10, false),
-            &process("gateway"),
-            None,
-            Some(&host),
-            Some(&port),
-        );
+        call(&mut g, 1, Some(9), 10, &host, &port);
         // Then the other way round, and a failure on the server's side.
-        g.record(
-            &span(Kind::Client, 3, Some(9), 30, false),
-            &process("gateway"),
-            None,
-            Some(&host),
-            Some(&port),
-        );
+        call(&mut g, 3, Some(9), 30, &host, &port);
         g.record(&span(Kind::Server, 4, Some(3), 20, true), &process("users"), None, None, None);
         assert_eq!(g.pending(), 0);
         assert_eq!(g.edges().len(), 1);
@@ -700,13 +695,7 @@ mod tests {
         let t = Instant::now();
         g.expire(t);
         let (host, port) = (addr("10.0.0.2"), Value::Int(80));
-        g.record(
-            &span(Kind::Client, 1, Some(9), 10, false),
-            &process("gateway"),
-            None,
-            Some(&host),
-            Some(&port),
-        );
+        call(&mut g, 1, Some(9), 10, &host, &port);
         g.record(&span(Kind::Server, 2, Some(7), 10, false), &process("users"), None, None, None);
         g.expire(t + Duration::from_secs(4));
         assert_eq!((g.pending(), g.edges().len()), (2, 0), "not before the wait");
@@ -723,13 +712,7 @@ mod tests {
             (VirtualNode, 0, 1)
         );
         // At exit every waiting end is taken at once.
-        g.record(
-            &span(Kind::Client, 3, Some(9), 10, false),
-            &process("gateway"),
-            None,
-            Some(&host),
-            Some(&port),
-        );
+        call(&mut g, 3, Some(9), 10, &host, &port);
         g.flush();
         assert_eq!((g.pending(), edge(&g, "gateway", "10.0.0.2:80").requests), (0, 2));
         let s = g.stats();
